@@ -1,0 +1,288 @@
+//! One function per `vxlab` subcommand: resolve the lab, pick the driver, call the engine, print.
+//! Errors get context here, from the outermost operation down.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use crate::driver::netns::NetnsDriver;
+use crate::driver::Driver;
+use crate::engine::{Engine, EngineError, Outcome};
+use crate::host::netlink::Netlink;
+use crate::host::process;
+use crate::lab::{self, DriverKind, Lab, LabError, LoadError};
+use crate::plan::{self, Plan};
+use crate::progress::Progress;
+use crate::report;
+use crate::state::{StateDir, StateError, LAB_COPY};
+
+/// Exit statuses, after sysexits where one fits.
+pub mod exit {
+    /// Everything held.
+    pub const OK: u8 = 0;
+    /// The lab runs but a check failed.
+    pub const CHECK_FAILED: u8 = 1;
+    /// The lab file is invalid.
+    pub const DATA: u8 = 65;
+    /// A program or service vxlab needs is missing.
+    pub const UNAVAILABLE: u8 = 69;
+    /// Any other failure.
+    pub const SOFTWARE: u8 = 70;
+    /// Another vxlab holds the lab; try again later.
+    pub const TEMPFAIL: u8 = 75;
+    /// vxlab must run as root.
+    pub const NOPERM: u8 = 77;
+}
+
+/// A precondition on the host that is not met.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// Not root.
+    #[error("vxlab {0} needs root: it creates bridges, namespaces and guests (try sudo)")]
+    NotRoot(&'static str),
+    /// A program is missing.
+    #[error("`{0}` is not installed; install the Debian package {1}")]
+    MissingProgram(&'static str, &'static str),
+}
+
+/// The exit status for an error, by its kind anywhere in the chain.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<LabError>() {
+            return exit::DATA;
+        }
+        if let Some(StateError::Busy { .. }) = cause.downcast_ref() {
+            return exit::TEMPFAIL;
+        }
+        match cause.downcast_ref::<HostError>() {
+            Some(HostError::NotRoot(_)) => return exit::NOPERM,
+            Some(HostError::MissingProgram(..)) => return exit::UNAVAILABLE,
+            None => {}
+        }
+    }
+    exit::SOFTWARE
+}
+
+fn load(path: &Path) -> Result<Lab> {
+    lab::load(path).map_err(|e| match e {
+        LoadError::Invalid(invalid) => anyhow::Error::new(invalid),
+        other => anyhow::Error::new(other),
+    })
+}
+
+fn require_root(command: &'static str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(HostError::NotRoot(command).into());
+    }
+    Ok(())
+}
+
+fn require_programs(kind: DriverKind) -> Result<()> {
+    if kind == DriverKind::Netns {
+        for (program, package) in process::PROGRAMS {
+            if process::find_program(program).is_none() {
+                return Err(HostError::MissingProgram(program, package).into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn driver(lab: &Lab, netlink: &Arc<Netlink>) -> Result<Box<dyn Driver>> {
+    Ok(match lab.driver {
+        DriverKind::Netns => Box::new(NetnsDriver::new(netlink.clone())),
+        DriverKind::Libvirt => bail!(
+            "lab {}: the libvirt driver is not built yet; use `driver: netns` for now",
+            lab.name
+        ),
+    })
+}
+
+fn engine(lab: &Lab) -> Result<Engine> {
+    let netlink = Arc::new(Netlink::open()?);
+    Ok(Engine::new(
+        driver(lab, &netlink)?,
+        netlink,
+        StateDir::from_env(),
+    ))
+}
+
+/// `vxlab validate LAB`
+pub fn validate(path: &Path) -> Result<u8> {
+    let lab = load(path)?;
+    println!(
+        "{}: lab {} is valid ({} guests, {} vxlans, {} driver)",
+        path.display(),
+        lab.name,
+        lab.guests.len(),
+        lab.vxlans.len(),
+        lab.driver
+    );
+    Ok(exit::OK)
+}
+
+/// `vxlab plan LAB`
+pub fn plan(path: &Path, json: bool) -> Result<u8> {
+    let p = plan::plan(&load(path)?);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        print!("{}", p.render());
+    }
+    Ok(exit::OK)
+}
+
+fn print_outcome(plan: &Plan, o: &Outcome, json: bool) -> Result<u8> {
+    let r = report::build(plan, o);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", r.human());
+    }
+    Ok(if o.verdict.ok() {
+        exit::OK
+    } else {
+        exit::CHECK_FAILED
+    })
+}
+
+/// `vxlab up LAB`
+pub fn up(path: &Path, json: bool) -> Result<u8> {
+    let lab = load(path)?;
+    require_root("up")?;
+    require_programs(lab.driver)?;
+    let text = std::fs::read_to_string(path)?;
+    let p = plan::plan(&lab);
+    let ui = Progress::new();
+    let o = engine(&lab)?
+        .up(&p, path, &text, &ui)
+        .map_err(|e| down_hint(e, &lab.name))
+        .with_context(|| format!("while bringing up lab {}", lab.name))?;
+    print_outcome(&p, &o, json)
+}
+
+fn down_hint(e: EngineError, lab: &str) -> anyhow::Error {
+    match e {
+        EngineError::State(StateError::Busy { .. }) => e.into(),
+        other => anyhow::Error::new(other).context(format!(
+            "the lab is left part-way; `vxlab down {lab}` removes all of it"
+        )),
+    }
+}
+
+/// The running lab that `arg` names (a lab file or a lab name), or the only one running.
+fn resolve(arg: Option<&Path>) -> Result<(Lab, PathBuf)> {
+    let state = StateDir::from_env();
+    let name = match arg {
+        Some(p) if p.is_file() => load(p)?.name,
+        Some(p) => p.to_string_lossy().into_owned(),
+        None => match state.labs().as_slice() {
+            [one] => one.clone(),
+            [] => bail!("no lab is running"),
+            many => bail!("several labs are running ({}); name one", many.join(", ")),
+        },
+    };
+    let copy = state.lab_dir(&name).join(LAB_COPY);
+    if !copy.is_file() {
+        return Err(StateError::NotRunning(name, state.lab_dir("")).into());
+    }
+    let lab = load(&copy).with_context(|| format!("lab {name}'s recorded lab file"))?;
+    Ok((lab, copy))
+}
+
+/// `vxlab check [LAB]`
+pub fn check(arg: Option<&Path>, json: bool) -> Result<u8> {
+    require_root("check")?;
+    let (lab, _) = resolve(arg)?;
+    let p = plan::plan(&lab);
+    let o = engine(&lab)?
+        .check(&p)
+        .with_context(|| format!("while checking lab {}", lab.name))?;
+    print_outcome(&p, &o, json)
+}
+
+/// `vxlab down [LAB]`
+pub fn down(arg: Option<&Path>) -> Result<u8> {
+    require_root("down")?;
+    let lab = match resolve(arg) {
+        Ok((lab, _)) => lab,
+        Err(e) if matches!(e.downcast_ref(), Some(StateError::NotRunning(..))) => {
+            eprintln!("{e}; nothing to remove");
+            return Ok(exit::OK);
+        }
+        Err(e) => return Err(e),
+    };
+    let notes = engine(&lab)?
+        .down(&lab.name)
+        .with_context(|| format!("while removing lab {}", lab.name))?;
+    for n in notes {
+        eprintln!("note: {n}");
+    }
+    eprintln!("lab {} removed", lab.name);
+    Ok(exit::OK)
+}
+
+/// `vxlab status`
+pub fn status(json: bool) -> Result<u8> {
+    let state = StateDir::from_env();
+    let mut rows = Vec::new();
+    for name in state.labs() {
+        let copy = state.lab_dir(&name).join(LAB_COPY);
+        let row = match load(&copy) {
+            Err(e) => (name, "?".to_string(), 0, format!("unreadable: {e}")),
+            Ok(lab) => {
+                let p = plan::plan(&lab);
+                let health = match engine(&lab) {
+                    Err(e) => format!("{e}"),
+                    Ok(eng) => {
+                        let bad: Vec<String> = eng
+                            .health(&p)
+                            .into_iter()
+                            .filter_map(|(g, r)| r.err().map(|e| format!("{g}: {e}")))
+                            .collect();
+                        if bad.is_empty() {
+                            "healthy".into()
+                        } else {
+                            bad.join("; ")
+                        }
+                    }
+                };
+                (name, lab.driver.to_string(), lab.guests.len(), health)
+            }
+        };
+        rows.push(row);
+    }
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(
+                |(n, d, g, h)| serde_json::json!({"lab": n, "driver": d, "guests": g, "health": h}),
+            )
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if rows.is_empty() {
+        println!("no lab is running");
+    } else {
+        println!("{:<24} {:<8} {:>6}  HEALTH", "LAB", "DRIVER", "GUESTS");
+        for (n, d, g, h) in rows {
+            println!("{n:<24} {d:<8} {g:>6}  {h}");
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `vxlab exec GUEST -- CMD...`
+pub fn exec(lab: Option<&Path>, guest: &str, argv: &[String]) -> Result<u8> {
+    require_root("exec")?;
+    let (lab, _) = resolve(lab)?;
+    let p = plan::plan(&lab);
+    let Some(g) = p.guest(guest) else {
+        bail!("lab {} has no guest named {guest}", lab.name);
+    };
+    let out = driver(&lab, &Arc::new(Netlink::open()?))?.exec(g, argv)?;
+    print!("{}", out.stdout);
+    eprint!("{}", out.stderr);
+    Ok(u8::try_from(out.status).unwrap_or(exit::SOFTWARE))
+}

@@ -1,0 +1,65 @@
+//! Where guests live. The engine is written once against [`Driver`]; each kind of guest is a
+//! sibling module: [`netns`] (a network namespace per guest) and, later, libvirt.
+
+pub mod netns;
+
+use crate::host::process::Output;
+use crate::plan::{GuestPlan, Plan};
+use crate::state::Resource;
+
+/// A driver operation on one guest failed.
+#[derive(Debug, thiserror::Error)]
+#[error("guest {guest}: {what}")]
+pub struct DriverError {
+    /// Guest name.
+    pub guest: String,
+    /// What was being done.
+    pub what: String,
+    /// Why it failed.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl DriverError {
+    /// Wraps `source` as the failure of `what` on `guest`.
+    pub fn new(
+        guest: &str,
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        DriverError {
+            guest: guest.to_string(),
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Creates guests, runs commands in them, and removes what it created.
+pub trait Driver: Sync {
+    /// Resources guest `guest` will own, in creation order; the engine records them before
+    /// calling [`Driver::create_guest`] and `down` removes them in reverse order.
+    fn guest_resources(&self, guest: &GuestPlan) -> Vec<Resource>;
+
+    /// Brings the guest up attached to the plan's bridge, ready for [`Driver::exec`]; adopts a
+    /// guest that already exists. `progress` reports the stage the guest is in.
+    fn create_guest(
+        &self,
+        plan: &Plan,
+        guest: &GuestPlan,
+        progress: &dyn Fn(&str),
+    ) -> Result<(), DriverError>;
+
+    /// Runs `argv` in the guest and waits for it.
+    fn exec(&self, guest: &GuestPlan, argv: &[String]) -> Result<Output, DriverError>;
+
+    /// Removes one resource of this driver's kinds; `Ok(false)` when it was already gone or is
+    /// not this driver's.
+    fn remove(&self, resource: &Resource) -> Result<bool, DriverError>;
+
+    /// Whether the guest exists now.
+    fn guest_exists(&self, guest: &GuestPlan) -> bool;
+
+    /// How many commands the engine may run at once across all guests.
+    fn parallel_commands(&self) -> usize;
+}

@@ -1,0 +1,83 @@
+//! Guests as network namespaces on this host: a veth pair per guest, the host end on the lab's
+//! bridge and the guest end named as the lab's underlay interface.
+
+use std::sync::Arc;
+
+use super::{Driver, DriverError};
+use crate::host::netlink::{netns_path, Netlink};
+use crate::host::process::{self, Output};
+use crate::plan::{GuestPlan, Plan};
+use crate::state::Resource;
+
+/// The namespace driver.
+pub struct NetnsDriver {
+    netlink: Arc<Netlink>,
+}
+
+impl NetnsDriver {
+    /// A driver that uses `netlink` for links and namespaces.
+    pub fn new(netlink: Arc<Netlink>) -> Self {
+        NetnsDriver { netlink }
+    }
+}
+
+impl Driver for NetnsDriver {
+    fn guest_resources(&self, guest: &GuestPlan) -> Vec<Resource> {
+        // Reverse order at `down`: the host link goes first, which deletes its peer at once;
+        // leaving that to the namespace's deletion is asynchronous and makes a quick second
+        // `up` fail with "File exists".
+        vec![
+            Resource::Netns {
+                name: guest.instance.clone(),
+            },
+            Resource::HostLink {
+                name: guest.host_link.clone(),
+            },
+        ]
+    }
+
+    fn create_guest(
+        &self,
+        plan: &Plan,
+        guest: &GuestPlan,
+        progress: &dyn Fn(&str),
+    ) -> Result<(), DriverError> {
+        progress("creating namespace");
+        self.netlink
+            .add_netns(&guest.instance)
+            .map_err(|e| DriverError::new(&guest.name, "creating its namespace", e))?;
+        progress("plugging into the bridge");
+        self.netlink
+            .add_veth(
+                &guest.host_link,
+                &plan.bridge,
+                &guest.interface,
+                &guest.instance,
+            )
+            .map_err(|e| DriverError::new(&guest.name, "creating its underlay link", e))
+    }
+
+    fn exec(&self, guest: &GuestPlan, argv: &[String]) -> Result<Output, DriverError> {
+        process::run(argv, Some(&netns_path(&guest.instance)))
+            .map_err(|e| DriverError::new(&guest.name, format!("running {}", argv[0]), e))
+    }
+
+    fn remove(&self, resource: &Resource) -> Result<bool, DriverError> {
+        match resource {
+            Resource::Netns { name } => self
+                .netlink
+                .delete_netns(name)
+                .map_err(|e| DriverError::new(name, "deleting its namespace", e)),
+            _ => Ok(false),
+        }
+    }
+
+    fn guest_exists(&self, guest: &GuestPlan) -> bool {
+        netns_path(&guest.instance).exists()
+    }
+
+    fn parallel_commands(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        cores * 8
+    }
+}

@@ -1,0 +1,516 @@
+//! The engine: executes a plan through a driver, observes the guests, and verifies them.
+//! Written once against [`Driver`] and [`HostNetwork`]; it never knows which kind of guest it
+//! has.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::driver::{Driver, DriverError};
+use crate::host::netlink::NetlinkError;
+use crate::host::process::{self, Output};
+use crate::host::{sysctl, HostNetwork};
+use crate::lab::{DriverKind, Expect, Flood};
+use crate::observe::{self, GuestState, ParseError};
+use crate::plan::{shell_words, Effect, GuestPlan, Plan};
+use crate::progress::Progress;
+use crate::state::{LabLock, LabState, Resource, StateDir, StateError};
+use crate::verify::{self, PingResult, Verdict};
+
+/// What went wrong while running a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A driver operation failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// The lab's state could not be read, written or locked.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A host link could not be changed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// A planned command failed in a guest.
+    #[error("guest {guest}: `{command}` failed: {stderr}")]
+    Step {
+        /// Guest.
+        guest: String,
+        /// The command as a student would type it.
+        command: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A guest printed state vxlab cannot read.
+    #[error("guest {guest}: cannot read its state")]
+    Observe {
+        /// Guest.
+        guest: String,
+        /// The parse failure.
+        #[source]
+        source: ParseError,
+    },
+    /// The host is not ready for the lab; the message says what to do.
+    #[error("{0}")]
+    Host(String),
+}
+
+/// The result of `up` or `check`.
+#[derive(Debug)]
+pub struct Outcome {
+    /// What each guest's kernel reported after the pings.
+    pub observed: BTreeMap<String, GuestState>,
+    /// Every ping.
+    pub pings: Vec<PingResult>,
+    /// The checks.
+    pub verdict: Verdict,
+    /// Notes for the user (settings changed, resources adopted).
+    pub notes: Vec<String>,
+}
+
+/// Runs labs.
+pub struct Engine {
+    driver: Box<dyn Driver>,
+    host: Arc<dyn HostNetwork>,
+    state: StateDir,
+}
+
+impl Engine {
+    /// An engine over `driver` and `host`, keeping state in `state`.
+    pub fn new(driver: Box<dyn Driver>, host: Arc<dyn HostNetwork>, state: StateDir) -> Self {
+        Engine {
+            driver,
+            host,
+            state,
+        }
+    }
+
+    /// Brings the lab up (or converges a running one), then checks it.
+    pub fn up(
+        &self,
+        plan: &Plan,
+        source: &Path,
+        lab_text: &str,
+        ui: &Progress,
+    ) -> Result<Outcome, EngineError> {
+        let lock = self.state.lock(&plan.lab)?;
+        let mut st = lock.load()?.unwrap_or_else(|| LabState {
+            lab: plan.lab.clone(),
+            source: source.to_path_buf(),
+            resources: Vec::new(),
+        });
+        self.refuse_foreign_bridge(plan, &st)?;
+        refuse_routed_subnet(plan)?;
+        std::fs::write(lock.dir().join(crate::state::LAB_COPY), lab_text).map_err(|e| {
+            StateError::Io {
+                what: "cannot write",
+                path: lock.dir().join(crate::state::LAB_COPY),
+                source: e,
+            }
+        })?;
+        lock.save(&st)?;
+
+        let mut notes = Vec::new();
+        if plan.driver == DriverKind::Netns {
+            notes.extend(size_neighbour_tables(plan, &lock, &mut st)?);
+        }
+        lock.record(
+            &mut st,
+            vec![Resource::Bridge {
+                name: plan.bridge.clone(),
+            }],
+        )?;
+        self.host.ensure_bridge(&plan.bridge, plan.gateway)?;
+
+        let guest_resources = plan
+            .guests
+            .iter()
+            .flat_map(|g| self.driver.guest_resources(g))
+            .collect();
+        lock.record(&mut st, guest_resources)?;
+
+        let results: Vec<Result<(), EngineError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = plan
+                .guests
+                .iter()
+                .map(|g| {
+                    let bar = ui.line(&g.name);
+                    s.spawn(move || {
+                        let r = self
+                            .driver
+                            .create_guest(plan, g, &|stage| bar.set_message(stage.to_string()))
+                            .map_err(EngineError::from)
+                            .and_then(|()| {
+                                bar.set_message("configuring vxlan");
+                                self.configure(g)
+                            });
+                        match &r {
+                            Ok(()) => bar.finish_with_message("ready"),
+                            Err(_) => bar.abandon_with_message("failed"),
+                        }
+                        r
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("guest thread panicked"))
+                .collect()
+        });
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(e);
+        }
+        let mut outcome = self.verify_running(plan)?;
+        outcome.notes.splice(0..0, notes);
+        Ok(outcome)
+    }
+
+    /// A bridge of that name that this lab did not create belongs to someone else.
+    fn refuse_foreign_bridge(&self, plan: &Plan, st: &LabState) -> Result<(), EngineError> {
+        let ours = st.resources.contains(&Resource::Bridge {
+            name: plan.bridge.clone(),
+        });
+        let exists = Path::new("/sys/class/net").join(&plan.bridge).exists();
+        if exists && !ours {
+            return Err(EngineError::Host(format!(
+                "a link named {} already exists on this host and lab {} did not create it; \
+                 choose another `underlay.bridge`",
+                plan.bridge, plan.lab
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs one guest's planned steps, skipping what is already in place.
+    fn configure(&self, g: &GuestPlan) -> Result<(), EngineError> {
+        let now = self.read_links(g)?;
+        let mut fdb: BTreeMap<String, Vec<observe::FdbEntry>> = BTreeMap::new();
+        for step in &g.steps {
+            match &step.effect {
+                Effect::CreateVtep { vtep } => {
+                    let v = &g.vteps[*vtep];
+                    if let Some(link) = now.links.get(&v.device) {
+                        let same = link.vxlan.as_ref().is_some_and(|p| {
+                            p.vni == v.vni
+                                && p.port == v.port
+                                && p.learning == v.learning
+                                && p.dev.as_deref() == Some(v.dev.as_str())
+                                && p.group == group_of(&v.flood)
+                        });
+                        if same {
+                            continue;
+                        }
+                        self.run(
+                            g,
+                            &["ip", "link", "del", "dev", &v.device].map(String::from),
+                        )?;
+                    }
+                }
+                Effect::AddAddress { dev, address } => {
+                    if now
+                        .links
+                        .get(dev)
+                        .is_some_and(|l| l.addresses.contains(address))
+                    {
+                        continue;
+                    }
+                }
+                Effect::FloodEntry { dev, dst } => {
+                    if now.links.contains_key(dev) {
+                        if !fdb.contains_key(dev) {
+                            let out = self.run(g, &observe::commands::fdb(dev))?;
+                            let entries = observe::parse_fdb(&out.stdout).map_err(|source| {
+                                EngineError::Observe {
+                                    guest: g.name.clone(),
+                                    source,
+                                }
+                            })?;
+                            fdb.insert(dev.clone(), entries);
+                        }
+                        if fdb[dev]
+                            .iter()
+                            .any(|e| e.mac.is_zero() && e.dst == Some(*dst))
+                        {
+                            continue;
+                        }
+                    }
+                }
+                Effect::Setting => {}
+            }
+            self.run(g, &step.argv)?;
+        }
+        Ok(())
+    }
+
+    fn run(&self, g: &GuestPlan, argv: &[String]) -> Result<Output, EngineError> {
+        let out = self.driver.exec(g, argv)?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(EngineError::Step {
+                guest: g.name.clone(),
+                command: shell_words(argv),
+                stderr: out.stderr.trim().to_string(),
+            })
+        }
+    }
+
+    fn parse<T>(g: &GuestPlan, r: Result<T, ParseError>) -> Result<T, EngineError> {
+        r.map_err(|source| EngineError::Observe {
+            guest: g.name.clone(),
+            source,
+        })
+    }
+
+    /// Links with their addresses.
+    fn read_links(&self, g: &GuestPlan) -> Result<GuestState, EngineError> {
+        let links = self.run(g, &observe::commands::links())?;
+        let addrs = self.run(g, &observe::commands::addresses())?;
+        Ok(GuestState::new(
+            Self::parse(g, observe::parse_links(&links.stdout))?,
+            Self::parse(g, observe::parse_addresses(&addrs.stdout))?,
+        ))
+    }
+
+    /// Everything a student would look at in one guest: links, groups, FDBs.
+    pub fn observe(&self, g: &GuestPlan) -> Result<GuestState, EngineError> {
+        let mut st = self.read_links(g)?;
+        let out = self.run(g, &observe::commands::groups(&g.interface))?;
+        st.groups = Self::parse(g, observe::parse_groups(&out.stdout))?;
+        for v in &g.vteps {
+            if !st.links.contains_key(&v.device) {
+                continue;
+            }
+            let out = self.run(g, &observe::commands::fdb(&v.device))?;
+            st.fdb.insert(
+                v.device.clone(),
+                Self::parse(g, observe::parse_fdb(&out.stdout))?,
+            );
+        }
+        Ok(st)
+    }
+
+    /// Pings, then reads every guest, then verifies: what `check` does on a running lab.
+    pub fn verify_running(&self, plan: &Plan) -> Result<Outcome, EngineError> {
+        let pings = self.ping_all(plan);
+        let observed: BTreeMap<String, GuestState> =
+            parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
+                self.observe(g).ok().map(|s| (g.name.clone(), s))
+            })
+            .into_iter()
+            .flatten()
+            .collect();
+        let verdict = verify::verify(plan, &observed, &pings);
+        Ok(Outcome {
+            observed,
+            pings,
+            verdict,
+            notes: Vec::new(),
+        })
+    }
+
+    /// Runs every planned ping, many at once. An expected reply gets two more tries: the first
+    /// frame of a fresh VTEP can be lost while the neighbour entry resolves.
+    fn ping_all(&self, plan: &Plan) -> Vec<PingResult> {
+        parallel_map(&plan.pings, self.driver.parallel_commands(), |p| {
+            let tries = if p.expect == Expect::Success { 3 } else { 1 };
+            let replied = plan.guest(&p.from).is_some_and(|g| {
+                (0..tries).any(|_| self.driver.exec(g, &p.argv).is_ok_and(|o| o.success()))
+            });
+            PingResult {
+                ping: p.clone(),
+                replied,
+            }
+        })
+    }
+
+    /// Re-verifies a running lab under its lock.
+    pub fn check(&self, plan: &Plan) -> Result<Outcome, EngineError> {
+        let _lock = self.state.lock(&plan.lab)?;
+        self.verify_running(plan)
+    }
+
+    /// Removes every resource recorded for the lab, newest first, then its state.
+    pub fn down(&self, lab: &str) -> Result<Vec<String>, EngineError> {
+        let lock = self.state.lock(lab)?;
+        let Some(st) = lock.load()? else {
+            lock.remove()?;
+            return Ok(vec![format!("lab {lab} is not running; nothing to remove")]);
+        };
+        let others_running = self.state.labs().iter().any(|l| l != lab);
+        let mut notes = Vec::new();
+        for r in st.resources.iter().rev() {
+            match r {
+                Resource::Bridge { name } | Resource::HostLink { name } => {
+                    self.host.delete_link(name)?;
+                }
+                Resource::Path { path } => {
+                    let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir_all(path));
+                }
+                Resource::Sysctl { key, previous } => {
+                    if others_running {
+                        notes.push(format!("left {key} raised: other labs are still running"));
+                    } else if sysctl::write(key, previous).is_ok() {
+                        notes.push(format!("restored {key} to {previous}"));
+                    }
+                }
+                other => {
+                    self.driver.remove(other)?;
+                }
+            }
+        }
+        lock.remove()?;
+        Ok(notes)
+    }
+
+    /// Whether each guest of a running lab exists and has its vxlan devices.
+    pub fn health(&self, plan: &Plan) -> Vec<(String, Result<(), String>)> {
+        parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
+            let r = if !self.driver.guest_exists(g) {
+                Err("guest missing".to_string())
+            } else {
+                match self.read_links(g) {
+                    Err(e) => Err(e.to_string()),
+                    Ok(st) => {
+                        let missing: Vec<&str> = g
+                            .vteps
+                            .iter()
+                            .filter(|v| !st.links.contains_key(&v.device))
+                            .map(|v| v.device.as_str())
+                            .collect();
+                        if missing.is_empty() {
+                            Ok(())
+                        } else {
+                            Err(format!("{} missing", missing.join(", ")))
+                        }
+                    }
+                }
+            };
+            (g.name.clone(), r)
+        })
+    }
+}
+
+fn group_of(flood: &Flood) -> Option<IpAddr> {
+    match flood {
+        Flood::Group(ip) => Some(*ip),
+        Flood::HeadEnd => None,
+    }
+}
+
+/// The kernel's neighbour table is shared by every namespace; a full mesh of many namespace
+/// guests overflows the default (`gc_thresh3` = 1024) and pings get lost. Raise it for the lab.
+fn size_neighbour_tables(
+    plan: &Plan,
+    lock: &LabLock,
+    st: &mut LabState,
+) -> Result<Vec<String>, EngineError> {
+    let (v4, v6) = plan.neighbours_needed();
+    let mut notes = Vec::new();
+    for (needed, ipv6) in [(v4, false), (v6, true)] {
+        if needed == 0 {
+            continue;
+        }
+        let keys = sysctl::neighbour_keys(ipv6);
+        // gc_thresh2 is where garbage collection starts, gc_thresh3 the hard limit.
+        for (key, target) in [(&keys[1], needed * 2), (&keys[2], needed * 4)] {
+            let Ok(now) = sysctl::read(key) else { continue };
+            let current: usize = now.parse().unwrap_or(usize::MAX);
+            if current >= target {
+                continue;
+            }
+            lock.record(
+                st,
+                vec![Resource::Sysctl {
+                    key: key.clone(),
+                    previous: now.clone(),
+                }],
+            )?;
+            sysctl::write(key, &target.to_string())
+                .map_err(|e| EngineError::Host(format!("cannot raise {key} to {target}: {e}")))?;
+            notes.push(format!(
+                "raised {key} from {now} to {target}: the lab needs about {needed} neighbour entries \
+                 and all namespaces share one table"
+            ));
+        }
+    }
+    Ok(notes)
+}
+
+/// Refuses a lab whose underlay subnet the host already routes elsewhere: the lab would hijack
+/// or be hijacked by that network.
+fn refuse_routed_subnet(plan: &Plan) -> Result<(), EngineError> {
+    let subnet = plan.gateway.trunc();
+    let family = if subnet.addr().is_ipv4() { "-4" } else { "-6" };
+    let argv = ["ip", "-j", family, "route", "show"].map(String::from);
+    let Ok(out) = process::run(&argv, None) else {
+        return Ok(());
+    };
+    #[derive(serde::Deserialize)]
+    struct Route {
+        dst: String,
+        dev: Option<String>,
+    }
+    let routes: Vec<Route> = serde_json::from_str(&out.stdout).unwrap_or_default();
+    for r in routes {
+        let Ok(dst) = r.dst.parse::<IpNet>() else {
+            continue;
+        };
+        if dst.prefix_len() == 0 || r.dev.as_deref() == Some(plan.bridge.as_str()) {
+            continue;
+        }
+        if dst.contains(&subnet.network()) || subnet.contains(&dst.network()) {
+            return Err(EngineError::Host(format!(
+                "the underlay subnet {subnet} overlaps {} routed via {} on this host; \
+                 choose another `underlay.subnet`",
+                r.dst,
+                r.dev.as_deref().unwrap_or("another route")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Maps `f` over `items` with at most `workers` threads, keeping the order.
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let mut slots: Vec<Option<R>> = Vec::new();
+    slots.resize_with(items.len(), || None);
+    let done = std::sync::Mutex::new(slots);
+    std::thread::scope(|s| {
+        for _ in 0..workers.clamp(1, items.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                done.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    done.into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every item was mapped"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_map_keeps_order() {
+        let xs: Vec<u32> = (0..100).collect();
+        assert_eq!(
+            parallel_map(&xs, 7, |x| x * 2),
+            xs.iter().map(|x| x * 2).collect::<Vec<_>>()
+        );
+        assert!(parallel_map(&Vec::<u32>::new(), 4, |x| *x).is_empty());
+    }
+}

@@ -1,0 +1,25 @@
+//! Side effects on the host: child processes, netlink, sysctls. Everything here is an edge
+//! the pure core never touches directly.
+
+pub mod netlink;
+pub mod process;
+pub mod sysctl;
+
+use ipnet::IpNet;
+
+/// The host side of a lab's underlay: its bridge and the host ends of guest links.
+pub trait HostNetwork: Sync + Send {
+    /// Creates (or reuses) the bridge with its address, up.
+    fn ensure_bridge(&self, name: &str, address: IpNet) -> Result<(), netlink::NetlinkError>;
+    /// Deletes a link; false when it was not there.
+    fn delete_link(&self, name: &str) -> Result<bool, netlink::NetlinkError>;
+}
+
+impl HostNetwork for netlink::Netlink {
+    fn ensure_bridge(&self, name: &str, address: IpNet) -> Result<(), netlink::NetlinkError> {
+        netlink::Netlink::ensure_bridge(self, name, address)
+    }
+    fn delete_link(&self, name: &str) -> Result<bool, netlink::NetlinkError> {
+        netlink::Netlink::delete_link(self, name)
+    }
+}

@@ -1,0 +1,216 @@
+//! The host's links and namespaces through rtnetlink.
+//!
+//! rtnetlink is async; the rest of vxlab is not. A small current-thread runtime lives inside
+//! [`Netlink`] and every call blocks on it, so the async edge stays this one file.
+
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::packet_route::address::AddressHeaderFlags;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::{
+    new_connection, Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, NetworkNamespace,
+};
+
+/// A netlink request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The netlink socket could not be opened.
+    #[error("cannot open a netlink socket")]
+    Socket(#[source] std::io::Error),
+    /// The kernel refused a request.
+    #[error("{what}: {source}")]
+    Request {
+        /// What was asked.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A namespace file could not be opened.
+    #[error("cannot open namespace {path}")]
+    Namespace {
+        /// Its bind mount.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where `ip netns` keeps named namespaces.
+pub fn netns_path(name: &str) -> PathBuf {
+    PathBuf::from("/run/netns").join(name)
+}
+
+/// Host links and namespaces.
+pub struct Netlink {
+    inner: Mutex<(tokio::runtime::Runtime, Handle)>,
+}
+
+const ENODEV: i32 = 19;
+
+fn is_missing(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code().abs() == ENODEV)
+}
+
+impl Netlink {
+    /// Opens a netlink socket.
+    pub fn open() -> Result<Self, NetlinkError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(NetlinkError::Socket)?;
+        let handle = rt.block_on(async {
+            let (conn, handle, _) = new_connection()?;
+            tokio::spawn(conn);
+            Ok::<_, std::io::Error>(handle)
+        });
+        Ok(Netlink {
+            inner: Mutex::new((rt, handle.map_err(NetlinkError::Socket)?)),
+        })
+    }
+
+    fn call<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        f: impl AsyncFnOnce(Handle) -> Result<T, rtnetlink::Error>,
+    ) -> Result<T, NetlinkError> {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (rt, handle) = &*guard;
+        rt.block_on(f(handle.clone()))
+            .map_err(|source| NetlinkError::Request {
+                what: what(),
+                source,
+            })
+    }
+
+    /// The index of link `name`, or `None` when there is none.
+    pub fn link_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        let n = name.to_string();
+        let r = self.call(
+            || format!("looking up link {name}"),
+            async move |h: Handle| -> Result<Option<u32>, rtnetlink::Error> {
+                match h.link().get().match_name(n).execute().try_next().await {
+                    Ok(m) => Ok(m.map(|m| m.header.index)),
+                    Err(e) if is_missing(&e) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            },
+        )?;
+        Ok(r)
+    }
+
+    /// Creates bridge `name` with `address` and brings it up; an existing one is reused.
+    pub fn ensure_bridge(&self, name: &str, address: IpNet) -> Result<(), NetlinkError> {
+        let index = match self.link_index(name)? {
+            Some(i) => i,
+            None => {
+                let msg = LinkBridge::new(name).up().build();
+                self.call(
+                    || format!("creating bridge {name}"),
+                    async move |h: Handle| h.link().add(msg).execute().await,
+                )?;
+                self.link_index(name)?.unwrap_or_default()
+            }
+        };
+        self.call(
+            || format!("bringing up bridge {name}"),
+            async move |h: Handle| {
+                h.link()
+                    .set(LinkUnspec::new_with_index(index).up().build())
+                    .execute()
+                    .await
+            },
+        )?;
+        self.call(
+            || format!("adding {address} to bridge {name}"),
+            async move |h: Handle| {
+                let mut req = h
+                    .address()
+                    .add(index, address.addr(), address.prefix_len())
+                    .replace();
+                if matches!(address.addr(), IpAddr::V6(_)) {
+                    req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+                }
+                req.execute().await
+            },
+        )
+    }
+
+    /// Creates a veth pair: `host_link` on the host, enslaved to `bridge` and up, and its peer
+    /// `guest_link` inside the namespace `netns`. An existing `host_link` is left as it is.
+    pub fn add_veth(
+        &self,
+        host_link: &str,
+        bridge: &str,
+        guest_link: &str,
+        netns: &str,
+    ) -> Result<(), NetlinkError> {
+        if self.link_index(host_link)?.is_some() {
+            return Ok(());
+        }
+        let path = netns_path(netns);
+        let ns = std::fs::File::open(&path).map_err(|source| NetlinkError::Namespace {
+            path: path.clone(),
+            source,
+        })?;
+        let bridge_index = self.link_index(bridge)?.unwrap_or_default();
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(guest_link.to_string())
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host_link.to_string())
+            .controller(bridge_index)
+            .up()
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        self.call(
+            || format!("creating veth {host_link} into namespace {netns}"),
+            async move |h: Handle| h.link().add(msg).execute().await,
+        )
+    }
+
+    /// Deletes link `name`; returns false when there was none.
+    pub fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        let Some(index) = self.link_index(name)? else {
+            return Ok(false);
+        };
+        self.call(
+            || format!("deleting link {name}"),
+            async move |h: Handle| match h.link().del(index).execute().await {
+                Err(e) if is_missing(&e) => Ok(false),
+                r => r.map(|_| true),
+            },
+        )
+    }
+
+    /// Creates the named namespace, like `ip netns add`; an existing one is reused.
+    pub fn add_netns(&self, name: &str) -> Result<(), NetlinkError> {
+        if netns_path(name).exists() {
+            return Ok(());
+        }
+        let n = name.to_string();
+        self.call(
+            || format!("creating namespace {name}"),
+            async move |_h: Handle| NetworkNamespace::add(n).await,
+        )
+    }
+
+    /// Deletes the named namespace, like `ip netns del`; returns false when there was none.
+    pub fn delete_netns(&self, name: &str) -> Result<bool, NetlinkError> {
+        if !netns_path(name).exists() {
+            return Ok(false);
+        }
+        let n = name.to_string();
+        self.call(
+            || format!("deleting namespace {name}"),
+            async move |_h: Handle| NetworkNamespace::del(n).await.map(|_| true),
+        )
+    }
+}

@@ -1,0 +1,341 @@
+//! The lab: what an instructor wrote, read and validated into a typed model before anything
+//! on the host is touched.
+
+mod file;
+pub mod source;
+mod validate;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub use source::Position;
+
+/// A validated lab.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Lab {
+    /// Short name, `[a-z0-9-]`; it prefixes every resource vxlab creates.
+    pub name: String,
+    /// Which kind of guest the lab runs on.
+    pub driver: DriverKind,
+    /// The host bridge and the subnet every guest's underlay interface sits in.
+    pub underlay: Underlay,
+    /// Guests, in file order (the order numbers their MACs).
+    pub guests: Vec<Guest>,
+    /// Overlay networks.
+    pub vxlans: Vec<Vxlan>,
+    /// Connectivity checks run after `up` and by `check`.
+    pub checks: Vec<Check>,
+    /// Settings of the libvirt driver (defaults when the file has none).
+    pub libvirt: LibvirtSettings,
+}
+
+/// Where guests live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// Each guest is a Linux network namespace on this host.
+    Netns,
+    /// Each guest is a QEMU/KVM virtual machine managed by libvirt.
+    Libvirt,
+}
+
+impl fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DriverKind::Netns => "netns",
+            DriverKind::Libvirt => "libvirt",
+        })
+    }
+}
+
+/// The underlay network.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Underlay {
+    /// Host bridge name.
+    pub bridge: String,
+    /// Underlay subnet (network address, no host bits).
+    pub subnet: IpNet,
+    /// The bridge's own address in the subnet.
+    pub gateway: IpAddr,
+    /// Name of each guest's underlay interface (`eth0`).
+    pub interface: String,
+}
+
+/// One guest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Guest {
+    /// Guest name, `[a-z0-9-]`.
+    pub name: String,
+    /// Underlay address.
+    pub address: IpAddr,
+    /// Memory in MiB (libvirt).
+    pub memory_mib: u64,
+    /// Virtual CPUs (libvirt).
+    pub vcpus: u64,
+}
+
+/// One overlay network.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Vxlan {
+    /// Device name in every member guest.
+    pub name: String,
+    /// VXLAN network identifier, 1..=16777215.
+    pub vni: u32,
+    /// How broadcast, unknown unicast and multicast frames reach the other VTEPs.
+    pub flood: Flood,
+    /// Underlay device the VTEP sends from.
+    pub dev: String,
+    /// UDP destination port.
+    pub port: u16,
+    /// Whether the VTEP learns remote MACs from received frames.
+    pub learning: bool,
+    /// MTU of the vxlan device, when the file sets one.
+    pub mtu: Option<u32>,
+    /// Member guests with their overlay address.
+    pub members: Vec<Member>,
+}
+
+/// How a VTEP floods frames with no known destination.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flood {
+    /// To a multicast group that every VTEP joins on its underlay device.
+    Group(IpAddr),
+    /// One unicast copy to each other member (head-end replication).
+    HeadEnd,
+}
+
+/// A guest's membership in a vxlan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Member {
+    /// Guest name.
+    pub guest: String,
+    /// Overlay address with prefix length.
+    pub address: IpNet,
+    /// MAC the file sets for this guest's device, overriding the derived one.
+    pub mac: Option<Mac>,
+}
+
+/// A connectivity check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// Every member pings every other member inside each vxlan.
+    PingAll,
+    /// One ping with an expected outcome.
+    Ping {
+        /// Guest that sends.
+        from: String,
+        /// Address pinged.
+        to: IpAddr,
+        /// Whether it must succeed or fail.
+        expect: Expect,
+    },
+}
+
+/// The expected outcome of a ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    /// Replies arrive.
+    Success,
+    /// No reply arrives (isolation).
+    Fail,
+}
+
+/// Settings for libvirt guests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LibvirtSettings {
+    /// Connection URI.
+    pub uri: String,
+    /// Image path or name in the image cache.
+    pub image: String,
+    /// Accelerator choice.
+    pub accel: Accel,
+}
+
+/// Which accelerator libvirt guests use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM when a probe shows it can run a guest, otherwise TCG.
+    Auto,
+    /// Hardware virtualization.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+/// An Ethernet MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// True for the all-zeros address the kernel uses for flood entries.
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 6]
+    }
+    /// True when the group bit is set.
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 1 == 1
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad = || format!("`{s}` is not a MAC address like 02:00:00:00:00:01");
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 6];
+        for (o, p) in out.iter_mut().zip(parts) {
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *o = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One thing wrong with a lab file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where in the file.
+    pub position: Position,
+    /// Field path, such as `vxlans[0].vni`.
+    pub field: String,
+    /// What is wrong, in words a student understands.
+    pub message: String,
+}
+
+/// A lab file that cannot be used, with every problem found in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct LabError {
+    /// The file as the user named it.
+    pub file: PathBuf,
+    /// What is wrong with it.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for LabError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{} is not a valid lab ({n} problem{})",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(
+                f,
+                "\n  {}:{}:{}: {}",
+                self.file.display(),
+                p.position.line,
+                p.position.column,
+                if p.field.is_empty() {
+                    p.message.clone()
+                } else {
+                    format!("{}: {}", p.field, p.message)
+                }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates the lab file at `path`.
+pub fn load(path: &Path) -> Result<Lab, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path).map_err(LoadError::Invalid)
+}
+
+/// Validates lab text; `file` only names it in errors.
+pub fn parse(text: &str, file: &Path) -> Result<Lab, LabError> {
+    let map = source::SourceMap::index(text);
+    let fail = |problems| LabError {
+        file: file.to_path_buf(),
+        problems,
+    };
+    if let Some((field, position)) = map.duplicate_keys.first() {
+        return Err(fail(vec![Problem {
+            position: *position,
+            field: field.clone(),
+            message: "appears twice; every name must be unique".into(),
+        }]));
+    }
+    let raw: file::RawLab = serde_yaml::from_str(text).map_err(|e| {
+        let position = e
+            .location()
+            .map(|l| Position {
+                line: l.line(),
+                column: l.column(),
+            })
+            .unwrap_or(Position { line: 1, column: 1 });
+        fail(vec![Problem {
+            position,
+            field: String::new(),
+            message: e.to_string().split(" at line ").next().unwrap_or("").into(),
+        }])
+    })?;
+    validate::validate(raw, &map).map_err(fail)
+}
+
+/// Reading a lab file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read lab file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid lab.
+    #[error(transparent)]
+    Invalid(LabError),
+}
+
+impl Lab {
+    /// The guest named `name`.
+    pub fn guest(&self, name: &str) -> Option<&Guest> {
+        self.guests.iter().find(|g| g.name == name)
+    }
+}

@@ -1,0 +1,745 @@
+//! Turns a [`RawLab`] into a [`Lab`], or into every problem found, each with its position.
+//!
+//! Every value that later reaches a command line, a shell over SSH or an XML document passes
+//! through here first: names are restricted to safe characters, addresses are parsed.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::file::{RawCheck, RawGuest, RawLab, RawLibvirt, RawVxlan};
+use super::source::{join_index, join_key, SourceMap};
+use super::{
+    Accel, Check, DriverKind, Expect, Flood, Guest, Lab, LibvirtSettings, Mac, Member, Problem,
+    Underlay, Vxlan,
+};
+
+/// Longest lab name: it goes into namespace and domain names with a guest name after it.
+const MAX_LAB_NAME: usize = 24;
+/// Longest guest name.
+const MAX_GUEST_NAME: usize = 32;
+/// Guests are numbered in the last byte of their derived MACs.
+pub const MAX_GUESTS: usize = 250;
+/// Linux interface names hold at most 15 bytes.
+const IFNAMSIZ: usize = 15;
+
+struct Validator<'a> {
+    map: &'a SourceMap,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn at(&mut self, field: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            position: self.map.locate(field),
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn at_key(&mut self, field: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            position: self.map.locate_key(field),
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// A name made of `[a-z0-9-]`, starting with a letter or digit.
+    fn name(&mut self, field: &str, value: &str, max: usize, key: bool) -> bool {
+        let ok = !value.is_empty()
+            && value.len() <= max
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !value.starts_with('-');
+        if !ok {
+            let msg = format!(
+                "`{value}` is not a usable name: use 1 to {max} lowercase letters, digits and \
+                 dashes, starting with a letter or digit"
+            );
+            if key {
+                self.at_key(field, msg);
+            } else {
+                self.at(field, msg);
+            }
+        }
+        ok
+    }
+
+    /// A Linux interface name.
+    fn ifname(&mut self, field: &str, value: &str) -> bool {
+        if value.len() > IFNAMSIZ {
+            self.at(
+                field,
+                format!(
+                    "`{value}` is {} bytes long; Linux interface names hold at most {IFNAMSIZ}",
+                    value.len()
+                ),
+            );
+            return false;
+        }
+        let ok = !value.is_empty()
+            && value != "."
+            && value != ".."
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !ok {
+            self.at(
+                field,
+                format!("`{value}` is not a usable interface name: use letters, digits, `-`, `_` and `.`"),
+            );
+        }
+        ok
+    }
+
+    fn ip(&mut self, field: &str, value: &str) -> Option<IpAddr> {
+        match value.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.at(
+                    field,
+                    format!("`{value}` is not an IP address (like 192.168.10.2 or fd00::2)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn prefix(&mut self, field: &str, value: &str, example: &str) -> Option<IpNet> {
+        match value.parse::<IpNet>() {
+            Ok(net) => Some(net),
+            Err(_) => {
+                self.at(
+                    field,
+                    format!("`{value}` is not an address with a prefix length (like {example})"),
+                );
+                None
+            }
+        }
+    }
+
+    fn range(&mut self, field: &str, value: i64, lo: i64, hi: i64, why: &str) -> Option<i64> {
+        if (lo..=hi).contains(&value) {
+            Some(value)
+        } else {
+            self.at(field, format!("{value} is outside {lo}..{hi} ({why})"));
+            None
+        }
+    }
+}
+
+/// Validates a parsed lab file.
+pub fn validate(raw: RawLab, map: &SourceMap) -> Result<Lab, Vec<Problem>> {
+    let mut v = Validator {
+        map,
+        problems: Vec::new(),
+    };
+    v.name("name", &raw.name, MAX_LAB_NAME, false);
+    let driver = match raw.driver.as_str() {
+        "netns" => DriverKind::Netns,
+        "libvirt" => DriverKind::Libvirt,
+        other => {
+            v.at(
+                "driver",
+                format!("`{other}` is not a driver; use `netns` or `libvirt`"),
+            );
+            DriverKind::Netns
+        }
+    };
+    let underlay = underlay(&mut v, &raw);
+    let libvirt = libvirt_settings(&mut v, raw.libvirt.as_ref());
+    let guests = guests(&mut v, &raw, underlay.as_ref(), &libvirt_defaults(&raw));
+    let known: HashSet<&str> = raw.guests.keys().map(String::as_str).collect();
+    let vxlans = vxlans(&mut v, &raw.vxlans, underlay.as_ref(), &known);
+    let checks = checks(&mut v, raw.checks.as_deref(), &known);
+
+    match underlay {
+        Some(underlay) if v.problems.is_empty() => Ok(Lab {
+            name: raw.name,
+            driver,
+            underlay,
+            guests,
+            vxlans,
+            checks,
+            libvirt,
+        }),
+        _ => Err(v.problems),
+    }
+}
+
+fn underlay(v: &mut Validator, raw: &RawLab) -> Option<Underlay> {
+    let u = &raw.underlay;
+    v.ifname("underlay.bridge", &u.bridge);
+    let interface = u.interface.clone().unwrap_or_else(|| "eth0".into());
+    v.ifname("underlay.interface", &interface);
+    let subnet = v.prefix("underlay.subnet", &u.subnet, "192.168.10.0/24")?;
+    if subnet.addr() != subnet.network() {
+        v.at(
+            "underlay.subnet",
+            format!(
+                "`{subnet}` has host bits set; the subnet is {}",
+                subnet.trunc()
+            ),
+        );
+        return None;
+    }
+    let max_len = if subnet.addr().is_ipv4() { 29 } else { 125 };
+    if subnet.prefix_len() > max_len {
+        v.at(
+            "underlay.subnet",
+            format!(
+                "/{} is too small for a lab; use /{max_len} or larger",
+                subnet.prefix_len()
+            ),
+        );
+        return None;
+    }
+    let gateway = match &u.gateway {
+        None => first_host(subnet),
+        Some(g) => {
+            let ip = v.ip("underlay.gateway", g)?;
+            host_in(v, "underlay.gateway", ip, subnet);
+            ip
+        }
+    };
+    Some(Underlay {
+        bridge: u.bridge.clone(),
+        subnet,
+        gateway,
+        interface,
+    })
+}
+
+fn first_host(subnet: IpNet) -> IpAddr {
+    subnet.hosts().next().unwrap_or_else(|| subnet.network())
+}
+
+/// Checks that `ip` is a usable host address of `subnet`.
+fn host_in(v: &mut Validator, field: &str, ip: IpAddr, subnet: IpNet) -> bool {
+    if !subnet.contains(&ip) {
+        v.at(
+            field,
+            format!("{ip} is outside the underlay subnet {subnet}"),
+        );
+        return false;
+    }
+    if ip == subnet.network() || (ip.is_ipv4() && ip == subnet.broadcast()) {
+        v.at(
+            field,
+            format!("{ip} is the network or broadcast address of {subnet}, not a host address"),
+        );
+        return false;
+    }
+    true
+}
+
+struct Sizing {
+    memory: u64,
+    vcpus: u64,
+}
+
+fn libvirt_defaults(raw: &RawLab) -> Sizing {
+    let l = raw.libvirt.as_ref();
+    Sizing {
+        memory: l.and_then(|l| l.memory).unwrap_or(512),
+        vcpus: l.and_then(|l| l.vcpus).unwrap_or(1),
+    }
+}
+
+fn sizing(v: &mut Validator, path: &str, memory: u64, vcpus: u64) {
+    if !(128..=65536).contains(&memory) {
+        v.at(
+            &join_key(path, "memory"),
+            format!("{memory} MiB is outside 128..65536"),
+        );
+    }
+    if !(1..=64).contains(&vcpus) {
+        v.at(
+            &join_key(path, "vcpus"),
+            format!("{vcpus} is outside 1..64"),
+        );
+    }
+}
+
+fn libvirt_settings(v: &mut Validator, raw: Option<&RawLibvirt>) -> LibvirtSettings {
+    let uri = raw
+        .and_then(|l| l.uri.clone())
+        .unwrap_or_else(|| "qemu:///system".into());
+    if uri.is_empty() || uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        v.at("libvirt.uri", format!("`{uri}` is not a libvirt URI"));
+    }
+    let image = raw
+        .and_then(|l| l.image.clone())
+        .unwrap_or_else(|| "debian-12".into());
+    if image.is_empty() || image.chars().any(char::is_control) {
+        v.at("libvirt.image", "give a qcow2 path or an image name");
+    }
+    let accel = match raw.and_then(|l| l.accel.as_deref()).unwrap_or("auto") {
+        "auto" => Accel::Auto,
+        "kvm" => Accel::Kvm,
+        "tcg" => Accel::Tcg,
+        other => {
+            v.at(
+                "libvirt.accel",
+                format!("`{other}` is not an accelerator; use `auto`, `kvm` or `tcg`"),
+            );
+            Accel::Auto
+        }
+    };
+    if let Some(l) = raw {
+        sizing(v, "libvirt", l.memory.unwrap_or(512), l.vcpus.unwrap_or(1));
+    }
+    LibvirtSettings { uri, image, accel }
+}
+
+fn guests(
+    v: &mut Validator,
+    raw: &RawLab,
+    underlay: Option<&Underlay>,
+    defaults: &Sizing,
+) -> Vec<Guest> {
+    if raw.guests.is_empty() {
+        v.at("guests", "a lab needs at least one guest");
+    }
+    if raw.guests.len() > MAX_GUESTS {
+        v.at(
+            "guests",
+            format!(
+                "{} guests is more than the {MAX_GUESTS} a lab can hold",
+                raw.guests.len()
+            ),
+        );
+    }
+    let mut seen: HashMap<IpAddr, String> = HashMap::new();
+    let mut out = Vec::new();
+    for (name, g) in &raw.guests {
+        let path = join_key("guests", name);
+        v.name(&path, name, MAX_GUEST_NAME, true);
+        let RawGuest {
+            address,
+            memory,
+            vcpus,
+        } = g;
+        let field = join_key(&path, "address");
+        let Some(ip) = v.ip(&field, address) else {
+            continue;
+        };
+        if let Some(u) = underlay {
+            if host_in(v, &field, ip, u.subnet) && ip == u.gateway {
+                v.at(
+                    &field,
+                    format!("{ip} is the bridge's own address (the gateway); pick another address"),
+                );
+            }
+        }
+        if let Some(other) = seen.insert(ip, name.clone()) {
+            v.at(&field, format!("{ip} is already {other}'s address"));
+        }
+        let memory = memory.unwrap_or(defaults.memory);
+        let vcpus = vcpus.unwrap_or(defaults.vcpus);
+        if g.memory.is_some() || g.vcpus.is_some() {
+            sizing(v, &path, memory, vcpus);
+        }
+        out.push(Guest {
+            name: name.clone(),
+            address: ip,
+            memory_mib: memory,
+            vcpus,
+        });
+    }
+    out
+}
+
+fn vxlans(
+    v: &mut Validator,
+    raw: &[RawVxlan],
+    underlay: Option<&Underlay>,
+    known: &HashSet<&str>,
+) -> Vec<Vxlan> {
+    if raw.is_empty() {
+        v.at("vxlans", "a lab needs at least one vxlan");
+    }
+    let mut names = HashSet::new();
+    let mut vnis = HashMap::new();
+    let mut out: Vec<Vxlan> = Vec::new();
+    for (i, x) in raw.iter().enumerate() {
+        let path = join_index("vxlans", i);
+        if let Some(vx) = vxlan(v, &path, x, underlay, known) {
+            if !names.insert(vx.name.clone()) {
+                v.at(
+                    &join_key(&path, "name"),
+                    format!("another vxlan is already named `{}`", vx.name),
+                );
+            }
+            if let Some(other) = vnis.insert(vx.vni, vx.name.clone()) {
+                v.at(
+                    &join_key(&path, "vni"),
+                    format!("VNI {} is already used by {other}", vx.vni),
+                );
+            }
+            for earlier in &out {
+                overlapping_overlays(v, &path, &vx, earlier);
+            }
+            out.push(vx);
+        }
+    }
+    out
+}
+
+/// Two vxlans that share a guest must not share overlay address space: the guest could not
+/// tell which device a destination is behind.
+fn overlapping_overlays(v: &mut Validator, path: &str, a: &Vxlan, b: &Vxlan) {
+    for ma in &a.members {
+        for mb in b.members.iter().filter(|m| m.guest == ma.guest) {
+            let (na, nb) = (ma.address.trunc(), mb.address.trunc());
+            if na.contains(&nb.network()) || nb.contains(&na.network()) {
+                v.at(
+                    &join_key(&join_key(path, "addresses"), &ma.guest),
+                    format!(
+                        "{} overlaps {}'s {} on {}; give each vxlan its own subnet",
+                        ma.address, b.name, mb.address, ma.guest
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn vxlan(
+    v: &mut Validator,
+    path: &str,
+    x: &RawVxlan,
+    underlay: Option<&Underlay>,
+    known: &HashSet<&str>,
+) -> Option<Vxlan> {
+    let f = |k: &str| join_key(path, k);
+    v.ifname(&f("name"), &x.name);
+    if underlay.is_some_and(|u| u.interface == x.name) {
+        v.at(
+            &f("name"),
+            format!("`{}` is the underlay interface's name", x.name),
+        );
+    }
+    let vni = v.range(
+        &f("vni"),
+        x.vni,
+        1,
+        16_777_215,
+        "a VXLAN network identifier has 24 bits and 0 is reserved",
+    );
+    let port = v.range(&f("port"), x.port.unwrap_or(4789), 1, 65535, "a UDP port");
+    let mtu = match x.mtu {
+        Some(m) => Some(v.range(&f("mtu"), m, 68, 65535, "an Ethernet MTU")?),
+        None => None,
+    };
+    let dev = x
+        .dev
+        .clone()
+        .or_else(|| underlay.map(|u| u.interface.clone()))
+        .unwrap_or_else(|| "eth0".into());
+    if v.ifname(&f("dev"), &dev) {
+        if let Some(u) = underlay.filter(|u| u.interface != dev) {
+            v.at(
+                &f("dev"),
+                format!(
+                    "guests have one underlay interface, `{}`; dev must name it",
+                    u.interface
+                ),
+            );
+        }
+    }
+    let flood = flood(v, path, x, underlay)?;
+    let members = members(v, path, x, underlay, known);
+    Some(Vxlan {
+        name: x.name.clone(),
+        vni: vni? as u32,
+        flood,
+        dev,
+        port: port? as u16,
+        learning: x.learning.unwrap_or(true),
+        mtu: mtu.map(|m| m as u32),
+        members,
+    })
+}
+
+fn flood(
+    v: &mut Validator,
+    path: &str,
+    x: &RawVxlan,
+    underlay: Option<&Underlay>,
+) -> Option<Flood> {
+    let f = |k: &str| join_key(path, k);
+    match (&x.group, &x.remotes) {
+        (Some(_), Some(_)) => {
+            v.at(
+                &f("remotes"),
+                "use either `group` (multicast) or `remotes` (head-end replication), not both",
+            );
+            None
+        }
+        (None, None) => {
+            v.at(
+                path,
+                "a vxlan needs `group: <multicast address>` or `remotes: auto` to reach its peers",
+            );
+            None
+        }
+        (None, Some(r)) => {
+            if r.as_str() == Some("auto") {
+                Some(Flood::HeadEnd)
+            } else {
+                v.at(
+                    &f("remotes"),
+                    "only `remotes: auto` is supported: one copy to every other member",
+                );
+                None
+            }
+        }
+        (Some(g), None) => {
+            let ip = v.ip(&f("group"), g)?;
+            if let Some(why) = group_problem(ip) {
+                v.at(&f("group"), why);
+                return None;
+            }
+            if let Some(u) = underlay {
+                if u.subnet.addr().is_ipv4() != ip.is_ipv4() {
+                    v.at(
+                        &f("group"),
+                        format!(
+                            "{ip} and the underlay subnet {} are of different address families",
+                            u.subnet
+                        ),
+                    );
+                    return None;
+                }
+            }
+            Some(Flood::Group(ip))
+        }
+    }
+}
+
+/// Why `ip` cannot be a VXLAN multicast group, if it cannot.
+pub fn group_problem(ip: IpAddr) -> Option<String> {
+    match ip {
+        IpAddr::V4(a) if !a.is_multicast() => Some(format!(
+            "{ip} is not a multicast address; groups are in 224.0.0.0/4 (like 239.1.1.1)"
+        )),
+        IpAddr::V4(a) if a.octets()[..3] == [224, 0, 0] => Some(format!(
+            "{ip} is in 224.0.0.0/24, reserved for link-local protocols; use e.g. 239.1.1.1"
+        )),
+        IpAddr::V6(a) if !a.is_multicast() => Some(format!(
+            "{ip} is not a multicast address; IPv6 groups are in ff00::/8 (like ff05::42)"
+        )),
+        IpAddr::V6(a) if matches!(a.segments()[0] & 0x000f, 0..=2) => Some(format!(
+            "{ip} has interface- or link-local scope; use a wider scope such as ff05::42"
+        )),
+        _ => None,
+    }
+}
+
+fn members(
+    v: &mut Validator,
+    path: &str,
+    x: &RawVxlan,
+    underlay: Option<&Underlay>,
+    known: &HashSet<&str>,
+) -> Vec<Member> {
+    let apath = join_key(path, "addresses");
+    if x.addresses.is_empty() {
+        v.at(&apath, "list each member guest with its overlay address");
+    }
+    let macs = x.macs.clone().unwrap_or_default();
+    let mut first: Option<(String, IpNet)> = None;
+    let mut seen_ip: HashMap<IpAddr, String> = HashMap::new();
+    let mut seen_mac: HashMap<Mac, String> = HashMap::new();
+    let mut out = Vec::new();
+    for (guest, addr) in &x.addresses {
+        let field = join_key(&apath, guest);
+        if !known.contains(guest.as_str()) {
+            v.at_key(&field, format!("there is no guest named `{guest}`"));
+            continue;
+        }
+        let Some(net) = v.prefix(&field, addr, "192.168.42.2/24") else {
+            continue;
+        };
+        if net.addr() == net.network() || (net.addr().is_ipv4() && net.addr() == net.broadcast()) {
+            v.at(
+                &field,
+                format!(
+                    "{} is the network or broadcast address of {}",
+                    net.addr(),
+                    net.trunc()
+                ),
+            );
+            continue;
+        }
+        if let Some(u) = underlay {
+            let t = net.trunc();
+            if t.contains(&u.subnet.network()) || u.subnet.contains(&t.network()) {
+                v.at(
+                    &field,
+                    format!("{net} overlaps the underlay subnet {}", u.subnet),
+                );
+                continue;
+            }
+        }
+        match &first {
+            None => first = Some((guest.clone(), net)),
+            Some((g0, n0)) if n0.addr().is_ipv4() != net.addr().is_ipv4() => {
+                v.at(
+                    &field,
+                    format!("{net} mixes address families with {g0}'s {n0} in one vxlan"),
+                );
+                continue;
+            }
+            Some((g0, n0)) if n0.trunc() != net.trunc() => {
+                v.at(
+                    &field,
+                    format!(
+                        "{net} is not in {g0}'s subnet {}; members of one vxlan share one subnet",
+                        n0.trunc()
+                    ),
+                );
+                continue;
+            }
+            _ => {}
+        }
+        if let Some(other) = seen_ip.insert(net.addr(), guest.clone()) {
+            v.at(
+                &field,
+                format!("{} is already {other}'s address", net.addr()),
+            );
+        }
+        let mac = match macs.get(guest) {
+            None => None,
+            Some(text) => mac(
+                v,
+                &join_key(&join_key(path, "macs"), guest),
+                text,
+                guest,
+                &mut seen_mac,
+            ),
+        };
+        out.push(Member {
+            guest: guest.clone(),
+            address: net,
+            mac,
+        });
+    }
+    for guest in macs.keys().filter(|g| !x.addresses.contains_key(*g)) {
+        v.at_key(
+            &join_key(&join_key(path, "macs"), guest),
+            format!("`{guest}` is not a member of this vxlan (it has no address in it)"),
+        );
+    }
+    out
+}
+
+fn mac(
+    v: &mut Validator,
+    field: &str,
+    text: &str,
+    guest: &str,
+    seen: &mut HashMap<Mac, String>,
+) -> Option<Mac> {
+    let m: Mac = match text.parse() {
+        Ok(m) => m,
+        Err(e) => {
+            v.at(field, e);
+            return None;
+        }
+    };
+    if m.is_zero() || m.is_multicast() {
+        v.at(
+            field,
+            format!("{m} is not a unicast MAC (the lowest bit of the first byte must be 0)"),
+        );
+        return None;
+    }
+    if let Some(other) = seen.insert(m, guest.to_string()) {
+        v.at(field, format!("{m} is already {other}'s MAC in this vxlan"));
+    }
+    Some(m)
+}
+
+fn checks(v: &mut Validator, raw: Option<&[RawCheck]>, known: &HashSet<&str>) -> Vec<Check> {
+    let Some(raw) = raw else {
+        return vec![Check::PingAll];
+    };
+    let mut out = Vec::new();
+    for (i, c) in raw.iter().enumerate() {
+        let path = join_key(&join_index("checks", i), "ping");
+        if let Some(check) = ping(v, &path, &c.ping, known) {
+            out.push(check);
+        }
+    }
+    out
+}
+
+fn ping(
+    v: &mut Validator,
+    path: &str,
+    value: &serde_yaml::Value,
+    known: &HashSet<&str>,
+) -> Option<Check> {
+    if value.as_str() == Some("all") {
+        return Some(Check::PingAll);
+    }
+    let Some(map) = value.as_mapping() else {
+        v.at(
+            path,
+            "use `ping: all` or `ping: { from: GUEST, to: ADDRESS, expect: success|fail }`",
+        );
+        return None;
+    };
+    let text = |k: &str| map.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    for key in map.keys() {
+        let k = key.as_str().unwrap_or("?");
+        if !["from", "to", "expect"].contains(&k) {
+            v.at_key(
+                &join_key(path, k),
+                format!("unknown field `{k}`, expected `from`, `to` or `expect`"),
+            );
+        }
+    }
+    let from = match text("from") {
+        Some(g) if known.contains(g.as_str()) => Some(g),
+        Some(g) => {
+            v.at(
+                &join_key(path, "from"),
+                format!("there is no guest named `{g}`"),
+            );
+            None
+        }
+        None => {
+            v.at(path, "missing `from: GUEST`");
+            None
+        }
+    };
+    let to = match text("to") {
+        Some(t) => v.ip(&join_key(path, "to"), &t),
+        None => {
+            v.at(path, "missing `to: ADDRESS`");
+            None
+        }
+    };
+    let expect = match text("expect").as_deref() {
+        None | Some("success") => Some(Expect::Success),
+        Some("fail") => Some(Expect::Fail),
+        Some(other) => {
+            v.at(
+                &join_key(path, "expect"),
+                format!("`{other}` is not an outcome; use `success` or `fail`"),
+            );
+            None
+        }
+    };
+    Some(Check::Ping {
+        from: from?,
+        to: to?,
+        expect: expect?,
+    })
+}

@@ -1,0 +1,19 @@
+//! vxlab builds VXLAN teaching labs declaratively.
+//!
+//! The flow: a [`lab`] file is read and validated, turned into a [`plan`] (exact commands per
+//! guest), executed by the [`engine`] through a [`driver`] (network namespaces or libvirt
+//! guests), then [`observe`]d from the kernel's JSON output, [`verify`]d against the plan, and
+//! [`report`]ed. [`state`] records every resource before it is created, so `down` removes all of
+//! it, even after an `up` that died half-way.
+
+pub mod commands;
+pub mod driver;
+pub mod engine;
+pub mod host;
+pub mod lab;
+pub mod observe;
+pub mod plan;
+pub mod progress;
+pub mod report;
+pub mod state;
+pub mod verify;

@@ -1,0 +1,389 @@
+//! What the kernel in a guest says, read from the JSON forms of `ip` and `bridge` into typed
+//! values. No text scraping.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::lab::Mac;
+
+/// Commands that read a guest's state; each prints JSON.
+pub mod commands {
+    /// Every link with details: `ip -j -d link show`.
+    pub fn links() -> Vec<String> {
+        argv(&["ip", "-j", "-d", "link", "show"])
+    }
+    /// Every address: `ip -j addr show`.
+    pub fn addresses() -> Vec<String> {
+        argv(&["ip", "-j", "addr", "show"])
+    }
+    /// Multicast memberships of `dev`: `ip -j maddr show dev DEV`.
+    pub fn groups(dev: &str) -> Vec<String> {
+        argv(&["ip", "-j", "maddr", "show", "dev", dev])
+    }
+    /// Forwarding database of a vxlan device: `bridge -j fdb show dev DEV`.
+    pub fn fdb(dev: &str) -> Vec<String> {
+        argv(&["bridge", "-j", "fdb", "show", "dev", dev])
+    }
+    fn argv(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+}
+
+/// A network device as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Link {
+    /// Device name.
+    pub name: String,
+    /// MAC address, when the device has one.
+    pub mac: Option<Mac>,
+    /// MTU.
+    pub mtu: u32,
+    /// Administratively up.
+    pub up: bool,
+    /// The vxlan parameters, when the device is a vxlan.
+    pub vxlan: Option<VxlanParams>,
+    /// Addresses on the device.
+    pub addresses: Vec<IpNet>,
+}
+
+/// The parameters of a vxlan device (`ip -d link show`'s `info_data`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VxlanParams {
+    /// VNI.
+    pub vni: u32,
+    /// Multicast group, if any.
+    pub group: Option<IpAddr>,
+    /// Underlay device.
+    pub dev: Option<String>,
+    /// UDP destination port.
+    pub port: u16,
+    /// Learning.
+    pub learning: bool,
+}
+
+/// One multicast group joined on a device (`ip maddr`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupMembership {
+    /// Device that joined.
+    pub dev: String,
+    /// Group address.
+    pub group: IpAddr,
+}
+
+/// One entry of a vxlan device's forwarding database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FdbEntry {
+    /// Inner MAC; all zeros for the flood entry.
+    pub mac: Mac,
+    /// Remote VTEP the frames go to.
+    pub dst: Option<IpAddr>,
+    /// Underlay device for a multicast `dst`.
+    pub via: Option<String>,
+    /// Configured, not learned.
+    pub permanent: bool,
+}
+
+/// Everything read from one guest.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct GuestState {
+    /// Links by name.
+    pub links: BTreeMap<String, Link>,
+    /// Multicast groups joined, on the devices that were asked about.
+    pub groups: Vec<GroupMembership>,
+    /// FDB entries by vxlan device.
+    pub fdb: BTreeMap<String, Vec<FdbEntry>>,
+}
+
+/// Output that is not the JSON vxlab expects.
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected output from `{command}`")]
+pub struct ParseError {
+    /// Command whose output it was.
+    pub command: String,
+    /// Why it did not parse.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(command: &str, json: &str) -> Result<T, ParseError> {
+    // `ip` prints nothing at all for an empty result in some versions.
+    let json = if json.trim().is_empty() { "[]" } else { json };
+    serde_json::from_str(json).map_err(|source| ParseError {
+        command: command.to_string(),
+        source,
+    })
+}
+
+#[derive(Deserialize)]
+struct JLink {
+    ifname: String,
+    #[serde(default)]
+    address: Option<String>,
+    #[serde(default)]
+    mtu: u32,
+    #[serde(default)]
+    flags: Vec<String>,
+    #[serde(default)]
+    linkinfo: Option<JLinkInfo>,
+}
+
+#[derive(Deserialize)]
+struct JLinkInfo {
+    #[serde(default)]
+    info_kind: Option<String>,
+    #[serde(default)]
+    info_data: Option<JVxlan>,
+}
+
+#[derive(Deserialize)]
+struct JVxlan {
+    #[serde(default)]
+    id: Option<u32>,
+    #[serde(default)]
+    group: Option<IpAddr>,
+    #[serde(default)]
+    group6: Option<IpAddr>,
+    #[serde(default)]
+    link: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    learning: Option<bool>,
+}
+
+/// Parses `ip -j -d link show`.
+pub fn parse_links(json: &str) -> Result<Vec<Link>, ParseError> {
+    let raw: Vec<JLink> = parse("ip -j -d link show", json)?;
+    Ok(raw
+        .into_iter()
+        .map(|l| {
+            let vxlan = l
+                .linkinfo
+                .filter(|i| i.info_kind.as_deref() == Some("vxlan"))
+                .and_then(|i| i.info_data)
+                .and_then(|d| {
+                    Some(VxlanParams {
+                        vni: d.id?,
+                        group: d.group.or(d.group6),
+                        dev: d.link,
+                        port: d.port.unwrap_or(8472),
+                        learning: d.learning.unwrap_or(true),
+                    })
+                });
+            Link {
+                mac: l.address.and_then(|a| a.parse().ok()),
+                mtu: l.mtu,
+                up: l.flags.iter().any(|f| f == "UP"),
+                name: l.ifname,
+                vxlan,
+                addresses: Vec::new(),
+            }
+        })
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct JAddrLink {
+    ifname: String,
+    #[serde(default)]
+    addr_info: Vec<JAddr>,
+}
+
+#[derive(Deserialize)]
+struct JAddr {
+    local: Option<IpAddr>,
+    prefixlen: Option<u8>,
+}
+
+/// Parses `ip -j addr show` into addresses by device.
+pub fn parse_addresses(json: &str) -> Result<BTreeMap<String, Vec<IpNet>>, ParseError> {
+    let raw: Vec<JAddrLink> = parse("ip -j addr show", json)?;
+    Ok(raw
+        .into_iter()
+        .map(|l| {
+            let nets = l
+                .addr_info
+                .iter()
+                .filter_map(|a| IpNet::new(a.local?, a.prefixlen?).ok())
+                .collect();
+            (l.ifname, nets)
+        })
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct JMaddrDev {
+    ifname: String,
+    #[serde(default)]
+    maddr: Vec<JMaddr>,
+}
+
+#[derive(Deserialize)]
+struct JMaddr {
+    #[serde(default)]
+    family: Option<String>,
+    #[serde(default)]
+    address: Option<IpAddr>,
+}
+
+/// Parses `ip -j maddr show`: the IP groups joined (link-layer entries are left out).
+pub fn parse_groups(json: &str) -> Result<Vec<GroupMembership>, ParseError> {
+    let raw: Vec<JMaddrDev> = parse("ip -j maddr show", json)?;
+    Ok(raw
+        .into_iter()
+        .flat_map(|d| {
+            let dev = d.ifname;
+            d.maddr.into_iter().filter_map(move |m| {
+                m.family.as_ref()?;
+                Some(GroupMembership {
+                    dev: dev.clone(),
+                    group: m.address?,
+                })
+            })
+        })
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct JFdb {
+    mac: String,
+    #[serde(default)]
+    dst: Option<IpAddr>,
+    #[serde(default, rename = "viaIf")]
+    via: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+}
+
+/// Parses `bridge -j fdb show dev DEV`.
+pub fn parse_fdb(json: &str) -> Result<Vec<FdbEntry>, ParseError> {
+    let raw: Vec<JFdb> = parse("bridge -j fdb show", json)?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|e| {
+            Some(FdbEntry {
+                mac: e.mac.parse().ok()?,
+                dst: e.dst,
+                via: e.via,
+                permanent: e.state.as_deref() == Some("permanent"),
+            })
+        })
+        .collect())
+}
+
+impl GuestState {
+    /// Joins links with their addresses.
+    pub fn new(mut links: Vec<Link>, addresses: BTreeMap<String, Vec<IpNet>>) -> Self {
+        for l in &mut links {
+            l.addresses = addresses.get(&l.name).cloned().unwrap_or_default();
+        }
+        GuestState {
+            links: links.into_iter().map(|l| (l.name.clone(), l)).collect(),
+            ..GuestState::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_vxlan_device_shows_vni_group_dev_and_port() {
+        let links = parse_links(&fixture("link.json")).unwrap();
+        let v = links.iter().find(|l| l.name == "vxlan0").unwrap();
+        assert_eq!(
+            v.vxlan,
+            Some(VxlanParams {
+                vni: 42,
+                group: Some("239.1.1.1".parse().unwrap()),
+                dev: Some("eth0".into()),
+                port: 4789,
+                learning: true,
+            })
+        );
+        assert_eq!(v.mac.unwrap().to_string(), "02:00:00:00:2a:01");
+        assert_eq!(v.mtu, 1450);
+        assert!(v.up);
+        assert!(links
+            .iter()
+            .find(|l| l.name == "eth0")
+            .unwrap()
+            .vxlan
+            .is_none());
+    }
+
+    #[test]
+    fn ipv6_groups_and_unicast_devices_parse() {
+        let v6 = parse_links(&fixture("link-v6.json")).unwrap();
+        assert_eq!(
+            v6[0].vxlan.as_ref().unwrap().group,
+            Some("ff05::42".parse().unwrap())
+        );
+        let uni = parse_links(&fixture("link-unicast.json")).unwrap();
+        let p = uni[0].vxlan.as_ref().unwrap();
+        assert_eq!((p.group, p.learning), (None, false));
+    }
+
+    #[test]
+    fn the_group_is_joined_on_eth0() {
+        let g = parse_groups(&fixture("maddr.json")).unwrap();
+        assert!(g.contains(&GroupMembership {
+            dev: "eth0".into(),
+            group: "239.1.1.1".parse().unwrap()
+        }));
+        assert!(g.iter().all(|m| m.dev == "eth0"));
+        let g6 = parse_groups(&fixture("maddr-v6.json")).unwrap();
+        assert!(g6.iter().any(|m| m.group.to_string() == "ff05::42"));
+    }
+
+    #[test]
+    fn the_fdb_has_the_flood_entry_and_the_learned_peer() {
+        let fdb = parse_fdb(&fixture("fdb.json")).unwrap();
+        assert_eq!(
+            fdb,
+            vec![
+                FdbEntry {
+                    mac: "02:00:00:00:2a:02".parse().unwrap(),
+                    dst: Some("192.168.77.3".parse().unwrap()),
+                    via: None,
+                    permanent: false,
+                },
+                FdbEntry {
+                    mac: Mac([0; 6]),
+                    dst: Some("239.1.1.1".parse().unwrap()),
+                    via: Some("eth0".into()),
+                    permanent: true,
+                },
+            ]
+        );
+        let uni = parse_fdb(&fixture("fdb-unicast.json")).unwrap();
+        assert_eq!(uni.len(), 2);
+        assert!(uni.iter().all(|e| e.mac.is_zero() && e.permanent));
+    }
+
+    #[test]
+    fn addresses_are_grouped_by_device() {
+        let a = parse_addresses(&fixture("addr.json")).unwrap();
+        assert_eq!(a["vxlan0"][0], "192.168.42.2/24".parse::<IpNet>().unwrap());
+        assert_eq!(a["vxlan0"][1].to_string(), "fe80::ff:fe00:2a01/64");
+        assert_eq!(a["eth0"][0].to_string(), "192.168.77.2/24");
+    }
+
+    #[test]
+    fn empty_output_is_an_empty_list_and_garbage_is_an_error() {
+        assert!(parse_fdb("").unwrap().is_empty());
+        assert!(parse_links("Device \"x\" does not exist.").is_err());
+    }
+}

@@ -1,0 +1,565 @@
+//! The plan: a pure function of the lab giving every name vxlab will create and the exact
+//! commands each guest runs. `vxlab plan` prints it and `up` executes it, so what a student
+//! reads is what ran.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::lab::{Check, DriverKind, Expect, Flood, Lab, Mac};
+
+/// Everything `up` will do, by guest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// Lab name.
+    pub lab: String,
+    /// Driver the guests run on.
+    pub driver: DriverKind,
+    /// Host bridge.
+    pub bridge: String,
+    /// The bridge's address with the underlay prefix length.
+    pub gateway: IpNet,
+    /// Guests in file order.
+    pub guests: Vec<GuestPlan>,
+    /// Pings run by the checks, in order.
+    pub pings: Vec<PingPlan>,
+}
+
+/// One guest's part of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GuestPlan {
+    /// Guest name from the lab.
+    pub name: String,
+    /// Name of the namespace or libvirt domain.
+    pub instance: String,
+    /// Host-side link that plugs this guest into the bridge (veth or tap).
+    pub host_link: String,
+    /// The guest's underlay interface.
+    pub interface: String,
+    /// Underlay address with the subnet's prefix length.
+    pub underlay: IpNet,
+    /// The guest's VTEPs.
+    pub vteps: Vec<VtepPlan>,
+    /// Commands in order.
+    pub steps: Vec<Step>,
+}
+
+/// One vxlan device in one guest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VtepPlan {
+    /// Device name.
+    pub device: String,
+    /// VNI.
+    pub vni: u32,
+    /// Flooding.
+    pub flood: Flood,
+    /// Underlay device.
+    pub dev: String,
+    /// UDP port.
+    pub port: u16,
+    /// Learning on or off.
+    pub learning: bool,
+    /// MTU, when the lab sets one.
+    pub mtu: Option<u32>,
+    /// The device's MAC.
+    pub mac: Mac,
+    /// Overlay address.
+    pub address: IpNet,
+    /// The other members of the same vxlan.
+    pub peers: Vec<Peer>,
+}
+
+/// Another VTEP of the same vxlan, as seen from one guest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Peer {
+    /// Guest name.
+    pub guest: String,
+    /// Its vxlan device's MAC.
+    pub mac: Mac,
+    /// Its underlay address: the `dst` its FDB entry must carry.
+    pub underlay: IpAddr,
+    /// Its overlay address.
+    pub overlay: IpAddr,
+}
+
+/// One command run in a guest, and what it establishes (so a re-run can skip it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    /// Program and arguments; never a shell string.
+    pub argv: Vec<String>,
+    /// What the command establishes.
+    pub effect: Effect,
+}
+
+/// What a step establishes in the guest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Effect {
+    /// A setting that is safe to apply again (link up, MAC, MTU).
+    Setting,
+    /// Creates VTEP number `vtep` of this guest.
+    CreateVtep {
+        /// Index into [`GuestPlan::vteps`].
+        vtep: usize,
+    },
+    /// Adds an address to a device.
+    AddAddress {
+        /// Device.
+        dev: String,
+        /// Address.
+        address: IpNet,
+    },
+    /// Adds a head-end replication flood entry.
+    FloodEntry {
+        /// Device.
+        dev: String,
+        /// Peer underlay address.
+        dst: IpAddr,
+    },
+}
+
+/// One ping of the checks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PingPlan {
+    /// Sending guest.
+    pub from: String,
+    /// Address pinged.
+    pub to: IpAddr,
+    /// The guest that owns `to` in the lab, if any.
+    pub to_guest: Option<String>,
+    /// The vxlan whose subnet `to` is in, if any.
+    pub vxlan: Option<String>,
+    /// Expected outcome.
+    pub expect: Expect,
+    /// The command, as run in `from`.
+    pub argv: Vec<String>,
+}
+
+/// Namespace or domain name of a guest.
+pub fn instance_name(lab: &str, guest: &str) -> String {
+    format!("vxlab-{lab}-{guest}")
+}
+
+/// A short stable hash of a lab name, for names that must fit 15 bytes.
+fn lab_hash(lab: &str) -> u32 {
+    // FNV-1a: stable across Rust versions, unlike the std hasher.
+    lab.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Host-side link name of guest number `index` (0-based): at most 13 bytes.
+pub fn host_link_name(lab: &str, index: usize) -> String {
+    format!("vx{:06x}-{index}", lab_hash(lab) & 0xff_ffff)
+}
+
+/// The MAC vxlab gives guest number `index` (0-based) on VNI `vni`:
+/// `02:LL:VV:VV:VV:GG`: locally administered, LL from the lab name, the VNI in the middle
+/// (42 reads as `00:00:2a`), and the guest's number (1-based) last, so a student can read an
+/// FDB entry as "vm-b on VNI 42", and cloned guests never share one.
+pub fn derived_mac(lab: &str, vni: u32, index: usize) -> Mac {
+    let v = vni.to_be_bytes();
+    Mac([
+        0x02,
+        (lab_hash(lab) & 0xff) as u8,
+        v[1],
+        v[2],
+        v[3],
+        (index + 1) as u8,
+    ])
+}
+
+fn s(x: impl ToString) -> String {
+    x.to_string()
+}
+
+fn ip_argv(args: &[&str]) -> Vec<String> {
+    std::iter::once("ip")
+        .chain(args.iter().copied())
+        .map(s)
+        .collect()
+}
+
+/// `nodad` for IPv6: duplicate address detection would hold the address back for seconds, and
+/// vxlab already guarantees the addresses are unique.
+fn addr_add(address: IpNet, dev: &str) -> Step {
+    let mut argv = ip_argv(&["addr", "add", &address.to_string(), "dev", dev]);
+    if address.addr().is_ipv6() {
+        argv.push(s("nodad"));
+    }
+    Step {
+        argv,
+        effect: Effect::AddAddress {
+            dev: s(dev),
+            address,
+        },
+    }
+}
+
+fn setting(args: &[&str]) -> Step {
+    Step {
+        argv: ip_argv(args),
+        effect: Effect::Setting,
+    }
+}
+
+/// The command that pings `to` once, waiting at most one second.
+pub fn ping_argv(to: IpAddr) -> Vec<String> {
+    vec![
+        s("ping"),
+        s("-c"),
+        s("1"),
+        s("-W"),
+        s("1"),
+        s("-q"),
+        to.to_string(),
+    ]
+}
+
+/// Builds the plan for a validated lab.
+pub fn plan(lab: &Lab) -> Plan {
+    let prefix = lab.underlay.subnet.prefix_len();
+    let net = |ip: IpAddr| IpNet::new(ip, prefix).expect("prefix length came from a valid subnet");
+    let index_of = |g: &str| lab.guests.iter().position(|x| x.name == g).unwrap_or(0);
+
+    let guests = lab
+        .guests
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let vteps: Vec<VtepPlan> = lab
+                .vxlans
+                .iter()
+                .filter_map(|x| {
+                    let me = x.members.iter().find(|m| m.guest == g.name)?;
+                    let mac_of = |m: &crate::lab::Member| {
+                        m.mac
+                            .unwrap_or_else(|| derived_mac(&lab.name, x.vni, index_of(&m.guest)))
+                    };
+                    let peers = x
+                        .members
+                        .iter()
+                        .filter(|m| m.guest != g.name)
+                        .map(|m| Peer {
+                            guest: m.guest.clone(),
+                            mac: mac_of(m),
+                            underlay: lab.guest(&m.guest).map(|p| p.address).unwrap_or(g.address),
+                            overlay: m.address.addr(),
+                        })
+                        .collect();
+                    Some(VtepPlan {
+                        device: x.name.clone(),
+                        vni: x.vni,
+                        flood: x.flood.clone(),
+                        dev: x.dev.clone(),
+                        port: x.port,
+                        learning: x.learning,
+                        mtu: x.mtu,
+                        mac: mac_of(me),
+                        address: me.address,
+                        peers,
+                    })
+                })
+                .collect();
+            let underlay = net(g.address);
+            let mut steps = Vec::new();
+            if lab.driver == DriverKind::Netns {
+                // A libvirt guest's underlay comes up from its own boot configuration.
+                let dev = lab.underlay.interface.as_str();
+                steps.push(setting(&["link", "set", "lo", "up"]));
+                steps.push(addr_add(underlay, dev));
+                steps.push(setting(&["link", "set", dev, "up"]));
+            }
+            for (k, v) in vteps.iter().enumerate() {
+                steps.extend(vtep_steps(k, v, g.address));
+            }
+            GuestPlan {
+                name: g.name.clone(),
+                instance: instance_name(&lab.name, &g.name),
+                host_link: host_link_name(&lab.name, i),
+                interface: lab.underlay.interface.clone(),
+                underlay,
+                vteps,
+                steps,
+            }
+        })
+        .collect();
+
+    Plan {
+        lab: lab.name.clone(),
+        driver: lab.driver,
+        bridge: lab.underlay.bridge.clone(),
+        gateway: net(lab.underlay.gateway),
+        guests,
+        pings: pings(lab),
+    }
+}
+
+fn vtep_steps(k: usize, v: &VtepPlan, local: IpAddr) -> Vec<Step> {
+    let id = v.vni.to_string();
+    let port = v.port.to_string();
+    let mut create = ip_argv(&["link", "add", &v.device, "type", "vxlan", "id", &id]);
+    match &v.flood {
+        Flood::Group(g) => create.extend([s("group"), g.to_string()]),
+        // Without a group the kernel needs the source address to pick the underlay family.
+        Flood::HeadEnd => create.extend([s("local"), local.to_string()]),
+    }
+    create.extend([s("dev"), v.dev.clone(), s("dstport"), port]);
+    if !v.learning {
+        create.push(s("nolearning"));
+    }
+    let mut steps = vec![
+        Step {
+            argv: create,
+            effect: Effect::CreateVtep { vtep: k },
+        },
+        setting(&[
+            "link",
+            "set",
+            "dev",
+            &v.device,
+            "address",
+            &v.mac.to_string(),
+        ]),
+    ];
+    if let Some(mtu) = v.mtu {
+        steps.push(setting(&[
+            "link",
+            "set",
+            "dev",
+            &v.device,
+            "mtu",
+            &mtu.to_string(),
+        ]));
+    }
+    steps.push(setting(&["link", "set", "up", &v.device]));
+    steps.push(addr_add(v.address, &v.device));
+    if v.flood == Flood::HeadEnd {
+        for p in &v.peers {
+            steps.push(Step {
+                argv: vec![
+                    s("bridge"),
+                    s("fdb"),
+                    s("append"),
+                    s("00:00:00:00:00:00"),
+                    s("dev"),
+                    v.device.clone(),
+                    s("dst"),
+                    p.underlay.to_string(),
+                ],
+                effect: Effect::FloodEntry {
+                    dev: v.device.clone(),
+                    dst: p.underlay,
+                },
+            });
+        }
+    }
+    steps
+}
+
+fn pings(lab: &Lab) -> Vec<PingPlan> {
+    let owner = |to: IpAddr| {
+        lab.vxlans.iter().find_map(|x| {
+            x.members
+                .iter()
+                .find(|m| m.address.addr() == to)
+                .map(|m| (m.guest.clone(), x.name.clone()))
+        })
+    };
+    let mut out: Vec<PingPlan> = Vec::new();
+    let mut push = |from: &str, to: IpAddr, expect: Expect| {
+        if out.iter().any(|p| p.from == from && p.to == to) {
+            return;
+        }
+        let (to_guest, vxlan) = owner(to).unzip();
+        out.push(PingPlan {
+            from: from.to_string(),
+            to,
+            to_guest,
+            vxlan,
+            expect,
+            argv: ping_argv(to),
+        });
+    };
+    // Explicit pairs first, so `ping: all` cannot override an expected failure.
+    for c in &lab.checks {
+        if let Check::Ping { from, to, expect } = c {
+            push(from, *to, *expect);
+        }
+    }
+    if lab.checks.contains(&Check::PingAll) {
+        for x in &lab.vxlans {
+            for a in &x.members {
+                for b in x.members.iter().filter(|b| b.guest != a.guest) {
+                    push(&a.guest, b.address.addr(), Expect::Success);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Plan {
+    /// The guest named `name`.
+    pub fn guest(&self, name: &str) -> Option<&GuestPlan> {
+        self.guests.iter().find(|g| g.name == name)
+    }
+
+    /// Neighbour entries the lab needs at once across all guests, by address family
+    /// (IPv4, IPv6): one per underlay peer and one per overlay peer in every guest.
+    pub fn neighbours_needed(&self) -> (usize, usize) {
+        let n = self.guests.len();
+        let (mut v4, mut v6) = (0, 0);
+        let mut count = |ip: IpAddr, k: usize| {
+            if ip.is_ipv4() {
+                v4 += k
+            } else {
+                v6 += k
+            }
+        };
+        count(self.gateway.addr(), n * n);
+        for g in &self.guests {
+            for v in &g.vteps {
+                count(v.address.addr(), v.peers.len());
+            }
+        }
+        (v4, v6)
+    }
+
+    /// Renders the plan as a student reads it: the commands per guest.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "# lab {} on {}: bridge {} ({})\n",
+            self.lab, self.driver, self.bridge, self.gateway
+        );
+        for g in &self.guests {
+            out.push_str(&format!(
+                "\n# {} ({}, underlay {} on {})\n",
+                g.name, g.instance, g.underlay, g.interface
+            ));
+            for s in &g.steps {
+                out.push_str(&shell_words(&s.argv));
+                out.push('\n');
+            }
+        }
+        if !self.pings.is_empty() {
+            out.push_str("\n# checks\n");
+            for p in &self.pings {
+                let expect = match p.expect {
+                    Expect::Success => "",
+                    Expect::Fail => "   # must fail",
+                };
+                out.push_str(&format!("{}: {}{expect}\n", p.from, shell_words(&p.argv)));
+            }
+        }
+        out
+    }
+}
+
+/// Joins argv for display, quoting any word a POSIX shell would split or expand.
+pub fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Quotes one word for a POSIX shell; plain words stay as they are.
+pub fn shell_quote(w: &str) -> String {
+    let plain = !w.is_empty()
+        && w.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b));
+    if plain {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn seed() -> Lab {
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("labs/two-vm.yaml"))
+                .unwrap();
+        crate::lab::parse(&text, Path::new("labs/two-vm.yaml")).unwrap()
+    }
+
+    fn commands(plan: &Plan, guest: &str) -> Vec<String> {
+        plan.guest(guest)
+            .unwrap()
+            .steps
+            .iter()
+            .map(|s| shell_words(&s.argv))
+            .collect()
+    }
+
+    #[test]
+    fn the_seed_lab_runs_the_seed_commands_on_each_vm() {
+        let p = plan(&seed());
+        assert_eq!(
+            commands(&p, "vm-a"),
+            [
+                "ip link add vxlan0 type vxlan id 42 group 239.1.1.1 dev eth0 dstport 4789",
+                "ip link set dev vxlan0 address 02:19:00:00:2a:01",
+                "ip link set up vxlan0",
+                "ip addr add 192.168.42.2/24 dev vxlan0",
+            ]
+        );
+        assert_eq!(
+            commands(&p, "vm-b")[3],
+            "ip addr add 192.168.42.3/24 dev vxlan0"
+        );
+    }
+
+    #[test]
+    fn vm_a_expects_vm_b_behind_its_underlay_address() {
+        let p = plan(&seed());
+        let peer = &p.guest("vm-a").unwrap().vteps[0].peers[0];
+        assert_eq!(peer.guest, "vm-b");
+        assert_eq!(peer.underlay.to_string(), "192.168.10.3");
+        assert_eq!(peer.mac, derived_mac("two-vm", 42, 1));
+    }
+
+    #[test]
+    fn derived_macs_are_local_unicast_and_name_vni_and_guest() {
+        let m = derived_mac("lab", 42, 1);
+        assert_eq!(m.0[0], 0x02);
+        assert_eq!(&m.0[2..], &[0, 0, 42, 2]);
+        assert_ne!(derived_mac("lab", 42, 0), derived_mac("lab", 43, 0));
+    }
+
+    #[test]
+    fn host_links_fit_the_interface_name_limit() {
+        assert!(host_link_name("a-very-long-lab-name-here", 249).len() <= 15);
+    }
+
+    #[test]
+    fn full_mesh_pings_both_ways() {
+        let p = plan(&seed());
+        let pairs: Vec<(String, String)> = p
+            .pings
+            .iter()
+            .map(|x| (x.from.clone(), x.to.to_string()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("vm-a".into(), "192.168.42.3".into()),
+                ("vm-b".into(), "192.168.42.2".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn quoting_keeps_plain_words_and_quotes_the_rest() {
+        assert_eq!(shell_quote("192.168.42.2/24"), "192.168.42.2/24");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

@@ -1,0 +1,303 @@
+//! What a student must see: per guest, the vxlan device as the kernel sees it, the group joined
+//! on the underlay, the FDB with each entry explained, and the ping matrix.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::engine::Outcome;
+use crate::lab::{Expect, Mac};
+use crate::observe::{FdbEntry, GuestState, VxlanParams};
+use crate::plan::Plan;
+use crate::verify::{Failure, PingResult};
+
+/// The report of `up` and `check`, as printed by `--json`.
+#[derive(Debug, Serialize)]
+pub struct Report<'a> {
+    /// Lab name.
+    pub lab: &'a str,
+    /// Driver.
+    pub driver: String,
+    /// Per guest, what its kernel reports.
+    pub guests: Vec<GuestReport>,
+    /// Every ping.
+    pub pings: &'a [PingResult],
+    /// Checks that held.
+    pub passed: usize,
+    /// Checks that did not.
+    pub failures: &'a [Failure],
+    /// Notes for the user.
+    pub notes: &'a [String],
+}
+
+/// One guest in the report.
+#[derive(Debug, Serialize)]
+pub struct GuestReport {
+    /// Guest name.
+    pub name: String,
+    /// Underlay address.
+    pub underlay: String,
+    /// Whether its state could be read.
+    pub reachable: bool,
+    /// Its VTEPs.
+    pub vteps: Vec<VtepReport>,
+}
+
+/// One vxlan device in the report.
+#[derive(Debug, Serialize)]
+pub struct VtepReport {
+    /// Device name.
+    pub device: String,
+    /// Parameters as the kernel reports them.
+    pub kernel: Option<VxlanParams>,
+    /// MAC.
+    pub mac: Option<Mac>,
+    /// MTU.
+    pub mtu: Option<u32>,
+    /// Groups joined on the underlay device.
+    pub joined: Vec<String>,
+    /// FDB entries, each with its meaning.
+    pub fdb: Vec<FdbRow>,
+}
+
+/// One FDB entry and what it means.
+#[derive(Debug, Serialize)]
+pub struct FdbRow {
+    /// The entry.
+    #[serde(flatten)]
+    pub entry: FdbEntry,
+    /// "flood", "learned vm-b", ...
+    pub meaning: String,
+}
+
+/// Builds the report from an outcome.
+pub fn build<'a>(plan: &'a Plan, o: &'a Outcome) -> Report<'a> {
+    let owners: BTreeMap<Mac, String> = plan
+        .guests
+        .iter()
+        .flat_map(|g| g.vteps.iter().map(move |v| (v.mac, g.name.clone())))
+        .collect();
+    let guests = plan
+        .guests
+        .iter()
+        .map(|g| {
+            let st = o.observed.get(&g.name);
+            let empty = GuestState::default();
+            let s = st.unwrap_or(&empty);
+            GuestReport {
+                name: g.name.clone(),
+                underlay: g.underlay.to_string(),
+                reachable: st.is_some(),
+                vteps: g
+                    .vteps
+                    .iter()
+                    .map(|v| {
+                        let link = s.links.get(&v.device);
+                        VtepReport {
+                            device: v.device.clone(),
+                            kernel: link.and_then(|l| l.vxlan.clone()),
+                            mac: link.and_then(|l| l.mac),
+                            mtu: link.map(|l| l.mtu),
+                            joined: s
+                                .groups
+                                .iter()
+                                .filter(|m| m.dev == v.dev && m.group.is_multicast())
+                                .filter(|m| {
+                                    Some(m.group) == link.and_then(|l| l.vxlan.as_ref()?.group)
+                                })
+                                .map(|m| m.group.to_string())
+                                .collect(),
+                            fdb: s
+                                .fdb
+                                .get(&v.device)
+                                .into_iter()
+                                .flatten()
+                                .map(|e| FdbRow {
+                                    meaning: meaning(e, &owners),
+                                    entry: e.clone(),
+                                })
+                                .collect(),
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    Report {
+        lab: &plan.lab,
+        driver: plan.driver.to_string(),
+        guests,
+        pings: &o.pings,
+        passed: o.verdict.passed,
+        failures: &o.verdict.failures,
+        notes: &o.notes,
+    }
+}
+
+fn meaning(e: &FdbEntry, owners: &BTreeMap<Mac, String>) -> String {
+    match (e.mac.is_zero(), e.dst) {
+        (true, Some(d)) if d.is_multicast() => "flood: unknown destinations go to the group".into(),
+        (true, _) => "flood: one copy to this peer (head-end replication)".into(),
+        (false, _) => match owners.get(&e.mac) {
+            Some(g) if e.permanent => format!("static: {g}"),
+            Some(g) => format!("learned: {g} is behind this VTEP"),
+            None => "learned: a MAC this lab did not assign".into(),
+        },
+    }
+}
+
+impl Report<'_> {
+    /// The report as tables for people.
+    pub fn human(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "lab {} ({} driver)", self.lab, self.driver);
+        for n in self.notes {
+            let _ = writeln!(out, "note: {n}");
+        }
+        for g in &self.guests {
+            let _ = writeln!(out, "\n{}  underlay {}", g.name, g.underlay);
+            if !g.reachable {
+                let _ = writeln!(out, "  (not reachable)");
+                continue;
+            }
+            for v in &g.vteps {
+                match &v.kernel {
+                    None => {
+                        let _ = writeln!(out, "  {}: missing", v.device);
+                    }
+                    Some(k) => {
+                        let group = k
+                            .group
+                            .map(|g| g.to_string())
+                            .unwrap_or_else(|| "none (head-end)".into());
+                        let _ = writeln!(
+                            out,
+                            "  {}  vni {}  group {}  dev {}  port {}  learning {}  mtu {}  mac {}",
+                            v.device,
+                            k.vni,
+                            group,
+                            k.dev.as_deref().unwrap_or("-"),
+                            k.port,
+                            if k.learning { "on" } else { "off" },
+                            v.mtu.map(|m| m.to_string()).unwrap_or_default(),
+                            v.mac.map(|m| m.to_string()).unwrap_or_default(),
+                        );
+                        if k.group.is_some() {
+                            let _ = writeln!(
+                                out,
+                                "    ip maddr: {}",
+                                if v.joined.is_empty() {
+                                    "group NOT joined".into()
+                                } else {
+                                    format!(
+                                        "{} joined on {}",
+                                        v.joined.join(", "),
+                                        k.dev.as_deref().unwrap_or("-")
+                                    )
+                                }
+                            );
+                        }
+                    }
+                }
+                let _ = writeln!(out, "    bridge fdb show dev {}:", v.device);
+                for r in &v.fdb {
+                    let e = &r.entry;
+                    let dst = e.dst.map(|d| format!("dst {d}")).unwrap_or_default();
+                    let via = e
+                        .via
+                        .as_ref()
+                        .map(|d| format!("via {d}"))
+                        .unwrap_or_default();
+                    let _ = writeln!(
+                        out,
+                        "      {}  {:<24} {:<9} {:<10} {}",
+                        e.mac,
+                        dst,
+                        via,
+                        if e.permanent { "permanent" } else { "" },
+                        r.meaning
+                    );
+                }
+            }
+        }
+        out.push_str(&self.ping_matrix());
+        if self.failures.is_empty() {
+            let _ = writeln!(out, "\nall {} checks passed", self.passed);
+        } else {
+            let _ = writeln!(
+                out,
+                "\n{} of {} checks failed:",
+                self.failures.len(),
+                self.failures.len() + self.passed
+            );
+            for f in self.failures {
+                let _ = writeln!(
+                    out,
+                    "  {}: {}: expected {}, seen {}",
+                    f.guest, f.what, f.expected, f.seen
+                );
+            }
+        }
+        out
+    }
+
+    fn ping_matrix(&self) -> String {
+        let mut out = String::new();
+        let mut vxlans: Vec<&str> = self
+            .pings
+            .iter()
+            .filter_map(|p| p.ping.vxlan.as_deref())
+            .collect();
+        vxlans.dedup();
+        vxlans.sort();
+        vxlans.dedup();
+        let cell = |p: &PingResult| match (p.replied, p.ping.expect) {
+            (true, Expect::Success) => "ok",
+            (false, Expect::Fail) => "none (expected)",
+            (true, Expect::Fail) => "REPLY (expected none)",
+            (false, Expect::Success) => "LOST",
+        };
+        for x in vxlans {
+            let ps: Vec<&PingResult> = self
+                .pings
+                .iter()
+                .filter(|p| p.ping.vxlan.as_deref() == Some(x))
+                .collect();
+            let mut names: Vec<&str> = ps.iter().map(|p| p.ping.from.as_str()).collect();
+            names.extend(ps.iter().filter_map(|p| p.ping.to_guest.as_deref()));
+            names.sort();
+            names.dedup();
+            let w = names.iter().map(|n| n.len()).max().unwrap_or(4).max(4) + 2;
+            let _ = write!(out, "\nping matrix {x} (row pings column)\n{:w$}", "");
+            for n in &names {
+                let _ = write!(out, "{n:<w$}");
+            }
+            out.push('\n');
+            for from in &names {
+                let _ = write!(out, "{from:<w$}");
+                for to in &names {
+                    let c = ps
+                        .iter()
+                        .find(|p| p.ping.from == *from && p.ping.to_guest.as_deref() == Some(*to))
+                        .map(|p| cell(p))
+                        .unwrap_or("-");
+                    let _ = write!(out, "{c:<w$}");
+                }
+                out.push('\n');
+            }
+        }
+        let others: Vec<&PingResult> = self
+            .pings
+            .iter()
+            .filter(|p| p.ping.expect == Expect::Fail || p.ping.vxlan.is_none())
+            .collect();
+        if !others.is_empty() {
+            out.push_str("\nexplicit checks\n");
+            for p in others {
+                let _ = writeln!(out, "  {} -> {}: {}", p.ping.from, p.ping.to, cell(p));
+            }
+        }
+        out
+    }
+}
