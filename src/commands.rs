@@ -52,7 +52,12 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.is::<LabError>() {
             return exit::DATA;
         }
-        if let Some(StateError::Busy { .. }) = cause.downcast_ref() {
+        let busy = matches!(cause.downcast_ref(), Some(StateError::Busy { .. }))
+            || matches!(
+                cause.downcast_ref(),
+                Some(EngineError::State(StateError::Busy { .. }))
+            );
+        if busy {
             return exit::TEMPFAIL;
         }
         match cause.downcast_ref::<HostError>() {

@@ -14,9 +14,9 @@ use crate::driver::{Driver, DriverError};
 use crate::host::netlink::NetlinkError;
 use crate::host::process::{self, Output};
 use crate::host::{sysctl, HostNetwork};
-use crate::lab::{DriverKind, Expect, Flood};
+use crate::lab::{DriverKind, Flood};
 use crate::observe::{self, GuestState, ParseError};
-use crate::plan::{shell_words, Effect, GuestPlan, Plan};
+use crate::plan::{shell_words, Effect, GuestPlan, PingPlan, Plan};
 use crate::progress::Progress;
 use crate::state::{LabLock, LabState, Resource, StateDir, StateError};
 use crate::verify::{self, PingResult, Verdict};
@@ -95,14 +95,20 @@ impl Engine {
         lab_text: &str,
         ui: &Progress,
     ) -> Result<Outcome, EngineError> {
+        // Refuse before anything is written, the lock directory included.
+        let known = match self.state.read(&plan.lab) {
+            Ok(st) => st.resources,
+            Err(StateError::NotRunning(..)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        refuse_foreign_bridge(plan, &known)?;
+        refuse_routed_subnet(plan)?;
         let lock = self.state.lock(&plan.lab)?;
         let mut st = lock.load()?.unwrap_or_else(|| LabState {
             lab: plan.lab.clone(),
             source: source.to_path_buf(),
             resources: Vec::new(),
         });
-        self.refuse_foreign_bridge(plan, &st)?;
-        refuse_routed_subnet(plan)?;
         std::fs::write(lock.dir().join(crate::state::LAB_COPY), lab_text).map_err(|e| {
             StateError::Io {
                 what: "cannot write",
@@ -165,22 +171,6 @@ impl Engine {
         let mut outcome = self.verify_running(plan)?;
         outcome.notes.splice(0..0, notes);
         Ok(outcome)
-    }
-
-    /// A bridge of that name that this lab did not create belongs to someone else.
-    fn refuse_foreign_bridge(&self, plan: &Plan, st: &LabState) -> Result<(), EngineError> {
-        let ours = st.resources.contains(&Resource::Bridge {
-            name: plan.bridge.clone(),
-        });
-        let exists = Path::new("/sys/class/net").join(&plan.bridge).exists();
-        if exists && !ours {
-            return Err(EngineError::Host(format!(
-                "a link named {} already exists on this host and lab {} did not create it; \
-                 choose another `underlay.bridge`",
-                plan.bridge, plan.lab
-            )));
-        }
-        Ok(())
     }
 
     /// Runs one guest's planned steps, skipping what is already in place.
@@ -311,19 +301,34 @@ impl Engine {
         })
     }
 
-    /// Runs every planned ping, many at once. An expected reply gets two more tries: the first
-    /// frame of a fresh VTEP can be lost while the neighbour entry resolves.
+    /// Runs every planned ping, the guests' at once.
     fn ping_all(&self, plan: &Plan) -> Vec<PingResult> {
-        parallel_map(&plan.pings, self.driver.parallel_commands(), |p| {
-            let tries = if p.expect == Expect::Success { 3 } else { 1 };
-            let replied = plan.guest(&p.from).is_some_and(|g| {
-                (0..tries).any(|_| self.driver.exec(g, &p.argv).is_ok_and(|o| o.success()))
-            });
-            PingResult {
-                ping: p.clone(),
-                replied,
-            }
-        })
+        let replies = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
+            let mine: Vec<PingPlan> = plan
+                .pings
+                .iter()
+                .filter(|p| p.from == g.name)
+                .cloned()
+                .collect();
+            let replied = self
+                .driver
+                .ping(g, &mine)
+                .unwrap_or_else(|_| vec![false; mine.len()]);
+            mine.into_iter().zip(replied).collect::<Vec<_>>()
+        });
+        let mut by_ping: Vec<(PingPlan, bool)> = replies.into_iter().flatten().collect();
+        // Report in plan order.
+        plan.pings
+            .iter()
+            .map(|p| {
+                let i = by_ping
+                    .iter()
+                    .position(|(q, _)| q == p)
+                    .expect("every ping ran");
+                let (ping, replied) = by_ping.swap_remove(i);
+                PingResult { ping, replied }
+            })
+            .collect()
     }
 
     /// Re-verifies a running lab under its lock.
@@ -341,9 +346,20 @@ impl Engine {
         };
         let others_running = self.state.labs().iter().any(|l| l != lab);
         let mut notes = Vec::new();
+        // Host links first and all at once: deleting one also deletes its peer in the guest.
+        let host_links: Vec<String> = st
+            .resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::HostLink { name } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        self.host.delete_links(&host_links)?;
         for r in st.resources.iter().rev() {
             match r {
-                Resource::Bridge { name } | Resource::HostLink { name } => {
+                Resource::HostLink { .. } => {}
+                Resource::Bridge { name } => {
                     self.host.delete_link(name)?;
                 }
                 Resource::Path { path } => {
@@ -398,6 +414,22 @@ fn group_of(flood: &Flood) -> Option<IpAddr> {
         Flood::Group(ip) => Some(*ip),
         Flood::HeadEnd => None,
     }
+}
+
+/// A bridge of that name that this lab did not create belongs to someone else.
+fn refuse_foreign_bridge(plan: &Plan, known: &[Resource]) -> Result<(), EngineError> {
+    let ours = known.contains(&Resource::Bridge {
+        name: plan.bridge.clone(),
+    });
+    let exists = Path::new("/sys/class/net").join(&plan.bridge).exists();
+    if exists && !ours {
+        return Err(EngineError::Host(format!(
+            "a link named {} already exists on this host and lab {} did not create it; \
+             choose another `underlay.bridge`",
+            plan.bridge, plan.lab
+        )));
+    }
+    Ok(())
 }
 
 /// The kernel's neighbour table is shared by every namespace; a full mesh of many namespace

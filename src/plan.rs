@@ -136,6 +136,17 @@ pub struct PingPlan {
     pub argv: Vec<String>,
 }
 
+impl PingPlan {
+    /// How many echo requests a check may send: an expected reply gets two more tries, since
+    /// the first frame to a fresh VTEP can be lost while its neighbour entry resolves.
+    pub fn tries(&self) -> u32 {
+        match self.expect {
+            Expect::Success => 3,
+            Expect::Fail => 1,
+        }
+    }
+}
+
 /// Namespace or domain name of a guest.
 pub fn instance_name(lab: &str, guest: &str) -> String {
     format!("vxlab-{lab}-{guest}")

@@ -4,7 +4,7 @@
 pub mod netns;
 
 use crate::host::process::Output;
-use crate::plan::{GuestPlan, Plan};
+use crate::plan::{GuestPlan, PingPlan, Plan};
 use crate::state::Resource;
 
 /// A driver operation on one guest failed.
@@ -52,6 +52,15 @@ pub trait Driver: Sync {
 
     /// Runs `argv` in the guest and waits for it.
     fn exec(&self, guest: &GuestPlan, argv: &[String]) -> Result<Output, DriverError>;
+
+    /// Runs the pings that start in `guest`, each up to [`PingPlan::tries`] times; returns,
+    /// per ping, whether a reply came. By default each runs its planned `ping` command.
+    fn ping(&self, guest: &GuestPlan, pings: &[PingPlan]) -> Result<Vec<bool>, DriverError> {
+        Ok(pings
+            .iter()
+            .map(|p| (0..p.tries()).any(|_| self.exec(guest, &p.argv).is_ok_and(|o| o.success())))
+            .collect())
+    }
 
     /// Removes one resource of this driver's kinds; `Ok(false)` when it was already gone or is
     /// not this driver's.

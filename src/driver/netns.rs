@@ -4,10 +4,14 @@
 use std::sync::Arc;
 
 use super::{Driver, DriverError};
+use crate::host::icmp;
 use crate::host::netlink::{netns_path, Netlink};
 use crate::host::process::{self, Output};
-use crate::plan::{GuestPlan, Plan};
+use crate::plan::{GuestPlan, PingPlan, Plan};
 use crate::state::Resource;
+
+/// How long a ping waits for its reply, as `ping -W 1`.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The namespace driver.
 pub struct NetnsDriver {
@@ -60,6 +64,15 @@ impl Driver for NetnsDriver {
     fn exec(&self, guest: &GuestPlan, argv: &[String]) -> Result<Output, DriverError> {
         process::run(argv, Some(&netns_path(&guest.instance)))
             .map_err(|e| DriverError::new(&guest.name, format!("running {}", argv[0]), e))
+    }
+
+    /// The same echo requests as the planned `ping -c 1 -W 1`, sent from a raw socket inside
+    /// the guest's namespace: a full mesh of 50 guests costs milliseconds instead of 2450
+    /// processes.
+    fn ping(&self, guest: &GuestPlan, pings: &[PingPlan]) -> Result<Vec<bool>, DriverError> {
+        let targets: Vec<_> = pings.iter().map(|p| (p.to, p.tries())).collect();
+        icmp::ping_from(&netns_path(&guest.instance), &targets, PING_TIMEOUT)
+            .map_err(|e| DriverError::new(&guest.name, "sending echo requests", e))
     }
 
     fn remove(&self, resource: &Resource) -> Result<bool, DriverError> {

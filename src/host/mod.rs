@@ -1,6 +1,7 @@
 //! Side effects on the host: child processes, netlink, sysctls. Everything here is an edge
 //! the pure core never touches directly.
 
+pub mod icmp;
 pub mod netlink;
 pub mod process;
 pub mod sysctl;
@@ -13,6 +14,8 @@ pub trait HostNetwork: Sync + Send {
     fn ensure_bridge(&self, name: &str, address: IpNet) -> Result<(), netlink::NetlinkError>;
     /// Deletes a link; false when it was not there.
     fn delete_link(&self, name: &str) -> Result<bool, netlink::NetlinkError>;
+    /// Deletes several links at once; returns how many there were.
+    fn delete_links(&self, names: &[String]) -> Result<usize, netlink::NetlinkError>;
 }
 
 impl HostNetwork for netlink::Netlink {
@@ -21,5 +24,8 @@ impl HostNetwork for netlink::Netlink {
     }
     fn delete_link(&self, name: &str) -> Result<bool, netlink::NetlinkError> {
         netlink::Netlink::delete_link(self, name)
+    }
+    fn delete_links(&self, names: &[String]) -> Result<usize, netlink::NetlinkError> {
+        netlink::Netlink::delete_links(self, names)
     }
 }

@@ -190,6 +190,44 @@ impl Netlink {
         )
     }
 
+    /// Deletes several links in one kernel operation; returns how many there were.
+    ///
+    /// Each deletion waits for an RCU grace period, tens of milliseconds; 50 guests' links one
+    /// by one took two seconds. The links are first put in a link group of their own, then the
+    /// group is deleted at once, as `ip link del group N` does.
+    pub fn delete_links(&self, names: &[String]) -> Result<usize, NetlinkError> {
+        // A group number no other link uses: high bit set, this process's id below it.
+        let group = 0x8000_0000 | std::process::id();
+        let mut found = 0;
+        for name in names {
+            let Some(index) = self.link_index(name)? else {
+                continue;
+            };
+            self.call(
+                || format!("grouping link {name} for deletion"),
+                async move |h: Handle| {
+                    h.link()
+                        .set(LinkUnspec::new_with_index(index).link_group(group).build())
+                        .execute()
+                        .await
+                },
+            )?;
+            found += 1;
+        }
+        if found > 0 {
+            self.call(
+                || format!("deleting {found} links"),
+                async move |h: Handle| {
+                    h.link()
+                        .del_with_message(LinkUnspec::new_with_index(0).link_group(group).build())
+                        .execute()
+                        .await
+                },
+            )?;
+        }
+        Ok(found)
+    }
+
     /// Creates the named namespace, like `ip netns add`; an existing one is reused.
     pub fn add_netns(&self, name: &str) -> Result<(), NetlinkError> {
         if netns_path(name).exists() {

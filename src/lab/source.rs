@@ -128,6 +128,8 @@ impl Walker {
                 None => {
                     // A key. Complex (non-scalar) keys are not part of the lab format.
                     let k = text.unwrap_or_default().to_string();
+                    // A block mapping starts where its first key does.
+                    self.map.values.entry(path.clone()).or_insert(pos);
                     let full = join_key(path, &k);
                     if !seen.insert(k.clone()) {
                         self.map.duplicate_keys.push((full.clone(), pos));
@@ -157,7 +159,6 @@ impl MarkedEventReceiver for Walker {
             }
             Event::MappingStart(..) => {
                 let path = self.place_node(None, pos).unwrap_or_default();
-                self.map.values.entry(path.clone()).or_insert(pos);
                 self.stack.push(Frame::Map {
                     path,
                     key: None,

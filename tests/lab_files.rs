@@ -1,0 +1,81 @@
+//! Every lab in labs/ is valid, and every file in tests/bad-labs/ fails with the errors its
+//! `# error:` lines name (file:line:column: field: message), and with nothing touched.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn files(dir: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_shipped_lab_is_valid() {
+    let labs = files("labs");
+    assert!(labs.len() >= 5);
+    for path in labs {
+        let text = std::fs::read_to_string(&path).unwrap();
+        if let Err(e) = vxlab::lab::parse(&text, &path) {
+            panic!("{e}");
+        }
+    }
+}
+
+#[test]
+fn every_bad_lab_gives_its_error_with_line_and_column() {
+    let bad = files("tests/bad-labs");
+    assert!(bad.len() >= 20);
+    let mut wrong = Vec::new();
+    for path in bad {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# error: "))
+            .collect();
+        assert!(!expected.is_empty(), "{} names no error", path.display());
+        let err = match vxlab::lab::parse(&text, &path) {
+            Ok(_) => panic!("{} was accepted", path.display()),
+            Err(e) => e.to_string(),
+        };
+        for want in &expected {
+            let want = format!("{}:{want}", path.display());
+            if !err.contains(&want) {
+                wrong.push(format!("want: {want}\ngot:  {err}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+}
+
+#[test]
+fn validate_exits_65_naming_the_file_and_up_touches_nothing() {
+    let bin = env!("CARGO_BIN_EXE_vxlab");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-labs/vni-too-large.yaml");
+    let out = Command::new(bin)
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vni-too-large.yaml:12:10: vxlans[0].vni"),
+        "{err}"
+    );
+
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(bin)
+        .arg("up")
+        .arg(&path)
+        .env("VXLAB_STATE_DIR", state.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0);
+    assert!(!Path::new("/sys/class/net/vbr0").exists());
+}

@@ -1,0 +1,482 @@
+//! Real labs on real network namespaces, vxlan devices and a host bridge. Needs root (CI runs
+//! as root). Each test has its own lab name, bridge, subnet and state directory, and tears its
+//! lab down even when it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests create namespaces and bridges: run them as root"
+    );
+}
+
+/// A lab brought up for one test; `down` on drop.
+struct Lab {
+    name: String,
+    file: PathBuf,
+    state: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// A lab from `labs/<file>`, renamed and moved to its own bridge and subnet.
+    fn from_shipped(file: &str, edits: &[(&str, &str)]) -> Lab {
+        let text = std::fs::read_to_string(root().join("labs").join(file)).unwrap();
+        Lab::from_text(&edits.iter().fold(text, |t, (a, b)| t.replace(a, b)))
+    }
+
+    fn from_text(text: &str) -> Lab {
+        require_root();
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("name: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        Lab {
+            name,
+            file,
+            state: tempfile::tempdir().unwrap(),
+            _dir: dir,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vxlab"))
+            .args(args)
+            .env("VXLAB_STATE_DIR", self.state.path())
+            .output()
+            .unwrap()
+    }
+
+    fn up(&self) -> (i32, Value) {
+        let out = self.run(&["up", "--json", self.file.to_str().unwrap()]);
+        let code = out.status.code().unwrap_or(-1);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "up printed no report (exit {code}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (code, json)
+    }
+
+    fn check(&self) -> (i32, Value) {
+        let out = self.run(&["check", "--json", &self.name]);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code().unwrap_or(-1), json)
+    }
+
+    fn ip(&self, guest: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["-n", &format!("vxlab-{}-{guest}", self.name)])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Namespaces, links and state files of this lab still on the host.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let prefix = format!("vxlab-{}-", self.name);
+        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+            for e in dir.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&prefix) {
+                    left.push(format!("namespace {n}"));
+                }
+            }
+        }
+        let link_prefix = vxlab::plan::host_link_name(&self.name, 0);
+        let link_prefix = link_prefix.trim_end_matches('0');
+        for e in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(link_prefix) || self.text().contains(&format!("bridge: {n}\n")) {
+                left.push(format!("link {n}"));
+            }
+        }
+        for e in std::fs::read_dir(self.state.path()).unwrap().flatten() {
+            left.push(format!("state {}", e.path().display()));
+        }
+        left
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.file).unwrap()
+    }
+
+    fn down_leaves_nothing(&self) {
+        let out = self.run(&["down", &self.name]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(self.leftovers(), Vec::<String>::new());
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.run(&["down", &self.name]);
+    }
+}
+
+fn guest<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == name)
+        .unwrap()
+}
+
+fn vtep<'a>(report: &'a Value, g: &str, dev: &str) -> &'a Value {
+    guest(report, g)["vteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["device"] == dev)
+        .unwrap()
+}
+
+/// The dst of `mac` in a guest's FDB, as reported.
+fn fdb_dst(report: &Value, g: &str, dev: &str, mac: &Value) -> Option<String> {
+    vtep(report, g, dev)["fdb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| &e["mac"] == mac)
+        .map(|e| e["dst"].as_str().unwrap_or("").to_string())
+}
+
+fn ping_replied(report: &Value, from: &str, to: &str) -> bool {
+    report["pings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["ping"]["from"] == from && p["ping"]["to"] == to)
+        .unwrap_or_else(|| panic!("no ping {from} -> {to}"))["replied"]
+        == true
+}
+
+#[test]
+fn the_seed_lab_comes_up_learns_its_peers_and_goes_away() {
+    let lab = Lab::from_shipped(
+        "two-netns.yaml",
+        &[
+            ("name: two-netns", "name: t-seed"),
+            ("vxbr-seed", "vxbr-tseed"),
+        ],
+    );
+    let (code, r) = lab.up();
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert!(ping_replied(&r, "vm-a", "192.168.42.3"));
+    assert!(ping_replied(&r, "vm-b", "192.168.42.2"));
+    for g in ["vm-a", "vm-b"] {
+        let v = vtep(&r, g, "vxlan0");
+        assert_eq!(v["kernel"]["vni"], 42);
+        assert_eq!(v["kernel"]["group"], "239.1.1.1");
+        assert_eq!(v["kernel"]["port"], 4789);
+        assert_eq!(v["joined"][0], "239.1.1.1", "{g} did not join the group");
+    }
+    // vm-a learned vm-b's MAC behind 192.168.10.3, and vm-b learned vm-a's behind .2.
+    let mac_b = &vtep(&r, "vm-b", "vxlan0")["mac"];
+    let mac_a = &vtep(&r, "vm-a", "vxlan0")["mac"];
+    assert_eq!(
+        fdb_dst(&r, "vm-a", "vxlan0", mac_b).as_deref(),
+        Some("192.168.10.3")
+    );
+    assert_eq!(
+        fdb_dst(&r, "vm-b", "vxlan0", mac_a).as_deref(),
+        Some("192.168.10.2")
+    );
+    assert_eq!(
+        fdb_dst(&r, "vm-a", "vxlan0", &Value::from("00:00:00:00:00:00")).as_deref(),
+        Some("239.1.1.1")
+    );
+    // The kernel agrees, read independently of vxlab.
+    let maddr = String::from_utf8(
+        lab.ip("vm-a", &["-j", "maddr", "show", "dev", "eth0"])
+            .stdout,
+    )
+    .unwrap();
+    assert!(maddr.contains("\"239.1.1.1\""), "{maddr}");
+
+    let (code, _) = lab.check();
+    assert_eq!(code, 0);
+    lab.down_leaves_nothing();
+    // Down is idempotent.
+    assert!(lab.run(&["down", &lab.name]).status.success());
+}
+
+#[test]
+fn up_again_converges_without_duplicates() {
+    let lab = Lab::from_shipped(
+        "unicast.yaml",
+        &[
+            ("name: unicast", "name: t-conv"),
+            ("vxbr-uni", "vxbr-tconv"),
+            ("192.168.30.", "192.168.31."),
+        ],
+    );
+    assert_eq!(lab.up().0, 0);
+    let (code, r) = lab.up();
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    let floods = vtep(&r, "vm-a", "vxlan0")["fdb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["mac"] == "00:00:00:00:00:00")
+        .count();
+    assert_eq!(floods, 2, "one flood entry per peer, not more");
+    let addrs = String::from_utf8(
+        lab.ip("vm-a", &["-j", "addr", "show", "dev", "vxlan0"])
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(addrs.matches("10.100.0.1").count(), 1);
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn vnis_are_isolated_and_check_complains_only_when_not_expected() {
+    let lab = Lab::from_shipped(
+        "two-vni.yaml",
+        &[
+            ("name: two-vni", "name: t-vni"),
+            ("vxbr-vni", "vxbr-tvni"),
+            ("192.168.20.", "192.168.21."),
+        ],
+    );
+    let (code, r) = lab.up();
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert!(!ping_replied(&r, "vm-a", "192.168.43.3"));
+    assert!(ping_replied(&r, "vm-b", "192.168.43.3"));
+    lab.down_leaves_nothing();
+
+    // The same lab claiming VNI 42 reaches VNI 43: the check must fail and name vm-a.
+    let wrong = Lab::from_shipped(
+        "two-vni.yaml",
+        &[
+            ("name: two-vni", "name: t-vni2"),
+            ("vxbr-vni", "vxbr-tvni2"),
+            ("192.168.20.", "192.168.22."),
+            ("expect: fail", "expect: success"),
+        ],
+    );
+    let (code, r) = wrong.up();
+    assert_eq!(code, 1);
+    let f = r["failures"].as_array().unwrap();
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0]["guest"], "vm-a");
+    assert_eq!(f[0]["what"], "ping 192.168.43.3 (vm-c)");
+    wrong.down_leaves_nothing();
+}
+
+#[test]
+fn head_end_replication_lists_every_peer_and_learns_them() {
+    let lab = Lab::from_shipped(
+        "unicast.yaml",
+        &[
+            ("name: unicast", "name: t-uni"),
+            ("vxbr-uni", "vxbr-tuni"),
+            ("192.168.30.", "192.168.32."),
+        ],
+    );
+    let (code, r) = lab.up();
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    let v = vtep(&r, "vm-a", "vxlan0");
+    assert_eq!(v["kernel"]["group"], Value::Null);
+    let mut floods: Vec<&str> = v["fdb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["mac"] == "00:00:00:00:00:00")
+        .map(|e| e["dst"].as_str().unwrap())
+        .collect();
+    floods.sort();
+    assert_eq!(floods, ["192.168.32.3", "192.168.32.4"]);
+    let mac_c = &vtep(&r, "vm-c", "vxlan0")["mac"];
+    assert_eq!(
+        fdb_dst(&r, "vm-a", "vxlan0", mac_c).as_deref(),
+        Some("192.168.32.4")
+    );
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn an_ipv6_underlay_joins_its_group_and_learns_ipv6_dsts() {
+    let lab = Lab::from_shipped(
+        "ipv6.yaml",
+        &[
+            ("name: ipv6", "name: t-v6"),
+            ("vxbr-v6", "vxbr-tv6"),
+            ("fd00:10::", "fd00:11::"),
+        ],
+    );
+    let (code, r) = lab.up();
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    for dev in ["vxlan0", "vxlan6"] {
+        let group = if dev == "vxlan0" {
+            "ff05::42"
+        } else {
+            "ff05::66"
+        };
+        assert_eq!(vtep(&r, "vm-b", dev)["joined"][0], group);
+        let mac_a = &vtep(&r, "vm-a", dev)["mac"];
+        assert_eq!(
+            fdb_dst(&r, "vm-b", dev, mac_a).as_deref(),
+            Some("fd00:11::2")
+        );
+    }
+    assert!(ping_replied(&r, "vm-a", "fd00:42::3"));
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn check_fails_naming_the_guest_whose_vxlan_was_deleted() {
+    let lab = Lab::from_shipped(
+        "two-netns.yaml",
+        &[
+            ("name: two-netns", "name: t-del"),
+            ("vxbr-seed", "vxbr-tdel"),
+            ("192.168.10.", "192.168.12."),
+        ],
+    );
+    assert_eq!(lab.up().0, 0);
+    assert!(lab.ip("vm-b", &["link", "del", "vxlan0"]).status.success());
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    let f = r["failures"].as_array().unwrap();
+    assert!(
+        f.iter()
+            .any(|f| f["guest"] == "vm-b" && f["what"] == "vxlan0 exists"),
+        "{f:#?}"
+    );
+    let human = lab.run(&["check", &lab.name]);
+    assert_eq!(human.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&human.stdout)
+        .contains("vm-b: vxlan0 exists: expected vxlan VNI 42, seen no such device"));
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_failure_part_way_is_reported_and_down_removes_everything() {
+    // An MTU above what eth0 can carry makes the second guest command fail in every guest.
+    let lab = Lab::from_shipped(
+        "two-netns.yaml",
+        &[
+            ("name: two-netns", "name: t-fail"),
+            ("vxbr-seed", "vxbr-tfail"),
+            ("192.168.10.", "192.168.13."),
+            ("    port: 4789", "    port: 4789\n    mtu: 9000"),
+        ],
+    );
+    let out = lab.run(&["up", lab.file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(70));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`ip link set dev vxlan0 mtu 9000` failed"),
+        "{err}"
+    );
+    assert!(err.contains("vxlab down t-fail"), "{err}");
+    assert!(!lab.leftovers().is_empty());
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn down_cleans_up_after_an_up_killed_half_way() {
+    let mut text = String::from(
+        "name: t-kill\ndriver: netns\nunderlay: { bridge: vxbr-tkill, subnet: 192.168.14.0/24 }\nguests:\n",
+    );
+    let mut addrs = String::new();
+    for i in 0..40 {
+        text.push_str(&format!("  g{i}: {{ address: 192.168.14.{} }}\n", i + 2));
+        addrs.push_str(&format!("      g{i}: 10.14.0.{}/24\n", i + 2));
+    }
+    text.push_str(&format!(
+        "vxlans:\n  - name: vxlan0\n    vni: 14\n    group: 239.1.1.14\n    addresses:\n{addrs}"
+    ));
+    let lab = Lab::from_text(&text);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(["up", lab.file.to_str().unwrap()])
+        .env("VXLAB_STATE_DIR", lab.state.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it as soon as its first namespace exists.
+    let first = Path::new("/run/netns/vxlab-t-kill-g0");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !first.exists() && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(first.exists(), "up never created a namespace");
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_second_up_of_a_lab_in_use_gets_a_lock_error() {
+    let lab = Lab::from_shipped(
+        "two-netns.yaml",
+        &[
+            ("name: two-netns", "name: t-lock"),
+            ("vxbr-seed", "vxbr-tlock"),
+            ("192.168.10.", "192.168.15."),
+        ],
+    );
+    // Hold the lab's lock the way a running vxlab does.
+    let held = vxlab::state::StateDir::at(lab.state.path())
+        .lock("t-lock")
+        .unwrap();
+    let out = lab.run(&["up", lab.file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(75));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lab t-lock is busy"));
+    assert!(!Path::new("/sys/class/net/vxbr-tlock").exists());
+    drop(held);
+    assert_eq!(lab.up().0, 0);
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_subnet_the_host_already_routes_is_refused() {
+    let lab = Lab::from_shipped(
+        "two-netns.yaml",
+        &[
+            ("name: two-netns", "name: t-route"),
+            ("vxbr-seed", "vxbr-troute"),
+            ("192.168.10.", "192.168.16."),
+        ],
+    );
+    // Another network on the host, holding the lab's subnet.
+    let other = "vxother16";
+    let sh = |args: &[&str]| assert!(Command::new("ip").args(args).status().unwrap().success());
+    sh(&["link", "add", other, "type", "bridge"]);
+    sh(&["addr", "add", "192.168.16.200/24", "dev", other]);
+    sh(&["link", "set", other, "up"]);
+    let out = lab.run(&["up", lab.file.to_str().unwrap()]);
+    sh(&["link", "del", other]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("overlaps 192.168.16.0/24 routed via vxother16"),
+        "{err}"
+    );
+    lab.down_leaves_nothing();
+}
