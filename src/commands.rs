@@ -191,7 +191,7 @@ fn resolve(arg: Option<&Path>) -> Result<(Lab, PathBuf)> {
     };
     let copy = state.lab_dir(&name).join(LAB_COPY);
     if !copy.is_file() {
-        return Err(StateError::NotRunning(name, state.lab_dir("")).into());
+        return Err(StateError::NotRunning(name, state.root().to_path_buf()).into());
     }
     let lab = load(&copy).with_context(|| format!("lab {name}'s recorded lab file"))?;
     Ok((lab, copy))

@@ -310,24 +310,24 @@ impl Engine {
                 .filter(|p| p.from == g.name)
                 .cloned()
                 .collect();
+            let n = mine.len();
             let replied = self
                 .driver
                 .ping(g, &mine)
-                .unwrap_or_else(|_| vec![false; mine.len()]);
-            mine.into_iter().zip(replied).collect::<Vec<_>>()
+                .unwrap_or_else(|_| vec![false; n]);
+            mine.into_iter().zip(replied)
         });
-        let mut by_ping: Vec<(PingPlan, bool)> = replies.into_iter().flatten().collect();
-        // Report in plan order.
+        // Each guest's results are in plan order; interleave them back into the plan's order.
+        let mut by_guest: BTreeMap<&str, _> = plan
+            .guests
+            .iter()
+            .map(|g| g.name.as_str())
+            .zip(replies)
+            .collect();
         plan.pings
             .iter()
-            .map(|p| {
-                let i = by_ping
-                    .iter()
-                    .position(|(q, _)| q == p)
-                    .expect("every ping ran");
-                let (ping, replied) = by_ping.swap_remove(i);
-                PingResult { ping, replied }
-            })
+            .filter_map(|p| by_guest.get_mut(p.from.as_str())?.next())
+            .map(|(ping, replied)| PingResult { ping, replied })
             .collect()
     }
 
@@ -535,6 +535,118 @@ pub fn parallel_map<T: Sync, R: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::netlink::NetlinkError;
+    use std::sync::Mutex;
+
+    /// Records what the engine asks of the host and the guests; every command succeeds.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+        state: Option<StateDir>,
+    }
+
+    impl Recorder {
+        fn log(&self, what: String) {
+            self.calls.lock().unwrap().push(what);
+        }
+    }
+
+    impl HostNetwork for Recorder {
+        fn ensure_bridge(&self, name: &str, _: IpNet) -> Result<(), NetlinkError> {
+            self.log(format!("bridge {name}"));
+            Ok(())
+        }
+        fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+            self.log(format!("del {name}"));
+            Ok(true)
+        }
+        fn delete_links(&self, names: &[String]) -> Result<usize, NetlinkError> {
+            self.log(format!("del {}", names.join(",")));
+            Ok(names.len())
+        }
+    }
+
+    impl Driver for Arc<Recorder> {
+        fn guest_resources(&self, g: &GuestPlan) -> Vec<Resource> {
+            vec![Resource::Domain {
+                name: g.instance.clone(),
+            }]
+        }
+        fn create_guest(
+            &self,
+            plan: &Plan,
+            g: &GuestPlan,
+            _: &dyn Fn(&str),
+        ) -> Result<(), DriverError> {
+            // The resource must be in the state file before the guest exists.
+            let st = self.state.as_ref().unwrap().read(&plan.lab).unwrap();
+            assert!(st.resources.contains(&Resource::Domain {
+                name: g.instance.clone()
+            }));
+            self.log(format!("create {}", g.name));
+            Ok(())
+        }
+        fn exec(&self, _: &GuestPlan, argv: &[String]) -> Result<Output, DriverError> {
+            let stdout = if argv[0] == "ip" || argv[0] == "bridge" {
+                "[]"
+            } else {
+                ""
+            };
+            Ok(Output {
+                status: 0,
+                stdout: stdout.into(),
+                stderr: String::new(),
+            })
+        }
+        fn remove(&self, r: &Resource) -> Result<bool, DriverError> {
+            self.log(format!("remove {r:?}"));
+            Ok(true)
+        }
+        fn guest_exists(&self, _: &GuestPlan) -> bool {
+            true
+        }
+        fn parallel_commands(&self) -> usize {
+            2
+        }
+    }
+
+    #[test]
+    fn up_records_each_guest_before_creating_it_and_down_removes_all_in_reverse() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::at(tmp.path());
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/labs/two-vm.yaml"))
+                .unwrap()
+                .replace("vbr0", "vxfake0")
+                .replace("192.168.10.", "198.18.10.");
+        let lab = crate::lab::parse(&text, Path::new("two-vm.yaml")).unwrap();
+        let plan = crate::plan::plan(&lab);
+        let rec = Arc::new(Recorder {
+            state: Some(state.clone()),
+            ..Recorder::default()
+        });
+        let engine = Engine::new(Box::new(rec.clone()), rec.clone(), state.clone());
+        let o = engine
+            .up(&plan, Path::new("two-vm.yaml"), &text, &Progress::new())
+            .unwrap();
+        // The fake guests report nothing, so the checks must fail: nothing is taken on trust.
+        assert!(!o.verdict.ok());
+        assert_eq!(state.labs(), vec!["two-vm".to_string()]);
+        rec.calls.lock().unwrap().clear();
+
+        engine.down("two-vm").unwrap();
+        assert_eq!(
+            *rec.calls.lock().unwrap(),
+            [
+                "del ".to_string(),
+                "remove Domain { name: \"vxlab-two-vm-vm-b\" }".into(),
+                "remove Domain { name: \"vxlab-two-vm-vm-a\" }".into(),
+                "del vxfake0".into(),
+            ]
+        );
+        assert!(state.labs().is_empty());
+        assert!(!tmp.path().join("two-vm").exists());
+    }
 
     #[test]
     fn parallel_map_keeps_order() {

@@ -249,7 +249,6 @@ impl Report<'_> {
             .iter()
             .filter_map(|p| p.ping.vxlan.as_deref())
             .collect();
-        vxlans.dedup();
         vxlans.sort();
         vxlans.dedup();
         let cell = |p: &PingResult| match (p.replied, p.ping.expect) {

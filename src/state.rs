@@ -112,6 +112,11 @@ impl StateDir {
         StateDir { root: root.into() }
     }
 
+    /// The directory that holds the labs.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The directory of lab `lab`.
     pub fn lab_dir(&self, lab: &str) -> PathBuf {
         self.root.join(lab)
