@@ -175,7 +175,7 @@ impl Engine {
 
     /// Runs one guest's planned steps, skipping what is already in place.
     fn configure(&self, g: &GuestPlan) -> Result<(), EngineError> {
-        let now = self.read_links(g)?;
+        let mut now = self.read_links(g)?;
         let mut fdb: BTreeMap<String, Vec<observe::FdbEntry>> = BTreeMap::new();
         for step in &g.steps {
             match &step.effect {
@@ -196,6 +196,8 @@ impl Engine {
                             g,
                             &["ip", "link", "del", "dev", &v.device].map(String::from),
                         )?;
+                        // What was seen on the old device no longer holds.
+                        now.links.remove(&v.device);
                     }
                 }
                 Effect::AddAddress { dev, address } => {

@@ -249,6 +249,13 @@ fn up_again_converges_without_duplicates() {
     )
     .unwrap();
     assert_eq!(addrs.matches("10.100.0.1").count(), 1);
+
+    // A changed port replaces the devices, with their addresses and flood entries.
+    std::fs::write(&lab.file, lab.text().replace("port: 4789", "port: 4790")).unwrap();
+    let (code, r) = lab.up();
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(vtep(&r, "vm-a", "vxlan0")["kernel"]["port"], 4790);
+    assert!(ping_replied(&r, "vm-a", "10.100.0.2"));
     lab.down_leaves_nothing();
 }
 
