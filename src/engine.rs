@@ -109,13 +109,7 @@ impl Engine {
             source: source.to_path_buf(),
             resources: Vec::new(),
         });
-        std::fs::write(lock.dir().join(crate::state::LAB_COPY), lab_text).map_err(|e| {
-            StateError::Io {
-                what: "cannot write",
-                path: lock.dir().join(crate::state::LAB_COPY),
-                source: e,
-            }
-        })?;
+        lock.save_lab_copy(lab_text)?;
         lock.save(&st)?;
 
         let mut notes = Vec::new();
@@ -286,25 +280,33 @@ impl Engine {
 
     /// Pings, then reads every guest, then verifies: what `check` does on a running lab.
     pub fn verify_running(&self, plan: &Plan) -> Result<Outcome, EngineError> {
-        let pings = self.ping_all(plan);
-        let observed: BTreeMap<String, GuestState> =
-            parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
-                self.observe(g).ok().map(|s| (g.name.clone(), s))
-            })
-            .into_iter()
-            .flatten()
-            .collect();
+        // A guest that cannot be pinged from or read is a failed check, not an aborted run;
+        // why it failed goes into the notes.
+        let mut notes = Vec::new();
+        let pings = self.ping_all(plan, &mut notes);
+        let mut observed = BTreeMap::new();
+        let seen = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
+            self.observe(g)
+        });
+        for (g, r) in plan.guests.iter().zip(seen) {
+            match r {
+                Ok(s) => {
+                    observed.insert(g.name.clone(), s);
+                }
+                Err(e) => notes.push(e.to_string()),
+            }
+        }
         let verdict = verify::verify(plan, &observed, &pings);
         Ok(Outcome {
             observed,
             pings,
             verdict,
-            notes: Vec::new(),
+            notes,
         })
     }
 
     /// Runs every planned ping, the guests' at once.
-    fn ping_all(&self, plan: &Plan) -> Vec<PingResult> {
+    fn ping_all(&self, plan: &Plan, notes: &mut Vec<String>) -> Vec<PingResult> {
         let replies = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
             let mine: Vec<PingPlan> = plan
                 .pings
@@ -312,13 +314,14 @@ impl Engine {
                 .filter(|p| p.from == g.name)
                 .cloned()
                 .collect();
-            let n = mine.len();
-            let replied = self
-                .driver
-                .ping(g, &mine)
-                .unwrap_or_else(|_| vec![false; n]);
-            mine.into_iter().zip(replied)
+            let (replied, error) = match self.driver.ping(g, &mine) {
+                Ok(r) => (r, None),
+                Err(e) => (vec![false; mine.len()], Some(e.to_string())),
+            };
+            (mine.into_iter().zip(replied), error)
         });
+        let (replies, errors): (Vec<_>, Vec<_>) = replies.into_iter().unzip();
+        notes.extend(errors.into_iter().flatten());
         // Each guest's results are in plan order; interleave them back into the plan's order.
         let mut by_guest: BTreeMap<&str, _> = plan
             .guests

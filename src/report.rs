@@ -102,7 +102,7 @@ pub fn build<'a>(plan: &'a Plan, o: &'a Outcome) -> Report<'a> {
                             joined: s
                                 .groups
                                 .iter()
-                                .filter(|m| m.dev == v.dev && m.group.is_multicast())
+                                .filter(|m| m.dev == v.dev)
                                 .filter(|m| {
                                     Some(m.group) == link.and_then(|l| l.vxlan.as_ref()?.group)
                                 })

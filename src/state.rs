@@ -223,6 +223,12 @@ impl LabLock {
         fs::rename(&tmp, &path).map_err(io_err("cannot write", &path))
     }
 
+    /// Keeps a copy of the lab file, from which `check` and `down` re-plan the running lab.
+    pub fn save_lab_copy(&self, text: &str) -> Result<(), StateError> {
+        let path = self.dir.join(LAB_COPY);
+        fs::write(&path, text).map_err(io_err("cannot write", &path))
+    }
+
     /// Adds resources not yet recorded and saves, before they are created.
     pub fn record(&self, state: &mut LabState, resources: Vec<Resource>) -> Result<(), StateError> {
         let before = state.resources.len();

@@ -29,10 +29,21 @@ struct Lab {
 }
 
 impl Lab {
-    /// A lab from `labs/<file>`, renamed and moved to its own bridge and subnet.
-    fn from_shipped(file: &str, edits: &[(&str, &str)]) -> Lab {
+    /// The lab `labs/<file>` renamed to `name`, on a bridge named after it, with `edits`
+    /// (its own subnet, mostly) applied.
+    fn shipped(file: &str, name: &str, edits: &[(&str, &str)]) -> Lab {
         let text = std::fs::read_to_string(root().join("labs").join(file)).unwrap();
-        Lab::from_text(&edits.iter().fold(text, |t, (a, b)| t.replace(a, b)))
+        let line = |key: &str| {
+            text.lines()
+                .map(str::trim)
+                .find(|l| l.starts_with(key))
+                .unwrap()
+                .to_string()
+        };
+        let renamed = text
+            .replace(&line("name: "), &format!("name: {name}"))
+            .replace(&line("bridge: "), &format!("bridge: vxbr-{name}"));
+        Lab::from_text(&edits.iter().fold(renamed, |t, (a, b)| t.replace(a, b)))
     }
 
     fn from_text(text: &str) -> Lab {
@@ -104,7 +115,7 @@ impl Lab {
         let link_prefix = link_prefix.trim_end_matches('0');
         for e in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(link_prefix) || self.text().contains(&format!("bridge: {n}\n")) {
+            if n.starts_with(link_prefix) || n == self.bridge() {
                 left.push(format!("link {n}"));
             }
         }
@@ -112,6 +123,14 @@ impl Lab {
             left.push(format!("state {}", e.path().display()));
         }
         left
+    }
+
+    /// The lab's bridge, as vxlab reads the file.
+    fn bridge(&self) -> String {
+        vxlab::lab::parse(&self.text(), &self.file)
+            .unwrap()
+            .underlay
+            .bridge
     }
 
     fn text(&self) -> String {
@@ -175,13 +194,7 @@ fn ping_replied(report: &Value, from: &str, to: &str) -> bool {
 
 #[test]
 fn the_seed_lab_comes_up_learns_its_peers_and_goes_away() {
-    let lab = Lab::from_shipped(
-        "two-netns.yaml",
-        &[
-            ("name: two-netns", "name: t-seed"),
-            ("vxbr-seed", "vxbr-tseed"),
-        ],
-    );
+    let lab = Lab::shipped("two-netns.yaml", "t-seed", &[]);
     let (code, r) = lab.up();
     assert_eq!(code, 0, "{:#}", r["failures"]);
     assert!(ping_replied(&r, "vm-a", "192.168.42.3"));
@@ -225,14 +238,7 @@ fn the_seed_lab_comes_up_learns_its_peers_and_goes_away() {
 
 #[test]
 fn up_again_converges_without_duplicates() {
-    let lab = Lab::from_shipped(
-        "unicast.yaml",
-        &[
-            ("name: unicast", "name: t-conv"),
-            ("vxbr-uni", "vxbr-tconv"),
-            ("192.168.30.", "192.168.31."),
-        ],
-    );
+    let lab = Lab::shipped("unicast.yaml", "t-conv", &[("192.168.30.", "192.168.31.")]);
     assert_eq!(lab.up().0, 0);
     let (code, r) = lab.up();
     assert_eq!(code, 0, "{:#}", r["failures"]);
@@ -261,14 +267,7 @@ fn up_again_converges_without_duplicates() {
 
 #[test]
 fn vnis_are_isolated_and_check_complains_only_when_not_expected() {
-    let lab = Lab::from_shipped(
-        "two-vni.yaml",
-        &[
-            ("name: two-vni", "name: t-vni"),
-            ("vxbr-vni", "vxbr-tvni"),
-            ("192.168.20.", "192.168.21."),
-        ],
-    );
+    let lab = Lab::shipped("two-vni.yaml", "t-vni", &[("192.168.20.", "192.168.21.")]);
     let (code, r) = lab.up();
     assert_eq!(code, 0, "{:#}", r["failures"]);
     assert!(!ping_replied(&r, "vm-a", "192.168.43.3"));
@@ -276,11 +275,10 @@ fn vnis_are_isolated_and_check_complains_only_when_not_expected() {
     lab.down_leaves_nothing();
 
     // The same lab claiming VNI 42 reaches VNI 43: the check must fail and name vm-a.
-    let wrong = Lab::from_shipped(
+    let wrong = Lab::shipped(
         "two-vni.yaml",
+        "t-vni2",
         &[
-            ("name: two-vni", "name: t-vni2"),
-            ("vxbr-vni", "vxbr-tvni2"),
             ("192.168.20.", "192.168.22."),
             ("expect: fail", "expect: success"),
         ],
@@ -296,14 +294,7 @@ fn vnis_are_isolated_and_check_complains_only_when_not_expected() {
 
 #[test]
 fn head_end_replication_lists_every_peer_and_learns_them() {
-    let lab = Lab::from_shipped(
-        "unicast.yaml",
-        &[
-            ("name: unicast", "name: t-uni"),
-            ("vxbr-uni", "vxbr-tuni"),
-            ("192.168.30.", "192.168.32."),
-        ],
-    );
+    let lab = Lab::shipped("unicast.yaml", "t-uni", &[("192.168.30.", "192.168.32.")]);
     let (code, r) = lab.up();
     assert_eq!(code, 0, "{:#}", r["failures"]);
     let v = vtep(&r, "vm-a", "vxlan0");
@@ -327,14 +318,7 @@ fn head_end_replication_lists_every_peer_and_learns_them() {
 
 #[test]
 fn an_ipv6_underlay_joins_its_group_and_learns_ipv6_dsts() {
-    let lab = Lab::from_shipped(
-        "ipv6.yaml",
-        &[
-            ("name: ipv6", "name: t-v6"),
-            ("vxbr-v6", "vxbr-tv6"),
-            ("fd00:10::", "fd00:11::"),
-        ],
-    );
+    let lab = Lab::shipped("ipv6.yaml", "t-v6", &[("fd00:10::", "fd00:11::")]);
     let (code, r) = lab.up();
     assert_eq!(code, 0, "{:#}", r["failures"]);
     for dev in ["vxlan0", "vxlan6"] {
@@ -356,14 +340,7 @@ fn an_ipv6_underlay_joins_its_group_and_learns_ipv6_dsts() {
 
 #[test]
 fn check_fails_naming_the_guest_whose_vxlan_was_deleted() {
-    let lab = Lab::from_shipped(
-        "two-netns.yaml",
-        &[
-            ("name: two-netns", "name: t-del"),
-            ("vxbr-seed", "vxbr-tdel"),
-            ("192.168.10.", "192.168.12."),
-        ],
-    );
+    let lab = Lab::shipped("two-netns.yaml", "t-del", &[("192.168.10.", "192.168.12.")]);
     assert_eq!(lab.up().0, 0);
     assert!(lab.ip("vm-b", &["link", "del", "vxlan0"]).status.success());
     let (code, r) = lab.check();
@@ -384,11 +361,10 @@ fn check_fails_naming_the_guest_whose_vxlan_was_deleted() {
 #[test]
 fn a_failure_part_way_is_reported_and_down_removes_everything() {
     // An MTU above what eth0 can carry makes the second guest command fail in every guest.
-    let lab = Lab::from_shipped(
+    let lab = Lab::shipped(
         "two-netns.yaml",
+        "t-fail",
         &[
-            ("name: two-netns", "name: t-fail"),
-            ("vxbr-seed", "vxbr-tfail"),
             ("192.168.10.", "192.168.13."),
             ("    port: 4789", "    port: 4789\n    mtu: 9000"),
         ],
@@ -440,13 +416,10 @@ fn down_cleans_up_after_an_up_killed_half_way() {
 
 #[test]
 fn a_second_up_of_a_lab_in_use_gets_a_lock_error() {
-    let lab = Lab::from_shipped(
+    let lab = Lab::shipped(
         "two-netns.yaml",
-        &[
-            ("name: two-netns", "name: t-lock"),
-            ("vxbr-seed", "vxbr-tlock"),
-            ("192.168.10.", "192.168.15."),
-        ],
+        "t-lock",
+        &[("192.168.10.", "192.168.15.")],
     );
     // Hold the lab's lock the way a running vxlab does.
     let held = vxlab::state::StateDir::at(lab.state.path())
@@ -455,7 +428,7 @@ fn a_second_up_of_a_lab_in_use_gets_a_lock_error() {
     let out = lab.run(&["up", lab.file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(75));
     assert!(String::from_utf8_lossy(&out.stderr).contains("lab t-lock is busy"));
-    assert!(!Path::new("/sys/class/net/vxbr-tlock").exists());
+    assert!(!Path::new("/sys/class/net").join(lab.bridge()).exists());
     drop(held);
     assert_eq!(lab.up().0, 0);
     lab.down_leaves_nothing();
@@ -463,13 +436,10 @@ fn a_second_up_of_a_lab_in_use_gets_a_lock_error() {
 
 #[test]
 fn a_subnet_the_host_already_routes_is_refused() {
-    let lab = Lab::from_shipped(
+    let lab = Lab::shipped(
         "two-netns.yaml",
-        &[
-            ("name: two-netns", "name: t-route"),
-            ("vxbr-seed", "vxbr-troute"),
-            ("192.168.10.", "192.168.16."),
-        ],
+        "t-route",
+        &[("192.168.10.", "192.168.16.")],
     );
     // Another network on the host, holding the lab's subnet.
     let other = "vxother16";

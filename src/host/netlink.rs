@@ -31,6 +31,9 @@ pub enum NetlinkError {
         #[source]
         source: rtnetlink::Error,
     },
+    /// A link that must exist does not.
+    #[error("there is no link named {0}")]
+    Missing(String),
     /// A namespace file could not be opened.
     #[error("cannot open namespace {path}")]
     Namespace {
@@ -159,7 +162,9 @@ impl Netlink {
             path: path.clone(),
             source,
         })?;
-        let bridge_index = self.link_index(bridge)?.unwrap_or_default();
+        let bridge_index = self
+            .link_index(bridge)?
+            .ok_or_else(|| NetlinkError::Missing(bridge.to_string()))?;
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(guest_link.to_string())
             .setns_by_fd(ns.as_raw_fd())
