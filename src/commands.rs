@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
+use crate::driver::libvirt::{LibvirtDriver, Unreachable};
 use crate::driver::netns::NetnsDriver;
 use crate::driver::Driver;
 use crate::engine::{Engine, EngineError, Outcome};
 use crate::host::netlink::Netlink;
 use crate::host::process;
+use crate::image::{self, Image, ImageError};
 use crate::lab::{self, DriverKind, Lab, LabError, LoadError};
 use crate::plan::{self, Plan};
 use crate::progress::Progress;
@@ -60,6 +62,11 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if busy {
             return exit::TEMPFAIL;
         }
+        if cause.is::<Unreachable>()
+            || matches!(cause.downcast_ref(), Some(ImageError::NotBuilt { .. }))
+        {
+            return exit::UNAVAILABLE;
+        }
         match cause.downcast_ref::<HostError>() {
             Some(HostError::NotRoot(_)) => return exit::NOPERM,
             Some(HostError::MissingProgram(..)) => return exit::UNAVAILABLE,
@@ -85,30 +92,40 @@ fn require_root(command: &'static str) -> Result<()> {
 }
 
 fn require_programs(kind: DriverKind) -> Result<()> {
-    if kind == DriverKind::Netns {
-        for (program, package) in process::PROGRAMS {
-            if process::find_program(program).is_none() {
-                return Err(HostError::MissingProgram(program, package).into());
-            }
+    let needed: &[(&'static str, &'static str)] = match kind {
+        DriverKind::Netns => &process::PROGRAMS,
+        DriverKind::Libvirt => &[
+            ("qemu-img", "qemu-utils"),
+            ("mkfs.vfat", "dosfstools"),
+            ("mcopy", "mtools"),
+            ("ssh-keygen", "openssh-client"),
+        ],
+    };
+    for (program, package) in needed {
+        if process::find_program(program).is_none() {
+            return Err(HostError::MissingProgram(program, package).into());
         }
     }
     Ok(())
 }
 
-fn driver(lab: &Lab, netlink: &Arc<Netlink>) -> Result<Box<dyn Driver>> {
+/// The lab's driver; `image` is given when guests are to be created.
+fn driver(lab: &Lab, netlink: &Arc<Netlink>, image: Option<Image>) -> Result<Box<dyn Driver>> {
     Ok(match lab.driver {
         DriverKind::Netns => Box::new(NetnsDriver::new(netlink.clone())),
-        DriverKind::Libvirt => bail!(
-            "lab {}: the libvirt driver is not built yet; use `driver: netns` for now",
-            lab.name
-        ),
+        DriverKind::Libvirt => Box::new(LibvirtDriver::open(
+            lab,
+            &StateDir::from_env().lab_dir(&lab.name),
+            image,
+            Box::new(|line| eprintln!("{line}")),
+        )?),
     })
 }
 
-fn engine(lab: &Lab) -> Result<Engine> {
+fn engine(lab: &Lab, image: Option<Image>) -> Result<Engine> {
     let netlink = Arc::new(Netlink::open()?);
     Ok(Engine::new(
-        driver(lab, &netlink)?,
+        driver(lab, &netlink, image)?,
         netlink,
         StateDir::from_env(),
     ))
@@ -159,9 +176,13 @@ pub fn up(path: &Path, json: bool) -> Result<u8> {
     require_root("up")?;
     require_programs(lab.driver)?;
     let text = std::fs::read_to_string(path)?;
+    let image = match lab.driver {
+        DriverKind::Libvirt => Some(image::resolve(&lab.libvirt.image)?),
+        DriverKind::Netns => None,
+    };
     let p = plan::plan(&lab);
     let ui = Progress::new();
-    let o = engine(&lab)?
+    let o = engine(&lab, image)?
         .up(&p, path, &text, &ui)
         .map_err(|e| down_hint(e, &lab.name))
         .with_context(|| format!("while bringing up lab {}", lab.name))?;
@@ -202,7 +223,7 @@ pub fn check(arg: Option<&Path>, json: bool) -> Result<u8> {
     require_root("check")?;
     let (lab, _) = resolve(arg)?;
     let p = plan::plan(&lab);
-    let o = engine(&lab)?
+    let o = engine(&lab, None)?
         .check(&p)
         .with_context(|| format!("while checking lab {}", lab.name))?;
     print_outcome(&p, &o, json)
@@ -219,7 +240,7 @@ pub fn down(arg: Option<&Path>) -> Result<u8> {
         }
         Err(e) => return Err(e),
     };
-    let notes = engine(&lab)?
+    let notes = engine(&lab, None)?
         .down(&lab.name)
         .with_context(|| format!("while removing lab {}", lab.name))?;
     for n in notes {
@@ -239,7 +260,7 @@ pub fn status(json: bool) -> Result<u8> {
             Err(e) => (name, "?".to_string(), 0, format!("unreadable: {e}")),
             Ok(lab) => {
                 let p = plan::plan(&lab);
-                let health = match engine(&lab) {
+                let health = match engine(&lab, None) {
                     Err(e) => format!("{e}"),
                     Ok(eng) => {
                         let bad: Vec<String> = eng
@@ -286,8 +307,79 @@ pub fn exec(lab: Option<&Path>, guest: &str, argv: &[String]) -> Result<u8> {
     let Some(g) = p.guest(guest) else {
         bail!("lab {} has no guest named {guest}", lab.name);
     };
-    let out = driver(&lab, &Arc::new(Netlink::open()?))?.exec(g, argv)?;
+    let out = driver(&lab, &Arc::new(Netlink::open()?), None)?.exec(g, argv)?;
     print!("{}", out.stdout);
     eprint!("{}", out.stderr);
     Ok(u8::try_from(out.status).unwrap_or(exit::SOFTWARE))
+}
+
+/// `vxlab image build [NAME]`
+pub fn image_build(name: &str) -> Result<u8> {
+    require_root("image build")?;
+    let image = image::build(name, &|line| eprintln!("{line}"))?;
+    println!("image {name} ready: {}", image.disk.display());
+    Ok(exit::OK)
+}
+
+/// `vxlab image list`
+pub fn image_list() -> Result<u8> {
+    let images = image::list();
+    if images.is_empty() {
+        println!(
+            "no images in {}; `vxlab image build` makes one",
+            image::cache_dir().display()
+        );
+    }
+    for (name, size) in images {
+        println!("{name:<20} {:>6} MiB", size / (1 << 20));
+    }
+    Ok(exit::OK)
+}
+
+fn libvirt_guest(lab: Option<&Path>, guest: &str) -> Result<(Lab, plan::GuestPlan)> {
+    let (lab, _) = resolve(lab)?;
+    if lab.driver != DriverKind::Libvirt {
+        bail!(
+            "lab {} runs on namespaces; use `vxlab exec {guest} -- bash`",
+            lab.name
+        );
+    }
+    let g = plan::plan(&lab).guest(guest).cloned();
+    let g = g.with_context(|| format!("lab {} has no guest named {guest}", lab.name))?;
+    Ok((lab, g))
+}
+
+/// `vxlab ssh GUEST`: an interactive shell, with the host key checked against the one vxlab
+/// gave the guest.
+pub fn ssh(lab: Option<&Path>, guest: &str) -> Result<u8> {
+    let (lab, g) = libvirt_guest(lab, guest)?;
+    let dir = StateDir::from_env().lab_dir(&lab.name);
+    let host_pub = std::fs::read_to_string(
+        dir.join("guests")
+            .join(guest)
+            .join("ssh_host_ed25519_key.pub"),
+    )?;
+    let known = dir.join("known_hosts");
+    std::fs::write(
+        &known,
+        format!("{} {}\n", g.underlay.addr(), host_pub.trim()),
+    )?;
+    let status = std::process::Command::new("ssh")
+        .arg("-i")
+        .arg(dir.join("id_ed25519"))
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known.display()))
+        .args(["-o", "StrictHostKeyChecking=yes", "-l", "root"])
+        .arg(g.underlay.addr().to_string())
+        .status()?;
+    Ok(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
+}
+
+/// `vxlab console GUEST`: the guest's serial console through virsh.
+pub fn console(lab: Option<&Path>, guest: &str) -> Result<u8> {
+    let (lab, g) = libvirt_guest(lab, guest)?;
+    let status = std::process::Command::new("virsh")
+        .args(["-c", &lab.libvirt.uri, "console", &g.instance])
+        .status()?;
+    Ok(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
 }

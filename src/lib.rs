@@ -6,14 +6,18 @@
 //! [`report`]ed. [`state`] records every resource before it is created, so `down` removes all of
 //! it, even after an `up` that died half-way.
 
+pub mod accel;
 pub mod commands;
 pub mod driver;
 pub mod engine;
 pub mod host;
+pub mod image;
 pub mod lab;
 pub mod observe;
 pub mod plan;
 pub mod progress;
 pub mod report;
+pub mod ssh;
 pub mod state;
+pub mod templates;
 pub mod verify;

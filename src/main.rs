@@ -56,6 +56,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build or list guest images for the libvirt driver.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Open a shell on a libvirt guest over SSH.
+    Ssh {
+        /// Lab file or name; may be left out when one lab is running.
+        #[arg(long)]
+        lab: Option<PathBuf>,
+        /// Guest name.
+        guest: String,
+    },
+    /// Attach to a libvirt guest's serial console.
+    Console {
+        /// Lab file or name; may be left out when one lab is running.
+        #[arg(long)]
+        lab: Option<PathBuf>,
+        /// Guest name.
+        guest: String,
+    },
     /// Run a command in a guest of a running lab.
     Exec {
         /// Lab file or name; may be left out when one lab is running.
@@ -69,6 +90,18 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build a small Debian image offline from the host's Debian mirror.
+    Build {
+        /// Image name in the cache.
+        #[arg(default_value = "debian-12")]
+        name: String,
+    },
+    /// List the images in the cache.
+    List,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -78,6 +111,14 @@ fn main() -> ExitCode {
         Command::Check { lab, json } => commands::check(lab.as_deref(), json),
         Command::Down { lab } => commands::down(lab.as_deref()),
         Command::Status { json } => commands::status(json),
+        Command::Image {
+            command: ImageCommand::Build { name },
+        } => commands::image_build(&name),
+        Command::Image {
+            command: ImageCommand::List,
+        } => commands::image_list(),
+        Command::Ssh { lab, guest } => commands::ssh(lab.as_deref(), &guest),
+        Command::Console { lab, guest } => commands::console(lab.as_deref(), &guest),
         Command::Exec {
             lab,
             guest,

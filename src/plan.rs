@@ -37,6 +37,8 @@ pub struct GuestPlan {
     pub host_link: String,
     /// The guest's underlay interface.
     pub interface: String,
+    /// MAC of the underlay interface of a libvirt guest (a namespace's veth picks its own).
+    pub underlay_mac: Mac,
     /// Underlay address with the subnet's prefix length.
     pub underlay: IpNet,
     /// The guest's VTEPs.
@@ -158,6 +160,20 @@ fn lab_hash(lab: &str) -> u32 {
     lab.bytes().fold(0x811c_9dc5u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
+}
+
+/// The underlay NIC's MAC of guest number `index`: QEMU's `52:54:00` prefix, the lab's byte,
+/// then the guest's number.
+pub fn underlay_mac(lab: &str, index: usize) -> Mac {
+    let n = (index + 1) as u16;
+    Mac([
+        0x52,
+        0x54,
+        0x00,
+        (lab_hash(lab) & 0xff) as u8,
+        (n >> 8) as u8,
+        n as u8,
+    ])
 }
 
 /// Host-side link name of guest number `index` (0-based): at most 13 bytes.
@@ -290,6 +306,7 @@ pub fn plan(lab: &Lab) -> Plan {
                 instance: instance_name(&lab.name, &g.name),
                 host_link: host_link_name(&lab.name, i),
                 interface: lab.underlay.interface.clone(),
+                underlay_mac: underlay_mac(&lab.name, i),
                 underlay,
                 vteps,
                 steps,

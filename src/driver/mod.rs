@@ -1,6 +1,7 @@
 //! Where guests live. The engine is written once against [`Driver`]; each kind of guest is a
 //! sibling module: [`netns`] (a network namespace per guest) and, later, libvirt.
 
+pub mod libvirt;
 pub mod netns;
 
 use crate::host::process::Output;

@@ -1,0 +1,210 @@
+//! SSH to libvirt guests with `ssh2`. vxlab generates the lab's client key and every guest's
+//! host key itself and gives both to the guest through cloud-init, so the host key is checked
+//! strictly from the first connection: no trust on first use.
+
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::host::process::{self, Output};
+use crate::plan::shell_words;
+
+/// SSH failures.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    /// `ssh-keygen` failed.
+    #[error("cannot generate an SSH key at {}: {reason}", path.display())]
+    Keygen {
+        /// Key file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The guest did not answer on port 22 in time.
+    #[error("timed out after {} s waiting for ssh on {addr}", timeout.as_secs())]
+    Timeout {
+        /// Address.
+        addr: SocketAddr,
+        /// How long vxlab waited.
+        timeout: Duration,
+    },
+    /// The guest presented another host key than the one vxlab gave it.
+    #[error("{addr} presented a host key that is not the one vxlab generated for it; refusing")]
+    HostKeyMismatch {
+        /// Address.
+        addr: SocketAddr,
+    },
+    /// Any other SSH or I/O failure.
+    #[error("ssh {addr}: {what}")]
+    Session {
+        /// Address.
+        addr: SocketAddr,
+        /// What was being done.
+        what: &'static str,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// An ed25519 key pair in OpenSSH files: `path` and `path.pub`.
+#[derive(Debug, Clone)]
+pub struct KeyPair {
+    /// Private key file (0600).
+    pub private: PathBuf,
+    /// Public key line, `ssh-ed25519 AAAA... comment`.
+    pub public: String,
+}
+
+impl KeyPair {
+    /// Generates a key pair at `path` unless one is there already.
+    pub fn ensure(path: &Path, comment: &str) -> Result<KeyPair, SshError> {
+        let fail = |reason: String| SshError::Keygen {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let pub_path = path.with_extension("pub");
+        if !path.exists() || !pub_path.exists() {
+            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(&pub_path);
+            let argv: Vec<String> = [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                comment,
+                "-f",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([path.to_string_lossy().into_owned()])
+            .collect();
+            let out = process::run(&argv, None).map_err(|e| fail(e.to_string()))?;
+            if !out.success() {
+                return Err(fail(out.stderr));
+            }
+        }
+        let public = std::fs::read_to_string(&pub_path).map_err(|e| fail(e.to_string()))?;
+        Ok(KeyPair {
+            private: path.to_path_buf(),
+            public: public.trim().to_string(),
+        })
+    }
+
+    /// The private key file's text.
+    pub fn private_text(&self) -> std::io::Result<String> {
+        std::fs::read_to_string(&self.private)
+    }
+
+    /// The raw public key blob (the base64 field of the public key line).
+    pub fn public_blob(&self) -> Option<Vec<u8>> {
+        let b64 = self.public.split_whitespace().nth(1)?;
+        base64::engine::general_purpose::STANDARD.decode(b64).ok()
+    }
+}
+
+/// Waits until `ip:22` accepts TCP connections, up to `timeout`. Probing the port first is
+/// cheaper than retrying whole SSH handshakes against a guest that is still booting.
+pub fn wait_for_port(
+    ip: IpAddr,
+    timeout: Duration,
+    tick: &mut dyn FnMut(),
+) -> Result<(), SshError> {
+    let addr = SocketAddr::new(ip, 22);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = Instant::now();
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(SshError::Timeout { addr, timeout });
+        }
+        tick();
+        // A refused connection returns at once; poll at most four times a second.
+        let spent = attempt.elapsed();
+        if spent < Duration::from_millis(250) {
+            std::thread::sleep(Duration::from_millis(250) - spent);
+        }
+    }
+}
+
+/// An authenticated SSH session to one guest, as root.
+pub struct Connection {
+    session: ssh2::Session,
+    addr: SocketAddr,
+}
+
+impl Connection {
+    /// Connects to `ip:22`, checks the host key against `host_key`, logs in with `client`.
+    pub fn open(ip: IpAddr, host_key: &KeyPair, client: &KeyPair) -> Result<Self, SshError> {
+        let addr = SocketAddr::new(ip, 22);
+        let err = |what: &'static str| {
+            move |e: ssh2::Error| SshError::Session {
+                addr,
+                what,
+                source: Box::new(e),
+            }
+        };
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
+            SshError::Session {
+                addr,
+                what: "connecting",
+                source: Box::new(e),
+            }
+        })?;
+        let mut session = ssh2::Session::new().map_err(err("starting a session"))?;
+        session.set_tcp_stream(tcp);
+        session.set_timeout(120_000);
+        session.handshake().map_err(err("handshake"))?;
+        let presented = session.host_key().map(|(k, _)| k.to_vec());
+        if presented.is_none() || presented != host_key.public_blob() {
+            return Err(SshError::HostKeyMismatch { addr });
+        }
+        session
+            .userauth_pubkey_file("root", None, &client.private, None)
+            .map_err(err("logging in as root"))?;
+        Ok(Connection { session, addr })
+    }
+
+    /// Runs `argv` (each word quoted for the guest's shell) and waits for it.
+    pub fn exec(&self, argv: &[String]) -> Result<Output, SshError> {
+        let err = |what: &'static str| {
+            let addr = self.addr;
+            move |e: Box<dyn std::error::Error + Send + Sync>| SshError::Session {
+                addr,
+                what,
+                source: e,
+            }
+        };
+        let mut ch = self
+            .session
+            .channel_session()
+            .map_err(|e| err("opening a channel")(e.into()))?;
+        ch.exec(&shell_words(argv))
+            .map_err(|e| err("running a command")(e.into()))?;
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        ch.read_to_string(&mut stdout)
+            .map_err(|e| err("reading output")(e.into()))?;
+        ch.stderr()
+            .read_to_string(&mut stderr)
+            .map_err(|e| err("reading errors")(e.into()))?;
+        ch.wait_close()
+            .map_err(|e| err("closing a channel")(e.into()))?;
+        let status = ch
+            .exit_status()
+            .map_err(|e| err("reading exit status")(e.into()))?;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+}
