@@ -1,8 +1,30 @@
 #!/usr/bin/env bash
-# Installs what vxlab needs on a Debian/Ubuntu host (run as root): iproute2 and ping for the
-# labs, the C libraries the virt and ssh2 crates link against, bc for the benchmark script.
+# Installs what vxlab needs on a Debian/Ubuntu host and starts libvirtd (run as root):
+# iproute2 and ping for the labs; libvirt, QEMU, debootstrap and the seed-disk tools for the
+# libvirt driver; the C libraries the virt and ssh2 crates link against; bc for benchmarks.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
-apt-get install -y -q --no-install-recommends \
-  iproute2 iputils-ping tcpdump bc pkg-config libvirt-dev libssh2-1-dev libssl-dev
+packages=(iproute2 iputils-ping tcpdump bc pkg-config libvirt-dev libssh2-1-dev libssl-dev
+  libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils debootstrap
+  dosfstools mtools openssh-client)
+# Some images carry a backported qemu-utils that blocks the distribution's qemu-system-x86;
+# take qemu-utils from the same release as qemu-system-x86 there.
+if dpkg-query -W -f '${Version}' qemu-utils 2>/dev/null | grep -q '~bpo'; then
+  . /etc/os-release
+  packages=("${packages[@]/#qemu-utils/qemu-utils/$VERSION_CODENAME}")
+fi
+apt-get install -y -q --no-install-recommends --allow-downgrades "${packages[@]}"
+
+# Start libvirtd unless something already runs it (no systemd in containers and CI).
+if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+  if command -v systemctl >/dev/null && systemctl start libvirtd 2>/dev/null; then :; else
+    pgrep -x virtlogd >/dev/null || virtlogd -d
+    pgrep -x libvirtd >/dev/null || libvirtd -d
+  fi
+  for _ in $(seq 50); do
+    virsh -c qemu:///system version >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+fi
+virsh -c qemu:///system version >/dev/null

@@ -2,199 +2,21 @@
 //! as root). Each test has its own lab name, bridge, subnet and state directory, and tears its
 //! lab down even when it fails.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+use std::process::Command;
+
+use common::{fdb_dst, ping_replied, vtep, Lab};
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these tests create namespaces and bridges: run them as root"
-    );
-}
-
-/// A lab brought up for one test; `down` on drop.
-struct Lab {
-    name: String,
-    file: PathBuf,
-    state: tempfile::TempDir,
-    _dir: tempfile::TempDir,
-}
-
-impl Lab {
-    /// The lab `labs/<file>` renamed to `name`, on a bridge named after it, with `edits`
-    /// (its own subnet, mostly) applied.
-    fn shipped(file: &str, name: &str, edits: &[(&str, &str)]) -> Lab {
-        let text = std::fs::read_to_string(root().join("labs").join(file)).unwrap();
-        let line = |key: &str| {
-            text.lines()
-                .map(str::trim)
-                .find(|l| l.starts_with(key))
-                .unwrap()
-                .to_string()
-        };
-        let renamed = text
-            .replace(&line("name: "), &format!("name: {name}"))
-            .replace(&line("bridge: "), &format!("bridge: vxbr-{name}"));
-        Lab::from_text(&edits.iter().fold(renamed, |t, (a, b)| t.replace(a, b)))
-    }
-
-    fn from_text(text: &str) -> Lab {
-        require_root();
-        let name = text
-            .lines()
-            .find_map(|l| l.strip_prefix("name: "))
-            .unwrap()
-            .trim()
-            .to_string();
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&file, text).unwrap();
-        Lab {
-            name,
-            file,
-            state: tempfile::tempdir().unwrap(),
-            _dir: dir,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_vxlab"))
-            .args(args)
-            .env("VXLAB_STATE_DIR", self.state.path())
-            .output()
-            .unwrap()
-    }
-
-    fn up(&self) -> (i32, Value) {
-        let out = self.run(&["up", "--json", self.file.to_str().unwrap()]);
-        let code = out.status.code().unwrap_or(-1);
-        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!(
-                "up printed no report (exit {code}): {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (code, json)
-    }
-
-    fn check(&self) -> (i32, Value) {
-        let out = self.run(&["check", "--json", &self.name]);
-        let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        (out.status.code().unwrap_or(-1), json)
-    }
-
-    fn ip(&self, guest: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["-n", &format!("vxlab-{}-{guest}", self.name)])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// Namespaces, links and state files of this lab still on the host.
-    fn leftovers(&self) -> Vec<String> {
-        let mut left = Vec::new();
-        let prefix = format!("vxlab-{}-", self.name);
-        if let Ok(dir) = std::fs::read_dir("/run/netns") {
-            for e in dir.flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with(&prefix) {
-                    left.push(format!("namespace {n}"));
-                }
-            }
-        }
-        let link_prefix = vxlab::plan::host_link_name(&self.name, 0);
-        let link_prefix = link_prefix.trim_end_matches('0');
-        for e in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(link_prefix) || n == self.bridge() {
-                left.push(format!("link {n}"));
-            }
-        }
-        for e in std::fs::read_dir(self.state.path()).unwrap().flatten() {
-            left.push(format!("state {}", e.path().display()));
-        }
-        left
-    }
-
-    /// The lab's bridge, as vxlab reads the file.
-    fn bridge(&self) -> String {
-        vxlab::lab::parse(&self.text(), &self.file)
-            .unwrap()
-            .underlay
-            .bridge
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.file).unwrap()
-    }
-
-    fn down_leaves_nothing(&self) {
-        let out = self.run(&["down", &self.name]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(self.leftovers(), Vec::<String>::new());
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = self.run(&["down", &self.name]);
-    }
-}
-
-fn guest<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["guests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == name)
-        .unwrap()
-}
-
-fn vtep<'a>(report: &'a Value, g: &str, dev: &str) -> &'a Value {
-    guest(report, g)["vteps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["device"] == dev)
-        .unwrap()
-}
-
-/// The dst of `mac` in a guest's FDB, as reported.
-fn fdb_dst(report: &Value, g: &str, dev: &str, mac: &Value) -> Option<String> {
-    vtep(report, g, dev)["fdb"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| &e["mac"] == mac)
-        .map(|e| e["dst"].as_str().unwrap_or("").to_string())
-}
-
-fn ping_replied(report: &Value, from: &str, to: &str) -> bool {
-    report["pings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["ping"]["from"] == from && p["ping"]["to"] == to)
-        .unwrap_or_else(|| panic!("no ping {from} -> {to}"))["replied"]
-        == true
-}
 
 #[test]
 fn the_seed_lab_comes_up_learns_its_peers_and_goes_away() {
-    let lab = Lab::shipped("two-netns.yaml", "t-seed", &[]);
+    let lab = Lab::shipped(
+        "two-netns.yaml",
+        "t-seed",
+        &[("192.168.10.", "192.168.17.")],
+    );
     let (code, r) = lab.up();
     assert_eq!(code, 0, "{:#}", r["failures"]);
     assert!(ping_replied(&r, "vm-a", "192.168.42.3"));
@@ -206,16 +28,16 @@ fn the_seed_lab_comes_up_learns_its_peers_and_goes_away() {
         assert_eq!(v["kernel"]["port"], 4789);
         assert_eq!(v["joined"][0], "239.1.1.1", "{g} did not join the group");
     }
-    // vm-a learned vm-b's MAC behind 192.168.10.3, and vm-b learned vm-a's behind .2.
+    // vm-a learned vm-b's MAC behind 192.168.17.3, and vm-b learned vm-a's behind .2.
     let mac_b = &vtep(&r, "vm-b", "vxlan0")["mac"];
     let mac_a = &vtep(&r, "vm-a", "vxlan0")["mac"];
     assert_eq!(
         fdb_dst(&r, "vm-a", "vxlan0", mac_b).as_deref(),
-        Some("192.168.10.3")
+        Some("192.168.17.3")
     );
     assert_eq!(
         fdb_dst(&r, "vm-b", "vxlan0", mac_a).as_deref(),
-        Some("192.168.10.2")
+        Some("192.168.17.2")
     );
     assert_eq!(
         fdb_dst(&r, "vm-a", "vxlan0", &Value::from("00:00:00:00:00:00")).as_deref(),

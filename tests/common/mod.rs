@@ -1,0 +1,204 @@
+//! The harness of the real-lab tests: a lab brought up in its own state directory, torn down
+//! on drop, with accessors for what the JSON report says and a scan for anything it left.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests create namespaces and bridges: run them as root"
+    );
+}
+
+/// A lab brought up for one test; `down` on drop.
+pub struct Lab {
+    pub name: String,
+    pub file: PathBuf,
+    pub state: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// The lab `labs/<file>` renamed to `name`, on a bridge named after it, with `edits`
+    /// (its own subnet, mostly) applied.
+    pub fn shipped(file: &str, name: &str, edits: &[(&str, &str)]) -> Lab {
+        let text = std::fs::read_to_string(root().join("labs").join(file)).unwrap();
+        let line = |key: &str| {
+            text.lines()
+                .map(str::trim)
+                .find(|l| l.starts_with(key))
+                .unwrap()
+                .to_string()
+        };
+        let renamed = text
+            .replace(&line("name: "), &format!("name: {name}"))
+            .replace(&line("bridge: "), &format!("bridge: vxbr-{name}"));
+        Lab::from_text(&edits.iter().fold(renamed, |t, (a, b)| t.replace(a, b)))
+    }
+
+    pub fn from_text(text: &str) -> Lab {
+        require_root();
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("name: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        Lab {
+            name,
+            file,
+            state: tempfile::tempdir().unwrap(),
+            _dir: dir,
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vxlab"))
+            .args(args)
+            .env("VXLAB_STATE_DIR", self.state.path())
+            .output()
+            .unwrap()
+    }
+
+    pub fn up(&self) -> (i32, Value) {
+        let out = self.run(&["up", "--json", self.file.to_str().unwrap()]);
+        let code = out.status.code().unwrap_or(-1);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "up printed no report (exit {code}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (code, json)
+    }
+
+    pub fn check(&self) -> (i32, Value) {
+        let out = self.run(&["check", "--json", &self.name]);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code().unwrap_or(-1), json)
+    }
+
+    pub fn ip(&self, guest: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["-n", &format!("vxlab-{}-{guest}", self.name)])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Namespaces, libvirt domains, links and state files of this lab still on the host.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let prefix = format!("vxlab-{}-", self.name);
+        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+            for e in dir.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&prefix) {
+                    left.push(format!("namespace {n}"));
+                }
+            }
+        }
+        // `virsh` is there only where libvirt is installed; without it there are no domains.
+        if let Ok(out) = Command::new("virsh")
+            .args(["-c", "qemu:///system", "list", "--all", "--name"])
+            .output()
+        {
+            for n in String::from_utf8_lossy(&out.stdout).lines() {
+                if n.starts_with(&prefix) {
+                    left.push(format!("domain {n}"));
+                }
+            }
+        }
+        let link_prefix = vxlab::plan::host_link_name(&self.name, 0);
+        let link_prefix = link_prefix.trim_end_matches('0');
+        for e in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(link_prefix) || n == self.bridge() {
+                left.push(format!("link {n}"));
+            }
+        }
+        for e in std::fs::read_dir(self.state.path()).unwrap().flatten() {
+            left.push(format!("state {}", e.path().display()));
+        }
+        left
+    }
+
+    /// The lab's bridge, as vxlab reads the file.
+    pub fn bridge(&self) -> String {
+        vxlab::lab::parse(&self.text(), &self.file)
+            .unwrap()
+            .underlay
+            .bridge
+    }
+
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.file).unwrap()
+    }
+
+    pub fn down_leaves_nothing(&self) {
+        let out = self.run(&["down", &self.name]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(self.leftovers(), Vec::<String>::new());
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.run(&["down", &self.name]);
+    }
+}
+
+pub fn guest<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == name)
+        .unwrap()
+}
+
+pub fn vtep<'a>(report: &'a Value, g: &str, dev: &str) -> &'a Value {
+    guest(report, g)["vteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["device"] == dev)
+        .unwrap()
+}
+
+/// The dst of `mac` in a guest's FDB, as reported.
+pub fn fdb_dst(report: &Value, g: &str, dev: &str, mac: &Value) -> Option<String> {
+    vtep(report, g, dev)["fdb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| &e["mac"] == mac)
+        .map(|e| e["dst"].as_str().unwrap_or("").to_string())
+}
+
+pub fn ping_replied(report: &Value, from: &str, to: &str) -> bool {
+    report["pings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["ping"]["from"] == from && p["ping"]["to"] == to)
+        .unwrap_or_else(|| panic!("no ping {from} -> {to}"))["replied"]
+        == true
+}
