@@ -416,3 +416,140 @@ impl Driver for LibvirtDriver {
         self.guests.len().max(1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_yaml::Value;
+
+    fn seed_plan() -> Plan {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/labs/two-vm.yaml"))
+                .unwrap();
+        crate::plan::plan(&crate::lab::parse(&text, Path::new("two-vm.yaml")).unwrap())
+    }
+
+    fn image(dir: &str) -> Image {
+        Image {
+            disk: PathBuf::from(dir).join("base.qcow2"),
+            kernel: PathBuf::from(dir).join("vmlinuz"),
+            initrd: PathBuf::from(dir).join("initrd.img"),
+        }
+    }
+
+    fn render_vm_a(dir: &str, domain_type: &str) -> String {
+        let p = seed_plan();
+        let g = p.guest("vm-a").unwrap();
+        let d = PathBuf::from(dir);
+        domain_xml(
+            &p,
+            g,
+            &image(dir),
+            &d.join("disk.qcow2"),
+            &d.join("seed.img"),
+            &d.join("console.log"),
+            768,
+            2,
+            domain_type,
+        )
+    }
+
+    fn attr<'a>(doc: &'a roxmltree::Document, parent: &str, tag: &str, name: &str) -> Vec<&'a str> {
+        doc.descendants()
+            .filter(|n| n.has_tag_name(tag) && n.parent().is_some_and(|p| p.has_tag_name(parent)))
+            .filter_map(|n| n.attribute(name))
+            .collect()
+    }
+
+    #[test]
+    fn the_domain_xml_carries_what_the_lab_says() {
+        let xml = render_vm_a("/var/lib/vxlab/two-vm/guests/vm-a", "qemu");
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        let root = doc.root_element();
+        assert_eq!(root.attribute("type"), Some("qemu"));
+        let text = |tag: &str| {
+            doc.descendants()
+                .find(|n| n.has_tag_name(tag))
+                .and_then(|n| n.text())
+                .unwrap()
+        };
+        assert_eq!(text("name"), "vxlab-two-vm-vm-a");
+        assert_eq!(text("memory"), "768");
+        assert_eq!(text("vcpu"), "2");
+        assert!(text("cmdline").contains("net.ifnames=0"));
+        assert_eq!(
+            attr(&doc, "disk", "source", "file"),
+            [
+                "/var/lib/vxlab/two-vm/guests/vm-a/disk.qcow2",
+                "/var/lib/vxlab/two-vm/guests/vm-a/seed.img"
+            ]
+        );
+        assert_eq!(attr(&doc, "interface", "source", "bridge"), ["vbr0"]);
+        let plan = seed_plan();
+        let g = plan.guest("vm-a").unwrap();
+        assert_eq!(
+            attr(&doc, "interface", "mac", "address"),
+            [g.underlay_mac.to_string()]
+        );
+        assert_eq!(
+            attr(&doc, "interface", "target", "dev"),
+            [g.host_link.clone()]
+        );
+        assert!(doc.descendants().any(|n| n.has_tag_name("tb-cache")));
+        // KVM guests get no TCG tuning.
+        let kvm = render_vm_a("/x", "kvm");
+        assert!(!kvm.contains("tb-cache") && kvm.contains("<domain type='kvm'>"));
+    }
+
+    #[test]
+    fn paths_that_could_break_the_xml_are_escaped() {
+        let evil = "/tmp/a'b<c>&d\"e";
+        let xml = render_vm_a(evil, "qemu");
+        let doc = roxmltree::Document::parse(&xml).unwrap();
+        assert_eq!(
+            attr(&doc, "disk", "source", "file")[0],
+            format!("{evil}/disk.qcow2")
+        );
+        let kernel = doc
+            .descendants()
+            .find(|n| n.has_tag_name("kernel"))
+            .unwrap();
+        assert_eq!(kernel.text(), Some(format!("{evil}/vmlinuz").as_str()));
+    }
+
+    #[test]
+    fn cloud_init_documents_carry_keys_and_address_and_survive_hostile_values() {
+        let key = "ssh-ed25519 AAAAC3Nza vxlab";
+        let hostile =
+            "-----BEGIN KEY-----\nline: 1 # not a comment\n\"quoted\" 'single' {flow: [x]}\n";
+        let user: Value = serde_yaml::from_str(&render(
+            "user-data",
+            &json!({"hostname": "vm-a", "authorized_key": key, "host_key_private": hostile, "host_key_public": "ssh-ed25519 BBBB vm-a"}),
+        ))
+        .unwrap();
+        assert_eq!(user["hostname"], "vm-a");
+        assert_eq!(user["disable_root"], false);
+        assert_eq!(user["ssh_authorized_keys"][0], key);
+        assert_eq!(user["ssh_keys"]["ed25519_private"], hostile);
+        assert_eq!(user["ssh_keys"]["ed25519_public"], "ssh-ed25519 BBBB vm-a");
+
+        let g = seed_plan().guest("vm-b").unwrap().clone();
+        let net: Value = serde_yaml::from_str(&render(
+            "network-config",
+            &json!({"interface": g.interface, "mac": g.underlay_mac.to_string(), "address": g.underlay.to_string()}),
+        ))
+        .unwrap();
+        assert_eq!(net["version"], 2);
+        assert_eq!(net["ethernets"]["eth0"]["addresses"][0], "192.168.10.3/24");
+        assert_eq!(
+            net["ethernets"]["eth0"]["match"]["macaddress"],
+            g.underlay_mac.to_string()
+        );
+        let meta: Value = serde_yaml::from_str(&render(
+            "meta-data",
+            &json!({"instance_id": g.instance, "hostname": "vm-b"}),
+        ))
+        .unwrap();
+        assert_eq!(meta["instance-id"], "vxlab-two-vm-vm-b");
+    }
+}
