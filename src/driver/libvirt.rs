@@ -493,7 +493,7 @@ mod tests {
         );
         assert_eq!(
             attr(&doc, "interface", "target", "dev"),
-            [g.host_link.clone()]
+            [g.host_link.as_str()]
         );
         assert!(doc.descendants().any(|n| n.has_tag_name("tb-cache")));
         // KVM guests get no TCG tuning.
