@@ -167,10 +167,28 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// Runs one guest's planned steps, skipping what is already in place.
+    /// Runs one guest's planned steps, skipping what is already in place. One batch reads
+    /// the guest, one runs what is left: two round trips, whatever the driver.
     fn configure(&self, g: &GuestPlan) -> Result<(), EngineError> {
-        let mut now = self.read_links(g)?;
-        let mut fdb: BTreeMap<String, Vec<observe::FdbEntry>> = BTreeMap::new();
+        let head_end: Vec<&str> = g
+            .vteps
+            .iter()
+            .filter(|v| v.flood == Flood::HeadEnd)
+            .map(|v| v.device.as_str())
+            .collect();
+        let mut reads = vec![observe::commands::links(), observe::commands::addresses()];
+        reads.extend(head_end.iter().map(|d| observe::commands::fdb(d)));
+        let outs = self.batch(g, &reads, false)?;
+        let mut now = self.links_from(g, &reads, &outs)?;
+        // A device that does not exist yet has no FDB to read: its command failed.
+        let fdb: BTreeMap<&str, Vec<observe::FdbEntry>> = head_end
+            .iter()
+            .zip(&outs[2..])
+            .filter(|(_, o)| o.success())
+            .map(|(d, o)| Ok((*d, Self::parse(g, observe::parse_fdb(&o.stdout))?)))
+            .collect::<Result<_, EngineError>>()?;
+
+        let mut todo: Vec<Vec<String>> = Vec::new();
         for step in &g.steps {
             match &step.effect {
                 Effect::CreateVtep { vtep } => {
@@ -186,10 +204,11 @@ impl Engine {
                         if same {
                             continue;
                         }
-                        self.run(
-                            g,
-                            &["ip", "link", "del", "dev", &v.device].map(String::from),
-                        )?;
+                        todo.push(
+                            ["ip", "link", "del", "dev", &v.device]
+                                .map(String::from)
+                                .to_vec(),
+                        );
                         // What was seen on the old device no longer holds.
                         now.links.remove(&v.device);
                     }
@@ -204,43 +223,44 @@ impl Engine {
                     }
                 }
                 Effect::FloodEntry { dev, dst } => {
-                    if now.links.contains_key(dev) {
-                        if !fdb.contains_key(dev) {
-                            let out = self.run(g, &observe::commands::fdb(dev))?;
-                            let entries = observe::parse_fdb(&out.stdout).map_err(|source| {
-                                EngineError::Observe {
-                                    guest: g.name.clone(),
-                                    source,
-                                }
-                            })?;
-                            fdb.insert(dev.clone(), entries);
-                        }
-                        if fdb[dev]
-                            .iter()
-                            .any(|e| e.mac.is_zero() && e.dst == Some(*dst))
-                        {
-                            continue;
-                        }
+                    let present = now.links.contains_key(dev)
+                        && fdb.get(dev.as_str()).is_some_and(|es| {
+                            es.iter().any(|e| e.mac.is_zero() && e.dst == Some(*dst))
+                        });
+                    if present {
+                        continue;
                     }
                 }
                 Effect::Setting => {}
             }
-            self.run(g, &step.argv)?;
+            todo.push(step.argv.clone());
         }
+        self.batch(g, &todo, true)?;
         Ok(())
     }
 
-    fn run(&self, g: &GuestPlan, argv: &[String]) -> Result<Output, EngineError> {
-        let out = self.driver.exec(g, argv)?;
-        if out.success() {
-            Ok(out)
-        } else {
-            Err(EngineError::Step {
-                guest: g.name.clone(),
-                command: shell_words(argv),
-                stderr: out.stderr.trim().to_string(),
-            })
+    /// Runs `cmds` in one batch; a failed command is an error (the batch stops there when
+    /// `stop_on_failure`, otherwise the caller judges the outputs).
+    fn batch(
+        &self,
+        g: &GuestPlan,
+        cmds: &[Vec<String>],
+        stop_on_failure: bool,
+    ) -> Result<Vec<Output>, EngineError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
         }
+        let outs = self.driver.exec_batch(g, cmds, stop_on_failure)?;
+        if stop_on_failure {
+            if let Some((argv, out)) = cmds.iter().zip(&outs).find(|(_, o)| !o.success()) {
+                return Err(EngineError::Step {
+                    guest: g.name.clone(),
+                    command: shell_words(argv),
+                    stderr: out.stderr.trim().to_string(),
+                });
+            }
+        }
+        Ok(outs)
     }
 
     fn parse<T>(g: &GuestPlan, r: Result<T, ParseError>) -> Result<T, EngineError> {
@@ -250,30 +270,56 @@ impl Engine {
         })
     }
 
-    /// Links with their addresses.
-    fn read_links(&self, g: &GuestPlan) -> Result<GuestState, EngineError> {
-        let links = self.run(g, &observe::commands::links())?;
-        let addrs = self.run(g, &observe::commands::addresses())?;
+    /// Links with their addresses, from the outputs of the links and addresses commands,
+    /// which come first in `cmds`.
+    fn links_from(
+        &self,
+        g: &GuestPlan,
+        cmds: &[Vec<String>],
+        outs: &[Output],
+    ) -> Result<GuestState, EngineError> {
+        for (argv, out) in cmds.iter().zip(outs).take(2) {
+            if !out.success() {
+                return Err(EngineError::Step {
+                    guest: g.name.clone(),
+                    command: shell_words(argv),
+                    stderr: out.stderr.trim().to_string(),
+                });
+            }
+        }
         Ok(GuestState::new(
-            Self::parse(g, observe::parse_links(&links.stdout))?,
-            Self::parse(g, observe::parse_addresses(&addrs.stdout))?,
+            Self::parse(g, observe::parse_links(&outs[0].stdout))?,
+            Self::parse(g, observe::parse_addresses(&outs[1].stdout))?,
         ))
     }
 
-    /// Everything a student would look at in one guest: links, groups, FDBs.
+    /// Links with their addresses.
+    fn read_links(&self, g: &GuestPlan) -> Result<GuestState, EngineError> {
+        let cmds = [observe::commands::links(), observe::commands::addresses()];
+        let outs = self.batch(g, &cmds, false)?;
+        self.links_from(g, &cmds, &outs)
+    }
+
+    /// Everything a student would look at in one guest, in one batch: links, addresses, the
+    /// groups joined on the underlay interface, each vxlan device's FDB.
     pub fn observe(&self, g: &GuestPlan) -> Result<GuestState, EngineError> {
-        let mut st = self.read_links(g)?;
-        let out = self.run(g, &observe::commands::groups(&g.interface))?;
-        st.groups = Self::parse(g, observe::parse_groups(&out.stdout))?;
-        for v in &g.vteps {
-            if !st.links.contains_key(&v.device) {
-                continue;
+        let mut cmds = vec![
+            observe::commands::links(),
+            observe::commands::addresses(),
+            observe::commands::groups(&g.interface),
+        ];
+        cmds.extend(g.vteps.iter().map(|v| observe::commands::fdb(&v.device)));
+        let outs = self.batch(g, &cmds, false)?;
+        let mut st = self.links_from(g, &cmds, &outs)?;
+        st.groups = Self::parse(g, observe::parse_groups(&outs[2].stdout))?;
+        for (v, out) in g.vteps.iter().zip(&outs[3..]) {
+            // A missing device has no FDB; verify reports the device itself.
+            if out.success() {
+                st.fdb.insert(
+                    v.device.clone(),
+                    Self::parse(g, observe::parse_fdb(&out.stdout))?,
+                );
             }
-            let out = self.run(g, &observe::commands::fdb(&v.device))?;
-            st.fdb.insert(
-                v.device.clone(),
-                Self::parse(g, observe::parse_fdb(&out.stdout))?,
-            );
         }
         Ok(st)
     }

@@ -231,17 +231,21 @@ fn setting(args: &[&str]) -> Step {
     }
 }
 
-/// The command that pings `to` once, waiting at most one second.
-pub fn ping_argv(to: IpAddr) -> Vec<String> {
-    vec![
-        s("ping"),
-        s("-c"),
-        s("1"),
-        s("-W"),
-        s("1"),
-        s("-q"),
-        to.to_string(),
-    ]
+/// The command that pings `to` once, waiting at most `wait` seconds for the reply.
+pub fn ping_argv(to: IpAddr, wait: u32) -> Vec<String> {
+    let wait = wait.to_string();
+    ["ping", "-c", "1", "-W", &wait, "-q", &to.to_string()]
+        .map(s)
+        .to_vec()
+}
+
+/// How long a check's ping waits: a namespace answers in microseconds, while a guest under
+/// software emulation that is still finishing its boot can take seconds.
+fn ping_wait(driver: DriverKind) -> u32 {
+    match driver {
+        DriverKind::Netns => 1,
+        DriverKind::Libvirt => 3,
+    }
 }
 
 /// Builds the plan for a validated lab.
@@ -407,7 +411,7 @@ fn pings(lab: &Lab) -> Vec<PingPlan> {
             to_guest,
             vxlan,
             expect,
-            argv: ping_argv(to),
+            argv: ping_argv(to, ping_wait(lab.driver)),
         });
     };
     // Explicit pairs first, so `ping: all` cannot override an expected failure.

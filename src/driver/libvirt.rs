@@ -389,6 +389,18 @@ impl Driver for LibvirtDriver {
             .map_err(|e| DriverError::new(&g.name, format!("running {}", argv[0]), e))
     }
 
+    fn exec_batch(
+        &self,
+        g: &GuestPlan,
+        cmds: &[Vec<String>],
+        stop_on_failure: bool,
+    ) -> Result<Vec<Output>, DriverError> {
+        let s = self.session(g)?;
+        let s = s.lock().unwrap_or_else(|p| p.into_inner());
+        s.exec_batch(cmds, stop_on_failure)
+            .map_err(|e| DriverError::new(&g.name, format!("running {} commands", cmds.len()), e))
+    }
+
     fn remove(&self, r: &Resource) -> Result<bool, DriverError> {
         let Resource::Domain { name } = r else {
             return Ok(false);

@@ -54,13 +54,44 @@ pub trait Driver: Sync {
     /// Runs `argv` in the guest and waits for it.
     fn exec(&self, guest: &GuestPlan, argv: &[String]) -> Result<Output, DriverError>;
 
+    /// Runs `cmds` in order and returns the output of each that ran; with `stop_on_failure`
+    /// nothing runs after the first command that fails. A driver whose round trips are
+    /// expensive sends the whole batch at once; by default the commands run one by one.
+    fn exec_batch(
+        &self,
+        guest: &GuestPlan,
+        cmds: &[Vec<String>],
+        stop_on_failure: bool,
+    ) -> Result<Vec<Output>, DriverError> {
+        let mut outs = Vec::with_capacity(cmds.len());
+        for argv in cmds {
+            let out = self.exec(guest, argv)?;
+            let failed = !out.success();
+            outs.push(out);
+            if failed && stop_on_failure {
+                break;
+            }
+        }
+        Ok(outs)
+    }
+
     /// Runs the pings that start in `guest`, each up to [`PingPlan::tries`] times; returns,
     /// per ping, whether a reply came. By default each runs its planned `ping` command.
     fn ping(&self, guest: &GuestPlan, pings: &[PingPlan]) -> Result<Vec<bool>, DriverError> {
-        Ok(pings
-            .iter()
-            .map(|p| (0..p.tries()).any(|_| self.exec(guest, &p.argv).is_ok_and(|o| o.success())))
-            .collect())
+        let mut replied = vec![false; pings.len()];
+        for round in 0..pings.iter().map(PingPlan::tries).max().unwrap_or(0) {
+            let pending: Vec<usize> = (0..pings.len())
+                .filter(|&i| !replied[i] && round < pings[i].tries())
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            let cmds: Vec<Vec<String>> = pending.iter().map(|&i| pings[i].argv.clone()).collect();
+            for (i, out) in pending.iter().zip(self.exec_batch(guest, &cmds, false)?) {
+                replied[*i] = out.success();
+            }
+        }
+        Ok(replied)
     }
 
     /// Removes one resource of this driver's kinds; `Ok(false)` when it was already gone or is
