@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The main job on a fresh Debian/Ubuntu host: install, build, bring the seed lab up on network
-# namespaces, check it, show its status, and take it down again. Run as root.
+# The main job on a fresh Debian/Ubuntu host, as root: install, build, build the guest image
+# (offline, from the host's Debian mirror; once), bring the seed lab up on two virtual
+# machines, check it, show it, and take it down again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh
 cargo build --release
 vxlab=target/release/vxlab
-$vxlab validate labs/two-netns.yaml
-$vxlab plan labs/two-netns.yaml
-$vxlab up labs/two-netns.yaml
-$vxlab check
+$vxlab image list | grep -q '^debian-12 ' || $vxlab image build debian-12
+$vxlab validate labs/two-vm.yaml
+$vxlab plan labs/two-vm.yaml
+$vxlab up labs/two-vm.yaml
+$vxlab check two-vm
 $vxlab status
-$vxlab down
+$vxlab down two-vm

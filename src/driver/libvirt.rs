@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use std::os::unix::fs::PermissionsExt;
+
 use serde_json::json;
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -143,7 +145,6 @@ impl LibvirtDriver {
         std::fs::create_dir_all(dir.join("seed")).map_err(io)?;
         // libvirt's qemu user must reach the disks; the state directory is root's.
         for d in [&self.dir, &self.dir.join("guests"), &dir] {
-            use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
         }
         let overlay = dir.join("disk.qcow2");
@@ -189,6 +190,11 @@ impl LibvirtDriver {
             ),
         ];
         let mut files = Vec::new();
+        // user-data carries the guest's private host key: its directory is root's alone, and
+        // the seed disk is made 0600 before the documents go in (libvirt relabels the disk
+        // for the qemu process itself).
+        std::fs::set_permissions(dir.join("seed"), std::fs::Permissions::from_mode(0o700))
+            .map_err(io)?;
         for (name, text) in docs {
             let p = dir.join("seed").join(name);
             std::fs::write(&p, text).map_err(io)?;
@@ -198,6 +204,7 @@ impl LibvirtDriver {
         let _ = std::fs::remove_file(&seed);
         let s = seed.to_string_lossy().into_owned();
         self.run(&g.name, &["mkfs.vfat", "-n", "cidata", "-C", &s, "1024"])?;
+        std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         let mut mcopy = vec!["mcopy", "-i", &s];
         mcopy.extend(files.iter().map(String::as_str));
         mcopy.push("::");
