@@ -152,7 +152,7 @@ impl Connection {
                 source: Box::new(e),
             }
         };
-        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| {
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(15)).map_err(|e| {
             SshError::Session {
                 addr,
                 what: "connecting",

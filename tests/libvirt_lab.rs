@@ -61,7 +61,13 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
 
     // The guest's own iproute2 agrees, over vxlab's SSH.
     let out = lab.run(&["exec", "vm-a", "--", "ip", "-d", "link", "show", "vxlan0"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("vxlan id 42 group 239.1.1.1 dev eth0"));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("vxlan id 42 group 239.1.1.1 dev eth0"),
+        "exit {:?}\nstdout: {shown}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     assert_eq!(lab.check().0, 0);
     lab.down_leaves_nothing();

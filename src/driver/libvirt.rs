@@ -27,6 +27,9 @@ use crate::ssh::{self, Connection, KeyPair};
 use crate::state::Resource;
 use crate::templates::render;
 
+/// How many more times a failed SSH connection is tried, half a second apart.
+const SSH_RETRIES: u32 = 20;
+
 /// How long a guest may take from start to SSH: software emulation is slow.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -257,13 +260,26 @@ impl LibvirtDriver {
         {
             return Ok(s.clone());
         }
-        let ssh_err = |e| DriverError::new(&g.name, "connecting over SSH", e);
-        let conn = Connection::open(
-            g.underlay.addr(),
-            &self.host_key(g)?,
-            &self.client_key(&g.name)?,
-        )
-        .map_err(ssh_err)?;
+        let (host_key, client) = (self.host_key(g)?, self.client_key(&g.name)?);
+        // Right after boot sshd may answer before cloud-init has put root's key in place, and
+        // a guest busy under software emulation can be slow to complete a handshake: retry
+        // briefly before giving up. A wrong host key is never retried.
+        let mut tries = 0;
+        let conn = loop {
+            match Connection::open(g.underlay.addr(), &host_key, &client) {
+                Ok(c) => break c,
+                Err(e)
+                    if tries >= SSH_RETRIES
+                        || matches!(e, ssh::SshError::HostKeyMismatch { .. }) =>
+                {
+                    return Err(DriverError::new(&g.name, "connecting over SSH", e));
+                }
+                Err(_) => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+        };
         let conn = Arc::new(Mutex::new(conn));
         self.sessions
             .lock()
@@ -376,17 +392,7 @@ impl Driver for LibvirtDriver {
             )
         })?;
         progress("SSH up");
-        // cloud-init installs the key and host key before sshd starts; retry briefly in case
-        // sshd answers before root's key is in place.
-        let mut last = None;
-        for _ in 0..20 {
-            match self.session(g) {
-                Ok(_) => return Ok(()),
-                Err(e) => last = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        Err(last.expect("tried at least once"))
+        self.session(g).map(|_| ())
     }
 
     fn exec(&self, g: &GuestPlan, argv: &[String]) -> Result<Output, DriverError> {
