@@ -3,8 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::host::process;
-
 /// Image failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -169,26 +167,36 @@ pub fn build(name: &str, progress: &dyn Fn(&str)) -> Result<Image, ImageError> {
     );
     let script_path = dir.join("build.sh");
     std::fs::write(&script_path, script)?;
-    let log = dir.join("build.log");
+    let log_path = dir.join("build.log");
     progress(&format!(
         "building {name} from {mirror} (log: {})",
-        log.display()
+        log_path.display()
     ));
-    let out = process::run(
-        &[
-            "bash".to_string(),
-            script_path.to_string_lossy().into_owned(),
-        ],
-        None,
-    )?;
-    std::fs::write(&log, format!("{}{}", out.stdout, out.stderr))?;
-    if !out.success() {
-        let all = format!("{}{}", out.stdout, out.stderr);
-        let tail: Vec<&str> = all.lines().rev().take(15).collect();
+    let mut log = std::fs::File::create(&log_path)?;
+    // The script sends everything to stdout; its own `stage:` lines are shown as they come.
+    let mut child = std::process::Command::new("bash")
+        .arg(&script_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        std::io::Write::write_all(&mut log, format!("{line}\n").as_bytes())?;
+        if let Some(stage) = line.strip_prefix("stage: ") {
+            progress(stage);
+        }
+        tail.push_back(line);
+        if tail.len() > 15 {
+            tail.pop_front();
+        }
+    }
+    if !child.wait()?.success() {
         return Err(ImageError::Build {
             name: name.into(),
-            log,
-            tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            log: log_path,
+            tail: Vec::from(tail).join("\n"),
         });
     }
     resolve(name)
