@@ -6,11 +6,10 @@
 //! `<lab state dir>/guests/<guest>/`, which the lab state records before it is written.
 
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-
-use std::os::unix::fs::PermissionsExt;
 
 use serde_json::json;
 use virt::connect::Connect;
