@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
+use crate::builder::Recipe;
 use crate::driver::libvirt::{LibvirtDriver, Unreachable};
 use crate::driver::netns::NetnsDriver;
 use crate::driver::Driver;
@@ -13,11 +14,15 @@ use crate::engine::{Engine, EngineError, Outcome};
 use crate::host::netlink::Netlink;
 use crate::host::process;
 use crate::image::{self, Image, ImageError};
-use crate::lab::{self, DriverKind, Lab, LabError, LoadError};
+use crate::lab::{self, instance, DriverKind, Lab, LabError, LoadError};
 use crate::plan::{self, Plan};
 use crate::progress::Progress;
 use crate::report;
 use crate::state::{StateDir, StateError, LAB_COPY};
+
+mod teach;
+
+pub use teach::{capture, graph, show, walk, CaptureOptions};
 
 /// Exit statuses, after sysexits where one fits.
 pub mod exit {
@@ -63,7 +68,11 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             return exit::TEMPFAIL;
         }
         if cause.is::<Unreachable>()
-            || matches!(cause.downcast_ref(), Some(ImageError::NotBuilt { .. }))
+            || matches!(cause.downcast_ref(), Some(EngineError::NotReady { .. }))
+            || matches!(
+                cause.downcast_ref(),
+                Some(ImageError::NotBuilt { .. } | ImageError::Stale { .. })
+            )
         {
             return exit::UNAVAILABLE;
         }
@@ -131,9 +140,21 @@ fn engine(lab: &Lab, image: Option<Image>) -> Result<Engine> {
     ))
 }
 
+/// The iproute2 build recipe of a lab that names a source; its tarball must be readable.
+fn recipe(lab: &Lab, path: &Path) -> Result<Option<Recipe>> {
+    let tarball = lab.tarball(path)?;
+    Ok(lab
+        .iproute2
+        .source
+        .as_ref()
+        .map(|s| Recipe::new(s, tarball.as_deref(), lab.iproute2.cflags.as_deref()))
+        .transpose()?)
+}
+
 /// `vxlab validate LAB`
 pub fn validate(path: &Path) -> Result<u8> {
     let lab = load(path)?;
+    lab.tarball(path)?;
     println!(
         "{}: lab {} is valid ({} guests, {} vxlans, {} driver)",
         path.display(),
@@ -173,6 +194,12 @@ fn print_outcome(plan: &Plan, o: &Outcome, json: bool) -> Result<u8> {
 /// `vxlab up LAB`
 pub fn up(path: &Path, json: bool) -> Result<u8> {
     let lab = load(path)?;
+    let (p, o) = up_one(&lab, path, &Progress::new())?;
+    print_outcome(&p, &o, json)
+}
+
+/// Brings `lab` (read from `path`) up and checks it.
+fn up_one(lab: &Lab, path: &Path, ui: &Progress) -> Result<(Plan, Outcome)> {
     require_root("up")?;
     require_programs(lab.driver)?;
     let text = std::fs::read_to_string(path)?;
@@ -180,13 +207,140 @@ pub fn up(path: &Path, json: bool) -> Result<u8> {
         DriverKind::Libvirt => Some(image::resolve(&lab.libvirt.image)?),
         DriverKind::Netns => None,
     };
-    let p = plan::plan(&lab);
-    let ui = Progress::new();
-    let o = engine(&lab, image)?
-        .up(&p, path, &text, &ui)
+    let recipe = recipe(lab, path)?;
+    let p = plan::plan(lab);
+    let o = engine(lab, image)?
+        .with_recipe(recipe)
+        .up(&p, path, &text, ui)
         .map_err(|e| down_hint(e, &lab.name))
         .with_context(|| format!("while bringing up lab {}", lab.name))?;
-    print_outcome(&p, &o, json)
+    Ok((p, o))
+}
+
+/// The running instances of lab `base`: name and index.
+fn running_instances(base: &str) -> Vec<(String, u8)> {
+    let state = StateDir::from_env();
+    state
+        .labs()
+        .iter()
+        .filter_map(|l| state.read(l).ok()?.instance)
+        .filter(|i| i.base == base)
+        .map(|i| (i.name, i.index))
+        .collect()
+}
+
+/// `vxlab up LAB --instance NAME` or `--count N`: copies of the lab side by side.
+pub fn up_instances(
+    path: &Path,
+    json: bool,
+    instance: Option<&str>,
+    count: Option<u32>,
+) -> Result<u8> {
+    let base = load(path)?;
+    let wanted: Vec<(String, u8)> = match (instance, count) {
+        (Some(name), _) => {
+            let taken = running_instances(&base.name);
+            let index = match taken.iter().find(|(n, _)| n == name) {
+                Some((_, i)) => *i,
+                None => instance::index_of(name)
+                    .or_else(|| (1..=255).find(|i| taken.iter().all(|(_, t)| t != i)))
+                    .context("all 255 instance numbers are taken")?,
+            };
+            vec![(name.to_string(), index)]
+        }
+        (None, Some(n)) if (1..=255).contains(&n) => {
+            (1..=n as u8).map(|i| (i.to_string(), i)).collect()
+        }
+        _ => bail!("--count takes 1 to 255"),
+    };
+    let labs: Vec<Lab> = wanted
+        .iter()
+        .map(|(name, index)| {
+            instance::derive(&base, name, *index).map_err(|why| {
+                anyhow::Error::new(LabError {
+                    file: path.to_path_buf(),
+                    problems: vec![lab::Problem {
+                        position: lab::Position { line: 1, column: 1 },
+                        field: "name".into(),
+                        message: why,
+                    }],
+                })
+            })
+        })
+        .collect::<Result<_>>()?;
+    let single = labs.len() == 1;
+    let ui = if single {
+        Progress::new()
+    } else {
+        Progress::hidden()
+    };
+    // A few labs at a time: each one's guests are already brought up in parallel.
+    let results = crate::engine::parallel_map(&labs, 4, |lab| up_one(lab, path, &ui));
+    let mut reports = Vec::new();
+    let mut all_ok = true;
+    let mut first_err = None;
+    for (lab, r) in labs.iter().zip(results) {
+        match r {
+            Ok((p, o)) => {
+                all_ok &= o.verdict.ok();
+                if single && !json {
+                    print!("{}", report::build(&p, &o).human());
+                } else if !json {
+                    println!(
+                        "{:<24} underlay {:<18} bridge {:<15} {}",
+                        lab.name,
+                        lab.underlay.subnet,
+                        lab.underlay.bridge,
+                        if o.verdict.ok() {
+                            format!("all {} checks passed", o.verdict.passed)
+                        } else {
+                            format!("{} checks FAILED", o.verdict.failures.len())
+                        }
+                    );
+                }
+                reports.push(serde_json::to_value(report::build(&p, &o))?);
+            }
+            Err(e) => {
+                eprintln!("{}: {e:#}", lab.name);
+                all_ok = false;
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    Ok(if all_ok { exit::OK } else { exit::CHECK_FAILED })
+}
+
+/// `vxlab down [LAB] [--instance NAME | --all]`
+pub fn down_instances(arg: Option<&Path>, instance: Option<&str>, all: bool) -> Result<u8> {
+    if instance.is_none() && !all {
+        return down(arg);
+    }
+    let base = match arg {
+        Some(p) if p.is_file() => load(p)?.name,
+        Some(p) => p.to_string_lossy().into_owned(),
+        None => bail!("name the lab whose instances to remove"),
+    };
+    let names: Vec<String> = match instance {
+        Some(i) => vec![format!("{base}-{i}")],
+        None => running_instances(&base)
+            .into_iter()
+            .map(|(n, _)| format!("{base}-{n}"))
+            .collect(),
+    };
+    if names.is_empty() {
+        eprintln!("no instance of {base} is running; nothing to remove");
+    }
+    let results = crate::engine::parallel_map(&names, 4, |n| down(Some(Path::new(n))));
+    for r in results {
+        r?;
+    }
+    Ok(exit::OK)
 }
 
 fn down_hint(e: EngineError, lab: &str) -> anyhow::Error {
@@ -215,6 +369,11 @@ fn resolve(arg: Option<&Path>) -> Result<(Lab, PathBuf)> {
         return Err(StateError::NotRunning(name, state.root().to_path_buf()).into());
     }
     let lab = load(&copy).with_context(|| format!("lab {name}'s recorded lab file"))?;
+    // An instance is derived again from the lab file, as `up` derived it.
+    let lab = match state.read(&name).ok().and_then(|st| st.instance) {
+        Some(i) => instance::derive(&lab, &i.name, i.index).map_err(anyhow::Error::msg)?,
+        None => lab,
+    };
     Ok((lab, copy))
 }
 
@@ -250,15 +409,14 @@ pub fn down(arg: Option<&Path>) -> Result<u8> {
     Ok(exit::OK)
 }
 
-/// `vxlab status`
+/// `vxlab status`: running labs, workshop instances with the lab they copy, and health.
 pub fn status(json: bool) -> Result<u8> {
     let state = StateDir::from_env();
     let mut rows = Vec::new();
     for name in state.labs() {
-        let copy = state.lab_dir(&name).join(LAB_COPY);
-        let row = match load(&copy) {
-            Err(e) => (name, "?".to_string(), 0, format!("unreadable: {e}")),
-            Ok(lab) => {
+        let row = match resolve(Some(Path::new(&name))) {
+            Err(e) => serde_json::json!({"lab": name, "health": format!("unreadable: {e}")}),
+            Ok((lab, _)) => {
                 let p = plan::plan(&lab);
                 let health = match engine(&lab, None) {
                     Err(e) => format!("{e}"),
@@ -275,25 +433,46 @@ pub fn status(json: bool) -> Result<u8> {
                         }
                     }
                 };
-                (name, lab.driver.to_string(), lab.guests.len(), health)
+                serde_json::json!({
+                    "lab": name,
+                    "instance_of": lab.instance.as_ref().map(|i| &i.base),
+                    "instance": lab.instance.as_ref().map(|i| &i.name),
+                    "driver": lab.driver.to_string(),
+                    "guests": lab.guests.len(),
+                    "bridge": lab.underlay.bridge,
+                    "underlay": lab.underlay.subnet.to_string(),
+                    "health": health,
+                })
             }
         };
         rows.push(row);
     }
     if json {
-        let v: Vec<_> = rows
-            .iter()
-            .map(
-                |(n, d, g, h)| serde_json::json!({"lab": n, "driver": d, "guests": g, "health": h}),
-            )
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&rows)?);
     } else if rows.is_empty() {
         println!("no lab is running");
     } else {
-        println!("{:<24} {:<8} {:>6}  HEALTH", "LAB", "DRIVER", "GUESTS");
-        for (n, d, g, h) in rows {
-            println!("{n:<24} {d:<8} {g:>6}  {h}");
+        let text = |v: &serde_json::Value, k: &str| match &v[k] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        println!(
+            "{:<24} {:<16} {:<8} {:<8} {:>6}  {:<15} {:<18} HEALTH",
+            "LAB", "INSTANCE OF", "INSTANCE", "DRIVER", "GUESTS", "BRIDGE", "UNDERLAY"
+        );
+        for r in &rows {
+            println!(
+                "{:<24} {:<16} {:<8} {:<8} {:>6}  {:<15} {:<18} {}",
+                text(r, "lab"),
+                text(r, "instance_of"),
+                text(r, "instance"),
+                text(r, "driver"),
+                text(r, "guests"),
+                text(r, "bridge"),
+                text(r, "underlay"),
+                text(r, "health")
+            );
         }
     }
     Ok(exit::OK)

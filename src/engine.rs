@@ -6,14 +6,24 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
 
+mod teach;
+mod tools;
+mod walk;
+
+pub use walk::{Stage, StageKind};
+
+pub use tools::host_build_root;
+
+use crate::builder::{BuildError, Recipe};
 use crate::driver::{Driver, DriverError};
 use crate::host::netlink::NetlinkError;
 use crate::host::process::{self, Output};
 use crate::host::{sysctl, HostNetwork};
+use crate::iproute2::{self, Readiness, Tools};
 use crate::lab::{DriverKind, Flood};
 use crate::observe::{self, GuestState, ParseError};
 use crate::plan::{shell_words, Effect, GuestPlan, PingPlan, Plan};
@@ -55,6 +65,23 @@ pub enum EngineError {
     /// The host is not ready for the lab; the message says what to do.
     #[error("{0}")]
     Host(String),
+    /// A guest cannot run vxlan, and vxlab cannot make it able to.
+    #[error("guest {guest}: {why}")]
+    NotReady {
+        /// Guest.
+        guest: String,
+        /// Why, in words a student understands.
+        why: String,
+    },
+    /// Building iproute2 for a guest failed.
+    #[error("guest {guest}: {source}")]
+    Build {
+        /// Guest.
+        guest: String,
+        /// The build failure, with the log's tail and a hint.
+        #[source]
+        source: Box<BuildError>,
+    },
 }
 
 /// The result of `up` or `check`.
@@ -68,6 +95,10 @@ pub struct Outcome {
     pub verdict: Verdict,
     /// Notes for the user (settings changed, resources adopted).
     pub notes: Vec<String>,
+    /// The `ip` and `bridge` each guest runs, and how vxlab got them.
+    pub tools: BTreeMap<String, Tools>,
+    /// What each guest's kernel and `ip` can do, as checked with those tools.
+    pub readiness: BTreeMap<String, Readiness>,
 }
 
 /// Runs labs.
@@ -75,6 +106,13 @@ pub struct Engine {
     driver: Box<dyn Driver>,
     host: Arc<dyn HostNetwork>,
     state: StateDir,
+    /// What iproute2 is built from, when the lab names a source.
+    recipe: Option<Recipe>,
+    /// The tools each guest is configured with, by guest name.
+    tools: Mutex<BTreeMap<String, Tools>>,
+    /// The lab's state directory while `up` or `check` holds its lock: every command run in a
+    /// guest is logged there, as the student would type it, with its exit status.
+    log_dir: Mutex<Option<std::path::PathBuf>>,
 }
 
 impl Engine {
@@ -84,7 +122,16 @@ impl Engine {
             driver,
             host,
             state,
+            recipe: None,
+            tools: Mutex::default(),
+            log_dir: Mutex::default(),
         }
+    }
+
+    /// The same engine, building iproute2 from `recipe` where guests need it.
+    pub fn with_recipe(mut self, recipe: Option<Recipe>) -> Self {
+        self.recipe = recipe;
+        self
     }
 
     /// Brings the lab up (or converges a running one), then checks it.
@@ -95,6 +142,23 @@ impl Engine {
         lab_text: &str,
         ui: &Progress,
     ) -> Result<Outcome, EngineError> {
+        let (_lock, notes) = self.provision(plan, source, lab_text, ui, &|g| self.configure(g))?;
+        let mut outcome = self.verify_running(plan)?;
+        outcome.notes.splice(0..0, notes);
+        Ok(outcome)
+    }
+
+    /// Everything before the checks: the lab's state and lock, the bridge, every guest
+    /// created in parallel with its tools ready, then `then` run on each guest. Returns the
+    /// lock (held until dropped) and notes for the user.
+    fn provision(
+        &self,
+        plan: &Plan,
+        source: &Path,
+        lab_text: &str,
+        ui: &Progress,
+        then: &(dyn Fn(&GuestPlan) -> Result<(), EngineError> + Sync),
+    ) -> Result<(LabLock, Vec<String>), EngineError> {
         // Refuse before anything is written, the lock directory included.
         let known = match self.state.read(&plan.lab) {
             Ok(st) => st.resources,
@@ -108,6 +172,8 @@ impl Engine {
             lab: plan.lab.clone(),
             source: source.to_path_buf(),
             resources: Vec::new(),
+            tools: BTreeMap::new(),
+            instance: plan.instance.clone(),
         });
         lock.save_lab_copy(lab_text)?;
         lock.save(&st)?;
@@ -131,6 +197,8 @@ impl Engine {
             .collect();
         lock.record(&mut st, guest_resources)?;
 
+        let state_dir = lock.dir();
+        self.set_log_dir(Some(state_dir));
         let results: Vec<Result<(), EngineError>> = std::thread::scope(|s| {
             let handles: Vec<_> = plan
                 .guests
@@ -138,13 +206,17 @@ impl Engine {
                 .map(|g| {
                     let bar = ui.line(&g.name);
                     s.spawn(move || {
+                        let progress = |stage: &str| bar.set_message(stage.to_string());
                         let r = self
                             .driver
-                            .create_guest(plan, g, &|stage| bar.set_message(stage.to_string()))
+                            .create_guest(plan, g, &progress)
                             .map_err(EngineError::from)
                             .and_then(|()| {
+                                let t =
+                                    self.prepare_tools(plan.iproute2, g, state_dir, &progress)?;
+                                self.set_tools(g, t);
                                 bar.set_message("configuring vxlan");
-                                self.configure(g)
+                                then(g)
                             });
                         match &r {
                             Ok(()) => bar.finish_with_message("ready"),
@@ -159,12 +231,13 @@ impl Engine {
                 .map(|h| h.join().expect("guest thread panicked"))
                 .collect()
         });
+        // What each guest was configured with, failed guests' neighbours included.
+        st.tools = self.tools.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        lock.save(&st)?;
         if let Some(e) = results.into_iter().find_map(Result::err) {
             return Err(e);
         }
-        let mut outcome = self.verify_running(plan)?;
-        outcome.notes.splice(0..0, notes);
-        Ok(outcome)
+        Ok((lock, notes))
     }
 
     /// Runs one guest's planned steps, skipping what is already in place. One batch reads
@@ -176,8 +249,12 @@ impl Engine {
             .filter(|v| v.flood == Flood::HeadEnd)
             .map(|v| v.device.as_str())
             .collect();
-        let mut reads = vec![observe::commands::links(), observe::commands::addresses()];
-        reads.extend(head_end.iter().map(|d| observe::commands::fdb(d)));
+        let json = self.tools_of(g).json;
+        let mut reads = vec![
+            observe::commands::links(json),
+            observe::commands::addresses(json),
+        ];
+        reads.extend(head_end.iter().map(|d| observe::commands::fdb(json, d)));
         let outs = self.batch(g, &reads, false)?;
         let mut now = self.links_from(g, &reads, &outs)?;
         // A device that does not exist yet has no FDB to read: its command failed.
@@ -185,7 +262,7 @@ impl Engine {
             .iter()
             .zip(&outs[2..])
             .filter(|(_, o)| o.success())
-            .map(|(d, o)| Ok((*d, Self::parse(g, observe::parse_fdb(&o.stdout))?)))
+            .map(|(d, o)| Ok((*d, Self::parse(g, observe::read_fdb(json, &o.stdout))?)))
             .collect::<Result<_, EngineError>>()?;
 
         let mut todo: Vec<Vec<String>> = Vec::new();
@@ -250,7 +327,10 @@ impl Engine {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        let outs = self.driver.exec_batch(g, cmds, stop_on_failure)?;
+        let tools = self.tools_of(g);
+        let cmds: Vec<Vec<String>> = cmds.iter().map(|c| tools.apply(c)).collect();
+        let outs = self.driver.exec_batch(g, &cmds, stop_on_failure)?;
+        self.log_commands(g, &cmds, &outs);
         if stop_on_failure {
             if let Some((argv, out)) = cmds.iter().zip(&outs).find(|(_, o)| !o.success()) {
                 return Err(EngineError::Step {
@@ -261,6 +341,34 @@ impl Engine {
             }
         }
         Ok(outs)
+    }
+
+    /// Appends the commands that ran in `g` to its log, `commands-<guest>.log`.
+    fn log_commands(&self, g: &GuestPlan, cmds: &[Vec<String>], outs: &[Output]) {
+        let Some(dir) = self
+            .log_dir
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let text: String = cmds
+            .iter()
+            .zip(outs)
+            .map(|(c, o)| format!("{}  # exit {}\n", shell_words(c), o.status))
+            .collect();
+        let path = dir.join(format!("commands-{}.log", g.name));
+        // The log is for people; a lab does not fail because it could not be written.
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    }
+
+    fn set_log_dir(&self, dir: Option<&Path>) {
+        *self.log_dir.lock().unwrap_or_else(|p| p.into_inner()) = dir.map(Path::to_path_buf);
     }
 
     fn parse<T>(g: &GuestPlan, r: Result<T, ParseError>) -> Result<T, EngineError> {
@@ -287,41 +395,58 @@ impl Engine {
                 });
             }
         }
+        let json = self.tools_of(g).json;
         Ok(GuestState::new(
-            Self::parse(g, observe::parse_links(&outs[0].stdout))?,
-            Self::parse(g, observe::parse_addresses(&outs[1].stdout))?,
+            Self::parse(g, observe::read_links(json, &outs[0].stdout))?,
+            Self::parse(g, observe::read_addresses(json, &outs[1].stdout))?,
         ))
     }
 
     /// Links with their addresses.
     fn read_links(&self, g: &GuestPlan) -> Result<GuestState, EngineError> {
-        let cmds = [observe::commands::links(), observe::commands::addresses()];
+        let json = self.tools_of(g).json;
+        let cmds = [
+            observe::commands::links(json),
+            observe::commands::addresses(json),
+        ];
         let outs = self.batch(g, &cmds, false)?;
         self.links_from(g, &cmds, &outs)
     }
 
     /// Everything a student would look at in one guest, in one batch: links, addresses, the
     /// groups joined on the underlay interface, each vxlan device's FDB.
-    pub fn observe(&self, g: &GuestPlan) -> Result<GuestState, EngineError> {
+    pub fn observe(&self, g: &GuestPlan) -> Result<(GuestState, Readiness), EngineError> {
+        let tools = self.tools_of(g);
+        let json = tools.json;
         let mut cmds = vec![
-            observe::commands::links(),
-            observe::commands::addresses(),
-            observe::commands::groups(&g.interface),
+            observe::commands::links(json),
+            observe::commands::addresses(json),
+            observe::commands::groups(json, &g.interface),
         ];
-        cmds.extend(g.vteps.iter().map(|v| observe::commands::fdb(&v.device)));
+        cmds.extend(
+            g.vteps
+                .iter()
+                .map(|v| observe::commands::fdb(json, &v.device)),
+        );
+        let ip = tools.ip;
+        let ready = iproute2::readiness_commands(&ip);
+        let n = cmds.len();
+        cmds.extend(ready);
         let outs = self.batch(g, &cmds, false)?;
-        let mut st = self.links_from(g, &cmds, &outs)?;
-        st.groups = Self::parse(g, observe::parse_groups(&outs[2].stdout))?;
+        let readiness = tools::readiness_from(&ip, &outs[n..]);
+        let outs = &outs[..n];
+        let mut st = self.links_from(g, &cmds, outs)?;
+        st.groups = Self::parse(g, observe::read_groups(json, &outs[2].stdout))?;
         for (v, out) in g.vteps.iter().zip(&outs[3..]) {
             // A missing device has no FDB; verify reports the device itself.
             if out.success() {
                 st.fdb.insert(
                     v.device.clone(),
-                    Self::parse(g, observe::parse_fdb(&out.stdout))?,
+                    Self::parse(g, observe::read_fdb(json, &out.stdout))?,
                 );
             }
         }
-        Ok(st)
+        Ok((st, readiness))
     }
 
     /// Pings, then reads every guest, then verifies: what `check` does on a running lab.
@@ -331,13 +456,15 @@ impl Engine {
         let mut notes = Vec::new();
         let pings = self.ping_all(plan, &mut notes);
         let mut observed = BTreeMap::new();
+        let mut readiness = BTreeMap::new();
         let seen = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
             self.observe(g)
         });
         for (g, r) in plan.guests.iter().zip(seen) {
             match r {
-                Ok(s) => {
+                Ok((s, ready)) => {
                     observed.insert(g.name.clone(), s);
+                    readiness.insert(g.name.clone(), ready);
                 }
                 Err(e) => notes.push(e.to_string()),
             }
@@ -348,6 +475,8 @@ impl Engine {
             pings,
             verdict,
             notes,
+            tools: self.tools.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            readiness,
         })
     }
 
@@ -384,7 +513,9 @@ impl Engine {
 
     /// Re-verifies a running lab under its lock.
     pub fn check(&self, plan: &Plan) -> Result<Outcome, EngineError> {
-        let _lock = self.state.lock(&plan.lab)?;
+        let lock = self.state.lock(&plan.lab)?;
+        self.load_tools(&lock)?;
+        self.set_log_dir(Some(lock.dir()));
         self.verify_running(plan)
     }
 
@@ -430,6 +561,14 @@ impl Engine {
         }
         lock.remove()?;
         Ok(notes)
+    }
+
+    /// Takes the tools `up` configured the guests with from the lab's state.
+    fn load_tools(&self, lock: &LabLock) -> Result<(), EngineError> {
+        if let Some(st) = lock.load()? {
+            *self.tools.lock().unwrap_or_else(|p| p.into_inner()) = st.tools;
+        }
+        Ok(())
     }
 
     /// Whether each guest of a running lab exists and has its vxlan devices.
@@ -638,15 +777,17 @@ mod tests {
             Ok(())
         }
         fn exec(&self, _: &GuestPlan, argv: &[String]) -> Result<Output, DriverError> {
-            let stdout = if argv[0] == "ip" || argv[0] == "bridge" {
-                "[]"
-            } else {
-                ""
+            // A current guest: new kernel, an ip that knows vxlan, no state yet.
+            let (stdout, stderr) = match argv.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+                ["uname", "-r"] => ("6.1.0-27-amd64", ""),
+                ["ip", "link", "help"] => ("", "TYPE := { bridge | vxlan }"),
+                ["ip" | "bridge", ..] => ("[]", ""),
+                _ => ("", ""),
             };
             Ok(Output {
                 status: 0,
                 stdout: stdout.into(),
-                stderr: String::new(),
+                stderr: stderr.into(),
             })
         }
         fn remove(&self, r: &Resource) -> Result<bool, DriverError> {

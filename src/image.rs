@@ -20,6 +20,14 @@ pub enum ImageError {
         /// The qcow2.
         path: PathBuf,
     },
+    /// A named image was built by an older recipe and lacks what this vxlab needs.
+    #[error("image {name} was built by an older vxlab ({found}; this one needs {RECIPE}); rebuild it with `vxlab image build {name}`")]
+    Stale {
+        /// Name.
+        name: String,
+        /// The recipe it was built by.
+        found: String,
+    },
     /// The name cannot be an image name.
     #[error("`{0}` is not an image name: use lowercase letters, digits, dots and dashes")]
     BadName(String),
@@ -42,6 +50,10 @@ pub enum ImageError {
     #[error("image cache: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// What `vxlab image build` puts in an image, written into it as `recipe`; a named image
+/// built by another recipe is rebuilt, not used.
+pub const RECIPE: &str = "recipe 2: iproute2 build tools";
 
 /// A bootable image.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +123,15 @@ pub fn resolve(spec: &str) -> Result<Image, ImageError> {
         .iter()
         .all(|p| p.is_file())
     {
+        let found = std::fs::read_to_string(dir.join("recipe"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "recipe 1".into());
+        if found != RECIPE {
+            return Err(ImageError::Stale {
+                name: spec.into(),
+                found,
+            });
+        }
         Ok(image)
     } else {
         Err(ImageError::NotBuilt {
@@ -163,7 +184,13 @@ pub fn build(name: &str, progress: &dyn Fn(&str)) -> Result<Image, ImageError> {
     std::fs::create_dir_all(&dir)?;
     let script = crate::templates::render(
         "image-build.sh",
-        &serde_json::json!({"dir": dir, "suite": suite, "mirror": mirror}),
+        &serde_json::json!({
+            "dir": dir,
+            "suite": suite,
+            "mirror": mirror,
+            "build_tools": crate::iproute2::APT_BUILD_DEPS,
+            "recipe": RECIPE,
+        }),
     );
     let script_path = dir.join("build.sh");
     std::fs::write(&script_path, script)?;

@@ -7,13 +7,18 @@
 //! it, even after an `up` that died half-way.
 
 pub mod accel;
+pub mod builder;
+pub mod cli;
 pub mod commands;
 pub mod driver;
 pub mod engine;
+pub mod graph;
 pub mod host;
 pub mod image;
+pub mod iproute2;
 pub mod lab;
 pub mod observe;
+pub mod packet;
 pub mod plan;
 pub mod progress;
 pub mod report;
@@ -21,3 +26,4 @@ pub mod ssh;
 pub mod state;
 pub mod templates;
 pub mod verify;
+pub mod views;

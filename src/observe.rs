@@ -1,5 +1,7 @@
 //! What the kernel in a guest says, read from the JSON forms of `ip` and `bridge` into typed
-//! values. No text scraping.
+//! values. Text is read only from an `ip` that has no `-j` (see [`text`]).
+
+mod text;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -9,26 +11,120 @@ use serde::{Deserialize, Serialize};
 
 use crate::lab::Mac;
 
-/// Commands that read a guest's state; each prints JSON.
+/// Commands that read a guest's state; with `json` each prints JSON (`-j`), otherwise text.
 pub mod commands {
     /// Every link with details: `ip -j -d link show`.
-    pub fn links() -> Vec<String> {
-        argv(&["ip", "-j", "-d", "link", "show"])
+    pub fn links(json: bool) -> Vec<String> {
+        argv(json, &["ip", "-d", "link", "show"])
     }
     /// Every address: `ip -j addr show`.
-    pub fn addresses() -> Vec<String> {
-        argv(&["ip", "-j", "addr", "show"])
+    pub fn addresses(json: bool) -> Vec<String> {
+        argv(json, &["ip", "addr", "show"])
     }
     /// Multicast memberships of `dev`: `ip -j maddr show dev DEV`.
-    pub fn groups(dev: &str) -> Vec<String> {
-        argv(&["ip", "-j", "maddr", "show", "dev", dev])
+    pub fn groups(json: bool, dev: &str) -> Vec<String> {
+        argv(json, &["ip", "maddr", "show", "dev", dev])
     }
     /// Forwarding database of a vxlan device: `bridge -j fdb show dev DEV`.
-    pub fn fdb(dev: &str) -> Vec<String> {
-        argv(&["bridge", "-j", "fdb", "show", "dev", dev])
+    pub fn fdb(json: bool, dev: &str) -> Vec<String> {
+        argv(json, &["bridge", "fdb", "show", "dev", dev])
     }
-    fn argv(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
+    /// The routing table, IPv4 and IPv6: `ip -j route show table main`, `ip -j -6 route ...`.
+    pub fn routes(json: bool, v6: bool) -> Vec<String> {
+        if v6 {
+            argv(json, &["ip", "-6", "route", "show"])
+        } else {
+            argv(json, &["ip", "route", "show"])
+        }
+    }
+    fn argv(json: bool, a: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = a.iter().map(|s| s.to_string()).collect();
+        if json {
+            v.insert(1, "-j".into());
+        }
+        v
+    }
+}
+
+/// One route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Route {
+    /// Destination: a prefix or `default`.
+    pub dst: String,
+    /// Next hop, if any.
+    pub gateway: Option<IpAddr>,
+    /// Outgoing device.
+    pub dev: Option<String>,
+    /// Who added it (`kernel` for a connected route).
+    pub protocol: Option<String>,
+    /// Preferred source address.
+    pub prefsrc: Option<IpAddr>,
+}
+
+#[derive(Deserialize)]
+struct JRoute {
+    dst: String,
+    #[serde(default)]
+    gateway: Option<IpAddr>,
+    #[serde(default)]
+    dev: Option<String>,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    prefsrc: Option<IpAddr>,
+}
+
+/// Parses `ip -j route show`, or its text form when `json` is false.
+pub fn read_routes(json: bool, out: &str) -> Result<Vec<Route>, ParseError> {
+    if !json {
+        return Ok(text::routes(out));
+    }
+    let raw: Vec<JRoute> = parse("ip -j route show", out)?;
+    Ok(raw
+        .into_iter()
+        .map(|r| Route {
+            dst: r.dst,
+            gateway: r.gateway,
+            dev: r.dev,
+            protocol: r.protocol,
+            prefsrc: r.prefsrc,
+        })
+        .collect())
+}
+
+/// [`parse_links`], or the text fallback when `json` is false.
+pub fn read_links(json: bool, out: &str) -> Result<Vec<Link>, ParseError> {
+    if json {
+        parse_links(out)
+    } else {
+        Ok(text::links(out))
+    }
+}
+
+/// [`parse_addresses`], or the text fallback.
+pub fn read_addresses(json: bool, out: &str) -> Result<BTreeMap<String, Vec<IpNet>>, ParseError> {
+    if json {
+        parse_addresses(out)
+    } else {
+        Ok(text::addresses(out))
+    }
+}
+
+/// [`parse_groups`], or the text fallback.
+pub fn read_groups(json: bool, out: &str) -> Result<Vec<GroupMembership>, ParseError> {
+    if json {
+        parse_groups(out)
+    } else {
+        Ok(text::groups(out))
+    }
+}
+
+/// [`parse_fdb`], or the text fallback.
+pub fn read_fdb(json: bool, out: &str) -> Result<Vec<FdbEntry>, ParseError> {
+    if json {
+        parse_fdb(out)
+    } else {
+        Ok(text::fdb(out))
     }
 }
 

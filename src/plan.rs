@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::lab::{Check, DriverKind, Expect, Flood, Lab, Mac};
+use crate::lab::{BuildMode, Check, DriverKind, Expect, Flood, Lab, Mac};
 
 /// Everything `up` will do, by guest.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -24,6 +24,10 @@ pub struct Plan {
     pub guests: Vec<GuestPlan>,
     /// Pings run by the checks, in order.
     pub pings: Vec<PingPlan>,
+    /// When iproute2 is built from source (before any vxlan step; see `iproute2:`).
+    pub iproute2: BuildMode,
+    /// Which copy of the lab this is, in workshop mode.
+    pub instance: Option<crate::lab::instance::Instance>,
 }
 
 /// One guest's part of the plan.
@@ -325,6 +329,8 @@ pub fn plan(lab: &Lab) -> Plan {
         gateway: net(lab.underlay.gateway),
         guests,
         pings: pings(lab),
+        iproute2: lab.iproute2.build,
+        instance: lab.instance.clone(),
     }
 }
 
@@ -465,6 +471,13 @@ impl Plan {
             "# lab {} on {}: bridge {} ({})\n",
             self.lab, self.driver, self.bridge, self.gateway
         );
+        out.push_str(&format!(
+            "# first, in every guest: kernel {}.{} or newer with the vxlan module, and an ip \
+             that knows `type vxlan` (iproute2 build: {})\n",
+            crate::iproute2::MIN_KERNEL.0,
+            crate::iproute2::MIN_KERNEL.1,
+            self.iproute2
+        ));
         for g in &self.guests {
             out.push_str(&format!(
                 "\n# {} ({}, underlay {} on {})\n",

@@ -15,6 +15,13 @@ impl Progress {
         }
     }
 
+    /// Draws nothing: for many labs brought up at once.
+    pub fn hidden() -> Self {
+        Progress {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
+        }
+    }
+
     /// A line for `name`, showing the stage it is in.
     pub fn line(&self, name: &str) -> ProgressBar {
         let bar = self.multi.add(ProgressBar::new_spinner());

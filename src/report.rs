@@ -7,6 +7,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::engine::Outcome;
+use crate::iproute2::{Readiness, Tools};
 use crate::lab::{Expect, Mac};
 use crate::observe::{FdbEntry, GuestState, VxlanParams};
 use crate::plan::Plan;
@@ -40,6 +41,10 @@ pub struct GuestReport {
     pub underlay: String,
     /// Whether its state could be read.
     pub reachable: bool,
+    /// The `ip` and `bridge` vxlab runs in it, and how it got them.
+    pub iproute2: Option<Tools>,
+    /// Its kernel and `ip`, as `check` found them.
+    pub readiness: Option<Readiness>,
     /// Its VTEPs.
     pub vteps: Vec<VtepReport>,
 }
@@ -89,6 +94,8 @@ pub fn build<'a>(plan: &'a Plan, o: &'a Outcome) -> Report<'a> {
                 name: g.name.clone(),
                 underlay: g.underlay.to_string(),
                 reachable: st.is_some(),
+                iproute2: o.tools.get(&g.name).cloned(),
+                readiness: o.readiness.get(&g.name).cloned(),
                 vteps: g
                     .vteps
                     .iter()
@@ -160,6 +167,33 @@ impl Report<'_> {
             if !g.reachable {
                 let _ = writeln!(out, "  (not reachable)");
                 continue;
+            }
+            if let Some(r) = &g.readiness {
+                let _ = writeln!(out, "  ready: {}", r.summary());
+            }
+            if let Some(b) = g.iproute2.as_ref().and_then(|t| t.build.as_ref()) {
+                let _ = writeln!(
+                    out,
+                    "  iproute2 built from {} because {}: {} {} at {} in {:.1} s (log {})",
+                    b.source,
+                    b.reason,
+                    if b.reused {
+                        "reused the build"
+                    } else {
+                        "built"
+                    },
+                    b.hash,
+                    b.site,
+                    b.seconds,
+                    b.log.display()
+                );
+                if let Some(t) = &g.iproute2 {
+                    let _ = writeln!(
+                        out,
+                        "  vxlab runs {} and {}; type that path to see what vxlab sees",
+                        t.ip, t.bridge
+                    );
+                }
             }
             for v in &g.vteps {
                 match &v.kernel {

@@ -2,7 +2,7 @@
 //! host key itself and gives both to the guest through cloud-init, so the host key is checked
 //! strictly from the first connection: no trust on first use.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -189,6 +189,32 @@ impl Connection {
     ) -> Result<Vec<Output>, SshError> {
         let out = self.run_script(&batch_script(cmds, stop_on_failure))?;
         Ok(parse_batch(&out.stdout))
+    }
+
+    /// Copies the local file `local` to `remote` (SCP), mode 0644.
+    pub fn upload(&self, local: &Path, remote: &Path) -> Result<(), SshError> {
+        let addr = self.addr;
+        let err = |what: &'static str| {
+            move |e: Box<dyn std::error::Error + Send + Sync>| SshError::Session {
+                addr,
+                what,
+                source: e,
+            }
+        };
+        let data = std::fs::read(local).map_err(|e| err("reading the file to copy")(e.into()))?;
+        let mut ch = self
+            .session
+            .scp_send(remote, 0o644, data.len() as u64, None)
+            .map_err(|e| err("starting a copy")(e.into()))?;
+        ch.write_all(&data).map_err(|e| err("copying")(e.into()))?;
+        ch.send_eof()
+            .map_err(|e| err("finishing a copy")(e.into()))?;
+        ch.wait_eof()
+            .map_err(|e| err("finishing a copy")(e.into()))?;
+        ch.close().map_err(|e| err("finishing a copy")(e.into()))?;
+        ch.wait_close()
+            .map_err(|e| err("finishing a copy")(e.into()))?;
+        Ok(())
     }
 
     /// Runs a shell command line and waits for it.

@@ -55,6 +55,13 @@ pub struct LabState {
     pub source: PathBuf,
     /// Resources in creation order.
     pub resources: Vec<Resource>,
+    /// The `ip` and `bridge` each guest is configured with, by guest name.
+    #[serde(default)]
+    pub tools: std::collections::BTreeMap<String, crate::iproute2::Tools>,
+    /// Which copy of the lab this is, in workshop mode: `check` and `down` derive it again
+    /// from the lab file.
+    #[serde(default)]
+    pub instance: Option<crate::lab::instance::Instance>,
 }
 
 /// Errors of the state directory.
@@ -276,6 +283,8 @@ mod tests {
             lab: "lab".into(),
             source: "lab.yaml".into(),
             resources: vec![],
+            tools: Default::default(),
+            instance: None,
         };
         let br = Resource::Bridge {
             name: "vbr0".into(),

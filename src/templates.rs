@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use tera::{Context, Tera, Value};
 
-const TEMPLATES: [(&str, &str); 5] = [
+const TEMPLATES: [(&str, &str); 6] = [
     ("domain.xml", include_str!("../templates/domain.xml")),
     ("user-data", include_str!("../templates/user-data")),
     ("meta-data", include_str!("../templates/meta-data")),
@@ -19,6 +19,10 @@ const TEMPLATES: [(&str, &str); 5] = [
     (
         "image-build.sh",
         include_str!("../templates/image-build.sh"),
+    ),
+    (
+        "iproute2-build.sh",
+        include_str!("../templates/iproute2-build.sh"),
     ),
 ];
 
@@ -59,7 +63,8 @@ mod tests {
     fn shell_values_are_quoted() {
         let s = render(
             "image-build.sh",
-            &json!({"dir": "/tmp/a b", "suite": "bookworm", "mirror": "http://x/'; rm -rf /"}),
+            &json!({"dir": "/tmp/a b", "suite": "bookworm", "mirror": "http://x/'; rm -rf /",
+                "build_tools": ["gcc"], "recipe": "r"}),
         );
         assert!(s.contains("out='/tmp/a b'"));
         assert!(s.contains("mirror='http://x/'\\''; rm -rf /'"));

@@ -413,6 +413,18 @@ impl Driver for LibvirtDriver {
             .map_err(|e| DriverError::new(&g.name, format!("running {} commands", cmds.len()), e))
     }
 
+    fn upload(&self, g: &GuestPlan, local: &Path, remote: &Path) -> Result<(), DriverError> {
+        let s = self.session(g)?;
+        let s = s.lock().unwrap_or_else(|p| p.into_inner());
+        s.upload(local, remote).map_err(|e| {
+            DriverError::new(
+                &g.name,
+                format!("copying {} to {}", local.display(), remote.display()),
+                e,
+            )
+        })
+    }
+
     fn remove(&self, r: &Resource) -> Result<bool, DriverError> {
         let Resource::Domain { name } = r else {
             return Ok(false);

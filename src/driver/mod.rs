@@ -4,6 +4,8 @@
 pub mod libvirt;
 pub mod netns;
 
+use std::path::Path;
+
 use crate::host::process::Output;
 use crate::plan::{GuestPlan, PingPlan, Plan};
 use crate::state::Resource;
@@ -73,6 +75,20 @@ pub trait Driver: Sync {
             }
         }
         Ok(outs)
+    }
+
+    /// Copies the host file `local` to `remote` in the guest. By default the guest shares
+    /// the host's files and this is a copy.
+    fn upload(&self, guest: &GuestPlan, local: &Path, remote: &Path) -> Result<(), DriverError> {
+        std::fs::copy(local, remote).map(|_| ()).map_err(|e| {
+            DriverError::new(&guest.name, format!("copying to {}", remote.display()), e)
+        })
+    }
+
+    /// Whether iproute2 builds for these guests run on the host, once for all of them (the
+    /// guests share the host's files), rather than in each guest.
+    fn builds_on_host(&self) -> bool {
+        false
     }
 
     /// Runs the pings that start in `guest`, each up to [`PingPlan::tries`] times; returns,

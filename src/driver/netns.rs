@@ -75,6 +75,10 @@ impl Driver for NetnsDriver {
             .map_err(|e| DriverError::new(&guest.name, "sending echo requests", e))
     }
 
+    fn builds_on_host(&self) -> bool {
+        true
+    }
+
     fn remove(&self, resource: &Resource) -> Result<bool, DriverError> {
         match resource {
             Resource::Netns { name } => self

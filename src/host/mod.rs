@@ -1,6 +1,7 @@
 //! Side effects on the host: child processes, netlink, sysctls. Everything here is an edge
 //! the pure core never touches directly.
 
+pub mod capture;
 pub mod icmp;
 pub mod netlink;
 pub mod process;

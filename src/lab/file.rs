@@ -15,6 +15,7 @@ pub struct RawLab {
     pub vxlans: Vec<RawVxlan>,
     pub checks: Option<Vec<RawCheck>>,
     pub libvirt: Option<RawLibvirt>,
+    pub iproute2: Option<RawIproute2>,
 }
 
 /// `underlay:`
@@ -70,4 +71,15 @@ pub struct RawLibvirt {
     pub accel: Option<String>,
     pub memory: Option<u64>,
     pub vcpus: Option<u64>,
+}
+
+/// `iproute2:` settings: when and from what to build iproute2.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIproute2 {
+    pub build: Option<String>,
+    pub source: Option<String>,
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
+    pub cflags: Option<String>,
 }

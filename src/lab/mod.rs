@@ -2,6 +2,7 @@
 //! on the host is touched.
 
 mod file;
+pub mod instance;
 pub mod source;
 mod validate;
 
@@ -13,6 +14,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use crate::iproute2::BuildMode;
 pub use source::Position;
 
 /// A validated lab.
@@ -32,6 +34,40 @@ pub struct Lab {
     pub checks: Vec<Check>,
     /// Settings of the libvirt driver (defaults when the file has none).
     pub libvirt: LibvirtSettings,
+    /// When and from what iproute2 is built in guests.
+    pub iproute2: Iproute2Settings,
+    /// Which copy of the lab this is, in workshop mode.
+    pub instance: Option<instance::Instance>,
+}
+
+/// The `iproute2:` section.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Iproute2Settings {
+    /// When to build.
+    pub build: BuildMode,
+    /// What to build from.
+    pub source: Option<Source>,
+    /// Compiler options for the build (iproute2's `CCOPTS`), when the lab sets them: `-O0`
+    /// builds several times faster in guests under software emulation.
+    pub cflags: Option<String>,
+    /// Where `source` is written, for errors found when the lab is run.
+    #[serde(skip)]
+    pub source_at: Position,
+}
+
+/// Where an iproute2 source tree comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A release tarball on this host, as written (relative to the lab file's directory).
+    Tarball(PathBuf),
+    /// A git repository the guest clones (it needs a route to it).
+    Git {
+        /// Clone URL.
+        url: String,
+        /// Branch or tag; the default branch when absent.
+        reference: Option<String>,
+    },
 }
 
 /// Where guests live.
@@ -334,6 +370,32 @@ pub enum LoadError {
 }
 
 impl Lab {
+    /// The iproute2 tarball on this host, resolved against the directory of `lab_file`; an
+    /// error naming the field when the lab names one that cannot be read.
+    pub fn tarball(&self, lab_file: &Path) -> Result<Option<PathBuf>, LabError> {
+        let Some(Source::Tarball(p)) = &self.iproute2.source else {
+            return Ok(None);
+        };
+        let path = lab_file.parent().unwrap_or(Path::new(".")).join(p);
+        match std::fs::File::open(&path) {
+            Ok(_) if path.is_file() => Ok(Some(path)),
+            r => Err(LabError {
+                file: lab_file.to_path_buf(),
+                problems: vec![Problem {
+                    position: self.iproute2.source_at,
+                    field: "iproute2.source".into(),
+                    message: format!(
+                        "cannot read the tarball {}: {}",
+                        path.display(),
+                        r.err()
+                            .map(|e| e.to_string())
+                            .unwrap_or_else(|| "not a file".into())
+                    ),
+                }],
+            }),
+        }
+    }
+
     /// The guest named `name`.
     pub fn guest(&self, name: &str) -> Option<&Guest> {
         self.guests.iter().find(|g| g.name == name)

@@ -8,11 +8,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::file::{RawCheck, RawGuest, RawLab, RawLibvirt, RawVxlan};
+use super::file::{RawCheck, RawGuest, RawIproute2, RawLab, RawLibvirt, RawVxlan};
 use super::source::{join_index, join_key, SourceMap};
 use super::{
-    Accel, Check, DriverKind, Expect, Flood, Guest, Lab, LibvirtSettings, Mac, Member, Problem,
-    Underlay, Vxlan,
+    Accel, BuildMode, Check, DriverKind, Expect, Flood, Guest, Iproute2Settings, Lab,
+    LibvirtSettings, Mac, Member, Problem, Source, Underlay, Vxlan,
 };
 
 /// Longest lab name: it goes into namespace and domain names with a guest name after it.
@@ -155,6 +155,7 @@ pub fn validate(raw: RawLab, map: &SourceMap) -> Result<Lab, Vec<Problem>> {
     let known: HashSet<&str> = raw.guests.keys().map(String::as_str).collect();
     let vxlans = vxlans(&mut v, &raw.vxlans, underlay.as_ref(), &known);
     let checks = checks(&mut v, raw.checks.as_deref(), &known);
+    let iproute2 = iproute2_settings(&mut v, raw.iproute2.as_ref());
 
     match underlay {
         Some(underlay) if v.problems.is_empty() => Ok(Lab {
@@ -165,6 +166,8 @@ pub fn validate(raw: RawLab, map: &SourceMap) -> Result<Lab, Vec<Problem>> {
             vxlans,
             checks,
             libvirt,
+            iproute2,
+            instance: None,
         }),
         _ => Err(v.problems),
     }
@@ -293,6 +296,111 @@ fn libvirt_settings(v: &mut Validator, raw: Option<&RawLibvirt>) -> LibvirtSetti
         sizing(v, "libvirt", l.memory.unwrap_or(512), l.vcpus.unwrap_or(1));
     }
     LibvirtSettings { uri, image, accel }
+}
+
+/// Tarball names vxlab can unpack.
+const TARBALLS: [&str; 6] = [".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tar"];
+
+fn iproute2_settings(v: &mut Validator, raw: Option<&RawIproute2>) -> Iproute2Settings {
+    let build = match raw.and_then(|r| r.build.as_deref()).unwrap_or("auto") {
+        "auto" => BuildMode::Auto,
+        "always" => BuildMode::Always,
+        "never" => BuildMode::Never,
+        other => {
+            v.at(
+                "iproute2.build",
+                format!("`{other}` is not a build mode; use `auto`, `always` or `never`"),
+            );
+            BuildMode::Auto
+        }
+    };
+    let reference = raw.and_then(|r| r.reference.clone());
+    let source = raw.and_then(|r| r.source.as_deref()).and_then(|s| {
+        let is_url = s.contains("://") || s.starts_with("git@");
+        if is_url {
+            // A URL reaches a shell in the guest: only characters URLs need, no quotes or
+            // spaces, and no leading dash that git could take for an option.
+            let ok = !s.starts_with('-')
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._~:/@%+=,-".contains(&b));
+            if !ok {
+                v.at(
+                    "iproute2.source",
+                    format!("`{s}` is not a git URL vxlab can pass on safely"),
+                );
+                return None;
+            }
+            return Some(Source::Git {
+                url: s.to_string(),
+                reference: reference.clone(),
+            });
+        }
+        if s.is_empty() || s.chars().any(char::is_control) {
+            v.at(
+                "iproute2.source",
+                "give the path of an iproute2 tarball or a git URL",
+            );
+            return None;
+        }
+        if !TARBALLS.iter().any(|x| s.ends_with(x)) {
+            v.at(
+                "iproute2.source",
+                format!(
+                    "`{s}` is neither a git URL nor a tarball ({})",
+                    TARBALLS.join(", ")
+                ),
+            );
+            return None;
+        }
+        Some(Source::Tarball(s.into()))
+    });
+    if let Some(r) = &reference {
+        let ok = !r.is_empty()
+            && !r.starts_with('-')
+            && r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
+        if !ok {
+            v.at(
+                "iproute2.ref",
+                format!("`{r}` is not a branch or tag name vxlab can pass on safely"),
+            );
+        }
+        if matches!(source, Some(Source::Tarball(_))) {
+            v.at(
+                "iproute2.ref",
+                "`ref` goes with a git URL, not with a tarball",
+            );
+        }
+    }
+    let cflags = raw.and_then(|r| r.cflags.clone());
+    if let Some(c) = &cflags {
+        // Words for make's command line in a guest's shell: options only, no quoting needed.
+        let ok = !c.trim().is_empty()
+            && c.split_whitespace().all(|w| {
+                w.starts_with('-')
+                    && w.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_=.,+".contains(&b))
+            });
+        if !ok {
+            v.at(
+                "iproute2.cflags",
+                format!("`{c}` is not a list of compiler options like `-O0 -pipe`"),
+            );
+        }
+    }
+    let has_source = raw.and_then(|r| r.source.as_ref()).is_some();
+    if build == BuildMode::Always && !has_source {
+        v.at(
+            "iproute2.build",
+            "`build: always` needs `source:` (an iproute2 tarball or a git URL)",
+        );
+    }
+    Iproute2Settings {
+        build,
+        source,
+        cflags,
+        source_at: v.map.locate("iproute2.source"),
+    }
 }
 
 fn guests(

@@ -2,8 +2,9 @@
 //! on drop, with accessors for what the JSON report says and a scan for anything it left.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
@@ -25,6 +26,10 @@ pub struct Lab {
     pub name: String,
     pub file: PathBuf,
     pub state: tempfile::TempDir,
+    /// The lab's own build cache (`VXLAB_CACHE_DIR`): every test builds from scratch.
+    pub cache: tempfile::TempDir,
+    /// Directories put first on vxlab's PATH.
+    pub path_first: Vec<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -61,14 +66,27 @@ impl Lab {
             name,
             file,
             state: tempfile::tempdir().unwrap(),
+            cache: tempfile::tempdir().unwrap(),
+            path_first: Vec::new(),
             _dir: dir,
         }
     }
 
+    /// Appends `extra` to the lab file.
+    pub fn append(&self, extra: &str) {
+        std::fs::write(&self.file, self.text() + extra).unwrap();
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
+        let mut path = self.path_first.clone();
+        path.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
         Command::new(env!("CARGO_BIN_EXE_vxlab"))
             .args(args)
             .env("VXLAB_STATE_DIR", self.state.path())
+            .env("VXLAB_CACHE_DIR", self.cache.path())
+            .env("PATH", std::env::join_paths(path).unwrap())
             .output()
             .unwrap()
     }
@@ -201,4 +219,51 @@ pub fn ping_replied(report: &Value, from: &str, to: &str) -> bool {
         .find(|p| p["ping"]["from"] == from && p["ping"]["to"] == to)
         .unwrap_or_else(|| panic!("no ping {from} -> {to}"))["replied"]
         == true
+}
+
+pub fn sh(script: &str) {
+    let out = Command::new("sh").args(["-ec", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Debian's iproute2 release tarball, downloaded once per checkout into target/.
+pub fn debian_tarball() -> PathBuf {
+    static TARBALL: OnceLock<PathBuf> = OnceLock::new();
+    TARBALL
+        .get_or_init(|| {
+            let dir = root().join("target/iproute2-source");
+            let out = Command::new("bash")
+                .arg(root().join("scripts/iproute2-source.sh"))
+                .arg(&dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "apt-get source failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        })
+        .clone()
+}
+
+/// Debian's source with its version string changed to `version`, repacked as a .tar.gz in
+/// `dir`: its `ip -V` then tells it from every other ip on the host.
+pub fn marked_tarball(dir: &Path, version: &str) -> PathBuf {
+    let src = debian_tarball();
+    let out = dir.join(format!("iproute2-{version}.tar.gz"));
+    sh(&format!(
+        "cd '{d}'; mkdir unpack; tar -xf '{src}' -C unpack; cd unpack; top=$(ls); \
+         echo 'static const char version[] = \"{version}\";' > \"$top/include/version.h\"; \
+         tar -czf '{out}' \"$top\"",
+        d = dir.display(),
+        src = src.display(),
+        out = out.display()
+    ));
+    out
 }

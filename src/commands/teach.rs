@@ -1,0 +1,272 @@
+//! The teaching commands: `show`, `walk`, `capture`, `graph`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::{engine, exit, load, recipe, require_programs, require_root, resolve, HostError};
+use crate::cli::{GraphFormat, ShowWhat};
+use crate::image;
+use crate::lab::DriverKind;
+use crate::packet::{self, VxlanPacket};
+use crate::plan::{self, Plan};
+use crate::progress::Progress;
+use crate::{graph as draw, report, views};
+
+/// `vxlab show GUEST [link|maddr|fdb|route]`
+pub fn show(lab: Option<&Path>, guest: &str, what: Option<ShowWhat>, json: bool) -> Result<u8> {
+    require_root("show")?;
+    let (lab, _) = resolve(lab)?;
+    let p = plan::plan(&lab);
+    let g = p
+        .guest(guest)
+        .with_context(|| format!("lab {} has no guest named {guest}", lab.name))?;
+    let eng = engine(&lab, None)?;
+    eng.adopt_tools(&lab.name)?;
+    let (st, routes) = eng.inspect(g)?;
+    let owners = views::owners(&p);
+    let mut tables = Vec::new();
+    let all = what.is_none();
+    if all || what == Some(ShowWhat::Link) {
+        tables.push(views::links(g, &st));
+    }
+    if all || what == Some(ShowWhat::Maddr) {
+        tables.push(views::maddr(g, &st));
+    }
+    if all || what == Some(ShowWhat::Fdb) {
+        tables.extend(views::fdb(g, &st, &owners));
+    }
+    if all || what == Some(ShowWhat::Route) {
+        tables.push(views::routes(g, &routes));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"guest": guest, "tables": tables}))?
+        );
+    } else {
+        println!("{guest} in lab {}\n", lab.name);
+        for t in &tables {
+            println!("{}", views::render(t));
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `vxlab walk LAB`
+pub fn walk(path: &Path, no_pause: bool) -> Result<u8> {
+    let lab = load(path)?;
+    require_root("walk")?;
+    require_programs(lab.driver)?;
+    let text = std::fs::read_to_string(path)?;
+    let image = match lab.driver {
+        DriverKind::Libvirt => Some(image::resolve(&lab.libvirt.image)?),
+        DriverKind::Netns => None,
+    };
+    let p = plan::plan(&lab);
+    let pause = !no_pause && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    println!(
+        "walking lab {}: {} guests, built one kind of step at a time{}",
+        lab.name,
+        p.guests.len(),
+        if pause { " (Enter goes on)" } else { "" }
+    );
+    let mut show = |stage: &crate::engine::Stage| {
+        print!("{}", views::walk_stage(&p, stage));
+        let _ = std::io::stdout().flush();
+        if pause {
+            print!("[Enter] ");
+            let _ = std::io::stdout().flush();
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        }
+    };
+    let o = engine(&lab, image)?
+        .with_recipe(recipe(&lab, path)?)
+        .walk(&p, path, &text, &Progress::new(), &mut show)
+        .with_context(|| {
+            format!(
+                "while walking lab {}; `vxlab down {}` removes what was built",
+                lab.name, lab.name
+            )
+        })?;
+    println!("\n== 5. the checks\n");
+    print!("{}", report::build(&p, &o).human());
+    println!(
+        "\nthe lab stays up: `vxlab show GUEST`, `vxlab capture GUEST`, `vxlab down {}`",
+        lab.name
+    );
+    Ok(if o.verdict.ok() {
+        exit::OK
+    } else {
+        exit::CHECK_FAILED
+    })
+}
+
+/// Options of `vxlab capture`.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Overlay address to ping.
+    pub to: Option<std::net::IpAddr>,
+    /// Echo requests to send.
+    pub count: u32,
+    /// Keep learned entries.
+    pub keep: bool,
+    /// Where to write the pcap.
+    pub pcap: Option<PathBuf>,
+    /// JSON output.
+    pub json: bool,
+}
+
+/// `vxlab capture GUEST`
+pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result<u8> {
+    require_root("capture")?;
+    let (lab, _) = resolve(lab)?;
+    let p = plan::plan(&lab);
+    let g = p
+        .guest(guest)
+        .with_context(|| format!("lab {} has no guest named {guest}", lab.name))?;
+    // The vxlan to ping across: the one `--to` is in, or the guest's first.
+    let vtep = match opts.to {
+        Some(to) => g.vteps.iter().find(|v| v.address.contains(&to)),
+        None => g.vteps.first(),
+    }
+    .with_context(|| match opts.to {
+        Some(to) => format!("{to} is in none of {guest}'s vxlans"),
+        None => format!("{guest} has no vxlan"),
+    })?;
+    let to = match opts.to {
+        Some(to) => to,
+        None => {
+            vtep.peers
+                .first()
+                .with_context(|| format!("{guest} has no peer in {}", vtep.device))?
+                .overlay
+        }
+    };
+    let eng = engine(&lab, None)?;
+    eng.adopt_tools(&lab.name)?;
+    let (frames, answered) = eng.capture(g, vtep, to, opts.count.max(1), opts.keep)?;
+    if let Some(path) = &opts.pcap {
+        let mut f = std::fs::File::create(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        packet::write_pcap(&mut f, &frames)?;
+    }
+    let start = frames.first().map_or(0, |f| f.micros);
+    let decoded: Vec<(f64, VxlanPacket)> = frames
+        .iter()
+        .filter_map(|f| {
+            let t = (f.micros - start) as f64 / 1e6;
+            packet::decode(&f.data, vtep.port).map(|p| (t, p))
+        })
+        .collect();
+    if opts.json {
+        let packets: Vec<_> = decoded
+            .iter()
+            .map(|(t, p)| serde_json::json!({"time": t, "packet": p, "summary": p.summary()}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "guest": guest,
+                "link": g.host_link,
+                "to": to,
+                "answered": answered,
+                "frames": frames.len(),
+                "packets": packets,
+            }))?
+        );
+    } else {
+        println!(
+            "{guest}'s underlay (host link {}), {} pings to {to} over {} (VNI {}, UDP {}): {}\n",
+            g.host_link,
+            opts.count,
+            vtep.device,
+            vtep.vni,
+            vtep.port,
+            if answered { "answered" } else { "NOT answered" }
+        );
+        for (i, (t, p)) in decoded.iter().enumerate() {
+            println!("{:>3} {t:>8.3}s  {}", i + 1, p.summary());
+        }
+        println!("\n{}", capture_story(&decoded));
+        if let Some(path) = &opts.pcap {
+            println!(
+                "{} frames written to {} (Wireshark decodes UDP {} as VXLAN)",
+                frames.len(),
+                path.display(),
+                vtep.port
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// What the capture shows, in words: where the flood went and what became unicast.
+fn capture_story(packets: &[(f64, VxlanPacket)]) -> String {
+    let Some((_, first)) = packets.first() else {
+        return "no VXLAN packet was captured".into();
+    };
+    let floods = packets
+        .iter()
+        .take_while(|(_, p)| p.multicast || matches!(p.inner, packet::Inner::ArpRequest { .. }));
+    let flood_copies: Vec<String> = floods.map(|(_, p)| p.outer_dst.to_string()).collect();
+    let unicast = packets.iter().filter(|(_, p)| !p.multicast).count();
+    format!(
+        "the first frame ({}) went {}; after it, {unicast} of {} packets were unicast between \
+         the VTEPs' underlay addresses: the VTEPs had learned each other",
+        first.inner,
+        if first.multicast {
+            format!("to the multicast group {}", first.outer_dst)
+        } else {
+            format!(
+                "as {} unicast cop{} (head-end replication: {})",
+                flood_copies.len(),
+                if flood_copies.len() == 1 { "y" } else { "ies" },
+                flood_copies.join(", ")
+            )
+        },
+        packets.len()
+    )
+}
+
+/// `vxlab graph LAB`
+pub fn graph(lab: &Path, format: GraphFormat, output: Option<&Path>) -> Result<u8> {
+    let lab = if lab.is_file() {
+        load(lab)?
+    } else {
+        resolve(Some(lab))?.0
+    };
+    let p: Plan = plan::plan(&lab);
+    let bytes = match format {
+        GraphFormat::Dot => draw::dot(&p).into_bytes(),
+        GraphFormat::Mermaid => draw::mermaid(&p).into_bytes(),
+        GraphFormat::Svg => {
+            if crate::host::process::find_program("dot").is_none() {
+                return Err(HostError::MissingProgram("dot", "graphviz").into());
+            }
+            let mut child = std::process::Command::new("dot")
+                .arg("-Tsvg")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(draw::dot(&p).as_bytes())?;
+            let out = child.wait_with_output()?;
+            if !out.status.success() {
+                bail!("dot failed on vxlab's graph");
+            }
+            out.stdout
+        }
+    };
+    match output {
+        Some(path) => std::fs::write(path, bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => std::io::stdout().write_all(&bytes)?,
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,141 @@
+//! Before a guest is configured: can it do vxlan? The readiness check, and a build of iproute2
+//! when the guest's `ip` cannot (or the lab says so).
+
+use std::path::{Path, PathBuf};
+
+use super::{Engine, EngineError};
+use crate::builder::{self, BuildError, GuestSite, HostSite, Recipe};
+use crate::host::process::Output;
+use crate::iproute2::{self, BuildInfo, BuildMode, Printed, Readiness, Tools};
+use crate::plan::GuestPlan;
+
+/// Where the host keeps iproute2 builds: `$VXLAB_CACHE_DIR/iproute2`, else
+/// `/var/cache/vxlab/iproute2`.
+pub fn host_build_root() -> PathBuf {
+    std::env::var_os("VXLAB_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/vxlab"))
+        .join("iproute2")
+}
+
+/// Reads what [`iproute2::readiness_commands`] printed.
+pub fn readiness_from(ip: &str, outs: &[Output]) -> Readiness {
+    let printed: Vec<Printed> = outs
+        .iter()
+        .map(|o| Printed {
+            success: o.success(),
+            stdout: o.stdout.clone(),
+            stderr: o.stderr.clone(),
+        })
+        .collect();
+    Readiness::from_outputs(ip, &printed)
+}
+
+impl Engine {
+    /// Asks the guest's kernel and `ip` whether they can run vxlan.
+    fn readiness(&self, g: &GuestPlan, ip: &str) -> Result<Readiness, EngineError> {
+        let outs = self
+            .driver
+            .exec_batch(g, &iproute2::readiness_commands(ip), false)?;
+        Ok(readiness_from(ip, &outs))
+    }
+
+    /// Decides which `ip` and `bridge` the guest is configured with, building iproute2 when
+    /// the lab asks for it or the guest's `ip` lacks vxlan. The build log goes to `state_dir`.
+    pub(super) fn prepare_tools(
+        &self,
+        mode: BuildMode,
+        g: &GuestPlan,
+        state_dir: &Path,
+        progress: &dyn Fn(&str),
+    ) -> Result<Tools, EngineError> {
+        progress("checking kernel and iproute2");
+        let r = self.readiness(g, "ip")?;
+        let not_ready = |why: String| EngineError::NotReady {
+            guest: g.name.clone(),
+            why,
+        };
+        if let Some(why) = r.kernel_problem() {
+            return Err(not_ready(why));
+        }
+        let Some(reason) = iproute2::build_reason(mode, &r) else {
+            if !r.ip_vxlan {
+                return Err(not_ready(format!(
+                    "its ip ({}) does not know `type vxlan`, and the lab says `build: never`",
+                    r.ip_version
+                )));
+            }
+            return Ok(Tools {
+                json: r.ip_json,
+                version: r.ip_version,
+                ..Tools::default()
+            });
+        };
+        let recipe: &Recipe = self.recipe.as_ref().ok_or_else(|| {
+            not_ready(format!(
+                "{reason}; give `iproute2: source:` (an iproute2 tarball or a git URL) in the lab \
+                 so vxlab can build one"
+            ))
+        })?;
+        let log = state_dir.join(format!("iproute2-{}.log", g.name));
+        let build = |site: &dyn builder::Site| builder::build(site, recipe, &log, progress);
+        let (built, site) = if self.driver.builds_on_host() {
+            let site = HostSite {
+                root: host_build_root(),
+            };
+            (build(&site), "host".to_string())
+        } else {
+            let site = GuestSite {
+                driver: self.driver.as_ref(),
+                guest: g,
+            };
+            (build(&site), g.name.clone())
+        };
+        let built = built.map_err(|e| match e {
+            BuildError::Driver(d) => EngineError::Driver(d),
+            other => EngineError::Build {
+                guest: g.name.clone(),
+                source: Box::new(other),
+            },
+        })?;
+        let fresh = self.readiness(g, &built.ip)?;
+        if !fresh.ip_vxlan {
+            return Err(not_ready(format!(
+                "the ip built from {} ({}) does not know `type vxlan` either",
+                recipe.describe, fresh.ip_version
+            )));
+        }
+        Ok(Tools {
+            ip: built.ip,
+            bridge: built.bridge,
+            json: fresh.ip_json,
+            version: fresh.ip_version,
+            build: Some(BuildInfo {
+                reason,
+                source: recipe.describe.clone(),
+                hash: recipe.hash.clone(),
+                site,
+                reused: built.reused,
+                seconds: built.seconds,
+                log,
+            }),
+        })
+    }
+
+    /// The tools guest `g` is configured with.
+    pub(super) fn tools_of(&self, g: &GuestPlan) -> Tools {
+        self.tools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&g.name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub(super) fn set_tools(&self, g: &GuestPlan, tools: Tools) {
+        self.tools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(g.name.clone(), tools);
+    }
+}

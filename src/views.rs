@@ -1,0 +1,486 @@
+//! Teaching views: a guest's vxlan state as tables, each row with what it means. Pure: made
+//! from the plan and what the guest's kernel reported.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::engine::{Stage, StageKind};
+use crate::lab::{Flood, Mac};
+use crate::observe::{FdbEntry, GroupMembership, GuestState, Route};
+use crate::plan::{GuestPlan, Plan};
+
+/// A part of `vxlab show`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Links.
+    Link,
+    /// Multicast groups.
+    Maddr,
+    /// Forwarding databases.
+    Fdb,
+    /// Routes.
+    Route,
+}
+
+/// One row of a table: the cells and what the row means.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Cells, in the table's column order.
+    pub cells: Vec<String>,
+    /// What this row means, in one line.
+    pub meaning: String,
+}
+
+/// A titled table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Table {
+    /// The section.
+    pub title: String,
+    /// The command a student types to see the same.
+    pub command: String,
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Rows.
+    pub rows: Vec<Row>,
+    /// A note under the table.
+    pub note: Option<String>,
+}
+
+fn cols(c: &[&str]) -> Vec<String> {
+    c.iter().map(|s| s.to_string()).collect()
+}
+
+/// The guests of the plan by their vxlan MACs.
+pub fn owners(plan: &Plan) -> BTreeMap<Mac, String> {
+    plan.guests
+        .iter()
+        .flat_map(|g| g.vteps.iter().map(move |v| (v.mac, g.name.clone())))
+        .collect()
+}
+
+/// The links table: the underlay interface and every vxlan device.
+pub fn links(g: &GuestPlan, st: &GuestState) -> Table {
+    let mut rows = Vec::new();
+    if let Some(l) = st.links.get(&g.interface) {
+        rows.push(Row {
+            cells: vec![
+                l.name.clone(),
+                "underlay".into(),
+                if l.up { "UP" } else { "down" }.into(),
+                l.mtu.to_string(),
+                l.mac.map(|m| m.to_string()).unwrap_or_default(),
+                l.addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ],
+            meaning: "the underlay: carries the VTEPs' UDP packets between the guests".into(),
+        });
+    }
+    for v in &g.vteps {
+        let Some(l) = st.links.get(&v.device) else {
+            rows.push(Row {
+                cells: vec![v.device.clone(), "missing".into()],
+                meaning: "the lab expects this vxlan device; it does not exist".into(),
+            });
+            continue;
+        };
+        let p = l.vxlan.as_ref();
+        let flood = match p.and_then(|p| p.group) {
+            Some(group) => format!("floods to group {group}"),
+            None => "floods one copy per peer (head-end replication)".into(),
+        };
+        rows.push(Row {
+            cells: vec![
+                l.name.clone(),
+                p.map(|p| {
+                    format!(
+                        "vxlan id {} {}dev {} dstport {}{}",
+                        p.vni,
+                        p.group.map(|g| format!("group {g} ")).unwrap_or_default(),
+                        p.dev.as_deref().unwrap_or("-"),
+                        p.port,
+                        if p.learning { "" } else { " nolearning" }
+                    )
+                })
+                .unwrap_or_else(|| "not a vxlan".into()),
+                if l.up { "UP" } else { "down" }.into(),
+                l.mtu.to_string(),
+                l.mac.map(|m| m.to_string()).unwrap_or_default(),
+                l.addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ],
+            meaning: format!(
+                "a VTEP: wraps each frame in UDP to port {} with VNI {}; {flood}; {}",
+                v.port,
+                v.vni,
+                if v.learning {
+                    "learns which VTEP each source MAC sits behind"
+                } else {
+                    "learns nothing: only static entries"
+                }
+            ),
+        });
+    }
+    Table {
+        title: "link".into(),
+        command: "ip -d link show".into(),
+        columns: cols(&["DEVICE", "KIND", "STATE", "MTU", "MAC", "ADDRESSES"]),
+        rows,
+        note: Some(format!(
+            "the vxlan MTU is the underlay's minus 50 bytes of outer headers ({} + {})",
+            "Ethernet 14, IPv4 20, UDP 8", "VXLAN 8"
+        )),
+    }
+}
+
+fn group_meaning(g: &GuestPlan, m: &GroupMembership) -> String {
+    if let Some(v) = g
+        .vteps
+        .iter()
+        .find(|v| v.flood == Flood::Group(m.group) && v.dev == m.dev)
+    {
+        return format!(
+            "joined because {} (VNI {}) floods to it: the kernel joined when {} came up, and \
+             the switch now sends the group's packets here",
+            v.device, v.vni, v.device
+        );
+    }
+    match m.group {
+        IpAddr::V4(a) if a.octets() == [224, 0, 0, 1] => {
+            "all-hosts group: every IPv4 multicast interface is in it".into()
+        }
+        IpAddr::V6(a) if a.segments()[0] == 0xff02 && a.segments()[5] == 1 => {
+            "solicited-node group: IPv6 neighbour discovery for this interface's addresses".into()
+        }
+        IpAddr::V6(a)
+            if a.segments()[0] & 0xff0f == 0xff02 || a.segments()[0] & 0xff0f == 0xff01 =>
+        {
+            "all-nodes group: every IPv6 interface is in it".into()
+        }
+        _ => "joined by something other than the lab's vxlan devices".into(),
+    }
+}
+
+/// The groups joined on the underlay interface.
+pub fn maddr(g: &GuestPlan, st: &GuestState) -> Table {
+    Table {
+        title: "maddr".into(),
+        command: format!("ip maddr show dev {}", g.interface),
+        columns: cols(&["GROUP", "DEVICE"]),
+        rows: st
+            .groups
+            .iter()
+            .map(|m| Row {
+                cells: vec![m.group.to_string(), m.dev.clone()],
+                meaning: group_meaning(g, m),
+            })
+            .collect(),
+        note: None,
+    }
+}
+
+/// What one FDB entry means.
+pub fn fdb_meaning(e: &FdbEntry, owners: &BTreeMap<Mac, String>) -> String {
+    match (e.mac.is_zero(), e.dst) {
+        (true, Some(d)) if d.is_multicast() => {
+            format!("flood entry: frames for unknown MACs and broadcasts (ARP) go to the group {d}")
+        }
+        (true, Some(d)) => format!(
+            "flood entry: one copy of each unknown or broadcast frame goes to VTEP {d} \
+             (head-end replication)"
+        ),
+        (true, None) => "flood entry".into(),
+        (false, dst) => {
+            let who = owners
+                .get(&e.mac)
+                .map(|g| format!("{} ({g})", e.mac))
+                .unwrap_or_else(|| e.mac.to_string());
+            let at = dst.map(|d| d.to_string()).unwrap_or_else(|| "?".into());
+            if e.permanent {
+                format!("static: frames to {who} go to VTEP {at}, set by hand")
+            } else {
+                format!(
+                    "learned: a frame from {who} arrived from VTEP {at}, so frames to it go there"
+                )
+            }
+        }
+    }
+}
+
+/// Every vxlan device's FDB.
+pub fn fdb(g: &GuestPlan, st: &GuestState, owners: &BTreeMap<Mac, String>) -> Vec<Table> {
+    g.vteps
+        .iter()
+        .map(|v| Table {
+            title: format!("fdb {}", v.device),
+            command: format!("bridge fdb show dev {}", v.device),
+            columns: cols(&["MAC", "DST", "VIA", "STATE"]),
+            rows: st
+                .fdb
+                .get(&v.device)
+                .into_iter()
+                .flatten()
+                .map(|e| Row {
+                    cells: vec![
+                        e.mac.to_string(),
+                        e.dst.map(|d| d.to_string()).unwrap_or_default(),
+                        e.via.clone().unwrap_or_default(),
+                        if e.permanent { "permanent" } else { "learned" }.into(),
+                    ],
+                    meaning: fdb_meaning(e, owners),
+                })
+                .collect(),
+            note: Some(
+                "`self` in bridge's output: the entry is in the vxlan device's own table, not a \
+                 Linux bridge's; `dst` is the remote VTEP's underlay address"
+                    .into(),
+            ),
+        })
+        .collect()
+}
+
+/// The routing table.
+pub fn routes(g: &GuestPlan, rs: &[Route]) -> Table {
+    Table {
+        title: "route".into(),
+        command: "ip route show".into(),
+        columns: cols(&["DESTINATION", "VIA", "DEVICE", "SOURCE"]),
+        rows: rs
+            .iter()
+            .map(|r| {
+                let dev = r.dev.clone().unwrap_or_default();
+                let meaning = if let Some(v) = g.vteps.iter().find(|v| v.device == dev) {
+                    format!(
+                        "the overlay: sent into {} and carried in VXLAN {} over the underlay",
+                        v.device, v.vni
+                    )
+                } else if dev == g.interface && r.gateway.is_none() {
+                    "the underlay: the VTEPs reach each other directly here".into()
+                } else if r.dst == "default" {
+                    "everything else".into()
+                } else {
+                    "another route".into()
+                };
+                Row {
+                    cells: vec![
+                        r.dst.clone(),
+                        r.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                        dev,
+                        r.prefsrc.map(|s| s.to_string()).unwrap_or_default(),
+                    ],
+                    meaning,
+                }
+            })
+            .collect(),
+        note: None,
+    }
+}
+
+/// A table as aligned text with the meaning of each row after it.
+pub fn render(t: &Table) -> String {
+    let mut widths: Vec<usize> = t.columns.iter().map(String::len).collect();
+    for r in &t.rows {
+        for (i, c) in r.cells.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.len());
+            }
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut o = String::new();
+    let _ = writeln!(o, "{}  ({})", t.title, t.command);
+    let _ = writeln!(o, "  {}", line(&t.columns));
+    if t.rows.is_empty() {
+        let _ = writeln!(o, "  (none)");
+    }
+    for r in &t.rows {
+        let _ = writeln!(o, "  {}", line(&r.cells));
+        let _ = writeln!(o, "      -> {}", r.meaning);
+    }
+    if let Some(n) = &t.note {
+        let _ = writeln!(o, "  note: {n}");
+    }
+    o
+}
+
+/// What a walk stage is about, and what to look for.
+fn stage_text(kind: StageKind) -> (&'static str, &'static str) {
+    match kind {
+        StageKind::Underlay => (
+            "1. the underlay",
+            "each guest gets its underlay address; the VTEPs will talk over this network",
+        ),
+        StageKind::Vxlan => (
+            "2. the vxlan devices",
+            "a vxlan device is a VTEP; when it comes up with a group, the kernel joins the group \
+             on the underlay device (see ip maddr), and the FDB gets its flood entry; IPv6 \
+             autoconfiguration on the new devices sends a few multicast frames at once, and \
+             the VTEPs may already learn each other from them",
+        ),
+        StageKind::Overlay => (
+            "3. the overlay addresses",
+            "the guests now share one Ethernet segment over VXLAN; nobody has sent anything \
+             yet, so the FDB knows no peer",
+        ),
+        StageKind::FirstPing => (
+            "4. the first ping",
+            "vxlab first forgets what the VTEPs learned (ip neigh flush, bridge fdb del); then \
+             the ARP request is flooded (to the group, or to each peer), the peer's VTEP learns \
+             the sender, its reply comes back unicast, and the sender learns the peer: its MAC \
+             now maps to the peer's underlay address",
+        ),
+    }
+}
+
+/// What changed in one guest's groups and FDBs, one line per change.
+fn changes(
+    g: &GuestPlan,
+    before: Option<&GuestState>,
+    after: &GuestState,
+    owners: &BTreeMap<Mac, String>,
+) -> Vec<String> {
+    let empty = GuestState::default();
+    let before = before.unwrap_or(&empty);
+    let mut out = Vec::new();
+    for m in after.groups.iter().filter(|m| !before.groups.contains(m)) {
+        out.push(format!(
+            "+ ip maddr: {} on {}: {}",
+            m.group,
+            m.dev,
+            group_meaning(g, m)
+        ));
+    }
+    for m in before.groups.iter().filter(|m| !after.groups.contains(m)) {
+        out.push(format!("- ip maddr: {} left on {}", m.group, m.dev));
+    }
+    for v in &g.vteps {
+        if let (None, Some(l)) = (before.links.get(&v.device), after.links.get(&v.device)) {
+            if let Some(p) = &l.vxlan {
+                out.push(format!(
+                    "+ link {}: vxlan id {} {}dev {} dstport {}",
+                    v.device,
+                    p.vni,
+                    p.group.map(|g| format!("group {g} ")).unwrap_or_default(),
+                    p.dev.as_deref().unwrap_or("-"),
+                    p.port
+                ));
+            }
+        }
+        let old = before.fdb.get(&v.device).cloned().unwrap_or_default();
+        for e in after.fdb.get(&v.device).into_iter().flatten() {
+            if !old.contains(e) {
+                out.push(format!(
+                    "+ bridge fdb {}: {} dst {}: {}",
+                    v.device,
+                    e.mac,
+                    e.dst.map(|d| d.to_string()).unwrap_or_default(),
+                    fdb_meaning(e, owners)
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// One stage of `vxlab walk` as text: what ran, and what changed in each guest.
+pub fn walk_stage(plan: &Plan, stage: &Stage) -> String {
+    let owners = owners(plan);
+    let (title, why) = stage_text(stage.kind);
+    let mut o = String::new();
+    let _ = writeln!(o, "\n== {title}\n   {why}");
+    for g in &plan.guests {
+        let cmds = stage
+            .commands
+            .get(&g.name)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let Some(after) = stage.after.get(&g.name) else {
+            continue;
+        };
+        let changed = changes(g, stage.before.get(&g.name), after, &owners);
+        if cmds.is_empty() && changed.is_empty() {
+            continue;
+        }
+        let _ = writeln!(o, "{}:", g.name);
+        for c in cmds {
+            let _ = writeln!(o, "  $ {}", crate::plan::shell_words(c));
+        }
+        for c in &changed {
+            let _ = writeln!(o, "  {c}");
+        }
+        if changed.is_empty() {
+            let _ = writeln!(o, "  (no change in groups or FDB)");
+        }
+    }
+    if let Some((from, to, ok)) = &stage.ping {
+        let _ = writeln!(
+            o,
+            "ping {from} -> {to}: {}",
+            if *ok { "answered" } else { "NO ANSWER" }
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::FdbEntry;
+
+    #[test]
+    fn fdb_rows_say_flood_learned_and_static() {
+        let plan = crate::plan::plan(
+            &crate::lab::load(std::path::Path::new(&format!(
+                "{}/labs/two-vm.yaml",
+                env!("CARGO_MANIFEST_DIR")
+            )))
+            .unwrap(),
+        );
+        let o = owners(&plan);
+        let b = plan.guests[1].vteps[0].mac;
+        let flood = FdbEntry {
+            mac: Mac([0; 6]),
+            dst: Some("239.1.1.1".parse().unwrap()),
+            via: Some("eth0".into()),
+            permanent: true,
+        };
+        assert!(fdb_meaning(&flood, &o).starts_with("flood entry: frames for unknown MACs"));
+        let learned = FdbEntry {
+            mac: b,
+            dst: Some("192.168.10.3".parse().unwrap()),
+            via: None,
+            permanent: false,
+        };
+        let m = fdb_meaning(&learned, &o);
+        assert!(m.contains("(vm-b) arrived from VTEP 192.168.10.3"), "{m}");
+        let text = render(
+            &fdb(
+                &plan.guests[0],
+                &GuestState {
+                    fdb: [("vxlan0".to_string(), vec![flood, learned])].into(),
+                    ..GuestState::default()
+                },
+                &o,
+            )[0],
+        );
+        assert!(text.contains("bridge fdb show dev vxlan0"), "{text}");
+        assert!(text.contains("192.168.10.3"), "{text}");
+    }
+}
