@@ -117,6 +117,11 @@ impl std::fmt::Display for Inner {
                 dst,
                 protocol: 0,
             } if dst.is_ipv6() => write!(f, "IPv6 hop-by-hop {src} > {dst} (an MLD report)"),
+            Inner::Ip {
+                src,
+                dst,
+                protocol: 58,
+            } => write!(f, "ICMPv6 {src} > {dst}"),
             Inner::Ip { src, dst, protocol } => write!(f, "IP {src} > {dst} protocol {protocol}"),
             Inner::Other { ethertype } => write!(f, "ethertype 0x{ethertype:04x}"),
         }

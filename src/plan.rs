@@ -66,6 +66,8 @@ pub struct VtepPlan {
     pub port: u16,
     /// Learning on or off.
     pub learning: bool,
+    /// Whether every peer's MAC is written into the FDB with its VTEP.
+    pub static_fdb: bool,
     /// MTU, when the lab sets one.
     pub mtu: Option<u32>,
     /// The device's MAC.
@@ -290,6 +292,7 @@ pub fn plan(lab: &Lab) -> Plan {
                         dev: x.dev.clone(),
                         port: x.port,
                         learning: x.learning,
+                        static_fdb: x.static_fdb,
                         mtu: x.mtu,
                         mac: mac_of(me),
                         address: me.address,
@@ -373,6 +376,24 @@ fn vtep_steps(k: usize, v: &VtepPlan, local: IpAddr) -> Vec<Step> {
     }
     steps.push(setting(&["link", "set", "up", &v.device]));
     steps.push(addr_add(v.address, &v.device));
+    if v.static_fdb {
+        // `replace` adds or corrects the entry: safe to run again.
+        for p in &v.peers {
+            steps.push(Step {
+                argv: vec![
+                    s("bridge"),
+                    s("fdb"),
+                    s("replace"),
+                    p.mac.to_string(),
+                    s("dev"),
+                    v.device.clone(),
+                    s("dst"),
+                    p.underlay.to_string(),
+                ],
+                effect: Effect::Setting,
+            });
+        }
+    }
     if v.flood == Flood::HeadEnd {
         for p in &v.peers {
             steps.push(Step {

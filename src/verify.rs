@@ -247,6 +247,32 @@ fn fdb(t: &mut Tally, g: &GuestPlan, v: &VtepPlan, state: &GuestState, pings: &[
             || format!("flood entries to {}", list(&floods)),
         );
     }
+    if v.static_fdb {
+        for peer in &v.peers {
+            let entry = entries.iter().find(|e| e.mac == peer.mac);
+            t.check(
+                entry.is_some_and(|e| e.permanent && e.dst == Some(peer.underlay)),
+                &g.name,
+                format!(
+                    "{} static entry for {} ({})",
+                    v.device, peer.guest, peer.mac
+                ),
+                format!("dst {} permanent", peer.underlay),
+                || match entry {
+                    Some(e) => format!(
+                        "dst {}{}",
+                        opt(e.dst),
+                        if e.permanent {
+                            " permanent"
+                        } else {
+                            " learned"
+                        }
+                    ),
+                    None => "not in the FDB".into(),
+                },
+            );
+        }
+    }
     if !v.learning {
         return;
     }

@@ -336,8 +336,8 @@ fn stage_text(kind: StageKind) -> (&'static str, &'static str) {
         ),
         StageKind::Overlay => (
             "3. the overlay addresses",
-            "the guests now share one Ethernet segment over VXLAN; nobody has sent anything \
-             yet, so the FDB knows no peer",
+            "the guests now share one Ethernet segment over VXLAN: each has an address in the \
+             overlay subnet, routed into its vxlan device",
         ),
         StageKind::FirstPing => (
             "4. the first ping",

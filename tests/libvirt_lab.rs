@@ -105,6 +105,38 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The teaching views on VMs: the capture on vm-a's tap sees the ARP request flooded to
+    // the group and the echoes unicast; `show` explains vm-b's FDB.
+    let cap = lab.run(&["capture", "vm-a", "--json", "--count", "2"]);
+    let c: serde_json::Value = serde_json::from_slice(&cap.stdout)
+        .unwrap_or_else(|_| panic!("capture: {}", String::from_utf8_lossy(&cap.stderr)));
+    assert_eq!(c["answered"], true, "{c:#}");
+    let packets: Vec<&serde_json::Value> = c["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["packet"])
+        .collect();
+    let arp = packets
+        .iter()
+        .find(|p| p["inner"]["kind"] == "arp_request")
+        .unwrap_or_else(|| panic!("no ARP request: {c:#}"));
+    assert_eq!(arp["outer_dst"], "239.1.1.1");
+    assert_eq!(arp["vni"], 42);
+    assert!(packets
+        .iter()
+        .any(|p| p["inner"]["kind"] == "echo" && p["multicast"] == false));
+    let show = lab.run(&["show", "vm-b", "fdb", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert!(
+        s["tables"][0]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["cells"][0] == *mac_a && r["cells"][1] == "192.168.10.2"),
+        "{s:#}"
+    );
+
     assert_eq!(lab.check().0, 0);
     lab.down_leaves_nothing();
 }

@@ -214,8 +214,9 @@ fn capture_story(packets: &[(f64, VxlanPacket)]) -> String {
     let flood_copies: Vec<String> = floods.map(|(_, p)| p.outer_dst.to_string()).collect();
     let unicast = packets.iter().filter(|(_, p)| !p.multicast).count();
     format!(
-        "the first frame ({}) went {}; after it, {unicast} of {} packets were unicast between \
-         the VTEPs' underlay addresses: the VTEPs had learned each other",
+        "the first frame ({}) went {}; in all, {unicast} of {} packets were unicast between \
+         the VTEPs' underlay addresses: once a VTEP knows a MAC (learned, or static), frames \
+         to it go straight to its VTEP",
         first.inner,
         if first.multicast {
             format!("to the multicast group {}", first.outer_dst)

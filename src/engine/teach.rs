@@ -89,7 +89,8 @@ impl Engine {
             ))
         })?;
         let done = AtomicBool::new(false);
-        let mut argv = plan::ping_argv(to, 1);
+        // Three seconds for the last reply: a guest under software emulation can be slow.
+        let mut argv = plan::ping_argv(to, 3);
         argv[2] = count.to_string();
         argv.splice(1..1, ["-i".to_string(), "0.2".to_string()]);
         let (frames, replied) = std::thread::scope(|s| {

@@ -201,8 +201,12 @@ impl Netlink {
     /// by one took two seconds. The links are first put in a link group of their own, then the
     /// group is deleted at once, as `ip link del group N` does.
     pub fn delete_links(&self, names: &[String]) -> Result<usize, NetlinkError> {
-        // A group number no other link uses: high bit set, this process's id below it.
-        let group = 0x8000_0000 | std::process::id();
+        // A group number no other link uses: high bit set, this process's id (pid_max is at
+        // most 2^22) and a count of this process's calls, since labs are taken down in
+        // parallel threads too.
+        static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0x1ff;
+        let group = 0x8000_0000 | ((std::process::id() & 0x3f_ffff) << 9) | call;
         let mut found = 0;
         for name in names {
             let Some(index) = self.link_index(name)? else {

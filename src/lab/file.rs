@@ -49,6 +49,8 @@ pub struct RawVxlan {
     pub dev: Option<String>,
     pub port: Option<i64>,
     pub learning: Option<bool>,
+    /// `learned` (default) or `static`: vxlab writes every peer's MAC with its VTEP.
+    pub fdb: Option<String>,
     pub mtu: Option<i64>,
     pub addresses: IndexMap<String, String>,
     pub macs: Option<IndexMap<String, String>>,

@@ -130,6 +130,8 @@ pub struct Vxlan {
     pub port: u16,
     /// Whether the VTEP learns remote MACs from received frames.
     pub learning: bool,
+    /// Whether vxlab writes every peer's MAC with its VTEP into the FDB (`fdb: static`).
+    pub static_fdb: bool,
     /// MTU of the vxlan device, when the file sets one.
     pub mtu: Option<u32>,
     /// Member guests with their overlay address.

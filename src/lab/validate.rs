@@ -559,6 +559,17 @@ fn vxlan(
             );
         }
     }
+    let static_fdb = match x.fdb.as_deref().unwrap_or("learned") {
+        "learned" => false,
+        "static" => true,
+        other => {
+            v.at(
+                &f("fdb"),
+                format!("`{other}` is not an FDB mode; use `learned` or `static`"),
+            );
+            false
+        }
+    };
     let flood = flood(v, path, x, underlay)?;
     let members = members(v, path, x, underlay, known);
     Some(Vxlan {
@@ -568,6 +579,7 @@ fn vxlan(
         dev,
         port: port? as u16,
         learning: x.learning.unwrap_or(true),
+        static_fdb,
         mtu: mtu.map(|m| m as u32),
         members,
     })

@@ -1,0 +1,348 @@
+//! The teaching views on real namespaces: what `capture` sees on the wire, what `show` and
+//! `walk` print, the topology `graph` draws, 30 copies of the seed lab side by side, and the
+//! generated completions and man page. Needs root; `graph` SVG needs graphviz.
+
+mod common;
+
+use std::process::Command;
+
+use common::{guest, vtep, Lab};
+use serde_json::Value;
+
+fn vxlab(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "not JSON (exit {:?}): {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn capture_sees_the_first_arp_go_to_the_group_and_the_rest_unicast() {
+    let lab = Lab::shipped("two-netns.yaml", "t-cap", &[("192.168.10.", "192.168.46.")]);
+    let (code, _) = lab.up();
+    assert_eq!(code, 0);
+    let pcap = lab.state.path().join("../t-cap.pcap");
+    let out = lab.run(&[
+        "capture",
+        "--lab",
+        "t-cap",
+        "vm-a",
+        "--json",
+        "--pcap",
+        pcap.to_str().unwrap(),
+    ]);
+    let c = json_of(&out);
+    assert_eq!(c["answered"], true);
+    let packets = c["packets"].as_array().unwrap();
+    let first = &packets[0]["packet"];
+    // The seed's observation: the ARP request is flooded to the group...
+    assert_eq!(first["outer_dst"], "239.1.1.1", "{c:#}");
+    assert_eq!(first["multicast"], true);
+    assert_eq!(first["outer_src"], "192.168.46.2");
+    assert_eq!(first["inner"]["kind"], "arp_request");
+    assert_eq!(first["inner"]["target"], "192.168.42.3");
+    // ... the reply and every echo after it are unicast between the VTEPs.
+    let reply = packets
+        .iter()
+        .map(|p| &p["packet"])
+        .find(|p| p["inner"]["kind"] == "arp_reply")
+        .expect("an ARP reply");
+    assert_eq!(reply["multicast"], false);
+    assert_eq!(reply["outer_dst"], "192.168.46.2");
+    let echoes: Vec<&Value> = packets
+        .iter()
+        .map(|p| &p["packet"])
+        .filter(|p| p["inner"]["kind"] == "echo")
+        .collect();
+    assert_eq!(echoes.len(), 6, "3 requests and 3 replies: {c:#}");
+    assert!(echoes.iter().all(|p| p["multicast"] == false));
+    assert!(packets.iter().all(|p| p["packet"]["vni"] == 42));
+    assert!(packets.iter().all(|p| p["packet"]["udp_dst"] == 4789));
+    // The pcap file holds the same frames.
+    let frames = vxlab::packet::read_pcap(&mut std::fs::File::open(&pcap).unwrap()).unwrap();
+    assert_eq!(frames.len(), c["frames"].as_u64().unwrap() as usize);
+    let again: Vec<_> = frames
+        .iter()
+        .filter_map(|f| vxlab::packet::decode(&f.data, 4789))
+        .collect();
+    assert_eq!(again.len(), packets.len());
+    assert_eq!(again[0].outer_dst.to_string(), "239.1.1.1");
+    std::fs::remove_file(&pcap).unwrap();
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn head_end_replication_sends_one_copy_of_the_flood_per_peer() {
+    let lab = Lab::shipped("unicast.yaml", "t-hcap", &[("192.168.30.", "192.168.47.")]);
+    let (code, _) = lab.up();
+    assert_eq!(code, 0);
+    let c = json_of(&lab.run(&[
+        "capture", "--lab", "t-hcap", "vm-a", "--json", "--count", "1",
+    ]));
+    let packets: Vec<&Value> = c["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["packet"])
+        .collect();
+    let arp: Vec<&&Value> = packets
+        .iter()
+        .filter(|p| p["inner"]["kind"] == "arp_request" && p["outer_src"] == "192.168.47.2")
+        .collect();
+    let mut dsts: Vec<&str> = arp
+        .iter()
+        .map(|p| p["outer_dst"].as_str().unwrap())
+        .collect();
+    dsts.sort();
+    assert_eq!(dsts, ["192.168.47.3", "192.168.47.4"], "{c:#}");
+    assert!(packets.iter().all(|p| p["multicast"] == false));
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn show_fdb_lists_the_learned_peer_with_its_vtep_and_static_labs_only_permanent_entries() {
+    let lab = Lab::shipped(
+        "two-netns.yaml",
+        "t-show",
+        &[("192.168.10.", "192.168.48.")],
+    );
+    let (code, r) = lab.up();
+    assert_eq!(code, 0);
+    let mac_b = vtep(&r, "vm-b", "vxlan0")["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s = json_of(&lab.run(&["show", "--lab", "t-show", "vm-a", "fdb", "--json"]));
+    let rows = s["tables"][0]["rows"].as_array().unwrap();
+    let peer = rows
+        .iter()
+        .find(|r| r["cells"][0] == mac_b.as_str())
+        .unwrap_or_else(|| panic!("{s:#}"));
+    assert_eq!(peer["cells"][1], "192.168.48.3");
+    assert!(peer["meaning"]
+        .as_str()
+        .unwrap()
+        .starts_with("learned: a frame from"));
+    assert!(peer["meaning"].as_str().unwrap().contains("(vm-b)"));
+    let flood = rows
+        .iter()
+        .find(|r| r["cells"][0] == "00:00:00:00:00:00")
+        .unwrap();
+    assert!(flood["meaning"]
+        .as_str()
+        .unwrap()
+        .contains("group 239.1.1.1"));
+    // The text form names the command a student types, and the group row explains itself.
+    let text = String::from_utf8(lab.run(&["show", "--lab", "t-show", "vm-b"]).stdout).unwrap();
+    assert!(text.contains("bridge fdb show dev vxlan0"), "{text}");
+    assert!(
+        text.contains("joined because vxlan0 (VNI 42) floods to it"),
+        "{text}"
+    );
+    assert!(text.contains("the overlay: sent into vxlan0"), "{text}");
+    lab.down_leaves_nothing();
+
+    let st = Lab::shipped("static.yaml", "t-static", &[("192.168.60.", "192.168.49.")]);
+    let (code, r) = st.up();
+    assert_eq!(code, 0, "{r:#}");
+    let s = json_of(&st.run(&["show", "--lab", "t-static", "vm-a", "fdb", "--json"]));
+    let rows = s["tables"][0]["rows"].as_array().unwrap();
+    // Two flood entries and two peers, nothing learned.
+    assert_eq!(rows.len(), 4, "{s:#}");
+    assert!(rows.iter().all(|r| r["cells"][3] == "permanent"), "{s:#}");
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["meaning"].as_str().unwrap().starts_with("static:"))
+            .count(),
+        2
+    );
+    assert_eq!(guest(&r, "vm-a")["vteps"][0]["kernel"]["learning"], false);
+    st.down_leaves_nothing();
+}
+
+#[test]
+fn walk_without_a_terminal_prints_every_stage_and_leaves_a_checked_lab() {
+    let lab = Lab::shipped(
+        "two-netns.yaml",
+        "t-walk",
+        &[("192.168.10.", "192.168.50.")],
+    );
+    let out = lab.run(&["walk", lab.file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("`{needle}` missing:\n{text}"))
+    };
+    // Each after the one before it.
+    let mut from = 0;
+    let mut next = |needle: &str| {
+        from += text[from..]
+            .find(needle)
+            .unwrap_or_else(|| panic!("`{needle}` missing after byte {from}:\n{text}"));
+        from
+    };
+    let _ = [
+        next("== 1. the underlay"),
+        next("$ ip addr add 192.168.50.2/24 dev eth0"),
+        next("== 2. the vxlan devices"),
+        next("+ ip maddr: 239.1.1.1 on eth0: joined because vxlan0"),
+        next("== 3. the overlay addresses"),
+        next("== 4. the first ping"),
+        next("+ bridge fdb vxlan0: "),
+        next("ping vm-a -> 192.168.42.3: answered"),
+        next("== 5. the checks"),
+        next("checks passed"),
+    ];
+    // The learning shows at the first ping: vm-a learns vm-b behind 192.168.50.3.
+    let ping_part = &text[at("== 4. the first ping")..at("== 5. the checks")];
+    assert!(
+        ping_part.contains("dst 192.168.50.3: learned"),
+        "{ping_part}"
+    );
+    // The lab stays up and checks; a second walk refuses to start over it.
+    assert_eq!(lab.check().0, 0);
+    let again = lab.run(&["walk", lab.file.to_str().unwrap()]);
+    assert_ne!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is running"));
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn thirty_copies_of_the_seed_lab_run_side_by_side() {
+    let lab = Lab::shipped("two-netns.yaml", "t-ws", &[]);
+    struct DownAll<'a>(&'a Lab);
+    impl Drop for DownAll<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.run(&["down", "t-ws", "--all"]);
+        }
+    }
+    let _guard = DownAll(&lab);
+    let out = lab.run(&["up", lab.file.to_str().unwrap(), "--count", "30", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports = json_of(&out);
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 30);
+    for r in reports {
+        assert!(r["failures"].as_array().unwrap().is_empty(), "{r:#}");
+    }
+    // Every copy has its own names, bridge and subnet.
+    let status = json_of(&lab.run(&["status", "--json"]));
+    let rows = status.as_array().unwrap();
+    assert_eq!(rows.len(), 30);
+    let distinct = |k: &str| {
+        let mut v: Vec<String> = rows.iter().map(|r| r[k].to_string()).collect();
+        v.sort();
+        v.dedup();
+        v.len()
+    };
+    assert_eq!(distinct("lab"), 30);
+    assert_eq!(distinct("bridge"), 30);
+    assert_eq!(distinct("underlay"), 30);
+    assert!(rows
+        .iter()
+        .all(|r| r["instance_of"] == "t-ws" && r["health"] == "healthy"));
+    assert!(rows
+        .iter()
+        .all(|r| r["bridge"].as_str().unwrap().len() <= 15));
+    // Any copy checks on its own, and every student sees the seed's overlay addresses.
+    let (code, c) = {
+        let out = lab.run(&["check", "--json", "t-ws-17"]);
+        (out.status.code(), json_of(&out))
+    };
+    assert_eq!(code, Some(0));
+    assert_eq!(vtep(&c, "vm-a", "vxlan0")["kernel"]["group"], "239.1.1.1");
+    assert_eq!(guest(&c, "vm-b")["underlay"], "10.17.10.3/24");
+    let out = lab.run(&["down", "t-ws", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("vxlab-t-ws-"))
+        .chain(
+            std::fs::read_dir("/sys/class/net")
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("vxbr-t-ws")),
+        )
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
+    assert_eq!(std::fs::read_dir(lab.state.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn graph_draws_every_guest_and_vni_and_dot_accepts_it() {
+    for (file, guests, vnis) in [
+        ("two-vm.yaml", &["vm-a", "vm-b"][..], &["VNI 42"][..]),
+        (
+            "two-vni.yaml",
+            &["vm-a", "vm-b", "vm-c"][..],
+            &["VNI 42", "VNI 43"][..],
+        ),
+    ] {
+        let path = common::root().join("labs").join(file);
+        let svg = vxlab(&["graph", path.to_str().unwrap(), "--format", "svg"]);
+        assert!(
+            svg.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&svg.stderr)
+        );
+        // Graphviz writes `-` as `&#45;`.
+        let svg = String::from_utf8(svg.stdout).unwrap().replace("&#45;", "-");
+        assert!(svg.contains("<svg"), "{file}");
+        let mermaid = String::from_utf8(
+            vxlab(&["graph", path.to_str().unwrap(), "--format", "mermaid"]).stdout,
+        )
+        .unwrap();
+        for g in guests {
+            assert!(
+                svg.contains(&format!("<title>cluster_{g}</title>")),
+                "{file}: {g}"
+            );
+            assert!(mermaid.contains(&format!("[\"{g}\"]")), "{file}: {g}");
+        }
+        for v in vnis {
+            assert!(svg.contains(v), "{file}: {v}");
+            assert!(mermaid.contains(v), "{file}: {v}");
+        }
+    }
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_definition() {
+    let bash = String::from_utf8(vxlab(&["completions", "bash"]).stdout).unwrap();
+    for sub in ["walk", "capture", "graph", "show", "--instance"] {
+        assert!(bash.contains(sub), "{sub} missing from bash completions");
+    }
+    let man = String::from_utf8(vxlab(&["man"]).stdout).unwrap();
+    assert!(man.starts_with(".ie") || man.contains(".TH vxlab"), "{man}");
+    assert!(man.contains("capture"));
+}
