@@ -145,8 +145,8 @@ impl Recipe {
                 "reference": reference,
                 "tarball": self.tarball_name().map(|n| format!("{dir}/{n}")),
                 "apt": iproute2::APT_BUILD_DEPS,
-                "dnf": iproute2::DNF_BUILD_DEPS,
-                "yum": iproute2::YUM_BUILD_DEPS,
+                "dnf": iproute2::rpm_build_deps(true),
+                "yum": iproute2::rpm_build_deps(false),
             }),
         )
     }

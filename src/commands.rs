@@ -198,15 +198,32 @@ pub fn up(path: &Path, json: bool) -> Result<u8> {
     print_outcome(&p, &o, json)
 }
 
+/// The image a lab's guests are created from (libvirt), or none.
+fn image_for(lab: &Lab) -> Result<Option<Image>> {
+    Ok(match lab.driver {
+        DriverKind::Libvirt => Some(image::resolve(&lab.libvirt.image)?),
+        DriverKind::Netns => None,
+    })
+}
+
+/// A running lab, its plan, and the index of its guest named `guest`.
+fn running_guest(lab: Option<&Path>, guest: &str) -> Result<(Lab, Plan, usize)> {
+    let (lab, _) = resolve(lab)?;
+    let p = plan::plan(&lab);
+    let i = p
+        .guests
+        .iter()
+        .position(|g| g.name == guest)
+        .with_context(|| format!("lab {} has no guest named {guest}", lab.name))?;
+    Ok((lab, p, i))
+}
+
 /// Brings `lab` (read from `path`) up and checks it.
 fn up_one(lab: &Lab, path: &Path, ui: &Progress) -> Result<(Plan, Outcome)> {
     require_root("up")?;
     require_programs(lab.driver)?;
     let text = std::fs::read_to_string(path)?;
-    let image = match lab.driver {
-        DriverKind::Libvirt => Some(image::resolve(&lab.libvirt.image)?),
-        DriverKind::Netns => None,
-    };
+    let image = image_for(lab)?;
     let recipe = recipe(lab, path)?;
     let p = plan::plan(lab);
     let o = engine(lab, image)?

@@ -27,11 +27,10 @@ pub const APT_BUILD_DEPS: &[&str] = &[
     "xz-utils",
     "bzip2",
 ];
-/// The same for dnf (Fedora, RHEL 8 and later).
-pub const DNF_BUILD_DEPS: &[&str] = &[
+/// The same for dnf and yum, but for pkg-config, whose package name differs between them.
+const RPM_BUILD_DEPS: &[&str] = &[
     "gcc",
     "make",
-    "pkgconf-pkg-config",
     "bison",
     "flex",
     "libmnl-devel",
@@ -41,20 +40,18 @@ pub const DNF_BUILD_DEPS: &[&str] = &[
     "bzip2",
     "tar",
 ];
-/// The same for yum (RHEL and CentOS 7 and older).
-pub const YUM_BUILD_DEPS: &[&str] = &[
-    "gcc",
-    "make",
-    "pkgconfig",
-    "bison",
-    "flex",
-    "libmnl-devel",
-    "elfutils-libelf-devel",
-    "libdb-devel",
-    "xz",
-    "bzip2",
-    "tar",
-];
+
+/// The build dependencies for dnf (Fedora, RHEL 8 and later: `pkgconf-pkg-config`) or yum
+/// (CentOS 7 and older: `pkgconfig`).
+pub fn rpm_build_deps(dnf: bool) -> Vec<&'static str> {
+    let mut v = RPM_BUILD_DEPS.to_vec();
+    v.push(if dnf {
+        "pkgconf-pkg-config"
+    } else {
+        "pkgconfig"
+    });
+    v
+}
 
 fn argv(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| w.to_string()).collect()
@@ -329,11 +326,7 @@ pub fn hint(log: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> String {
-        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-    }
+    use crate::fixture;
 
     fn ready(help_stdout: &str, help_stderr: &str, json: &str) -> Readiness {
         let out = |ok: bool, o: &str, e: &str| Printed {

@@ -27,3 +27,10 @@ pub mod state;
 pub mod templates;
 pub mod verify;
 pub mod views;
+
+/// Reads `tests/fixtures/NAME`, recorded output of real tools, for unit tests.
+#[cfg(test)]
+pub(crate) fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}

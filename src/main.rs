@@ -7,6 +7,11 @@ use vxlab::cli::{self, Cli};
 use vxlab::commands;
 
 fn main() -> ExitCode {
+    // Output piped into `head` ends quietly, as other command-line tools do.
+    // SAFETY: restoring the default SIGPIPE action before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match cli::run(Cli::parse()) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

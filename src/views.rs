@@ -61,25 +61,34 @@ pub fn owners(plan: &Plan) -> BTreeMap<Mac, String> {
         .collect()
 }
 
+/// A link's row: name, what it is, state, MTU, MAC, addresses.
+fn link_row(l: &crate::observe::Link, kind: String, meaning: String) -> Row {
+    Row {
+        cells: vec![
+            l.name.clone(),
+            kind,
+            if l.up { "UP" } else { "down" }.into(),
+            l.mtu.to_string(),
+            l.mac.map(|m| m.to_string()).unwrap_or_default(),
+            l.addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ],
+        meaning,
+    }
+}
+
 /// The links table: the underlay interface and every vxlan device.
 pub fn links(g: &GuestPlan, st: &GuestState) -> Table {
     let mut rows = Vec::new();
     if let Some(l) = st.links.get(&g.interface) {
-        rows.push(Row {
-            cells: vec![
-                l.name.clone(),
-                "underlay".into(),
-                if l.up { "UP" } else { "down" }.into(),
-                l.mtu.to_string(),
-                l.mac.map(|m| m.to_string()).unwrap_or_default(),
-                l.addresses
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ],
-            meaning: "the underlay: carries the VTEPs' UDP packets between the guests".into(),
-        });
+        rows.push(link_row(
+            l,
+            "underlay".into(),
+            "the underlay: carries the VTEPs' UDP packets between the guests".into(),
+        ));
     }
     for v in &g.vteps {
         let Some(l) = st.links.get(&v.device) else {
@@ -94,50 +103,40 @@ pub fn links(g: &GuestPlan, st: &GuestState) -> Table {
             Some(group) => format!("floods to group {group}"),
             None => "floods one copy per peer (head-end replication)".into(),
         };
-        rows.push(Row {
-            cells: vec![
-                l.name.clone(),
-                p.map(|p| {
-                    format!(
-                        "vxlan id {} {}dev {} dstport {}{}",
-                        p.vni,
-                        p.group.map(|g| format!("group {g} ")).unwrap_or_default(),
-                        p.dev.as_deref().unwrap_or("-"),
-                        p.port,
-                        if p.learning { "" } else { " nolearning" }
-                    )
-                })
-                .unwrap_or_else(|| "not a vxlan".into()),
-                if l.up { "UP" } else { "down" }.into(),
-                l.mtu.to_string(),
-                l.mac.map(|m| m.to_string()).unwrap_or_default(),
-                l.addresses
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ],
-            meaning: format!(
-                "a VTEP: wraps each frame in UDP to port {} with VNI {}; {flood}; {}",
-                v.port,
-                v.vni,
-                if v.learning {
-                    "learns which VTEP each source MAC sits behind"
-                } else {
-                    "learns nothing: only static entries"
-                }
-            ),
-        });
+        let kind = p
+            .map(|p| {
+                format!(
+                    "vxlan id {} {}dev {} dstport {}{}",
+                    p.vni,
+                    p.group.map(|g| format!("group {g} ")).unwrap_or_default(),
+                    p.dev.as_deref().unwrap_or("-"),
+                    p.port,
+                    if p.learning { "" } else { " nolearning" }
+                )
+            })
+            .unwrap_or_else(|| "not a vxlan".into());
+        let meaning = format!(
+            "a VTEP: wraps each frame in UDP to port {} with VNI {}; {flood}; {}",
+            v.port,
+            v.vni,
+            if v.learning {
+                "learns which VTEP each source MAC sits behind"
+            } else {
+                "learns nothing: only static entries"
+            }
+        );
+        rows.push(link_row(l, kind, meaning));
     }
     Table {
         title: "link".into(),
         command: "ip -d link show".into(),
         columns: cols(&["DEVICE", "KIND", "STATE", "MTU", "MAC", "ADDRESSES"]),
         rows,
-        note: Some(format!(
-            "the vxlan MTU is the underlay's minus 50 bytes of outer headers ({} + {})",
-            "Ethernet 14, IPv4 20, UDP 8", "VXLAN 8"
-        )),
+        note: Some(
+            "the vxlan MTU is the underlay's minus 50 bytes of outer headers (Ethernet 14, \
+             IPv4 20, UDP 8, VXLAN 8)"
+                .into(),
+        ),
     }
 }
 

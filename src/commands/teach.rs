@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::{engine, exit, load, recipe, require_programs, require_root, resolve, HostError};
+use super::{
+    engine, exit, image_for, load, recipe, require_programs, require_root, resolve, running_guest,
+    HostError,
+};
 use crate::cli::{GraphFormat, ShowWhat};
-use crate::image;
-use crate::lab::DriverKind;
 use crate::packet::{self, VxlanPacket};
 use crate::plan::{self, Plan};
 use crate::progress::Progress;
@@ -17,11 +18,8 @@ use crate::{graph as draw, report, views};
 /// `vxlab show GUEST [link|maddr|fdb|route]`
 pub fn show(lab: Option<&Path>, guest: &str, what: Option<ShowWhat>, json: bool) -> Result<u8> {
     require_root("show")?;
-    let (lab, _) = resolve(lab)?;
-    let p = plan::plan(&lab);
-    let g = p
-        .guest(guest)
-        .with_context(|| format!("lab {} has no guest named {guest}", lab.name))?;
+    let (lab, p, i) = running_guest(lab, guest)?;
+    let g = &p.guests[i];
     let eng = engine(&lab, None)?;
     eng.adopt_tools(&lab.name)?;
     let (st, routes) = eng.inspect(g)?;
@@ -60,10 +58,7 @@ pub fn walk(path: &Path, no_pause: bool) -> Result<u8> {
     require_root("walk")?;
     require_programs(lab.driver)?;
     let text = std::fs::read_to_string(path)?;
-    let image = match lab.driver {
-        DriverKind::Libvirt => Some(image::resolve(&lab.libvirt.image)?),
-        DriverKind::Netns => None,
-    };
+    let image = image_for(&lab)?;
     let p = plan::plan(&lab);
     let pause = !no_pause && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     println!(
@@ -122,11 +117,8 @@ pub struct CaptureOptions {
 /// `vxlab capture GUEST`
 pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result<u8> {
     require_root("capture")?;
-    let (lab, _) = resolve(lab)?;
-    let p = plan::plan(&lab);
-    let g = p
-        .guest(guest)
-        .with_context(|| format!("lab {} has no guest named {guest}", lab.name))?;
+    let (lab, p, i) = running_guest(lab, guest)?;
+    let g = &p.guests[i];
     // The vxlan to ping across: the one `--to` is in, or the guest's first.
     let vtep = match opts.to {
         Some(to) => g.vteps.iter().find(|v| v.address.contains(&to)),

@@ -159,15 +159,8 @@ pub fn routes(text: &str) -> Vec<Route> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixture;
     use crate::observe;
-
-    fn fixture(name: &str) -> String {
-        std::fs::read_to_string(format!(
-            "{}/tests/fixtures/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
-    }
 
     #[test]
     fn text_and_json_of_the_same_guest_read_the_same() {
