@@ -36,8 +36,10 @@ deps)
     export DEBIAN_FRONTEND=noninteractive
     pkgs={{ apt | join(sep=" ") | sh }}{% if git %}" git"{% endif %}
     # shellcheck disable=SC2086
-    { apt-get install -y -q --no-install-recommends $pkgs ||
-      { apt-get update -q && apt-get install -y -q --no-install-recommends $pkgs; }; } && ok=yes
+    # Another apt may hold the lock (parallel builds on one host): wait for it.
+    lock="-o DPkg::Lock::Timeout=300"
+    { apt-get $lock install -y -q --no-install-recommends $pkgs ||
+      { apt-get $lock update -q && apt-get $lock install -y -q --no-install-recommends $pkgs; }; } && ok=yes
   elif have dnf; then
     pkgs={{ dnf | join(sep=" ") | sh }}{% if git %}" git"{% endif %}
     # shellcheck disable=SC2086

@@ -339,3 +339,37 @@ fn an_ip_without_json_output_is_read_from_its_text() {
     assert_eq!(code, 0);
     lab.down_leaves_nothing();
 }
+
+#[test]
+fn a_git_source_is_cloned_at_its_ref_and_built() {
+    let work = tempfile::tempdir().unwrap();
+    // A local repository stands in for a remote one: no traffic leaves the host.
+    fake_tarball(work.path(), "repo", "echo configured from git");
+    sh(&format!(
+        "cd '{}/repo' && git init -q && git add -A && \
+         git -c user.name=vxlab -c user.email=vxlab@localhost commit -q -m fake && \
+         git tag v6.1.0",
+        work.path().display()
+    ));
+    let lab = Lab::shipped("two-netns.yaml", "t-git", &[("192.168.10.", "192.168.51.")]);
+    lab.append(&format!(
+        "iproute2:\n  build: always\n  source: file://{}/repo\n  ref: v6.1.0\n",
+        work.path().display()
+    ));
+    let (code, r) = lab.up();
+    assert_eq!(code, 0, "{r:#}");
+    let b = &guest(&r, "vm-a")["iproute2"]["build"];
+    assert!(
+        b["source"].as_str().unwrap().ends_with("/repo (v6.1.0)"),
+        "{b}"
+    );
+    let logs: String = ["vm-a", "vm-b"]
+        .iter()
+        .map(|g| {
+            std::fs::read_to_string(lab.state.path().join(format!("t-git/iproute2-{g}.log")))
+                .unwrap()
+        })
+        .collect();
+    assert!(logs.contains("configured from git"), "{logs}");
+    lab.down_leaves_nothing();
+}
