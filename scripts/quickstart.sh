@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh Debian/Ubuntu host, as root: install, build, build the guest image
 # (offline, from the host's Debian mirror; once), bring the seed lab up on two virtual
-# machines, check it, show it, and take it down again.
+# machines, check it, show what a student must see (the FDB explained, and the first ARP
+# request flooded to 239.1.1.1 on the wire, the rest unicast), and take it down again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh
@@ -12,5 +13,7 @@ $vxlab validate labs/two-vm.yaml
 $vxlab plan labs/two-vm.yaml
 $vxlab up labs/two-vm.yaml
 $vxlab check two-vm
+$vxlab show vm-a fdb
+$vxlab capture vm-a --count 2
 $vxlab status
 $vxlab down two-vm

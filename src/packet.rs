@@ -129,10 +129,11 @@ impl std::fmt::Display for Inner {
 }
 
 impl VxlanPacket {
-    /// One line: outer addresses with multicast or unicast, port, VNI, inner summary.
+    /// One line: outer addresses with multicast or unicast, port, VNI, inner Ethernet
+    /// addresses and the inner packet.
     pub fn summary(&self) -> String {
         format!(
-            "{} > {} ({}) udp {} vni {}: {}",
+            "{} > {} ({}) udp {} vni {} | {} > {}: {}",
             self.outer_src,
             self.outer_dst,
             if self.multicast {
@@ -142,6 +143,8 @@ impl VxlanPacket {
             },
             self.udp_dst,
             self.vni,
+            self.inner_src,
+            self.inner_dst,
             self.inner
         )
     }
@@ -370,7 +373,8 @@ mod tests {
         assert_eq!(p.udp_dst, 4789);
         assert_eq!(
             p.summary(),
-            "192.168.10.2 > 239.1.1.1 (multicast) udp 4789 vni 42: ARP who-has 192.168.42.3 tell 192.168.42.2"
+            "192.168.10.2 > 239.1.1.1 (multicast) udp 4789 vni 42 | 02:19:00:00:2a:01 > \
+             ff:ff:ff:ff:ff:ff: ARP who-has 192.168.42.3 tell 192.168.42.2"
         );
         // Another port is not this lab's VXLAN.
         assert_eq!(

@@ -373,3 +373,28 @@ fn a_git_source_is_cloned_at_its_ref_and_built() {
     assert!(logs.contains("configured from git"), "{logs}");
     lab.down_leaves_nothing();
 }
+
+#[test]
+fn a_kernel_before_3_7_is_refused_naming_the_guest_and_its_kernel() {
+    let work = tempfile::tempdir().unwrap();
+    // A `uname` that reports Debian 7's kernel, as an old guest would.
+    let bin = work.path().join("old-kernel");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("uname"), "#!/bin/sh\necho 3.2.0-4-amd64\n").unwrap();
+    std::fs::set_permissions(bin.join("uname"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut lab = Lab::shipped(
+        "two-netns.yaml",
+        "t-oldk",
+        &[("192.168.10.", "192.168.52.")],
+    );
+    lab.path_first.push(bin);
+    let out = lab.run(&["up", lab.file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(
+        e.contains("kernel 3.2.0-4-amd64 is too old for vxlan: it needs 3.7 or newer"),
+        "{e}"
+    );
+    assert!(e.contains("guest vm-a") || e.contains("guest vm-b"), "{e}");
+    lab.down_leaves_nothing();
+}
