@@ -53,7 +53,7 @@ pub enum ImageError {
 
 /// What `vxlab image build` puts in an image, written into it as `recipe`; a named image
 /// built by another recipe is rebuilt, not used.
-pub const RECIPE: &str = "recipe 2: iproute2 build tools";
+pub const RECIPE: &str = "recipe 3: iproute2 build tools, vxlab-seed instead of cloud-init";
 
 /// A bootable image.
 #[derive(Debug, Clone, PartialEq)]

@@ -191,6 +191,24 @@ impl LibvirtDriver {
                 ),
             ),
         ];
+        // The same facts as plain files, for images vxlab builds: their vxlab-seed service
+        // applies them in a fraction of cloud-init's time.
+        let plain = [
+            ("vxlab-hostname", format!("{}\n", g.name)),
+            (
+                "vxlab-authorized_keys",
+                format!("{}\n", client.public.trim()),
+            ),
+            ("vxlab-ssh_host_ed25519_key", private.clone()),
+            (
+                "vxlab-ssh_host_ed25519_key.pub",
+                format!("{}\n", host_key.public.trim()),
+            ),
+            ("vxlab-mac", format!("{}\n", g.underlay_mac)),
+            ("vxlab-interface", format!("{}\n", g.interface)),
+            ("vxlab-address", format!("{}\n", g.underlay)),
+        ];
+        let docs: Vec<(&str, String)> = docs.into_iter().chain(plain).collect();
         let mut files = Vec::new();
         // user-data carries the guest's private host key: its directory is root's alone, and
         // the seed disk is made 0600 before the documents go in (libvirt relabels the disk
@@ -369,7 +387,9 @@ impl Driver for LibvirtDriver {
         let mut stage = "booting";
         ssh::wait_for_port(g.underlay.addr(), BOOT_TIMEOUT, &mut || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let now = if text.contains("Cloud-init") || text.contains("cloud-init") {
+            let now = if text.contains("vxlab-seed") {
+                "seeded, starting SSH"
+            } else if text.contains("Cloud-init") || text.contains("cloud-init") {
                 "cloud-init"
             } else {
                 "booting"
