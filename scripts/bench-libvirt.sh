@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: `vxlab up` wall time of the seed lab with 1 and 2 libvirt guests, beside the bare
-# boot-to-SSH time of the same image started by hand (overlay, cloud-init seed with a static
-# address, `virsh create`, wait for port 22), guests started together. Needs root, libvirtd
+# boot-to-SSH time of the same image started by hand (overlay, a seed disk with the vxlab-*
+# files its vxlab-seed service reads: name, keys, static address; `virsh create`, wait for
+# port 22), guests started together. Needs root, libvirtd
 # and the debian-12 image (`vxlab image build`). Prints seconds and the ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,11 +29,14 @@ bare() { # N: boot N guests by hand and wait for all their SSH ports
   for i in $(seq 1 "$n"); do
     ip=192.168.10.$((i + 1)); d=$work/g$i; mkdir -p "$d"; chmod 755 "$d"
     qemu-img create -q -f qcow2 -F qcow2 -b "$IMG/base.qcow2" "$d/disk.qcow2"
-    printf '#cloud-config\ndisable_root: false\nssh_authorized_keys: ["%s"]\n' "$(cat "$work/key.pub")" > "$d/user-data"
-    printf 'instance-id: bench-%s\n' "$i" > "$d/meta-data"
-    printf 'version: 2\nethernets:\n  eth0:\n    match: {macaddress: "52:54:00:aa:00:%02x"}\n    set-name: eth0\n    addresses: [%s/24]\n' "$i" "$ip" > "$d/network-config"
+    echo "bench-$i" > "$d/vxlab-hostname"
+    cp "$work/key.pub" "$d/vxlab-authorized_keys"
+    ssh-keygen -q -t ed25519 -N '' -f "$d/vxlab-ssh_host_ed25519_key" <<<y >/dev/null
+    printf '52:54:00:aa:00:%02x\n' "$i" > "$d/vxlab-mac"
+    echo eth0 > "$d/vxlab-interface"
+    echo "$ip/24" > "$d/vxlab-address"
     mkfs.vfat -n cidata -C "$d/seed.img" 1024 >/dev/null
-    mcopy -i "$d/seed.img" "$d/user-data" "$d/meta-data" "$d/network-config" ::
+    mcopy -i "$d/seed.img" "$d"/vxlab-* ::
     cat > "$d/dom.xml" <<XML
 <domain type='qemu'><name>bench-$i</name><memory unit='MiB'>512</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='q35'>hvm</type><kernel>$IMG/vmlinuz</kernel><initrd>$IMG/initrd.img</initrd>
