@@ -415,7 +415,16 @@ impl Engine {
 
     /// Everything a student would look at in one guest, in one batch: links, addresses, the
     /// groups joined on the underlay interface, each vxlan device's FDB.
-    pub fn observe(&self, g: &GuestPlan) -> Result<(GuestState, Readiness), EngineError> {
+    pub fn observe(&self, g: &GuestPlan) -> Result<GuestState, EngineError> {
+        self.read_guest(g, false).map(|(st, _)| st)
+    }
+
+    /// [`Engine::observe`], with the readiness check in the same batch when `ready`.
+    fn read_guest(
+        &self,
+        g: &GuestPlan,
+        ready: bool,
+    ) -> Result<(GuestState, Option<Readiness>), EngineError> {
         let tools = self.tools_of(g);
         let json = tools.json;
         let mut cmds = vec![
@@ -428,12 +437,12 @@ impl Engine {
                 .iter()
                 .map(|v| observe::commands::fdb(json, &v.device)),
         );
-        let ip = tools.ip;
-        let ready = iproute2::readiness_commands(&ip);
         let n = cmds.len();
-        cmds.extend(ready);
+        if ready {
+            cmds.extend(iproute2::readiness_commands(&tools.ip));
+        }
         let outs = self.batch(g, &cmds, false)?;
-        let readiness = tools::readiness_from(&ip, &outs[n..]);
+        let readiness = ready.then(|| Readiness::from_outputs(&tools.ip, &outs[n..]));
         let outs = &outs[..n];
         let mut st = self.links_from(g, &cmds, outs)?;
         st.groups = Self::parse(g, observe::read_groups(json, &outs[2].stdout))?;
@@ -458,13 +467,13 @@ impl Engine {
         let mut observed = BTreeMap::new();
         let mut readiness = BTreeMap::new();
         let seen = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
-            self.observe(g)
+            self.read_guest(g, true)
         });
         for (g, r) in plan.guests.iter().zip(seen) {
             match r {
                 Ok((s, ready)) => {
                     observed.insert(g.name.clone(), s);
-                    readiness.insert(g.name.clone(), ready);
+                    readiness.extend(ready.map(|r| (g.name.clone(), r)));
                 }
                 Err(e) => notes.push(e.to_string()),
             }

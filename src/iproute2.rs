@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::host::process::Output;
+
 /// Oldest kernel with the vxlan driver.
 pub const MIN_KERNEL: (u32, u32) = (3, 7);
 
@@ -75,17 +77,6 @@ pub fn readiness_commands(ip: &str) -> Vec<Vec<String>> {
     ]
 }
 
-/// What one readiness command printed.
-#[derive(Debug, Clone, Default)]
-pub struct Printed {
-    /// Whether it exited 0.
-    pub success: bool,
-    /// Standard output.
-    pub stdout: String,
-    /// Standard error.
-    pub stderr: String,
-}
-
 /// Whether a guest can run the lab's vxlan commands.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Readiness {
@@ -107,8 +98,15 @@ pub struct Readiness {
 
 impl Readiness {
     /// Reads the outputs of [`readiness_commands`], in order.
-    pub fn from_outputs(ip: &str, outs: &[Printed]) -> Readiness {
-        let get = |i: usize| outs.get(i).cloned().unwrap_or_default();
+    pub fn from_outputs(ip: &str, outs: &[Output]) -> Readiness {
+        // A command that did not run counts as failed.
+        let get = |i: usize| {
+            outs.get(i).cloned().unwrap_or(Output {
+                status: -1,
+                stdout: String::new(),
+                stderr: String::new(),
+            })
+        };
         let kernel = get(0).stdout.trim().to_string();
         let help = get(2);
         let json = get(3);
@@ -117,11 +115,11 @@ impl Readiness {
             ip: ip.to_string(),
             kernel_ok: kernel_version(&kernel).is_some_and(|v| v >= MIN_KERNEL),
             kernel,
-            module: get(1).success,
+            module: get(1).success(),
             ip_vxlan: link_types(&format!("{}\n{}", help.stdout, help.stderr))
                 .iter()
                 .any(|t| t == "vxlan"),
-            ip_json: json.success && json.stdout.trim_start().starts_with('['),
+            ip_json: json.success() && json.stdout.trim_start().starts_with('['),
             ip_version: first_line(if version.stdout.trim().is_empty() {
                 &version.stderr
             } else {
@@ -329,8 +327,8 @@ mod tests {
     use crate::fixture;
 
     fn ready(help_stdout: &str, help_stderr: &str, json: &str) -> Readiness {
-        let out = |ok: bool, o: &str, e: &str| Printed {
-            success: ok,
+        let out = |ok: bool, o: &str, e: &str| Output {
+            status: if ok { 0 } else { 255 },
             stdout: o.into(),
             stderr: e.into(),
         };

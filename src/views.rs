@@ -12,19 +12,6 @@ use crate::lab::{Flood, Mac};
 use crate::observe::{FdbEntry, GroupMembership, GuestState, Route};
 use crate::plan::{GuestPlan, Plan};
 
-/// A part of `vxlab show`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Section {
-    /// Links.
-    Link,
-    /// Multicast groups.
-    Maddr,
-    /// Forwarding databases.
-    Fdb,
-    /// Routes.
-    Route,
-}
-
 /// One row of a table: the cells and what the row means.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {

@@ -25,7 +25,7 @@ impl Engine {
 
     /// Everything `vxlab show` shows of one guest: links, groups, FDBs and routes.
     pub fn inspect(&self, g: &GuestPlan) -> Result<(GuestState, Vec<Route>), EngineError> {
-        let (st, _) = self.observe(g)?;
+        let st = self.observe(g)?;
         let json = self.tools_of(g).json;
         let v6 = g.underlay.addr().is_ipv6() || g.vteps.iter().any(|v| v.address.addr().is_ipv6());
         let mut cmds = vec![observe::commands::routes(json, false)];
@@ -43,7 +43,7 @@ impl Engine {
     /// Forgets what `g` learned on `vtep`: its neighbours on the device and the FDB entries
     /// learned from received frames (the flood and static entries stay).
     pub(super) fn forget(&self, g: &GuestPlan, vtep: &VtepPlan) -> Result<(), EngineError> {
-        let (st, _) = self.observe(g)?;
+        let st = self.observe(g)?;
         let mut forget = vec![["ip", "neigh", "flush", "dev", &vtep.device]
             .map(String::from)
             .to_vec()];

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Engine, EngineError};
 use crate::builder::{self, BuildError, GuestSite, HostSite, Recipe};
-use crate::host::process::Output;
-use crate::iproute2::{self, BuildInfo, BuildMode, Printed, Readiness, Tools};
+use crate::iproute2::{self, BuildInfo, BuildMode, Readiness, Tools};
 use crate::plan::GuestPlan;
 
 /// Where the host keeps iproute2 builds: `$VXLAB_CACHE_DIR/iproute2`, else
@@ -18,26 +17,13 @@ pub fn host_build_root() -> PathBuf {
         .join("iproute2")
 }
 
-/// Reads what [`iproute2::readiness_commands`] printed.
-pub fn readiness_from(ip: &str, outs: &[Output]) -> Readiness {
-    let printed: Vec<Printed> = outs
-        .iter()
-        .map(|o| Printed {
-            success: o.success(),
-            stdout: o.stdout.clone(),
-            stderr: o.stderr.clone(),
-        })
-        .collect();
-    Readiness::from_outputs(ip, &printed)
-}
-
 impl Engine {
     /// Asks the guest's kernel and `ip` whether they can run vxlan.
     fn readiness(&self, g: &GuestPlan, ip: &str) -> Result<Readiness, EngineError> {
         let outs = self
             .driver
             .exec_batch(g, &iproute2::readiness_commands(ip), false)?;
-        Ok(readiness_from(ip, &outs))
+        Ok(Readiness::from_outputs(ip, &outs))
     }
 
     /// Decides which `ip` and `bridge` the guest is configured with, building iproute2 when

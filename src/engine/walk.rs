@@ -53,7 +53,7 @@ pub fn stage_of(g: &GuestPlan, step: &Step) -> StageKind {
 impl Engine {
     fn observe_all(&self, plan: &Plan) -> Result<BTreeMap<String, GuestState>, EngineError> {
         let seen = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
-            self.observe(g).map(|(s, _)| (g.name.clone(), s))
+            self.observe(g).map(|s| (g.name.clone(), s))
         });
         seen.into_iter().collect()
     }
