@@ -7,13 +7,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::builder::Recipe;
+use crate::driver::libvirt::image::{self, Image, ImageError};
 use crate::driver::libvirt::{LibvirtDriver, Unreachable};
 use crate::driver::netns::NetnsDriver;
 use crate::driver::Driver;
 use crate::engine::{Engine, EngineError, Outcome};
 use crate::host::netlink::Netlink;
 use crate::host::process;
-use crate::image::{self, Image, ImageError};
 use crate::lab::{self, instance, DriverKind, Lab, LabError, LoadError};
 use crate::plan::{self, Plan};
 use crate::progress::Progress;

@@ -6,7 +6,6 @@
 //! [`report`]ed. [`state`] records every resource before it is created, so `down` removes all of
 //! it, even after an `up` that died half-way.
 
-pub mod accel;
 pub mod builder;
 pub mod cli;
 pub mod commands;
@@ -14,7 +13,6 @@ pub mod driver;
 pub mod engine;
 pub mod graph;
 pub mod host;
-pub mod image;
 pub mod iproute2;
 pub mod lab;
 pub mod observe;
@@ -22,7 +20,6 @@ pub mod packet;
 pub mod plan;
 pub mod progress;
 pub mod report;
-pub mod ssh;
 pub mod state;
 pub mod templates;
 pub mod verify;

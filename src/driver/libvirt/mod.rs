@@ -16,13 +16,17 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::error::ErrorNumber;
 
-use super::{Driver, DriverError};
-use crate::accel::{self, Choice};
+pub mod accel;
+pub mod image;
+pub mod ssh;
+
+use self::accel::Choice;
+use self::image::Image;
+use self::ssh::{Connection, KeyPair};
+use crate::driver::{Driver, DriverError};
 use crate::host::process::{self, Output};
-use crate::image::Image;
 use crate::lab::{Accel, Lab};
 use crate::plan::{GuestPlan, Plan};
-use crate::ssh::{self, Connection, KeyPair};
 use crate::state::Resource;
 use crate::templates::render;
 
@@ -261,7 +265,7 @@ impl LibvirtDriver {
                 .as_ref()
                 .map(|i| i.kernel.clone())
                 .unwrap_or_default();
-            let cache = crate::image::cache_dir().join("accel-probe");
+            let cache = self::image::cache_dir().join("accel-probe");
             let c = accel::choose(self.accel, &kernel, &cache);
             (self.say)(&c.reason);
             c
