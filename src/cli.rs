@@ -31,9 +31,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Create the lab (or converge a running one), run its checks and report.
+    /// Create the lab, or repair a running one to its plan; run its checks and report.
     Up {
-        /// Lab file.
+        /// Lab file, or a running lab's name.
         lab: PathBuf,
         /// Print the report as JSON.
         #[arg(long)]
@@ -106,6 +106,17 @@ pub enum Command {
     Check {
         /// Lab file or name; may be left out when one lab is running.
         lab: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Return a running lab (or one guest) to its plan and forget what the VTEPs learned, so the
+    /// lesson can be done again; a guest that does not answer is created anew.
+    Reset {
+        /// Lab file or name (a workshop copy's name resets that copy).
+        lab: PathBuf,
+        /// Only this guest.
+        guest: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -193,6 +204,18 @@ pub enum ShowWhat {
     Route,
 }
 
+impl ShowWhat {
+    fn section(self) -> crate::views::Section {
+        use crate::views::Section;
+        match self {
+            ShowWhat::Link => Section::Link,
+            ShowWhat::Maddr => Section::Maddr,
+            ShowWhat::Fdb => Section::Fdb,
+            ShowWhat::Route => Section::Route,
+        }
+    }
+}
+
 /// Formats of `vxlab graph`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum GraphFormat {
@@ -202,6 +225,17 @@ pub enum GraphFormat {
     Mermaid,
     /// SVG, drawn by Graphviz's `dot`.
     Svg,
+}
+
+impl GraphFormat {
+    fn format(self) -> crate::graph::Format {
+        use crate::graph::Format;
+        match self {
+            GraphFormat::Dot => Format::Dot,
+            GraphFormat::Mermaid => Format::Mermaid,
+            GraphFormat::Svg => Format::Svg,
+        }
+    }
 }
 
 /// Runs the command line; returns the exit status.
@@ -224,7 +258,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             guest,
             what,
             json,
-        } => commands::show(lab.as_deref(), &guest, what, json),
+        } => commands::show(lab.as_deref(), &guest, what.map(ShowWhat::section), json),
         Command::Capture {
             lab,
             guest,
@@ -248,8 +282,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             lab,
             format,
             output,
-        } => commands::graph(&lab, format, output.as_deref()),
+        } => commands::graph(&lab, format.format(), output.as_deref()),
         Command::Check { lab, json } => commands::check(lab.as_deref(), json),
+        Command::Reset { lab, guest, json } => commands::reset(&lab, guest.as_deref(), json),
         Command::Down { lab, instance, all } => {
             commands::down_instances(lab.as_deref(), instance.as_deref(), all)
         }

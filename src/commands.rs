@@ -11,17 +11,20 @@ use crate::driver::libvirt::image::{self, Image, ImageError};
 use crate::driver::libvirt::{LibvirtDriver, Unreachable};
 use crate::driver::netns::NetnsDriver;
 use crate::driver::Driver;
-use crate::engine::{Engine, EngineError, Outcome};
+use crate::engine::{Engine, EngineError};
 use crate::host::netlink::Netlink;
-use crate::host::process;
+use crate::host::{process, LocalHost};
 use crate::lab::{self, instance, DriverKind, Lab, LabError, LoadError};
+use crate::outcome::Outcome;
 use crate::plan::{self, Plan};
 use crate::progress::Progress;
 use crate::report;
 use crate::state::{StateDir, StateError, LAB_COPY};
 
+mod status;
 mod teach;
 
+pub use status::status;
 pub use teach::{capture, graph, show, walk, CaptureOptions};
 
 /// Exit statuses, after sysexits where one fits.
@@ -92,9 +95,14 @@ fn load(path: &Path) -> Result<Lab> {
     })
 }
 
-fn require_root(command: &'static str) -> Result<()> {
+/// Whether vxlab runs as root.
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn require_root(command: &'static str) -> Result<()> {
+    if !is_root() {
         return Err(HostError::NotRoot(command).into());
     }
     Ok(())
@@ -135,7 +143,7 @@ fn engine(lab: &Lab, image: Option<Image>) -> Result<Engine> {
     let netlink = Arc::new(Netlink::open()?);
     Ok(Engine::new(
         driver(lab, &netlink, image)?,
-        netlink,
+        Arc::new(LocalHost::new(netlink)),
         StateDir::from_env(),
     ))
 }
@@ -191,10 +199,33 @@ fn print_outcome(plan: &Plan, o: &Outcome, json: bool) -> Result<u8> {
     })
 }
 
-/// `vxlab up LAB`
-pub fn up(path: &Path, json: bool) -> Result<u8> {
-    let lab = load(path)?;
-    let (p, o) = up_one(&lab, path, &Progress::new())?;
+/// `vxlab up LAB`: a lab file, or the name of a running lab (converged to its recorded file).
+pub fn up(arg: &Path, json: bool) -> Result<u8> {
+    let (lab, path) = if arg.is_file() {
+        (load(arg)?, arg.to_path_buf())
+    } else {
+        resolve(Some(arg)).with_context(|| {
+            format!(
+                "{} is neither a lab file nor a running lab's name",
+                arg.display()
+            )
+        })?
+    };
+    let (p, o) = up_one(&lab, &path, &Progress::new())?;
+    print_outcome(&p, &o, json)
+}
+
+/// `vxlab reset LAB [GUEST]`
+pub fn reset(arg: &Path, guest: Option<&str>, json: bool) -> Result<u8> {
+    require_root("reset")?;
+    let (lab, _) = resolve(Some(arg))?;
+    let p = plan::plan(&lab);
+    let o = engine(&lab, image_for(&lab)?)?
+        .reset(&p, guest, &Progress::new())
+        .with_context(|| match guest {
+            Some(g) => format!("while resetting {g} in lab {}", lab.name),
+            None => format!("while resetting lab {}", lab.name),
+        })?;
     print_outcome(&p, &o, json)
 }
 
@@ -292,7 +323,7 @@ pub fn up_instances(
         Progress::hidden()
     };
     // A few labs at a time: each one's guests are already brought up in parallel.
-    let results = crate::engine::parallel_map(&labs, 4, |lab| up_one(lab, path, &ui));
+    let results = crate::parallel::parallel_map(&labs, 4, |lab| up_one(lab, path, &ui));
     let mut reports = Vec::new();
     let mut all_ok = true;
     let mut first_err = None;
@@ -353,7 +384,7 @@ pub fn down_instances(arg: Option<&Path>, instance: Option<&str>, all: bool) -> 
     if names.is_empty() {
         eprintln!("no instance of {base} is running; nothing to remove");
     }
-    let results = crate::engine::parallel_map(&names, 4, |n| down(Some(Path::new(n))));
+    let results = crate::parallel::parallel_map(&names, 4, |n| down(Some(Path::new(n))));
     for r in results {
         r?;
     }
@@ -361,11 +392,12 @@ pub fn down_instances(arg: Option<&Path>, instance: Option<&str>, all: bool) -> 
 }
 
 fn down_hint(e: EngineError, lab: &str) -> anyhow::Error {
-    match e {
-        EngineError::State(StateError::Busy { .. }) => e.into(),
-        other => anyhow::Error::new(other).context(format!(
+    if e.before_anything() {
+        e.into()
+    } else {
+        anyhow::Error::new(e).context(format!(
             "the lab is left part-way; `vxlab down {lab}` removes all of it"
-        )),
+        ))
     }
 }
 
@@ -423,75 +455,6 @@ pub fn down(arg: Option<&Path>) -> Result<u8> {
         eprintln!("note: {n}");
     }
     eprintln!("lab {} removed", lab.name);
-    Ok(exit::OK)
-}
-
-/// `vxlab status`: running labs, workshop instances with the lab they copy, and health.
-pub fn status(json: bool) -> Result<u8> {
-    let state = StateDir::from_env();
-    let mut rows = Vec::new();
-    for name in state.labs() {
-        let row = match resolve(Some(Path::new(&name))) {
-            Err(e) => serde_json::json!({"lab": name, "health": format!("unreadable: {e}")}),
-            Ok((lab, _)) => {
-                let p = plan::plan(&lab);
-                let health = match engine(&lab, None) {
-                    Err(e) => format!("{e}"),
-                    Ok(eng) => {
-                        let bad: Vec<String> = eng
-                            .health(&p)
-                            .into_iter()
-                            .filter_map(|(g, r)| r.err().map(|e| format!("{g}: {e}")))
-                            .collect();
-                        if bad.is_empty() {
-                            "healthy".into()
-                        } else {
-                            bad.join("; ")
-                        }
-                    }
-                };
-                serde_json::json!({
-                    "lab": name,
-                    "instance_of": lab.instance.as_ref().map(|i| &i.base),
-                    "instance": lab.instance.as_ref().map(|i| &i.name),
-                    "driver": lab.driver.to_string(),
-                    "guests": lab.guests.len(),
-                    "bridge": lab.underlay.bridge,
-                    "underlay": lab.underlay.subnet.to_string(),
-                    "health": health,
-                })
-            }
-        };
-        rows.push(row);
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else if rows.is_empty() {
-        println!("no lab is running");
-    } else {
-        let text = |v: &serde_json::Value, k: &str| match &v[k] {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => "-".into(),
-            other => other.to_string(),
-        };
-        println!(
-            "{:<24} {:<16} {:<8} {:<8} {:>6}  {:<15} {:<18} HEALTH",
-            "LAB", "INSTANCE OF", "INSTANCE", "DRIVER", "GUESTS", "BRIDGE", "UNDERLAY"
-        );
-        for r in &rows {
-            println!(
-                "{:<24} {:<16} {:<8} {:<8} {:>6}  {:<15} {:<18} {}",
-                text(r, "lab"),
-                text(r, "instance_of"),
-                text(r, "instance"),
-                text(r, "driver"),
-                text(r, "guests"),
-                text(r, "bridge"),
-                text(r, "underlay"),
-                text(r, "health")
-            );
-        }
-    }
     Ok(exit::OK)
 }
 

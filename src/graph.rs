@@ -8,6 +8,17 @@ use std::fmt::Write;
 use crate::lab::Flood;
 use crate::plan::{Plan, VtepPlan};
 
+/// The formats of `vxlab graph`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Graphviz DOT.
+    Dot,
+    /// A Mermaid flowchart, to paste into Markdown.
+    Mermaid,
+    /// SVG, drawn from the DOT by Graphviz's `dot`.
+    Svg,
+}
+
 /// A string as a DOT quoted ID; line breaks become DOT's `\n`.
 fn dq(s: &str) -> String {
     let escaped = s

@@ -55,28 +55,6 @@ pub fn rpm_build_deps(dnf: bool) -> Vec<&'static str> {
     v
 }
 
-fn argv(words: &[&str]) -> Vec<String> {
-    words.iter().map(|w| w.to_string()).collect()
-}
-
-/// The readiness commands for a guest whose `ip` is `ip`, in the order
-/// [`Readiness::from_outputs`] reads them.
-pub fn readiness_commands(ip: &str) -> Vec<Vec<String>> {
-    vec![
-        argv(&["uname", "-r"]),
-        // Loaded or built in, or a module modprobe can find.
-        argv(&[
-            "sh",
-            "-c",
-            "test -d /sys/module/vxlan || modprobe -n -q vxlan",
-        ]),
-        // Old releases print the help, type list included, on stderr.
-        argv(&[ip, "link", "help"]),
-        argv(&[ip, "-j", "link", "show", "dev", "lo"]),
-        argv(&[ip, "-V"]),
-    ]
-}
-
 /// Whether a guest can run the lab's vxlan commands.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Readiness {
@@ -97,7 +75,7 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Reads the outputs of [`readiness_commands`], in order.
+    /// Reads the outputs of [`crate::guest_command::readiness`], in order.
     pub fn from_outputs(ip: &str, outs: &[Output]) -> Readiness {
         // A command that did not run counts as failed.
         let get = |i: usize| {
@@ -211,21 +189,6 @@ impl Default for Tools {
             version: String::new(),
             build: None,
         }
-    }
-}
-
-impl Tools {
-    /// `argv` with `ip` and `bridge` replaced by these tools.
-    pub fn apply(&self, argv: &[String]) -> Vec<String> {
-        let mut out = argv.to_vec();
-        if let Some(first) = out.first_mut() {
-            if first == "ip" {
-                first.clone_from(&self.ip);
-            } else if first == "bridge" {
-                first.clone_from(&self.bridge);
-            }
-        }
-        out
     }
 }
 

@@ -11,41 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::lab::Mac;
 
-/// Commands that read a guest's state; with `json` each prints JSON (`-j`), otherwise text.
-pub mod commands {
-    /// Every link with details: `ip -j -d link show`.
-    pub fn links(json: bool) -> Vec<String> {
-        argv(json, &["ip", "-d", "link", "show"])
-    }
-    /// Every address: `ip -j addr show`.
-    pub fn addresses(json: bool) -> Vec<String> {
-        argv(json, &["ip", "addr", "show"])
-    }
-    /// Multicast memberships of `dev`: `ip -j maddr show dev DEV`.
-    pub fn groups(json: bool, dev: &str) -> Vec<String> {
-        argv(json, &["ip", "maddr", "show", "dev", dev])
-    }
-    /// Forwarding database of a vxlan device: `bridge -j fdb show dev DEV`.
-    pub fn fdb(json: bool, dev: &str) -> Vec<String> {
-        argv(json, &["bridge", "fdb", "show", "dev", dev])
-    }
-    /// The routing table, IPv4 and IPv6: `ip -j route show table main`, `ip -j -6 route ...`.
-    pub fn routes(json: bool, v6: bool) -> Vec<String> {
-        if v6 {
-            argv(json, &["ip", "-6", "route", "show"])
-        } else {
-            argv(json, &["ip", "route", "show"])
-        }
-    }
-    fn argv(json: bool, a: &[&str]) -> Vec<String> {
-        let mut v: Vec<String> = a.iter().map(|s| s.to_string()).collect();
-        if json {
-            v.insert(1, "-j".into());
-        }
-        v
-    }
-}
-
 /// One route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Route {
@@ -88,6 +53,42 @@ pub fn read_routes(json: bool, out: &str) -> Result<Vec<Route>, ParseError> {
             dev: r.dev,
             protocol: r.protocol,
             prefsrc: r.prefsrc,
+        })
+        .collect())
+}
+
+/// One neighbour entry (ARP or ND) on a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Neighbour {
+    /// The neighbour's address.
+    pub dst: IpAddr,
+    /// Its MAC, when resolved.
+    pub lladdr: Option<Mac>,
+    /// Set by hand (`permanent`), not learned.
+    pub permanent: bool,
+}
+
+#[derive(Deserialize)]
+struct JNeigh {
+    dst: IpAddr,
+    #[serde(default)]
+    lladdr: Option<String>,
+    #[serde(default)]
+    state: Vec<String>,
+}
+
+/// Parses `ip -j neigh show`, or its text form when `json` is false.
+pub fn read_neighbours(json: bool, out: &str) -> Result<Vec<Neighbour>, ParseError> {
+    if !json {
+        return Ok(text::neighbours(out));
+    }
+    let raw: Vec<JNeigh> = parse("ip -j neigh show", out)?;
+    Ok(raw
+        .into_iter()
+        .map(|n| Neighbour {
+            dst: n.dst,
+            lladdr: n.lladdr.and_then(|m| m.parse().ok()),
+            permanent: n.state.iter().any(|s| s == "PERMANENT"),
         })
         .collect())
 }
@@ -141,6 +142,9 @@ pub struct Link {
     pub up: bool,
     /// The vxlan parameters, when the device is a vxlan.
     pub vxlan: Option<VxlanParams>,
+    /// How the kernel makes the device's IPv6 link-local address (`eui64`, `none`, ...), when
+    /// `ip` says.
+    pub addrgenmode: Option<String>,
     /// Addresses on the device.
     pub addresses: Vec<IpNet>,
 }
@@ -191,6 +195,10 @@ pub struct GuestState {
     pub groups: Vec<GroupMembership>,
     /// FDB entries by vxlan device.
     pub fdb: BTreeMap<String, Vec<FdbEntry>>,
+    /// Neighbours (ARP or ND) by vxlan device.
+    pub neighbours: BTreeMap<String, Vec<Neighbour>>,
+    /// The routing table (IPv4, and IPv6 where the guest has IPv6 addresses in the lab).
+    pub routes: Vec<Route>,
 }
 
 /// Output that is not the JSON vxlab expects.
@@ -224,6 +232,8 @@ struct JLink {
     flags: Vec<String>,
     #[serde(default)]
     linkinfo: Option<JLinkInfo>,
+    #[serde(default)]
+    inet6_addr_gen_mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -275,6 +285,7 @@ pub fn parse_links(json: &str) -> Result<Vec<Link>, ParseError> {
                 up: l.flags.iter().any(|f| f == "UP"),
                 name: l.ifname,
                 vxlan,
+                addrgenmode: l.inet6_addr_gen_mode,
                 addresses: Vec::new(),
             }
         })
@@ -468,6 +479,22 @@ mod tests {
         assert_eq!(a["vxlan0"][0], "192.168.42.2/24".parse::<IpNet>().unwrap());
         assert_eq!(a["vxlan0"][1].to_string(), "fe80::ff:fe00:2a01/64");
         assert_eq!(a["eth0"][0].to_string(), "192.168.77.2/24");
+    }
+
+    #[test]
+    fn neighbours_carry_the_peer_mac() {
+        let n = read_neighbours(true, &fixture("neigh.json")).unwrap();
+        assert_eq!(n[1].dst.to_string(), "192.168.42.3");
+        assert_eq!(n[1].lladdr.unwrap().to_string(), "02:00:00:00:2a:02");
+        assert!(!n[1].permanent);
+        let t = read_neighbours(
+            false,
+            "192.168.42.3 lladdr 02:00:00:00:2a:02 PERMANENT\n192.168.42.4  FAILED\n",
+        )
+        .unwrap();
+        assert_eq!(t[0].lladdr, n[1].lladdr);
+        assert!(t[0].permanent);
+        assert_eq!(t[1].lladdr, None);
     }
 
     #[test]

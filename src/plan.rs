@@ -7,7 +7,13 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::converge::{self, UNDERLAY_MTU};
+use crate::guest_command::{self as cmd, GuestCommand};
 use crate::lab::{BuildMode, Check, DriverKind, Expect, Flood, Lab, Mac};
+use crate::observe::{GuestState, Link, Route};
+
+pub use crate::converge::Step;
+pub use crate::guest_command::{shell_quote, shell_words};
 
 /// Everything `up` will do, by guest.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -41,13 +47,15 @@ pub struct GuestPlan {
     pub host_link: String,
     /// The guest's underlay interface.
     pub interface: String,
-    /// MAC of the underlay interface of a libvirt guest (a namespace's veth picks its own).
+    /// MAC of the underlay interface.
     pub underlay_mac: Mac,
     /// Underlay address with the subnet's prefix length.
     pub underlay: IpNet,
+    /// The underlay interface's MTU.
+    pub underlay_mtu: u32,
     /// The guest's VTEPs.
     pub vteps: Vec<VtepPlan>,
-    /// Commands in order.
+    /// Commands in order: what brings a guest that has nothing yet to the plan.
     pub steps: Vec<Step>,
 }
 
@@ -91,42 +99,6 @@ pub struct Peer {
     pub overlay: IpAddr,
 }
 
-/// One command run in a guest, and what it establishes (so a re-run can skip it).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Step {
-    /// Program and arguments; never a shell string.
-    pub argv: Vec<String>,
-    /// What the command establishes.
-    pub effect: Effect,
-}
-
-/// What a step establishes in the guest.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Effect {
-    /// A setting that is safe to apply again (link up, MAC, MTU).
-    Setting,
-    /// Creates VTEP number `vtep` of this guest.
-    CreateVtep {
-        /// Index into [`GuestPlan::vteps`].
-        vtep: usize,
-    },
-    /// Adds an address to a device.
-    AddAddress {
-        /// Device.
-        dev: String,
-        /// Address.
-        address: IpNet,
-    },
-    /// Adds a head-end replication flood entry.
-    FloodEntry {
-        /// Device.
-        dev: String,
-        /// Peer underlay address.
-        dst: IpAddr,
-    },
-}
-
 /// One ping of the checks.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PingPlan {
@@ -140,8 +112,21 @@ pub struct PingPlan {
     pub vxlan: Option<String>,
     /// Expected outcome.
     pub expect: Expect,
+    /// Whether it crosses the underlay or the overlay.
+    pub over: Network,
     /// The command, as run in `from`.
-    pub argv: Vec<String>,
+    pub command: GuestCommand,
+}
+
+/// The network a ping crosses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The underlay, VTEP to VTEP: asked for only where an overlay ping failed, to tell a
+    /// broken underlay from a broken overlay.
+    Underlay,
+    /// The overlay, through the vxlan devices.
+    Overlay,
 }
 
 impl PingPlan {
@@ -203,51 +188,14 @@ pub fn derived_mac(lab: &str, vni: u32, index: usize) -> Mac {
     ])
 }
 
-fn s(x: impl ToString) -> String {
-    x.to_string()
-}
-
-fn ip_argv(args: &[&str]) -> Vec<String> {
-    std::iter::once("ip")
-        .chain(args.iter().copied())
-        .map(s)
-        .collect()
-}
-
-/// `nodad` for IPv6: duplicate address detection would hold the address back for seconds, and
-/// vxlab already guarantees the addresses are unique.
-fn addr_add(address: IpNet, dev: &str) -> Step {
-    let mut argv = ip_argv(&["addr", "add", &address.to_string(), "dev", dev]);
-    if address.addr().is_ipv6() {
-        argv.push(s("nodad"));
-    }
-    Step {
-        argv,
-        effect: Effect::AddAddress {
-            dev: s(dev),
-            address,
-        },
-    }
-}
-
-fn setting(args: &[&str]) -> Step {
-    Step {
-        argv: ip_argv(args),
-        effect: Effect::Setting,
-    }
-}
-
 /// The command that pings `to` once, waiting at most `wait` seconds for the reply.
-pub fn ping_argv(to: IpAddr, wait: u32) -> Vec<String> {
-    let wait = wait.to_string();
-    ["ping", "-c", "1", "-W", &wait, "-q", &to.to_string()]
-        .map(s)
-        .to_vec()
+pub fn ping_command(to: IpAddr, wait: u32) -> GuestCommand {
+    cmd::ping(to, 1, None, wait)
 }
 
 /// How long a check's ping waits: a namespace answers in microseconds, while a guest under
 /// software emulation that is still finishing its boot can take seconds.
-fn ping_wait(driver: DriverKind) -> u32 {
+pub fn ping_wait(driver: DriverKind) -> u32 {
     match driver {
         DriverKind::Netns => 1,
         DriverKind::Libvirt => 3,
@@ -301,27 +249,19 @@ pub fn plan(lab: &Lab) -> Plan {
                 })
                 .collect();
             let underlay = net(g.address);
-            let mut steps = Vec::new();
-            if lab.driver == DriverKind::Netns {
-                // A libvirt guest's underlay comes up from its own boot configuration.
-                let dev = lab.underlay.interface.as_str();
-                steps.push(setting(&["link", "set", "lo", "up"]));
-                steps.push(addr_add(underlay, dev));
-                steps.push(setting(&["link", "set", dev, "up"]));
-            }
-            for (k, v) in vteps.iter().enumerate() {
-                steps.extend(vtep_steps(k, v, g.address));
-            }
-            GuestPlan {
+            let mut guest = GuestPlan {
                 name: g.name.clone(),
                 instance: instance_name(&lab.name, &g.name),
                 host_link: host_link_name(&lab.name, i),
                 interface: lab.underlay.interface.clone(),
                 underlay_mac: underlay_mac(&lab.name, i),
                 underlay,
+                underlay_mtu: UNDERLAY_MTU,
                 vteps,
-                steps,
-            }
+                steps: Vec::new(),
+            };
+            guest.steps = converge::converge(&guest, &fresh_state(&guest, lab.driver));
+            guest
         })
         .collect();
 
@@ -337,84 +277,39 @@ pub fn plan(lab: &Lab) -> Plan {
     }
 }
 
-fn vtep_steps(k: usize, v: &VtepPlan, local: IpAddr) -> Vec<Step> {
-    let id = v.vni.to_string();
-    let port = v.port.to_string();
-    let mut create = ip_argv(&["link", "add", &v.device, "type", "vxlan", "id", &id]);
-    match &v.flood {
-        Flood::Group(g) => create.extend([s("group"), g.to_string()]),
-        // Without a group the kernel needs the source address to pick the underlay family.
-        Flood::HeadEnd => create.extend([s("local"), local.to_string()]),
+/// A guest as the driver hands it over, before vxlab runs anything in it: a namespace has its
+/// underlay interface down and without an address; a VM has brought its own up at boot.
+pub fn fresh_state(g: &GuestPlan, driver: DriverKind) -> GuestState {
+    let booted = driver == DriverKind::Libvirt;
+    let link = |name: &str, mtu: u32, addresses: Vec<IpNet>| Link {
+        name: name.to_string(),
+        mac: None,
+        mtu,
+        up: booted,
+        vxlan: None,
+        addrgenmode: Some("eui64".into()),
+        addresses,
+    };
+    let mut links = vec![link("lo", 65536, Vec::new())];
+    if booted {
+        links.push(link(&g.interface, g.underlay_mtu, vec![g.underlay]));
+    } else {
+        links.push(link(&g.interface, g.underlay_mtu, Vec::new()));
     }
-    create.extend([s("dev"), v.dev.clone(), s("dstport"), port]);
-    if !v.learning {
-        create.push(s("nolearning"));
+    GuestState {
+        links: links.into_iter().map(|l| (l.name.clone(), l)).collect(),
+        routes: booted
+            .then(|| Route {
+                dst: g.underlay.trunc().to_string(),
+                gateway: None,
+                dev: Some(g.interface.clone()),
+                protocol: Some("kernel".into()),
+                prefsrc: Some(g.underlay.addr()),
+            })
+            .into_iter()
+            .collect(),
+        ..GuestState::default()
     }
-    let mut steps = vec![
-        Step {
-            argv: create,
-            effect: Effect::CreateVtep { vtep: k },
-        },
-        setting(&[
-            "link",
-            "set",
-            "dev",
-            &v.device,
-            "address",
-            &v.mac.to_string(),
-        ]),
-    ];
-    if let Some(mtu) = v.mtu {
-        steps.push(setting(&[
-            "link",
-            "set",
-            "dev",
-            &v.device,
-            "mtu",
-            &mtu.to_string(),
-        ]));
-    }
-    steps.push(setting(&["link", "set", "up", &v.device]));
-    steps.push(addr_add(v.address, &v.device));
-    if v.static_fdb {
-        // `replace` adds or corrects the entry: safe to run again.
-        for p in &v.peers {
-            steps.push(Step {
-                argv: vec![
-                    s("bridge"),
-                    s("fdb"),
-                    s("replace"),
-                    p.mac.to_string(),
-                    s("dev"),
-                    v.device.clone(),
-                    s("dst"),
-                    p.underlay.to_string(),
-                ],
-                effect: Effect::Setting,
-            });
-        }
-    }
-    if v.flood == Flood::HeadEnd {
-        for p in &v.peers {
-            steps.push(Step {
-                argv: vec![
-                    s("bridge"),
-                    s("fdb"),
-                    s("append"),
-                    s("00:00:00:00:00:00"),
-                    s("dev"),
-                    v.device.clone(),
-                    s("dst"),
-                    p.underlay.to_string(),
-                ],
-                effect: Effect::FloodEntry {
-                    dev: v.device.clone(),
-                    dst: p.underlay,
-                },
-            });
-        }
-    }
-    steps
 }
 
 fn pings(lab: &Lab) -> Vec<PingPlan> {
@@ -438,7 +333,8 @@ fn pings(lab: &Lab) -> Vec<PingPlan> {
             to_guest,
             vxlan,
             expect,
-            argv: ping_argv(to, ping_wait(lab.driver)),
+            over: Network::Overlay,
+            command: ping_command(to, ping_wait(lab.driver)),
         });
     };
     // Explicit pairs first, so `ping: all` cannot override an expected failure.
@@ -505,7 +401,7 @@ impl Plan {
                 g.name, g.instance, g.underlay, g.interface
             ));
             for s in &g.steps {
-                out.push_str(&shell_words(&s.argv));
+                out.push_str(&s.command.to_string());
                 out.push('\n');
             }
         }
@@ -516,30 +412,25 @@ impl Plan {
                     Expect::Success => "",
                     Expect::Fail => "   # must fail",
                 };
-                out.push_str(&format!("{}: {}{expect}\n", p.from, shell_words(&p.argv)));
+                out.push_str(&format!("{}: {}{expect}\n", p.from, p.command));
             }
         }
         out
     }
 }
 
-/// Joins argv for display, quoting any word a POSIX shell would split or expand.
-pub fn shell_words(argv: &[String]) -> String {
-    argv.iter()
-        .map(|w| shell_quote(w))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Quotes one word for a POSIX shell; plain words stay as they are.
-pub fn shell_quote(w: &str) -> String {
-    let plain = !w.is_empty()
-        && w.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b));
-    if plain {
-        w.to_string()
-    } else {
-        format!("'{}'", w.replace('\'', "'\\''"))
+impl PingPlan {
+    /// The underlay ping that tells whether `from` reaches `peer`'s VTEP at `underlay`.
+    pub fn underlay(from: &str, peer: &str, underlay: IpAddr, driver: DriverKind) -> PingPlan {
+        PingPlan {
+            from: from.to_string(),
+            to: underlay,
+            to_guest: Some(peer.to_string()),
+            vxlan: None,
+            expect: Expect::Success,
+            over: Network::Underlay,
+            command: ping_command(underlay, ping_wait(driver)),
+        }
     }
 }
 
@@ -560,7 +451,7 @@ mod tests {
             .unwrap()
             .steps
             .iter()
-            .map(|s| shell_words(&s.argv))
+            .map(|s| s.command.to_string())
             .collect()
     }
 
@@ -572,12 +463,13 @@ mod tests {
             [
                 "ip link add vxlan0 type vxlan id 42 group 239.1.1.1 dev eth0 dstport 4789",
                 "ip link set dev vxlan0 address 02:19:00:00:2a:01",
+                "ip link set dev vxlan0 addrgenmode none",
                 "ip link set up vxlan0",
                 "ip addr add 192.168.42.2/24 dev vxlan0",
             ]
         );
         assert_eq!(
-            commands(&p, "vm-b")[3],
+            commands(&p, "vm-b")[4],
             "ip addr add 192.168.42.3/24 dev vxlan0"
         );
     }
@@ -619,13 +511,5 @@ mod tests {
                 ("vm-b".into(), "192.168.42.2".into())
             ]
         );
-    }
-
-    #[test]
-    fn quoting_keeps_plain_words_and_quotes_the_rest() {
-        assert_eq!(shell_quote("192.168.42.2/24"), "192.168.42.2/24");
-        assert_eq!(shell_quote("a b"), "'a b'");
-        assert_eq!(shell_quote("it's"), "'it'\\''s'");
-        assert_eq!(shell_quote(""), "''");
     }
 }

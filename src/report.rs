@@ -1,17 +1,17 @@
 //! What a student must see: per guest, the vxlan device as the kernel sees it, the group joined
 //! on the underlay, the FDB with each entry explained, and the ping matrix.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::engine::Outcome;
+use crate::explain;
 use crate::iproute2::{Readiness, Tools};
 use crate::lab::{Expect, Mac};
 use crate::observe::{FdbEntry, GuestState, VxlanParams};
-use crate::plan::Plan;
-use crate::verify::{Failure, PingResult};
+use crate::outcome::{Outcome, Repair};
+use crate::plan::{Network, Plan};
+use crate::verify::{Diagnosis, Failure, PingResult};
 
 /// The report of `up` and `check`, as printed by `--json`.
 #[derive(Debug, Serialize)]
@@ -28,6 +28,10 @@ pub struct Report<'a> {
     pub passed: usize,
     /// Checks that did not.
     pub failures: &'a [Failure],
+    /// The failures grouped cause first.
+    pub diagnoses: &'a [Diagnosis],
+    /// What `up` or `reset` changed in a lab that was running, and why.
+    pub repairs: &'a [Repair],
     /// Notes for the user.
     pub notes: &'a [String],
 }
@@ -78,11 +82,7 @@ pub struct FdbRow {
 
 /// Builds the report from an outcome.
 pub fn build<'a>(plan: &'a Plan, o: &'a Outcome) -> Report<'a> {
-    let owners: BTreeMap<Mac, String> = plan
-        .guests
-        .iter()
-        .flat_map(|g| g.vteps.iter().map(move |v| (v.mac, g.name.clone())))
-        .collect();
+    let owners = explain::owners(plan);
     let guests = plan
         .guests
         .iter()
@@ -121,7 +121,7 @@ pub fn build<'a>(plan: &'a Plan, o: &'a Outcome) -> Report<'a> {
                                 .into_iter()
                                 .flatten()
                                 .map(|e| FdbRow {
-                                    meaning: meaning(e, &owners),
+                                    meaning: explain::fdb_entry(e, &owners),
                                     entry: e.clone(),
                                 })
                                 .collect(),
@@ -138,19 +138,9 @@ pub fn build<'a>(plan: &'a Plan, o: &'a Outcome) -> Report<'a> {
         pings: &o.pings,
         passed: o.verdict.passed,
         failures: &o.verdict.failures,
+        diagnoses: &o.verdict.diagnoses,
+        repairs: &o.repairs,
         notes: &o.notes,
-    }
-}
-
-fn meaning(e: &FdbEntry, owners: &BTreeMap<Mac, String>) -> String {
-    match (e.mac.is_zero(), e.dst) {
-        (true, Some(d)) if d.is_multicast() => "flood: unknown destinations go to the group".into(),
-        (true, _) => "flood: one copy to this peer (head-end replication)".into(),
-        (false, _) => match owners.get(&e.mac) {
-            Some(g) if e.permanent => format!("static: {g}"),
-            Some(g) => format!("learned: {g} is behind this VTEP"),
-            None => "learned: a MAC this lab did not assign".into(),
-        },
     }
 }
 
@@ -161,6 +151,13 @@ impl Report<'_> {
         let _ = writeln!(out, "lab {} ({} driver)", self.lab, self.driver);
         for n in self.notes {
             let _ = writeln!(out, "note: {n}");
+        }
+        for r in self.repairs {
+            let _ = writeln!(
+                out,
+                "{}: repaired: {}: `{}`",
+                r.guest, r.step.why, r.step.command
+            );
         }
         for g in &self.guests {
             let _ = writeln!(out, "\n{}  underlay {}", g.name, g.underlay);
@@ -261,16 +258,17 @@ impl Report<'_> {
         } else {
             let _ = writeln!(
                 out,
-                "\n{} of {} checks failed:",
+                "\n{} of {} checks failed; the cause first, then what it explains:",
                 self.failures.len(),
                 self.failures.len() + self.passed
             );
-            for f in self.failures {
-                let _ = writeln!(
-                    out,
-                    "  {}: {}: expected {}, seen {}",
-                    f.guest, f.what, f.expected, f.seen
-                );
+            for d in self.diagnoses {
+                let c = &d.cause;
+                let _ = writeln!(out, "  {}: {} ({})", c.guest, line(c), c.layer.describe());
+                let _ = writeln!(out, "      fix: {}", c.fix);
+                for s in &d.symptoms {
+                    let _ = writeln!(out, "      explains {}: {}", s.guest, line(s));
+                }
             }
         }
         out
@@ -323,6 +321,7 @@ impl Report<'_> {
         let others: Vec<&PingResult> = self
             .pings
             .iter()
+            .filter(|p| p.ping.over == Network::Overlay)
             .filter(|p| p.ping.expect == Expect::Fail || p.ping.vxlan.is_none())
             .collect();
         if !others.is_empty() {
@@ -331,6 +330,22 @@ impl Report<'_> {
                 let _ = writeln!(out, "  {} -> {}: {}", p.ping.from, p.ping.to, cell(p));
             }
         }
+        let underlay: Vec<&PingResult> = self
+            .pings
+            .iter()
+            .filter(|p| p.ping.over == Network::Underlay)
+            .collect();
+        if !underlay.is_empty() {
+            out.push_str("\nunderlay pings, where an overlay ping was lost\n");
+            for p in underlay {
+                let _ = writeln!(out, "  {} -> {}: {}", p.ping.from, p.ping.to, cell(p));
+            }
+        }
         out
     }
+}
+
+/// A failure in one line: what, expected, seen.
+fn line(f: &Failure) -> String {
+    format!("{}: expected {}, seen {}", f.what, f.expected, f.seen)
 }

@@ -1,13 +1,15 @@
-//! The checker: compares what the guests' kernels report with the plan, as pure data.
+//! The checker: what the guests' kernels report against the plan, as pure data, with each
+//! failure's fix, and the failures grouped cause first: per guest, the lowest broken layer
+//! (see [`Layer`]) and the failures it explains, in that guest and in the others.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::lab::{Expect, Flood};
+use crate::converge::{self, Finding, Kind, Layer};
+use crate::lab::Expect;
 use crate::observe::GuestState;
-use crate::plan::{GuestPlan, PingPlan, Plan, VtepPlan};
+use crate::plan::{GuestPlan, Network, PingPlan, Plan};
 
 /// The outcome of one ping.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -25,17 +27,57 @@ impl PingResult {
     }
 }
 
+/// How to repair a failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fix {
+    /// The exact commands, in the guest, as `plan` shows them; none when no command in the
+    /// guest repairs it.
+    pub commands: Vec<String>,
+    /// The vxlab command that repairs it: `vxlab up LAB` or `vxlab reset LAB GUEST`.
+    pub vxlab: String,
+}
+
+impl std::fmt::Display for Fix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cmds: Vec<String> = self.commands.iter().map(|c| format!("`{c}`")).collect();
+        if cmds.is_empty() {
+            write!(f, "`{}`", self.vxlab)
+        } else {
+            write!(f, "{}, or `{}` repairs it", cmds.join("; "), self.vxlab)
+        }
+    }
+}
+
 /// One thing that does not hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Failure {
+    /// What kind of thing.
+    pub kind: Kind,
+    /// Its layer.
+    pub layer: Layer,
     /// Guest where it was seen.
     pub guest: String,
+    /// The device it is about; empty for a guest or a ping.
+    pub device: String,
     /// What was checked.
     pub what: String,
     /// What the plan says.
     pub expected: String,
     /// What the guest shows.
     pub seen: String,
+    /// The other guest it involves, if any.
+    pub peer: Option<String>,
+    /// How to repair it.
+    pub fix: Fix,
+}
+
+/// A cause and the failures it explains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnosis {
+    /// The lowest broken layer of one guest.
+    pub cause: Failure,
+    /// Failures that follow from it, in this guest and in others.
+    pub symptoms: Vec<Failure>,
 }
 
 /// All checks of a lab.
@@ -43,8 +85,10 @@ pub struct Failure {
 pub struct Verdict {
     /// Checks that held.
     pub passed: usize,
-    /// Checks that did not.
+    /// Checks that did not, in plan order.
     pub failures: Vec<Failure>,
+    /// The same failures, grouped cause first.
+    pub diagnoses: Vec<Diagnosis>,
 }
 
 impl Verdict {
@@ -54,48 +98,64 @@ impl Verdict {
     }
 }
 
-struct Tally {
-    passed: usize,
-    failures: Vec<Failure>,
+/// A finding of guest `guest`, or one made here.
+struct Checked {
+    guest: String,
+    finding: Finding,
 }
 
-impl Tally {
-    fn check(
-        &mut self,
-        holds: bool,
-        guest: &str,
-        what: String,
-        expected: String,
-        seen: impl FnOnce() -> String,
-    ) {
-        if holds {
-            self.passed += 1;
-        } else {
-            self.failures.push(Failure {
-                guest: guest.to_string(),
-                what,
-                expected,
-                seen: seen(),
-            });
-        }
+fn made(
+    layer: Layer,
+    kind: Kind,
+    what: String,
+    expected: impl Into<String>,
+    seen: impl Into<String>,
+    holds: bool,
+    peer: Option<String>,
+) -> Finding {
+    Finding {
+        layer,
+        kind,
+        device: String::new(),
+        what,
+        expected: expected.into(),
+        seen: seen.into(),
+        holds,
+        peer,
+        repair: Vec::new(),
     }
 }
 
-/// Checks every guest's devices, groups and FDB, and the pings.
+/// Checks every guest against its plan, and the pings.
 pub fn verify(plan: &Plan, seen: &BTreeMap<String, GuestState>, pings: &[PingResult]) -> Verdict {
-    let mut t = Tally {
-        passed: 0,
-        failures: Vec::new(),
+    let mut checked: Vec<Checked> = Vec::new();
+    let mut add = |guest: &str, finding: Finding| {
+        checked.push(Checked {
+            guest: guest.to_string(),
+            finding,
+        })
     };
     for g in &plan.guests {
         match seen.get(&g.name) {
-            Some(state) => guest(&mut t, g, state, pings),
-            None => t.check(
-                false,
+            Some(state) => {
+                for f in converge::findings(g, state) {
+                    add(&g.name, f);
+                }
+                for f in learned(g, state, pings) {
+                    add(&g.name, f);
+                }
+            }
+            None => add(
                 &g.name,
-                "guest reachable".into(),
-                "running".into(),
-                || "not reachable".into(),
+                made(
+                    Layer::Guest,
+                    Kind::GuestReachable,
+                    "guest reachable".into(),
+                    "running",
+                    "not reachable",
+                    false,
+                    None,
+                ),
             ),
         }
     }
@@ -107,202 +167,186 @@ pub fn verify(plan: &Plan, seen: &BTreeMap<String, GuestState>, pings: &[PingRes
             .map(|g| format!(" ({g})"))
             .unwrap_or_default();
         let word = |ok: bool| if ok { "reply" } else { "no reply" };
-        t.check(
-            p.as_expected(),
+        let (layer, kind, what) = match p.ping.over {
+            Network::Overlay => (
+                Layer::OverlayPing,
+                Kind::OverlayPing,
+                format!("ping {}{target}", p.ping.to),
+            ),
+            Network::Underlay => (
+                Layer::UnderlayReach,
+                Kind::UnderlayPing,
+                format!("underlay ping {}{target}", p.ping.to),
+            ),
+        };
+        add(
             &p.ping.from,
-            format!("ping {}{target}", p.ping.to),
-            word(p.ping.expect == Expect::Success).into(),
-            || word(p.replied).into(),
+            made(
+                layer,
+                kind,
+                what,
+                word(p.ping.expect == Expect::Success),
+                word(p.replied),
+                p.as_expected(),
+                p.ping.to_guest.clone(),
+            ),
         );
     }
-    duplicate_macs(&mut t, plan, seen);
-    Verdict {
-        passed: t.passed,
-        failures: t.failures,
+    for (guest, f) in duplicate_macs(plan, seen) {
+        add(&guest, f);
     }
-}
-
-fn guest(t: &mut Tally, g: &GuestPlan, state: &GuestState, pings: &[PingResult]) {
-    for v in &g.vteps {
-        let Some(link) = state.links.get(&v.device) else {
-            t.check(
-                false,
-                &g.name,
-                format!("{} exists", v.device),
-                format!("vxlan VNI {}", v.vni),
-                || "no such device".into(),
-            );
-            continue;
-        };
-        let Some(p) = &link.vxlan else {
-            t.check(
-                false,
-                &g.name,
-                format!("{} is a vxlan", v.device),
-                "vxlan".into(),
-                || "another kind of device".into(),
-            );
-            continue;
-        };
-        let name = |what: &str| format!("{} {what}", v.device);
-        t.check(
-            p.vni == v.vni,
-            &g.name,
-            name("vni"),
-            v.vni.to_string(),
-            || p.vni.to_string(),
-        );
-        let group = match v.flood {
-            Flood::Group(ip) => Some(ip),
-            Flood::HeadEnd => None,
-        };
-        t.check(p.group == group, &g.name, name("group"), opt(group), || {
-            opt(p.group)
-        });
-        t.check(
-            p.dev.as_deref() == Some(v.dev.as_str()),
-            &g.name,
-            name("dev"),
-            v.dev.clone(),
-            || opt(p.dev.as_ref()),
-        );
-        t.check(
-            p.port == v.port,
-            &g.name,
-            name("port"),
-            v.port.to_string(),
-            || p.port.to_string(),
-        );
-        t.check(
-            p.learning == v.learning,
-            &g.name,
-            name("learning"),
-            v.learning.to_string(),
-            || p.learning.to_string(),
-        );
-        t.check(
-            link.mac == Some(v.mac),
-            &g.name,
-            name("mac"),
-            v.mac.to_string(),
-            || opt(link.mac),
-        );
-        t.check(link.up, &g.name, name("up"), "up".into(), || "down".into());
-        if let Some(mtu) = v.mtu {
-            t.check(
-                link.mtu == mtu,
-                &g.name,
-                name("mtu"),
-                mtu.to_string(),
-                || link.mtu.to_string(),
-            );
-        }
-        t.check(
-            link.addresses.contains(&v.address),
-            &g.name,
-            name("address"),
-            v.address.to_string(),
-            || list(&link.addresses),
-        );
-        if let Some(group) = group {
-            let joined: Vec<IpAddr> = state
-                .groups
-                .iter()
-                .filter(|m| m.dev == v.dev)
-                .map(|m| m.group)
-                .collect();
-            t.check(
-                joined.contains(&group),
-                &g.name,
-                format!("{group} joined on {}", v.dev),
-                "member".into(),
-                || format!("groups on {}: {}", v.dev, list(&joined)),
-            );
-        }
-        fdb(t, g, v, state, pings);
-    }
-}
-
-fn fdb(t: &mut Tally, g: &GuestPlan, v: &VtepPlan, state: &GuestState, pings: &[PingResult]) {
-    let entries = state
-        .fdb
-        .get(&v.device)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let floods: Vec<IpAddr> = entries
-        .iter()
-        .filter(|e| e.mac.is_zero())
-        .filter_map(|e| e.dst)
+    let passed = checked.iter().filter(|c| c.finding.holds).count();
+    let failures: Vec<Failure> = checked
+        .into_iter()
+        .filter(|c| !c.finding.holds)
+        .map(|c| failure(plan, &c.guest, c.finding))
         .collect();
-    let wanted: Vec<IpAddr> = match v.flood {
-        Flood::Group(ip) => vec![ip],
-        Flood::HeadEnd => v.peers.iter().map(|p| p.underlay).collect(),
-    };
-    for dst in wanted {
-        t.check(
-            floods.contains(&dst),
-            &g.name,
-            format!("{} flood entry to {dst}", v.device),
-            format!("00:00:00:00:00:00 dst {dst}"),
-            || format!("flood entries to {}", list(&floods)),
-        );
+    let diagnoses = diagnose(plan, &failures);
+    Verdict {
+        passed,
+        failures,
+        diagnoses,
     }
-    if v.static_fdb {
+}
+
+/// The failure of a finding that does not hold, with its fix.
+fn failure(plan: &Plan, guest: &str, f: Finding) -> Failure {
+    // What `vxlab up` cannot repair, `reset` can: it forgets what was learned, and recreates
+    // a guest that is gone or has lost its underlay.
+    let reset = matches!(
+        f.kind,
+        Kind::GuestReachable | Kind::LinkExists | Kind::Learned
+    );
+    let vxlab = if reset {
+        format!("vxlab reset {} {guest}", plan.lab)
+    } else {
+        format!("vxlab up {}", plan.lab)
+    };
+    Failure {
+        kind: f.kind,
+        layer: f.layer,
+        guest: guest.to_string(),
+        device: f.device,
+        what: f.what,
+        expected: f.expected,
+        seen: f.seen,
+        peer: f.peer,
+        fix: Fix {
+            commands: f.repair.iter().map(|s| s.command.to_string()).collect(),
+            vxlab,
+        },
+    }
+}
+
+/// Groups failures cause first. A guest's cause is its lowest broken layer among the failures
+/// that are its own (about no other guest). What no cause explains (both ends look right, yet a
+/// ping fails) is a cause in its own right.
+pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
+    // Per guest, the failure of the lowest layer among `among`; the first of equals.
+    fn lowest(failures: &[Failure], among: impl Iterator<Item = usize>) -> BTreeMap<&str, usize> {
+        let mut best: BTreeMap<&str, usize> = BTreeMap::new();
+        for i in among {
+            let e = best.entry(failures[i].guest.as_str()).or_insert(i);
+            if failures[i].layer < failures[*e].layer {
+                *e = i;
+            }
+        }
+        best
+    }
+    let own = lowest(
+        failures,
+        (0..failures.len()).filter(|i| failures[*i].peer.is_none()),
+    );
+    // A guest whose own underlay is broken explains everything it sees; otherwise what is
+    // about a broken peer is that peer's doing; otherwise its own lower layer explains it.
+    let explained_by = |f: &Failure| -> Option<usize> {
+        let mine = own.get(f.guest.as_str()).copied();
+        if let Some(c) = mine.filter(|c| failures[*c].layer < Layer::UnderlayReach) {
+            return Some(c);
+        }
+        if let Some(c) = f.peer.as_deref().and_then(|p| own.get(p)) {
+            return Some(*c);
+        }
+        mine.filter(|c| failures[*c].layer <= f.layer)
+    };
+    let causes: Vec<usize> = own.values().copied().collect();
+    let orphans: Vec<usize> = (0..failures.len())
+        .filter(|i| !causes.contains(i) && explained_by(&failures[*i]).is_none())
+        .collect();
+    let orphan_cause = lowest(failures, orphans.into_iter());
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for c in causes.iter().chain(orphan_cause.values()) {
+        groups.insert(*c, Vec::new());
+    }
+    for (i, f) in failures.iter().enumerate() {
+        if groups.contains_key(&i) {
+            continue;
+        }
+        let c = explained_by(f).or_else(|| orphan_cause.get(f.guest.as_str()).copied());
+        if let Some(c) = c {
+            groups.entry(c).or_default().push(i);
+        }
+    }
+    let order = |i: &usize| {
+        let f = &failures[*i];
+        let g = plan.guests.iter().position(|g| g.name == f.guest);
+        (g, f.layer, *i)
+    };
+    let mut keys: Vec<usize> = groups.keys().copied().collect();
+    keys.sort_by_key(order);
+    keys.into_iter()
+        .map(|c| Diagnosis {
+            cause: failures[c].clone(),
+            symptoms: groups[&c].iter().map(|i| failures[*i].clone()).collect(),
+        })
+        .collect()
+}
+
+/// A peer is learned once encapsulated frames from it arrived (after a ping either way), and
+/// must then sit behind its own VTEP.
+fn learned(g: &GuestPlan, state: &GuestState, pings: &[PingResult]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for v in g.vteps.iter().filter(|v| v.learning) {
+        let entries = state
+            .fdb
+            .get(&v.device)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         for peer in &v.peers {
+            let talked = pings.iter().any(|r| {
+                r.replied
+                    && r.ping.over == Network::Overlay
+                    && ((r.ping.from == g.name && r.ping.to == peer.overlay)
+                        || (r.ping.from == peer.guest && r.ping.to == v.address.addr()))
+            });
+            if !talked {
+                continue;
+            }
             let entry = entries.iter().find(|e| e.mac == peer.mac);
-            t.check(
-                entry.is_some_and(|e| e.permanent && e.dst == Some(peer.underlay)),
-                &g.name,
-                format!(
-                    "{} static entry for {} ({})",
-                    v.device, peer.guest, peer.mac
-                ),
-                format!("dst {} permanent", peer.underlay),
-                || match entry {
-                    Some(e) => format!(
-                        "dst {}{}",
-                        opt(e.dst),
-                        if e.permanent {
-                            " permanent"
-                        } else {
-                            " learned"
-                        }
-                    ),
+            let dst = entry.and_then(|e| e.dst);
+            let mut f = made(
+                Layer::Forwarding,
+                Kind::Learned,
+                format!("{} learned {} ({})", v.device, peer.guest, peer.mac),
+                format!("dst {}", peer.underlay),
+                match entry {
+                    Some(_) => format!("dst {}", opt(dst)),
                     None => "not in the FDB".into(),
                 },
+                dst == Some(peer.underlay),
+                Some(peer.guest.clone()),
             );
+            f.device = v.device.clone();
+            out.push(f);
         }
     }
-    if !v.learning {
-        return;
-    }
-    for peer in &v.peers {
-        // A peer is learned once encapsulated frames from it arrived: after a ping either way.
-        let talked = pings.iter().any(|r| {
-            r.replied
-                && ((r.ping.from == g.name && r.ping.to == peer.overlay)
-                    || (r.ping.from == peer.guest && r.ping.to == v.address.addr()))
-        });
-        if !talked {
-            continue;
-        }
-        let learned = entries.iter().find(|e| e.mac == peer.mac);
-        t.check(
-            learned.and_then(|e| e.dst) == Some(peer.underlay),
-            &g.name,
-            format!("{} learned {} ({})", v.device, peer.guest, peer.mac),
-            format!("dst {}", peer.underlay),
-            || match learned {
-                Some(e) => format!("dst {}", opt(e.dst)),
-                None => "not in the FDB".into(),
-            },
-        );
-    }
+    out
 }
 
 /// Guests cloned from one image can get the same "persistent" vxlan MAC from systemd; each
 /// then drops the other's frames as its own, and the overlay fails while multicast works.
-fn duplicate_macs(t: &mut Tally, plan: &Plan, seen: &BTreeMap<String, GuestState>) {
+fn duplicate_macs(plan: &Plan, seen: &BTreeMap<String, GuestState>) -> Vec<(String, Finding)> {
+    let mut out = Vec::new();
     let mut by_vni: BTreeMap<(u32, String), String> = BTreeMap::new();
     for g in &plan.guests {
         for v in &g.vteps {
@@ -312,92 +356,41 @@ fn duplicate_macs(t: &mut Tally, plan: &Plan, seen: &BTreeMap<String, GuestState
                 .and_then(|l| l.mac);
             let Some(mac) = mac else { continue };
             if let Some(other) = by_vni.insert((v.vni, mac.to_string()), g.name.clone()) {
-                t.check(
-                    false,
-                    &g.name,
+                let mut f = made(
+                    Layer::VxlanDevice,
+                    Kind::UniqueMac,
                     format!("{} MAC unique in VNI {}", v.device, v.vni),
-                    "a MAC of its own".into(),
-                    || format!("{mac}, the same as {other}'s"),
+                    "a MAC of its own",
+                    format!("{mac}, the same as {other}'s"),
+                    false,
+                    Some(other),
                 );
+                f.device = v.device.clone();
+                out.push((g.name.clone(), f));
             }
         }
     }
+    out
 }
 
 fn opt(x: Option<impl ToString>) -> String {
     x.map(|v| v.to_string()).unwrap_or_else(|| "none".into())
 }
 
-fn list<T: ToString>(xs: &[T]) -> String {
-    if xs.is_empty() {
-        "none".into()
-    } else {
-        xs.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::{FdbEntry, GroupMembership, Link, VxlanParams};
-    use std::path::Path;
+    use crate::recorded;
 
-    fn seed_plan() -> Plan {
-        let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("labs/two-netns.yaml"),
-        )
-        .unwrap();
-        crate::plan::plan(&crate::lab::parse(&text, Path::new("two-netns.yaml")).unwrap())
-    }
-
-    /// What a healthy seed guest reports after the pings.
-    fn healthy(plan: &Plan, name: &str) -> GuestState {
-        let g = plan.guest(name).unwrap();
-        let v = &g.vteps[0];
-        let peer = &v.peers[0];
-        let mut s = GuestState::default();
-        s.links.insert(
-            "vxlan0".into(),
-            Link {
-                name: "vxlan0".into(),
-                mac: Some(v.mac),
-                mtu: 1450,
-                up: true,
-                vxlan: Some(VxlanParams {
-                    vni: 42,
-                    group: Some("239.1.1.1".parse().unwrap()),
-                    dev: Some("eth0".into()),
-                    port: 4789,
-                    learning: true,
-                }),
-                addresses: vec![v.address],
-            },
-        );
-        s.groups.push(GroupMembership {
-            dev: "eth0".into(),
-            group: "239.1.1.1".parse().unwrap(),
-        });
-        s.fdb.insert(
-            "vxlan0".into(),
-            vec![
-                FdbEntry {
-                    mac: crate::lab::Mac([0; 6]),
-                    dst: Some("239.1.1.1".parse().unwrap()),
-                    via: Some("eth0".into()),
-                    permanent: true,
-                },
-                FdbEntry {
-                    mac: peer.mac,
-                    dst: Some(peer.underlay),
-                    via: None,
-                    permanent: false,
-                },
-            ],
-        );
-        s
+    /// The seed lab on namespaces as recorded, each guest in the named state.
+    fn world(a: &str, b: &str) -> (Plan, BTreeMap<String, GuestState>) {
+        let (ra, rb) = (recorded(a), recorded(b));
+        let w = [
+            ("vm-a".to_string(), ra.state),
+            ("vm-b".to_string(), rb.state),
+        ]
+        .into();
+        (ra.plan, w)
     }
 
     fn all_replied(plan: &Plan) -> Vec<PingResult> {
@@ -410,55 +403,98 @@ mod tests {
             .collect()
     }
 
-    fn world(plan: &Plan) -> BTreeMap<String, GuestState> {
-        ["vm-a", "vm-b"]
-            .iter()
-            .map(|n| (n.to_string(), healthy(plan, n)))
-            .collect()
+    fn lost(plan: &Plan, from: &str) -> Vec<PingResult> {
+        let mut pings = all_replied(plan);
+        for p in pings.iter_mut().filter(|p| p.ping.from == from) {
+            p.replied = false;
+        }
+        pings
     }
 
     #[test]
     fn a_healthy_seed_lab_passes() {
-        let p = seed_plan();
-        let v = verify(&p, &world(&p), &all_replied(&p));
+        let (p, w) = world("seed-healthy-vm-a", "seed-healthy-vm-b");
+        let v = verify(&p, &w, &all_replied(&p));
         assert_eq!(v.failures, vec![]);
-        assert!(v.passed > 20);
+        assert!(v.passed > 30, "{}", v.passed);
     }
 
     #[test]
     fn vm_a_must_learn_vm_b_with_dst_192_168_10_3() {
-        let p = seed_plan();
-        let mut w = world(&p);
-        w.get_mut("vm-a").unwrap().fdb.get_mut("vxlan0").unwrap()[1].dst =
-            Some("192.168.10.9".parse().unwrap());
+        let (p, mut w) = world("seed-healthy-vm-a", "seed-healthy-vm-b");
+        let fdb = w.get_mut("vm-a").unwrap().fdb.get_mut("vxlan0").unwrap();
+        let peer = p.guest("vm-b").unwrap().vteps[0].mac;
+        fdb.iter_mut().find(|e| e.mac == peer).unwrap().dst = Some("192.168.10.9".parse().unwrap());
         let v = verify(&p, &w, &all_replied(&p));
-        assert_eq!(v.failures.len(), 1);
-        assert_eq!(v.failures[0].guest, "vm-a");
-        assert_eq!(v.failures[0].expected, "dst 192.168.10.3");
-        assert_eq!(v.failures[0].seen, "dst 192.168.10.9");
+        assert_eq!(v.failures.len(), 1, "{:#?}", v.failures);
+        let f = &v.failures[0];
+        assert_eq!((f.guest.as_str(), f.kind), ("vm-a", Kind::Learned));
+        assert_eq!(f.expected, "dst 192.168.10.3");
+        assert_eq!(f.seen, "dst 192.168.10.9");
+        assert_eq!(f.fix.vxlab, "vxlab reset two-netns vm-a");
     }
 
     #[test]
-    fn a_missing_group_and_a_deleted_device_are_named() {
-        let p = seed_plan();
-        let mut w = world(&p);
-        w.get_mut("vm-a").unwrap().groups.clear();
-        w.get_mut("vm-b").unwrap().links.clear();
+    fn a_downed_underlay_is_the_cause_of_the_lost_pings_on_both_sides() {
+        let (p, w) = world("seed-eth0-down-vm-a", "seed-healthy-vm-b");
+        let mut pings = lost(&p, "vm-a");
+        pings.extend(
+            lost(&p, "vm-b")
+                .into_iter()
+                .filter(|r| r.ping.from == "vm-b"),
+        );
+        let v = verify(&p, &w, &pings);
+        assert_eq!(v.diagnoses.len(), 1, "{:#?}", v.diagnoses);
+        let d = &v.diagnoses[0];
+        assert_eq!(d.cause.guest, "vm-a");
+        assert_eq!(d.cause.what, "eth0 is up (underlay)");
+        assert_eq!(d.cause.fix.commands, ["ip link set up eth0"]);
+        assert!(d
+            .symptoms
+            .iter()
+            .any(|s| s.guest == "vm-b" && s.what == "ping 192.168.42.2 (vm-a)"));
+    }
+
+    #[test]
+    fn a_changed_underlay_address_blames_its_own_guest_before_the_peer_that_learned_it() {
+        let (p, mut w) = world("seed-underlay-22-vm-a", "seed-healthy-vm-b");
+        // vm-b learned vm-a behind the address vm-a now has.
+        let mac_a = p.guest("vm-a").unwrap().vteps[0].mac;
+        let fdb = w.get_mut("vm-b").unwrap().fdb.get_mut("vxlan0").unwrap();
+        fdb.iter_mut().find(|e| e.mac == mac_a).unwrap().dst =
+            Some("192.168.10.22".parse().unwrap());
         let v = verify(&p, &w, &all_replied(&p));
-        assert!(v
+        let d = &v.diagnoses[0];
+        assert_eq!(
+            (d.cause.guest.as_str(), d.cause.layer),
+            ("vm-a", Layer::UnderlayAddress)
+        );
+        assert!(d
+            .symptoms
+            .iter()
+            .any(|s| s.guest == "vm-b" && s.kind == Kind::Learned));
+        assert_eq!(v.diagnoses.len(), 1, "{:#?}", v.diagnoses);
+    }
+
+    #[test]
+    fn a_deleted_vxlan_device_carries_the_command_that_makes_it() {
+        let (p, w) = world("seed-vxlan-deleted-vm-a", "seed-healthy-vm-b");
+        let v = verify(&p, &w, &lost(&p, "vm-a"));
+        let f = v
             .failures
             .iter()
-            .any(|f| f.guest == "vm-a" && f.what == "239.1.1.1 joined on eth0"));
-        assert!(v
-            .failures
-            .iter()
-            .any(|f| f.guest == "vm-b" && f.what == "vxlan0 exists"));
+            .find(|f| f.what == "vxlan0 exists")
+            .unwrap();
+        assert_eq!(
+            f.fix.commands[0],
+            "ip link add vxlan0 type vxlan id 42 group 239.1.1.1 dev eth0 dstport 4789"
+        );
+        assert_eq!(f.fix.vxlab, "vxlab up two-netns");
     }
 
     #[test]
     fn cloned_guests_with_one_mac_are_flagged_by_name() {
-        let p = seed_plan();
-        let mut w = world(&p);
+        let (p, mut w) = world("seed-healthy-vm-a", "seed-healthy-vm-b");
         let mac = w["vm-a"].links["vxlan0"].mac;
         w.get_mut("vm-b")
             .unwrap()
@@ -475,27 +511,29 @@ mod tests {
 
     #[test]
     fn a_lost_ping_fails_and_an_expected_failure_passes() {
-        let p = seed_plan();
+        let (p, w) = world("seed-healthy-vm-a", "seed-healthy-vm-b");
         let mut pings = all_replied(&p);
         pings[0].replied = false;
-        let v = verify(&p, &world(&p), &pings);
+        let v = verify(&p, &w, &pings);
         assert!(v
             .failures
             .iter()
             .any(|f| f.what.starts_with("ping 192.168.42.3") && f.seen == "no reply"));
         pings[0].ping.expect = Expect::Fail;
-        let v = verify(&p, &world(&p), &pings);
+        let v = verify(&p, &w, &pings);
         assert!(!v.failures.iter().any(|f| f.what.starts_with("ping")));
     }
 
     #[test]
-    fn an_unreachable_guest_is_a_failure() {
-        let p = seed_plan();
-        let mut w = world(&p);
+    fn an_unreachable_guest_is_a_failure_to_reset() {
+        let (p, mut w) = world("seed-healthy-vm-a", "seed-healthy-vm-b");
         w.remove("vm-b");
-        assert!(verify(&p, &w, &all_replied(&p))
+        let v = verify(&p, &w, &all_replied(&p));
+        let f = v
             .failures
             .iter()
-            .any(|f| f.guest == "vm-b" && f.seen == "not reachable"));
+            .find(|f| f.guest == "vm-b" && f.seen == "not reachable")
+            .unwrap();
+        assert_eq!(f.fix.vxlab, "vxlab reset two-netns vm-b");
     }
 }

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::engine::{Stage, StageKind};
-use crate::lab::{Flood, Mac};
-use crate::observe::{FdbEntry, GroupMembership, GuestState, Route};
+use crate::explain::{self, fdb_entry as fdb_meaning, group as group_meaning};
+use crate::lab::Mac;
+use crate::observe::{GuestState, Route};
+use crate::outcome::{Stage, StageKind};
 use crate::plan::{GuestPlan, Plan};
 
 /// One row of a table: the cells and what the row means.
@@ -36,16 +36,40 @@ pub struct Table {
     pub note: Option<String>,
 }
 
-fn cols(c: &[&str]) -> Vec<String> {
-    c.iter().map(|s| s.to_string()).collect()
+/// The parts of `vxlab show`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// The vxlan devices and the underlay interface (`ip -d link`).
+    Link,
+    /// Multicast groups joined on the underlay (`ip maddr`).
+    Maddr,
+    /// The vxlan devices' forwarding databases (`bridge fdb`).
+    Fdb,
+    /// The routing table (`ip route`).
+    Route,
 }
 
-/// The guests of the plan by their vxlan MACs.
-pub fn owners(plan: &Plan) -> BTreeMap<Mac, String> {
-    plan.guests
-        .iter()
-        .flat_map(|g| g.vteps.iter().map(move |v| (v.mac, g.name.clone())))
-        .collect()
+/// The tables of `vxlab show` for guest `g` in state `st`: `only` one section, or all.
+pub fn tables(plan: &Plan, g: &GuestPlan, st: &GuestState, only: Option<Section>) -> Vec<Table> {
+    let want = |s: Section| only.is_none_or(|o| o == s);
+    let mut out = Vec::new();
+    if want(Section::Link) {
+        out.push(links(g, st));
+    }
+    if want(Section::Maddr) {
+        out.push(maddr(g, st));
+    }
+    if want(Section::Fdb) {
+        out.extend(fdb(g, st, &explain::owners(plan)));
+    }
+    if want(Section::Route) {
+        out.push(routes(g, &st.routes));
+    }
+    out
+}
+
+fn cols(c: &[&str]) -> Vec<String> {
+    c.iter().map(|s| s.to_string()).collect()
 }
 
 /// A link's row: name, what it is, state, MTU, MAC, addresses.
@@ -127,34 +151,6 @@ pub fn links(g: &GuestPlan, st: &GuestState) -> Table {
     }
 }
 
-fn group_meaning(g: &GuestPlan, m: &GroupMembership) -> String {
-    if let Some(v) = g
-        .vteps
-        .iter()
-        .find(|v| v.flood == Flood::Group(m.group) && v.dev == m.dev)
-    {
-        return format!(
-            "joined because {} (VNI {}) floods to it: the kernel joined when {} came up, and \
-             the switch now sends the group's packets here",
-            v.device, v.vni, v.device
-        );
-    }
-    match m.group {
-        IpAddr::V4(a) if a.octets() == [224, 0, 0, 1] => {
-            "all-hosts group: every IPv4 multicast interface is in it".into()
-        }
-        IpAddr::V6(a) if a.segments()[0] == 0xff02 && a.segments()[5] == 1 => {
-            "solicited-node group: IPv6 neighbour discovery for this interface's addresses".into()
-        }
-        IpAddr::V6(a)
-            if a.segments()[0] & 0xff0f == 0xff02 || a.segments()[0] & 0xff0f == 0xff01 =>
-        {
-            "all-nodes group: every IPv6 interface is in it".into()
-        }
-        _ => "joined by something other than the lab's vxlan devices".into(),
-    }
-}
-
 /// The groups joined on the underlay interface.
 pub fn maddr(g: &GuestPlan, st: &GuestState) -> Table {
     Table {
@@ -170,34 +166,6 @@ pub fn maddr(g: &GuestPlan, st: &GuestState) -> Table {
             })
             .collect(),
         note: None,
-    }
-}
-
-/// What one FDB entry means.
-pub fn fdb_meaning(e: &FdbEntry, owners: &BTreeMap<Mac, String>) -> String {
-    match (e.mac.is_zero(), e.dst) {
-        (true, Some(d)) if d.is_multicast() => {
-            format!("flood entry: frames for unknown MACs and broadcasts (ARP) go to the group {d}")
-        }
-        (true, Some(d)) => format!(
-            "flood entry: one copy of each unknown or broadcast frame goes to VTEP {d} \
-             (head-end replication)"
-        ),
-        (true, None) => "flood entry".into(),
-        (false, dst) => {
-            let who = owners
-                .get(&e.mac)
-                .map(|g| format!("{} ({g})", e.mac))
-                .unwrap_or_else(|| e.mac.to_string());
-            let at = dst.map(|d| d.to_string()).unwrap_or_else(|| "?".into());
-            if e.permanent {
-                format!("static: frames to {who} go to VTEP {at}, set by hand")
-            } else {
-                format!(
-                    "learned: a frame from {who} arrived from VTEP {at}, so frames to it go there"
-                )
-            }
-        }
     }
 }
 
@@ -387,7 +355,7 @@ fn changes(
 
 /// One stage of `vxlab walk` as text: what ran, and what changed in each guest.
 pub fn walk_stage(plan: &Plan, stage: &Stage) -> String {
-    let owners = owners(plan);
+    let owners = explain::owners(plan);
     let (title, why) = stage_text(stage.kind);
     let mut o = String::new();
     let _ = writeln!(o, "\n== {title}\n   {why}");
@@ -406,7 +374,7 @@ pub fn walk_stage(plan: &Plan, stage: &Stage) -> String {
         }
         let _ = writeln!(o, "{}:", g.name);
         for c in cmds {
-            let _ = writeln!(o, "  $ {}", crate::plan::shell_words(c));
+            let _ = writeln!(o, "  $ {c}");
         }
         for c in &changed {
             let _ = writeln!(o, "  {c}");
@@ -423,50 +391,4 @@ pub fn walk_stage(plan: &Plan, stage: &Stage) -> String {
         );
     }
     o
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::observe::FdbEntry;
-
-    #[test]
-    fn fdb_rows_say_flood_learned_and_static() {
-        let plan = crate::plan::plan(
-            &crate::lab::load(std::path::Path::new(&format!(
-                "{}/labs/two-vm.yaml",
-                env!("CARGO_MANIFEST_DIR")
-            )))
-            .unwrap(),
-        );
-        let o = owners(&plan);
-        let b = plan.guests[1].vteps[0].mac;
-        let flood = FdbEntry {
-            mac: Mac([0; 6]),
-            dst: Some("239.1.1.1".parse().unwrap()),
-            via: Some("eth0".into()),
-            permanent: true,
-        };
-        assert!(fdb_meaning(&flood, &o).starts_with("flood entry: frames for unknown MACs"));
-        let learned = FdbEntry {
-            mac: b,
-            dst: Some("192.168.10.3".parse().unwrap()),
-            via: None,
-            permanent: false,
-        };
-        let m = fdb_meaning(&learned, &o);
-        assert!(m.contains("(vm-b) arrived from VTEP 192.168.10.3"), "{m}");
-        let text = render(
-            &fdb(
-                &plan.guests[0],
-                &GuestState {
-                    fdb: [("vxlan0".to_string(), vec![flood, learned])].into(),
-                    ..GuestState::default()
-                },
-                &o,
-            )[0],
-        );
-        assert!(text.contains("bridge fdb show dev vxlan0"), "{text}");
-        assert!(text.contains("192.168.10.3"), "{text}");
-    }
 }

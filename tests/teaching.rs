@@ -133,8 +133,7 @@ fn show_fdb_lists_the_learned_peer_with_its_vtep_and_static_labs_only_permanent_
     assert!(peer["meaning"]
         .as_str()
         .unwrap()
-        .starts_with("learned: a frame from"));
-    assert!(peer["meaning"].as_str().unwrap().contains("(vm-b)"));
+        .starts_with("learned: vm-b is behind VTEP 192.168.48.3"));
     let flood = rows
         .iter()
         .find(|r| r["cells"][0] == "00:00:00:00:00:00")
@@ -249,7 +248,7 @@ fn thirty_copies_of_the_seed_lab_run_side_by_side() {
     }
     // Every copy has its own names, bridge and subnet.
     let status = json_of(&lab.run(&["status", "--json"]));
-    let rows = status.as_array().unwrap();
+    let rows = status["labs"].as_array().unwrap();
     assert_eq!(rows.len(), 30);
     let distinct = |k: &str| {
         let mut v: Vec<String> = rows.iter().map(|r| r[k].to_string()).collect();
@@ -262,7 +261,7 @@ fn thirty_copies_of_the_seed_lab_run_side_by_side() {
     assert_eq!(distinct("underlay"), 30);
     assert!(rows
         .iter()
-        .all(|r| r["instance_of"] == "t-ws" && r["health"] == "healthy"));
+        .all(|r| r["instance_of"] == "t-ws" && r["ok"] == true && r["checked_now"] == true));
     assert!(rows
         .iter()
         .all(|r| r["bridge"].as_str().unwrap().len() <= 15));

@@ -9,35 +9,20 @@ use super::{
     engine, exit, image_for, load, recipe, require_programs, require_root, resolve, running_guest,
     HostError,
 };
-use crate::cli::{GraphFormat, ShowWhat};
+use crate::graph::Format;
 use crate::packet::{self, VxlanPacket};
 use crate::plan::{self, Plan};
 use crate::progress::Progress;
+use crate::views::Section;
 use crate::{graph as draw, report, views};
 
 /// `vxlab show GUEST [link|maddr|fdb|route]`
-pub fn show(lab: Option<&Path>, guest: &str, what: Option<ShowWhat>, json: bool) -> Result<u8> {
+pub fn show(lab: Option<&Path>, guest: &str, what: Option<Section>, json: bool) -> Result<u8> {
     require_root("show")?;
     let (lab, p, i) = running_guest(lab, guest)?;
     let g = &p.guests[i];
-    let eng = engine(&lab, None)?;
-    eng.adopt_tools(&lab.name)?;
-    let (st, routes) = eng.inspect(g)?;
-    let owners = views::owners(&p);
-    let mut tables = Vec::new();
-    let all = what.is_none();
-    if all || what == Some(ShowWhat::Link) {
-        tables.push(views::links(g, &st));
-    }
-    if all || what == Some(ShowWhat::Maddr) {
-        tables.push(views::maddr(g, &st));
-    }
-    if all || what == Some(ShowWhat::Fdb) {
-        tables.extend(views::fdb(g, &st, &owners));
-    }
-    if all || what == Some(ShowWhat::Route) {
-        tables.push(views::routes(g, &routes));
-    }
+    let st = engine(&lab, None)?.inspect(&p, g)?;
+    let tables = views::tables(&p, g, &st, what);
     if json {
         println!(
             "{}",
@@ -67,7 +52,7 @@ pub fn walk(path: &Path, no_pause: bool) -> Result<u8> {
         p.guests.len(),
         if pause { " (Enter goes on)" } else { "" }
     );
-    let mut show = |stage: &crate::engine::Stage| {
+    let mut show = |stage: &crate::outcome::Stage| {
         print!("{}", views::walk_stage(&p, stage));
         let _ = std::io::stdout().flush();
         if pause {
@@ -137,9 +122,8 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
                 .overlay
         }
     };
-    let eng = engine(&lab, None)?;
-    eng.adopt_tools(&lab.name)?;
-    let (frames, answered) = eng.capture(g, vtep, to, opts.count.max(1), opts.keep)?;
+    let captured = engine(&lab, None)?.capture(&p, g, to, opts.count.max(1), opts.keep)?;
+    let (frames, answered) = (captured.frames, captured.answered);
     if let Some(path) = &opts.pcap {
         let mut f = std::fs::File::create(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -225,7 +209,7 @@ fn capture_story(packets: &[(f64, VxlanPacket)]) -> String {
 }
 
 /// `vxlab graph LAB`
-pub fn graph(lab: &Path, format: GraphFormat, output: Option<&Path>) -> Result<u8> {
+pub fn graph(lab: &Path, format: Format, output: Option<&Path>) -> Result<u8> {
     let lab = if lab.is_file() {
         load(lab)?
     } else {
@@ -233,9 +217,9 @@ pub fn graph(lab: &Path, format: GraphFormat, output: Option<&Path>) -> Result<u
     };
     let p: Plan = plan::plan(&lab);
     let bytes = match format {
-        GraphFormat::Dot => draw::dot(&p).into_bytes(),
-        GraphFormat::Mermaid => draw::mermaid(&p).into_bytes(),
-        GraphFormat::Svg => {
+        Format::Dot => draw::dot(&p).into_bytes(),
+        Format::Mermaid => draw::mermaid(&p).into_bytes(),
+        Format::Svg => {
             if crate::host::process::find_program("dot").is_none() {
                 return Err(HostError::MissingProgram("dot", "graphviz").into());
             }

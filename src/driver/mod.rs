@@ -7,6 +7,7 @@ pub mod netns;
 use std::path::Path;
 
 use crate::host::process::Output;
+use crate::iproute2::Tools;
 use crate::plan::{GuestPlan, PingPlan, Plan};
 use crate::state::Resource;
 
@@ -102,7 +103,10 @@ pub trait Driver: Sync {
             if pending.is_empty() {
                 break;
             }
-            let cmds: Vec<Vec<String>> = pending.iter().map(|&i| pings[i].argv.clone()).collect();
+            let cmds: Vec<Vec<String>> = pending
+                .iter()
+                .map(|&i| pings[i].command.argv(&Tools::default()))
+                .collect();
             for (i, out) in pending.iter().zip(self.exec_batch(guest, &cmds, false)?) {
                 replied[*i] = out.success();
             }

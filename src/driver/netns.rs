@@ -13,6 +13,19 @@ use crate::state::Resource;
 /// How long a ping waits for its reply, as `ping -W 1`.
 const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The names of the vxlab namespaces on this host, whichever lab they belong to.
+pub fn running_guests() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("vxlab-"))
+        .collect();
+    out.sort();
+    out
+}
+
 /// The namespace driver.
 pub struct NetnsDriver {
     netlink: Arc<Netlink>,
@@ -55,7 +68,9 @@ impl Driver for NetnsDriver {
             .add_veth(
                 &guest.host_link,
                 &plan.bridge,
-                &guest.interface,
+                // A fixed MAC: a guest created anew keeps it, so its peers' neighbour entries
+                // for its underlay address stay right.
+                (&guest.interface, guest.underlay_mac.0),
                 &guest.instance,
             )
             .map_err(|e| DriverError::new(&guest.name, "creating its underlay link", e))

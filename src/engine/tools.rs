@@ -3,8 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use super::guests::Runner;
 use super::{Engine, EngineError};
 use crate::builder::{self, BuildError, GuestSite, HostSite, Recipe};
+use crate::guest_command as cmd;
 use crate::iproute2::{self, BuildInfo, BuildMode, Readiness, Tools};
 use crate::plan::GuestPlan;
 
@@ -19,24 +21,28 @@ pub fn host_build_root() -> PathBuf {
 
 impl Engine {
     /// Asks the guest's kernel and `ip` whether they can run vxlan.
-    fn readiness(&self, g: &GuestPlan, ip: &str) -> Result<Readiness, EngineError> {
-        let outs = self
-            .driver
-            .exec_batch(g, &iproute2::readiness_commands(ip), false)?;
-        Ok(Readiness::from_outputs(ip, &outs))
+    fn readiness(
+        &self,
+        runner: &Runner,
+        g: &GuestPlan,
+        tools: &Tools,
+    ) -> Result<Readiness, EngineError> {
+        let outs = runner.batch_with(g, tools, &cmd::readiness(), false)?;
+        Ok(Readiness::from_outputs(&tools.ip, &outs))
     }
 
     /// Decides which `ip` and `bridge` the guest is configured with, building iproute2 when
     /// the lab asks for it or the guest's `ip` lacks vxlan. The build log goes to `state_dir`.
     pub(super) fn prepare_tools(
         &self,
+        runner: &Runner,
         mode: BuildMode,
         g: &GuestPlan,
         state_dir: &Path,
         progress: &dyn Fn(&str),
     ) -> Result<Tools, EngineError> {
         progress("checking kernel and iproute2");
-        let r = self.readiness(g, "ip")?;
+        let r = self.readiness(runner, g, &Tools::default())?;
         let not_ready = |why: String| EngineError::NotReady {
             guest: g.name.clone(),
             why,
@@ -84,7 +90,12 @@ impl Engine {
                 source: Box::new(other),
             },
         })?;
-        let fresh = self.readiness(g, &built.ip)?;
+        let candidate = Tools {
+            ip: built.ip.clone(),
+            bridge: built.bridge.clone(),
+            ..Tools::default()
+        };
+        let fresh = self.readiness(runner, g, &candidate)?;
         if !fresh.ip_vxlan {
             return Err(not_ready(format!(
                 "the ip built from {} ({}) does not know `type vxlan` either",
@@ -106,22 +117,5 @@ impl Engine {
                 log,
             }),
         })
-    }
-
-    /// The tools guest `g` is configured with.
-    pub(super) fn tools_of(&self, g: &GuestPlan) -> Tools {
-        self.tools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&g.name)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    pub(super) fn set_tools(&self, g: &GuestPlan, tools: Tools) {
-        self.tools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(g.name.clone(), tools);
     }
 }

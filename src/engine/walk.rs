@@ -5,57 +5,58 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{parallel_map, Engine, EngineError, Outcome};
+use super::guests::Runner;
+use super::{Engine, EngineError};
+use crate::converge::{self, Layer, Step};
+use crate::guest_command::GuestCommand;
+use crate::lab::Expect;
 use crate::observe::GuestState;
-use crate::plan::{Effect, GuestPlan, Plan, Step};
+use crate::outcome::{Outcome, Stage, StageKind};
+use crate::parallel::parallel_map;
+use crate::plan::{self, Network, PingPlan, Plan};
 use crate::progress::Progress;
 
-/// The kinds of steps, in the order the walk runs them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StageKind {
-    /// Loopback and the underlay interface with its address.
-    Underlay,
-    /// The vxlan devices: created, MAC and MTU set, up; head-end flood entries.
-    Vxlan,
-    /// The overlay addresses on the vxlan devices.
-    Overlay,
-    /// The first ping across the overlay.
-    FirstPing,
-}
-
-/// What one stage did and what every guest looked like before and after it.
-#[derive(Debug, Clone)]
-pub struct Stage {
-    /// Which stage.
-    pub kind: StageKind,
-    /// Commands run, by guest, as a student would type them.
-    pub commands: BTreeMap<String, Vec<Vec<String>>>,
-    /// Each guest before.
-    pub before: BTreeMap<String, GuestState>,
-    /// Each guest after.
-    pub after: BTreeMap<String, GuestState>,
-    /// The ping of [`StageKind::FirstPing`]: from, to, answered.
-    pub ping: Option<(String, std::net::IpAddr, bool)>,
-}
-
 /// The stage a planned step belongs to.
-pub fn stage_of(g: &GuestPlan, step: &Step) -> StageKind {
-    let on_vtep = |dev: &str| g.vteps.iter().any(|v| v.device == dev);
-    match &step.effect {
-        Effect::CreateVtep { .. } | Effect::FloodEntry { .. } => StageKind::Vxlan,
-        Effect::AddAddress { dev, .. } if on_vtep(dev) => StageKind::Overlay,
-        Effect::AddAddress { .. } => StageKind::Underlay,
-        Effect::Setting if step.argv.iter().any(|w| on_vtep(w)) => StageKind::Vxlan,
-        Effect::Setting => StageKind::Underlay,
+pub fn stage_of(step: &Step) -> StageKind {
+    match step.layer {
+        Layer::Guest | Layer::UnderlayLink | Layer::UnderlayAddress | Layer::UnderlayReach => {
+            StageKind::Underlay
+        }
+        Layer::VxlanDevice | Layer::Flooding | Layer::Forwarding => StageKind::Vxlan,
+        Layer::OverlayAddress => StageKind::Overlay,
+        Layer::OverlayPing => StageKind::FirstPing,
     }
 }
 
 impl Engine {
-    fn observe_all(&self, plan: &Plan) -> Result<BTreeMap<String, GuestState>, EngineError> {
+    fn observe_all(
+        &self,
+        plan: &Plan,
+        runner: &Runner,
+    ) -> Result<BTreeMap<String, GuestState>, EngineError> {
         let seen = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
-            self.observe(g).map(|s| (g.name.clone(), s))
+            runner.observe(g).map(|s| (g.name.clone(), s))
         });
         seen.into_iter().collect()
+    }
+
+    /// Runs `cmds[guest]` in every guest at once; returns what each ran, as typed.
+    fn run_stage(
+        &self,
+        plan: &Plan,
+        runner: &Runner,
+        cmds: &BTreeMap<String, Vec<GuestCommand>>,
+        stop_on_failure: bool,
+    ) -> Result<BTreeMap<String, Vec<String>>, EngineError> {
+        let ran = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
+            let mine = cmds.get(&g.name).map(Vec::as_slice).unwrap_or_default();
+            runner.batch(g, mine, stop_on_failure).map(|_| ())
+        });
+        ran.into_iter().collect::<Result<(), _>>()?;
+        Ok(cmds
+            .iter()
+            .map(|(g, c)| (g.clone(), c.iter().map(GuestCommand::to_string).collect()))
+            .collect())
     }
 
     /// Builds a lab that is not running stage by stage, calling `show` after each (it may
@@ -75,27 +76,28 @@ impl Engine {
             )));
         }
         // Guests are created with their tools, and nothing else yet.
-        let (_lock, notes) = self.provision(plan, source, lab_text, ui, &|_| Ok(()))?;
-        let mut before = self.observe_all(plan)?;
+        let guests: Vec<_> = plan.guests.iter().collect();
+        let p = self.provision(plan, Some((source, lab_text)), &guests, ui, &|_, _, _| {
+            Ok(Vec::new())
+        })?;
+        let runner = &p.runner;
+        let mut before = self.observe_all(plan, runner)?;
         for kind in [StageKind::Underlay, StageKind::Vxlan, StageKind::Overlay] {
-            let commands: BTreeMap<String, Vec<Vec<String>>> = plan
+            let cmds: BTreeMap<String, Vec<GuestCommand>> = plan
                 .guests
                 .iter()
                 .map(|g| {
                     let cmds = g
                         .steps
                         .iter()
-                        .filter(|s| stage_of(g, s) == kind)
-                        .map(|s| s.argv.clone())
+                        .filter(|s| stage_of(s) == kind)
+                        .map(|s| s.command.clone())
                         .collect();
                     (g.name.clone(), cmds)
                 })
                 .collect();
-            let ran = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
-                self.batch(g, &commands[&g.name], true).map(|_| ())
-            });
-            ran.into_iter().collect::<Result<(), _>>()?;
-            let after = self.observe_all(plan)?;
+            let commands = self.run_stage(plan, runner, &cmds, true)?;
+            let after = self.observe_all(plan, runner)?;
             show(&Stage {
                 kind,
                 commands,
@@ -113,18 +115,27 @@ impl Engine {
             // IPv6 address autoconfiguration has already sent multicast frames over the
             // overlay, and the VTEPs learned each other from them: forget that, so the
             // learning the first ping causes shows.
-            let forgot = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
-                g.vteps.iter().try_for_each(|v| self.forget(g, v))
-            });
-            forgot.into_iter().collect::<Result<(), _>>()?;
-            before = self.observe_all(plan)?;
-            let ping = crate::plan::PingPlan {
+            let forget: BTreeMap<String, Vec<GuestCommand>> = plan
+                .guests
+                .iter()
+                .map(|g| {
+                    let steps = converge::forget(g, &before[&g.name]);
+                    (
+                        g.name.clone(),
+                        steps.into_iter().map(|s| s.command).collect(),
+                    )
+                })
+                .collect();
+            let mut commands = self.run_stage(plan, runner, &forget, false)?;
+            before = self.observe_all(plan, runner)?;
+            let ping = PingPlan {
                 from: g.name.clone(),
                 to: peer.overlay,
                 to_guest: Some(peer.guest.clone()),
                 vxlan: g.vteps.first().map(|v| v.device.clone()),
-                argv: crate::plan::ping_argv(peer.overlay, 3),
-                expect: crate::lab::Expect::Success,
+                expect: Expect::Success,
+                over: Network::Overlay,
+                command: plan::ping_command(peer.overlay, 3),
             };
             let answered = self
                 .driver
@@ -132,17 +143,22 @@ impl Engine {
                 .first()
                 .copied()
                 .unwrap_or(false);
-            let after = self.observe_all(plan)?;
+            commands
+                .entry(g.name.clone())
+                .or_default()
+                .push(ping.command.to_string());
+            let after = self.observe_all(plan, runner)?;
             show(&Stage {
                 kind: StageKind::FirstPing,
-                commands: [(g.name.clone(), vec![ping.argv.clone()])].into(),
+                commands,
                 before: std::mem::replace(&mut before, after.clone()),
                 after,
                 ping: Some((g.name.clone(), peer.overlay, answered)),
             });
         }
-        let mut outcome = self.verify_running(plan)?;
-        outcome.notes.splice(0..0, notes);
+        let mut outcome = self.verify_running(plan, runner)?;
+        outcome.notes.splice(0..0, p.notes);
+        crate::health::save(p.lock.dir(), &outcome.verdict)?;
         Ok(outcome)
     }
 }

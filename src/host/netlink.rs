@@ -146,12 +146,13 @@ impl Netlink {
     }
 
     /// Creates a veth pair: `host_link` on the host, enslaved to `bridge` and up, and its peer
-    /// `guest_link` inside the namespace `netns`. An existing `host_link` is left as it is.
+    /// `guest_link` with MAC `guest_mac` inside the namespace `netns`. An existing `host_link`
+    /// is left as it is.
     pub fn add_veth(
         &self,
         host_link: &str,
         bridge: &str,
-        guest_link: &str,
+        (guest_link, guest_mac): (&str, [u8; 6]),
         netns: &str,
     ) -> Result<(), NetlinkError> {
         if self.link_index(host_link)?.is_some() {
@@ -167,6 +168,7 @@ impl Netlink {
             .ok_or_else(|| NetlinkError::Missing(bridge.to_string()))?;
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(guest_link.to_string())
+            .address(guest_mac.to_vec())
             .setns_by_fd(ns.as_raw_fd())
             .build();
         let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)

@@ -1,6 +1,7 @@
 //! The lab: what an instructor wrote, read and validated into a typed model before anything
 //! on the host is touched.
 
+pub mod defaults;
 mod file;
 pub mod instance;
 pub mod source;

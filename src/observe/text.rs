@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{FdbEntry, GroupMembership, Link, Route, VxlanParams};
+use super::{FdbEntry, GroupMembership, Link, Neighbour, Route, VxlanParams};
 
 /// The device name of a header line such as `3: eth0@if12: <...> mtu 1500 ...`.
 fn header_name(line: &str) -> Option<&str> {
@@ -45,12 +45,16 @@ pub fn links(text: &str) -> Vec<Link> {
                     .unwrap_or(0),
                 up: flags.split(',').any(|f| f == "UP"),
                 vxlan: None,
+                addrgenmode: None,
                 addresses: Vec::new(),
             });
             continue;
         }
         let Some(link) = out.last_mut() else { continue };
         let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(mode) = after(&words, "addrgenmode") {
+            link.addrgenmode = Some(mode.to_string());
+        }
         match words.first() {
             Some(w) if w.starts_with("link/") => {
                 link.mac = words.get(1).and_then(|m| m.parse().ok());
@@ -151,6 +155,20 @@ pub fn routes(text: &str) -> Vec<Route> {
                 dev: after(&words, "dev").map(String::from),
                 protocol: after(&words, "proto").map(String::from),
                 prefsrc: after(&words, "src").and_then(|g| g.parse().ok()),
+            })
+        })
+        .collect()
+}
+
+/// `ip neigh show dev DEV`: `ADDRESS [lladdr MAC] [router] STATE`.
+pub fn neighbours(text: &str) -> Vec<Neighbour> {
+    text.lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            Some(Neighbour {
+                dst: words.first()?.parse().ok()?,
+                lladdr: after(&words, "lladdr").and_then(|m| m.parse().ok()),
+                permanent: words.last() == Some(&"PERMANENT"),
             })
         })
         .collect()

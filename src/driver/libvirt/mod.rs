@@ -63,6 +63,27 @@ pub struct Unreachable {
     pub source: virt::error::Error,
 }
 
+/// The names of the vxlab domains running in the local system libvirt, whichever lab they
+/// belong to; none when libvirt is not there.
+pub fn running_guests() -> Vec<String> {
+    if !Path::new("/run/libvirt/libvirt-sock").exists() {
+        return Vec::new();
+    }
+    virt::error::clear_error_callback();
+    let Ok(conn) = Connect::open(Some(crate::lab::defaults::LIBVIRT_URI)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = conn
+        .list_all_domains(0)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|d| d.get_name().ok())
+        .filter(|n| n.starts_with("vxlab-"))
+        .collect();
+    out.sort();
+    out
+}
+
 fn err(
     guest: &str,
     what: impl Into<String>,

@@ -1,0 +1,123 @@
+//! `vxlab status`: the running labs, the workshop copies with the lab they copy, and whether
+//! each passes its checks now (or, without root, when it was last checked).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use super::{engine, exit, is_root, resolve};
+use crate::driver::{libvirt, netns};
+use crate::health::{self, Health};
+use crate::lab::Lab;
+use crate::parallel::parallel_map;
+use crate::plan;
+use crate::state::StateDir;
+
+/// One running lab's row.
+fn row(state: &StateDir, name: &str, root: bool) -> (Value, Vec<String>) {
+    let last = health::load(&state.lab_dir(name));
+    let last_json = last.as_ref().map(|h| json!({"at": h.at, "age": h.age(), "passed": h.passed, "failed": h.failed, "causes": h.causes}));
+    let lab: Lab = match resolve(Some(Path::new(name))) {
+        Ok((lab, _)) => lab,
+        Err(e) => {
+            let row = json!({"lab": name, "health": format!("unreadable: {e:#}"), "last_check": last_json});
+            return (row, Vec::new());
+        }
+    };
+    let p = plan::plan(&lab);
+    let instances = p.guests.iter().map(|g| g.instance.clone()).collect();
+    // A real, quick check (no pings) when vxlab may read the guests; else the last one's
+    // result with its age, never a guess.
+    let (health, ok, checked_now) = if root {
+        match engine(&lab, None).and_then(|e| Ok(e.quick_check(&p)?)) {
+            Ok(v) => (Health::of(&v).summary(), Some(v.ok()), true),
+            Err(e) => (format!("cannot check: {e:#}"), Some(false), false),
+        }
+    } else {
+        match &last {
+            Some(h) => (
+                format!("{} (last check, {})", h.summary(), h.age()),
+                Some(h.failed == 0),
+                false,
+            ),
+            None => ("unknown: never checked".into(), None, false),
+        }
+    };
+    let row = json!({
+        "lab": name,
+        "instance_of": lab.instance.as_ref().map(|i| &i.base),
+        "instance": lab.instance.as_ref().map(|i| &i.name),
+        "driver": lab.driver.to_string(),
+        "guests": lab.guests.len(),
+        "bridge": lab.underlay.bridge,
+        "underlay": lab.underlay.subnet.to_string(),
+        "health": health,
+        "ok": ok,
+        "checked_now": checked_now,
+        "last_check": last_json,
+    });
+    (row, instances)
+}
+
+/// `vxlab status`
+pub fn status(json: bool) -> Result<u8> {
+    let state = StateDir::from_env();
+    let root = is_root();
+    let labs = state.labs();
+    let rows = parallel_map(&labs, 4, |name| row(&state, name, root));
+    let known: BTreeSet<String> = rows.iter().flat_map(|(_, i)| i.clone()).collect();
+    let rows: Vec<Value> = rows.into_iter().map(|(r, _)| r).collect();
+    // Guests running on this host that no lab in this state directory owns: labs brought up
+    // with another VXLAB_STATE_DIR.
+    let mut strays: Vec<String> = netns::running_guests();
+    strays.extend(libvirt::running_guests());
+    strays.retain(|n| !known.contains(n));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"labs": rows, "elsewhere": strays}))?
+        );
+        return Ok(exit::OK);
+    }
+    if !root {
+        println!("(not root: showing each lab's last check; run as root for a check now)\n");
+    }
+    if rows.is_empty() {
+        println!("no lab is running in {}", state.root().display());
+    } else {
+        let text = |v: &Value, k: &str| match &v[k] {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        println!(
+            "{:<24} {:<16} {:<8} {:<8} {:>6}  {:<15} {:<18} HEALTH",
+            "LAB", "INSTANCE OF", "INSTANCE", "DRIVER", "GUESTS", "BRIDGE", "UNDERLAY"
+        );
+        for r in &rows {
+            println!(
+                "{:<24} {:<16} {:<8} {:<8} {:>6}  {:<15} {:<18} {}",
+                text(r, "lab"),
+                text(r, "instance_of"),
+                text(r, "instance"),
+                text(r, "driver"),
+                text(r, "guests"),
+                text(r, "bridge"),
+                text(r, "underlay"),
+                text(r, "health")
+            );
+        }
+    }
+    if !strays.is_empty() {
+        println!(
+            "\nvxlab guests running on this host that no lab in {} owns: {}\n\
+             they belong to labs brought up with another state directory: run vxlab with \
+             VXLAB_STATE_DIR set to it (or --state-dir) to see, check or remove them",
+            state.root().display(),
+            strays.join(", ")
+        );
+    }
+    Ok(exit::OK)
+}

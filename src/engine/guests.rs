@@ -1,0 +1,230 @@
+//! Commands in guests: each guest's `ip` and `bridge` applied, every command logged as a student
+//! would type it, and a guest's whole state read in one batch.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use super::EngineError;
+use crate::converge::Step;
+use crate::driver::Driver;
+use crate::guest_command::{self as cmd, shell_words, GuestCommand};
+use crate::host::process::Output;
+use crate::iproute2::{Readiness, Tools};
+use crate::observe::{self, GuestState, ParseError};
+use crate::plan::GuestPlan;
+
+/// Runs commands in a lab's guests.
+pub(crate) struct Runner<'a> {
+    driver: &'a dyn Driver,
+    /// The lab's state directory while a command holds its lock: every command run in a
+    /// guest is logged there, with its exit status.
+    log_dir: Option<PathBuf>,
+    /// The tools each guest is configured with, by guest name.
+    tools: BTreeMap<String, Tools>,
+}
+
+fn parse<T>(g: &GuestPlan, r: Result<T, ParseError>) -> Result<T, EngineError> {
+    r.map_err(|source| EngineError::Observe {
+        guest: g.name.clone(),
+        source,
+    })
+}
+
+impl<'a> Runner<'a> {
+    /// A runner over `driver`, logging into `log_dir`, with each guest's `tools`.
+    pub(crate) fn new(
+        driver: &'a dyn Driver,
+        log_dir: Option<&Path>,
+        tools: BTreeMap<String, Tools>,
+    ) -> Self {
+        Runner {
+            driver,
+            log_dir: log_dir.map(Path::to_path_buf),
+            tools,
+        }
+    }
+
+    /// Every guest's tools.
+    pub(crate) fn tools(&self) -> &BTreeMap<String, Tools> {
+        &self.tools
+    }
+
+    /// The tools of guest `g`.
+    pub(crate) fn tools_of(&self, g: &GuestPlan) -> Tools {
+        self.tools.get(&g.name).cloned().unwrap_or_default()
+    }
+
+    /// Runs `cmds` in `g` with `tools`, in one batch; a failed command is an error, and the
+    /// batch stops there when `stop_on_failure` (otherwise the caller judges the outputs).
+    pub(crate) fn batch_with(
+        &self,
+        g: &GuestPlan,
+        tools: &Tools,
+        cmds: &[GuestCommand],
+        stop_on_failure: bool,
+    ) -> Result<Vec<Output>, EngineError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let argvs: Vec<Vec<String>> = cmds.iter().map(|c| c.argv(tools)).collect();
+        let outs = self.driver.exec_batch(g, &argvs, stop_on_failure)?;
+        self.log(g, &argvs, &outs);
+        if stop_on_failure {
+            if let Some((c, out)) = cmds.iter().zip(&outs).find(|(_, o)| !o.success()) {
+                return Err(EngineError::Step {
+                    guest: g.name.clone(),
+                    command: c.to_string(),
+                    stderr: out.stderr.trim().to_string(),
+                });
+            }
+        }
+        Ok(outs)
+    }
+
+    /// [`Runner::batch_with`] with the guest's own tools.
+    pub(crate) fn batch(
+        &self,
+        g: &GuestPlan,
+        cmds: &[GuestCommand],
+        stop_on_failure: bool,
+    ) -> Result<Vec<Output>, EngineError> {
+        self.batch_with(g, &self.tools_of(g), cmds, stop_on_failure)
+    }
+
+    /// Runs `steps` in order, stopping at the first that fails.
+    pub(crate) fn apply(
+        &self,
+        g: &GuestPlan,
+        tools: &Tools,
+        steps: &[Step],
+    ) -> Result<(), EngineError> {
+        let cmds: Vec<GuestCommand> = steps.iter().map(|s| s.command.clone()).collect();
+        self.batch_with(g, tools, &cmds, true).map(|_| ())
+    }
+
+    /// Runs every one of `steps`, whatever each one's exit status.
+    pub(crate) fn run_all(
+        &self,
+        g: &GuestPlan,
+        tools: &Tools,
+        steps: &[Step],
+    ) -> Result<(), EngineError> {
+        let cmds: Vec<GuestCommand> = steps.iter().map(|s| s.command.clone()).collect();
+        self.batch_with(g, tools, &cmds, false).map(|_| ())
+    }
+
+    /// Appends the commands that ran in `g` to its log, `commands-<guest>.log`.
+    fn log(&self, g: &GuestPlan, argvs: &[Vec<String>], outs: &[Output]) {
+        let Some(dir) = &self.log_dir else { return };
+        let text: String = argvs
+            .iter()
+            .zip(outs)
+            .map(|(c, o)| format!("{}  # exit {}\n", shell_words(c), o.status))
+            .collect();
+        let path = dir.join(format!("commands-{}.log", g.name));
+        // The log is for people; a lab does not fail because it could not be written.
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    }
+
+    /// Everything a student would look at in `g`, with its own tools.
+    pub(crate) fn observe(&self, g: &GuestPlan) -> Result<GuestState, EngineError> {
+        self.observe_with(g, &self.tools_of(g))
+    }
+
+    /// [`Runner::observe`] with `tools`.
+    pub(crate) fn observe_with(
+        &self,
+        g: &GuestPlan,
+        tools: &Tools,
+    ) -> Result<GuestState, EngineError> {
+        self.read(g, tools, false).map(|(st, _)| st)
+    }
+
+    /// [`Runner::observe`], with the readiness check in the same batch.
+    pub(crate) fn observe_ready(
+        &self,
+        g: &GuestPlan,
+    ) -> Result<(GuestState, Readiness), EngineError> {
+        let tools = self.tools_of(g);
+        let (st, ready) = self.read(g, &tools, true)?;
+        Ok((st, ready.expect("asked for")))
+    }
+
+    /// One batch: links, addresses, the groups joined on every underlay device the guest uses,
+    /// each vxlan device's FDB and neighbours, the routes; and the readiness commands when
+    /// `ready`.
+    fn read(
+        &self,
+        g: &GuestPlan,
+        tools: &Tools,
+        ready: bool,
+    ) -> Result<(GuestState, Option<Readiness>), EngineError> {
+        let json = tools.json;
+        let devs: BTreeSet<&str> = std::iter::once(g.interface.as_str())
+            .chain(g.vteps.iter().map(|v| v.dev.as_str()))
+            .collect();
+        let v6 = g.underlay.addr().is_ipv6() || g.vteps.iter().any(|v| v.address.addr().is_ipv6());
+        let mut cmds = vec![
+            cmd::read::links(json),
+            cmd::read::addresses(json),
+            cmd::read::routes(json, false),
+        ];
+        if v6 {
+            cmds.push(cmd::read::routes(json, true));
+        }
+        let groups_at = cmds.len();
+        cmds.extend(devs.iter().map(|d| cmd::read::groups(json, d)));
+        let vteps_at = cmds.len();
+        for v in &g.vteps {
+            cmds.push(cmd::read::fdb(json, &v.device));
+            cmds.push(cmd::read::neighbours(json, &v.device));
+        }
+        let n = cmds.len();
+        if ready {
+            cmds.extend(cmd::readiness());
+        }
+        let outs = self.batch_with(g, tools, &cmds, false)?;
+        let readiness = ready.then(|| Readiness::from_outputs(&tools.ip, &outs[n..]));
+        for (c, out) in cmds.iter().zip(&outs).take(groups_at) {
+            if !out.success() {
+                return Err(EngineError::Step {
+                    guest: g.name.clone(),
+                    command: c.to_string(),
+                    stderr: out.stderr.trim().to_string(),
+                });
+            }
+        }
+        let mut st = GuestState::new(
+            parse(g, observe::read_links(json, &outs[0].stdout))?,
+            parse(g, observe::read_addresses(json, &outs[1].stdout))?,
+        );
+        for o in &outs[2..groups_at] {
+            st.routes
+                .extend(parse(g, observe::read_routes(json, &o.stdout))?);
+        }
+        for o in outs[groups_at..vteps_at].iter().filter(|o| o.success()) {
+            st.groups
+                .extend(parse(g, observe::read_groups(json, &o.stdout))?);
+        }
+        for (v, o) in g.vteps.iter().zip(outs[vteps_at..n].chunks(2)) {
+            // A missing device has nothing to read; the comparison reports the device itself.
+            if o[0].success() {
+                st.fdb.insert(
+                    v.device.clone(),
+                    parse(g, observe::read_fdb(json, &o[0].stdout))?,
+                );
+            }
+            if o[1].success() {
+                st.neighbours.insert(
+                    v.device.clone(),
+                    parse(g, observe::read_neighbours(json, &o[1].stdout))?,
+                );
+            }
+        }
+        Ok((st, readiness))
+    }
+}

@@ -1,0 +1,350 @@
+//! The engine: sequences a lab's life (provision, converge, check, reset, remove) through a
+//! [`Driver`] (the guests) and a [`Host`] (this machine). It decides nothing itself: what to
+//! run in a guest comes from [`crate::converge`], whether a guest is right from
+//! [`crate::verify`]; the engine runs them in order, in parallel across guests.
+
+mod guests;
+mod pings;
+mod preflight;
+mod provision;
+mod teach;
+mod tools;
+mod walk;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use tools::host_build_root;
+
+use crate::builder::{BuildError, Recipe};
+use crate::converge::{self, Step};
+use crate::driver::{Driver, DriverError};
+use crate::host::{Host, NetlinkError};
+use crate::observe::ParseError;
+use crate::outcome::{Outcome, Repair};
+use crate::parallel::parallel_map;
+use crate::plan::{GuestPlan, Plan};
+use crate::progress::Progress;
+use crate::state::{Resource, StateDir, StateError};
+use crate::verify::{self, Verdict};
+
+use guests::Runner;
+use provision::Provisioned;
+
+/// What went wrong while running a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A driver operation failed.
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+    /// The lab's state could not be read, written or locked.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A host link could not be changed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// A planned command failed in a guest.
+    #[error("guest {guest}: `{command}` failed: {stderr}")]
+    Step {
+        /// Guest.
+        guest: String,
+        /// The command as a student would type it.
+        command: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// A guest printed state vxlab cannot read.
+    #[error("guest {guest}: cannot read its state")]
+    Observe {
+        /// Guest.
+        guest: String,
+        /// The parse failure.
+        #[source]
+        source: ParseError,
+    },
+    /// The host is not ready for the lab; the message says what to do. Nothing was created.
+    #[error("{0}")]
+    Host(String),
+    /// The lab has no guest of that name.
+    #[error("lab {lab} has no guest named {guest}")]
+    NoSuchGuest {
+        /// Lab.
+        lab: String,
+        /// The name asked for.
+        guest: String,
+    },
+    /// A guest cannot run vxlan, and vxlab cannot make it able to.
+    #[error("guest {guest}: {why}")]
+    NotReady {
+        /// Guest.
+        guest: String,
+        /// Why, in words a student understands.
+        why: String,
+    },
+    /// Building iproute2 for a guest failed.
+    #[error("guest {guest}: {source}")]
+    Build {
+        /// Guest.
+        guest: String,
+        /// The build failure, with the log's tail and a hint.
+        #[source]
+        source: Box<BuildError>,
+    },
+}
+
+impl EngineError {
+    /// Whether the error came before anything was created on the host or in a guest.
+    pub fn before_anything(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Host(_) | EngineError::NoSuchGuest { .. } | EngineError::State(_)
+        )
+    }
+}
+
+/// Runs labs.
+pub struct Engine {
+    driver: Box<dyn Driver>,
+    host: Arc<dyn Host>,
+    state: StateDir,
+    /// What iproute2 is built from, when the lab names a source.
+    recipe: Option<Recipe>,
+}
+
+impl Engine {
+    /// An engine over `driver` and `host`, keeping state in `state`.
+    pub fn new(driver: Box<dyn Driver>, host: Arc<dyn Host>, state: StateDir) -> Self {
+        Engine {
+            driver,
+            host,
+            state,
+            recipe: None,
+        }
+    }
+
+    /// The same engine, building iproute2 from `recipe` where guests need it.
+    pub fn with_recipe(mut self, recipe: Option<Recipe>) -> Self {
+        self.recipe = recipe;
+        self
+    }
+
+    /// Brings the lab up, or converges a running one to its plan, then checks it. In a lab that
+    /// was running, every command that ran is in [`Outcome::repairs`] with its reason.
+    pub fn up(
+        &self,
+        plan: &Plan,
+        source: &Path,
+        lab_text: &str,
+        ui: &Progress,
+    ) -> Result<Outcome, EngineError> {
+        let p = self.provision(
+            plan,
+            Some((source, lab_text)),
+            &plan.guests.iter().collect::<Vec<_>>(),
+            ui,
+            &|runner, g, tools| {
+                let st = runner.observe_with(g, tools)?;
+                let steps = converge::converge(g, &st);
+                runner.apply(g, tools, &steps)?;
+                Ok(steps)
+            },
+        )?;
+        self.finish(plan, p)
+    }
+
+    /// Returns guest `guest` (or every guest) of a running lab to its plan, and forgets what
+    /// the VTEPs learned and the neighbours they resolved, so the lesson can be done again. A
+    /// guest that is gone or does not answer is created anew.
+    pub fn reset(
+        &self,
+        plan: &Plan,
+        guest: Option<&str>,
+        ui: &Progress,
+    ) -> Result<Outcome, EngineError> {
+        let chosen: Vec<&GuestPlan> = match guest {
+            Some(name) => vec![plan.guest(name).ok_or_else(|| EngineError::NoSuchGuest {
+                lab: plan.lab.clone(),
+                guest: name.to_string(),
+            })?],
+            None => plan.guests.iter().collect(),
+        };
+        let st = self.state.read(&plan.lab)?;
+        let before = Runner::new(self.driver.as_ref(), None, st.tools);
+        let lost = parallel_map(&chosen, self.driver.parallel_commands(), |g| {
+            !self.driver.guest_exists(g) || before.observe(g).is_err()
+        });
+        let mut notes = Vec::new();
+        for (g, lost) in chosen.iter().zip(lost) {
+            if lost {
+                self.remove_guest(g)?;
+                notes.push(format!(
+                    "{} did not answer: it was removed and is created anew",
+                    g.name
+                ));
+            }
+        }
+        let mut p = self.provision(plan, None, &chosen, ui, &|runner, g, tools| {
+            let st = runner.observe_with(g, tools)?;
+            let mut steps = converge::converge(g, &st);
+            runner.apply(g, tools, &steps)?;
+            let now = runner.observe_with(g, tools)?;
+            let forget = converge::forget(g, &now);
+            // Forgetting is best effort: an entry may age out between the read and the delete.
+            runner.run_all(g, tools, &forget)?;
+            steps.extend(forget);
+            Ok(steps)
+        })?;
+        p.notes.splice(0..0, notes);
+        p.was_running = true;
+        self.finish(plan, p)
+    }
+
+    /// Checks a provisioned lab and puts together what `up` or `reset` reports.
+    fn finish(&self, plan: &Plan, p: Provisioned) -> Result<Outcome, EngineError> {
+        let mut outcome = self.verify_running(plan, &p.runner)?;
+        outcome.notes.splice(0..0, p.notes);
+        if p.was_running {
+            outcome.repairs = p.ran;
+        }
+        crate::health::save(p.lock.dir(), &outcome.verdict)?;
+        Ok(outcome)
+    }
+
+    /// Removes one guest's resources (newest first), leaving the rest of the lab.
+    fn remove_guest(&self, g: &GuestPlan) -> Result<(), EngineError> {
+        for r in self.driver.guest_resources(g).iter().rev() {
+            match r {
+                Resource::HostLink { name } => {
+                    self.host.delete_link(name)?;
+                }
+                other => {
+                    self.driver.remove(other)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pings, then reads every guest, then verifies: what `check` does on a running lab.
+    fn verify_running(&self, plan: &Plan, runner: &Runner) -> Result<Outcome, EngineError> {
+        // A guest that cannot be pinged from or read is a failed check, not an aborted run;
+        // why it failed goes into the notes.
+        let (pings, mut notes) = pings::ping_all(self.driver.as_ref(), plan);
+        let mut observed = BTreeMap::new();
+        let mut readiness = BTreeMap::new();
+        let seen = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
+            runner.observe_ready(g)
+        });
+        for (g, r) in plan.guests.iter().zip(seen) {
+            match r {
+                Ok((s, ready)) => {
+                    observed.insert(g.name.clone(), s);
+                    readiness.insert(g.name.clone(), ready);
+                }
+                Err(e) => notes.push(e.to_string()),
+            }
+        }
+        let verdict = verify::verify(plan, &observed, &pings);
+        Ok(Outcome {
+            observed,
+            pings,
+            verdict,
+            notes,
+            tools: runner.tools().clone(),
+            readiness,
+            repairs: Vec::new(),
+        })
+    }
+
+    /// Re-verifies a running lab under its lock.
+    pub fn check(&self, plan: &Plan) -> Result<Outcome, EngineError> {
+        let lock = self.state.lock(&plan.lab)?;
+        let st = lock.load()?.ok_or_else(|| {
+            StateError::NotRunning(plan.lab.clone(), self.state.root().to_path_buf())
+        })?;
+        let runner = Runner::new(self.driver.as_ref(), Some(lock.dir()), st.tools);
+        let outcome = self.verify_running(plan, &runner)?;
+        crate::health::save(lock.dir(), &outcome.verdict)?;
+        Ok(outcome)
+    }
+
+    /// A quick check for `status`: every guest read and compared with the plan, no pings, no
+    /// lock (it changes nothing).
+    pub fn quick_check(&self, plan: &Plan) -> Result<Verdict, EngineError> {
+        let st = self.state.read(&plan.lab)?;
+        let runner = Runner::new(self.driver.as_ref(), None, st.tools);
+        let seen = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
+            if self.driver.guest_exists(g) {
+                runner.observe(g).ok()
+            } else {
+                None
+            }
+        });
+        let observed = plan
+            .guests
+            .iter()
+            .zip(seen)
+            .filter_map(|(g, s)| Some((g.name.clone(), s?)))
+            .collect();
+        Ok(verify::verify(plan, &observed, &[]))
+    }
+
+    /// Removes every resource recorded for the lab, newest first, then its state.
+    pub fn down(&self, lab: &str) -> Result<Vec<String>, EngineError> {
+        let lock = self.state.lock(lab)?;
+        let Some(st) = lock.load()? else {
+            lock.remove()?;
+            return Ok(vec![format!("lab {lab} is not running; nothing to remove")]);
+        };
+        let others_running = self.state.labs().iter().any(|l| l != lab);
+        let mut notes = Vec::new();
+        // Host links first and all at once: deleting one also deletes its peer in the guest.
+        let host_links: Vec<String> = st
+            .resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::HostLink { name } => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        self.host.delete_links(&host_links)?;
+        for r in st.resources.iter().rev() {
+            match r {
+                Resource::HostLink { .. } => {}
+                Resource::Bridge { name } => {
+                    self.host.delete_link(name)?;
+                }
+                Resource::Path { path } => {
+                    let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir_all(path));
+                }
+                Resource::Sysctl { key, previous } => {
+                    if others_running {
+                        notes.push(format!("left {key} raised: other labs are still running"));
+                    } else if self.host.write_sysctl(key, previous).is_ok() {
+                        notes.push(format!("restored {key} to {previous}"));
+                    }
+                }
+                other => {
+                    self.driver.remove(other)?;
+                }
+            }
+        }
+        lock.remove()?;
+        Ok(notes)
+    }
+}
+
+/// Records what `then` ran in guest `g`, for [`Outcome::repairs`].
+fn repairs(g: &GuestPlan, steps: Vec<Step>) -> Vec<Repair> {
+    steps
+        .into_iter()
+        .map(|step| Repair {
+            guest: g.name.clone(),
+            step,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

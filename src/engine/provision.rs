@@ -1,0 +1,155 @@
+//! Everything before the checks: the lab's state and lock, the bridge, the guests created in
+//! parallel with their tools ready, then each guest's own work.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::guests::Runner;
+use super::{preflight, repairs, Engine, EngineError};
+use crate::converge::Step;
+use crate::iproute2::Tools;
+use crate::outcome::Repair;
+use crate::plan::{GuestPlan, Plan};
+use crate::progress::Progress;
+use crate::state::{LabLock, LabState, Resource, StateError};
+
+/// What each guest gets once it exists and its tools are ready: the steps it ran.
+pub(super) type GuestWork<'a> =
+    dyn Fn(&Runner, &GuestPlan, &Tools) -> Result<Vec<Step>, EngineError> + Sync + 'a;
+
+/// A lab whose guests exist and have done their work.
+pub(super) struct Provisioned<'a> {
+    /// The lab's lock, held until this is dropped.
+    pub lock: LabLock,
+    /// Runs commands in the guests, with the tools each was configured with.
+    pub runner: Runner<'a>,
+    /// Notes for the user.
+    pub notes: Vec<String>,
+    /// What ran in each guest, in order.
+    pub ran: Vec<Repair>,
+    /// Whether the lab was running before.
+    pub was_running: bool,
+}
+
+impl Engine {
+    /// Provisions `guests` of the lab: refuses what belongs to others before anything is
+    /// written, takes the lock, records every resource before creating it, creates the bridge
+    /// and the guests (in parallel), readies each guest's tools, then runs `work` in each.
+    /// `lab_file` (the file's path and text) is kept as the lab's copy when given.
+    pub(super) fn provision(
+        &self,
+        plan: &Plan,
+        lab_file: Option<(&Path, &str)>,
+        guests: &[&GuestPlan],
+        ui: &Progress,
+        work: &GuestWork,
+    ) -> Result<Provisioned<'_>, EngineError> {
+        let known = match self.state.read(&plan.lab) {
+            Ok(st) => st.resources,
+            Err(StateError::NotRunning(..)) if lab_file.is_some() => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let was_running = !known.is_empty();
+        preflight::refuse_foreign_bridge(self.host.as_ref(), plan, &known)?;
+        preflight::refuse_routed_subnet(self.host.as_ref(), plan)?;
+        let lock = self.state.lock(&plan.lab)?;
+        let mut st = match lock.load()? {
+            Some(st) => st,
+            None => {
+                let (source, _) = lab_file.ok_or_else(|| {
+                    StateError::NotRunning(plan.lab.clone(), self.state.root().to_path_buf())
+                })?;
+                LabState {
+                    lab: plan.lab.clone(),
+                    source: source.to_path_buf(),
+                    resources: Vec::new(),
+                    tools: BTreeMap::new(),
+                    instance: plan.instance.clone(),
+                }
+            }
+        };
+        if let Some((_, text)) = lab_file {
+            lock.save_lab_copy(text)?;
+        }
+        lock.save(&st)?;
+
+        let notes = preflight::size_neighbour_tables(self.host.as_ref(), plan, &lock, &mut st)?;
+        lock.record(
+            &mut st,
+            vec![Resource::Bridge {
+                name: plan.bridge.clone(),
+            }],
+        )?;
+        self.host.ensure_bridge(&plan.bridge, plan.gateway)?;
+        let guest_resources = guests
+            .iter()
+            .flat_map(|g| self.driver.guest_resources(g))
+            .collect();
+        lock.record(&mut st, guest_resources)?;
+
+        let runner = Runner::new(self.driver.as_ref(), Some(lock.dir()), BTreeMap::new());
+        let state_dir = lock.dir();
+        let results: Vec<Result<(Tools, Vec<Step>), EngineError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = guests
+                .iter()
+                .map(|g| {
+                    let bar = ui.line(&g.name);
+                    let runner = &runner;
+                    s.spawn(move || {
+                        let progress = |stage: &str| bar.set_message(stage.to_string());
+                        let r = self
+                            .driver
+                            .create_guest(plan, g, &progress)
+                            .map_err(EngineError::from)
+                            .and_then(|()| {
+                                let tools = self.prepare_tools(
+                                    runner,
+                                    plan.iproute2,
+                                    g,
+                                    state_dir,
+                                    &progress,
+                                )?;
+                                bar.set_message("configuring vxlan");
+                                Ok((tools.clone(), work(runner, g, &tools)?))
+                            });
+                        match &r {
+                            Ok(_) => bar.finish_with_message("ready"),
+                            Err(_) => bar.abandon_with_message("failed"),
+                        }
+                        r
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("guest thread panicked"))
+                .collect()
+        });
+        let mut ran = Vec::new();
+        let mut first_error = None;
+        for (g, r) in guests.iter().zip(results) {
+            match r {
+                Ok((tools, steps)) => {
+                    st.tools.insert(g.name.clone(), tools);
+                    ran.extend(repairs(g, steps));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        // What each guest was configured with, failed guests' neighbours included.
+        lock.save(&st)?;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let runner = Runner::new(self.driver.as_ref(), Some(lock.dir()), st.tools.clone());
+        Ok(Provisioned {
+            lock,
+            runner,
+            notes,
+            ran,
+            was_running,
+        })
+    }
+}

@@ -1,0 +1,343 @@
+//! The engine against recording fakes of the host and the guests: nothing on this machine is
+//! touched. Guests answer reads with states recorded from real labs
+//! (`tests/fixtures/states/`), so what the engine runs follows from real kernel output.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::*;
+use crate::host::process::Output;
+use crate::host::{Frames, HostRoute};
+use crate::plan::PingPlan;
+
+/// Records what the engine asks of the host.
+#[derive(Default)]
+struct FakeHost {
+    calls: Mutex<Vec<String>>,
+}
+
+impl FakeHost {
+    fn log(&self, what: String) {
+        self.calls.lock().unwrap().push(what);
+    }
+}
+
+impl Host for FakeHost {
+    fn ensure_bridge(&self, name: &str, _: IpNet) -> Result<(), NetlinkError> {
+        self.log(format!("bridge {name}"));
+        Ok(())
+    }
+    fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        self.log(format!("del {name}"));
+        Ok(true)
+    }
+    fn delete_links(&self, names: &[String]) -> Result<usize, NetlinkError> {
+        self.log(format!("del {}", names.join(",")));
+        Ok(names.len())
+    }
+    fn link_exists(&self, _: &str) -> bool {
+        false
+    }
+    fn routes(&self, _: bool) -> Vec<HostRoute> {
+        self.log("routes".into());
+        Vec::new()
+    }
+    fn read_sysctl(&self, _: &str) -> io::Result<String> {
+        Ok("1024".into())
+    }
+    fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
+        self.log(format!("sysctl {key}={value}"));
+        Ok(())
+    }
+    fn capture(&self, _: &str, _: Duration) -> io::Result<Box<dyn Frames>> {
+        Err(io::Error::other("no captures in tests"))
+    }
+}
+
+/// Guests that answer reads from recorded states and record every other command.
+struct FakeGuests {
+    /// The recorded state each guest reports, by guest name.
+    states: BTreeMap<String, serde_json::Value>,
+    state_dir: StateDir,
+    ran: Mutex<Vec<String>>,
+}
+
+impl FakeGuests {
+    fn new(state_dir: &StateDir, states: &[(&str, &str)]) -> Arc<Self> {
+        let states = states
+            .iter()
+            .map(|(g, name)| {
+                let text = crate::fixture(&format!("states/{name}.json"));
+                (g.to_string(), serde_json::from_str(&text).unwrap())
+            })
+            .collect();
+        Arc::new(FakeGuests {
+            states,
+            state_dir: state_dir.clone(),
+            ran: Mutex::default(),
+        })
+    }
+
+    /// The commands that changed something, as `guest: command`.
+    fn changes(&self) -> Vec<String> {
+        self.ran.lock().unwrap().clone()
+    }
+}
+
+fn ok(stdout: &str, stderr: &str) -> Output {
+    Output {
+        status: 0,
+        stdout: stdout.into(),
+        stderr: stderr.into(),
+    }
+}
+
+impl Driver for Arc<FakeGuests> {
+    fn guest_resources(&self, g: &GuestPlan) -> Vec<Resource> {
+        vec![Resource::Domain {
+            name: g.instance.clone(),
+        }]
+    }
+    fn create_guest(
+        &self,
+        plan: &Plan,
+        g: &GuestPlan,
+        _: &dyn Fn(&str),
+    ) -> Result<(), DriverError> {
+        // The resource must be in the state file before the guest exists.
+        let st = self.state_dir.read(&plan.lab).unwrap();
+        assert!(st.resources.contains(&Resource::Domain {
+            name: g.instance.clone()
+        }));
+        Ok(())
+    }
+    fn exec(&self, g: &GuestPlan, argv: &[String]) -> Result<Output, DriverError> {
+        let st = &self.states[&g.name];
+        let words: Vec<&str> = argv.iter().map(String::as_str).collect();
+        // A device the guest does not have has nothing to show: the command fails.
+        let dump = |v: &serde_json::Value| {
+            if v.is_null() {
+                Output {
+                    status: 1,
+                    stdout: String::new(),
+                    stderr: "Cannot find device".into(),
+                }
+            } else {
+                ok(&v.to_string(), "")
+            }
+        };
+        Ok(match words[..] {
+            ["uname", "-r"] => ok("6.1.0-27-amd64", ""),
+            ["sh", ..] => ok("", ""),
+            ["ip", "link", "help"] => ok("", "TYPE := { bridge | vxlan }"),
+            ["ip", "-j", "link", "show", "dev", "lo"] => ok("[{}]", ""),
+            ["ip", "-V"] => ok("ip utility, iproute2-6.1.0", ""),
+            ["ip", "-j", "-d", "link", "show"] => dump(&st["links"]),
+            ["ip", "-j", "addr", "show"] => dump(&st["addresses"]),
+            ["ip", "-j", "route", "show"] => dump(&st["routes"]),
+            ["ip", "-j", "maddr", "show", "dev", _] => dump(&st["groups"]),
+            ["bridge", "-j", "fdb", "show", "dev", d] => dump(&st["fdb"][d]),
+            ["ip", "-j", "neigh", "show", "dev", d] => dump(&st["neighbours"][d]),
+            _ => {
+                let line = format!("{}: {}", g.name, crate::guest_command::shell_words(argv));
+                self.ran.lock().unwrap().push(line);
+                ok("", "")
+            }
+        })
+    }
+    fn ping(&self, _: &GuestPlan, pings: &[PingPlan]) -> Result<Vec<bool>, DriverError> {
+        Ok(vec![true; pings.len()])
+    }
+    fn remove(&self, r: &Resource) -> Result<bool, DriverError> {
+        self.ran.lock().unwrap().push(format!("remove {r:?}"));
+        Ok(true)
+    }
+    fn guest_exists(&self, _: &GuestPlan) -> bool {
+        true
+    }
+    fn parallel_commands(&self) -> usize {
+        2
+    }
+}
+
+fn seed() -> (Plan, String) {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/labs/two-netns.yaml"))
+        .unwrap();
+    let lab = crate::lab::parse(&text, Path::new("two-netns.yaml")).unwrap();
+    (crate::plan::plan(&lab), text)
+}
+
+/// An engine keeping its state in `state`, over guests that report `states`.
+fn engine_in(
+    state: &StateDir,
+    states: &[(&str, &str)],
+) -> (Engine, Arc<FakeGuests>, Arc<FakeHost>) {
+    let guests = FakeGuests::new(state, states);
+    let host = Arc::new(FakeHost::default());
+    let engine = Engine::new(Box::new(guests.clone()), host.clone(), state.clone());
+    (engine, guests, host)
+}
+
+fn engine(states: &[(&str, &str)]) -> (Engine, Arc<FakeGuests>, Arc<FakeHost>, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (engine, guests, host) = engine_in(&StateDir::at(tmp.path()), states);
+    (engine, guests, host, tmp)
+}
+
+#[test]
+fn a_second_up_of_a_healthy_lab_runs_no_configuration_command() {
+    let (plan, text) = seed();
+    let (engine, guests, _, _tmp) =
+        engine(&[("vm-a", "seed-healthy-vm-a"), ("vm-b", "seed-healthy-vm-b")]);
+    let o = engine
+        .up(
+            &plan,
+            Path::new("two-netns.yaml"),
+            &text,
+            &Progress::hidden(),
+        )
+        .unwrap();
+    assert_eq!(guests.changes(), Vec::<String>::new());
+    assert!(o.verdict.ok(), "{:#?}", o.verdict.failures);
+    assert!(o.repairs.is_empty());
+}
+
+#[test]
+fn up_on_a_flushed_fdb_runs_only_the_flood_entry_and_says_why() {
+    let (plan, text) = seed();
+    let (engine, guests, _, _tmp) =
+        engine(&[("vm-a", "seed-healthy-vm-a"), ("vm-b", "seed-healthy-vm-b")]);
+    engine
+        .up(
+            &plan,
+            Path::new("two-netns.yaml"),
+            &text,
+            &Progress::hidden(),
+        )
+        .unwrap();
+    // The next `up` finds vm-a's FDB flushed.
+    let (engine2, guests2, _) = engine_in(
+        &engine.state,
+        &[
+            ("vm-a", "seed-fdb-flushed-vm-a"),
+            ("vm-b", "seed-healthy-vm-b"),
+        ],
+    );
+    let o = engine2
+        .up(
+            &plan,
+            Path::new("two-netns.yaml"),
+            &text,
+            &Progress::hidden(),
+        )
+        .unwrap();
+    assert_eq!(guests.changes(), Vec::<String>::new());
+    assert_eq!(
+        guests2.changes(),
+        ["vm-a: bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst 239.1.1.1 via eth0"]
+    );
+    assert_eq!(o.repairs.len(), 1);
+    assert_eq!(o.repairs[0].guest, "vm-a");
+    assert!(o.repairs[0].step.why.contains("flood entry to 239.1.1.1"));
+}
+
+#[test]
+fn up_records_each_guest_before_creating_it_and_down_removes_all_in_reverse() {
+    let (plan, text) = seed();
+    let (engine, guests, host, tmp) =
+        engine(&[("vm-a", "seed-fresh-vm-a"), ("vm-b", "seed-fresh-vm-a")]);
+    engine
+        .up(
+            &plan,
+            Path::new("two-netns.yaml"),
+            &text,
+            &Progress::hidden(),
+        )
+        .unwrap();
+    // A fresh guest gets the plan's commands, in order.
+    let want: Vec<String> = plan.guests[0]
+        .steps
+        .iter()
+        .map(|s| format!("vm-a: {}", s.command))
+        .collect();
+    let got: Vec<String> = guests
+        .changes()
+        .into_iter()
+        .filter(|c| c.starts_with("vm-a"))
+        .collect();
+    assert_eq!(got, want);
+    assert!(host
+        .calls
+        .lock()
+        .unwrap()
+        .contains(&"bridge vxbr-seed".to_string()));
+    guests.ran.lock().unwrap().clear();
+    host.calls.lock().unwrap().clear();
+
+    engine.down("two-netns").unwrap();
+    assert_eq!(
+        guests.changes(),
+        [
+            "remove Domain { name: \"vxlab-two-netns-vm-b\" }",
+            "remove Domain { name: \"vxlab-two-netns-vm-a\" }",
+        ]
+    );
+    assert_eq!(*host.calls.lock().unwrap(), ["del ", "del vxbr-seed"]);
+    assert!(engine.state.labs().is_empty());
+    assert!(!tmp.path().join("two-netns").exists());
+}
+
+#[test]
+fn a_bridge_the_lab_did_not_create_is_refused_before_anything_is_written() {
+    struct Taken(FakeHost);
+    impl Host for Taken {
+        fn ensure_bridge(&self, n: &str, a: IpNet) -> Result<(), NetlinkError> {
+            self.0.ensure_bridge(n, a)
+        }
+        fn delete_link(&self, n: &str) -> Result<bool, NetlinkError> {
+            self.0.delete_link(n)
+        }
+        fn delete_links(&self, n: &[String]) -> Result<usize, NetlinkError> {
+            self.0.delete_links(n)
+        }
+        fn link_exists(&self, _: &str) -> bool {
+            true
+        }
+        fn routes(&self, v6: bool) -> Vec<HostRoute> {
+            self.0.routes(v6)
+        }
+        fn read_sysctl(&self, k: &str) -> io::Result<String> {
+            self.0.read_sysctl(k)
+        }
+        fn write_sysctl(&self, k: &str, v: &str) -> io::Result<()> {
+            self.0.write_sysctl(k, v)
+        }
+        fn capture(&self, l: &str, p: Duration) -> io::Result<Box<dyn Frames>> {
+            self.0.capture(l, p)
+        }
+    }
+    let (plan, text) = seed();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = StateDir::at(tmp.path());
+    let guests = FakeGuests::new(&state, &[]);
+    let engine = Engine::new(
+        Box::new(guests.clone()),
+        Arc::new(Taken(FakeHost::default())),
+        state,
+    );
+    let e = engine
+        .up(
+            &plan,
+            Path::new("two-netns.yaml"),
+            &text,
+            &Progress::hidden(),
+        )
+        .unwrap_err();
+    assert!(e.before_anything(), "{e}");
+    assert!(e.to_string().contains("vxbr-seed already exists"), "{e}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}

@@ -1,0 +1,390 @@
+//! Every command vxlab runs in a guest, built in one typed place. What `plan`, `walk`, a repair
+//! line and the commands log show is the [`GuestCommand`] that ran, written as a student types
+//! it; only the path of `ip` and `bridge` differs when vxlab built them (see [`Tools`]).
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::iproute2::Tools;
+use crate::lab::{Flood, Mac};
+
+/// A program vxlab runs in a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Program {
+    /// iproute2's `ip`: the guest's own, or the one vxlab built.
+    Ip,
+    /// iproute2's `bridge`, likewise.
+    Bridge,
+    /// iputils' `ping`.
+    Ping,
+    /// `uname`.
+    Uname,
+    /// A POSIX shell, for the few checks that need one.
+    Sh,
+}
+
+impl Program {
+    /// The name a student types.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Ip => "ip",
+            Program::Bridge => "bridge",
+            Program::Ping => "ping",
+            Program::Uname => "uname",
+            Program::Sh => "sh",
+        }
+    }
+}
+
+/// One command for a guest: a program and its arguments, never a shell string. In JSON it is
+/// the line a student types and its argument vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestCommand {
+    /// The program.
+    pub program: Program,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+impl GuestCommand {
+    fn new(program: Program, args: &[&str]) -> Self {
+        GuestCommand {
+            program,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    fn ip(args: &[&str]) -> Self {
+        Self::new(Program::Ip, args)
+    }
+
+    fn bridge(args: &[&str]) -> Self {
+        Self::new(Program::Bridge, args)
+    }
+
+    /// The argument vector to run, with `ip` and `bridge` taken from `tools`.
+    pub fn argv(&self, tools: &Tools) -> Vec<String> {
+        let program = match self.program {
+            Program::Ip => tools.ip.clone(),
+            Program::Bridge => tools.bridge.clone(),
+            other => other.name().to_string(),
+        };
+        std::iter::once(program)
+            .chain(self.args.iter().cloned())
+            .collect()
+    }
+
+    /// The words as a student types them.
+    pub fn words(&self) -> Vec<String> {
+        self.argv(&Tools::default())
+    }
+}
+
+impl Serialize for GuestCommand {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("GuestCommand", 2)?;
+        st.serialize_field("line", &self.to_string())?;
+        st.serialize_field("argv", &self.words())?;
+        st.end()
+    }
+}
+
+impl fmt::Display for GuestCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&shell_words(&self.words()))
+    }
+}
+
+/// Joins argv for display, quoting any word a POSIX shell would split or expand.
+pub fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Quotes one word for a POSIX shell; plain words stay as they are.
+pub fn shell_quote(w: &str) -> String {
+    let plain = !w.is_empty()
+        && w.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=@%+,".contains(&b));
+    if plain {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+/// The all-zeros MAC of flood entries, as `bridge` writes it.
+const ZERO_MAC: &str = "00:00:00:00:00:00";
+
+/// `ip link set DEV up`.
+pub fn link_up(dev: &str) -> GuestCommand {
+    GuestCommand::ip(&["link", "set", "up", dev])
+}
+
+/// `ip link set DEV down`.
+pub fn link_down(dev: &str) -> GuestCommand {
+    GuestCommand::ip(&["link", "set", "down", dev])
+}
+
+/// `ip link set dev DEV mtu MTU`.
+pub fn link_mtu(dev: &str, mtu: u32) -> GuestCommand {
+    GuestCommand::ip(&["link", "set", "dev", dev, "mtu", &mtu.to_string()])
+}
+
+/// `ip link set dev DEV address MAC`.
+pub fn link_address(dev: &str, mac: Mac) -> GuestCommand {
+    GuestCommand::ip(&["link", "set", "dev", dev, "address", &mac.to_string()])
+}
+
+/// `ip link set dev DEV addrgenmode none`: no IPv6 link-local address, so the device sends no
+/// IPv6 autoconfiguration traffic of its own.
+pub fn link_no_ipv6_autoconf(dev: &str) -> GuestCommand {
+    GuestCommand::ip(&["link", "set", "dev", dev, "addrgenmode", "none"])
+}
+
+/// `ip link del dev DEV`.
+pub fn link_del(dev: &str) -> GuestCommand {
+    GuestCommand::ip(&["link", "del", "dev", dev])
+}
+
+/// What `ip link add … type vxlan` is given.
+#[derive(Debug, Clone, Copy)]
+pub struct VxlanDevice<'a> {
+    /// Device name.
+    pub name: &'a str,
+    /// VNI.
+    pub vni: u32,
+    /// How it floods.
+    pub flood: &'a Flood,
+    /// The guest's own underlay address: without a group the kernel needs it to pick the
+    /// underlay's address family.
+    pub local: IpAddr,
+    /// Underlay device.
+    pub dev: &'a str,
+    /// UDP port, always given: the kernel's default is 8472, not IANA's 4789.
+    pub port: u16,
+    /// Learning.
+    pub learning: bool,
+}
+
+/// `ip link add NAME type vxlan id VNI (group G | local L) dev DEV dstport PORT [nolearning]`.
+pub fn link_add_vxlan(v: VxlanDevice<'_>) -> GuestCommand {
+    let id = v.vni.to_string();
+    let mut c = GuestCommand::ip(&["link", "add", v.name, "type", "vxlan", "id", &id]);
+    match v.flood {
+        Flood::Group(g) => c.args.extend(["group".into(), g.to_string()]),
+        Flood::HeadEnd => c.args.extend(["local".into(), v.local.to_string()]),
+    }
+    c.args.extend([
+        "dev".into(),
+        v.dev.to_string(),
+        "dstport".into(),
+        v.port.to_string(),
+    ]);
+    if !v.learning {
+        c.args.push("nolearning".into());
+    }
+    c
+}
+
+/// `ip addr add ADDRESS dev DEV`; `nodad` for IPv6: duplicate address detection would hold
+/// the address back for seconds, and vxlab already guarantees the addresses are unique.
+pub fn addr_add(address: IpNet, dev: &str) -> GuestCommand {
+    let mut c = GuestCommand::ip(&["addr", "add", &address.to_string(), "dev", dev]);
+    if address.addr().is_ipv6() {
+        c.args.push("nodad".into());
+    }
+    c
+}
+
+/// `ip addr del ADDRESS dev DEV`.
+pub fn addr_del(address: IpNet, dev: &str) -> GuestCommand {
+    GuestCommand::ip(&["addr", "del", &address.to_string(), "dev", dev])
+}
+
+/// `ip route add SUBNET dev DEV`: the connected route an address normally brings.
+pub fn route_add(subnet: IpNet, dev: &str) -> GuestCommand {
+    GuestCommand::ip(&["route", "add", &subnet.trunc().to_string(), "dev", dev])
+}
+
+/// `ip neigh flush dev DEV`: forgets the overlay neighbours (ARP or ND) on a device.
+pub fn neigh_flush(dev: &str) -> GuestCommand {
+    GuestCommand::ip(&["neigh", "flush", "dev", dev])
+}
+
+/// `ip neigh del ADDRESS dev DEV`.
+pub fn neigh_del(address: IpAddr, dev: &str) -> GuestCommand {
+    GuestCommand::ip(&["neigh", "del", &address.to_string(), "dev", dev])
+}
+
+/// `bridge fdb append 00:00:00:00:00:00 dev DEV dst DST [via VIA]`: a flood entry. `via` is
+/// the underlay device a multicast `dst` is reached through.
+pub fn flood_entry_add(dev: &str, dst: IpAddr, via: Option<&str>) -> GuestCommand {
+    let dst = dst.to_string();
+    let mut c = GuestCommand::bridge(&["fdb", "append", ZERO_MAC, "dev", dev, "dst", &dst]);
+    if let Some(via) = via {
+        c.args.extend(["via".into(), via.to_string()]);
+    }
+    c
+}
+
+/// `bridge fdb del 00:00:00:00:00:00 dev DEV dst DST`: removes one flood entry.
+pub fn flood_entry_del(dev: &str, dst: IpAddr) -> GuestCommand {
+    let dst = dst.to_string();
+    GuestCommand::bridge(&["fdb", "del", ZERO_MAC, "dev", dev, "dst", &dst])
+}
+
+/// `bridge fdb replace MAC dev DEV dst DST`: adds or corrects a static entry.
+pub fn fdb_replace(mac: Mac, dev: &str, dst: IpAddr) -> GuestCommand {
+    let (mac, dst) = (mac.to_string(), dst.to_string());
+    GuestCommand::bridge(&["fdb", "replace", &mac, "dev", dev, "dst", &dst])
+}
+
+/// `bridge fdb del MAC dev DEV`.
+pub fn fdb_del(mac: Mac, dev: &str) -> GuestCommand {
+    GuestCommand::bridge(&["fdb", "del", &mac.to_string(), "dev", dev])
+}
+
+/// `ping -c COUNT [-i INTERVAL] -W WAIT -q TO`: `count` echo requests, waiting at most `wait`
+/// seconds for the last reply.
+pub fn ping(to: IpAddr, count: u32, interval: Option<&str>, wait: u32) -> GuestCommand {
+    let mut c = GuestCommand::new(Program::Ping, &["-c", &count.to_string()]);
+    if let Some(i) = interval {
+        c.args.extend(["-i".into(), i.to_string()]);
+    }
+    c.args
+        .extend(["-W".into(), wait.to_string(), "-q".into(), to.to_string()]);
+    c
+}
+
+/// Commands that read a guest; with `json` each prints JSON (`-j`), otherwise text for an
+/// `ip` that has no `-j`.
+pub mod read {
+    use super::{GuestCommand, Program};
+
+    fn with_json(program: Program, json: bool, args: &[&str]) -> GuestCommand {
+        let mut all: Vec<&str> = Vec::with_capacity(args.len() + 1);
+        if json {
+            all.push("-j");
+        }
+        all.extend(args);
+        GuestCommand::new(program, &all)
+    }
+
+    /// Every link with details: `ip -j -d link show`.
+    pub fn links(json: bool) -> GuestCommand {
+        with_json(Program::Ip, json, &["-d", "link", "show"])
+    }
+    /// Every address: `ip -j addr show`.
+    pub fn addresses(json: bool) -> GuestCommand {
+        with_json(Program::Ip, json, &["addr", "show"])
+    }
+    /// Multicast memberships of `dev`: `ip -j maddr show dev DEV`.
+    pub fn groups(json: bool, dev: &str) -> GuestCommand {
+        with_json(Program::Ip, json, &["maddr", "show", "dev", dev])
+    }
+    /// Forwarding database of a vxlan device: `bridge -j fdb show dev DEV`.
+    pub fn fdb(json: bool, dev: &str) -> GuestCommand {
+        with_json(Program::Bridge, json, &["fdb", "show", "dev", dev])
+    }
+    /// Neighbours (ARP or ND) on a device: `ip -j neigh show dev DEV`.
+    pub fn neighbours(json: bool, dev: &str) -> GuestCommand {
+        with_json(Program::Ip, json, &["neigh", "show", "dev", dev])
+    }
+    /// The routing table: `ip -j route show`, or `ip -j -6 route show`.
+    pub fn routes(json: bool, v6: bool) -> GuestCommand {
+        if v6 {
+            with_json(Program::Ip, json, &["-6", "route", "show"])
+        } else {
+            with_json(Program::Ip, json, &["route", "show"])
+        }
+    }
+}
+
+/// The readiness commands, in the order [`crate::iproute2::Readiness::from_outputs`] reads
+/// them: the kernel's release, the vxlan module, `ip link help`, whether `ip -j` prints JSON,
+/// and `ip -V`.
+pub fn readiness() -> Vec<GuestCommand> {
+    vec![
+        GuestCommand::new(Program::Uname, &["-r"]),
+        // Loaded or built in, or a module modprobe can find.
+        GuestCommand::new(
+            Program::Sh,
+            &["-c", "test -d /sys/module/vxlan || modprobe -n -q vxlan"],
+        ),
+        // Old releases print the help, type list included, on stderr.
+        GuestCommand::ip(&["link", "help"]),
+        GuestCommand::ip(&["-j", "link", "show", "dev", "lo"]),
+        GuestCommand::ip(&["-V"]),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_commands_read_as_a_student_types_them() {
+        let c = link_add_vxlan(VxlanDevice {
+            name: "vxlan0",
+            vni: 42,
+            flood: &Flood::Group("239.1.1.1".parse().unwrap()),
+            local: "192.168.10.2".parse().unwrap(),
+            dev: "eth0",
+            port: 4789,
+            learning: true,
+        });
+        assert_eq!(
+            c.to_string(),
+            "ip link add vxlan0 type vxlan id 42 group 239.1.1.1 dev eth0 dstport 4789"
+        );
+        assert_eq!(link_up("vxlan0").to_string(), "ip link set up vxlan0");
+        assert_eq!(
+            addr_add("fd00:42::2/64".parse().unwrap(), "vxlan0").to_string(),
+            "ip addr add fd00:42::2/64 dev vxlan0 nodad"
+        );
+        assert_eq!(
+            read::fdb(true, "vxlan0").to_string(),
+            "bridge -j fdb show dev vxlan0"
+        );
+        assert_eq!(read::links(false).to_string(), "ip -d link show");
+    }
+
+    #[test]
+    fn built_tools_replace_only_the_program() {
+        let tools = Tools {
+            ip: "/opt/b/ip".into(),
+            bridge: "/opt/b/bridge".into(),
+            ..Tools::default()
+        };
+        assert_eq!(link_up("x").argv(&tools)[0], "/opt/b/ip");
+        assert_eq!(
+            fdb_del(Mac([2, 0, 0, 0, 0, 1]), "x").argv(&tools)[0],
+            "/opt/b/bridge"
+        );
+        // A device named like the program is an argument, and stays one.
+        assert_eq!(
+            link_up("ip").argv(&tools),
+            ["/opt/b/ip", "link", "set", "up", "ip"]
+        );
+        assert_eq!(
+            ping("10.0.0.1".parse().unwrap(), 1, None, 1).argv(&tools)[0],
+            "ping"
+        );
+    }
+
+    #[test]
+    fn quoting_keeps_plain_words_and_quotes_the_rest() {
+        assert_eq!(shell_quote("192.168.42.2/24"), "192.168.42.2/24");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

@@ -1,0 +1,473 @@
+//! A lab broken the way students break it, on real namespaces: `check` names the guest, the
+//! layer and the fix, cause first; `up` (or `reset`) puts the kernel back to the plan exactly,
+//! running nothing on a healthy lab; `status` never calls a failing lab healthy.
+
+mod common;
+
+use std::process::Command;
+
+use common::{fdb_dst, vtep, Lab};
+use serde_json::Value;
+
+/// Runs `ip ARGS` (or `bridge`) inside a guest of `lab`, as a student at its shell would.
+fn student(lab: &Lab, guest: &str, argv: &[&str]) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("vxlab-{}-{guest}", lab.name)])
+        .args(argv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What `ip -j ARGS` prints in a guest, parsed.
+fn kernel(lab: &Lab, guest: &str, argv: &[&str]) -> Value {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("vxlab-{}-{guest}", lab.name)])
+        .args(argv)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// The addresses on `dev` in `guest`, as the kernel lists them (global ones only).
+fn addresses(lab: &Lab, guest: &str, dev: &str) -> Vec<String> {
+    kernel(lab, guest, &["ip", "-j", "addr", "show", "dev", dev])[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["scope"] == "global")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect()
+}
+
+/// The causes `check` reports: (guest, layer, what).
+fn causes(report: &Value) -> Vec<(String, String, String)> {
+    report["diagnoses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let c = &d["cause"];
+            (
+                c["guest"].as_str().unwrap().to_string(),
+                c["layer"].as_str().unwrap().to_string(),
+                c["what"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn first_cause(report: &Value) -> &Value {
+    &report["diagnoses"][0]["cause"]
+}
+
+/// `up` by the lab's name (a running lab), as JSON.
+fn up_again(lab: &Lab) -> (i32, Value) {
+    let out = lab.run(&["up", "--json", &lab.name]);
+    let code = out.status.code().unwrap_or(-1);
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "up printed no report: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (code, json)
+}
+
+fn repairs(report: &Value) -> Vec<String> {
+    report["repairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r["guest"].as_str().unwrap(),
+                r["command"]["line"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn seed(name: &str, subnet: &str) -> Lab {
+    let lab = Lab::shipped("two-netns.yaml", name, &[("192.168.10.", subnet)]);
+    let (code, r) = lab.up();
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    lab
+}
+
+#[test]
+fn a_flushed_fdb_is_named_and_up_puts_the_flood_entry_back() {
+    let lab = seed("t-r-fdb", "192.168.71.");
+    student(&lab, "vm-a", &["bridge", "fdb", "flush", "dev", "vxlan0"]);
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    let c = first_cause(&r);
+    assert_eq!(c["guest"], "vm-a");
+    assert_eq!(c["layer"], "flooding");
+    assert_eq!(c["kind"], "flood_entry");
+    assert_eq!(
+        c["fix"]["commands"][0],
+        "bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst 239.1.1.1 via eth0"
+    );
+
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(
+        repairs(&r),
+        ["vm-a: bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst 239.1.1.1 via eth0"]
+    );
+    assert_eq!(
+        fdb_dst(&r, "vm-a", "vxlan0", &Value::from("00:00:00:00:00:00")).as_deref(),
+        Some("239.1.1.1")
+    );
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_changed_overlay_address_is_flagged_and_up_leaves_only_the_planned_one() {
+    let lab = seed("t-r-ovl", "192.168.72.");
+    student(
+        &lab,
+        "vm-b",
+        &["ip", "addr", "del", "192.168.42.3/24", "dev", "vxlan0"],
+    );
+    student(
+        &lab,
+        "vm-b",
+        &["ip", "addr", "add", "192.168.42.33/24", "dev", "vxlan0"],
+    );
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    let c = first_cause(&r);
+    assert_eq!(
+        (c["guest"].as_str(), c["layer"].as_str()),
+        (Some("vm-b"), Some("overlay_address"))
+    );
+    assert!(r["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["kind"] == "extra_address" && f["seen"] == "192.168.42.33/24"));
+
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(addresses(&lab, "vm-b", "vxlan0"), ["192.168.42.3/24"]);
+    assert_eq!(lab.check().0, 0);
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_downed_underlay_is_the_cause_with_its_command_and_up_brings_it_up() {
+    let lab = seed("t-r-down", "192.168.73.");
+    student(&lab, "vm-a", &["ip", "link", "set", "eth0", "down"]);
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    assert_eq!(
+        causes(&r),
+        [(
+            "vm-a".into(),
+            "underlay_link".into(),
+            "eth0 is up (underlay)".into()
+        )]
+    );
+    let c = first_cause(&r);
+    assert_eq!(c["fix"]["commands"][0], "ip link set up eth0");
+    assert_eq!(c["fix"]["vxlab"], format!("vxlab up {}", lab.name));
+    // The lost pings both ways are its symptoms, not causes of their own.
+    let symptoms = r["diagnoses"][0]["symptoms"].as_array().unwrap();
+    assert!(symptoms
+        .iter()
+        .any(|s| s["guest"] == "vm-b" && s["kind"] == "overlay_ping"));
+    let text = String::from_utf8(lab.run(&["check", &lab.name]).stdout).unwrap();
+    assert!(
+        text.contains("vm-a: eth0 is up (underlay): expected up, seen down (underlay link)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fix: `ip link set up eth0`, or `vxlab up t-r-down`"),
+        "{text}"
+    );
+
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(repairs(&r), ["vm-a: ip link set up eth0"]);
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_changed_underlay_address_is_blamed_on_its_own_guest_first() {
+    let lab = seed("t-r-und", "192.168.74.");
+    student(
+        &lab,
+        "vm-a",
+        &["ip", "addr", "del", "192.168.74.2/24", "dev", "eth0"],
+    );
+    student(
+        &lab,
+        "vm-a",
+        &["ip", "addr", "add", "192.168.74.22/24", "dev", "eth0"],
+    );
+    // vm-b now learns vm-a behind .22.
+    student(
+        &lab,
+        "vm-a",
+        &["ping", "-c", "1", "-W", "1", "192.168.42.3"],
+    );
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    let all = causes(&r);
+    assert_eq!(
+        all[0],
+        (
+            "vm-a".into(),
+            "underlay_address".into(),
+            "eth0 address".into()
+        ),
+        "{all:?}"
+    );
+    assert!(
+        all.iter().all(|(g, _, _)| g == "vm-a"),
+        "vm-b is not a cause: {all:?}"
+    );
+
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(addresses(&lab, "vm-a", "eth0"), ["192.168.74.2/24"]);
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_deleted_vxlan_device_carries_the_plan_lines_and_up_recreates_it() {
+    let lab = seed("t-r-del", "192.168.75.");
+    student(&lab, "vm-a", &["ip", "link", "del", "vxlan0"]);
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    let c = first_cause(&r);
+    assert_eq!(c["what"], "vxlan0 exists");
+    assert_eq!(
+        c["fix"]["commands"][0],
+        "ip link add vxlan0 type vxlan id 42 group 239.1.1.1 dev eth0 dstport 4789"
+    );
+    // The same line `vxlab plan` prints.
+    let plan = String::from_utf8(lab.run(&["plan", lab.file.to_str().unwrap()]).stdout).unwrap();
+    assert!(plan.contains(c["fix"]["commands"][0].as_str().unwrap()));
+
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(vtep(&r, "vm-a", "vxlan0")["kernel"]["vni"], 42);
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_second_up_of_a_healthy_lab_runs_no_configuration_command() {
+    let lab = seed("t-r-noop", "192.168.76.");
+    let log = lab.state.path().join(&lab.name).join("commands-vm-a.log");
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 0);
+    assert_eq!(r["repairs"].as_array().unwrap().len(), 0);
+    let ran: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .skip(before)
+        .map(String::from)
+        .collect();
+    assert!(!ran.is_empty(), "the second up reads the guest");
+    let changes = [
+        " link add ",
+        " link set ",
+        " link del ",
+        " addr add ",
+        " addr del ",
+        " fdb append ",
+        " fdb replace ",
+        " fdb del ",
+        " route add ",
+        " neigh del ",
+        " neigh flush ",
+    ];
+    let changed: Vec<&String> = ran
+        .iter()
+        .filter(|l| changes.iter().any(|c| l.contains(c)))
+        .collect();
+    assert_eq!(changed, Vec::<&String>::new());
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn reset_forgets_what_was_learned_and_recreates_a_guest_that_is_gone() {
+    let lab = seed("t-r-reset", "192.168.77.");
+    let fdb = |g: &str| kernel(&lab, g, &["bridge", "-j", "fdb", "show", "dev", "vxlan0"]);
+    let learned = |g: &str| {
+        fdb(g)
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["mac"] != "00:00:00:00:00:00")
+            .count()
+    };
+    assert_eq!(learned("vm-a"), 1, "the checks' pings taught vm-a its peer");
+    let out = lab.run(&["reset", &lab.name, "vm-a", "--json"]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The forgetting is shown, as commands.
+    let ran = repairs(&r);
+    assert!(
+        ran.contains(&"vm-a: ip neigh flush dev vxlan0".to_string()),
+        "{ran:?}"
+    );
+    assert!(
+        ran.iter()
+            .any(|c| c.starts_with("vm-a: bridge fdb del 02:")),
+        "{ran:?}"
+    );
+    assert!(
+        ran.iter().all(|c| c.starts_with("vm-a: ")),
+        "only vm-a: {ran:?}"
+    );
+
+    // A guest that is gone altogether is created anew.
+    let ns = format!("vxlab-{}-vm-b", lab.name);
+    assert!(Command::new("ip")
+        .args(["netns", "del", &ns])
+        .status()
+        .unwrap()
+        .success());
+    let out = lab.run(&["reset", &lab.name, "vm-b", "--json"]);
+    let r: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{:#}", r["failures"]);
+    assert!(std::path::Path::new("/run/netns").join(&ns).exists());
+    assert_eq!(lab.check().0, 0);
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn status_never_calls_a_failing_lab_healthy() {
+    let lab = seed("t-r-stat", "192.168.78.");
+    // What an interrupted walk leaves: devices up, no overlay addresses yet.
+    for (g, a) in [("vm-a", "192.168.42.2/24"), ("vm-b", "192.168.42.3/24")] {
+        student(&lab, g, &["ip", "addr", "del", a, "dev", "vxlan0"]);
+    }
+    let out = lab.run(&["status", "--json"]);
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &s["labs"][0];
+    assert_eq!(row["lab"], lab.name.as_str());
+    assert_eq!(row["ok"], false, "{s:#}");
+    assert!(
+        row["health"]
+            .as_str()
+            .unwrap()
+            .starts_with("FAILING: vm-a: vxlan0 address"),
+        "{s:#}"
+    );
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn unicast_and_static_labs_are_repaired_too() {
+    let uni = Lab::shipped("unicast.yaml", "t-r-uni", &[("192.168.30.", "192.168.79.")]);
+    assert_eq!(uni.up().0, 0);
+    student(
+        &uni,
+        "vm-a",
+        &[
+            "bridge",
+            "fdb",
+            "del",
+            "00:00:00:00:00:00",
+            "dev",
+            "vxlan0",
+            "dst",
+            "192.168.79.3",
+        ],
+    );
+    student(
+        &uni,
+        "vm-a",
+        &[
+            "bridge",
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            "vxlan0",
+            "dst",
+            "192.168.79.99",
+        ],
+    );
+    let (code, r) = uni.check();
+    assert_eq!(code, 1);
+    let kinds: Vec<&str> = r["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["guest"] == "vm-a" && f["layer"] == "flooding")
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["extra_flood_entry", "flood_entry"]);
+    let (code, r) = up_again(&uni);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    let mut floods: Vec<String> = kernel(
+        &uni,
+        "vm-a",
+        &["bridge", "-j", "fdb", "show", "dev", "vxlan0"],
+    )
+    .as_array()
+    .unwrap()
+    .iter()
+    .filter(|e| e["mac"] == "00:00:00:00:00:00")
+    .map(|e| e["dst"].as_str().unwrap().to_string())
+    .collect();
+    floods.sort();
+    assert_eq!(floods, ["192.168.79.3", "192.168.79.4"]);
+    uni.down_leaves_nothing();
+
+    let st = Lab::shipped(
+        "static.yaml",
+        "t-r-static",
+        &[("192.168.60.", "192.168.80.")],
+    );
+    let (code, r) = st.up();
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    let mac_b = vtep(&r, "vm-b", "vxlan0")["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    student(
+        &st,
+        "vm-a",
+        &[
+            "bridge",
+            "fdb",
+            "replace",
+            &mac_b,
+            "dev",
+            "vxlan0",
+            "dst",
+            "192.168.80.99",
+        ],
+    );
+    let (code, r) = st.check();
+    assert_eq!(code, 1);
+    let c = first_cause(&r);
+    assert_eq!(
+        (c["guest"].as_str(), c["kind"].as_str()),
+        (Some("vm-a"), Some("static_entry"))
+    );
+    assert_eq!(
+        c["fix"]["commands"][0],
+        format!("bridge fdb replace {mac_b} dev vxlan0 dst 192.168.80.3")
+    );
+    let (code, r) = up_again(&st);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(
+        fdb_dst(&r, "vm-a", "vxlan0", &Value::from(mac_b)).as_deref(),
+        Some("192.168.80.3")
+    );
+    st.down_leaves_nothing();
+}
