@@ -43,6 +43,8 @@ pub mod exit {
     pub const TEMPFAIL: u8 = 75;
     /// vxlab must run as root.
     pub const NOPERM: u8 = 77;
+    /// Stopped by Ctrl-C or SIGTERM, as shells report a SIGINT.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// A precondition on the host that is not met.
@@ -54,6 +56,14 @@ pub enum HostError {
     /// A program is missing.
     #[error("`{0}` is not installed; install the Debian package {1}")]
     MissingProgram(&'static str, &'static str),
+    /// A file or directory only root may read.
+    #[error("cannot read {what} {} as this user: run vxlab as root", path.display())]
+    CannotRead {
+        /// What it is.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+    },
 }
 
 /// The exit status for an error, by its kind anywhere in the chain.
@@ -70,6 +80,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if busy {
             return exit::TEMPFAIL;
         }
+        if matches!(cause.downcast_ref(), Some(EngineError::Interrupted)) {
+            return exit::INTERRUPTED;
+        }
         if cause.is::<Unreachable>()
             || matches!(cause.downcast_ref(), Some(EngineError::NotReady { .. }))
             || matches!(
@@ -82,6 +95,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         match cause.downcast_ref::<HostError>() {
             Some(HostError::NotRoot(_)) => return exit::NOPERM,
             Some(HostError::MissingProgram(..)) => return exit::UNAVAILABLE,
+            Some(HostError::CannotRead { .. }) => return exit::NOPERM,
             None => {}
         }
     }
@@ -218,10 +232,12 @@ pub fn up(arg: &Path, json: bool) -> Result<u8> {
 /// `vxlab reset LAB [GUEST]`
 pub fn reset(arg: &Path, guest: Option<&str>, json: bool) -> Result<u8> {
     require_root("reset")?;
+    crate::interrupt::install();
     let (lab, _) = resolve(Some(arg))?;
     let p = plan::plan(&lab);
     let o = engine(&lab, image_for(&lab)?)?
         .reset(&p, guest, &Progress::new())
+        .map_err(|e| down_hint(e, &lab.name))
         .with_context(|| match guest {
             Some(g) => format!("while resetting {g} in lab {}", lab.name),
             None => format!("while resetting lab {}", lab.name),
@@ -252,6 +268,7 @@ fn running_guest(lab: Option<&Path>, guest: &str) -> Result<(Lab, Plan, usize)> 
 /// Brings `lab` (read from `path`) up and checks it.
 fn up_one(lab: &Lab, path: &Path, ui: &Progress) -> Result<(Plan, Outcome)> {
     require_root("up")?;
+    crate::interrupt::install();
     require_programs(lab.driver)?;
     let text = std::fs::read_to_string(path)?;
     let image = image_for(lab)?;
@@ -393,7 +410,11 @@ pub fn down_instances(arg: Option<&Path>, instance: Option<&str>, all: bool) -> 
 
 fn down_hint(e: EngineError, lab: &str) -> anyhow::Error {
     if e.before_anything() {
-        e.into()
+        anyhow::Error::new(e).context("nothing was created")
+    } else if matches!(e, EngineError::Interrupted) {
+        anyhow::Error::new(e).context(format!(
+            "the lab is left part-way; `vxlab down {lab}` removes it, `vxlab up {lab}` finishes it"
+        ))
     } else {
         anyhow::Error::new(e).context(format!(
             "the lab is left part-way; `vxlab down {lab}` removes all of it"

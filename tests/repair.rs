@@ -471,3 +471,44 @@ fn unicast_and_static_labs_are_repaired_too() {
     );
     st.down_leaves_nothing();
 }
+
+#[test]
+fn status_finds_guests_of_another_state_dir_and_tells_a_non_root_user_what_it_needs() {
+    let lab = seed("t-r-else", "192.168.81.");
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(["status", "--json"])
+        .env("VXLAB_STATE_DIR", other.path())
+        .output()
+        .unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let elsewhere: Vec<&str> = s["elsewhere"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(elsewhere.contains(&"vxlab-t-r-else-vm-a"), "{s:#}");
+    let text = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .arg("status")
+        .env("VXLAB_STATE_DIR", other.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(text.contains("VXLAB_STATE_DIR"), "{text}");
+
+    // A state directory as vxlab makes it, root's alone.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(lab.state.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_vxlab"))
+        .arg("status")
+        .env("VXLAB_STATE_DIR", lab.state.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(stderr.contains("run vxlab as root"), "{stderr}");
+    lab.down_leaves_nothing();
+}

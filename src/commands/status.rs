@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use super::{engine, exit, is_root, resolve};
+use super::{engine, exit, is_root, resolve, HostError};
 use crate::driver::{libvirt, netns};
 use crate::health::{self, Health};
 use crate::lab::Lab;
@@ -65,6 +65,15 @@ fn row(state: &StateDir, name: &str, root: bool) -> (Value, Vec<String>) {
 pub fn status(json: bool) -> Result<u8> {
     let state = StateDir::from_env();
     let root = is_root();
+    if let Err(e) = std::fs::read_dir(state.root()) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return Err(HostError::CannotRead {
+                what: "the state directory",
+                path: state.root().to_path_buf(),
+            }
+            .into());
+        }
+    }
     let labs = state.labs();
     let rows = parallel_map(&labs, 4, |name| row(&state, name, root));
     let known: BTreeSet<String> = rows.iter().flat_map(|(_, i)| i.clone()).collect();

@@ -41,6 +41,7 @@ pub fn show(lab: Option<&Path>, guest: &str, what: Option<Section>, json: bool) 
 pub fn walk(path: &Path, no_pause: bool) -> Result<u8> {
     let lab = load(path)?;
     require_root("walk")?;
+    crate::interrupt::install();
     require_programs(lab.driver)?;
     let text = std::fs::read_to_string(path)?;
     let image = image_for(&lab)?;

@@ -66,6 +66,7 @@ impl<'a> Runner<'a> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
+        super::go_on()?;
         let argvs: Vec<Vec<String>> = cmds.iter().map(|c| c.argv(tools)).collect();
         let outs = self.driver.exec_batch(g, &argvs, stop_on_failure)?;
         self.log(g, &argvs, &outs);

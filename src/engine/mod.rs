@@ -82,6 +82,9 @@ pub enum EngineError {
         /// Why, in words a student understands.
         why: String,
     },
+    /// Ctrl-C or SIGTERM: vxlab stopped between steps; everything made so far is recorded.
+    #[error("interrupted; everything made so far is recorded")]
+    Interrupted,
     /// Building iproute2 for a guest failed.
     #[error("guest {guest}: {source}")]
     Build {
@@ -98,7 +101,9 @@ impl EngineError {
     pub fn before_anything(&self) -> bool {
         matches!(
             self,
-            EngineError::Host(_) | EngineError::NoSuchGuest { .. } | EngineError::State(_)
+            EngineError::Host(_)
+                | EngineError::NoSuchGuest { .. }
+                | EngineError::State(StateError::Busy { .. } | StateError::NotRunning(..))
         )
     }
 }
@@ -332,6 +337,15 @@ impl Engine {
         }
         lock.remove()?;
         Ok(notes)
+    }
+}
+
+/// Stops between steps when Ctrl-C or SIGTERM asked for it.
+fn go_on() -> Result<(), EngineError> {
+    if crate::interrupt::requested() {
+        Err(EngineError::Interrupted)
+    } else {
+        Ok(())
     }
 }
 

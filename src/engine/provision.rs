@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::guests::Runner;
-use super::{preflight, repairs, Engine, EngineError};
+use super::{go_on, preflight, repairs, Engine, EngineError};
 use crate::converge::Step;
 use crate::iproute2::Tools;
 use crate::outcome::Repair;
@@ -73,6 +73,7 @@ impl Engine {
         }
         lock.save(&st)?;
 
+        go_on()?;
         let notes = preflight::size_neighbour_tables(self.host.as_ref(), plan, &lock, &mut st)?;
         lock.record(
             &mut st,
@@ -97,11 +98,10 @@ impl Engine {
                     let runner = &runner;
                     s.spawn(move || {
                         let progress = |stage: &str| bar.set_message(stage.to_string());
-                        let r = self
-                            .driver
-                            .create_guest(plan, g, &progress)
-                            .map_err(EngineError::from)
+                        let r = go_on()
+                            .and_then(|()| Ok(self.driver.create_guest(plan, g, &progress)?))
                             .and_then(|()| {
+                                go_on()?;
                                 let tools = self.prepare_tools(
                                     runner,
                                     plan.iproute2,

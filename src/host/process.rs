@@ -49,7 +49,12 @@ pub fn run(argv: &[String], netns: Option<&Path>) -> io::Result<Output> {
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).env("LC_ALL", "C");
+    // A process group of its own: Ctrl-C at the terminal stops vxlab between steps (see
+    // `interrupt`), and the command in flight finishes instead of dying half-way.
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .env("LC_ALL", "C")
+        .process_group(0);
     let ns_file = netns.map(File::open).transpose()?;
     if let Some(f) = &ns_file {
         let fd = f.as_raw_fd();
