@@ -2,6 +2,7 @@
 //! commands each guest runs. `vxlab plan` prints it and `up` executes it, so what a student
 //! reads is what ran.
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -313,20 +314,22 @@ pub fn fresh_state(g: &GuestPlan, driver: DriverKind) -> GuestState {
 }
 
 fn pings(lab: &Lab) -> Vec<PingPlan> {
-    let owner = |to: IpAddr| {
-        lab.vxlans.iter().find_map(|x| {
-            x.members
-                .iter()
-                .find(|m| m.address.addr() == to)
-                .map(|m| (m.guest.clone(), x.name.clone()))
-        })
-    };
+    // By address: the guest that owns it and its vxlan (the first, as in the file).
+    let mut owners: HashMap<IpAddr, (String, String)> = HashMap::new();
+    for x in &lab.vxlans {
+        for m in &x.members {
+            owners
+                .entry(m.address.addr())
+                .or_insert_with(|| (m.guest.clone(), x.name.clone()));
+        }
+    }
     let mut out: Vec<PingPlan> = Vec::new();
+    let mut seen: HashSet<(String, IpAddr)> = HashSet::new();
     let mut push = |from: &str, to: IpAddr, expect: Expect| {
-        if out.iter().any(|p| p.from == from && p.to == to) {
+        if !seen.insert((from.to_string(), to)) {
             return;
         }
-        let (to_guest, vxlan) = owner(to).unzip();
+        let (to_guest, vxlan) = owners.get(&to).cloned().unzip();
         out.push(PingPlan {
             from: from.to_string(),
             to,

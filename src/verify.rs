@@ -2,7 +2,8 @@
 //! failure's fix, and the failures grouped cause first: per guest, the lowest broken layer
 //! (see [`Layer`]) and the failures it explains, in that guest and in the others.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -128,6 +129,12 @@ fn made(
 
 /// Checks every guest against its plan, and the pings.
 pub fn verify(plan: &Plan, seen: &BTreeMap<String, GuestState>, pings: &[PingResult]) -> Verdict {
+    // Overlay pings that were answered, as (from, to): frames crossed both ways.
+    let answered: HashSet<(&str, IpAddr)> = pings
+        .iter()
+        .filter(|r| r.replied && r.ping.over == Network::Overlay)
+        .map(|r| (r.ping.from.as_str(), r.ping.to))
+        .collect();
     let mut checked: Vec<Checked> = Vec::new();
     let mut add = |guest: &str, finding: Finding| {
         checked.push(Checked {
@@ -141,7 +148,7 @@ pub fn verify(plan: &Plan, seen: &BTreeMap<String, GuestState>, pings: &[PingRes
                 for f in converge::findings(g, state) {
                     add(&g.name, f);
                 }
-                for f in learned(g, state, pings) {
+                for f in learned(g, state, &answered) {
                     add(&g.name, f);
                 }
             }
@@ -304,7 +311,7 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
 
 /// A peer is learned once encapsulated frames from it arrived (after a ping either way), and
 /// must then sit behind its own VTEP.
-fn learned(g: &GuestPlan, state: &GuestState, pings: &[PingResult]) -> Vec<Finding> {
+fn learned(g: &GuestPlan, state: &GuestState, answered: &HashSet<(&str, IpAddr)>) -> Vec<Finding> {
     let mut out = Vec::new();
     for v in g.vteps.iter().filter(|v| v.learning) {
         let entries = state
@@ -313,12 +320,8 @@ fn learned(g: &GuestPlan, state: &GuestState, pings: &[PingResult]) -> Vec<Findi
             .map(Vec::as_slice)
             .unwrap_or_default();
         for peer in &v.peers {
-            let talked = pings.iter().any(|r| {
-                r.replied
-                    && r.ping.over == Network::Overlay
-                    && ((r.ping.from == g.name && r.ping.to == peer.overlay)
-                        || (r.ping.from == peer.guest && r.ping.to == v.address.addr()))
-            });
+            let talked = answered.contains(&(g.name.as_str(), peer.overlay))
+                || answered.contains(&(peer.guest.as_str(), v.address.addr()));
             if !talked {
                 continue;
             }

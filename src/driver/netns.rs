@@ -1,6 +1,8 @@
 //! Guests as network namespaces on this host: a veth pair per guest, the host end on the lab's
 //! bridge and the guest end named as the lab's underlay interface.
 
+mod batch;
+
 use std::sync::Arc;
 
 use super::{Driver, DriverError};
@@ -79,6 +81,36 @@ impl Driver for NetnsDriver {
     fn exec(&self, guest: &GuestPlan, argv: &[String]) -> Result<Output, DriverError> {
         process::run(argv, Some(&netns_path(&guest.instance)))
             .map_err(|e| DriverError::new(&guest.name, format!("running {}", argv[0]), e))
+    }
+
+    /// Consecutive `ip` or `bridge` commands go as one `ip -batch` process each: a process is
+    /// a namespace guest's round trip.
+    fn exec_batch(
+        &self,
+        guest: &GuestPlan,
+        cmds: &[Vec<String>],
+        stop_on_failure: bool,
+    ) -> Result<Vec<Output>, DriverError> {
+        let ns = netns_path(&guest.instance);
+        let mut outs = Vec::with_capacity(cmds.len());
+        for run in batch::runs(cmds) {
+            let got = if run.batched {
+                let force = !stop_on_failure;
+                let (argv, input) = batch::batch_command(run.cmds, force);
+                let out = process::run_with_input(&argv, Some(&ns), Some(&input)).map_err(|e| {
+                    DriverError::new(&guest.name, format!("running {}", argv[0]), e)
+                })?;
+                batch::split(run.cmds, &out, force)
+            } else {
+                vec![self.exec(guest, &run.cmds[0])?]
+            };
+            let failed = got.iter().any(|o| !o.success());
+            outs.extend(got);
+            if failed && stop_on_failure {
+                break;
+            }
+        }
+        Ok(outs)
     }
 
     /// The same echo requests as the planned `ping -c 1 -W 1`, sent from a raw socket inside

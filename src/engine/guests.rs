@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::EngineError;
 use crate::converge::Step;
@@ -21,6 +22,9 @@ pub(crate) struct Runner<'a> {
     log_dir: Option<PathBuf>,
     /// The tools each guest is configured with, by guest name.
     tools: BTreeMap<String, Tools>,
+    /// Readiness by `ip`, when every guest shares the host's kernel and programs (namespaces):
+    /// asked once, not once per guest.
+    shared_readiness: Option<Mutex<BTreeMap<String, Readiness>>>,
 }
 
 fn parse<T>(g: &GuestPlan, r: Result<T, ParseError>) -> Result<T, EngineError> {
@@ -41,7 +45,27 @@ impl<'a> Runner<'a> {
             driver,
             log_dir: log_dir.map(Path::to_path_buf),
             tools,
+            shared_readiness: driver.builds_on_host().then(Mutex::default),
         }
+    }
+
+    /// Whether `g`'s kernel and `ip` (from `tools`) can run vxlan.
+    pub(crate) fn readiness(&self, g: &GuestPlan, tools: &Tools) -> Result<Readiness, EngineError> {
+        let ask = || -> Result<Readiness, EngineError> {
+            let outs = self.batch_with(g, tools, &cmd::readiness(), false)?;
+            Ok(Readiness::from_outputs(&tools.ip, &outs))
+        };
+        let Some(cache) = &self.shared_readiness else {
+            return ask();
+        };
+        // Held while asking: the guests provisioned at once wait for the first answer.
+        let mut known = cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = known.get(&tools.ip) {
+            return Ok(r.clone());
+        }
+        let r = ask()?;
+        known.insert(tools.ip.clone(), r.clone());
+        Ok(r)
     }
 
     /// Every guest's tools.
@@ -145,19 +169,24 @@ impl<'a> Runner<'a> {
         self.read(g, tools, false).map(|(st, _)| st)
     }
 
-    /// [`Runner::observe`], with the readiness check in the same batch.
+    /// [`Runner::observe`], with the readiness check (in the same batch, unless it is shared).
     pub(crate) fn observe_ready(
         &self,
         g: &GuestPlan,
     ) -> Result<(GuestState, Readiness), EngineError> {
         let tools = self.tools_of(g);
+        if self.shared_readiness.is_some() {
+            let ready = self.readiness(g, &tools)?;
+            return Ok((self.read(g, &tools, false)?.0, ready));
+        }
         let (st, ready) = self.read(g, &tools, true)?;
         Ok((st, ready.expect("asked for")))
     }
 
-    /// One batch: links, addresses, the groups joined on every underlay device the guest uses,
-    /// each vxlan device's FDB and neighbours, the routes; and the readiness commands when
-    /// `ready`.
+    /// One batch: links, addresses, routes, the groups joined on every underlay device the
+    /// guest uses, each vxlan device's neighbours and FDB; and the readiness commands when
+    /// `ready`. `ip` reads come together and `bridge` reads last, so a driver can run each
+    /// kind as one process.
     fn read(
         &self,
         g: &GuestPlan,
@@ -174,23 +203,27 @@ impl<'a> Runner<'a> {
             cmd::read::addresses(json),
             cmd::read::routes(json, false),
         ];
+        let routes_end = cmds.len();
+        cmds.extend(devs.iter().map(|d| cmd::read::groups(json, d)));
+        let groups_end = cmds.len();
+        cmds.extend(
+            g.vteps
+                .iter()
+                .map(|v| cmd::read::neighbours(json, &v.device)),
+        );
+        let neighbours_end = cmds.len();
         if v6 {
             cmds.push(cmd::read::routes(json, true));
         }
-        let groups_at = cmds.len();
-        cmds.extend(devs.iter().map(|d| cmd::read::groups(json, d)));
-        let vteps_at = cmds.len();
-        for v in &g.vteps {
-            cmds.push(cmd::read::fdb(json, &v.device));
-            cmds.push(cmd::read::neighbours(json, &v.device));
-        }
+        let fdb_at = cmds.len();
+        cmds.extend(g.vteps.iter().map(|v| cmd::read::fdb(json, &v.device)));
         let n = cmds.len();
         if ready {
             cmds.extend(cmd::readiness());
         }
         let outs = self.batch_with(g, tools, &cmds, false)?;
         let readiness = ready.then(|| Readiness::from_outputs(&tools.ip, &outs[n..]));
-        for (c, out) in cmds.iter().zip(&outs).take(groups_at) {
+        for (c, out) in cmds.iter().zip(&outs).take(routes_end) {
             if !out.success() {
                 return Err(EngineError::Step {
                     guest: g.name.clone(),
@@ -203,26 +236,31 @@ impl<'a> Runner<'a> {
             parse(g, observe::read_links(json, &outs[0].stdout))?,
             parse(g, observe::read_addresses(json, &outs[1].stdout))?,
         );
-        for o in &outs[2..groups_at] {
-            st.routes
-                .extend(parse(g, observe::read_routes(json, &o.stdout))?);
+        st.routes = parse(g, observe::read_routes(json, &outs[2].stdout))?;
+        if v6 && outs[neighbours_end].success() {
+            st.routes.extend(parse(
+                g,
+                observe::read_routes(json, &outs[neighbours_end].stdout),
+            )?);
         }
-        for o in outs[groups_at..vteps_at].iter().filter(|o| o.success()) {
+        for o in outs[routes_end..groups_end].iter().filter(|o| o.success()) {
             st.groups
                 .extend(parse(g, observe::read_groups(json, &o.stdout))?);
         }
-        for (v, o) in g.vteps.iter().zip(outs[vteps_at..n].chunks(2)) {
-            // A missing device has nothing to read; the comparison reports the device itself.
-            if o[0].success() {
-                st.fdb.insert(
-                    v.device.clone(),
-                    parse(g, observe::read_fdb(json, &o[0].stdout))?,
-                );
-            }
-            if o[1].success() {
+        // A missing device has nothing to read; the comparison reports the device itself.
+        for (v, o) in g.vteps.iter().zip(&outs[groups_end..neighbours_end]) {
+            if o.success() {
                 st.neighbours.insert(
                     v.device.clone(),
-                    parse(g, observe::read_neighbours(json, &o[1].stdout))?,
+                    parse(g, observe::read_neighbours(json, &o.stdout))?,
+                );
+            }
+        }
+        for (v, o) in g.vteps.iter().zip(&outs[fdb_at..n]) {
+            if o.success() {
+                st.fdb.insert(
+                    v.device.clone(),
+                    parse(g, observe::read_fdb(json, &o.stdout))?,
                 );
             }
         }

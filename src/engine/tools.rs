@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use super::guests::Runner;
 use super::{Engine, EngineError};
 use crate::builder::{self, BuildError, GuestSite, HostSite, Recipe};
-use crate::guest_command as cmd;
-use crate::iproute2::{self, BuildInfo, BuildMode, Readiness, Tools};
+use crate::iproute2::{self, BuildInfo, BuildMode, Tools};
 use crate::plan::GuestPlan;
 
 /// Where the host keeps iproute2 builds: `$VXLAB_CACHE_DIR/iproute2`, else
@@ -20,17 +19,6 @@ pub fn host_build_root() -> PathBuf {
 }
 
 impl Engine {
-    /// Asks the guest's kernel and `ip` whether they can run vxlan.
-    fn readiness(
-        &self,
-        runner: &Runner,
-        g: &GuestPlan,
-        tools: &Tools,
-    ) -> Result<Readiness, EngineError> {
-        let outs = runner.batch_with(g, tools, &cmd::readiness(), false)?;
-        Ok(Readiness::from_outputs(&tools.ip, &outs))
-    }
-
     /// Decides which `ip` and `bridge` the guest is configured with, building iproute2 when
     /// the lab asks for it or the guest's `ip` lacks vxlan. The build log goes to `state_dir`.
     pub(super) fn prepare_tools(
@@ -42,7 +30,7 @@ impl Engine {
         progress: &dyn Fn(&str),
     ) -> Result<Tools, EngineError> {
         progress("checking kernel and iproute2");
-        let r = self.readiness(runner, g, &Tools::default())?;
+        let r = runner.readiness(g, &Tools::default())?;
         let not_ready = |why: String| EngineError::NotReady {
             guest: g.name.clone(),
             why,
@@ -95,7 +83,7 @@ impl Engine {
             bridge: built.bridge.clone(),
             ..Tools::default()
         };
-        let fresh = self.readiness(runner, g, &candidate)?;
+        let fresh = runner.readiness(g, &candidate)?;
         if !fresh.ip_vxlan {
             return Err(not_ready(format!(
                 "the ip built from {} ({}) does not know `type vxlan` either",

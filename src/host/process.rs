@@ -45,6 +45,15 @@ pub fn find_program(program: &str) -> Option<std::path::PathBuf> {
 /// Entering the namespace with setns() in the child is what `ip netns exec` does too, minus its
 /// remount of /sys, which none of the programs vxlab runs need; it is several times cheaper.
 pub fn run(argv: &[String], netns: Option<&Path>) -> io::Result<Output> {
+    run_with_input(argv, netns, None)
+}
+
+/// [`run`], with `input` written to the program's standard input.
+pub fn run_with_input(
+    argv: &[String],
+    netns: Option<&Path>,
+    input: Option<&str>,
+) -> io::Result<Output> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
@@ -52,7 +61,13 @@ pub fn run(argv: &[String], netns: Option<&Path>) -> io::Result<Output> {
     // A process group of its own: Ctrl-C at the terminal stops vxlab between steps (see
     // `interrupt`), and the command in flight finishes instead of dying half-way.
     cmd.args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .env("LC_ALL", "C")
         .process_group(0);
     let ns_file = netns.map(File::open).transpose()?;
@@ -68,13 +83,25 @@ pub fn run(argv: &[String], netns: Option<&Path>) -> io::Result<Output> {
             });
         }
     }
-    let out = cmd.output().map_err(|e| {
+    let mut child = cmd.spawn().map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             io::Error::new(e.kind(), format!("`{program}` is not installed"))
         } else {
             e
         }
     })?;
+    // The input is written from its own thread while the output is read here: a child that
+    // fills its output pipe before it has read all its input cannot block either side.
+    let writer = input.map(|text| {
+        let mut stdin = child.stdin.take().expect("piped");
+        let text = text.to_string();
+        std::thread::spawn(move || io::Write::write_all(&mut stdin, text.as_bytes()))
+    });
+    let out = child.wait_with_output()?;
+    if let Some(w) = writer {
+        // A child that exits early closes its input; that is its answer, not an error.
+        let _ = w.join();
+    }
     Ok(Output {
         status: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
