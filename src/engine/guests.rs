@@ -116,26 +116,18 @@ impl<'a> Runner<'a> {
         self.batch_with(g, &self.tools_of(g), cmds, stop_on_failure)
     }
 
-    /// Runs `steps` in order, stopping at the first that fails.
-    pub(crate) fn apply(
+    /// Runs `steps` in order; with `stop_on_failure` the first that fails is an error and
+    /// nothing after it runs, otherwise every one runs whatever its exit status.
+    pub(crate) fn run_steps(
         &self,
         g: &GuestPlan,
         tools: &Tools,
         steps: &[Step],
+        stop_on_failure: bool,
     ) -> Result<(), EngineError> {
         let cmds: Vec<GuestCommand> = steps.iter().map(|s| s.command.clone()).collect();
-        self.batch_with(g, tools, &cmds, true).map(|_| ())
-    }
-
-    /// Runs every one of `steps`, whatever each one's exit status.
-    pub(crate) fn run_all(
-        &self,
-        g: &GuestPlan,
-        tools: &Tools,
-        steps: &[Step],
-    ) -> Result<(), EngineError> {
-        let cmds: Vec<GuestCommand> = steps.iter().map(|s| s.command.clone()).collect();
-        self.batch_with(g, tools, &cmds, false).map(|_| ())
+        self.batch_with(g, tools, &cmds, stop_on_failure)
+            .map(|_| ())
     }
 
     /// Appends the commands that ran in `g` to its log, `commands-<guest>.log`.

@@ -151,7 +151,7 @@ impl Engine {
             &|runner, g, tools| {
                 let st = runner.observe_with(g, tools)?;
                 let steps = converge::converge(g, &st);
-                runner.apply(g, tools, &steps)?;
+                runner.run_steps(g, tools, &steps, true)?;
                 Ok(steps)
             },
         )?;
@@ -192,11 +192,11 @@ impl Engine {
         let mut p = self.provision(plan, None, &chosen, ui, &|runner, g, tools| {
             let st = runner.observe_with(g, tools)?;
             let mut steps = converge::converge(g, &st);
-            runner.apply(g, tools, &steps)?;
+            runner.run_steps(g, tools, &steps, true)?;
             let now = runner.observe_with(g, tools)?;
             let forget = converge::forget(g, &now);
             // Forgetting is best effort: an entry may age out between the read and the delete.
-            runner.run_all(g, tools, &forget)?;
+            runner.run_steps(g, tools, &forget, false)?;
             steps.extend(forget);
             Ok(steps)
         })?;

@@ -55,7 +55,7 @@ impl Engine {
             Vec::new()
         } else {
             let forget = converge::forget(g, &runner.observe(g)?);
-            runner.run_all(g, &runner.tools_of(g), &forget)?;
+            runner.run_steps(g, &runner.tools_of(g), &forget, false)?;
             forget
         };
         let mut cap = self

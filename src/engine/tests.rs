@@ -188,19 +188,18 @@ fn engine(states: &[(&str, &str)]) -> (Engine, Arc<FakeGuests>, Arc<FakeHost>, t
     (engine, guests, host, tmp)
 }
 
+fn up(engine: &Engine, plan: &Plan, text: &str) -> Outcome {
+    engine
+        .up(plan, Path::new("two-netns.yaml"), text, &Progress::hidden())
+        .unwrap()
+}
+
 #[test]
 fn a_second_up_of_a_healthy_lab_runs_no_configuration_command() {
     let (plan, text) = seed();
     let (engine, guests, _, _tmp) =
         engine(&[("vm-a", "seed-healthy-vm-a"), ("vm-b", "seed-healthy-vm-b")]);
-    let o = engine
-        .up(
-            &plan,
-            Path::new("two-netns.yaml"),
-            &text,
-            &Progress::hidden(),
-        )
-        .unwrap();
+    let o = up(&engine, &plan, &text);
     assert_eq!(guests.changes(), Vec::<String>::new());
     assert!(o.verdict.ok(), "{:#?}", o.verdict.failures);
     assert!(o.repairs.is_empty());
@@ -211,14 +210,7 @@ fn up_on_a_flushed_fdb_runs_only_the_flood_entry_and_says_why() {
     let (plan, text) = seed();
     let (engine, guests, _, _tmp) =
         engine(&[("vm-a", "seed-healthy-vm-a"), ("vm-b", "seed-healthy-vm-b")]);
-    engine
-        .up(
-            &plan,
-            Path::new("two-netns.yaml"),
-            &text,
-            &Progress::hidden(),
-        )
-        .unwrap();
+    up(&engine, &plan, &text);
     // The next `up` finds vm-a's FDB flushed.
     let (engine2, guests2, _) = engine_in(
         &engine.state,
@@ -227,14 +219,7 @@ fn up_on_a_flushed_fdb_runs_only_the_flood_entry_and_says_why() {
             ("vm-b", "seed-healthy-vm-b"),
         ],
     );
-    let o = engine2
-        .up(
-            &plan,
-            Path::new("two-netns.yaml"),
-            &text,
-            &Progress::hidden(),
-        )
-        .unwrap();
+    let o = up(&engine2, &plan, &text);
     assert_eq!(guests.changes(), Vec::<String>::new());
     assert_eq!(
         guests2.changes(),
@@ -250,14 +235,7 @@ fn up_records_each_guest_before_creating_it_and_down_removes_all_in_reverse() {
     let (plan, text) = seed();
     let (engine, guests, host, tmp) =
         engine(&[("vm-a", "seed-fresh-vm-a"), ("vm-b", "seed-fresh-vm-a")]);
-    engine
-        .up(
-            &plan,
-            Path::new("two-netns.yaml"),
-            &text,
-            &Progress::hidden(),
-        )
-        .unwrap();
+    up(&engine, &plan, &text);
     // A fresh guest gets the plan's commands, in order.
     let want: Vec<String> = plan.guests[0]
         .steps
