@@ -178,7 +178,10 @@ pub fn validate(path: &Path) -> Result<u8> {
 pub fn plan(path: &Path, json: bool) -> Result<u8> {
     let p = plan::plan(&load(path)?);
     if json {
-        println!("{}", serde_json::to_string_pretty(&p)?);
+        // The host side beside the guests' commands, so the JSON rebuilds the lab too.
+        let mut v = serde_json::to_value(&p)?;
+        v["host"] = serde_json::to_value(crate::host_side::host_side(&p))?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", p.render());
     }

@@ -19,6 +19,7 @@ pub mod graph;
 pub mod guest_command;
 pub mod health;
 pub mod host;
+pub mod host_side;
 pub mod iproute2;
 pub mod lab;
 pub mod observe;

@@ -345,3 +345,92 @@ fn completions_and_the_man_page_come_from_the_command_line_definition() {
     assert!(man.starts_with(".ie") || man.contains(".TH vxlab"), "{man}");
     assert!(man.contains("capture"));
 }
+
+#[test]
+fn the_plan_alone_rebuilds_the_lab_by_hand() {
+    // Only the printed commands, run as a student would: the host side on the host, each
+    // guest's steps inside its namespace. No vxlab in between.
+    let lab = Lab::shipped(
+        "two-netns.yaml",
+        "t-byhand",
+        &[("192.168.10.", "192.168.52.")],
+    );
+    let plan = json_of(&lab.run(&["plan", "--json", lab.file.to_str().unwrap()]));
+    struct Cleanup(Vec<String>, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for ns in &self.0 {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+            let _ = Command::new("ip").args(["link", "del", &self.1]).status();
+        }
+    }
+    let namespaces: Vec<String> = plan["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["instance"].as_str().unwrap().to_string())
+        .collect();
+    let _cleanup = Cleanup(namespaces, "vxbr-t-byhand".into());
+    let run = |argv: Vec<String>| {
+        let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{argv:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let words = |c: &Value| -> Vec<String> {
+        c["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap().to_string())
+            .collect()
+    };
+    for part in plan["host"].as_array().unwrap() {
+        assert_eq!(part["by"], "vxlab", "{part:#}");
+        for c in part["commands"].as_array().unwrap() {
+            run(words(c));
+        }
+    }
+    for g in plan["guests"].as_array().unwrap() {
+        let ns = g["instance"].as_str().unwrap();
+        for s in g["steps"].as_array().unwrap() {
+            let mut argv: Vec<String> = ["ip", "netns", "exec", ns].map(String::from).to_vec();
+            argv.extend(words(&s["command"]));
+            run(argv);
+        }
+    }
+    // The seed's lesson holds on the lab built by hand.
+    run([
+        "ip",
+        "netns",
+        "exec",
+        "vxlab-t-byhand-vm-a",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "192.168.42.3",
+    ]
+    .map(String::from)
+    .to_vec());
+    let fdb = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "vxlab-t-byhand-vm-a",
+            "bridge",
+            "fdb",
+            "show",
+            "dev",
+            "vxlan0",
+        ])
+        .output()
+        .unwrap();
+    let fdb = String::from_utf8_lossy(&fdb.stdout);
+    let mac_b = plan["guests"][1]["vteps"][0]["mac"].as_str().unwrap();
+    assert!(fdb.contains(&format!("{mac_b} dst 192.168.52.3")), "{fdb}");
+}
