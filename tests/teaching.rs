@@ -171,12 +171,20 @@ fn show_fdb_lists_the_learned_peer_with_its_vtep_and_static_labs_only_permanent_
 }
 
 #[test]
-fn walk_without_a_terminal_prints_every_stage_and_leaves_a_checked_lab() {
+fn walk_shows_the_peer_learned_first_at_the_first_ping_under_the_commands_that_caused_it() {
     let lab = Lab::shipped(
         "two-netns.yaml",
         "t-walk",
         &[("192.168.10.", "192.168.50.")],
     );
+    let plan = json_of(&lab.run(&["plan", "--json", lab.file.to_str().unwrap()]));
+    let mac = |g: usize| {
+        plan["guests"][g]["vteps"][0]["mac"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (mac_a, mac_b) = (mac(0), mac(1));
     let out = lab.run(&["walk", lab.file.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
@@ -199,27 +207,76 @@ fn walk_without_a_terminal_prints_every_stage_and_leaves_a_checked_lab() {
     };
     let _ = [
         next("== 1. the underlay"),
+        next("$ ip link add vxbr-t-walk type bridge"),
+        next("$ ip netns add vxlab-t-walk-vm-a"),
+        next("vm-a:\n  $ ip link set up lo"),
         next("$ ip addr add 192.168.50.2/24 dev eth0"),
         next("== 2. the vxlan devices"),
-        next("+ ip maddr: 239.1.1.1 on eth0: joined because vxlan0"),
+        next("vm-a:\n  $ ip link add vxlan0 type vxlan id 42 group 239.1.1.1 dev eth0"),
+        next("$ ip link set dev vxlan0 addrgenmode none"),
+        next("  vm-a + ip maddr: 239.1.1.1 on eth0: joined because vxlan0"),
+        next("vm-b:\n  $ ip link add vxlan0"),
+        next("  vm-b + ip maddr: 239.1.1.1 on eth0"),
         next("== 3. the overlay addresses"),
+        next("vm-a:\n  $ ip addr add 192.168.42.2/24 dev vxlan0"),
         next("== 4. the first ping"),
-        next("+ bridge fdb vxlan0: "),
+        next("vm-a:\n  $ ping -c 1 -W 3 -q 192.168.42.3"),
         next("ping vm-a -> 192.168.42.3: answered"),
         next("== 5. the checks"),
+        next("  $ ping -c 1 -W 1 -q 192.168.42.3"),
         next("checks passed"),
     ];
-    // The learning shows at the first ping: vm-a learns vm-b behind 192.168.50.3.
-    let ping_part = &text[at("== 4. the first ping")..at("== 5. the checks")];
+    // Nothing is learned before the first ping: it is the first place either peer's MAC shows
+    // in an FDB, and both VTEPs learn there, under vm-a's ping.
+    let ping_at = at("== 4. the first ping");
+    let learned = |mac: &str| {
+        text.match_indices("+ bridge fdb")
+            .map(|(i, _)| &text[i..i + text[i..].find('\n').unwrap()])
+            .find(|l| l.contains(mac))
+            .map(|l| (text.find(l).unwrap(), l.to_string()))
+            .unwrap_or_else(|| panic!("{mac} never learned:\n{text}"))
+    };
+    let (b_at, b_line) = learned(&mac_b);
+    let (a_at, a_line) = learned(&mac_a);
+    assert!(b_at > ping_at && a_at > ping_at, "{text}");
     assert!(
-        ping_part.contains("dst 192.168.50.3: learned"),
-        "{ping_part}"
+        b_line.contains("dst 192.168.50.3: learned: vm-b"),
+        "{b_line}"
     );
+    assert!(
+        a_line.contains("dst 192.168.50.2: learned: vm-a"),
+        "{a_line}"
+    );
+    assert!(text.contains(&format!("  vm-a + bridge fdb vxlan0: {mac_b}")));
+    assert!(text.contains(&format!("  vm-b + bridge fdb vxlan0: {mac_a}")));
+    // Nothing was forgotten behind the student's back.
+    assert!(!text.contains("ip neigh flush"), "{text}");
     // The lab stays up and checks; a second walk refuses to start over it.
     assert_eq!(lab.check().0, 0);
     let again = lab.run(&["walk", lab.file.to_str().unwrap()]);
     assert_ne!(again.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&again.stderr).contains("is running"));
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_walk_of_an_ipv6_overlay_says_autoconfiguration_teaches_the_vteps_early() {
+    let lab = Lab::shipped("ipv6.yaml", "t-walk6", &[("fd00:10::", "fd00:51::")]);
+    let out = lab.run(&["walk", lab.file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("vxlan6 (VNI 66) carries an IPv6 overlay")
+            && text.contains("autoconfiguration traffic teaches the VTEPs each other early"),
+        "{text}"
+    );
+    // The IPv4 overlay beside it gets no link-local address, the IPv6 one does.
+    let two = &text[text.find("== 2.").unwrap()..text.find("== 3.").unwrap()];
+    assert!(
+        two.contains("$ ip link set dev vxlan0 addrgenmode none"),
+        "{two}"
+    );
+    assert!(!two.contains("dev vxlan6 addrgenmode"), "{two}");
     lab.down_leaves_nothing();
 }
 

@@ -47,10 +47,11 @@ pub fn walk(path: &Path, no_pause: bool) -> Result<u8> {
     let p = plan::plan(&lab);
     let pause = !no_pause && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     println!(
-        "walking lab {}: {} guests, built one kind of step at a time{}",
+        "walking lab {}: {} guests, built one kind of step at a time{}\n{}",
         lab.name,
         p.guests.len(),
-        if pause { " (Enter goes on)" } else { "" }
+        if pause { " (Enter goes on)" } else { "" },
+        views::walk_reads(&p)
     );
     let mut show = |stage: &crate::outcome::Stage| {
         print!("{}", views::walk_stage(&p, stage));
@@ -71,7 +72,7 @@ pub fn walk(path: &Path, no_pause: bool) -> Result<u8> {
                 lab.name, lab.name
             )
         })?;
-    println!("\n== 5. the checks\n");
+    println!("{}", views::walk_checks(&p));
     print!("{}", report::build(&p, &o).human());
     println!(
         "\nthe lab stays up: `vxlab show GUEST`, `vxlab capture GUEST`, `vxlab down {}`",
