@@ -194,8 +194,9 @@ pub fn fdb(g: &GuestPlan, st: &GuestState, owners: &BTreeMap<Mac, String>) -> Ve
                 })
                 .collect(),
             note: Some(
-                "`self` in bridge's output: the entry is in the vxlan device's own table, not a \
-                 Linux bridge's; `dst` is the remote VTEP's underlay address"
+                "every row is in the vxlan device's own table, not a Linux bridge's (that is \
+                 what `self` at the end of each line of `bridge fdb show` says); DST is the \
+                 remote VTEP's underlay address"
                     .into(),
             ),
         })
