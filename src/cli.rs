@@ -84,6 +84,10 @@ pub enum Command {
         /// the capture starts with the flood).
         #[arg(long)]
         keep: bool,
+        /// Show only these frames; by default the lesson's: ARP and ICMP inside VXLAN (what
+        /// is hidden is counted).
+        #[arg(long, value_enum)]
+        only: Option<CaptureOnly>,
         /// Also write the capture to FILE (pcap, for Wireshark).
         #[arg(long, value_name = "FILE")]
         pcap: Option<PathBuf>,
@@ -216,6 +220,32 @@ impl ShowWhat {
     }
 }
 
+/// What `vxlab capture --only` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CaptureOnly {
+    /// ARP (and IPv6 neighbour discovery) inside VXLAN.
+    Arp,
+    /// ICMP echo requests and replies inside VXLAN.
+    Icmp,
+    /// Every VXLAN packet, IPv6 autoconfiguration included.
+    Vxlan,
+    /// Every frame on the guest's underlay link.
+    All,
+}
+
+impl CaptureOnly {
+    fn only(this: Option<Self>) -> crate::wire::Only {
+        use crate::wire::Only;
+        match this {
+            None => Only::Lesson,
+            Some(CaptureOnly::Arp) => Only::Arp,
+            Some(CaptureOnly::Icmp) => Only::Icmp,
+            Some(CaptureOnly::Vxlan) => Only::Vxlan,
+            Some(CaptureOnly::All) => Only::All,
+        }
+    }
+}
+
 /// Formats of `vxlab graph`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum GraphFormat {
@@ -265,6 +295,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             to,
             count,
             keep,
+            only,
             pcap,
             json,
         } => commands::capture(
@@ -274,6 +305,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 to,
                 count,
                 keep,
+                only: CaptureOnly::only(only),
                 pcap,
                 json,
             },

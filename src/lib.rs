@@ -33,6 +33,7 @@ pub mod state;
 pub mod templates;
 pub mod verify;
 pub mod views;
+pub mod wire;
 
 /// Reads `tests/fixtures/NAME`, recorded output of real tools, for unit tests.
 #[cfg(test)]

@@ -107,6 +107,190 @@ fn head_end_replication_sends_one_copy_of_the_flood_per_peer() {
     dsts.sort();
     assert_eq!(dsts, ["192.168.47.3", "192.168.47.4"], "{c:#}");
     assert!(packets.iter().all(|p| p["multicast"] == false));
+    assert!(
+        c["summary"]["text"].as_str().unwrap().contains(
+            "went as 2 unicast copies, one per peer VTEP (head-end replication: 192.168.47.3, \
+             192.168.47.4)"
+        ),
+        "{c:#}"
+    );
+    lab.down_leaves_nothing();
+
+    // Static FDB, learning off: the flood is head-end, the rest goes by the static entries.
+    let st = Lab::shipped("static.yaml", "t-scap", &[("192.168.60.", "192.168.53.")]);
+    assert_eq!(st.up().0, 0);
+    let c = json_of(&st.run(&["capture", "--lab", "t-scap", "vm-a", "--json"]));
+    let text = c["summary"]["text"].as_str().unwrap();
+    assert!(text.contains("went as 2 unicast copies"), "{c:#}");
+    assert!(text.contains("learning is off"), "{c:#}");
+    assert_eq!(c["summary"]["unicast"], c["summary"]["packets"], "{c:#}");
+    st.down_leaves_nothing();
+}
+
+/// The kinds of the inner frames a capture showed.
+fn inner_kinds(c: &Value) -> Vec<String> {
+    c["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p["packet"]["inner"]["kind"]
+                .as_str()
+                .unwrap_or("not vxlan")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn an_ipv4_capture_shows_the_lesson_and_no_autoconfiguration_unless_asked() {
+    let lab = Lab::shipped(
+        "two-netns.yaml",
+        "t-quiet",
+        &[("192.168.10.", "192.168.54.")],
+    );
+    assert_eq!(lab.up().0, 0);
+    let c = json_of(&lab.run(&["capture", "--lab", "t-quiet", "vm-a", "--json"]));
+    let kinds = inner_kinds(&c);
+    assert!(
+        kinds
+            .iter()
+            .all(|k| ["arp_request", "arp_reply", "echo"].contains(&k.as_str())),
+        "{c:#}"
+    );
+    // What was hidden is counted: shown and hidden add up to every frame captured.
+    let hidden: u64 = c["hidden"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        kinds.len() as u64 + hidden,
+        c["frames"].as_u64().unwrap(),
+        "{c:#}"
+    );
+    // Asked for every VXLAN packet: the overlay carries no MLD report or router solicitation,
+    // since the IPv4 overlay's devices have no IPv6 link-local address.
+    let c = json_of(&lab.run(&[
+        "capture", "--lab", "t-quiet", "vm-a", "--only", "vxlan", "--json",
+    ]));
+    assert!(
+        c["packets"].as_array().unwrap().iter().all(|p| {
+            let s = p["summary"].as_str().unwrap();
+            !s.contains("MLD") && !s.contains("router solicitation") && !s.contains("ICMPv6")
+        }),
+        "{c:#}"
+    );
+    assert!(inner_kinds(&c).contains(&"arp_request".to_string()));
+    // --only arp and --only icmp split the lesson.
+    let arp = json_of(&lab.run(&[
+        "capture", "--lab", "t-quiet", "vm-a", "--only", "arp", "--json",
+    ]));
+    assert!(
+        inner_kinds(&arp).iter().all(|k| k.starts_with("arp_")),
+        "{arp:#}"
+    );
+    let icmp = json_of(&lab.run(&[
+        "capture", "--lab", "t-quiet", "vm-a", "--only", "icmp", "--json",
+    ]));
+    assert!(!inner_kinds(&icmp).is_empty());
+    assert!(inner_kinds(&icmp).iter().all(|k| k == "echo"), "{icmp:#}");
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn capture_with_keep_says_the_first_echo_went_straight_to_the_peer() {
+    let lab = Lab::shipped(
+        "two-netns.yaml",
+        "t-keep",
+        &[("192.168.10.", "192.168.55.")],
+    );
+    assert_eq!(lab.up().0, 0);
+    // The checks of `up` taught both VTEPs each other; --keep keeps that.
+    let out = lab.run(&[
+        "capture", "--lab", "t-keep", "vm-b", "--keep", "--count", "2", "--json",
+    ]);
+    let c = json_of(&out);
+    let s = &c["summary"];
+    let text = s["text"].as_str().unwrap();
+    assert!(
+        text.contains("went unicast straight to VTEP 192.168.55.2")
+            && text.contains("(vm-a) is behind (it had learned it, and --keep kept it)"),
+        "{c:#}"
+    );
+    assert!(
+        !text.contains("0 unicast copies") && !text.contains("head-end"),
+        "{text}"
+    );
+    assert_eq!(c["forgot"].as_array().unwrap().len(), 0);
+    // The counts it gives are the packets shown.
+    let packets = c["packets"].as_array().unwrap();
+    assert_eq!(
+        s["packets"].as_u64().unwrap() as usize,
+        packets.len(),
+        "{c:#}"
+    );
+    let unicast = packets
+        .iter()
+        .filter(|p| p["packet"]["multicast"] == false)
+        .count();
+    assert_eq!(s["unicast"].as_u64().unwrap() as usize, unicast);
+    assert!(
+        text.contains(&format!("{unicast} of the {} packets", packets.len())),
+        "{text}"
+    );
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn an_isolation_capture_sends_the_pings_and_shows_nothing_crossing_to_the_other_vni() {
+    let lab = Lab::shipped("two-vni.yaml", "t-iso", &[("192.168.20.", "192.168.56.")]);
+    assert_eq!(lab.up().0, 0);
+    let c = json_of(&lab.run(&[
+        "capture",
+        "--lab",
+        "t-iso",
+        "vm-a",
+        "--to",
+        "192.168.43.3",
+        "--count",
+        "2",
+        "--json",
+    ]));
+    assert_eq!(c["answered"], false, "{c:#}");
+    assert_eq!(c["summary"]["crossed"], 0, "{c:#}");
+    let packets: Vec<&Value> = c["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["packet"])
+        .collect();
+    // The pings were sent anyway: vm-a asked for 192.168.43.3 inside its own VNI 42...
+    assert!(
+        packets.iter().any(|p| p["vni"] == 42
+            && p["outer_src"] == "192.168.56.2"
+            && p["inner"]["kind"] == "arp_request"
+            && p["inner"]["target"] == "192.168.43.3"),
+        "{c:#}"
+    );
+    // ... and not one frame from vm-a carried VNI 43.
+    assert!(
+        !packets
+            .iter()
+            .any(|p| p["vni"] == 43 && p["outer_src"] == "192.168.56.2"),
+        "{c:#}"
+    );
+    let text = c["summary"]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("192.168.43.3 is vm-c's address on vxlan43 (VNI 43)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Nothing crossed to VNI 43: 0 packets"),
+        "{text}"
+    );
+    assert!(c["ping"].as_str().unwrap().contains("-I vxlan42"), "{c:#}");
     lab.down_leaves_nothing();
 }
 
