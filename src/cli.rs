@@ -40,11 +40,15 @@ pub enum Command {
         json: bool,
         /// Workshop mode: run this copy of the lab (`[a-z0-9]`, up to 6) beside the others, with
         /// its own names, bridge and underlay subnet.
-        #[arg(long, conflicts_with = "count")]
+        #[arg(long, conflicts_with = "count", group = "copies")]
         instance: Option<String>,
         /// Workshop mode: run N copies of the lab, named 1..N.
-        #[arg(long)]
+        #[arg(long, group = "copies")]
         count: Option<u32>,
+        /// Workshop mode: take each copy's underlay subnet from this pool (default: the lab
+        /// file's `workshop: { pool: … }`, else 10.100.0.0/16, or fd00:100::/48 for IPv6).
+        #[arg(long, value_name = "PREFIX", requires = "copies")]
+        pool: Option<ipnet::IpNet>,
     },
     /// Build the lab step by step, showing after each step what changed in the kernel and why.
     Walk {
@@ -113,6 +117,9 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Workshop mode: check every running copy of the lab, one line per copy.
+        #[arg(long)]
+        all: bool,
     },
     /// Return a running lab (or one guest) to its plan and forget what the VTEPs learned, so the
     /// lesson can be done again; a guest that does not answer is created anew.
@@ -278,9 +285,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             json,
             instance,
             count,
+            pool,
         } => match (instance, count) {
             (None, None) => commands::up(&lab, json),
-            (instance, count) => commands::up_instances(&lab, json, instance.as_deref(), count),
+            (instance, count) => {
+                commands::up_instances(&lab, json, instance.as_deref(), count, pool)
+            }
         },
         Command::Walk { lab, no_pause } => commands::walk(&lab, no_pause),
         Command::Show {
@@ -315,7 +325,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             format,
             output,
         } => commands::graph(&lab, format.format(), output.as_deref()),
-        Command::Check { lab, json } => commands::check(lab.as_deref(), json),
+        Command::Check { lab, json, all } => commands::check(lab.as_deref(), json, all),
         Command::Reset { lab, guest, json } => commands::reset(&lab, guest.as_deref(), json),
         Command::Down { lab, instance, all } => {
             commands::down_instances(lab.as_deref(), instance.as_deref(), all)

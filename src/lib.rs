@@ -34,6 +34,7 @@ pub mod templates;
 pub mod verify;
 pub mod views;
 pub mod wire;
+pub mod workshop;
 
 /// Reads `tests/fixtures/NAME`, recorded output of real tools, for unit tests.
 #[cfg(test)]

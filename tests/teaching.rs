@@ -513,7 +513,28 @@ fn thirty_copies_of_the_seed_lab_run_side_by_side() {
     };
     assert_eq!(code, Some(0));
     assert_eq!(vtep(&c, "vm-a", "vxlan0")["kernel"]["group"], "239.1.1.1");
-    assert_eq!(guest(&c, "vm-b")["underlay"], "10.17.10.3/24");
+    // Its underlay came from the default pool, the guests keeping their place in it.
+    let underlay = guest(&c, "vm-b")["underlay"].as_str().unwrap().to_string();
+    assert!(
+        underlay.starts_with("10.100.") && underlay.ends_with(".3/24"),
+        "{underlay}"
+    );
+    // Every copy at once, one line each.
+    let all = lab.run(&["check", "t-ws", "--all"]);
+    assert_eq!(all.status.code(), Some(0));
+    let lines = String::from_utf8(all.stdout).unwrap();
+    assert_eq!(lines.lines().count(), 30, "{lines}");
+    assert!(lines
+        .lines()
+        .all(|l| l.starts_with("t-ws-") && l.contains("checks passed")));
+    // The lab's own name, with only copies running, names them.
+    let base = lab.run(&["check", "t-ws"]);
+    let err = String::from_utf8_lossy(&base.stderr);
+    assert!(
+        err.contains("lab t-ws is not running, but 30 copies of it are: t-ws-1 .. t-ws-30")
+            && err.contains("`vxlab check t-ws --all`"),
+        "{err}"
+    );
     let out = lab.run(&["down", "t-ws", "--all"]);
     assert!(
         out.status.success(),
@@ -674,4 +695,74 @@ fn the_plan_alone_rebuilds_the_lab_by_hand() {
     let fdb = String::from_utf8_lossy(&fdb.stdout);
     let mac_b = plan["guests"][1]["vteps"][0]["mac"].as_str().unwrap();
     assert!(fdb.contains(&format!("{mac_b} dst 192.168.52.3")), "{fdb}");
+}
+
+#[test]
+fn two_labs_with_pools_on_one_host_get_disjoint_underlays() {
+    // Two instructors, each with their own state directory: only the host's routes tell one
+    // lab's copies from the other's.
+    let a = Lab::shipped("two-netns.yaml", "t-pa", &[]);
+    let b = Lab::shipped("unicast.yaml", "t-pb", &[]);
+    b.append("workshop: { pool: 10.231.0.0/22 }\n");
+    struct DownAll<'a>(&'a Lab);
+    impl Drop for DownAll<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.run(&["down", &self.0.name, "--all"]);
+        }
+    }
+    let (_a, _b) = (DownAll(&a), DownAll(&b));
+    let up = |lab: &Lab, extra: &[&str]| {
+        let mut args = vec!["up", lab.file.to_str().unwrap(), "--count", "2"];
+        args.extend(extra);
+        let out = lab.run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    up(&a, &["--pool", "10.231.0.0/22"]);
+    up(&b, &[]);
+    let underlays = |lab: &Lab| -> Vec<ipnet::IpNet> {
+        json_of(&lab.run(&["status", "--json"]))["labs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["underlay"].as_str().unwrap().parse().unwrap())
+            .collect()
+    };
+    let mut all = underlays(&a);
+    all.extend(underlays(&b));
+    assert_eq!(all.len(), 4, "{all:?}");
+    let pool: ipnet::IpNet = "10.231.0.0/22".parse().unwrap();
+    assert!(all.iter().all(|n| pool.contains(n)), "{all:?}");
+    let mut distinct = all.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "{all:?}");
+    // Both labs pass their checks on their own subnets.
+    for (lab, name) in [(&a, "t-pa"), (&b, "t-pb")] {
+        let out = lab.run(&["check", name, "--all"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // The pool is full now: a third copy is refused once, truly, and nothing is created.
+    let out = b.run(&["up", b.file.to_str().unwrap(), "--count", "3"]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("free /24 subnets").count(), 1, "{err}");
+    assert!(
+        err.contains("no copy of lab t-pb was brought up; nothing was created")
+            && err.contains("the workshop pool 10.231.0.0/22 has 0 free /24 subnets")
+            && err.contains("`workshop: { pool: … }`")
+            && !err.contains("underlay.subnet")
+            && !err.contains("part-way"),
+        "{err}"
+    );
+    assert_eq!(underlays(&b).len(), 2);
 }
