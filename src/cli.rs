@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use clap_complete::ArgValueCompleter;
 
 use crate::commands;
+use crate::complete;
 
 /// Declarative VXLAN teaching labs on network namespaces or libvirt guests.
 #[derive(Parser)]
@@ -14,6 +16,9 @@ pub struct Cli {
     #[command(subcommand)]
     /// What to do.
     pub command: Command,
+    /// Keep and find labs' state in DIR instead of /var/lib/vxlab.
+    #[arg(long, global = true, value_name = "DIR", env = "VXLAB_STATE_DIR", value_hint = clap::ValueHint::DirPath)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -21,11 +26,13 @@ pub enum Command {
     /// Check a lab file and report every problem with its line and column.
     Validate {
         /// Lab file.
+        #[arg(add = ArgValueCompleter::new(complete::lab_files))]
         lab: PathBuf,
     },
     /// Print the exact commands `up` will run in each guest.
     Plan {
         /// Lab file.
+        #[arg(add = ArgValueCompleter::new(complete::lab_files))]
         lab: PathBuf,
         /// Print the plan as JSON.
         #[arg(long)]
@@ -34,6 +41,7 @@ pub enum Command {
     /// Create the lab, or repair a running one to its plan; run its checks and report.
     Up {
         /// Lab file, or a running lab's name.
+        #[arg(add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: PathBuf,
         /// Print the report as JSON.
         #[arg(long)]
@@ -53,6 +61,7 @@ pub enum Command {
     /// Build the lab step by step, showing after each step what changed in the kernel and why.
     Walk {
         /// Lab file.
+        #[arg(add = ArgValueCompleter::new(complete::lab_files))]
         lab: PathBuf,
         /// Never wait for Enter (it waits between steps only on a terminal anyway).
         #[arg(long)]
@@ -61,9 +70,10 @@ pub enum Command {
     /// Show a guest's vxlan state as tables, each row kind explained.
     Show {
         /// Lab file or name; may be left out when one lab is running.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: Option<PathBuf>,
         /// Guest name.
+        #[arg(add = ArgValueCompleter::new(complete::guests))]
         guest: String,
         /// What to show; everything when left out.
         what: Option<ShowWhat>,
@@ -74,9 +84,10 @@ pub enum Command {
     /// Capture a guest's underlay while it pings a peer, and decode every VXLAN packet.
     Capture {
         /// Lab file or name; may be left out when one lab is running.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: Option<PathBuf>,
         /// Guest whose underlay is captured and which sends the pings.
+        #[arg(add = ArgValueCompleter::new(complete::guests))]
         guest: String,
         /// Overlay address to ping; default: the first peer of its first vxlan.
         #[arg(long)]
@@ -102,6 +113,7 @@ pub enum Command {
     /// Draw the lab's topology: Graphviz DOT, Mermaid, or SVG (through Graphviz's `dot`).
     Graph {
         /// Lab file or name.
+        #[arg(add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: PathBuf,
         /// Output format.
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
@@ -113,6 +125,7 @@ pub enum Command {
     /// Re-verify a running lab: devices, group membership, FDB, pings.
     Check {
         /// Lab file or name; may be left out when one lab is running.
+        #[arg(add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
@@ -125,8 +138,10 @@ pub enum Command {
     /// lesson can be done again; a guest that does not answer is created anew.
     Reset {
         /// Lab file or name (a workshop copy's name resets that copy).
+        #[arg(add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: PathBuf,
         /// Only this guest.
+        #[arg(add = ArgValueCompleter::new(complete::guests))]
         guest: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
@@ -135,6 +150,7 @@ pub enum Command {
     /// Remove everything a lab created, also after a failed `up`.
     Down {
         /// Lab file or name; may be left out when one lab is running.
+        #[arg(add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: Option<PathBuf>,
         /// Workshop mode: remove this copy of the lab.
         #[arg(long, conflicts_with = "all")]
@@ -157,25 +173,28 @@ pub enum Command {
     /// Open a shell on a libvirt guest over SSH.
     Ssh {
         /// Lab file or name; may be left out when one lab is running.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: Option<PathBuf>,
         /// Guest name.
+        #[arg(add = ArgValueCompleter::new(complete::guests))]
         guest: String,
     },
     /// Attach to a libvirt guest's serial console.
     Console {
         /// Lab file or name; may be left out when one lab is running.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: Option<PathBuf>,
         /// Guest name.
+        #[arg(add = ArgValueCompleter::new(complete::guests))]
         guest: String,
     },
-    /// Print shell completions for vxlab (bash, zsh, fish, elvish, powershell).
+    /// Print the shell code that completes vxlab's commands, running labs, lab files and
+    /// guest names: `vxlab completions bash > /etc/bash_completion.d/vxlab`.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print vxlab's man page (roff): `vxlab man > vxlab.1; man ./vxlab.1`.
+    /// Print vxlab's man page (roff): `vxlab man > /usr/local/share/man/man1/vxlab.1`.
     Man,
     /// Run a command in a guest of a running lab.
     Exec {
@@ -275,8 +294,21 @@ impl GraphFormat {
     }
 }
 
+/// The command line's definition, for completions and the man page.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// The environment variable with which the shell asks vxlab for completions.
+pub const COMPLETE_VAR: &str = "COMPLETE";
+
 /// Runs the command line; returns the exit status.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Some(dir) = &cli.state_dir {
+        // Every part of vxlab (and the processes it starts) finds the state directory in the
+        // environment; set before any thread starts.
+        std::env::set_var("VXLAB_STATE_DIR", dir);
+    }
     match cli.command {
         Command::Validate { lab } => commands::validate(&lab),
         Command::Plan { lab, json } => commands::plan(&lab, json),
@@ -345,13 +377,23 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             command,
         } => commands::exec(lab.as_deref(), &guest, &command),
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "vxlab", &mut std::io::stdout());
+            let shells = clap_complete::env::Shells::builtins();
+            let name = shell.to_string();
+            let Some(completer) = shells.completer(&name) else {
+                anyhow::bail!("vxlab cannot complete for {name}");
+            };
+            // The shell then asks `vxlab` (on PATH) for candidates as the user types.
+            completer.write_registration(
+                COMPLETE_VAR,
+                "vxlab",
+                "vxlab",
+                "vxlab",
+                &mut std::io::stdout(),
+            )?;
             Ok(0)
         }
         Command::Man => {
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .render(&mut std::io::stdout())?;
+            print!("{}", crate::manual::render(command()));
             Ok(0)
         }
     }

@@ -52,7 +52,7 @@ pub mod exit {
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     /// Not root.
-    #[error("vxlab {0} needs root: it creates bridges, namespaces and guests (try sudo)")]
+    #[error("vxlab {0} needs root: {why}; run it as root", why = why_root(.0))]
     NotRoot(&'static str),
     /// A program is missing.
     #[error("`{0}` is not installed; install the Debian package {1}")]
@@ -105,6 +105,31 @@ fn load(path: &Path) -> Result<Lab> {
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Why `vxlab COMMAND` needs root, said of what that command does: a command that only
+/// reads says so.
+fn why_root(command: &str) -> &'static str {
+    match command {
+        "up" | "walk" => "it creates the lab's bridge and its namespaces or VMs",
+        "reset" => "it changes the guests' links and tables, and recreates a guest that is gone",
+        "down" => "it removes the lab's bridge, links and namespaces or VMs",
+        "show" => {
+            "it only reads, but a guest's state is read inside its namespace, or over SSH \
+             with the lab's key, which only root may read"
+        }
+        "check" => {
+            "it changes nothing, but it reads and pings inside the guests' namespaces, or \
+             over SSH with the lab's key, which only root may read"
+        }
+        "capture" => {
+            "it captures on the host end of the guest's link (a raw socket) and pings from \
+             inside the guest"
+        }
+        "exec" => "it runs the command inside the guest's namespace or VM",
+        "image build" => "it builds the image with debootstrap, which needs root",
+        _ => "it works on the host's network and the lab's guests",
+    }
 }
 
 fn require_root(command: &'static str) -> Result<()> {
