@@ -559,40 +559,114 @@ fn thirty_copies_of_the_seed_lab_run_side_by_side() {
     assert_eq!(std::fs::read_dir(lab.state.path()).unwrap().count(), 0);
 }
 
+/// A lab of `n` guests: VNI 100 joins them all, VNI 200 the first half, VNI 300 (from five
+/// guests) the second half.
+fn lab_of(n: usize) -> String {
+    let guests: String = (1..=n)
+        .map(|i| format!("  g{i}: {{ address: 192.168.10.{} }}\n", i + 1))
+        .collect();
+    let vxlan = |vni: u32, members: std::ops::RangeInclusive<usize>, net: u32| {
+        let addresses: String = members
+            .map(|i| format!("      g{i}: 10.{net}.0.{i}/24\n"))
+            .collect();
+        format!(
+            "  - name: vxlan{vni}\n    vni: {vni}\n    group: 239.1.1.{net}\n    addresses:\n{addresses}"
+        )
+    };
+    let mut vxlans = vxlan(100, 1..=n, 1) + &vxlan(200, 1..=n / 2, 2);
+    if n >= 5 {
+        vxlans += &vxlan(300, n / 2 + 1..=n, 3);
+    }
+    format!(
+        "name: g{n}\ndriver: netns\nunderlay:\n  bridge: vxbr-g{n}\n  subnet: 192.168.10.0/24\n\
+         guests:\n{guests}vxlans:\n{vxlans}"
+    )
+}
+
 #[test]
-fn graph_draws_every_guest_and_vni_and_dot_accepts_it() {
-    for (file, guests, vnis) in [
-        ("two-vm.yaml", &["vm-a", "vm-b"][..], &["VNI 42"][..]),
-        (
-            "two-vni.yaml",
-            &["vm-a", "vm-b", "vm-c"][..],
-            &["VNI 42", "VNI 43"][..],
-        ),
-    ] {
-        let path = common::root().join("labs").join(file);
-        let svg = vxlab(&["graph", path.to_str().unwrap(), "--format", "svg"]);
+fn the_graph_fits_a_16_9_slide_in_one_font_with_every_guest_vni_and_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<std::path::PathBuf> = (2..=6)
+        .map(|n| {
+            let f = dir.path().join(format!("g{n}.yaml"));
+            std::fs::write(&f, lab_of(n)).unwrap();
+            f
+        })
+        .collect();
+    files.push(common::root().join("labs/two-vni.yaml"));
+    files.push(common::root().join("labs/two-vm.yaml"));
+    for file in &files {
+        let path = file.to_str().unwrap();
+        let plan = json_of(&vxlab(&["plan", "--json", path]));
+        let svg_file = dir.path().join("graph.svg");
+        let out = vxlab(&[
+            "graph",
+            path,
+            "--format",
+            "svg",
+            "-o",
+            svg_file.to_str().unwrap(),
+        ]);
         assert!(
-            svg.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&svg.stderr)
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
         // Graphviz writes `-` as `&#45;`.
-        let svg = String::from_utf8(svg.stdout).unwrap().replace("&#45;", "-");
-        assert!(svg.contains("<svg"), "{file}");
-        let mermaid = String::from_utf8(
-            vxlab(&["graph", path.to_str().unwrap(), "--format", "mermaid"]).stdout,
-        )
-        .unwrap();
-        for g in guests {
+        let svg = std::fs::read_to_string(&svg_file)
+            .unwrap()
+            .replace("&#45;", "-");
+        // On a slide: rendered by librsvg, near 16:9.
+        let png = dir.path().join("graph.png");
+        let r = Command::new("rsvg-convert")
+            .arg(&svg_file)
+            .arg("-o")
+            .arg(&png)
+            .status()
+            .expect("rsvg-convert (librsvg2-bin) is installed");
+        assert!(r.success());
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap()) as f64;
+        let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap()) as f64;
+        assert!(
+            (1.65..=1.9).contains(&(w / h)),
+            "{path}: {w}x{h} is not near 16:9"
+        );
+        // One sans-serif font for every label.
+        let mut fonts: Vec<&str> = svg
+            .split("font-family=\"")
+            .skip(1)
+            .map(|s| s.split('"').next().unwrap())
+            .collect();
+        fonts.sort();
+        fonts.dedup();
+        assert_eq!(fonts, ["Helvetica,sans-Serif"], "{path}");
+        // Every guest, VNI and overlay address is in the picture's text.
+        let text: String = svg
+            .split("<text")
+            .skip(1)
+            .map(|t| t.split('>').nth(1).unwrap().split('<').next().unwrap())
+            .collect::<Vec<_>>()
+            .join("\n");
+        for g in plan["guests"].as_array().unwrap() {
+            let name = g["name"].as_str().unwrap();
             assert!(
-                svg.contains(&format!("<title>cluster_{g}</title>")),
-                "{file}: {g}"
+                text.lines().any(|l| l == name),
+                "{path}: guest {name} missing:\n{text}"
             );
-            assert!(mermaid.contains(&format!("[\"{g}\"]")), "{file}: {g}");
+            for v in g["vteps"].as_array().unwrap() {
+                let vni = format!("VNI {}", v["vni"]);
+                let address = v["address"].as_str().unwrap();
+                assert!(text.contains(&vni), "{path}: {vni} missing");
+                assert!(text.contains(address), "{path}: {address} missing");
+            }
         }
-        for v in vnis {
-            assert!(svg.contains(v), "{file}: {v}");
-            assert!(mermaid.contains(v), "{file}: {v}");
+        let mermaid =
+            String::from_utf8(vxlab(&["graph", path, "--format", "mermaid"]).stdout).unwrap();
+        for g in plan["guests"].as_array().unwrap() {
+            let name = g["name"].as_str().unwrap();
+            assert!(mermaid.contains(&format!("[\"{name}\"]")), "{path}: {name}");
         }
     }
 }
