@@ -105,6 +105,14 @@ pub fn host_side(plan: &Plan) -> Vec<HostPart> {
     parts
 }
 
+/// A guest's host link into the bridge, up.
+fn plug(link: &str, bridge: &str) -> [HostCommand; 2] {
+    [
+        HostCommand::new(&["ip", "link", "set", "dev", link, "master", bridge]),
+        HostCommand::new(&["ip", "link", "set", "up", "dev", link]),
+    ]
+}
+
 /// A namespace guest: the namespace, and a veth pair from the bridge to its underlay interface.
 fn namespace(plan: &Plan, g: &GuestPlan) -> HostPart {
     let (ns, link, mac) = (&g.instance, &g.host_link, g.underlay_mac.to_string());
@@ -141,9 +149,10 @@ fn namespace(plan: &Plan, g: &GuestPlan) -> HostPart {
                 "address",
                 &mac,
             ]),
-            HostCommand::new(&["ip", "link", "set", "dev", link, "master", &plan.bridge]),
-            HostCommand::new(&["ip", "link", "set", "up", "dev", link]),
-        ],
+        ]
+        .into_iter()
+        .chain(plug(link, &plan.bridge))
+        .collect(),
     }
 }
 
@@ -159,11 +168,11 @@ fn vm(plan: &Plan, g: &GuestPlan) -> [HostPart; 2] {
                 g.name, g.instance, plan.bridge
             ),
             by: Actor::Libvirt,
-            commands: vec![
-                HostCommand::new(&["ip", "tuntap", "add", "dev", tap, "mode", "tap"]),
-                HostCommand::new(&["ip", "link", "set", "dev", tap, "master", &plan.bridge]),
-                HostCommand::new(&["ip", "link", "set", "up", "dev", tap]),
-            ],
+            commands: std::iter::once(HostCommand::new(&[
+                "ip", "tuntap", "add", "dev", tap, "mode", "tap",
+            ]))
+            .chain(plug(tap, &plan.bridge))
+            .collect(),
         },
         HostPart {
             guest: Some(g.name.clone()),
