@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# The main job on a fresh Debian/Ubuntu host, as root: install, build, build the guest image
-# (offline, from the host's Debian mirror; once), bring the seed lab up on two virtual
-# machines, check it, show what a student must see (the FDB explained, and the first ARP
-# request flooded to 239.1.1.1 on the wire, the rest unicast), and take it down again.
+# The main job on a fresh Debian/Ubuntu host, as root: install, build and put vxlab on PATH,
+# build the guest image (offline, from the host's Debian mirror; once), bring the seed lab up
+# on two virtual machines, check it, show what a student must see (the FDB explained, and the
+# first ARP request flooded to 239.1.1.1 on the wire, the rest unicast), and take it down again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh
-cargo build --release
-vxlab=target/release/vxlab
-$vxlab image list | grep -q '^debian-12 ' || $vxlab image build debian-12
-$vxlab validate labs/two-vm.yaml
-$vxlab plan labs/two-vm.yaml
-$vxlab up labs/two-vm.yaml
-$vxlab check two-vm
-$vxlab show vm-a fdb
-$vxlab capture vm-a --count 2
-$vxlab status
-$vxlab down two-vm
+# vxlab on PATH, as every command below and in the README types it.
+cargo install --locked --path . --root /usr/local --target-dir target
+export PATH=/usr/local/bin:$PATH
+vxlab image list | grep -q '^debian-12 ' || vxlab image build debian-12
+vxlab validate labs/two-vm.yaml
+vxlab plan labs/two-vm.yaml
+vxlab up labs/two-vm.yaml
+vxlab check two-vm
+vxlab show vm-a fdb
+vxlab capture vm-a --count 2
+vxlab status
+vxlab down two-vm

@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use clap_complete::ArgValueCompleter;
 
 use crate::commands;
+use crate::complete;
 
 /// Declarative VXLAN teaching labs on network namespaces or libvirt guests.
 #[derive(Parser)]
@@ -14,6 +16,9 @@ pub struct Cli {
     #[command(subcommand)]
     /// What to do.
     pub command: Command,
+    /// Keep and find labs' state in DIR instead of /var/lib/vxlab.
+    #[arg(long, global = true, value_name = "DIR", env = "VXLAB_STATE_DIR", value_hint = clap::ValueHint::DirPath)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -21,11 +26,13 @@ pub enum Command {
     /// Check a lab file and report every problem with its line and column.
     Validate {
         /// Lab file.
+        #[arg(add = ArgValueCompleter::new(complete::lab_files))]
         lab: PathBuf,
     },
     /// Print the exact commands `up` will run in each guest.
     Plan {
         /// Lab file.
+        #[arg(add = ArgValueCompleter::new(complete::lab_files))]
         lab: PathBuf,
         /// Print the plan as JSON.
         #[arg(long)]
@@ -34,21 +41,27 @@ pub enum Command {
     /// Create the lab, or repair a running one to its plan; run its checks and report.
     Up {
         /// Lab file, or a running lab's name.
+        #[arg(add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: PathBuf,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
         /// Workshop mode: run this copy of the lab (`[a-z0-9]`, up to 6) beside the others, with
         /// its own names, bridge and underlay subnet.
-        #[arg(long, conflicts_with = "count")]
+        #[arg(long, conflicts_with = "count", group = "copies")]
         instance: Option<String>,
         /// Workshop mode: run N copies of the lab, named 1..N.
-        #[arg(long)]
+        #[arg(long, group = "copies")]
         count: Option<u32>,
+        /// Workshop mode: take each copy's underlay subnet from this pool (default: the lab
+        /// file's `workshop: { pool: … }`, else 10.100.0.0/16, or fd00:100::/48 for IPv6).
+        #[arg(long, value_name = "PREFIX", requires = "copies")]
+        pool: Option<ipnet::IpNet>,
     },
     /// Build the lab step by step, showing after each step what changed in the kernel and why.
     Walk {
         /// Lab file.
+        #[arg(add = ArgValueCompleter::new(complete::lab_files))]
         lab: PathBuf,
         /// Never wait for Enter (it waits between steps only on a terminal anyway).
         #[arg(long)]
@@ -57,9 +70,10 @@ pub enum Command {
     /// Show a guest's vxlan state as tables, each row kind explained.
     Show {
         /// Lab file or name; may be left out when one lab is running.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: Option<PathBuf>,
         /// Guest name.
+        #[arg(add = ArgValueCompleter::new(complete::guests))]
         guest: String,
         /// What to show; everything when left out.
         what: Option<ShowWhat>,
@@ -70,9 +84,10 @@ pub enum Command {
     /// Capture a guest's underlay while it pings a peer, and decode every VXLAN packet.
     Capture {
         /// Lab file or name; may be left out when one lab is running.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: Option<PathBuf>,
         /// Guest whose underlay is captured and which sends the pings.
+        #[arg(add = ArgValueCompleter::new(complete::guests))]
         guest: String,
         /// Overlay address to ping; default: the first peer of its first vxlan.
         #[arg(long)]
@@ -84,6 +99,10 @@ pub enum Command {
         /// the capture starts with the flood).
         #[arg(long)]
         keep: bool,
+        /// Show only these frames; by default the lesson's: ARP and ICMP inside VXLAN (what
+        /// is hidden is counted).
+        #[arg(long, value_enum)]
+        only: Option<CaptureOnly>,
         /// Also write the capture to FILE (pcap, for Wireshark).
         #[arg(long, value_name = "FILE")]
         pcap: Option<PathBuf>,
@@ -94,6 +113,7 @@ pub enum Command {
     /// Draw the lab's topology: Graphviz DOT, Mermaid, or SVG (through Graphviz's `dot`).
     Graph {
         /// Lab file or name.
+        #[arg(add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: PathBuf,
         /// Output format.
         #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
@@ -105,17 +125,23 @@ pub enum Command {
     /// Re-verify a running lab: devices, group membership, FDB, pings.
     Check {
         /// Lab file or name; may be left out when one lab is running.
+        #[arg(add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Workshop mode: check every running copy of the lab, one line per copy.
+        #[arg(long)]
+        all: bool,
     },
     /// Return a running lab (or one guest) to its plan and forget what the VTEPs learned, so the
     /// lesson can be done again; a guest that does not answer is created anew.
     Reset {
         /// Lab file or name (a workshop copy's name resets that copy).
+        #[arg(add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: PathBuf,
         /// Only this guest.
+        #[arg(add = ArgValueCompleter::new(complete::guests))]
         guest: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
@@ -124,6 +150,7 @@ pub enum Command {
     /// Remove everything a lab created, also after a failed `up`.
     Down {
         /// Lab file or name; may be left out when one lab is running.
+        #[arg(add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: Option<PathBuf>,
         /// Workshop mode: remove this copy of the lab.
         #[arg(long, conflicts_with = "all")]
@@ -146,25 +173,28 @@ pub enum Command {
     /// Open a shell on a libvirt guest over SSH.
     Ssh {
         /// Lab file or name; may be left out when one lab is running.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: Option<PathBuf>,
         /// Guest name.
+        #[arg(add = ArgValueCompleter::new(complete::guests))]
         guest: String,
     },
     /// Attach to a libvirt guest's serial console.
     Console {
         /// Lab file or name; may be left out when one lab is running.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: Option<PathBuf>,
         /// Guest name.
+        #[arg(add = ArgValueCompleter::new(complete::guests))]
         guest: String,
     },
-    /// Print shell completions for vxlab (bash, zsh, fish, elvish, powershell).
+    /// Print the shell code that completes vxlab's commands, running labs, lab files and
+    /// guest names: `vxlab completions bash > /etc/bash_completion.d/vxlab`.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print vxlab's man page (roff): `vxlab man > vxlab.1; man ./vxlab.1`.
+    /// Print vxlab's man page (roff): `vxlab man > /usr/local/share/man/man1/vxlab.1`.
     Man,
     /// Run a command in a guest of a running lab.
     Exec {
@@ -216,6 +246,32 @@ impl ShowWhat {
     }
 }
 
+/// What `vxlab capture --only` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CaptureOnly {
+    /// ARP (and IPv6 neighbour discovery) inside VXLAN.
+    Arp,
+    /// ICMP echo requests and replies inside VXLAN.
+    Icmp,
+    /// Every VXLAN packet, IPv6 autoconfiguration included.
+    Vxlan,
+    /// Every frame on the guest's underlay link.
+    All,
+}
+
+impl CaptureOnly {
+    fn only(this: Option<Self>) -> crate::wire::Only {
+        use crate::wire::Only;
+        match this {
+            None => Only::Lesson,
+            Some(CaptureOnly::Arp) => Only::Arp,
+            Some(CaptureOnly::Icmp) => Only::Icmp,
+            Some(CaptureOnly::Vxlan) => Only::Vxlan,
+            Some(CaptureOnly::All) => Only::All,
+        }
+    }
+}
+
 /// Formats of `vxlab graph`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum GraphFormat {
@@ -238,8 +294,21 @@ impl GraphFormat {
     }
 }
 
+/// The command line's definition, for completions and the man page.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// The environment variable with which the shell asks vxlab for completions.
+pub const COMPLETE_VAR: &str = "COMPLETE";
+
 /// Runs the command line; returns the exit status.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Some(dir) = &cli.state_dir {
+        // Every part of vxlab (and the processes it starts) finds the state directory in the
+        // environment; set before any thread starts.
+        std::env::set_var("VXLAB_STATE_DIR", dir);
+    }
     match cli.command {
         Command::Validate { lab } => commands::validate(&lab),
         Command::Plan { lab, json } => commands::plan(&lab, json),
@@ -248,9 +317,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             json,
             instance,
             count,
+            pool,
         } => match (instance, count) {
             (None, None) => commands::up(&lab, json),
-            (instance, count) => commands::up_instances(&lab, json, instance.as_deref(), count),
+            (instance, count) => {
+                commands::up_instances(&lab, json, instance.as_deref(), count, pool)
+            }
         },
         Command::Walk { lab, no_pause } => commands::walk(&lab, no_pause),
         Command::Show {
@@ -265,6 +337,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             to,
             count,
             keep,
+            only,
             pcap,
             json,
         } => commands::capture(
@@ -274,6 +347,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 to,
                 count,
                 keep,
+                only: CaptureOnly::only(only),
                 pcap,
                 json,
             },
@@ -283,7 +357,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             format,
             output,
         } => commands::graph(&lab, format.format(), output.as_deref()),
-        Command::Check { lab, json } => commands::check(lab.as_deref(), json),
+        Command::Check { lab, json, all } => commands::check(lab.as_deref(), json, all),
         Command::Reset { lab, guest, json } => commands::reset(&lab, guest.as_deref(), json),
         Command::Down { lab, instance, all } => {
             commands::down_instances(lab.as_deref(), instance.as_deref(), all)
@@ -303,13 +377,23 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             command,
         } => commands::exec(lab.as_deref(), &guest, &command),
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "vxlab", &mut std::io::stdout());
+            let shells = clap_complete::env::Shells::builtins();
+            let name = shell.to_string();
+            let Some(completer) = shells.completer(&name) else {
+                anyhow::bail!("vxlab cannot complete for {name}");
+            };
+            // The shell then asks `vxlab` (on PATH) for candidates as the user types.
+            completer.write_registration(
+                COMPLETE_VAR,
+                "vxlab",
+                "vxlab",
+                "vxlab",
+                &mut std::io::stdout(),
+            )?;
             Ok(0)
         }
         Command::Man => {
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .render(&mut std::io::stdout())?;
+            print!("{}", crate::manual::render(command()));
             Ok(0)
         }
     }

@@ -20,6 +20,7 @@ use crate::plan::{self, Plan};
 use crate::progress::Progress;
 use crate::report;
 use crate::state::{StateDir, StateError, LAB_COPY};
+use crate::workshop;
 
 mod status;
 mod teach;
@@ -33,6 +34,8 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// The lab runs but a check failed.
     pub const CHECK_FAILED: u8 = 1;
+    /// A command-line value that cannot be used, such as a workshop pool with no room.
+    pub const USAGE: u8 = 64;
     /// The lab file is invalid.
     pub const DATA: u8 = 65;
     /// A program or service vxlab needs is missing.
@@ -51,7 +54,7 @@ pub mod exit {
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     /// Not root.
-    #[error("vxlab {0} needs root: it creates bridges, namespaces and guests (try sudo)")]
+    #[error("vxlab {0} needs root: {why}; run it as root", why = why_root(.0))]
     NotRoot(&'static str),
     /// A program is missing.
     #[error("`{0}` is not installed; install the Debian package {1}")]
@@ -71,6 +74,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.is::<LabError>() {
             return exit::DATA;
+        }
+        if cause.is::<workshop::PoolError>() {
+            return exit::USAGE;
         }
         let busy = matches!(cause.downcast_ref(), Some(StateError::Busy { .. }))
             || matches!(
@@ -113,6 +119,31 @@ fn load(path: &Path) -> Result<Lab> {
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Why `vxlab COMMAND` needs root, said of what that command does: a command that only
+/// reads says so.
+fn why_root(command: &str) -> &'static str {
+    match command {
+        "up" | "walk" => "it creates the lab's bridge and its namespaces or VMs",
+        "reset" => "it changes the guests' links and tables, and recreates a guest that is gone",
+        "down" => "it removes the lab's bridge, links and namespaces or VMs",
+        "show" => {
+            "it only reads, but a guest's state is read inside its namespace, or over SSH \
+             with the lab's key, which only root may read"
+        }
+        "check" => {
+            "it changes nothing, but it reads and pings inside the guests' namespaces, or \
+             over SSH with the lab's key, which only root may read"
+        }
+        "capture" => {
+            "it captures on the host end of the guest's link (a raw socket) and pings from \
+             inside the guest"
+        }
+        "exec" => "it runs the command inside the guest's namespace or VM",
+        "image build" => "it builds the image with debootstrap, which needs root",
+        _ => "it works on the host's network and the lab's guests",
+    }
 }
 
 fn require_root(command: &'static str) -> Result<()> {
@@ -192,7 +223,10 @@ pub fn validate(path: &Path) -> Result<u8> {
 pub fn plan(path: &Path, json: bool) -> Result<u8> {
     let p = plan::plan(&load(path)?);
     if json {
-        println!("{}", serde_json::to_string_pretty(&p)?);
+        // The host side beside the guests' commands, so the JSON rebuilds the lab too.
+        let mut v = serde_json::to_value(&p)?;
+        v["host"] = serde_json::to_value(crate::host_side::host_side(&p))?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", p.render());
     }
@@ -237,7 +271,7 @@ pub fn reset(arg: &Path, guest: Option<&str>, json: bool) -> Result<u8> {
     let p = plan::plan(&lab);
     let o = engine(&lab, image_for(&lab)?)?
         .reset(&p, guest, &Progress::new())
-        .map_err(|e| down_hint(e, &lab.name))
+        .map_err(|e| up_failed(e, &lab.name))
         .with_context(|| match guest {
             Some(g) => format!("while resetting {g} in lab {}", lab.name),
             None => format!("while resetting lab {}", lab.name),
@@ -277,39 +311,32 @@ fn up_one(lab: &Lab, path: &Path, ui: &Progress) -> Result<(Plan, Outcome)> {
     let o = engine(lab, image)?
         .with_recipe(recipe)
         .up(&p, path, &text, ui)
-        .map_err(|e| down_hint(e, &lab.name))
-        .with_context(|| format!("while bringing up lab {}", lab.name))?;
+        .map_err(|e| up_failed(e, &lab.name))?;
     Ok((p, o))
 }
 
-/// The running instances of lab `base`: name and index.
-fn running_instances(base: &str) -> Vec<(String, u8)> {
-    let state = StateDir::from_env();
-    state
-        .labs()
-        .iter()
-        .filter_map(|l| state.read(l).ok()?.instance)
-        .filter(|i| i.base == base)
-        .map(|i| (i.name, i.index))
-        .collect()
-}
-
-/// `vxlab up LAB --instance NAME` or `--count N`: copies of the lab side by side.
+/// `vxlab up LAB --instance NAME` or `--count N`: copies of the lab side by side, their
+/// underlays from `pool` (or the lab file's, or the default pool).
 pub fn up_instances(
     path: &Path,
     json: bool,
     instance: Option<&str>,
     count: Option<u32>,
+    pool: Option<ipnet::IpNet>,
 ) -> Result<u8> {
     let base = load(path)?;
+    let state = StateDir::from_env();
+    // Held until the copies are up, so a second `up --count` cannot pick the same subnets.
+    let _pool_lock = workshop::lock(&state)?;
+    let running = workshop::running(&state, &base.name);
     let wanted: Vec<(String, u8)> = match (instance, count) {
         (Some(name), _) => {
-            let taken = running_instances(&base.name);
-            let index = match taken.iter().find(|(n, _)| n == name) {
-                Some((_, i)) => *i,
+            let index = match running.iter().find(|i| i.name == name) {
+                Some(i) => i.index,
                 None => instance::index_of(name)
-                    .or_else(|| (1..=255).find(|i| taken.iter().all(|(_, t)| t != i)))
-                    .context("all 255 instance numbers are taken")?,
+                    .filter(|n| running.iter().all(|i| i.index != *n))
+                    .or_else(|| (1..=255).find(|n| running.iter().all(|i| i.index != *n)))
+                    .context("all 255 instance numbers are taken; nothing was created")?,
             };
             vec![(name.to_string(), index)]
         }
@@ -318,21 +345,26 @@ pub fn up_instances(
         }
         _ => bail!("--count takes 1 to 255"),
     };
-    let labs: Vec<Lab> = wanted
-        .iter()
-        .map(|(name, index)| {
-            instance::derive(&base, name, *index).map_err(|why| {
-                anyhow::Error::new(LabError {
-                    file: path.to_path_buf(),
-                    problems: vec![lab::Problem {
-                        position: lab::Position { line: 1, column: 1 },
-                        field: "name".into(),
-                        message: why,
-                    }],
-                })
-            })
-        })
-        .collect::<Result<_>>()?;
+    let pool = workshop::Pool::choose(pool, &base);
+    let used = workshop::in_use(
+        &LocalHost::new(Arc::new(Netlink::open()?)),
+        &state,
+        pool.net.addr().is_ipv6(),
+    );
+    let labs = workshop::copies(&base, &wanted, pool, &used, &running).map_err(|e| match e {
+        workshop::CopyError::Instance(why) => anyhow::Error::new(LabError {
+            file: path.to_path_buf(),
+            problems: vec![lab::Problem {
+                position: lab::Position { line: 1, column: 1 },
+                field: "name".into(),
+                message: why,
+            }],
+        }),
+        workshop::CopyError::Pool(p) => anyhow::Error::new(p).context(format!(
+            "no copy of lab {} was brought up; nothing was created",
+            base.name
+        )),
+    })?;
     let single = labs.len() == 1;
     let ui = if single {
         Progress::new()
@@ -344,6 +376,7 @@ pub fn up_instances(
     let mut reports = Vec::new();
     let mut all_ok = true;
     let mut first_err = None;
+    let mut failed = 0;
     for (lab, r) in labs.iter().zip(results) {
         match r {
             Ok((p, o)) => {
@@ -365,10 +398,13 @@ pub fn up_instances(
                 }
                 reports.push(serde_json::to_value(report::build(&p, &o))?);
             }
+            // One copy's error is the command's error, said once by main; of many, each is
+            // said here and the command fails naming how many.
+            Err(e) if single => first_err = Some(e),
             Err(e) => {
                 eprintln!("{}: {e:#}", lab.name);
                 all_ok = false;
-                first_err.get_or_insert(e);
+                failed += 1;
             }
         }
     }
@@ -377,6 +413,13 @@ pub fn up_instances(
     }
     if let Some(e) = first_err {
         return Err(e);
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} copies of lab {} failed to come up (each said above)",
+            labs.len(),
+            base.name
+        );
     }
     Ok(if all_ok { exit::OK } else { exit::CHECK_FAILED })
 }
@@ -393,9 +436,9 @@ pub fn down_instances(arg: Option<&Path>, instance: Option<&str>, all: bool) -> 
     };
     let names: Vec<String> = match instance {
         Some(i) => vec![format!("{base}-{i}")],
-        None => running_instances(&base)
+        None => workshop::running(&StateDir::from_env(), &base)
             .into_iter()
-            .map(|(n, _)| format!("{base}-{n}"))
+            .map(|i| format!("{base}-{}", i.name))
             .collect(),
     };
     if names.is_empty() {
@@ -408,18 +451,20 @@ pub fn down_instances(arg: Option<&Path>, instance: Option<&str>, all: bool) -> 
     Ok(exit::OK)
 }
 
-fn down_hint(e: EngineError, lab: &str) -> anyhow::Error {
-    if e.before_anything() {
-        anyhow::Error::new(e).context("nothing was created")
+/// An `up` (or `reset`) that failed, said as it is: refused before anything was created,
+/// stopped by Ctrl-C, or left part-way for `down` to remove.
+fn up_failed(e: EngineError, lab: &str) -> anyhow::Error {
+    let what = if e.before_anything() {
+        format!("lab {lab} was left as it was: nothing was created or changed")
     } else if matches!(e, EngineError::Interrupted) {
-        anyhow::Error::new(e).context(format!(
-            "the lab is left part-way; `vxlab down {lab}` removes it, `vxlab up {lab}` finishes it"
-        ))
+        format!(
+            "lab {lab} is left part-way; `vxlab down {lab}` removes it, `vxlab up {lab}` \
+             finishes it"
+        )
     } else {
-        anyhow::Error::new(e).context(format!(
-            "the lab is left part-way; `vxlab down {lab}` removes all of it"
-        ))
-    }
+        format!("while bringing up lab {lab}: it is left part-way; `vxlab down {lab}` removes all of it")
+    };
+    anyhow::Error::new(e).context(what)
 }
 
 /// The running lab that `arg` names (a lab file or a lab name), or the only one running.
@@ -441,21 +486,141 @@ fn resolve(arg: Option<&Path>) -> Result<(Lab, PathBuf)> {
     let lab = load(&copy).with_context(|| format!("lab {name}'s recorded lab file"))?;
     // An instance is derived again from the lab file, as `up` derived it.
     let lab = match state.read(&name).ok().and_then(|st| st.instance) {
-        Some(i) => instance::derive(&lab, &i.name, i.index).map_err(anyhow::Error::msg)?,
+        Some(i) => {
+            instance::derive(&lab, &i.name, i.index, i.underlay).map_err(anyhow::Error::msg)?
+        }
         None => lab,
     };
     Ok((lab, copy))
 }
 
-/// `vxlab check [LAB]`
-pub fn check(arg: Option<&Path>, json: bool) -> Result<u8> {
+/// `vxlab check [LAB] [--all]`: one lab, or with `all` every running copy of it.
+pub fn check(arg: Option<&Path>, json: bool, all: bool) -> Result<u8> {
     require_root("check")?;
-    let (lab, _) = resolve(arg)?;
+    if all {
+        return check_copies(arg, json);
+    }
+    let (lab, _) = match resolve(arg) {
+        Ok(found) => found,
+        Err(e) => return Err(name_copies(e, arg)),
+    };
     let p = plan::plan(&lab);
     let o = engine(&lab, None)?
         .check(&p)
         .with_context(|| format!("while checking lab {}", lab.name))?;
-    print_outcome(&p, &o, json)
+    let code = print_outcome(&p, &o, json)?;
+    if !json {
+        let copies = workshop::running(&StateDir::from_env(), &lab.name);
+        if !copies.is_empty() {
+            println!(
+                "\n{} of lab {} also running, not checked here: {} (`vxlab check {} --all` \
+                 checks them)",
+                plural(copies.len(), "copy", "copies"),
+                lab.name,
+                copy_names(&lab.name, &copies),
+                lab.name
+            );
+        }
+    }
+    Ok(code)
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The names of a lab's copies, listed or, for many, as a range.
+fn copy_names(base: &str, copies: &[lab::instance::Instance]) -> String {
+    let names: Vec<String> = copies
+        .iter()
+        .map(|i| format!("{base}-{}", i.name))
+        .collect();
+    match names.as_slice() {
+        [first, .., last] if names.len() > 6 => format!("{first} .. {last}"),
+        _ => names.join(", "),
+    }
+}
+
+/// A lab that is not running whose copies are: the error names them.
+fn name_copies(e: anyhow::Error, arg: Option<&Path>) -> anyhow::Error {
+    let Some(StateError::NotRunning(base, _)) = e.downcast_ref() else {
+        return e;
+    };
+    let copies = workshop::running(&StateDir::from_env(), base);
+    if copies.is_empty() {
+        return e;
+    }
+    let arg = arg.map_or_else(|| base.clone(), |a| a.display().to_string());
+    anyhow::anyhow!(
+        "lab {base} is not running, but {} of it {}: {}; `vxlab check {arg} --all` checks \
+         them all, `vxlab check {base}-{}` one",
+        plural(copies.len(), "copy", "copies"),
+        if copies.len() == 1 { "is" } else { "are" },
+        copy_names(base, &copies),
+        copies[0].name
+    )
+}
+
+/// `vxlab check LAB --all`: every running copy of the lab, one line each.
+fn check_copies(arg: Option<&Path>, json: bool) -> Result<u8> {
+    let base = match arg {
+        Some(p) if p.is_file() => load(p)?.name,
+        Some(p) => p.to_string_lossy().into_owned(),
+        None => bail!("name the lab whose copies to check: `vxlab check LAB --all`"),
+    };
+    let copies = workshop::running(&StateDir::from_env(), &base);
+    if copies.is_empty() {
+        bail!("no copy of lab {base} is running");
+    }
+    let names: Vec<String> = copies
+        .iter()
+        .map(|i| format!("{base}-{}", i.name))
+        .collect();
+    let results = crate::parallel::parallel_map(&names, 4, |name| -> Result<_> {
+        let (lab, _) = resolve(Some(Path::new(name)))?;
+        let p = plan::plan(&lab);
+        let o = engine(&lab, None)?.check(&p)?;
+        Ok((lab, p, o))
+    });
+    let mut all_ok = true;
+    let mut reports = Vec::new();
+    for (name, r) in names.iter().zip(results) {
+        match r {
+            Ok((lab, p, o)) => {
+                all_ok &= o.verdict.ok();
+                let r = report::build(&p, &o);
+                if !json {
+                    let first =
+                        o.verdict.diagnoses.first().map(|d| {
+                            format!(" (first cause: {}: {})", d.cause.guest, d.cause.what)
+                        });
+                    println!(
+                        "{:<24} underlay {:<18} {}{}",
+                        name,
+                        lab.underlay.subnet,
+                        if o.verdict.ok() {
+                            format!("all {} checks passed", o.verdict.passed)
+                        } else {
+                            format!("{} checks FAILED", o.verdict.failures.len())
+                        },
+                        first.unwrap_or_default()
+                    );
+                }
+                reports.push(serde_json::to_value(r)?);
+            }
+            Err(e) => {
+                all_ok = false;
+                if !json {
+                    println!("{name:<24} cannot check: {e:#}");
+                }
+                reports.push(serde_json::json!({"lab": name, "error": format!("{e:#}")}));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(if all_ok { exit::OK } else { exit::CHECK_FAILED })
 }
 
 /// `vxlab down [LAB]`

@@ -208,6 +208,22 @@ impl Findings<'_> {
         seen: impl FnOnce() -> String,
         repair: impl FnOnce() -> Vec<GuestCommand>,
     ) {
+        let layer = c.layer;
+        self.push_layered(c, holds, seen, || {
+            repair().into_iter().map(|cmd| (layer, cmd)).collect()
+        });
+    }
+
+    /// Like [`Findings::push`], for repairs whose commands work on several layers (a vxlan
+    /// device made from nothing gets its overlay address and FDB entries too): each step
+    /// keeps its own layer, so `walk` shows it in its own stage.
+    fn push_layered(
+        &mut self,
+        c: Compared,
+        holds: bool,
+        seen: impl FnOnce() -> String,
+        repair: impl FnOnce() -> Vec<(Layer, GuestCommand)>,
+    ) {
         let (seen, repair) = if holds {
             (c.expected.clone(), Vec::new())
         } else {
@@ -215,9 +231,9 @@ impl Findings<'_> {
             let why = format!("{}: expected {}, seen {seen}", c.what, c.expected);
             let steps = repair()
                 .into_iter()
-                .map(|command| Step {
+                .map(|(layer, command)| Step {
                     command,
-                    layer: c.layer,
+                    layer,
                     why: why.clone(),
                 })
                 .collect();
@@ -447,10 +463,11 @@ fn extra_vxlans(f: &mut Findings, st: &GuestState) {
 }
 
 /// What makes VTEP `v` from nothing: the device, its MAC, MTU, up, its address, and its
-/// static and head-end FDB entries.
-pub fn create_vtep(g: &GuestPlan, v: &VtepPlan) -> Vec<GuestCommand> {
+/// static and head-end FDB entries, each with the layer it works on.
+pub fn create_vtep(g: &GuestPlan, v: &VtepPlan) -> Vec<(Layer, GuestCommand)> {
+    let device = |c| (Layer::VxlanDevice, c);
     let mut c = vec![
-        cmd::link_add_vxlan(VxlanDevice {
+        device(cmd::link_add_vxlan(VxlanDevice {
             name: &v.device,
             vni: v.vni,
             flood: &v.flood,
@@ -458,30 +475,32 @@ pub fn create_vtep(g: &GuestPlan, v: &VtepPlan) -> Vec<GuestCommand> {
             dev: &v.dev,
             port: v.port,
             learning: v.learning,
-        }),
-        cmd::link_address(&v.device, v.mac),
+        })),
+        device(cmd::link_address(&v.device, v.mac)),
     ];
     if let Some(mtu) = v.mtu {
-        c.push(cmd::link_mtu(&v.device, mtu));
+        c.push(device(cmd::link_mtu(&v.device, mtu)));
     }
     if quiet_ipv6(v) {
-        c.push(cmd::link_no_ipv6_autoconf(&v.device));
+        c.push(device(cmd::link_no_ipv6_autoconf(&v.device)));
     }
-    c.push(cmd::link_up(&v.device));
-    c.push(cmd::addr_add(v.address, &v.device));
+    c.push(device(cmd::link_up(&v.device)));
+    c.push((Layer::OverlayAddress, cmd::addr_add(v.address, &v.device)));
     if v.static_fdb {
-        c.extend(
-            v.peers
-                .iter()
-                .map(|p| cmd::fdb_replace(p.mac, &v.device, p.underlay)),
-        );
+        c.extend(v.peers.iter().map(|p| {
+            (
+                Layer::Forwarding,
+                cmd::fdb_replace(p.mac, &v.device, p.underlay),
+            )
+        }));
     }
     if v.flood == Flood::HeadEnd {
-        c.extend(
-            v.peers
-                .iter()
-                .map(|p| cmd::flood_entry_add(&v.device, p.underlay, None)),
-        );
+        c.extend(v.peers.iter().map(|p| {
+            (
+                Layer::Flooding,
+                cmd::flood_entry_add(&v.device, p.underlay, None),
+            )
+        }));
     }
     c
 }
@@ -511,7 +530,7 @@ fn vtep(f: &mut Findings, v: &VtepPlan, st: &GuestState, underlay_up: bool) {
     let d = v.device.as_str();
     let name = |what: &str| format!("{d} {what}");
     let Some(link) = st.links.get(d) else {
-        f.push(
+        f.push_layered(
             compared(
                 Layer::VxlanDevice,
                 Kind::VxlanExists,
@@ -526,12 +545,12 @@ fn vtep(f: &mut Findings, v: &VtepPlan, st: &GuestState, underlay_up: bool) {
         return;
     };
     let recreate = || {
-        let mut c = vec![cmd::link_del(d)];
+        let mut c = vec![(Layer::VxlanDevice, cmd::link_del(d))];
         c.extend(create_vtep(g, v));
         c
     };
     let Some(p) = &link.vxlan else {
-        f.push(
+        f.push_layered(
             compared(
                 Layer::VxlanDevice,
                 Kind::VxlanExists,
@@ -558,7 +577,7 @@ fn vtep(f: &mut Findings, v: &VtepPlan, st: &GuestState, underlay_up: bool) {
     for (what, want, have) in settings {
         let holds = want == have;
         same &= holds;
-        f.push(
+        f.push_layered(
             compared(Layer::VxlanDevice, Kind::VxlanSetting, d, name(what), want),
             holds,
             || have,
@@ -779,7 +798,7 @@ pub fn forget(g: &GuestPlan, st: &GuestState) -> Vec<Step> {
     let mut steps = Vec::new();
     for v in g.vteps.iter().filter(|v| st.links.contains_key(&v.device)) {
         let d = v.device.as_str();
-        let why = format!("reset: {d} forgets what it learned");
+        let why = format!("reset: {d} forgets what it learned, so the lesson can be done again");
         let step = |command| Step {
             command,
             layer: Layer::Forwarding,

@@ -69,77 +69,177 @@ fn vnis(plan: &Plan) -> BTreeMap<u32, (String, usize)> {
     out
 }
 
-/// The topology in Graphviz DOT.
+/// The one font of every label: Graphviz writes it into the SVG as `Helvetica,sans-Serif`, so
+/// a viewer without Helvetica still draws a sans-serif.
+const FONT: &str = "Helvetica";
+
+/// Colours told apart by people with any common colour blindness (Okabe and Ito), with a
+/// light tint of each for fills: one per VNI, in VNI order.
+const PALETTE: [(&str, &str); 6] = [
+    ("#0072B2", "#D6EAF5"),
+    ("#D55E00", "#F9E0CC"),
+    ("#009E73", "#CCEDE3"),
+    ("#CC79A7", "#F4E3ED"),
+    ("#E69F00", "#FAECCC"),
+    ("#56B4E9", "#DDF0FB"),
+];
+
+/// The colour (line, fill) of each VNI.
+fn colours(plan: &Plan) -> BTreeMap<u32, (&'static str, &'static str)> {
+    vnis(plan)
+        .keys()
+        .enumerate()
+        .map(|(i, vni)| (*vni, PALETTE[i % PALETTE.len()]))
+        .collect()
+}
+
+/// Text inside a Graphviz HTML-like label.
+fn html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Height over width of a 16:9 slide. Graphviz spreads the drawing to this shape, moving
+/// nodes apart rather than shrinking them, so the text keeps its size.
+const SLIDE_RATIO: &str = "0.5625";
+
+/// The topology in Graphviz DOT (a digraph drawn without arrowheads, whose invisible edges
+/// keep the guests in file order), for a 16:9 slide: the VNIs on top, each guest's vxlan
+/// devices and underlay interface below them, the host bridge at the bottom beside a legend; each VNI
+/// in its own colour (its node, its devices, its edges, its legend row), one sans-serif font.
 pub fn dot(plan: &Plan) -> String {
+    let colour = colours(plan);
     let mut o = String::new();
-    let _ = writeln!(o, "graph {} {{", dq(&plan.lab));
+    let _ = writeln!(o, "digraph {} {{", dq(&plan.lab));
+    // The title is the legend's first row: a graph label would sit outside the 16:9 shape.
+    let _ = writeln!(o, "  fontname={FONT};");
     let _ = writeln!(
         o,
-        "  label={}; labelloc=t; fontname=\"Helvetica\";",
-        dq(&format!("lab {} ({} driver)", plan.lab, plan.driver))
+        "  ratio={SLIDE_RATIO}; pad=0.1; nodesep=0.4; ranksep=0.6; newrank=true;"
     );
-    let _ = writeln!(o, "  node [shape=box, fontname=\"Helvetica\"];");
+    let _ = writeln!(o, "  node [shape=box, style=\"rounded,filled\", fillcolor=white, fontname={FONT}, fontsize=14];");
+    let _ = writeln!(
+        o,
+        "  edge [dir=none, fontname={FONT}, fontsize=12, color=\"#555555\"];"
+    );
     let bridge = format!("bridge:{}", plan.bridge);
     let _ = writeln!(
         o,
-        "  {} [shape=ellipse, label={}];",
+        "  {} [shape=ellipse, style=filled, fillcolor=\"#EEEEEE\", label={}];",
         dq(&bridge),
         dq(&format!("host bridge {}\n{}", plan.bridge, plan.gateway))
     );
     for (vni, (label, _)) in vnis(plan) {
+        let (line, fill) = colour[&vni];
         let _ = writeln!(
             o,
-            "  {} [shape=hexagon, style=dashed, label={}];",
+            "  {} [shape=hexagon, style=\"filled,dashed\", color=\"{line}\", fillcolor=\"{fill}\", \
+             penwidth=2, label={}];",
             dq(&format!("vni:{vni}")),
             dq(&label)
         );
     }
+    // Each guest one node, narrow so that six fit a slide: its name, its vxlan devices one
+    // above the other in their VNI's colours, its underlay interface; each edge meets its own
+    // device at its side (the bridge's, below), crossing no text.
     for g in &plan.guests {
-        let under = format!("{}:{}", g.name, g.interface);
-        let _ = writeln!(o, "  subgraph {} {{", dq(&format!("cluster_{}", g.name)));
-        let _ = writeln!(o, "    label={};", dq(&g.name));
-        let _ = writeln!(
-            o,
-            "    {} [label={}];",
-            dq(&under),
-            dq(&format!("{}\n{}", g.interface, g.underlay))
+        let mut rows = format!(
+            "<tr><td border=\"0\"><font point-size=\"16\">{}</font></td></tr>",
+            html(&g.name)
         );
         for v in &g.vteps {
-            let _ = writeln!(
-                o,
-                "    {} [label={}];",
-                dq(&format!("{}:{}", g.name, v.device)),
-                dq(&format!(
-                    "{}  VNI {}\n{}\n{}",
-                    v.device, v.vni, v.address, v.mac
-                ))
+            let (line, fill) = colour[&v.vni];
+            let _ = write!(
+                rows,
+                "<tr><td port=\"{}\" bgcolor=\"{fill}\" color=\"{line}\" border=\"2\" \
+                 style=\"rounded\">{}  VNI {}<br/>{}<br/>{}<br/>dev {}</td></tr>",
+                html(&v.device),
+                html(&v.device),
+                v.vni,
+                html(&v.address.to_string()),
+                v.mac,
+                html(&v.dev)
             );
         }
-        let _ = writeln!(o, "  }}");
-        let _ = writeln!(o, "  {} -- {};", dq(&under), dq(&bridge));
+        let _ = write!(
+            rows,
+            "<tr><td port=\"{}\" border=\"1\" style=\"rounded\">{}<br/>{}</td></tr>",
+            html(&g.interface),
+            html(&g.interface),
+            html(&g.underlay.to_string())
+        );
+        let _ = writeln!(
+            o,
+            "  {} [shape=box, style=\"rounded\", color=\"#888888\", margin=0.1, label=<<table \
+             border=\"0\" cellborder=\"0\" cellspacing=\"8\" cellpadding=\"6\">{rows}</table>>];",
+            dq(&format!("guest:{}", g.name))
+        );
+        let node = dq(&format!("guest:{}", g.name));
+        let _ = writeln!(o, "  {node}:{}:s -> {};", dq(&g.interface), dq(&bridge));
         for v in &g.vteps {
-            let dev = format!("{}:{}", g.name, v.device);
+            let (line, _) = colour[&v.vni];
+            // Written VNI first, so the VNI ranks above the guests.
             let _ = writeln!(
                 o,
-                "  {} -- {} [label=\"dev\"];",
-                dq(&dev),
-                dq(&format!("{}:{}", g.name, v.dev))
-            );
-            let _ = writeln!(
-                o,
-                "  {} -- {} [style=dashed];",
-                dq(&dev),
-                dq(&format!("vni:{}", v.vni))
+                "  {} -> {node}:{}:w [style=dashed, color=\"{line}\", penwidth=2];",
+                dq(&format!("vni:{}", v.vni)),
+                dq(&v.device)
             );
         }
     }
+    // The guests left to right in file order.
+    if plan.guests.len() > 1 {
+        let chain: Vec<String> = plan
+            .guests
+            .iter()
+            .map(|g| dq(&format!("guest:{}", g.name)))
+            .collect();
+        let _ = writeln!(
+            o,
+            "  {{ rank=same; {} [style=invis]; }}",
+            chain.join(" -> ")
+        );
+    }
+    // The legend: the lab, then one row per VNI in its colour, under the bridge.
+    let mut rows = format!(
+        "<tr><td colspan=\"2\" align=\"left\"><font point-size=\"18\">lab {} ({} driver)</font></td></tr>",
+        html(&plan.lab),
+        plan.driver
+    );
+    for (vni, (_, members)) in vnis(plan) {
+        let (line, fill) = colour[&vni];
+        let v = plan
+            .guests
+            .iter()
+            .flat_map(|g| &g.vteps)
+            .find(|v| v.vni == vni)
+            .expect("a VNI has a member");
+        let _ = write!(
+            rows,
+            "<tr><td bgcolor=\"{line}\" width=\"18\"> </td><td bgcolor=\"{fill}\" align=\"left\">\
+             VNI {vni}: {}, {}, overlay {}, {members} guests</td></tr>",
+            html(&v.device),
+            html(&flooding(v)),
+            html(&v.address.trunc().to_string())
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  legend [shape=plaintext, style=\"\", label=<<table border=\"0\" cellborder=\"0\" \
+         cellspacing=\"2\" cellpadding=\"4\">{rows}</table>>];"
+    );
+    // Under the bridge, centred: beside it, its width would push the drawing to one side.
+    let _ = writeln!(o, "  {} -> legend [style=invis];", dq(&bridge));
     o.push_str("}\n");
     o
 }
 
-/// The topology as a Mermaid flowchart.
+/// The topology as a Mermaid flowchart, each VNI in its colour as in the DOT.
 pub fn mermaid(plan: &Plan) -> String {
-    let mut o = String::from("flowchart LR\n");
+    let colour = colours(plan);
+    let mut o = String::from("flowchart TB\n");
     let br = mid(&format!("bridge_{}", plan.bridge));
     let _ = writeln!(
         o,
@@ -161,25 +261,33 @@ pub fn mermaid(plan: &Plan) -> String {
         for v in &g.vteps {
             let _ = writeln!(
                 o,
-                "    {gid}_{}[\"{}\"]",
+                "    {gid}_{}[\"{}\"]:::vni{}",
                 mid(&v.device),
                 mtext(&format!(
                     "{}  VNI {}\n{}\n{}",
                     v.device, v.vni, v.address, v.mac
-                ))
+                )),
+                v.vni
             );
         }
         o.push_str("  end\n");
         let _ = writeln!(o, "  {gid}_{} --- {br}", mid(&g.interface));
         for v in &g.vteps {
+            let _ = writeln!(o, "  vni{} -.- {gid}_{}", v.vni, mid(&v.device));
             let _ = writeln!(
                 o,
                 "  {gid}_{} -->|dev| {gid}_{}",
                 mid(&v.device),
                 mid(&v.dev)
             );
-            let _ = writeln!(o, "  {gid}_{} -.- vni{}", mid(&v.device), v.vni);
         }
+    }
+    for (vni, (line, fill)) in &colour {
+        let _ = writeln!(
+            o,
+            "  classDef vni{vni} fill:{fill},stroke:{line},stroke-width:2px"
+        );
+        let _ = writeln!(o, "  class vni{vni} vni{vni}");
     }
     o
 }
@@ -197,11 +305,11 @@ mod tests {
     fn the_seed_graph_names_bridge_guests_addresses_and_the_vni() {
         let d = dot(&plan_of("two-vm.yaml"));
         for needle in [
-            "graph \"two-vm\" {",
+            "digraph \"two-vm\" {",
             "\"bridge:vbr0\"",
             "host bridge vbr0\\n192.168.10.1/24",
-            "\"cluster_vm-a\"",
-            "eth0\\n192.168.10.2/24",
+            "\"guest:vm-a\"",
+            "eth0<br/>192.168.10.2/24",
             "\"vni:42\"",
             "group 239.1.1.1",
             "192.168.42.3/24",
@@ -211,9 +319,37 @@ mod tests {
         // Every brace closes.
         assert_eq!(d.matches('{').count(), d.matches('}').count());
         let m = mermaid(&plan_of("two-vm.yaml"));
-        assert!(m.starts_with("flowchart LR\n"));
+        assert!(m.starts_with("flowchart TB\n"));
         assert!(m.contains("subgraph vm_a[\"vm-a\"]"), "{m}");
-        assert!(m.contains("vm_b_vxlan0 -.- vni42"), "{m}");
+        assert!(m.contains("vni42 -.- vm_b_vxlan0"), "{m}");
+    }
+
+    #[test]
+    fn each_vni_has_its_own_colour_on_its_node_devices_edges_and_legend() {
+        let d = dot(&plan_of("two-vni.yaml"));
+        let (blue, orange) = (PALETTE[0].0, PALETTE[1].0);
+        let line = |needle: &str| {
+            d.lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} missing:\n{d}"))
+                .to_string()
+        };
+        assert!(line("\"vni:42\" [").contains(blue));
+        assert!(line("\"vni:43\" [").contains(orange));
+        assert!(line("\"vni:43\" -> \"guest:vm-c\":\"vxlan43\"").contains(orange));
+        let b = line("\"guest:vm-b\" [");
+        let cell =
+            |c: &str, dev: &str| format!("color=\"{c}\" border=\"2\" style=\"rounded\">{dev}");
+        assert!(b.contains(&cell(blue, "vxlan42")), "{b}");
+        assert!(b.contains(&cell(orange, "vxlan43")), "{b}");
+        let legend = line("legend [");
+        assert!(
+            legend.contains(&format!("bgcolor=\"{blue}\"")) && legend.contains("VNI 43: vxlan43")
+        );
+        // One font for the graph, every node and every edge.
+        assert_eq!(d.matches("fontname=").count(), 3, "{d}");
+        assert_eq!(d.matches(&format!("fontname={FONT}")).count(), 3);
+        assert!(d.contains("ratio=0.5625"));
     }
 
     #[test]

@@ -255,9 +255,24 @@ pub fn fdb_del(mac: Mac, dev: &str) -> GuestCommand {
 /// `ping -c COUNT [-i INTERVAL] -W WAIT -q TO`: `count` echo requests, waiting at most `wait`
 /// seconds for the last reply.
 pub fn ping(to: IpAddr, count: u32, interval: Option<&str>, wait: u32) -> GuestCommand {
+    ping_via(None, to, count, interval, wait)
+}
+
+/// [`ping`] sent out of device `dev` (`-I DEV`) when given: the kernel then treats `to` as on
+/// that link even without a route to it, so the echo requests go into that vxlan anyway.
+pub fn ping_via(
+    dev: Option<&str>,
+    to: IpAddr,
+    count: u32,
+    interval: Option<&str>,
+    wait: u32,
+) -> GuestCommand {
     let mut c = GuestCommand::new(Program::Ping, &["-c", &count.to_string()]);
     if let Some(i) = interval {
         c.args.extend(["-i".into(), i.to_string()]);
+    }
+    if let Some(d) = dev {
+        c.args.extend(["-I".into(), d.to_string()]);
     }
     c.args
         .extend(["-W".into(), wait.to_string(), "-q".into(), to.to_string()]);

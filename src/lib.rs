@@ -7,10 +7,16 @@
 //! comparisons; [`report`] and [`views`] present the [`outcome`], with the meaning of every row
 //! from [`explain`]. [`state`] records every resource before it is created, so `down` removes all
 //! of it, even after an `up` that died half-way.
+//!
+//! Around that: [`host_side`] writes vxlab's own work on the host as commands, so `plan` and
+//! `walk` show the whole lab; [`wire`] says what a capture shows; [`workshop`] gives copies of a
+//! lab their underlays from a pool; [`cli`], [`complete`] and [`manual`] are the command line,
+//! its completions and its man page.
 
 pub mod builder;
 pub mod cli;
 pub mod commands;
+pub mod complete;
 pub mod converge;
 pub mod driver;
 pub mod engine;
@@ -19,9 +25,11 @@ pub mod graph;
 pub mod guest_command;
 pub mod health;
 pub mod host;
+pub mod host_side;
 pub mod interrupt;
 pub mod iproute2;
 pub mod lab;
+pub mod manual;
 pub mod observe;
 pub mod outcome;
 pub mod packet;
@@ -33,6 +41,8 @@ pub mod state;
 pub mod templates;
 pub mod verify;
 pub mod views;
+pub mod wire;
+pub mod workshop;
 
 /// Reads `tests/fixtures/NAME`, recorded output of real tools, for unit tests.
 #[cfg(test)]

@@ -12,6 +12,10 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // A shell asking for completions (`COMPLETE=bash vxlab -- …`) is answered and exits here.
+    clap_complete::CompleteEnv::with_factory(cli::command)
+        .var(cli::COMPLETE_VAR)
+        .complete();
     match cli::run(Cli::parse()) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::converge::Step;
+use crate::host_side::HostPart;
 use crate::iproute2::{Readiness, Tools};
 use crate::observe::GuestState;
 use crate::verify::{PingResult, Verdict};
@@ -53,17 +54,30 @@ pub enum StageKind {
     FirstPing,
 }
 
-/// What one stage did and what every guest looked like before and after it.
+/// What one stage did and what every guest looked like before and after each part of it.
 #[derive(Debug, Clone)]
 pub struct Stage {
     /// Which stage.
     pub kind: StageKind,
-    /// Commands run, by guest, as a student would type them.
-    pub commands: BTreeMap<String, Vec<String>>,
-    /// Each guest before.
-    pub before: BTreeMap<String, GuestState>,
-    /// Each guest after.
-    pub after: BTreeMap<String, GuestState>,
+    /// What vxlab did on the host for this stage (the bridge and each guest's link), as the
+    /// commands that do the same by hand.
+    pub host: Vec<HostPart>,
+    /// The stage's commands, one guest at a time, so every change is shown under the commands
+    /// that caused it.
+    pub parts: Vec<StagePart>,
     /// The ping of [`StageKind::FirstPing`]: from, to, answered.
     pub ping: Option<(String, IpAddr, bool)>,
+}
+
+/// One guest's commands in a stage, and every guest before and after them.
+#[derive(Debug, Clone)]
+pub struct StagePart {
+    /// The guest the commands ran in.
+    pub guest: String,
+    /// The commands, as a student would type them.
+    pub commands: Vec<String>,
+    /// Every guest before the commands.
+    pub before: BTreeMap<String, GuestState>,
+    /// Every guest after them.
+    pub after: BTreeMap<String, GuestState>,
 }

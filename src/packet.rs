@@ -69,6 +69,16 @@ pub enum Inner {
         /// The address asked about or announced.
         target: Ipv6Addr,
     },
+    /// ICMPv6 other than echo and neighbour discovery: router solicitations and MLD reports,
+    /// the autoconfiguration traffic of an IPv6 interface.
+    Icmpv6 {
+        /// Inner source.
+        src: Ipv6Addr,
+        /// Inner destination.
+        dst: Ipv6Addr,
+        /// The ICMPv6 type.
+        icmp_type: u8,
+    },
     /// Any other IP packet.
     Ip {
         /// Inner source.
@@ -111,12 +121,11 @@ impl std::fmt::Display for Inner {
                     write!(f, "ICMPv6 neighbour advertisement {target}")
                 }
             }
-            // Hop-by-hop options first: how an MLD report (joining an IPv6 group) travels.
-            Inner::Ip {
+            Inner::Icmpv6 {
                 src,
                 dst,
-                protocol: 0,
-            } if dst.is_ipv6() => write!(f, "IPv6 hop-by-hop {src} > {dst} (an MLD report)"),
+                icmp_type,
+            } => write!(f, "ICMPv6 {} {src} > {dst}", icmpv6_name(*icmp_type)),
             Inner::Ip {
                 src,
                 dst,
@@ -124,6 +133,35 @@ impl std::fmt::Display for Inner {
             } => write!(f, "ICMPv6 {src} > {dst}"),
             Inner::Ip { src, dst, protocol } => write!(f, "IP {src} > {dst} protocol {protocol}"),
             Inner::Other { ethertype } => write!(f, "ethertype 0x{ethertype:04x}"),
+        }
+    }
+}
+
+/// What an ICMPv6 message of type `t` is, in words.
+fn icmpv6_name(t: u8) -> String {
+    match t {
+        130 => "MLD query".into(),
+        131 | 143 => "MLD report".into(),
+        132 => "MLD done".into(),
+        133 => "router solicitation".into(),
+        134 => "router advertisement".into(),
+        other => format!("type {other}"),
+    }
+}
+
+impl Inner {
+    /// The kind of frame in a few words, to count what a capture hid ("MLD report", "ARP").
+    pub fn kind(&self) -> String {
+        match self {
+            Inner::ArpRequest { .. } | Inner::ArpReply { .. } => "ARP".into(),
+            Inner::Echo { src, .. } if src.is_ipv4() => "ICMP echo".into(),
+            Inner::Echo { .. } => "ICMPv6 echo".into(),
+            Inner::Neighbour { .. } => "neighbour discovery".into(),
+            Inner::Icmpv6 { icmp_type, .. } => icmpv6_name(*icmp_type),
+            Inner::Ip { protocol: 2, .. } => "IGMP".into(),
+            Inner::Ip { protocol: 17, .. } => "UDP".into(),
+            Inner::Ip { protocol, .. } => format!("IP protocol {protocol}"),
+            Inner::Other { ethertype } => format!("ethertype 0x{ethertype:04x}"),
         }
     }
 }
@@ -191,7 +229,9 @@ fn ip_layer(ethertype: u16, b: &[u8]) -> Option<(IpAddr, IpAddr, u8, &[u8])> {
     }
 }
 
-fn inner(frame: &[u8]) -> Option<(Mac, Mac, Inner)> {
+/// An Ethernet frame: its source and destination MACs and what it carries. Used for the frame
+/// inside a VXLAN packet, and for underlay frames that are not VXLAN.
+pub fn ethernet(frame: &[u8]) -> Option<(Mac, Mac, Inner)> {
     let dst = mac_at(frame, 0)?;
     let src = mac_at(frame, 6)?;
     let ethertype = u16_at(frame, 12)?;
@@ -209,7 +249,13 @@ fn inner(frame: &[u8]) -> Option<(Mac, Mac, Inner)> {
             _ => Inner::Other { ethertype },
         },
         0x0800 | 0x86dd => {
-            let (s, d, proto, payload) = ip_layer(ethertype, body)?;
+            let (s, d, mut proto, mut payload) = ip_layer(ethertype, body)?;
+            // MLD reports travel behind a hop-by-hop options header: skip it.
+            if proto == 0 && ethertype == 0x86dd {
+                let len = (usize::from(*payload.get(1)?) + 1) * 8;
+                proto = *payload.first()?;
+                payload = payload.get(len..)?;
+            }
             match (proto, payload.first().copied()) {
                 (1, Some(t @ (8 | 0))) | (58, Some(t @ (128 | 129))) => Inner::Echo {
                     request: t == 8 || t == 128,
@@ -220,6 +266,18 @@ fn inner(frame: &[u8]) -> Option<(Mac, Mac, Inner)> {
                 (58, Some(t @ (135 | 136))) => Inner::Neighbour {
                     solicitation: t == 135,
                     target: v6_at(payload, 8)?,
+                },
+                (58, Some(t)) => match (s, d) {
+                    (IpAddr::V6(src), IpAddr::V6(dst)) => Inner::Icmpv6 {
+                        src,
+                        dst,
+                        icmp_type: t,
+                    },
+                    _ => Inner::Ip {
+                        src: s,
+                        dst: d,
+                        protocol: proto,
+                    },
                 },
                 _ => Inner::Ip {
                     src: s,
@@ -246,7 +304,7 @@ pub fn decode(frame: &[u8], port: u16) -> Option<VxlanPacket> {
         return None;
     }
     let vni = u32::from_be_bytes([0, vx[4], vx[5], vx[6]]);
-    let (inner_src, inner_dst, inner) = inner(udp.get(16..)?)?;
+    let (inner_src, inner_dst, inner) = ethernet(udp.get(16..)?)?;
     Some(VxlanPacket {
         outer_src: src,
         outer_dst: dst,
@@ -395,6 +453,29 @@ mod tests {
             p.inner.to_string(),
             "ICMP echo request 192.168.42.2 > 192.168.42.3 seq 1"
         );
+    }
+
+    #[test]
+    fn router_solicitations_and_mld_reports_are_named() {
+        // An IPv6 header from fe80::1 to ff02::2 around `payload` with next header `next`.
+        let v6 = |next: u8, payload: &[u8]| {
+            let mut f = vec![0x33, 0x33, 0, 0, 0, 2, 2, 0x19, 0, 0, 0x2a, 1, 0x86, 0xdd];
+            f.extend_from_slice(&[0x60, 0, 0, 0, 0, payload.len() as u8, next, 255]);
+            f.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            f.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+            f.extend_from_slice(payload);
+            f
+        };
+        let rs = ethernet(&v6(58, &[133, 0, 0, 0, 0, 0, 0, 0])).unwrap().2;
+        assert_eq!(
+            rs.to_string(),
+            "ICMPv6 router solicitation fe80::1 > ff02::2"
+        );
+        assert_eq!(rs.kind(), "router solicitation");
+        // Hop-by-hop (8 bytes: next header ICMPv6, router alert), then an MLDv2 report.
+        let mut hbh = vec![58, 0, 5, 2, 0, 0, 1, 0];
+        hbh.extend_from_slice(&[143, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(ethernet(&v6(0, &hbh)).unwrap().2.kind(), "MLD report");
     }
 
     #[test]

@@ -398,10 +398,19 @@ impl Plan {
             crate::iproute2::MIN_KERNEL.1,
             self.iproute2
         ));
+        out.push_str(
+            "\n# on the host: vxlab's own work, as the commands that do the same by hand\n",
+        );
+        out.push_str(&crate::host_side::render(&crate::host_side::host_side(
+            self,
+        )));
         for g in &self.guests {
             out.push_str(&format!(
-                "\n# {} ({}, underlay {} on {})\n",
-                g.name, g.instance, g.underlay, g.interface
+                "\n# {} (underlay {} on {}), in the guest: `{}`\n",
+                g.name,
+                g.underlay,
+                g.interface,
+                crate::host_side::enter(self, g)
             ));
             for s in &g.steps {
                 out.push_str(&s.command.to_string());

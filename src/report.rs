@@ -152,12 +152,18 @@ impl Report<'_> {
         for n in self.notes {
             let _ = writeln!(out, "note: {n}");
         }
+        // Every command that ran, as `$` lines under the reason they share.
+        if !self.repairs.is_empty() {
+            let _ = writeln!(out, "what vxlab ran in guests that were running, and why:");
+        }
+        let mut last: Option<(&str, &str)> = None;
         for r in self.repairs {
-            let _ = writeln!(
-                out,
-                "{}: repaired: {}: `{}`",
-                r.guest, r.step.why, r.step.command
-            );
+            let key = (r.guest.as_str(), r.step.why.as_str());
+            if last != Some(key) {
+                let _ = writeln!(out, "{}: {}", r.guest, r.step.why);
+                last = Some(key);
+            }
+            let _ = writeln!(out, "  $ {}", r.step.command);
         }
         for g in &self.guests {
             let _ = writeln!(out, "\n{}  underlay {}", g.name, g.underlay);

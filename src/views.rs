@@ -7,6 +7,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::explain::{self, fdb_entry as fdb_meaning, group as group_meaning};
+use crate::guest_command as cmd;
 use crate::lab::Mac;
 use crate::observe::{GuestState, Route};
 use crate::outcome::{Stage, StageKind};
@@ -193,8 +194,9 @@ pub fn fdb(g: &GuestPlan, st: &GuestState, owners: &BTreeMap<Mac, String>) -> Ve
                 })
                 .collect(),
             note: Some(
-                "`self` in bridge's output: the entry is in the vxlan device's own table, not a \
-                 Linux bridge's; `dst` is the remote VTEP's underlay address"
+                "every row is in the vxlan device's own table, not a Linux bridge's (that is \
+                 what `self` at the end of each line of `bridge fdb show` says); DST is the \
+                 remote VTEP's underlay address"
                     .into(),
             ),
         })
@@ -274,31 +276,59 @@ pub fn render(t: &Table) -> String {
     o
 }
 
+/// The vxlan devices of `plan` whose overlay is IPv6: they make link-local addresses and send
+/// autoconfiguration traffic as soon as they are up.
+fn ipv6_overlays(plan: &Plan) -> Vec<String> {
+    let mut out: Vec<String> = plan
+        .guests
+        .iter()
+        .flat_map(|g| &g.vteps)
+        .filter(|v| v.address.addr().is_ipv6())
+        .map(|v| format!("{} (VNI {})", v.device, v.vni))
+        .collect();
+    out.dedup();
+    out
+}
+
 /// What a walk stage is about, and what to look for.
-fn stage_text(kind: StageKind) -> (&'static str, &'static str) {
+fn stage_text(plan: &Plan, kind: StageKind) -> (&'static str, String) {
+    let v6 = ipv6_overlays(plan);
     match kind {
         StageKind::Underlay => (
             "1. the underlay",
-            "each guest gets its underlay address; the VTEPs will talk over this network",
+            "each guest gets its underlay address; the VTEPs will talk over this network".into(),
         ),
-        StageKind::Vxlan => (
-            "2. the vxlan devices",
-            "a vxlan device is a VTEP; when it comes up with a group, the kernel joins the group \
-             on the underlay device (see ip maddr), and the FDB gets its flood entry; IPv6 \
-             autoconfiguration on the new devices sends a few multicast frames at once, and \
-             the VTEPs may already learn each other from them",
-        ),
+        StageKind::Vxlan => {
+            let mut why = String::from(
+                "a vxlan device is a VTEP; when it comes up with a group, the kernel joins the \
+                 group on the underlay device (see ip maddr), and the FDB gets its flood entry; \
+                 on an IPv4 overlay `addrgenmode none` keeps the device from sending IPv6 \
+                 autoconfiguration frames, so nothing crosses the overlay before the first ping",
+            );
+            if !v6.is_empty() {
+                why.push_str(&format!(
+                    "; {} carr{} an IPv6 overlay: its devices make link-local addresses and send \
+                     router solicitations and MLD reports as soon as they are up, and that \
+                     autoconfiguration traffic teaches the VTEPs each other early (the learned \
+                     `+ bridge fdb` lines here and in the next stage)",
+                    v6.join(", "),
+                    if v6.len() == 1 { "ies" } else { "y" }
+                ));
+            }
+            ("2. the vxlan devices", why)
+        }
         StageKind::Overlay => (
             "3. the overlay addresses",
             "the guests now share one Ethernet segment over VXLAN: each has an address in the \
-             overlay subnet, routed into its vxlan device",
+             overlay subnet, routed into its vxlan device"
+                .into(),
         ),
         StageKind::FirstPing => (
             "4. the first ping",
-            "vxlab first forgets what the VTEPs learned (ip neigh flush, bridge fdb del); then \
-             the ARP request is flooded (to the group, or to each peer), the peer's VTEP learns \
+            "the ARP request is flooded (to the group, or to each peer), the peer's VTEP learns \
              the sender, its reply comes back unicast, and the sender learns the peer: its MAC \
-             now maps to the peer's underlay address",
+             now maps to the peer's underlay address"
+                .into(),
         ),
     }
 }
@@ -313,17 +343,6 @@ fn changes(
     let empty = GuestState::default();
     let before = before.unwrap_or(&empty);
     let mut out = Vec::new();
-    for m in after.groups.iter().filter(|m| !before.groups.contains(m)) {
-        out.push(format!(
-            "+ ip maddr: {} on {}: {}",
-            m.group,
-            m.dev,
-            group_meaning(g, m)
-        ));
-    }
-    for m in before.groups.iter().filter(|m| !after.groups.contains(m)) {
-        out.push(format!("- ip maddr: {} left on {}", m.group, m.dev));
-    }
     for v in &g.vteps {
         if let (None, Some(l)) = (before.links.get(&v.device), after.links.get(&v.device)) {
             if let Some(p) = &l.vxlan {
@@ -337,6 +356,19 @@ fn changes(
                 ));
             }
         }
+    }
+    for m in after.groups.iter().filter(|m| !before.groups.contains(m)) {
+        out.push(format!(
+            "+ ip maddr: {} on {}: {}",
+            m.group,
+            m.dev,
+            group_meaning(g, m)
+        ));
+    }
+    for m in before.groups.iter().filter(|m| !after.groups.contains(m)) {
+        out.push(format!("- ip maddr: {} left on {}", m.group, m.dev));
+    }
+    for v in &g.vteps {
         let old = before.fdb.get(&v.device).cloned().unwrap_or_default();
         for e in after.fdb.get(&v.device).into_iter().flatten() {
             if !old.contains(e) {
@@ -353,33 +385,41 @@ fn changes(
     out
 }
 
-/// One stage of `vxlab walk` as text: what ran, and what changed in each guest.
+/// One stage of `vxlab walk` as text: what vxlab did on the host, then each guest's commands
+/// followed by what they changed, in that guest or another.
 pub fn walk_stage(plan: &Plan, stage: &Stage) -> String {
     let owners = explain::owners(plan);
-    let (title, why) = stage_text(stage.kind);
+    let (title, why) = stage_text(plan, stage.kind);
     let mut o = String::new();
     let _ = writeln!(o, "\n== {title}\n   {why}");
-    for g in &plan.guests {
-        let cmds = stage
-            .commands
-            .get(&g.name)
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        let Some(after) = stage.after.get(&g.name) else {
-            continue;
-        };
-        let changed = changes(g, stage.before.get(&g.name), after, &owners);
-        if cmds.is_empty() && changed.is_empty() {
-            continue;
+    if !stage.host.is_empty() {
+        let _ = writeln!(
+            o,
+            "on the host, vxlab's own work (done through netlink; by hand it is):"
+        );
+        for p in &stage.host {
+            let _ = writeln!(o, "  # {} ({})", p.what, p.by.describe());
+            for c in &p.commands {
+                let _ = writeln!(o, "  $ {c}");
+            }
         }
-        let _ = writeln!(o, "{}:", g.name);
-        for c in cmds {
+    }
+    for part in &stage.parts {
+        let _ = writeln!(o, "{}:", part.guest);
+        for c in &part.commands {
             let _ = writeln!(o, "  $ {c}");
         }
-        for c in &changed {
-            let _ = writeln!(o, "  {c}");
+        let mut any = false;
+        for g in &plan.guests {
+            let Some(after) = part.after.get(&g.name) else {
+                continue;
+            };
+            for c in changes(g, part.before.get(&g.name), after, &owners) {
+                let _ = writeln!(o, "  {} {}", g.name, c);
+                any = true;
+            }
         }
-        if changed.is_empty() {
+        if !any {
             let _ = writeln!(o, "  (no change in groups or FDB)");
         }
     }
@@ -389,6 +429,62 @@ pub fn walk_stage(plan: &Plan, stage: &Stage) -> String {
             "ping {from} -> {to}: {}",
             if *ok { "answered" } else { "NO ANSWER" }
         );
+    }
+    o
+}
+
+/// How the walk reads the guests, for its introduction: the commands it runs in every guest
+/// after each guest's commands.
+pub fn walk_reads(plan: &Plan) -> String {
+    let Some(g) = plan.guests.first() else {
+        return String::new();
+    };
+    let mut reads = vec![
+        cmd::read::links(true),
+        cmd::read::addresses(true),
+        cmd::read::routes(true, false),
+        cmd::read::groups(true, &g.interface),
+    ];
+    if let Some(v) = g.vteps.first() {
+        reads.push(cmd::read::fdb(true, &v.device));
+        reads.push(cmd::read::neighbours(true, &v.device));
+    }
+    let list: Vec<String> = reads.iter().map(|c| format!("`{c}`")).collect();
+    format!(
+        "after each guest's commands, vxlab reads every guest ({}, for each device) and shows \
+         what changed: `+` added, `-` gone",
+        list.join(", ")
+    )
+}
+
+/// The checks stage of `vxlab walk`: the pings each guest sends, as commands.
+pub fn walk_checks(plan: &Plan) -> String {
+    let mut o = String::new();
+    let how = match plan.driver {
+        crate::lab::DriverKind::Netns => {
+            " (in a namespace, from a raw socket: the same echo requests, without a process each)"
+        }
+        crate::lab::DriverKind::Libvirt => "",
+    };
+    let _ = writeln!(
+        o,
+        "\n== 5. the checks\n   each guest pings its peers{how}, then vxlab reads every guest \
+         and compares it with the plan"
+    );
+    for g in &plan.guests {
+        let mine: Vec<_> = plan.pings.iter().filter(|p| p.from == g.name).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let _ = writeln!(o, "{}:", g.name);
+        for p in mine {
+            let must_fail = if p.expect == crate::lab::Expect::Fail {
+                "   # must fail"
+            } else {
+                ""
+            };
+            let _ = writeln!(o, "  $ {}{must_fail}", p.command);
+        }
     }
     o
 }

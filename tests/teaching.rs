@@ -1,6 +1,6 @@
 //! The teaching views on real namespaces: what `capture` sees on the wire, what `show` and
-//! `walk` print, the topology `graph` draws, 30 copies of the seed lab side by side, and the
-//! generated completions and man page. Needs root; `graph` SVG needs graphviz.
+//! `walk` print, the topology `graph` draws, 30 copies of the seed lab side by side.
+//! Needs root; `graph` SVG needs graphviz.
 
 mod common;
 
@@ -107,6 +107,190 @@ fn head_end_replication_sends_one_copy_of_the_flood_per_peer() {
     dsts.sort();
     assert_eq!(dsts, ["192.168.47.3", "192.168.47.4"], "{c:#}");
     assert!(packets.iter().all(|p| p["multicast"] == false));
+    assert!(
+        c["summary"]["text"].as_str().unwrap().contains(
+            "went as 2 unicast copies, one per peer VTEP (head-end replication: 192.168.47.3, \
+             192.168.47.4)"
+        ),
+        "{c:#}"
+    );
+    lab.down_leaves_nothing();
+
+    // Static FDB, learning off: the flood is head-end, the rest goes by the static entries.
+    let st = Lab::shipped("static.yaml", "t-scap", &[("192.168.60.", "192.168.53.")]);
+    assert_eq!(st.up().0, 0);
+    let c = json_of(&st.run(&["capture", "--lab", "t-scap", "vm-a", "--json"]));
+    let text = c["summary"]["text"].as_str().unwrap();
+    assert!(text.contains("went as 2 unicast copies"), "{c:#}");
+    assert!(text.contains("learning is off"), "{c:#}");
+    assert_eq!(c["summary"]["unicast"], c["summary"]["packets"], "{c:#}");
+    st.down_leaves_nothing();
+}
+
+/// The kinds of the inner frames a capture showed.
+fn inner_kinds(c: &Value) -> Vec<String> {
+    c["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p["packet"]["inner"]["kind"]
+                .as_str()
+                .unwrap_or("not vxlan")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn an_ipv4_capture_shows_the_lesson_and_no_autoconfiguration_unless_asked() {
+    let lab = Lab::shipped(
+        "two-netns.yaml",
+        "t-quiet",
+        &[("192.168.10.", "192.168.54.")],
+    );
+    assert_eq!(lab.up().0, 0);
+    let c = json_of(&lab.run(&["capture", "--lab", "t-quiet", "vm-a", "--json"]));
+    let kinds = inner_kinds(&c);
+    assert!(
+        kinds
+            .iter()
+            .all(|k| ["arp_request", "arp_reply", "echo"].contains(&k.as_str())),
+        "{c:#}"
+    );
+    // What was hidden is counted: shown and hidden add up to every frame captured.
+    let hidden: u64 = c["hidden"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        kinds.len() as u64 + hidden,
+        c["frames"].as_u64().unwrap(),
+        "{c:#}"
+    );
+    // Asked for every VXLAN packet: the overlay carries no MLD report or router solicitation,
+    // since the IPv4 overlay's devices have no IPv6 link-local address.
+    let c = json_of(&lab.run(&[
+        "capture", "--lab", "t-quiet", "vm-a", "--only", "vxlan", "--json",
+    ]));
+    assert!(
+        c["packets"].as_array().unwrap().iter().all(|p| {
+            let s = p["summary"].as_str().unwrap();
+            !s.contains("MLD") && !s.contains("router solicitation") && !s.contains("ICMPv6")
+        }),
+        "{c:#}"
+    );
+    assert!(inner_kinds(&c).contains(&"arp_request".to_string()));
+    // --only arp and --only icmp split the lesson.
+    let arp = json_of(&lab.run(&[
+        "capture", "--lab", "t-quiet", "vm-a", "--only", "arp", "--json",
+    ]));
+    assert!(
+        inner_kinds(&arp).iter().all(|k| k.starts_with("arp_")),
+        "{arp:#}"
+    );
+    let icmp = json_of(&lab.run(&[
+        "capture", "--lab", "t-quiet", "vm-a", "--only", "icmp", "--json",
+    ]));
+    assert!(!inner_kinds(&icmp).is_empty());
+    assert!(inner_kinds(&icmp).iter().all(|k| k == "echo"), "{icmp:#}");
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn capture_with_keep_says_the_first_echo_went_straight_to_the_peer() {
+    let lab = Lab::shipped(
+        "two-netns.yaml",
+        "t-keep",
+        &[("192.168.10.", "192.168.55.")],
+    );
+    assert_eq!(lab.up().0, 0);
+    // The checks of `up` taught both VTEPs each other; --keep keeps that.
+    let out = lab.run(&[
+        "capture", "--lab", "t-keep", "vm-b", "--keep", "--count", "2", "--json",
+    ]);
+    let c = json_of(&out);
+    let s = &c["summary"];
+    let text = s["text"].as_str().unwrap();
+    assert!(
+        text.contains("went unicast straight to VTEP 192.168.55.2")
+            && text.contains("(vm-a) is behind (it had learned it, and --keep kept it)"),
+        "{c:#}"
+    );
+    assert!(
+        !text.contains("0 unicast copies") && !text.contains("head-end"),
+        "{text}"
+    );
+    assert_eq!(c["forgot"].as_array().unwrap().len(), 0);
+    // The counts it gives are the packets shown.
+    let packets = c["packets"].as_array().unwrap();
+    assert_eq!(
+        s["packets"].as_u64().unwrap() as usize,
+        packets.len(),
+        "{c:#}"
+    );
+    let unicast = packets
+        .iter()
+        .filter(|p| p["packet"]["multicast"] == false)
+        .count();
+    assert_eq!(s["unicast"].as_u64().unwrap() as usize, unicast);
+    assert!(
+        text.contains(&format!("{unicast} of the {} packets", packets.len())),
+        "{text}"
+    );
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn an_isolation_capture_sends_the_pings_and_shows_nothing_crossing_to_the_other_vni() {
+    let lab = Lab::shipped("two-vni.yaml", "t-iso", &[("192.168.20.", "192.168.56.")]);
+    assert_eq!(lab.up().0, 0);
+    let c = json_of(&lab.run(&[
+        "capture",
+        "--lab",
+        "t-iso",
+        "vm-a",
+        "--to",
+        "192.168.43.3",
+        "--count",
+        "2",
+        "--json",
+    ]));
+    assert_eq!(c["answered"], false, "{c:#}");
+    assert_eq!(c["summary"]["crossed"], 0, "{c:#}");
+    let packets: Vec<&Value> = c["packets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["packet"])
+        .collect();
+    // The pings were sent anyway: vm-a asked for 192.168.43.3 inside its own VNI 42...
+    assert!(
+        packets.iter().any(|p| p["vni"] == 42
+            && p["outer_src"] == "192.168.56.2"
+            && p["inner"]["kind"] == "arp_request"
+            && p["inner"]["target"] == "192.168.43.3"),
+        "{c:#}"
+    );
+    // ... and not one frame from vm-a carried VNI 43.
+    assert!(
+        !packets
+            .iter()
+            .any(|p| p["vni"] == 43 && p["outer_src"] == "192.168.56.2"),
+        "{c:#}"
+    );
+    let text = c["summary"]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("192.168.43.3 is vm-c's address on vxlan43 (VNI 43)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Nothing crossed to VNI 43: 0 packets"),
+        "{text}"
+    );
+    assert!(c["ping"].as_str().unwrap().contains("-I vxlan42"), "{c:#}");
     lab.down_leaves_nothing();
 }
 
@@ -171,12 +355,20 @@ fn show_fdb_lists_the_learned_peer_with_its_vtep_and_static_labs_only_permanent_
 }
 
 #[test]
-fn walk_without_a_terminal_prints_every_stage_and_leaves_a_checked_lab() {
+fn walk_shows_the_peer_learned_first_at_the_first_ping_under_the_commands_that_caused_it() {
     let lab = Lab::shipped(
         "two-netns.yaml",
         "t-walk",
         &[("192.168.10.", "192.168.50.")],
     );
+    let plan = json_of(&lab.run(&["plan", "--json", lab.file.to_str().unwrap()]));
+    let mac = |g: usize| {
+        plan["guests"][g]["vteps"][0]["mac"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (mac_a, mac_b) = (mac(0), mac(1));
     let out = lab.run(&["walk", lab.file.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
@@ -199,27 +391,76 @@ fn walk_without_a_terminal_prints_every_stage_and_leaves_a_checked_lab() {
     };
     let _ = [
         next("== 1. the underlay"),
+        next("$ ip link add vxbr-t-walk type bridge"),
+        next("$ ip netns add vxlab-t-walk-vm-a"),
+        next("vm-a:\n  $ ip link set up lo"),
         next("$ ip addr add 192.168.50.2/24 dev eth0"),
         next("== 2. the vxlan devices"),
-        next("+ ip maddr: 239.1.1.1 on eth0: joined because vxlan0"),
+        next("vm-a:\n  $ ip link add vxlan0 type vxlan id 42 group 239.1.1.1 dev eth0"),
+        next("$ ip link set dev vxlan0 addrgenmode none"),
+        next("  vm-a + ip maddr: 239.1.1.1 on eth0: joined because vxlan0"),
+        next("vm-b:\n  $ ip link add vxlan0"),
+        next("  vm-b + ip maddr: 239.1.1.1 on eth0"),
         next("== 3. the overlay addresses"),
+        next("vm-a:\n  $ ip addr add 192.168.42.2/24 dev vxlan0"),
         next("== 4. the first ping"),
-        next("+ bridge fdb vxlan0: "),
+        next("vm-a:\n  $ ping -c 1 -W 3 -q 192.168.42.3"),
         next("ping vm-a -> 192.168.42.3: answered"),
         next("== 5. the checks"),
+        next("  $ ping -c 1 -W 1 -q 192.168.42.3"),
         next("checks passed"),
     ];
-    // The learning shows at the first ping: vm-a learns vm-b behind 192.168.50.3.
-    let ping_part = &text[at("== 4. the first ping")..at("== 5. the checks")];
+    // Nothing is learned before the first ping: it is the first place either peer's MAC shows
+    // in an FDB, and both VTEPs learn there, under vm-a's ping.
+    let ping_at = at("== 4. the first ping");
+    let learned = |mac: &str| {
+        text.match_indices("+ bridge fdb")
+            .map(|(i, _)| &text[i..i + text[i..].find('\n').unwrap()])
+            .find(|l| l.contains(mac))
+            .map(|l| (text.find(l).unwrap(), l.to_string()))
+            .unwrap_or_else(|| panic!("{mac} never learned:\n{text}"))
+    };
+    let (b_at, b_line) = learned(&mac_b);
+    let (a_at, a_line) = learned(&mac_a);
+    assert!(b_at > ping_at && a_at > ping_at, "{text}");
     assert!(
-        ping_part.contains("dst 192.168.50.3: learned"),
-        "{ping_part}"
+        b_line.contains("dst 192.168.50.3: learned: vm-b"),
+        "{b_line}"
     );
+    assert!(
+        a_line.contains("dst 192.168.50.2: learned: vm-a"),
+        "{a_line}"
+    );
+    assert!(text.contains(&format!("  vm-a + bridge fdb vxlan0: {mac_b}")));
+    assert!(text.contains(&format!("  vm-b + bridge fdb vxlan0: {mac_a}")));
+    // Nothing was forgotten behind the student's back.
+    assert!(!text.contains("ip neigh flush"), "{text}");
     // The lab stays up and checks; a second walk refuses to start over it.
     assert_eq!(lab.check().0, 0);
     let again = lab.run(&["walk", lab.file.to_str().unwrap()]);
     assert_ne!(again.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&again.stderr).contains("is running"));
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_walk_of_an_ipv6_overlay_says_autoconfiguration_teaches_the_vteps_early() {
+    let lab = Lab::shipped("ipv6.yaml", "t-walk6", &[("fd00:10::", "fd00:51::")]);
+    let out = lab.run(&["walk", lab.file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("vxlan6 (VNI 66) carries an IPv6 overlay")
+            && text.contains("autoconfiguration traffic teaches the VTEPs each other early"),
+        "{text}"
+    );
+    // The IPv4 overlay beside it gets no link-local address, the IPv6 one does.
+    let two = &text[text.find("== 2.").unwrap()..text.find("== 3.").unwrap()];
+    assert!(
+        two.contains("$ ip link set dev vxlan0 addrgenmode none"),
+        "{two}"
+    );
+    assert!(!two.contains("dev vxlan6 addrgenmode"), "{two}");
     lab.down_leaves_nothing();
 }
 
@@ -272,7 +513,28 @@ fn thirty_copies_of_the_seed_lab_run_side_by_side() {
     };
     assert_eq!(code, Some(0));
     assert_eq!(vtep(&c, "vm-a", "vxlan0")["kernel"]["group"], "239.1.1.1");
-    assert_eq!(guest(&c, "vm-b")["underlay"], "10.17.10.3/24");
+    // Its underlay came from the default pool, the guests keeping their place in it.
+    let underlay = guest(&c, "vm-b")["underlay"].as_str().unwrap().to_string();
+    assert!(
+        underlay.starts_with("10.100.") && underlay.ends_with(".3/24"),
+        "{underlay}"
+    );
+    // Every copy at once, one line each.
+    let all = lab.run(&["check", "t-ws", "--all"]);
+    assert_eq!(all.status.code(), Some(0));
+    let lines = String::from_utf8(all.stdout).unwrap();
+    assert_eq!(lines.lines().count(), 30, "{lines}");
+    assert!(lines
+        .lines()
+        .all(|l| l.starts_with("t-ws-") && l.contains("checks passed")));
+    // The lab's own name, with only copies running, names them.
+    let base = lab.run(&["check", "t-ws"]);
+    let err = String::from_utf8_lossy(&base.stderr);
+    assert!(
+        err.contains("lab t-ws is not running, but 30 copies of it are: t-ws-1 .. t-ws-30")
+            && err.contains("`vxlab check t-ws --all`"),
+        "{err}"
+    );
     let out = lab.run(&["down", "t-ws", "--all"]);
     assert!(
         out.status.success(),
@@ -297,51 +559,273 @@ fn thirty_copies_of_the_seed_lab_run_side_by_side() {
     assert_eq!(std::fs::read_dir(lab.state.path()).unwrap().count(), 0);
 }
 
+/// A lab of `n` guests: VNI 100 joins them all, VNI 200 the first half, VNI 300 (from five
+/// guests) the second half.
+fn lab_of(n: usize) -> String {
+    let guests: String = (1..=n)
+        .map(|i| format!("  g{i}: {{ address: 192.168.10.{} }}\n", i + 1))
+        .collect();
+    let vxlan = |vni: u32, members: std::ops::RangeInclusive<usize>, net: u32| {
+        let addresses: String = members
+            .map(|i| format!("      g{i}: 10.{net}.0.{i}/24\n"))
+            .collect();
+        format!(
+            "  - name: vxlan{vni}\n    vni: {vni}\n    group: 239.1.1.{net}\n    addresses:\n{addresses}"
+        )
+    };
+    let mut vxlans = vxlan(100, 1..=n, 1) + &vxlan(200, 1..=n / 2, 2);
+    if n >= 5 {
+        vxlans += &vxlan(300, n / 2 + 1..=n, 3);
+    }
+    format!(
+        "name: g{n}\ndriver: netns\nunderlay:\n  bridge: vxbr-g{n}\n  subnet: 192.168.10.0/24\n\
+         guests:\n{guests}vxlans:\n{vxlans}"
+    )
+}
+
 #[test]
-fn graph_draws_every_guest_and_vni_and_dot_accepts_it() {
-    for (file, guests, vnis) in [
-        ("two-vm.yaml", &["vm-a", "vm-b"][..], &["VNI 42"][..]),
-        (
-            "two-vni.yaml",
-            &["vm-a", "vm-b", "vm-c"][..],
-            &["VNI 42", "VNI 43"][..],
-        ),
-    ] {
-        let path = common::root().join("labs").join(file);
-        let svg = vxlab(&["graph", path.to_str().unwrap(), "--format", "svg"]);
+fn the_graph_fits_a_16_9_slide_in_one_font_with_every_guest_vni_and_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<std::path::PathBuf> = (2..=6)
+        .map(|n| {
+            let f = dir.path().join(format!("g{n}.yaml"));
+            std::fs::write(&f, lab_of(n)).unwrap();
+            f
+        })
+        .collect();
+    files.push(common::root().join("labs/two-vni.yaml"));
+    files.push(common::root().join("labs/two-vm.yaml"));
+    for file in &files {
+        let path = file.to_str().unwrap();
+        let plan = json_of(&vxlab(&["plan", "--json", path]));
+        let svg_file = dir.path().join("graph.svg");
+        let out = vxlab(&[
+            "graph",
+            path,
+            "--format",
+            "svg",
+            "-o",
+            svg_file.to_str().unwrap(),
+        ]);
         assert!(
-            svg.status.success(),
-            "{file}: {}",
-            String::from_utf8_lossy(&svg.stderr)
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
         // Graphviz writes `-` as `&#45;`.
-        let svg = String::from_utf8(svg.stdout).unwrap().replace("&#45;", "-");
-        assert!(svg.contains("<svg"), "{file}");
-        let mermaid = String::from_utf8(
-            vxlab(&["graph", path.to_str().unwrap(), "--format", "mermaid"]).stdout,
-        )
-        .unwrap();
-        for g in guests {
+        let svg = std::fs::read_to_string(&svg_file)
+            .unwrap()
+            .replace("&#45;", "-");
+        // On a slide: rendered by librsvg, near 16:9.
+        let png = dir.path().join("graph.png");
+        let r = Command::new("rsvg-convert")
+            .arg(&svg_file)
+            .arg("-o")
+            .arg(&png)
+            .status()
+            .expect("rsvg-convert (librsvg2-bin) is installed");
+        assert!(r.success());
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap()) as f64;
+        let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap()) as f64;
+        assert!(
+            (1.65..=1.9).contains(&(w / h)),
+            "{path}: {w}x{h} is not near 16:9"
+        );
+        // One sans-serif font for every label.
+        let mut fonts: Vec<&str> = svg
+            .split("font-family=\"")
+            .skip(1)
+            .map(|s| s.split('"').next().unwrap())
+            .collect();
+        fonts.sort();
+        fonts.dedup();
+        assert_eq!(fonts, ["Helvetica,sans-Serif"], "{path}");
+        // Every guest, VNI and overlay address is in the picture's text.
+        let text: String = svg
+            .split("<text")
+            .skip(1)
+            .map(|t| t.split('>').nth(1).unwrap().split('<').next().unwrap())
+            .collect::<Vec<_>>()
+            .join("\n");
+        for g in plan["guests"].as_array().unwrap() {
+            let name = g["name"].as_str().unwrap();
             assert!(
-                svg.contains(&format!("<title>cluster_{g}</title>")),
-                "{file}: {g}"
+                text.lines().any(|l| l == name),
+                "{path}: guest {name} missing:\n{text}"
             );
-            assert!(mermaid.contains(&format!("[\"{g}\"]")), "{file}: {g}");
+            for v in g["vteps"].as_array().unwrap() {
+                let vni = format!("VNI {}", v["vni"]);
+                let address = v["address"].as_str().unwrap();
+                assert!(text.contains(&vni), "{path}: {vni} missing");
+                assert!(text.contains(address), "{path}: {address} missing");
+            }
         }
-        for v in vnis {
-            assert!(svg.contains(v), "{file}: {v}");
-            assert!(mermaid.contains(v), "{file}: {v}");
+        let mermaid =
+            String::from_utf8(vxlab(&["graph", path, "--format", "mermaid"]).stdout).unwrap();
+        for g in plan["guests"].as_array().unwrap() {
+            let name = g["name"].as_str().unwrap();
+            assert!(mermaid.contains(&format!("[\"{name}\"]")), "{path}: {name}");
         }
     }
 }
 
 #[test]
-fn completions_and_the_man_page_come_from_the_command_line_definition() {
-    let bash = String::from_utf8(vxlab(&["completions", "bash"]).stdout).unwrap();
-    for sub in ["walk", "capture", "graph", "show", "--instance"] {
-        assert!(bash.contains(sub), "{sub} missing from bash completions");
+fn the_plan_alone_rebuilds_the_lab_by_hand() {
+    // Only the printed commands, run as a student would: the host side on the host, each
+    // guest's steps inside its namespace. No vxlab in between.
+    let lab = Lab::shipped(
+        "two-netns.yaml",
+        "t-byhand",
+        &[("192.168.10.", "192.168.52.")],
+    );
+    let plan = json_of(&lab.run(&["plan", "--json", lab.file.to_str().unwrap()]));
+    struct Cleanup(Vec<String>, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for ns in &self.0 {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+            let _ = Command::new("ip").args(["link", "del", &self.1]).status();
+        }
     }
-    let man = String::from_utf8(vxlab(&["man"]).stdout).unwrap();
-    assert!(man.starts_with(".ie") || man.contains(".TH vxlab"), "{man}");
-    assert!(man.contains("capture"));
+    let namespaces: Vec<String> = plan["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["instance"].as_str().unwrap().to_string())
+        .collect();
+    let _cleanup = Cleanup(namespaces, "vxbr-t-byhand".into());
+    let run = |argv: Vec<String>| {
+        let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{argv:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let words = |c: &Value| -> Vec<String> {
+        c["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap().to_string())
+            .collect()
+    };
+    for part in plan["host"].as_array().unwrap() {
+        assert_eq!(part["by"], "vxlab", "{part:#}");
+        for c in part["commands"].as_array().unwrap() {
+            run(words(c));
+        }
+    }
+    for g in plan["guests"].as_array().unwrap() {
+        let ns = g["instance"].as_str().unwrap();
+        for s in g["steps"].as_array().unwrap() {
+            let mut argv: Vec<String> = ["ip", "netns", "exec", ns].map(String::from).to_vec();
+            argv.extend(words(&s["command"]));
+            run(argv);
+        }
+    }
+    // The seed's lesson holds on the lab built by hand.
+    run([
+        "ip",
+        "netns",
+        "exec",
+        "vxlab-t-byhand-vm-a",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "192.168.42.3",
+    ]
+    .map(String::from)
+    .to_vec());
+    let fdb = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            "vxlab-t-byhand-vm-a",
+            "bridge",
+            "fdb",
+            "show",
+            "dev",
+            "vxlan0",
+        ])
+        .output()
+        .unwrap();
+    let fdb = String::from_utf8_lossy(&fdb.stdout);
+    let mac_b = plan["guests"][1]["vteps"][0]["mac"].as_str().unwrap();
+    assert!(fdb.contains(&format!("{mac_b} dst 192.168.52.3")), "{fdb}");
+}
+
+#[test]
+fn two_labs_with_pools_on_one_host_get_disjoint_underlays() {
+    // Two instructors, each with their own state directory: only the host's routes tell one
+    // lab's copies from the other's.
+    let a = Lab::shipped("two-netns.yaml", "t-pa", &[]);
+    let b = Lab::shipped("unicast.yaml", "t-pb", &[]);
+    b.append("workshop: { pool: 10.231.0.0/22 }\n");
+    struct DownAll<'a>(&'a Lab);
+    impl Drop for DownAll<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.run(&["down", &self.0.name, "--all"]);
+        }
+    }
+    let (_a, _b) = (DownAll(&a), DownAll(&b));
+    let up = |lab: &Lab, extra: &[&str]| {
+        let mut args = vec!["up", lab.file.to_str().unwrap(), "--count", "2"];
+        args.extend(extra);
+        let out = lab.run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    up(&a, &["--pool", "10.231.0.0/22"]);
+    up(&b, &[]);
+    let underlays = |lab: &Lab| -> Vec<ipnet::IpNet> {
+        json_of(&lab.run(&["status", "--json"]))["labs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["underlay"].as_str().unwrap().parse().unwrap())
+            .collect()
+    };
+    let mut all = underlays(&a);
+    all.extend(underlays(&b));
+    assert_eq!(all.len(), 4, "{all:?}");
+    let pool: ipnet::IpNet = "10.231.0.0/22".parse().unwrap();
+    assert!(all.iter().all(|n| pool.contains(n)), "{all:?}");
+    let mut distinct = all.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "{all:?}");
+    // Both labs pass their checks on their own subnets.
+    for (lab, name) in [(&a, "t-pa"), (&b, "t-pb")] {
+        let out = lab.run(&["check", name, "--all"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // The pool is full now: a third copy is refused once, truly, and nothing is created.
+    let out = b.run(&["up", b.file.to_str().unwrap(), "--count", "3"]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("free /24 subnets").count(), 1, "{err}");
+    assert!(
+        err.contains("no copy of lab t-pb was brought up; nothing was created")
+            && err.contains("the workshop pool 10.231.0.0/22 has 0 free /24 subnets")
+            && err.contains("`workshop: { pool: … }`")
+            && !err.contains("underlay.subnet")
+            && !err.contains("part-way"),
+        "{err}"
+    );
+    assert_eq!(underlays(&b).len(), 2);
 }

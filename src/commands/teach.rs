@@ -10,11 +10,12 @@ use super::{
     HostError,
 };
 use crate::graph::Format;
-use crate::packet::{self, VxlanPacket};
+use crate::packet;
 use crate::plan::{self, Plan};
 use crate::progress::Progress;
 use crate::views::Section;
-use crate::{graph as draw, report, views};
+use crate::wire::{self, Only, Wire};
+use crate::{explain, graph as draw, report, views};
 
 /// `vxlab show GUEST [link|maddr|fdb|route]`
 pub fn show(lab: Option<&Path>, guest: &str, what: Option<Section>, json: bool) -> Result<u8> {
@@ -48,10 +49,11 @@ pub fn walk(path: &Path, no_pause: bool) -> Result<u8> {
     let p = plan::plan(&lab);
     let pause = !no_pause && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     println!(
-        "walking lab {}: {} guests, built one kind of step at a time{}",
+        "walking lab {}: {} guests, built one kind of step at a time{}\n{}",
         lab.name,
         p.guests.len(),
-        if pause { " (Enter goes on)" } else { "" }
+        if pause { " (Enter goes on)" } else { "" },
+        views::walk_reads(&p)
     );
     let mut show = |stage: &crate::outcome::Stage| {
         print!("{}", views::walk_stage(&p, stage));
@@ -72,7 +74,7 @@ pub fn walk(path: &Path, no_pause: bool) -> Result<u8> {
                 lab.name, lab.name
             )
         })?;
-    println!("\n== 5. the checks\n");
+    println!("{}", views::walk_checks(&p));
     print!("{}", report::build(&p, &o).human());
     println!(
         "\nthe lab stays up: `vxlab show GUEST`, `vxlab capture GUEST`, `vxlab down {}`",
@@ -94,6 +96,8 @@ pub struct CaptureOptions {
     pub count: u32,
     /// Keep learned entries.
     pub keep: bool,
+    /// Which frames to show.
+    pub only: Only,
     /// Where to write the pcap.
     pub pcap: Option<PathBuf>,
     /// JSON output.
@@ -105,15 +109,14 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
     require_root("capture")?;
     let (lab, p, i) = running_guest(lab, guest)?;
     let g = &p.guests[i];
-    // The vxlan to ping across: the one `--to` is in, or the guest's first.
+    let elsewhere = opts.to.and_then(|to| wire::elsewhere(&p, g, to));
+    // The vxlan to ping across: the one `--to` is in; for an address in none of the guest's
+    // vxlans its first, sending out of that device anyway (the isolation lesson).
     let vtep = match opts.to {
-        Some(to) => g.vteps.iter().find(|v| v.address.contains(&to)),
-        None => g.vteps.first(),
+        Some(to) if elsewhere.is_none() => g.vteps.iter().find(|v| v.address.contains(&to)),
+        _ => g.vteps.first(),
     }
-    .with_context(|| match opts.to {
-        Some(to) => format!("{to} is in none of {guest}'s vxlans"),
-        None => format!("{guest} has no vxlan"),
-    })?;
+    .with_context(|| format!("{guest} has no vxlan"))?;
     let to = match opts.to {
         Some(to) => to,
         None => {
@@ -123,90 +126,113 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
                 .overlay
         }
     };
-    let captured = engine(&lab, None)?.capture(&p, g, to, opts.count.max(1), opts.keep)?;
-    let (frames, answered) = (captured.frames, captured.answered);
+    let via = elsewhere.as_ref().map(|_| vtep.device.as_str());
+    let captured = engine(&lab, None)?.capture(&p, g, (to, via), opts.count.max(1), opts.keep)?;
+    let frames = &captured.frames;
     if let Some(path) = &opts.pcap {
         let mut f = std::fs::File::create(path)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        packet::write_pcap(&mut f, &frames)?;
+        packet::write_pcap(&mut f, frames)?;
     }
-    let start = frames.first().map_or(0, |f| f.micros);
-    let decoded: Vec<(f64, VxlanPacket)> = frames
-        .iter()
-        .filter_map(|f| {
-            let t = (f.micros - start) as f64 / 1e6;
-            packet::decode(&f.data, vtep.port).map(|p| (t, p))
-        })
-        .collect();
+    let all = wire::decode_all(frames, vtep.port);
+    let shown: Vec<&(f64, Wire)> = all.iter().filter(|(_, w)| opts.only.shows(w)).collect();
+    let hidden = wire::hidden(&all, opts.only);
+    let pinged = wire::Pinged {
+        guest: g,
+        vtep,
+        to,
+        answered: captured.answered,
+        kept: opts.keep,
+        elsewhere,
+    };
+    let summary = wire::summarize(&pinged, &all, &explain::owners(&p));
     if opts.json {
-        let packets: Vec<_> = decoded
+        let packets: Vec<_> = shown
             .iter()
-            .map(|(t, p)| serde_json::json!({"time": t, "packet": p, "summary": p.summary()}))
-            .collect();
+            .map(|(t, w)| {
+                let mut v = serde_json::json!({"time": t, "summary": w.summary()});
+                match w {
+                    Wire::Vxlan(x) => v["packet"] = serde_json::to_value(x)?,
+                    Wire::Underlay(f) => v["frame"] = serde_json::to_value(f)?,
+                    Wire::Unreadable => {}
+                }
+                Ok(v)
+            })
+            .collect::<Result<_>>()?;
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "guest": guest,
                 "link": g.host_link,
                 "to": to,
-                "answered": answered,
+                "vni": vtep.vni,
+                "answered": captured.answered,
+                "ping": captured.ping,
+                "forgot": captured.forgot.iter().map(|s| s.command.to_string()).collect::<Vec<_>>(),
+                "only": opts.only,
                 "frames": frames.len(),
                 "packets": packets,
+                "hidden": hidden,
+                "summary": summary,
             }))?
         );
-    } else {
+        return Ok(exit::OK);
+    }
+    println!(
+        "{guest}'s underlay (host link {}), {} ping{} to {to} over {} (VNI {}, UDP {}): {}",
+        g.host_link,
+        opts.count,
+        if opts.count == 1 { "" } else { "s" },
+        vtep.device,
+        vtep.vni,
+        vtep.port,
+        if captured.answered {
+            "answered"
+        } else {
+            "NOT answered"
+        }
+    );
+    if !captured.forgot.is_empty() {
+        println!("{guest} first forgets what it learned, so the capture starts from nothing (--keep does not):");
+        for s in &captured.forgot {
+            println!("  $ {}", s.command);
+        }
+    }
+    println!("{guest} pings:\n  $ {}\n", captured.ping);
+    for (i, (t, w)) in shown.iter().enumerate() {
+        println!("{:>3} {t:>8.3}s  {}", i + 1, w.summary());
+    }
+    if shown.is_empty() {
+        println!("  (no frame {})", only_words(opts.only));
+    }
+    if !hidden.is_empty() {
+        let parts: Vec<String> = hidden.iter().map(|(k, n)| format!("{k} x{n}")).collect();
         println!(
-            "{guest}'s underlay (host link {}), {} pings to {to} over {} (VNI {}, UDP {}): {}\n",
-            g.host_link,
-            opts.count,
-            vtep.device,
-            vtep.vni,
-            vtep.port,
-            if answered { "answered" } else { "NOT answered" }
+            "\nhidden: {} (`--only all` shows every frame)",
+            parts.join(", ")
         );
-        for (i, (t, p)) in decoded.iter().enumerate() {
-            println!("{:>3} {t:>8.3}s  {}", i + 1, p.summary());
-        }
-        println!("\n{}", capture_story(&decoded));
-        if let Some(path) = &opts.pcap {
-            println!(
-                "{} frames written to {} (Wireshark decodes UDP {} as VXLAN)",
-                frames.len(),
-                path.display(),
-                vtep.port
-            );
-        }
+    }
+    println!("\n{}", summary.text);
+    if let Some(path) = &opts.pcap {
+        println!(
+            "{} frames written to {} (Wireshark decodes UDP {} as VXLAN)",
+            frames.len(),
+            path.display(),
+            vtep.port
+        );
     }
     Ok(exit::OK)
 }
 
-/// What the capture shows, in words: where the flood went and what became unicast.
-fn capture_story(packets: &[(f64, VxlanPacket)]) -> String {
-    let Some((_, first)) = packets.first() else {
-        return "no VXLAN packet was captured".into();
-    };
-    let floods = packets
-        .iter()
-        .take_while(|(_, p)| p.multicast || matches!(p.inner, packet::Inner::ArpRequest { .. }));
-    let flood_copies: Vec<String> = floods.map(|(_, p)| p.outer_dst.to_string()).collect();
-    let unicast = packets.iter().filter(|(_, p)| !p.multicast).count();
-    format!(
-        "the first frame ({}) went {}; in all, {unicast} of {} packets were unicast between \
-         the VTEPs' underlay addresses: once a VTEP knows a MAC (learned, or static), frames \
-         to it go straight to its VTEP",
-        first.inner,
-        if first.multicast {
-            format!("to the multicast group {}", first.outer_dst)
-        } else {
-            format!(
-                "as {} unicast cop{} (head-end replication: {})",
-                flood_copies.len(),
-                if flood_copies.len() == 1 { "y" } else { "ies" },
-                flood_copies.join(", ")
-            )
-        },
-        packets.len()
-    )
+/// What a filter shows, for "no frame ..." lines.
+fn only_words(only: Only) -> &'static str {
+    match only {
+        Only::Lesson => "of ARP or ICMP inside VXLAN",
+        Only::Arp => "of ARP or neighbour discovery inside VXLAN",
+        Only::Icmp => "of ICMP echo inside VXLAN",
+        Only::Vxlan => "of VXLAN",
+        Only::All => "at all",
+    }
 }
 
 /// `vxlab graph LAB`

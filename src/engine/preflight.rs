@@ -17,9 +17,14 @@ pub(super) fn refuse_foreign_bridge(
         name: plan.bridge.clone(),
     });
     if host.link_exists(&plan.bridge) && !ours {
+        let advice = if plan.instance.is_some() {
+            "a copy's bridge is `underlay.bridge` cut to fit, with the copy's name: choose \
+             another `underlay.bridge` or copy name"
+        } else {
+            "choose another `underlay.bridge`"
+        };
         return Err(EngineError::Host(format!(
-            "a link named {} already exists on this host and lab {} did not create it; \
-             choose another `underlay.bridge`",
+            "a link named {} already exists on this host and lab {} did not create it; {advice}",
             plan.bridge, plan.lab
         )));
     }
@@ -35,9 +40,14 @@ pub(super) fn refuse_routed_subnet(host: &dyn Host, plan: &Plan) -> Result<(), E
             continue;
         }
         if r.dst.contains(&subnet.network()) || subnet.contains(&r.dst.network()) {
+            // A copy's subnet comes from the workshop pool, not from the lab file.
+            let advice = if plan.instance.is_some() {
+                "choose another workshop pool (`--pool`, or `workshop: { pool: … }`)"
+            } else {
+                "choose another `underlay.subnet`"
+            };
             return Err(EngineError::Host(format!(
-                "the underlay subnet {subnet} overlaps {} routed via {} on this host; \
-                 choose another `underlay.subnet`",
+                "the underlay subnet {subnet} overlaps {} routed via {} on this host; {advice}",
                 r.dst,
                 r.dev.as_deref().unwrap_or("another route")
             )));

@@ -23,6 +23,8 @@ pub struct Captured {
     pub frames: Vec<Frame>,
     /// Whether the pings were answered.
     pub answered: bool,
+    /// The ping command that ran in the guest.
+    pub ping: String,
     /// What was forgotten first (nothing with `keep`).
     pub forgot: Vec<Step>,
 }
@@ -40,13 +42,14 @@ impl Engine {
         self.reader(&plan.lab)?.observe(g)
     }
 
-    /// Pings `to` from `g` `count` times while capturing `g`'s underlay on the host; unless
-    /// `keep`, first forgets what `g` learned, so the capture starts with the flood.
+    /// Pings `to` from `g` `count` times (out of device `via` when given) while capturing
+    /// `g`'s underlay on the host; unless `keep`, first forgets what `g` learned, so the
+    /// capture starts with the flood.
     pub fn capture(
         &self,
         plan: &Plan,
         g: &GuestPlan,
-        to: IpAddr,
+        (to, via): (IpAddr, Option<&str>),
         count: u32,
         keep: bool,
     ) -> Result<Captured, EngineError> {
@@ -69,7 +72,7 @@ impl Engine {
             })?;
         let done = AtomicBool::new(false);
         // Three seconds for the last reply: a guest under software emulation can be slow.
-        let ping = cmd::ping(to, count, Some("0.2"), 3);
+        let ping = cmd::ping_via(via, to, count, Some("0.2"), 3);
         let (frames, replied) = std::thread::scope(|s| {
             let pinger = s.spawn(|| {
                 let r = runner.batch(g, std::slice::from_ref(&ping), false);
@@ -98,6 +101,7 @@ impl Engine {
         Ok(Captured {
             frames,
             answered: replied?,
+            ping: ping.to_string(),
             forgot,
         })
     }

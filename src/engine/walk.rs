@@ -1,19 +1,21 @@
-//! `vxlab walk`: the lab built one kind of step at a time, every guest read before and after
-//! each, so a student sees what each step changed in the kernel: the group joined when the
-//! vxlan device comes up, the flood entry, the peer's MAC learned at the first ping.
+//! `vxlab walk`: the lab built one kind of step at a time, and within a stage one guest at a
+//! time, every guest read before and after each guest's commands, so a student sees what those
+//! commands changed in the kernel: the group joined when the vxlan device comes up, the flood
+//! entry, the peer's MAC learned at the first ping.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::guests::Runner;
 use super::{Engine, EngineError};
-use crate::converge::{self, Layer, Step};
+use crate::converge::{Layer, Step};
 use crate::guest_command::GuestCommand;
+use crate::host_side::host_side;
 use crate::lab::Expect;
 use crate::observe::GuestState;
-use crate::outcome::{Outcome, Stage, StageKind};
+use crate::outcome::{Outcome, Stage, StageKind, StagePart};
 use crate::parallel::parallel_map;
-use crate::plan::{self, Network, PingPlan, Plan};
+use crate::plan::{self, GuestPlan, Network, PingPlan, Plan};
 use crate::progress::Progress;
 
 /// The stage a planned step belongs to.
@@ -40,27 +42,28 @@ impl Engine {
         seen.into_iter().collect()
     }
 
-    /// Runs `cmds[guest]` in every guest at once; returns what each ran, as typed.
-    fn run_stage(
+    /// Runs `cmds` in `g`, then reads every guest: one part of a stage, whose changes are
+    /// the effect of exactly these commands. `before` becomes what was read.
+    fn run_part(
         &self,
         plan: &Plan,
         runner: &Runner,
-        cmds: &BTreeMap<String, Vec<GuestCommand>>,
-        stop_on_failure: bool,
-    ) -> Result<BTreeMap<String, Vec<String>>, EngineError> {
-        let ran = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
-            let mine = cmds.get(&g.name).map(Vec::as_slice).unwrap_or_default();
-            runner.batch(g, mine, stop_on_failure).map(|_| ())
-        });
-        ran.into_iter().collect::<Result<(), _>>()?;
-        Ok(cmds
-            .iter()
-            .map(|(g, c)| (g.clone(), c.iter().map(GuestCommand::to_string).collect()))
-            .collect())
+        g: &GuestPlan,
+        cmds: &[GuestCommand],
+        before: &mut BTreeMap<String, GuestState>,
+    ) -> Result<StagePart, EngineError> {
+        runner.batch(g, cmds, true)?;
+        let after = self.observe_all(plan, runner)?;
+        Ok(StagePart {
+            guest: g.name.clone(),
+            commands: cmds.iter().map(GuestCommand::to_string).collect(),
+            before: std::mem::replace(before, after.clone()),
+            after,
+        })
     }
 
-    /// Builds a lab that is not running stage by stage, calling `show` after each (it may
-    /// wait for the student), then runs the checks.
+    /// Builds a lab that is not running stage by stage, one guest at a time within a stage,
+    /// calling `show` after each stage (it may wait for the student), then runs the checks.
     pub fn walk(
         &self,
         plan: &Plan,
@@ -83,56 +86,41 @@ impl Engine {
         let runner = &p.runner;
         let mut before = self.observe_all(plan, runner)?;
         for kind in [StageKind::Underlay, StageKind::Vxlan, StageKind::Overlay] {
-            let cmds: BTreeMap<String, Vec<GuestCommand>> = plan
-                .guests
-                .iter()
-                .map(|g| {
-                    let cmds = g
-                        .steps
-                        .iter()
-                        .filter(|s| stage_of(s) == kind)
-                        .map(|s| s.command.clone())
-                        .collect();
-                    (g.name.clone(), cmds)
-                })
-                .collect();
-            let commands = self.run_stage(plan, runner, &cmds, true)?;
-            let after = self.observe_all(plan, runner)?;
+            let mut parts = Vec::new();
+            for g in &plan.guests {
+                let cmds: Vec<GuestCommand> = g
+                    .steps
+                    .iter()
+                    .filter(|s| stage_of(s) == kind)
+                    .map(|s| s.command.clone())
+                    .collect();
+                if !cmds.is_empty() {
+                    parts.push(self.run_part(plan, runner, g, &cmds, &mut before)?);
+                }
+            }
             show(&Stage {
                 kind,
-                commands,
-                before: std::mem::replace(&mut before, after.clone()),
-                after,
+                host: if kind == StageKind::Underlay {
+                    host_side(plan)
+                } else {
+                    Vec::new()
+                },
+                parts,
                 ping: None,
             });
         }
-        // The first ping: one guest to its first peer, so the learning is visible.
-        if let Some((g, peer)) = plan
-            .guests
-            .iter()
-            .find_map(|g| Some((g, g.vteps.first()?.peers.first()?.clone())))
-        {
-            // IPv6 address autoconfiguration has already sent multicast frames over the
-            // overlay, and the VTEPs learned each other from them: forget that, so the
-            // learning the first ping causes shows.
-            let forget: BTreeMap<String, Vec<GuestCommand>> = plan
-                .guests
-                .iter()
-                .map(|g| {
-                    let steps = converge::forget(g, &before[&g.name]);
-                    (
-                        g.name.clone(),
-                        steps.into_iter().map(|s| s.command).collect(),
-                    )
-                })
-                .collect();
-            let mut commands = self.run_stage(plan, runner, &forget, false)?;
-            before = self.observe_all(plan, runner)?;
+        // The first ping: one guest to its first peer, so the learning is visible. On IPv4
+        // overlays nothing was learned before it (the devices send no IPv6 autoconfiguration
+        // traffic); the stages above showed what IPv6 overlays learned early.
+        if let Some((g, v, peer)) = plan.guests.iter().find_map(|g| {
+            let v = g.vteps.first()?;
+            Some((g, v, v.peers.first()?))
+        }) {
             let ping = PingPlan {
                 from: g.name.clone(),
                 to: peer.overlay,
                 to_guest: Some(peer.guest.clone()),
-                vxlan: g.vteps.first().map(|v| v.device.clone()),
+                vxlan: Some(v.device.clone()),
                 expect: Expect::Success,
                 over: Network::Overlay,
                 command: plan::ping_command(peer.overlay, 3),
@@ -143,16 +131,17 @@ impl Engine {
                 .first()
                 .copied()
                 .unwrap_or(false);
-            commands
-                .entry(g.name.clone())
-                .or_default()
-                .push(ping.command.to_string());
             let after = self.observe_all(plan, runner)?;
-            show(&Stage {
-                kind: StageKind::FirstPing,
-                commands,
+            let part = StagePart {
+                guest: g.name.clone(),
+                commands: vec![ping.command.to_string()],
                 before: std::mem::replace(&mut before, after.clone()),
                 after,
+            };
+            show(&Stage {
+                kind: StageKind::FirstPing,
+                host: Vec::new(),
+                parts: vec![part],
                 ping: Some((g.name.clone(), peer.overlay, answered)),
             });
         }

@@ -16,6 +16,14 @@ pub struct RawLab {
     pub checks: Option<Vec<RawCheck>>,
     pub libvirt: Option<RawLibvirt>,
     pub iproute2: Option<RawIproute2>,
+    pub workshop: Option<RawWorkshop>,
+}
+
+/// `workshop:` settings: where copies take their underlays from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkshop {
+    pub pool: Option<String>,
 }
 
 /// `underlay:`

@@ -24,8 +24,12 @@ pub struct Instance {
     pub base: String,
     /// The instance's name.
     pub name: String,
-    /// Its number, 1..=255: it numbers the underlay subnet.
+    /// Its number, 1..=255.
     pub index: u8,
+    /// The underlay subnet it was given from the workshop pool; absent in copies recorded
+    /// before pools, whose underlay is `10.index.c.d`.
+    #[serde(default)]
+    pub underlay: Option<IpNet>,
 }
 
 /// Whether `name` can name an instance: 1 to 6 lowercase letters and digits.
@@ -42,8 +46,8 @@ pub fn index_of(name: &str) -> Option<u8> {
     name.parse::<u8>().ok().filter(|&i| i > 0)
 }
 
-/// `addr` moved into instance `index`'s underlay: IPv4 `a.b.c.d` becomes `10.index.c.d`; IPv6
-/// gets `index` as its fourth group.
+/// `addr` moved into instance `index`'s underlay as copies were numbered before workshop
+/// pools: IPv4 `a.b.c.d` becomes `10.index.c.d`; IPv6 gets `index` as its fourth group.
 fn moved(addr: IpAddr, index: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
@@ -65,8 +69,9 @@ pub fn bridge_name(bridge: &str, instance: &str) -> String {
     format!("{head}-{instance}")
 }
 
-/// Lab `lab` as instance `name` number `index`.
-pub fn derive(lab: &Lab, name: &str, index: u8) -> Result<Lab, String> {
+/// Lab `lab` as instance `name` number `index`, on `underlay` (from [`crate::workshop`]);
+/// without one, as copies were numbered before pools.
+pub fn derive(lab: &Lab, name: &str, index: u8, underlay: Option<IpNet>) -> Result<Lab, String> {
     if !valid_name(name) {
         return Err(format!(
             "`{name}` is not an instance name: use 1 to {MAX_INSTANCE_NAME} lowercase letters and digits"
@@ -84,25 +89,41 @@ pub fn derive(lab: &Lab, name: &str, index: u8) -> Result<Lab, String> {
         ));
     }
     let subnet = lab.underlay.subnet;
-    let fits = match subnet {
-        IpNet::V4(n) => n.prefix_len() >= 16,
-        IpNet::V6(n) => (48..=64).contains(&n.prefix_len()),
+    let moved = |addr| match underlay {
+        Some(to) => crate::workshop::rebase(addr, subnet, to),
+        None => moved(addr, index),
     };
-    if !fits {
-        return Err(format!(
-            "workshop mode numbers each copy's underlay inside 10.N.0.0/16 (IPv4) or in the fourth \
-             group (IPv6): the underlay {subnet} must be a /16 or longer (IPv6: /48 to /64)"
-        ));
+    match underlay {
+        Some(u) if u.prefix_len() != subnet.prefix_len() => {
+            return Err(format!(
+                "instance {name}'s underlay {u} is not a /{} like the lab's {subnet}",
+                subnet.prefix_len()
+            ));
+        }
+        Some(_) => {}
+        None => {
+            let fits = match subnet {
+                IpNet::V4(n) => n.prefix_len() >= 16,
+                IpNet::V6(n) => (48..=64).contains(&n.prefix_len()),
+            };
+            if !fits {
+                return Err(format!(
+                    "copies recorded before workshop pools number the underlay inside 10.N.0.0/16 \
+                     (IPv4) or in the fourth group (IPv6): the underlay {subnet} must be a /16 \
+                     or longer (IPv6: /48 to /64)"
+                ));
+            }
+        }
     }
     let mut out = lab.clone();
     out.name = full;
     out.underlay.bridge = bridge_name(&lab.underlay.bridge, name);
-    out.underlay.subnet = IpNet::new(moved(subnet.addr(), index), subnet.prefix_len())
+    out.underlay.subnet = IpNet::new(moved(subnet.addr()), subnet.prefix_len())
         .map_err(|e| e.to_string())?
         .trunc();
-    out.underlay.gateway = moved(lab.underlay.gateway, index);
+    out.underlay.gateway = moved(lab.underlay.gateway);
     for g in &mut out.guests {
-        g.address = moved(g.address, index);
+        g.address = moved(g.address);
     }
     for v in &out.vxlans {
         for m in &v.members {
@@ -121,6 +142,7 @@ pub fn derive(lab: &Lab, name: &str, index: u8) -> Result<Lab, String> {
         base: lab.name.clone(),
         name: name.to_string(),
         index,
+        underlay,
     });
     Ok(out)
 }
@@ -137,14 +159,14 @@ mod tests {
     #[test]
     fn instances_get_their_own_names_bridge_and_subnet_and_keep_the_overlay() {
         let lab = seed();
-        let a = derive(&lab, "7", 7).unwrap();
+        let a = derive(&lab, "7", 7, None).unwrap();
         assert_eq!(a.name, "two-netns-7");
         assert_eq!(a.underlay.bridge, "vxbr-seed-7");
         assert_eq!(a.underlay.subnet.to_string(), "10.7.10.0/24");
         assert_eq!(a.underlay.gateway.to_string(), "10.7.10.1");
         assert_eq!(a.guests[1].address.to_string(), "10.7.10.3");
         assert_eq!(a.vxlans, lab.vxlans);
-        let b = derive(&lab, "30", 30).unwrap();
+        let b = derive(&lab, "30", 30, None).unwrap();
         assert_ne!(a.underlay.subnet, b.underlay.subnet);
         assert_ne!(
             crate::plan::plan(&a).guests[0].host_link,
@@ -158,9 +180,9 @@ mod tests {
         assert!(bridge_name("vxbr-a-long-name", "abcdef").len() <= 15);
         let mut lab = seed();
         lab.name = "a-twenty-char-labxyz".into();
-        assert!(derive(&lab, "abcdef", 1)
+        assert!(derive(&lab, "abcdef", 1, None)
             .unwrap_err()
             .contains("longer than 24"));
-        assert!(derive(&seed(), "Bad!", 1).is_err());
+        assert!(derive(&seed(), "Bad!", 1, None).is_err());
     }
 }

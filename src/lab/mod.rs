@@ -39,6 +39,15 @@ pub struct Lab {
     pub iproute2: Iproute2Settings,
     /// Which copy of the lab this is, in workshop mode.
     pub instance: Option<instance::Instance>,
+    /// Workshop settings: where copies take their underlays from.
+    pub workshop: Workshop,
+}
+
+/// The `workshop:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Workshop {
+    /// The pool each copy's underlay subnet is taken from (see [`crate::workshop`]).
+    pub pool: Option<IpNet>,
 }
 
 /// The `iproute2:` section.

@@ -8,11 +8,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::file::{RawCheck, RawGuest, RawIproute2, RawLab, RawLibvirt, RawVxlan};
+use super::file::{RawCheck, RawGuest, RawIproute2, RawLab, RawLibvirt, RawVxlan, RawWorkshop};
 use super::source::{join_index, join_key, SourceMap};
 use super::{
     Accel, BuildMode, Check, DriverKind, Expect, Flood, Guest, Iproute2Settings, Lab,
-    LibvirtSettings, Mac, Member, Problem, Source, Underlay, Vxlan,
+    LibvirtSettings, Mac, Member, Problem, Source, Underlay, Vxlan, Workshop,
 };
 
 /// Longest lab name: it goes into namespace and domain names with a guest name after it.
@@ -156,6 +156,7 @@ pub fn validate(raw: RawLab, map: &SourceMap) -> Result<Lab, Vec<Problem>> {
     let vxlans = vxlans(&mut v, &raw.vxlans, underlay.as_ref(), &known);
     let checks = checks(&mut v, raw.checks.as_deref(), &known);
     let iproute2 = iproute2_settings(&mut v, raw.iproute2.as_ref());
+    let workshop = workshop_settings(&mut v, raw.workshop.as_ref(), underlay.as_ref());
 
     match underlay {
         Some(underlay) if v.problems.is_empty() => Ok(Lab {
@@ -168,6 +169,7 @@ pub fn validate(raw: RawLab, map: &SourceMap) -> Result<Lab, Vec<Problem>> {
             libvirt,
             iproute2,
             instance: None,
+            workshop,
         }),
         _ => Err(v.problems),
     }
@@ -214,6 +216,47 @@ fn underlay(v: &mut Validator, raw: &RawLab) -> Option<Underlay> {
         gateway,
         interface,
     })
+}
+
+/// `workshop:`: a pool of the underlay's family with room for more than one underlay.
+fn workshop_settings(
+    v: &mut Validator,
+    raw: Option<&RawWorkshop>,
+    underlay: Option<&Underlay>,
+) -> Workshop {
+    let Some(text) = raw.and_then(|w| w.pool.as_deref()) else {
+        return Workshop::default();
+    };
+    let Some(pool) = v.prefix("workshop.pool", text, "10.100.0.0/16") else {
+        return Workshop::default();
+    };
+    if pool.addr() != pool.network() {
+        v.at(
+            "workshop.pool",
+            format!("`{pool}` has host bits set; the pool is {}", pool.trunc()),
+        );
+    } else if let Some(u) = underlay {
+        if pool.addr().is_ipv4() != u.subnet.addr().is_ipv4() {
+            v.at(
+                "workshop.pool",
+                format!(
+                    "the pool {pool} and the underlay {} are of different address families",
+                    u.subnet
+                ),
+            );
+        } else if pool.prefix_len() >= u.subnet.prefix_len() {
+            v.at(
+                "workshop.pool",
+                format!(
+                    "each copy takes a /{} like the underlay, so the pool must be shorter than \
+                     /{}",
+                    u.subnet.prefix_len(),
+                    u.subnet.prefix_len()
+                ),
+            );
+        }
+    }
+    Workshop { pool: Some(pool) }
 }
 
 fn first_host(subnet: IpNet) -> IpAddr {

@@ -1,0 +1,223 @@
+//! The command line as a user meets it: the man page, completions that know the running labs,
+//! `--state-dir`, and errors that say what is true. The running-lab tests need root.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output};
+
+use common::Lab;
+
+fn vxlab(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(args)
+        .env_remove("VXLAB_STATE_DIR")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Every `name(section)` a roff page refers to, its font changes and escapes taken out.
+fn references(roff: &str) -> Vec<String> {
+    let plain = roff
+        .replace("\\fB", "")
+        .replace("\\fI", "")
+        .replace("\\fR", "")
+        .replace("\\-", "-");
+    let mut out = Vec::new();
+    let b = plain.as_bytes();
+    for (i, _) in plain.match_indices('(') {
+        let digit = b.get(i + 1).is_some_and(u8::is_ascii_digit) && b.get(i + 2) == Some(&b')');
+        let start = plain[..i]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
+            .map_or(0, |s| s + 1);
+        if digit && start < i {
+            out.push(plain[start..i + 3].to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_man_page_refers_to_no_page_that_does_not_exist() {
+    let out = vxlab(&["man"]);
+    assert!(out.status.success());
+    let man = text(&out.stdout);
+    assert!(man.starts_with(".TH VXLAB 1 "), "{man}");
+    // vxlab has one page; any other vxlab page it names would dangle.
+    let refs = references(&man);
+    assert!(
+        refs.iter().all(|r| r == "vxlab(1)"),
+        "dangling references: {refs:?}"
+    );
+    // The finder itself finds references.
+    assert_eq!(
+        references("see \\fBvxlab\\-validate\\fR(1) and ip(8)."),
+        ["vxlab-validate(1)", "ip(8)"]
+    );
+    for section in [
+        ".SH SYNOPSIS",
+        ".SH COMMANDS",
+        ".SH EXIT STATUS",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
+        ".SH EXAMPLES",
+    ] {
+        assert!(man.contains(section), "{section} missing");
+    }
+    for var in ["VXLAB_STATE_DIR", "VXLAB_CACHE_DIR", "VXLAB_IMAGE_DIR"] {
+        assert!(man.contains(var), "{var} missing");
+    }
+    for code in ["0", "1", "65", "69", "70", "75", "77"] {
+        assert!(
+            man.contains(&format!(".TP\n{code}\n")),
+            "exit status {code} missing"
+        );
+    }
+    // Every command of `--help` has its section, with its options.
+    let help = text(&vxlab(&["--help"]).stdout);
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() > 15, "{help}");
+    for c in commands {
+        assert!(
+            man.contains(&format!(".SS \"vxlab {c} ")),
+            "no section for {c}"
+        );
+    }
+    assert!(man.contains("\\fB\\-\\-pool\\fR \\fIPREFIX\\fR"));
+    assert!(man.contains("One of: arp, icmp, vxlan, all."));
+}
+
+/// What the shell is offered for the last of `words`, as fish asks for it.
+fn offered(lab: &Lab, words: &[&str]) -> Vec<String> {
+    let mut args = vec!["--", "vxlab"];
+    args.extend(words);
+    let out = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(&args)
+        .env("COMPLETE", "fish")
+        .env("VXLAB_STATE_DIR", lab.state.path())
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // With nothing typed yet the options are offered too; the values are what is asked here.
+    text(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .filter(|w| !w.starts_with('-'))
+        .collect()
+}
+
+#[test]
+fn completions_offer_running_labs_lab_files_and_guest_names() {
+    let lab = Lab::shipped("two-vni.yaml", "t-comp", &[("192.168.20.", "192.168.57.")]);
+    assert_eq!(lab.up().0, 0);
+    assert_eq!(offered(&lab, &["check", "t-co"]), ["t-comp"]);
+    let files = offered(&lab, &["up", "labs/two-"]);
+    assert!(
+        files.contains(&"labs/two-netns.yaml".to_string())
+            && files.contains(&"labs/two-vni.yaml".to_string()),
+        "{files:?}"
+    );
+    assert_eq!(offered(&lab, &["show", ""]), ["vm-a", "vm-b", "vm-c"]);
+    assert_eq!(
+        offered(&lab, &["capture", "--lab", "t-comp", "vm-"]),
+        ["vm-a", "vm-b", "vm-c"]
+    );
+    let seed = common::root().join("labs/two-netns.yaml");
+    assert_eq!(
+        offered(&lab, &["show", "--lab", seed.to_str().unwrap(), ""]),
+        ["vm-a", "vm-b"]
+    );
+    assert_eq!(offered(&lab, &["reset", "t-comp", "vm-c"]), ["vm-c"]);
+    // Subcommands and options come from the definition.
+    assert!(offered(&lab, &["cap"]).contains(&"capture".to_string()));
+    assert!(offered(&lab, &["capture", "vm-a", "--only", ""]).contains(&"icmp".to_string()));
+    // The script a user installs asks vxlab for these: bash, as it completes `vxlab show v`.
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_vxlab"))
+        .parent()
+        .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let script = "source <(vxlab completions bash); COMP_WORDS=(vxlab show v); COMP_CWORD=2; \
+                  _clap_complete_vxlab vxlab v show; printf '%s\\n' \"${COMPREPLY[@]}\"";
+    let out = Command::new("bash")
+        .args(["-c", script])
+        .env("PATH", path)
+        .env("VXLAB_STATE_DIR", lab.state.path())
+        .output()
+        .unwrap();
+    let words: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
+    assert_eq!(words, ["vm-a", "vm-b", "vm-c"], "{}", text(&out.stderr));
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn state_dir_on_the_command_line_finds_the_labs_kept_there() {
+    let lab = Lab::shipped(
+        "two-netns.yaml",
+        "t-sdir",
+        &[("192.168.10.", "192.168.58.")],
+    );
+    assert_eq!(lab.up().0, 0);
+    let dir = lab.state.path().to_str().unwrap();
+    let out = vxlab(&["--state-dir", dir, "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["labs"][0]["lab"], "t-sdir", "{v:#}");
+    // After the command too, as every global option.
+    let out = vxlab(&["check", "t-sdir", "--state-dir", dir]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = vxlab(&["down", "t-sdir", "--state-dir", dir]);
+    assert!(out.status.success());
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn without_root_a_command_that_only_reads_says_what_it_needs_and_never_sudo() {
+    common::require_root();
+    let state = tempfile::tempdir().unwrap();
+    let as_nobody = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vxlab"))
+            .args(args)
+            .env("VXLAB_STATE_DIR", state.path())
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&["show", "vm-a"]);
+    assert_eq!(out.status.code(), Some(77));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("vxlab show needs root: it only reads, but a guest's state is read inside"),
+        "{err}"
+    );
+    let out = as_nobody(&["up", "labs/two-netns.yaml"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("it creates the lab's bridge"), "{err}");
+    for cmd in [
+        &["check"][..],
+        &["down"],
+        &["capture", "vm-a"],
+        &["reset", "x"],
+    ] {
+        let err = text(&as_nobody(cmd).stderr);
+        assert!(!err.contains("sudo"), "{cmd:?}: {err}");
+        assert!(err.contains("run it as root"), "{cmd:?}: {err}");
+    }
+    // The README is written for root, and so never says sudo.
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    assert!(!readme.contains("sudo"), "the README mentions sudo");
+}
