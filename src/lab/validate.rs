@@ -10,6 +10,7 @@ use ipnet::IpNet;
 
 use super::file::{RawCheck, RawGuest, RawIproute2, RawLab, RawLibvirt, RawVxlan};
 use super::source::{join_index, join_key, SourceMap};
+use super::yaml::Node;
 use super::{
     Accel, BuildMode, Check, DriverKind, Expect, Flood, Guest, Iproute2Settings, Lab,
     LibvirtSettings, Mac, Member, Problem, Source, Underlay, Vxlan,
@@ -431,6 +432,11 @@ fn guests(
             memory,
             vcpus,
         } = g;
+        let memory = memory.unwrap_or(defaults.memory);
+        let vcpus = vcpus.unwrap_or(defaults.vcpus);
+        if g.memory.is_some() || g.vcpus.is_some() {
+            sizing(v, &path, memory, vcpus);
+        }
         let field = join_key(&path, "address");
         let Some(ip) = v.ip(&field, address) else {
             continue;
@@ -445,11 +451,6 @@ fn guests(
         }
         if let Some(other) = seen.insert(ip, name.clone()) {
             v.at(&field, format!("{ip} is already {other}'s address"));
-        }
-        let memory = memory.unwrap_or(defaults.memory);
-        let vcpus = vcpus.unwrap_or(defaults.vcpus);
-        if g.memory.is_some() || g.vcpus.is_some() {
-            sizing(v, &path, memory, vcpus);
         }
         out.push(Guest {
             name: name.clone(),
@@ -539,10 +540,9 @@ fn vxlan(
         "a VXLAN network identifier has 24 bits and 0 is reserved",
     );
     let port = v.range(&f("port"), x.port.unwrap_or(4789), 1, 65535, "a UDP port");
-    let mtu = match x.mtu {
-        Some(m) => Some(v.range(&f("mtu"), m, 68, 65535, "an Ethernet MTU")?),
-        None => None,
-    };
+    let mtu = x
+        .mtu
+        .map(|m| v.range(&f("mtu"), m, 68, 65535, "an Ethernet MTU"));
     let dev = x
         .dev
         .clone()
@@ -570,17 +570,21 @@ fn vxlan(
             false
         }
     };
-    let flood = flood(v, path, x, underlay)?;
+    // Every check runs before giving up on this vxlan, so all its problems show at once.
+    let flood = flood(v, path, x, underlay);
     let members = members(v, path, x, underlay, known);
     Some(Vxlan {
         name: x.name.clone(),
         vni: vni? as u32,
-        flood,
+        flood: flood?,
         dev,
         port: port? as u16,
         learning: x.learning.unwrap_or(true),
         static_fdb,
-        mtu: mtu.map(|m| m as u32),
+        mtu: match mtu {
+            Some(m) => Some(m? as u32),
+            None => None,
+        },
         members,
     })
 }
@@ -608,7 +612,7 @@ fn flood(
             None
         }
         (None, Some(r)) => {
-            if r.as_str() == Some("auto") {
+            if r.text() == Some("auto") {
                 Some(Flood::HeadEnd)
             } else {
                 v.at(
@@ -682,6 +686,16 @@ fn members(
             v.at_key(&field, format!("there is no guest named `{guest}`"));
             continue;
         }
+        let mac = match macs.get(guest) {
+            None => None,
+            Some(text) => mac(
+                v,
+                &join_key(&join_key(path, "macs"), guest),
+                text,
+                guest,
+                &mut seen_mac,
+            ),
+        };
         let Some(net) = v.prefix(&field, addr, "192.168.42.2/24") else {
             continue;
         };
@@ -733,16 +747,6 @@ fn members(
                 format!("{} is already {other}'s address", net.addr()),
             );
         }
-        let mac = match macs.get(guest) {
-            None => None,
-            Some(text) => mac(
-                v,
-                &join_key(&join_key(path, "macs"), guest),
-                text,
-                guest,
-                &mut seen_mac,
-            ),
-        };
         out.push(Member {
             guest: guest.clone(),
             address: net,
@@ -799,25 +803,20 @@ fn checks(v: &mut Validator, raw: Option<&[RawCheck]>, known: &HashSet<&str>) ->
     out
 }
 
-fn ping(
-    v: &mut Validator,
-    path: &str,
-    value: &serde_yaml::Value,
-    known: &HashSet<&str>,
-) -> Option<Check> {
-    if value.as_str() == Some("all") {
+fn ping(v: &mut Validator, path: &str, value: &Node, known: &HashSet<&str>) -> Option<Check> {
+    if value.text() == Some("all") {
         return Some(Check::PingAll);
     }
-    let Some(map) = value.as_mapping() else {
+    let Some(map) = value.entries() else {
         v.at(
             path,
             "use `ping: all` or `ping: { from: GUEST, to: ADDRESS, expect: success|fail }`",
         );
         return None;
     };
-    let text = |k: &str| map.get(k).and_then(|x| x.as_str()).map(str::to_string);
-    for key in map.keys() {
-        let k = key.as_str().unwrap_or("?");
+    let text = |k: &str| value.get(k).and_then(Node::text).map(str::to_string);
+    for (key, _) in map {
+        let k = key.text.as_str();
         if !["from", "to", "expect"].contains(&k) {
             v.at_key(
                 &join_key(path, k),
