@@ -25,6 +25,77 @@ pub const MAX_GUESTS: usize = 250;
 /// Linux interface names hold at most 15 bytes.
 const IFNAMSIZ: usize = 15;
 
+/// Words that `ip link add NAME ...` and `ip link set NAME ...` read as keywords where the plan
+/// puts a device name (iproute2's `iplink_parse`, which compares these exactly).
+const IP_LINK_KEYWORDS: [&str; 32] = [
+    "up",
+    "down",
+    "name",
+    "index",
+    "mtu",
+    "xdpgeneric",
+    "xdpdrv",
+    "xdpoffload",
+    "xdp",
+    "netns",
+    "multicast",
+    "allmulticast",
+    "promisc",
+    "trailers",
+    "arp",
+    "carrier",
+    "vf",
+    "vrf",
+    "group",
+    "mode",
+    "state",
+    "protodown",
+    "protodown_reason",
+    "gso_max_size",
+    "gso_max_segs",
+    "gro_max_size",
+    "gso_ipv4_max_size",
+    "gro_ipv4_max_size",
+    "parentdev",
+    "dev",
+    "brd",
+    "qlen",
+];
+
+/// Keywords `iplink_parse` also takes abbreviated (its `matches()`): every prefix of these is
+/// a keyword too, so `br` means `broadcast` and `t` means `txqueuelen`.
+const IP_LINK_ABBREVIATED: [&str; 16] = [
+    "link",
+    "address",
+    "broadcast",
+    "txqueuelen",
+    "txqlen",
+    "master",
+    "nomaster",
+    "dynamic",
+    "type",
+    "alias",
+    "numtxqueues",
+    "numrxqueues",
+    "addrgenmode",
+    "link-netns",
+    "link-netnsid",
+    "help",
+];
+
+/// The `ip link` keyword that `name` would be read as, if any.
+pub fn ip_keyword(name: &str) -> Option<&'static str> {
+    IP_LINK_KEYWORDS
+        .iter()
+        .find(|k| **k == name)
+        .or_else(|| {
+            IP_LINK_ABBREVIATED
+                .iter()
+                .find(|k| !name.is_empty() && k.starts_with(name))
+        })
+        .copied()
+}
+
 struct Validator<'a> {
     map: &'a SourceMap,
     problems: Vec<Problem>,
@@ -69,6 +140,29 @@ impl Validator<'_> {
         ok
     }
 
+    /// A device name that `ip` reads where a command names a device: an interface name that
+    /// `ip link` cannot take for one of its keywords.
+    fn device(&mut self, field: &str, value: &str) -> bool {
+        if !self.ifname(field, value) {
+            return false;
+        }
+        match ip_keyword(value) {
+            None => true,
+            Some(k) => {
+                let what = if k == value {
+                    format!("`{value}` is a keyword of `ip link`")
+                } else {
+                    format!("`ip link` reads `{value}` as its keyword `{k}`")
+                };
+                self.at(
+                    field,
+                    format!("{what}, so it cannot name a device; choose another name"),
+                );
+                false
+            }
+        }
+    }
+
     /// A Linux interface name.
     fn ifname(&mut self, field: &str, value: &str) -> bool {
         if value.len() > IFNAMSIZ {
@@ -78,6 +172,13 @@ impl Validator<'_> {
                     "`{value}` is {} bytes long; Linux interface names hold at most {IFNAMSIZ}",
                     value.len()
                 ),
+            );
+            return false;
+        }
+        if value.starts_with('-') {
+            self.at(
+                field,
+                format!("`{value}` starts with `-`, which commands would read as an option"),
             );
             return false;
         }
@@ -178,7 +279,7 @@ fn underlay(v: &mut Validator, raw: &RawLab) -> Option<Underlay> {
     let u = &raw.underlay;
     v.ifname("underlay.bridge", &u.bridge);
     let interface = u.interface.clone().unwrap_or_else(|| "eth0".into());
-    v.ifname("underlay.interface", &interface);
+    v.device("underlay.interface", &interface);
     let subnet = v.prefix("underlay.subnet", &u.subnet, "192.168.10.0/24")?;
     if subnet.addr() != subnet.network() {
         v.at(
@@ -525,7 +626,7 @@ fn vxlan(
     known: &HashSet<&str>,
 ) -> Option<Vxlan> {
     let f = |k: &str| join_key(path, k);
-    v.ifname(&f("name"), &x.name);
+    v.device(&f("name"), &x.name);
     if underlay.is_some_and(|u| u.interface == x.name) {
         v.at(
             &f("name"),
@@ -548,7 +649,9 @@ fn vxlan(
         .clone()
         .or_else(|| underlay.map(|u| u.interface.clone()))
         .unwrap_or_else(|| "eth0".into());
-    if v.ifname(&f("dev"), &dev) {
+    // Without `dev:` it is the underlay interface, judged where that is written.
+    let dev_ok = x.dev.as_ref().is_none_or(|d| v.device(&f("dev"), d));
+    if dev_ok {
         if let Some(u) = underlay.filter(|u| u.interface != dev) {
             v.at(
                 &f("dev"),
@@ -861,4 +964,22 @@ fn ping(v: &mut Validator, path: &str, value: &Node, known: &HashSet<&str>) -> O
         to: to?,
         expect: expect?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ip_keyword;
+
+    #[test]
+    fn ip_link_keywords_and_their_abbreviations_cannot_name_devices() {
+        assert_eq!(ip_keyword("help"), Some("help"));
+        assert_eq!(ip_keyword("up"), Some("up"));
+        assert_eq!(ip_keyword("dev"), Some("dev"));
+        assert_eq!(ip_keyword("br"), Some("broadcast"));
+        assert_eq!(ip_keyword("t"), Some("txqueuelen"));
+        assert_eq!(ip_keyword("link-net"), Some("link-netns"));
+        for fine in ["vxlan0", "eth0", "vx42", "upper", "devs", "typed"] {
+            assert_eq!(ip_keyword(fine), None, "{fine}");
+        }
+    }
 }
