@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod icmp;
 pub mod netlink;
+pub mod netns;
 pub mod process;
 pub mod sysctl;
 

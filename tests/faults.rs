@@ -1,0 +1,110 @@
+//! Faults a tester provokes: interrupted runs, leftovers, hostile files and names. Needs root
+//! and its own /run/netns (run under /work/tools/isolated.sh on a shared machine). Each test
+//! names its namespaces `vxlab-f-...` and removes what it made.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use vxlab::host::netlink::Netlink;
+use vxlab::host::netns;
+
+static TEST_PID: AtomicI32 = AtomicI32::new(0);
+static MARKER: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+
+/// Runs when any process of this test binary leaves through `exit`: a forked child that does
+/// is what deadlocked `up` (it blocks on locks held by threads that no longer exist).
+extern "C" fn exit_path_ran() {
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } != TEST_PID.load(Ordering::SeqCst) {
+        if let Some(path) = MARKER.get() {
+            // SAFETY: a valid NUL-terminated path; open/close are async-signal-safe.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o600);
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+#[test]
+fn namespaces_are_made_and_removed_without_a_child_running_the_exit_path() {
+    common::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("child-exited");
+    MARKER
+        .set(std::ffi::CString::new(marker.to_str().unwrap()).unwrap())
+        .unwrap();
+    // SAFETY: getpid has no preconditions; atexit takes a function that lives forever.
+    unsafe {
+        TEST_PID.store(libc::getpid(), Ordering::SeqCst);
+        assert_eq!(libc::atexit(exit_path_ran), 0);
+    }
+    let nl = Netlink::open().unwrap();
+    let names: Vec<String> = (0..20).map(|i| format!("vxlab-f-nofork.g{i}")).collect();
+    for n in &names {
+        nl.add_netns(n).unwrap();
+    }
+    for n in &names {
+        let p = netns::path(n);
+        assert!(netns::is_mounted(&p), "{n} is not a namespace");
+        // Each is a namespace of its own: its loopback is there and down.
+        let out = std::process::Command::new("ip")
+            .args(["-n", n, "-j", "link", "show", "lo"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("\"operstate\":\"DOWN\""));
+    }
+    // Adding again reuses; the calling thread never left the host's namespace.
+    nl.add_netns(&names[0]).unwrap();
+    assert!(Path::new("/sys/class/net/lo").exists());
+    for n in &names {
+        assert!(nl.delete_netns(n).unwrap());
+        assert!(!netns::path(n).exists());
+    }
+    assert!(!nl.delete_netns(&names[0]).unwrap());
+    assert!(
+        !marker.exists(),
+        "a child process ran the exit path while namespaces were made"
+    );
+}
+
+#[test]
+fn a_plain_file_left_in_run_netns_is_removed_by_delete_and_adopted_by_add() {
+    common::require_root();
+    let nl = Netlink::open().unwrap();
+    let name = "vxlab-f-plain.g0";
+    let p = netns::path(name);
+    std::fs::create_dir_all(netns::NETNS_DIR).unwrap();
+    std::fs::write(&p, b"").unwrap();
+    assert!(nl.delete_netns(name).unwrap());
+    assert!(!p.exists());
+
+    std::fs::write(&p, b"").unwrap();
+    nl.add_netns(name).unwrap();
+    assert!(netns::is_mounted(&p));
+    assert!(nl.delete_netns(name).unwrap());
+    assert!(!p.exists());
+}
+
+#[test]
+fn a_lab_whose_namespace_file_was_left_plain_comes_up_and_goes_down() {
+    let lab = common::Lab::shipped(
+        "two-netns.yaml",
+        "f-plain",
+        &[("192.168.10.", "192.168.141.")],
+    );
+    // What an `up` interrupted between creating the mount point and mounting leaves.
+    let first = netns::path(&vxlab::plan::instance_name(&lab.name, "vm-a"));
+    std::fs::create_dir_all(netns::NETNS_DIR).unwrap();
+    std::fs::write(&first, b"").unwrap();
+    let (code, r) = lab.up();
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    lab.down_leaves_nothing();
+}
