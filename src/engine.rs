@@ -840,8 +840,8 @@ mod tests {
             *rec.calls.lock().unwrap(),
             [
                 "del ".to_string(),
-                "remove Domain { name: \"vxlab-two-vm-vm-b\" }".into(),
-                "remove Domain { name: \"vxlab-two-vm-vm-a\" }".into(),
+                "remove Domain { name: \"vxlab-two-vm.vm-b\" }".into(),
+                "remove Domain { name: \"vxlab-two-vm.vm-a\" }".into(),
                 "del vxfake0".into(),
             ]
         );

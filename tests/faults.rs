@@ -108,3 +108,36 @@ fn a_lab_whose_namespace_file_was_left_plain_comes_up_and_goes_down() {
     assert_eq!(code, 0, "{:#}", r["failures"]);
     lab.down_leaves_nothing();
 }
+
+#[test]
+fn names_of_look_alike_labs_differ_and_links_name_their_owner() {
+    use vxlab::host::inventory::{self, Presence};
+    use vxlab::plan::{host_link_name, instance_name};
+    // Lab `f-n` with guest `x-y` and lab `f-n-x` with guest `y` shared `vxlab-f-n-x-y`.
+    let a = common::Lab::from_text(&two_guests("f-n", "x-y", "142"));
+    let b = common::Lab::from_text(&two_guests("f-n-x", "y", "143"));
+    assert_eq!(a.up().0, 0);
+    assert_eq!(b.up().0, 0);
+    assert_ne!(instance_name("f-n", "x-y"), instance_name("f-n-x", "y"));
+    assert_eq!(
+        inventory::link(&host_link_name("f-n", 0)),
+        Presence::Present {
+            owner: Some("lab f-n, guest x-y".into())
+        }
+    );
+    // Taking one down leaves the other whole.
+    b.down_leaves_nothing();
+    assert!(inventory::namespace(&instance_name("f-n", "x-y")).exists());
+    assert_eq!(a.check().0, 0);
+    a.down_leaves_nothing();
+}
+
+/// A lab named `name` with guests `guest` and `other`, on its own bridge and subnet.
+fn two_guests(name: &str, guest: &str, net: &str) -> String {
+    format!(
+        "name: {name}\ndriver: netns\nunderlay:\n  bridge: vxbr-{name}\n  subnet: 192.168.{net}.0/24\n\
+         guests:\n  {guest}: {{ address: 192.168.{net}.2 }}\n  other: {{ address: 192.168.{net}.3 }}\n\
+         vxlans:\n  - name: vxlan0\n    vni: 42\n    group: 239.1.1.1\n    addresses:\n\
+         \x20     {guest}: 10.{net}.0.2/24\n      other: 10.{net}.0.3/24\n"
+    )
+}

@@ -3,6 +3,7 @@
 
 pub mod capture;
 pub mod icmp;
+pub mod inventory;
 pub mod netlink;
 pub mod netns;
 pub mod process;

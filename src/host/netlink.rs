@@ -178,6 +178,21 @@ impl Netlink {
         self.call(
             || format!("creating veth {host_link} into namespace {netns}"),
             async move |h: Handle| h.link().add(msg).execute().await,
+        )?;
+        // The kernel ignores an alias in the creating message; it names the link's owner.
+        self.set_alias(host_link, &super::inventory::owner_alias(netns))
+    }
+
+    /// Sets link `name`'s alias, which `ip link show` prints and [`super::inventory`] reads
+    /// back to name a link's owner.
+    pub fn set_alias(&self, name: &str, alias: &str) -> Result<(), NetlinkError> {
+        let index = self
+            .link_index(name)?
+            .ok_or_else(|| NetlinkError::Missing(name.to_string()))?;
+        let msg = LinkUnspec::new_with_index(index).alias(alias).build();
+        self.call(
+            || format!("setting the alias of {name}"),
+            async move |h: Handle| h.link().set(msg).execute().await,
         )
     }
 
