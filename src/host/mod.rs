@@ -2,6 +2,7 @@
 //! the pure core never touches directly.
 
 pub mod capture;
+pub mod files;
 pub mod icmp;
 pub mod inventory;
 pub mod netlink;
