@@ -141,3 +141,44 @@ fn two_guests(name: &str, guest: &str, net: &str) -> String {
          \x20     {guest}: 10.{net}.0.2/24\n      other: 10.{net}.0.3/24\n"
     )
 }
+
+#[test]
+fn capture_and_graph_output_files_never_follow_a_planted_symlink() {
+    let lab = common::Lab::shipped(
+        "two-netns.yaml",
+        "f-out",
+        &[("192.168.10.", "192.168.144.")],
+    );
+    assert_eq!(lab.up().0, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("root-owned");
+    std::fs::write(&victim, "precious").unwrap();
+    for (name, args) in [
+        ("graph.dot", vec!["graph", lab.file.to_str().unwrap(), "-o"]),
+        (
+            "cap.pcap",
+            vec![
+                "capture", "--lab", "f-out", "vm-a", "--count", "1", "--pcap",
+            ],
+        ),
+    ] {
+        let out_path = dir.path().join(name);
+        std::os::unix::fs::symlink(&victim, &out_path).unwrap();
+        let mut argv = args.clone();
+        argv.push(out_path.to_str().unwrap());
+        let out = lab.run(&argv);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "precious",
+            "{name}"
+        );
+        let meta = std::fs::symlink_metadata(&out_path).unwrap();
+        assert!(meta.is_file() && meta.len() > 0, "{name}");
+    }
+    lab.down_leaves_nothing();
+}

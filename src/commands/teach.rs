@@ -141,9 +141,11 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
     eng.adopt_tools(&lab.name)?;
     let (frames, answered) = eng.capture(g, vtep, to, opts.count.max(1), opts.keep)?;
     if let Some(path) = &opts.pcap {
-        let mut f = std::fs::File::create(path)
+        let mut pcap = Vec::new();
+        packet::write_pcap(&mut pcap, &frames)?;
+        // Never through a symlink someone planted at the path.
+        crate::host::files::write_replacing(path, &pcap, crate::host::files::SHARED)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        packet::write_pcap(&mut f, &frames)?;
     }
     let start = frames.first().map_or(0, |f| f.micros);
     let decoded: Vec<(f64, VxlanPacket)> = frames
@@ -257,7 +259,7 @@ pub fn graph(lab: &Path, format: GraphFormat, output: Option<&Path>) -> Result<u
         }
     };
     match output {
-        Some(path) => std::fs::write(path, bytes)
+        Some(path) => crate::host::files::write_replacing(path, &bytes, crate::host::files::SHARED)
             .with_context(|| format!("cannot write {}", path.display()))?,
         None => std::io::stdout().write_all(&bytes)?,
     }
