@@ -209,23 +209,6 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Why a directory with owner `uid` and mode `mode` must not hold state for user `me`, if it
-/// must not.
-pub fn unsafe_dir(uid: u32, mode: u32, me: u32) -> Option<String> {
-    if uid != me {
-        return Some(format!(
-            "it belongs to uid {uid}, not to the user running vxlab (uid {me})"
-        ));
-    }
-    if mode & 0o022 != 0 {
-        return Some(format!(
-            "other users can write to it (mode {:o}); make it writable only by its owner",
-            mode & 0o7777
-        ));
-    }
-    None
-}
-
 /// Checks a directory that holds state: `meta` is its own metadata (not a symlink's target,
 /// for a lab's directory).
 fn check_dir(path: &Path, meta: &fs::Metadata) -> Result<(), StateError> {
@@ -234,7 +217,7 @@ fn check_dir(path: &Path, meta: &fs::Metadata) -> Result<(), StateError> {
     } else if !meta.is_dir() {
         Some("it is not a directory".to_string())
     } else {
-        unsafe_dir(meta.uid(), meta.mode(), euid())
+        files::unsafe_dir(meta.uid(), meta.mode(), euid())
     };
     match why {
         None => Ok(()),
@@ -627,8 +610,10 @@ mod tests {
             "{err}"
         );
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
-        assert!(unsafe_dir(1000, 0o40700, 0).unwrap().contains("uid 1000"));
-        assert_eq!(unsafe_dir(0, 0o40755, 0), None);
+        assert!(files::unsafe_dir(1000, 0o40700, 0)
+            .unwrap()
+            .contains("uid 1000"));
+        assert_eq!(files::unsafe_dir(0, 0o40755, 0), None);
     }
 
     #[test]

@@ -18,6 +18,53 @@ pub const SHARED: u32 = 0o666;
 /// Mode for files only vxlab's user may read: state, keys, tokens.
 pub const PRIVATE: u32 = 0o600;
 
+/// Why a directory with owner `uid` and mode `mode` must not hold files that user `me` (vxlab)
+/// trusts, if it must not: someone else owns it, or others can write to it.
+pub fn unsafe_dir(uid: u32, mode: u32, me: u32) -> Option<String> {
+    if uid != me {
+        return Some(format!(
+            "it belongs to uid {uid}, not to the user running vxlab (uid {me})"
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "other users can write to it (mode {:o}); make it writable only by its owner",
+            mode & 0o7777
+        ));
+    }
+    None
+}
+
+/// Makes directory `dir` (0700, parents as needed) unless it exists, and refuses it when it is
+/// not a directory of the user running vxlab that only that user can write to.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let why = if !meta.is_dir() {
+        Some("it is not a directory".to_string())
+    } else {
+        unsafe_dir(meta.uid(), meta.mode(), me)
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("refusing {}: {why}", dir.display()),
+        )),
+    }
+}
+
 /// A new, unique temporary path beside `path`.
 fn temporary(path: &Path) -> io::Result<PathBuf> {
     static COUNT: AtomicU32 = AtomicU32::new(0);

@@ -5,6 +5,8 @@ pub mod capture;
 pub mod files;
 pub mod icmp;
 pub mod inventory;
+pub mod lock;
+pub mod neighbours;
 pub mod netlink;
 pub mod netns;
 pub mod process;
