@@ -90,3 +90,44 @@ fn validate_exits_65_naming_the_file_and_up_touches_nothing() {
     assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0);
     assert!(!Path::new("/sys/class/net/vbr0").exists());
 }
+
+#[test]
+fn hostile_lab_paths_and_texts_exit_65_at_once() {
+    let bin = env!("CARGO_BIN_EXE_vxlab");
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.yaml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let deep = dir.path().join("deep.yaml");
+    std::fs::write(
+        &deep,
+        format!(
+            "name: x\nextra: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        ),
+    )
+    .unwrap();
+    let latin1 = dir.path().join("latin1.yaml");
+    std::fs::write(&latin1, b"name: caf\xe9\n").unwrap();
+    let cases: [(&Path, &str); 5] = [
+        (&fifo, "1:1: it is a FIFO, not a regular file"),
+        (Path::new("/dev/zero"), "1:1: it is a character device"),
+        (dir.path(), "1:1: it is a directory"),
+        (&deep, "2:23: nested deeper than 16 levels"),
+        (&latin1, "1:10: byte 0xe9 is not UTF-8"),
+    ];
+    for (path, want) in cases {
+        let start = std::time::Instant::now();
+        let out = Command::new(bin)
+            .arg("validate")
+            .arg(path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(65), "{}: {err}", path.display());
+        assert!(err.contains(&format!("{}:{want}", path.display())), "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
+}
