@@ -38,10 +38,7 @@ work=$(mktemp -d /tmp/vxlab-soak.XXXXXX)
 export VXLAB_STATE_DIR=$work/state
 LOG=${SOAK_LOG:-$work/soak.log}
 : > "$LOG"
-MAIN=$BASHPID
 cleanup() {
-  # A subshell killed before it reset its traps would run this too: only the script itself.
-  [ "$BASHPID" = "$MAIN" ] || return
   # Whatever a failed trial left, so the next run starts clean.
   for l in $(ls "$VXLAB_STATE_DIR" 2>/dev/null); do "$VXLAB" down "$l" >/dev/null 2>&1; done
   find "$work" -mindepth 1 -maxdepth 1 ! -name soak.log -exec rm -rf {} +
@@ -54,24 +51,25 @@ scenario() { ORDER+=("$1"); TRIALS[$1]=0; HANGS[$1]=0; LEAKS[$1]=0; WRONG[$1]=0;
 note() { echo "[$1] $2" >> "$LOG"; }
 time_left() { [ "$(date +%s)" -lt "$DEADLINE" ]; }
 
-# run_vxlab OUT ARGS...: runs vxlab under the watchdog; sets CODE (124 when it hung and was
-# killed) and leaves stderr in OUT.err, stdout in OUT.out.
+# vxlab runs under timeout(1), the watchdog: exit 124 means it outlived $WATCHDOG seconds
+# (and was killed). No shell subshell watches it: one killed before it resets its traps would
+# run the script's EXIT trap.
 CODE=0
-start_vxlab() { # OUT ARGS... -> PID (background)
+start_vxlab() { # OUT ARGS... -> PID (of the watchdog, in the background)
   local out=$1; shift
-  "$VXLAB" "$@" > "$out.out" 2> "$out.err" &
+  timeout -k 5 "$WATCHDOG" "$VXLAB" "$@" > "$out.out" 2> "$out.err" &
   PID=$!
 }
-wait_vxlab() { # PID OUT -> CODE
-  local pid=$1 out=$2 wd
-  ( sleep "$WATCHDOG"; kill -9 "$pid" 2>/dev/null && touch "$out.hung" ) >/dev/null 2>&1 &
-  wd=$!
-  # (The shell's "Killed" notices go nowhere: the table counts them.)
-  { wait "$pid"; } 2>/dev/null; CODE=$?
-  kill -- -"$wd" 2>/dev/null; { wait "$wd"; } 2>/dev/null
-  if [ -e "$out.hung" ]; then CODE=124; rm -f "$out.hung"; fi
+signal_vxlab() { # SIGNAL PID: to the vxlab under watchdog PID
+  local child
+  child=$(pgrep -P "$2")
+  [ -n "$child" ] && kill -"$1" "$child" 2>/dev/null
 }
-run_vxlab() { local out=$1; shift; start_vxlab "$out" "$@"; wait_vxlab "$PID" "$out"; }
+wait_vxlab() { # PID -> CODE (the shell's "Killed" notices go nowhere: the table counts them)
+  { wait "$1"; } 2>/dev/null
+  CODE=$?
+}
+run_vxlab() { local out=$1; shift; start_vxlab "$out" "$@"; wait_vxlab "$PID"; }
 
 # judge SCENARIO OUT WHAT EXPECTED...: counts a hang, a panic or an exit code not expected.
 judge() {
@@ -127,6 +125,15 @@ count_leak() { # SCENARIO NAME FILE WHAT
   if [ -n "$left" ]; then LEAKS[$1]=$((LEAKS[$1] + 1)); note "$1" "$4 left: $left"; fi
 }
 
+# Who holds lab NAME's lock, from /proc/locks.
+lock_holders() {
+  local ino pid
+  ino=$(stat -c %i "$VXLAB_STATE_DIR/$1/lock" 2>/dev/null) || return
+  for pid in $(awk -v i=":$ino\$" '$6 ~ i {print $5}' /proc/locks); do
+    printf '%s(%s) ' "$pid" "$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)"
+  done
+}
+
 # A random delay in seconds, up to MS milliseconds.
 delay() { local ms=$((RANDOM * 32768 + RANDOM)); ms=$((ms % ($1 + 1))); printf '%d.%03d' $((ms / 1000)) $((ms % 1000)); }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
@@ -150,13 +157,17 @@ kill_trials() { # SIGNAL PHASE
     else
       start_vxlab "$work/k" up "$f"
     fi
-    sleep "$(delay "$span")"
-    kill -"$sig" "$PID" 2>/dev/null
-    wait_vxlab "$PID" "$work/k"
+    local d
+    d=$(delay "$span")
+    sleep "$d"
+    signal_vxlab "$sig" "$PID"
+    wait_vxlab "$PID"
+    note "$s" "trial $t: signal after $d s, exit $CODE"
     # Finished before the signal (0, or 1 for a failed check), or died of it (128 + signal),
     # or stopped on it with a clean error (70 after SIGINT).
     judge "$s" "$work/k" "the interrupted $phase" 0 1 70 130 137 143
     run_vxlab "$work/k" down $name; judge "$s" "$work/k" "down after the kill" 0
+    [ "$CODE" = 75 ] && note "$s" "trial $t: the lock's holders: $(lock_holders "$name")"
     count_leak "$s" $name "$f" "trial $t"
   done
 }
@@ -175,8 +186,8 @@ race_trials() { # KIND
     TRIALS[$s]=$((TRIALS[$s] + 1))
     start_vxlab "$work/ra" up "$fa"; pa=$PID
     start_vxlab "$work/rb" up "$fb"; pb=$PID
-    wait_vxlab "$pa" "$work/ra"; ca=$CODE; judge "$s" "$work/ra" "up ra" 0 65 70
-    wait_vxlab "$pb" "$work/rb"; cb=$CODE; judge "$s" "$work/rb" "up rb" 0 65 70
+    wait_vxlab "$pa"; ca=$CODE; judge "$s" "$work/ra" "up ra" 0 65 70
+    wait_vxlab "$pb"; cb=$CODE; judge "$s" "$work/rb" "up rb" 0 65 70
     if [ "$ca" = 0 ] && [ "$cb" = 0 ]; then
       WRONG[$s]=$((WRONG[$s] + 1)); note "$s" "trial $t: both labs came up on one $kind"
     fi
@@ -275,8 +286,9 @@ PY
     time_left || break
     TRIALS[$s]=$((TRIALS[$s] + 1))
     # Memory is capped: a lab file must never make vxlab read without bound.
-    ( ulimit -v 1048576; exec "$VXLAB" validate "$f" ) > "$work/f.out" 2> "$work/f.err" &
-    wait_vxlab $! "$work/f"
+    ( ulimit -v 1048576; exec timeout -k 5 "$WATCHDOG" "$VXLAB" validate "$f" ) \
+      > "$work/f.out" 2> "$work/f.err" &
+    wait_vxlab $!
     judge "$s" "$work/f" "validate $(basename "$f")" 0 65
   done
   # `up` refuses special files the same way, before touching anything.

@@ -11,7 +11,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -383,6 +382,13 @@ impl StateDir {
     /// state directory and the lab's directory (0700) when needed, and refuses either when it
     /// is not the user's own or others can write to it.
     pub fn lock(&self, lab: &str) -> Result<LabLock, StateError> {
+        self.lock_within(lab, std::time::Duration::ZERO)
+    }
+
+    /// Takes lab `lab`'s lock, waiting up to `wait` for a holder to let go. For `down` after
+    /// a vxlab was killed: the kernel can still hold the dead process's lock for a moment
+    /// (seen in 1 to 3 of 25 kill trials), and "busy" would be the wrong answer.
+    pub fn lock_within(&self, lab: &str, wait: std::time::Duration) -> Result<LabLock, StateError> {
         if lab.is_empty() || lab.contains('/') || lab == "." || lab == ".." {
             return Err(StateError::Unsafe {
                 path: self.lab_dir(lab),
@@ -394,25 +400,19 @@ impl StateDir {
         make_dir(&dir)?;
         self.check_lab_dir(lab)?;
         let path = dir.join(LOCK_FILE);
-        let mut file =
-            files::open_append(&path, files::PRIVATE).map_err(io_err("cannot open", &path))?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let holder = files::open_no_follow(&path)
-                .and_then(|mut f| {
-                    let mut s = String::new();
-                    f.read_to_string(&mut s).map(|_| s)
-                })
-                .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .map(|pid| format!("pid {pid}"))
-                .unwrap_or_else(|| "unknown process".into());
-            return Err(StateError::Busy {
-                lab: lab.to_string(),
-                holder,
-            });
-        }
+        let open =
+            || files::open_append(&path, files::PRIVATE).map_err(io_err("cannot open", &path));
+        let file = open()?;
+        let file =
+            if crate::host::lock::flock(&file, false).map_err(io_err("cannot lock", &path))? {
+                file
+            } else {
+                wait_for_lock(open()?, wait).ok_or_else(|| StateError::Busy {
+                    lab: lab.to_string(),
+                    holder: holder(&path),
+                })?
+            };
+        let mut file = file;
         file.set_len(0).map_err(io_err("cannot write", &path))?;
         writeln!(file, "{}", std::process::id()).map_err(io_err("cannot write", &path))?;
         Ok(LabLock {
@@ -422,6 +422,37 @@ impl StateDir {
             root: self.root.clone(),
         })
     }
+}
+
+/// Who holds a lock, as its file says.
+fn holder(path: &Path) -> String {
+    files::open_no_follow(path)
+        .and_then(|mut f| {
+            let mut s = String::new();
+            f.read_to_string(&mut s).map(|_| s)
+        })
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .map(|pid| format!("pid {pid}"))
+        .unwrap_or_else(|| "unknown process".into())
+}
+
+/// Waits up to `wait` for the lock on `file`, the kernel waking us when it is free. A waiter
+/// that gives up leaves its thread blocked; if that thread gets the lock later, it finds no
+/// one to hand it to and drops it at once.
+fn wait_for_lock(file: File, wait: std::time::Duration) -> Option<File> {
+    if wait.is_zero() {
+        return None;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if crate::host::lock::flock(&file, true).is_ok() {
+            // A failed send drops the file, and with it the lock.
+            let _ = tx.send(file);
+        }
+    });
+    rx.recv_timeout(wait).ok()
 }
 
 const STATE_FILE: &str = "state.json";
@@ -562,6 +593,26 @@ mod tests {
             .contains(&format!("pid {}", std::process::id())));
         drop(held);
         dir.lock("two-vm").unwrap();
+    }
+
+    #[test]
+    fn a_waiting_lock_gets_the_lab_when_the_holder_lets_go_within_the_wait() {
+        use std::time::Duration;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::at(tmp.path());
+        let held = dir.lock("lab").unwrap();
+        let start = std::time::Instant::now();
+        assert!(matches!(
+            dir.lock_within("lab", Duration::from_millis(100)),
+            Err(StateError::Busy { .. })
+        ));
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+        });
+        dir.lock_within("lab", Duration::from_secs(10)).unwrap();
+        release.join().unwrap();
     }
 
     #[test]

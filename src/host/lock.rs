@@ -35,7 +35,8 @@ pub struct HostLock {
 }
 
 /// Takes an exclusive `flock` on `file`, waiting if `wait`; false when busy and not waiting.
-pub(crate) fn flock(file: &File, wait: bool) -> io::Result<bool> {
+/// (Retried when a signal interrupts the wait.)
+pub fn flock(file: &File, wait: bool) -> io::Result<bool> {
     let op = if wait {
         libc::LOCK_EX
     } else {
