@@ -237,13 +237,13 @@ mod tests {
             ]
         );
         let a = &p.guests[0];
-        assert!(all.contains(&"ip netns add vxlab-two-netns-vm-a".to_string()));
+        assert!(all.contains(&"ip netns add vxlab-two-netns.vm-a".to_string()));
         assert!(all.contains(&format!(
-            "ip link add {} type veth peer name eth0 netns vxlab-two-netns-vm-a",
+            "ip link add {} type veth peer name eth0 netns vxlab-two-netns.vm-a",
             a.host_link
         )));
         assert!(all.contains(&format!(
-            "ip -n vxlab-two-netns-vm-a link set dev eth0 address {}",
+            "ip -n vxlab-two-netns.vm-a link set dev eth0 address {}",
             a.underlay_mac
         )));
         assert!(parts.iter().all(|p| p.by == Actor::Vxlab));

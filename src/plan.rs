@@ -141,9 +141,22 @@ impl PingPlan {
     }
 }
 
-/// Namespace or domain name of a guest.
+/// Namespace or domain name of a guest: `vxlab-<lab>.<guest>`. Lab and guest names are made
+/// of `[a-z0-9-]`, so the last `.` tells them apart: lab `n` guest `x-y` (`vxlab-n.x-y`) and lab
+/// `n-x` guest `y` (`vxlab-n-x.y`) no longer share a name.
 pub fn instance_name(lab: &str, guest: &str) -> String {
-    format!("vxlab-{lab}-{guest}")
+    format!("vxlab-{lab}.{guest}")
+}
+
+/// The lab and guest an [`instance_name`] belongs to, when it is one.
+pub fn instance_owner(name: &str) -> Option<(&str, &str)> {
+    let (lab, guest) = name.strip_prefix("vxlab-")?.rsplit_once('.')?;
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    (ok(lab) && ok(guest)).then_some((lab, guest))
 }
 
 /// A short stable hash of a lab name, for names that must fit 15 bytes.
@@ -168,9 +181,31 @@ pub fn underlay_mac(lab: &str, index: usize) -> Mac {
     ])
 }
 
-/// Host-side link name of guest number `index` (0-based): at most 13 bytes.
+/// What every host-side link of lab `lab` starts with: `vx` and 40 bits of the SHA-256 of the
+/// lab name in base 32 (10 bytes).
+///
+/// No function of a 24-character lab name can be unique in the 15 bytes Linux allows a link
+/// name, so this only makes a clash unlikely (one pair in about 10^12; the 24-bit hash it
+/// replaces gave `rb-cocyv` and `rb-cpbha` the same links). What makes a clash harmless is
+/// that `up` never adopts a link its own state did not record, and the link's alias names
+/// its owner (see `host::inventory`).
+pub fn host_link_prefix(lab: &str) -> String {
+    use sha2::{Digest, Sha256};
+    const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let digest = Sha256::digest(lab.as_bytes());
+    let bits = digest[..5]
+        .iter()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    let code: String = (0..8)
+        .rev()
+        .map(|i| BASE32[((bits >> (5 * i)) & 31) as usize] as char)
+        .collect();
+    format!("vx{code}")
+}
+
+/// Host-side link name of guest number `index` (0-based): `<prefix>-<index>`, at most 14 bytes.
 pub fn host_link_name(lab: &str, index: usize) -> String {
-    format!("vx{:06x}-{index}", lab_hash(lab) & 0xff_ffff)
+    format!("{}-{index}", host_link_prefix(lab))
 }
 
 /// The MAC vxlab gives guest number `index` (0-based) on VNI `vni`:
@@ -506,6 +541,26 @@ mod tests {
     #[test]
     fn host_links_fit_the_interface_name_limit() {
         assert!(host_link_name("a-very-long-lab-name-here", 249).len() <= 15);
+        assert_eq!(host_link_name("two-netns", 3).len(), 12);
+    }
+
+    #[test]
+    fn names_of_different_labs_and_guests_never_coincide() {
+        // The two pairs that shared a namespace with `vxlab-{lab}-{guest}`.
+        assert_ne!(instance_name("n", "x-y"), instance_name("n-x", "y"));
+        assert_eq!(
+            instance_owner(&instance_name("n-x", "y")),
+            Some(("n-x", "y"))
+        );
+        assert_eq!(
+            instance_owner(&instance_name("n", "x-y")),
+            Some(("n", "x-y"))
+        );
+        assert_eq!(instance_owner("vxlab-seed"), None);
+        assert_eq!(instance_owner("other.ns"), None);
+        // The two labs whose 24-bit hashes gave both `vx5febf0-N`.
+        assert_ne!(host_link_prefix("rb-cocyv"), host_link_prefix("rb-cpbha"));
+        assert_ne!(host_link_name("rb-cocyv", 0), host_link_name("rb-cpbha", 0));
     }
 
     #[test]

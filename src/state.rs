@@ -1,12 +1,22 @@
 //! A lab's state on the host: `<state dir>/<lab>/` holds a copy of the lab file, the list of
 //! every resource vxlab created (each recorded before it is created), and a lock.
+//!
+//! vxlab runs as root, and a state directory may be one a user named (`VXLAB_STATE_DIR`).
+//! Whatever another user could plant there (a symlink named `lab.yaml`, a forged resource in
+//! `state.json`) must not make root write or delete elsewhere. So: a state directory, and each
+//! lab's directory in it, must belong to the user running vxlab and be writable by no one
+//! else (refused otherwise); directories are made 0700 and files 0600; files are opened with
+//! `O_NOFOLLOW` and written through a new temporary file renamed into place; and `down`
+//! deletes recorded paths only inside the lab's own directory.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::host::files;
 
 /// Something vxlab created and `down` must remove.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +74,72 @@ pub struct LabState {
     pub instance: Option<crate::lab::instance::Instance>,
 }
 
+/// Who a lab's state belongs to: the lab file it was started from, or the lab it copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// A lab started from this file.
+    File(PathBuf),
+    /// Workshop copy `instance` of lab `base`.
+    Copy {
+        /// The lab copied.
+        base: String,
+        /// The copy's instance name.
+        instance: String,
+    },
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::File(p) => write!(f, "the lab file {}", p.display()),
+            Owner::Copy { base, instance } => write!(f, "copy {instance} of lab {base}"),
+        }
+    }
+}
+
+impl LabState {
+    /// Who this state belongs to.
+    pub fn owner(&self) -> Owner {
+        match &self.instance {
+            Some(i) => Owner::Copy {
+                base: i.base.clone(),
+                instance: i.name.clone(),
+            },
+            None => Owner::File(self.source.clone()),
+        }
+    }
+}
+
+/// Refuses to let a lab started from `source` (as workshop copy `instance`, if any) take over
+/// `existing`, the state of another lab that happens to have the same name: a standalone lab
+/// `w-1` and copy 1 of lab `w`, or two lab files both named `x`. The same lab file under
+/// another path counts as the same lab; a recorded file that no longer exists does not stand
+/// in the way (the file was moved). `up` calls this before it records anything.
+pub fn check_owner(
+    existing: &LabState,
+    source: &Path,
+    instance: Option<&crate::lab::instance::Instance>,
+) -> Result<(), StateError> {
+    let same_copy = match (&existing.instance, instance) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.base == b.base && a.name == b.name,
+        _ => false,
+    };
+    let same_file = || match (fs::canonicalize(&existing.source), fs::canonicalize(source)) {
+        (Ok(a), Ok(b)) => a == b,
+        // The recorded file is gone: nothing tells the two apart.
+        (Err(_), _) => true,
+        (Ok(_), Err(_)) => false,
+    };
+    if same_copy && (existing.instance.is_some() || same_file()) {
+        return Ok(());
+    }
+    Err(StateError::Taken {
+        lab: existing.lab.clone(),
+        owner: existing.owner(),
+    })
+}
+
 /// Errors of the state directory.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -78,6 +154,33 @@ pub enum StateError {
     /// The lab is not running.
     #[error("lab {0} is not running (no state in {1})")]
     NotRunning(String, PathBuf),
+    /// Another lab of the same name holds this state.
+    #[error(
+        "a lab named {lab} is already running from {owner}; take it down first \
+         (`vxlab down {lab}`) or give this lab another name"
+    )]
+    Taken {
+        /// Lab name.
+        lab: String,
+        /// Whose state it is.
+        owner: Owner,
+    },
+    /// A directory that others could write to, or that is not the user's own.
+    #[error("refusing {}: {why}", path.display())]
+    Unsafe {
+        /// The directory or file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A recorded path outside the lab's own directory (a forged state file).
+    #[error("refusing to delete {}: it is outside the lab's directory {}", path.display(), dir.display())]
+    Foreign {
+        /// The recorded path.
+        path: PathBuf,
+        /// The lab's directory.
+        dir: PathBuf,
+    },
     /// Reading or writing failed.
     #[error("{what} {}", path.display())]
     Io {
@@ -97,6 +200,51 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// The user vxlab runs as.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Checks a directory that holds state: `meta` is its own metadata (not a symlink's target,
+/// for a lab's directory).
+fn check_dir(path: &Path, meta: &fs::Metadata) -> Result<(), StateError> {
+    let why = if meta.file_type().is_symlink() {
+        Some("it is a symlink".to_string())
+    } else if !meta.is_dir() {
+        Some("it is not a directory".to_string())
+    } else {
+        files::unsafe_dir(meta.uid(), meta.mode(), euid())
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(StateError::Unsafe {
+            path: path.to_path_buf(),
+            why,
+        }),
+    }
+}
+
+/// Makes directory `path` (0700) unless it exists. Its parent must exist.
+fn make_dir(path: &Path) -> Result<(), StateError> {
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err("cannot create", path)(e)),
+    }
+}
+
+/// Whether `path`, as written, names something strictly inside `dir`: absolute, without `..`
+/// or `.` components, and starting with `dir`.
+pub fn is_inside(dir: &Path, path: &Path) -> bool {
+    path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && path.starts_with(dir)
+        && path != dir
 }
 
 /// The directory that holds every lab's state.
@@ -129,58 +277,142 @@ impl StateDir {
         self.root.join(lab)
     }
 
-    /// Names of labs that have state, sorted.
-    pub fn labs(&self) -> Vec<String> {
-        let mut out: Vec<String> = fs::read_dir(&self.root)
+    /// Checks the state directory itself (a symlink to it is fine: the user chose it), making
+    /// it (0700) when it does not exist.
+    fn check_root(&self, create: bool) -> Result<(), StateError> {
+        if create && !self.root.exists() {
+            if let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+            }
+            make_dir(&self.root)?;
+        }
+        let meta = fs::metadata(&self.root).map_err(io_err("cannot read", &self.root))?;
+        check_dir(&self.root, &meta)
+    }
+
+    /// Checks lab `lab`'s directory, which must be a real directory of our own.
+    fn check_lab_dir(&self, lab: &str) -> Result<PathBuf, StateError> {
+        let dir = self.lab_dir(lab);
+        let meta = fs::symlink_metadata(&dir).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                StateError::NotRunning(lab.to_string(), self.root.clone())
+            } else {
+                io_err("cannot read", &dir)(e)
+            }
+        })?;
+        check_dir(&dir, &meta)?;
+        Ok(dir)
+    }
+
+    /// Directories of the state directory, by name, with whether they hold a state file.
+    fn entries(&self) -> Vec<(String, bool)> {
+        let mut out: Vec<(String, bool)> = fs::read_dir(&self.root)
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.path().join(STATE_FILE).exists())
-            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| {
+                let has_state = e.path().join(STATE_FILE).exists();
+                Some((e.file_name().into_string().ok()?, has_state))
+            })
             .collect();
         out.sort();
         out
     }
 
+    /// Names of labs that have state, sorted.
+    pub fn labs(&self) -> Vec<String> {
+        self.entries()
+            .into_iter()
+            .filter_map(|(n, state)| state.then_some(n))
+            .collect()
+    }
+
+    /// Lab directories without a state file, sorted: left by a vxlab killed after taking the
+    /// lock and before recording anything. Nothing was created for them.
+    pub fn leftovers(&self) -> Vec<String> {
+        self.entries()
+            .into_iter()
+            .filter_map(|(n, state)| (!state).then_some(n))
+            .collect()
+    }
+
+    /// Removes lab `lab`'s directory if it is a leftover (see [`StateDir::leftovers`]);
+    /// returns whether it was. A directory whose lock is held belongs to a vxlab at work and
+    /// is left alone (`Busy`). `down` calls this when a lab has no state.
+    pub fn remove_leftover(&self, lab: &str) -> Result<bool, StateError> {
+        match self.check_lab_dir(lab) {
+            Err(StateError::NotRunning(..)) => return Ok(false),
+            Err(e) => return Err(e),
+            Ok(dir) if dir.join(STATE_FILE).exists() => return Ok(false),
+            Ok(_) => {}
+        }
+        let lock = self.lock(lab)?;
+        if lock.dir.join(STATE_FILE).exists() {
+            return Ok(false);
+        }
+        lock.remove()?;
+        Ok(true)
+    }
+
     /// Reads lab `lab`'s state without locking.
     pub fn read(&self, lab: &str) -> Result<LabState, StateError> {
-        let path = self.lab_dir(lab).join(STATE_FILE);
-        let text = fs::read_to_string(&path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
+        self.check_root(false).map_err(|e| match e {
+            StateError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 StateError::NotRunning(lab.to_string(), self.root.clone())
-            } else {
-                io_err("cannot read", &path)(e)
             }
+            other => other,
         })?;
+        let path = self.check_lab_dir(lab)?.join(STATE_FILE);
+        let mut text = String::new();
+        files::open_no_follow(&path)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    StateError::NotRunning(lab.to_string(), self.root.clone())
+                } else {
+                    io_err("cannot read", &path)(e)
+                }
+            })?;
         serde_json::from_str(&text)
             .map_err(|e| io_err("corrupt state file", &path)(io::Error::other(e)))
     }
 
-    /// Takes lab `lab`'s lock, failing at once when another process holds it.
+    /// Takes lab `lab`'s lock, failing at once when another process holds it. Makes the
+    /// state directory and the lab's directory (0700) when needed, and refuses either when it
+    /// is not the user's own or others can write to it.
     pub fn lock(&self, lab: &str) -> Result<LabLock, StateError> {
-        let dir = self.lab_dir(lab);
-        fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
-        let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("cannot open", &path))?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let holder = fs::read_to_string(&path)
-                .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .map(|pid| format!("pid {pid}"))
-                .unwrap_or_else(|| "unknown process".into());
-            return Err(StateError::Busy {
-                lab: lab.to_string(),
-                holder,
+        self.lock_within(lab, std::time::Duration::ZERO)
+    }
+
+    /// Takes lab `lab`'s lock, waiting up to `wait` for a holder to let go. For `down` after
+    /// a vxlab was killed: the kernel can still hold the dead process's lock for a moment
+    /// (seen in 1 to 3 of 25 kill trials), and "busy" would be the wrong answer.
+    pub fn lock_within(&self, lab: &str, wait: std::time::Duration) -> Result<LabLock, StateError> {
+        if lab.is_empty() || lab.contains('/') || lab == "." || lab == ".." {
+            return Err(StateError::Unsafe {
+                path: self.lab_dir(lab),
+                why: "not a lab name".into(),
             });
         }
+        self.check_root(true)?;
+        let dir = self.lab_dir(lab);
+        make_dir(&dir)?;
+        self.check_lab_dir(lab)?;
+        let path = dir.join(LOCK_FILE);
+        let open =
+            || files::open_append(&path, files::PRIVATE).map_err(io_err("cannot open", &path));
+        let file = open()?;
+        let file =
+            if crate::host::lock::flock(&file, false).map_err(io_err("cannot lock", &path))? {
+                file
+            } else {
+                wait_for_lock(open()?, wait).ok_or_else(|| StateError::Busy {
+                    lab: lab.to_string(),
+                    holder: holder(&path),
+                })?
+            };
+        let mut file = file;
         file.set_len(0).map_err(io_err("cannot write", &path))?;
         writeln!(file, "{}", std::process::id()).map_err(io_err("cannot write", &path))?;
         Ok(LabLock {
@@ -190,6 +422,37 @@ impl StateDir {
             root: self.root.clone(),
         })
     }
+}
+
+/// Who holds a lock, as its file says.
+fn holder(path: &Path) -> String {
+    files::open_no_follow(path)
+        .and_then(|mut f| {
+            let mut s = String::new();
+            f.read_to_string(&mut s).map(|_| s)
+        })
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .map(|pid| format!("pid {pid}"))
+        .unwrap_or_else(|| "unknown process".into())
+}
+
+/// Waits up to `wait` for the lock on `file`, the kernel waking us when it is free. A waiter
+/// that gives up leaves its thread blocked; if that thread gets the lock later, it finds no
+/// one to hand it to and drops it at once.
+fn wait_for_lock(file: File, wait: std::time::Duration) -> Option<File> {
+    if wait.is_zero() {
+        return None;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if crate::host::lock::flock(&file, true).is_ok() {
+            // A failed send drops the file, and with it the lock.
+            let _ = tx.send(file);
+        }
+    });
+    rx.recv_timeout(wait).ok()
 }
 
 const STATE_FILE: &str = "state.json";
@@ -221,19 +484,29 @@ impl LabLock {
         }
     }
 
-    /// Writes the state atomically (write a temporary file, then rename).
+    /// Writes file `name` of the lab's directory (0600), through a temporary file renamed
+    /// into place: never through a symlink, never half-written.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), StateError> {
+        let path = self.dir.join(name);
+        files::write_replacing(&path, bytes, files::PRIVATE).map_err(io_err("cannot write", &path))
+    }
+
+    /// Opens file `name` of the lab's directory for appending (0600, never through a
+    /// symlink): for the logs of commands run in guests.
+    pub fn append_file(&self, name: &str) -> Result<File, StateError> {
+        let path = self.dir.join(name);
+        files::open_append(&path, files::PRIVATE).map_err(io_err("cannot open", &path))
+    }
+
+    /// Writes the state atomically.
     pub fn save(&self, state: &LabState) -> Result<(), StateError> {
-        let path = self.dir.join(STATE_FILE);
-        let tmp = self.dir.join("state.json.tmp");
         let text = serde_json::to_string_pretty(state).expect("state serializes");
-        fs::write(&tmp, text).map_err(io_err("cannot write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("cannot write", &path))
+        self.write_file(STATE_FILE, text.as_bytes())
     }
 
     /// Keeps a copy of the lab file, from which `check` and `down` re-plan the running lab.
     pub fn save_lab_copy(&self, text: &str) -> Result<(), StateError> {
-        let path = self.dir.join(LAB_COPY);
-        fs::write(&path, text).map_err(io_err("cannot write", &path))
+        self.write_file(LAB_COPY, text.as_bytes())
     }
 
     /// Adds resources not yet recorded and saves, before they are created.
@@ -250,15 +523,63 @@ impl LabLock {
         Ok(())
     }
 
+    /// Deletes a recorded `Resource::Path`, only when it lies inside the lab's own directory
+    /// (a forged state file must not make root delete an arbitrary file); returns whether
+    /// there was anything. A symlink is removed, never followed.
+    pub fn remove_path(&self, path: &Path) -> Result<bool, StateError> {
+        let foreign = || StateError::Foreign {
+            path: path.to_path_buf(),
+            dir: self.dir.clone(),
+        };
+        if !is_inside(&self.dir, path) {
+            return Err(foreign());
+        }
+        // A symlinked directory on the way would lead outside.
+        let parent = path.parent().ok_or_else(foreign)?;
+        match (fs::canonicalize(parent), fs::canonicalize(&self.dir)) {
+            (Ok(p), Ok(d)) if p.starts_with(&d) => {}
+            (Err(e), _) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            _ => return Err(foreign()),
+        }
+        let meta = match fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_err("cannot read", path)(e)),
+        };
+        if meta.is_dir() {
+            fs::remove_dir_all(path)
+        } else {
+            fs::remove_file(path)
+        }
+        .map_err(io_err("cannot remove", path))?;
+        Ok(true)
+    }
+
     /// Removes the lab's state directory (after everything in it was torn down).
     pub fn remove(self) -> Result<(), StateError> {
         fs::remove_dir_all(&self.dir).map_err(io_err("cannot remove", &self.dir))
     }
 }
 
+/// Tightens a lab directory made by an older vxlab (0755) to 0700; used before writing keys
+/// and tokens into it.
+pub fn make_private(dir: &Path) -> Result<(), StateError> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err("cannot chmod", dir))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn state(lab: &str) -> LabState {
+        LabState {
+            lab: lab.into(),
+            source: "lab.yaml".into(),
+            resources: vec![],
+            tools: Default::default(),
+            instance: None,
+        }
+    }
 
     #[test]
     fn a_second_lock_on_the_same_lab_is_refused_with_the_holder() {
@@ -275,17 +596,31 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_lock_gets_the_lab_when_the_holder_lets_go_within_the_wait() {
+        use std::time::Duration;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::at(tmp.path());
+        let held = dir.lock("lab").unwrap();
+        let start = std::time::Instant::now();
+        assert!(matches!(
+            dir.lock_within("lab", Duration::from_millis(100)),
+            Err(StateError::Busy { .. })
+        ));
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(held);
+        });
+        dir.lock_within("lab", Duration::from_secs(10)).unwrap();
+        release.join().unwrap();
+    }
+
+    #[test]
     fn resources_are_recorded_once_in_order_and_survive_a_reload() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::at(tmp.path());
         let lock = dir.lock("lab").unwrap();
-        let mut st = LabState {
-            lab: "lab".into(),
-            source: "lab.yaml".into(),
-            resources: vec![],
-            tools: Default::default(),
-            instance: None,
-        };
+        let mut st = state("lab");
         let br = Resource::Bridge {
             name: "vbr0".into(),
         };
@@ -296,5 +631,163 @@ mod tests {
         assert_eq!(dir.labs(), vec!["lab".to_string()]);
         lock.remove().unwrap();
         assert!(dir.labs().is_empty());
+    }
+
+    #[test]
+    fn state_directories_are_0700_and_files_0600() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let dir = StateDir::at(&root);
+        let lock = dir.lock("lab").unwrap();
+        lock.save(&state("lab")).unwrap();
+        lock.save_lab_copy("name: lab\n").unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(lock.dir()), 0o700);
+        for f in [STATE_FILE, LAB_COPY, LOCK_FILE] {
+            assert_eq!(mode(&lock.dir().join(f)), 0o600, "{f}");
+        }
+        // Nothing but the three files: the temporary files were renamed.
+        assert_eq!(fs::read_dir(lock.dir()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn a_state_directory_others_can_write_to_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let err = StateDir::at(tmp.path()).lock("lab").unwrap_err();
+        assert!(
+            err.to_string().contains("other users can write to it"),
+            "{err}"
+        );
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+        assert!(files::unsafe_dir(1000, 0o40700, 0)
+            .unwrap()
+            .contains("uid 1000"));
+        assert_eq!(files::unsafe_dir(0, 0o40755, 0), None);
+    }
+
+    #[test]
+    fn symlinks_planted_in_a_lab_directory_are_never_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, "root's file").unwrap();
+        let dir = StateDir::at(tmp.path().join("state"));
+        let lock = dir.lock("lab").unwrap();
+        for name in [STATE_FILE, LAB_COPY, "state.json.tmp"] {
+            std::os::unix::fs::symlink(&victim, lock.dir().join(name)).unwrap();
+        }
+        lock.save(&state("lab")).unwrap();
+        lock.save_lab_copy("name: lab\n").unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "root's file");
+        drop(lock);
+        // A symlinked lock file, or a lab directory that is a symlink, is refused.
+        fs::remove_file(dir.lab_dir("lab").join(LOCK_FILE)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.lab_dir("lab").join(LOCK_FILE)).unwrap();
+        assert!(dir.lock("lab").is_err());
+        std::os::unix::fs::symlink(tmp.path(), dir.lab_dir("other")).unwrap();
+        assert!(matches!(dir.lock("other"), Err(StateError::Unsafe { .. })));
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "root's file");
+    }
+
+    #[test]
+    fn only_paths_inside_the_labs_own_directory_are_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, "x").unwrap();
+        let dir = StateDir::at(tmp.path().join("state"));
+        let lock = dir.lock("lab").unwrap();
+        let guest = lock.dir().join("guests").join("vm-a");
+        fs::create_dir_all(&guest).unwrap();
+        fs::write(guest.join("disk"), "").unwrap();
+        assert!(lock.remove_path(&guest).unwrap());
+        assert!(!guest.exists());
+        assert!(!lock.remove_path(&guest).unwrap());
+        for forged in [
+            victim.clone(),
+            lock.dir().join("..").join("..").join("victim"),
+            lock.dir().to_path_buf(),
+            PathBuf::from("victim"),
+        ] {
+            assert!(
+                matches!(lock.remove_path(&forged), Err(StateError::Foreign { .. })),
+                "{}",
+                forged.display()
+            );
+        }
+        // Through a symlinked directory inside the lab's directory.
+        std::os::unix::fs::symlink(tmp.path(), lock.dir().join("up")).unwrap();
+        assert!(lock
+            .remove_path(&lock.dir().join("up").join("victim"))
+            .is_err());
+        assert!(victim.exists());
+        assert!(is_inside(Path::new("/s/lab"), Path::new("/s/lab/guests/a")));
+        assert!(!is_inside(Path::new("/s/lab"), Path::new("/s/lab/../x")));
+    }
+
+    #[test]
+    fn a_directory_holding_only_a_lock_is_a_leftover_that_can_be_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::at(tmp.path());
+        drop(dir.lock("killed").unwrap());
+        let running = dir.lock("running").unwrap();
+        running.save(&state("running")).unwrap();
+        let busy = dir.lock("busy").unwrap();
+        assert_eq!(
+            dir.leftovers(),
+            vec!["busy".to_string(), "killed".to_string()]
+        );
+        assert_eq!(dir.labs(), vec!["running".to_string()]);
+        assert!(dir.remove_leftover("killed").unwrap());
+        assert!(!dir.lab_dir("killed").exists());
+        assert!(!dir.remove_leftover("running").unwrap());
+        assert!(!dir.remove_leftover("never").unwrap());
+        // A vxlab at work between its lock and its first record keeps its directory.
+        assert!(matches!(
+            dir.remove_leftover("busy"),
+            Err(StateError::Busy { .. })
+        ));
+        drop(busy);
+        assert!(dir.lab_dir("running").exists());
+    }
+
+    #[test]
+    fn a_lab_of_the_same_name_from_elsewhere_is_not_adopted() {
+        use crate::lab::instance::Instance;
+        let tmp = tempfile::tempdir().unwrap();
+        let file = |n: &str| {
+            let p = tmp.path().join(n);
+            fs::write(&p, "").unwrap();
+            p
+        };
+        let (w1, other) = (file("w-1.yaml"), file("other.yaml"));
+        let mut standalone = state("w-1");
+        standalone.source = w1.clone();
+        let copy = Instance {
+            base: "w".into(),
+            name: "1".into(),
+            index: 1,
+            underlay: None,
+        };
+        let err = check_owner(&standalone, &file("w.yaml"), Some(&copy)).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "already running from the lab file {}",
+                w1.display()
+            )),
+            "{err}"
+        );
+        assert!(check_owner(&standalone, &other, None).is_err());
+        // The same file by another path is the same lab.
+        let dotted = tmp.path().join(".").join("w-1.yaml");
+        assert!(check_owner(&standalone, &dotted, None).is_ok());
+        let mut copied = state("w-1");
+        copied.instance = Some(copy.clone());
+        let err = check_owner(&copied, &w1, None).unwrap_err();
+        assert!(err.to_string().contains("copy 1 of lab w"), "{err}");
+        assert!(check_owner(&copied, &other, Some(&copy)).is_ok());
+        // A recorded file that is gone (moved) does not stand in the way.
+        standalone.source = tmp.path().join("moved.yaml");
+        assert!(check_owner(&standalone, &other, None).is_ok());
     }
 }

@@ -225,7 +225,7 @@ fn down_cleans_up_after_an_up_killed_half_way() {
         .spawn()
         .unwrap();
     // Kill it as soon as its first namespace exists.
-    let first = Path::new("/run/netns/vxlab-t-kill-g0");
+    let first = vxlab::host::netns::path(&vxlab::plan::instance_name("t-kill", "g0"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !first.exists() && std::time::Instant::now() < deadline {
         std::thread::yield_now();

@@ -12,7 +12,7 @@ use serde_json::Value;
 /// Runs `ip ARGS` (or `bridge`) inside a guest of `lab`, as a student at its shell would.
 fn student(lab: &Lab, guest: &str, argv: &[&str]) {
     let out = Command::new("ip")
-        .args(["netns", "exec", &format!("vxlab-{}-{guest}", lab.name)])
+        .args(["netns", "exec", &format!("vxlab-{}.{guest}", lab.name)])
         .args(argv)
         .output()
         .unwrap();
@@ -26,7 +26,7 @@ fn student(lab: &Lab, guest: &str, argv: &[&str]) {
 /// What `ip -j ARGS` prints in a guest, parsed.
 fn kernel(lab: &Lab, guest: &str, argv: &[&str]) -> Value {
     let out = Command::new("ip")
-        .args(["netns", "exec", &format!("vxlab-{}-{guest}", lab.name)])
+        .args(["netns", "exec", &format!("vxlab-{}.{guest}", lab.name)])
         .args(argv)
         .output()
         .unwrap();
@@ -331,7 +331,7 @@ fn reset_forgets_what_was_learned_and_recreates_a_guest_that_is_gone() {
     );
 
     // A guest that is gone altogether is created anew.
-    let ns = format!("vxlab-{}-vm-b", lab.name);
+    let ns = format!("vxlab-{}.vm-b", lab.name);
     assert!(Command::new("ip")
         .args(["netns", "del", &ns])
         .status()
@@ -488,7 +488,7 @@ fn status_finds_guests_of_another_state_dir_and_tells_a_non_root_user_what_it_ne
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert!(elsewhere.contains(&"vxlab-t-r-else-vm-a"), "{s:#}");
+    assert!(elsewhere.contains(&"vxlab-t-r-else.vm-a"), "{s:#}");
     let text = Command::new(env!("CARGO_BIN_EXE_vxlab"))
         .arg("status")
         .env("VXLAB_STATE_DIR", other.path())

@@ -392,7 +392,7 @@ fn walk_shows_the_peer_learned_first_at_the_first_ping_under_the_commands_that_c
     let _ = [
         next("== 1. the underlay"),
         next("$ ip link add vxbr-t-walk type bridge"),
-        next("$ ip netns add vxlab-t-walk-vm-a"),
+        next("$ ip netns add vxlab-t-walk.vm-a"),
         next("vm-a:\n  $ ip link set up lo"),
         next("$ ip addr add 192.168.50.2/24 dev eth0"),
         next("== 2. the vxlan devices"),
@@ -732,7 +732,7 @@ fn the_plan_alone_rebuilds_the_lab_by_hand() {
         "ip",
         "netns",
         "exec",
-        "vxlab-t-byhand-vm-a",
+        "vxlab-t-byhand.vm-a",
         "ping",
         "-c",
         "1",
@@ -746,7 +746,7 @@ fn the_plan_alone_rebuilds_the_lab_by_hand() {
         .args([
             "netns",
             "exec",
-            "vxlab-t-byhand-vm-a",
+            "vxlab-t-byhand.vm-a",
             "bridge",
             "fdb",
             "show",

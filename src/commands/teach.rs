@@ -130,9 +130,11 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
     let captured = engine(&lab, None)?.capture(&p, g, (to, via), opts.count.max(1), opts.keep)?;
     let frames = &captured.frames;
     if let Some(path) = &opts.pcap {
-        let mut f = std::fs::File::create(path)
+        let mut pcap = Vec::new();
+        packet::write_pcap(&mut pcap, frames)?;
+        // Never through a symlink someone planted at the path.
+        crate::host::files::write_replacing(path, &pcap, crate::host::files::SHARED)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        packet::write_pcap(&mut f, frames)?;
     }
     let all = wire::decode_all(frames, vtep.port);
     let shown: Vec<&(f64, Wire)> = all.iter().filter(|(_, w)| opts.only.shows(w)).collect();
@@ -268,7 +270,7 @@ pub fn graph(lab: &Path, format: Format, output: Option<&Path>) -> Result<u8> {
         }
     };
     match output {
-        Some(path) => std::fs::write(path, bytes)
+        Some(path) => crate::host::files::write_replacing(path, &bytes, crate::host::files::SHARED)
             .with_context(|| format!("cannot write {}", path.display()))?,
         None => std::io::stdout().write_all(&bytes)?,
     }

@@ -260,8 +260,8 @@ fn up_records_each_guest_before_creating_it_and_down_removes_all_in_reverse() {
     assert_eq!(
         guests.changes(),
         [
-            "remove Domain { name: \"vxlab-two-netns-vm-b\" }",
-            "remove Domain { name: \"vxlab-two-netns-vm-a\" }",
+            "remove Domain { name: \"vxlab-two-netns.vm-b\" }",
+            "remove Domain { name: \"vxlab-two-netns.vm-a\" }",
         ]
     );
     assert_eq!(*host.calls.lock().unwrap(), ["del ", "del vxbr-seed"]);

@@ -3,8 +3,13 @@
 //! give the engine a recording fake, so an engine test touches nothing on the host.
 
 pub mod capture;
+pub mod files;
 pub mod icmp;
+pub mod inventory;
+pub mod lock;
+pub mod neighbours;
 pub mod netlink;
+pub mod netns;
 pub mod process;
 pub mod sysctl;
 

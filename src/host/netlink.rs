@@ -12,9 +12,9 @@ use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::address::AddressHeaderFlags;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
-use rtnetlink::{
-    new_connection, Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, NetworkNamespace,
-};
+use rtnetlink::{new_connection, Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth};
+
+use super::netns;
 
 /// A netlink request failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ pub enum NetlinkError {
 
 /// Where `ip netns` keeps named namespaces.
 pub fn netns_path(name: &str) -> PathBuf {
-    PathBuf::from("/run/netns").join(name)
+    netns::path(name)
 }
 
 /// Host links and namespaces.
@@ -180,6 +180,21 @@ impl Netlink {
         self.call(
             || format!("creating veth {host_link} into namespace {netns}"),
             async move |h: Handle| h.link().add(msg).execute().await,
+        )?;
+        // The kernel ignores an alias in the creating message; it names the link's owner.
+        self.set_alias(host_link, &super::inventory::owner_alias(netns))
+    }
+
+    /// Sets link `name`'s alias, which `ip link show` prints and [`super::inventory`] reads
+    /// back to name a link's owner.
+    pub fn set_alias(&self, name: &str, alias: &str) -> Result<(), NetlinkError> {
+        let index = self
+            .link_index(name)?
+            .ok_or_else(|| NetlinkError::Missing(name.to_string()))?;
+        let msg = LinkUnspec::new_with_index(index).alias(alias).build();
+        self.call(
+            || format!("setting the alias of {name}"),
+            async move |h: Handle| h.link().set(msg).execute().await,
         )
     }
 
@@ -239,27 +254,23 @@ impl Netlink {
         Ok(found)
     }
 
-    /// Creates the named namespace, like `ip netns add`; an existing one is reused.
+    /// Creates the named namespace, like `ip netns add`; an existing one is reused. No child
+    /// process is forked (see [`netns`]).
     pub fn add_netns(&self, name: &str) -> Result<(), NetlinkError> {
-        if netns_path(name).exists() {
-            return Ok(());
-        }
-        let n = name.to_string();
-        self.call(
-            || format!("creating namespace {name}"),
-            async move |_h: Handle| NetworkNamespace::add(n).await,
-        )
+        netns::add(name)
+            .map(|_| ())
+            .map_err(|source| NetlinkError::Namespace {
+                path: netns_path(name),
+                source,
+            })
     }
 
-    /// Deletes the named namespace, like `ip netns del`; returns false when there was none.
+    /// Deletes the named namespace, like `ip netns del`; returns false when there was none. A
+    /// plain file left in its place by an interrupted run is removed too.
     pub fn delete_netns(&self, name: &str) -> Result<bool, NetlinkError> {
-        if !netns_path(name).exists() {
-            return Ok(false);
-        }
-        let n = name.to_string();
-        self.call(
-            || format!("deleting namespace {name}"),
-            async move |_h: Handle| NetworkNamespace::del(n).await.map(|_| true),
-        )
+        netns::delete(name).map_err(|source| NetlinkError::Namespace {
+            path: netns_path(name),
+            source,
+        })
     }
 }

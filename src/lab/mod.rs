@@ -4,8 +4,10 @@
 pub mod defaults;
 mod file;
 pub mod instance;
+pub mod read;
 pub mod source;
 mod validate;
+pub mod yaml;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -326,42 +328,90 @@ impl fmt::Display for LabError {
 
 /// Reads and validates the lab file at `path`.
 pub fn load(path: &Path) -> Result<Lab, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse(&text, path).map_err(LoadError::Invalid)
+    load_with_text(path).map(|(lab, _)| lab)
 }
 
-/// Validates lab text; `file` only names it in errors.
+/// Reads and validates the lab file at `path`, and returns the text it was read from: `up`
+/// keeps that copy, not a second read that may differ.
+pub fn load_with_text(path: &Path) -> Result<(Lab, String), LoadError> {
+    let text = read_text(path)?;
+    let lab = parse(&text, path).map_err(LoadError::Invalid)?;
+    Ok((lab, text))
+}
+
+/// The text of the lab file at `path`: a regular file of at most [`read::MAX_LAB_BYTES`], in
+/// UTF-8. Anything else is an invalid lab (exit 65), never a read that blocks or fills memory.
+pub fn read_text(path: &Path) -> Result<String, LoadError> {
+    read::lab_text(path).map_err(|e| match e {
+        read::ReadError::Io(source) => LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => LoadError::Invalid(LabError {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                position: other.position().unwrap_or(Position { line: 1, column: 1 }),
+                field: String::new(),
+                message: other.to_string(),
+            }],
+        }),
+    })
+}
+
+/// Validates lab text; `file` only names it in errors. Every problem is reported, sorted by
+/// position, except that a file that is not well-formed YAML (or repeats a key) stops at that.
 pub fn parse(text: &str, file: &Path) -> Result<Lab, LabError> {
-    let map = source::SourceMap::index(text);
-    let fail = |problems| LabError {
-        file: file.to_path_buf(),
-        problems,
+    let fail = |mut problems: Vec<Problem>| {
+        problems.sort_by_key(|p| (p.position.line, p.position.column));
+        problems.dedup();
+        LabError {
+            file: file.to_path_buf(),
+            problems,
+        }
     };
-    if let Some((field, position)) = map.duplicate_keys.first() {
-        return Err(fail(vec![Problem {
-            position: *position,
-            field: field.clone(),
-            message: "appears twice; every name must be unique".into(),
-        }]));
-    }
-    let raw: file::RawLab = serde_yaml::from_str(text).map_err(|e| {
-        let position = e
-            .location()
-            .map(|l| Position {
-                line: l.line(),
-                column: l.column(),
-            })
-            .unwrap_or(Position { line: 1, column: 1 });
+    let doc = yaml::load(text).map_err(|e| {
         fail(vec![Problem {
-            position,
+            position: e.at,
             field: String::new(),
-            message: e.to_string().split(" at line ").next().unwrap_or("").into(),
+            message: e.message,
         }])
     })?;
-    validate::validate(raw, &map).map_err(fail)
+    let map = source::SourceMap::of(&doc);
+    if !map.duplicate_keys.is_empty() {
+        return Err(fail(
+            map.duplicate_keys
+                .iter()
+                .map(|(field, position)| Problem {
+                    position: *position,
+                    field: field.clone(),
+                    message: "appears twice; every name must be unique".into(),
+                })
+                .collect(),
+        ));
+    }
+    let (raw, reader) = file::read(&doc);
+    let checked = validate::validate(raw, &map);
+    let mut problems = reader.problems;
+    match checked {
+        Ok(lab) if problems.is_empty() => return Ok(lab),
+        Ok(_) => {}
+        // What validation says about a placeholder repeats a problem already reported.
+        Err(found) => problems.extend(
+            found
+                .into_iter()
+                .filter(|p| !reader.unreadable.iter().any(|u| covers(u, &p.field))),
+        ),
+    }
+    Err(fail(problems))
+}
+
+/// Whether `field` is `path` or inside it.
+fn covers(path: &str, field: &str) -> bool {
+    path.is_empty()
+        || field == path
+        || field
+            .strip_prefix(path)
+            .is_some_and(|rest| rest.starts_with(['.', '[']))
 }
 
 /// Reading a lab file failed.

@@ -1,14 +1,13 @@
 //! Where each field of a lab file stands in its text.
 //!
-//! serde_yaml reports positions only for its own parse errors; the semantic checks in
-//! [`super::validate`] run on parsed values and need a line and column for every field they
-//! complain about. This walks the YAML event stream once and records, for every path such as
-//! `guests.vm-a.address` or `vxlans[0].group`, where its key and its value start.
+//! The checks in [`super::validate`] run on parsed values and need a line and column for every
+//! field they complain about. This walks the loaded document ([`super::yaml::Node`]) once and
+//! records, for every path such as `guests.vm-a.address` or `vxlans[0].group`, where its key and
+//! its value start.
 
 use std::collections::{HashMap, HashSet};
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use super::yaml::{self, Node, Value};
 
 /// A 1-based line and column in the lab file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,16 +16,6 @@ pub struct Position {
     pub line: usize,
     /// Column, counting from 1.
     pub column: usize,
-}
-
-impl Position {
-    fn from_marker(m: Marker) -> Self {
-        // yaml-rust2 counts lines from 1 and columns from 0.
-        Position {
-            line: m.line(),
-            column: m.col() + 1,
-        }
-    }
 }
 
 /// Positions of every key and value in one YAML document, by field path.
@@ -39,15 +28,43 @@ pub struct SourceMap {
 }
 
 impl SourceMap {
-    /// Indexes `text`. Text that is not valid YAML gives an empty map: serde_yaml reports
-    /// that error with its own position.
+    /// Indexes `text`. Text that cannot be loaded gives an empty map: loading reports that
+    /// error with its own position.
     pub fn index(text: &str) -> Self {
-        let mut walker = Walker::default();
-        let mut parser = Parser::new_from_str(text);
-        if parser.load(&mut walker, false).is_err() {
-            return SourceMap::default();
+        yaml::load(text)
+            .map(|doc| Self::of(&doc))
+            .unwrap_or_default()
+    }
+
+    /// Indexes a loaded document.
+    pub fn of(doc: &Node) -> Self {
+        let mut map = SourceMap::default();
+        map.walk("", doc);
+        map
+    }
+
+    fn walk(&mut self, path: &str, node: &Node) {
+        self.values.entry(path.to_string()).or_insert(node.at);
+        match &node.value {
+            Value::Scalar { .. } => {}
+            Value::Seq(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.walk(&join_index(path, i), item);
+                }
+            }
+            Value::Map(entries) => {
+                let mut seen = HashSet::new();
+                for (key, value) in entries {
+                    let full = join_key(path, &key.text);
+                    if !seen.insert(key.text.as_str()) {
+                        self.duplicate_keys.push((full, key.at));
+                        continue;
+                    }
+                    self.keys.insert(full.clone(), key.at);
+                    self.walk(&full, value);
+                }
+            }
         }
-        walker.map
     }
 
     /// Where the value at `path` starts, or where its key does, or the nearest parent's.
@@ -93,89 +110,6 @@ pub fn join_key(path: &str, key: &str) -> String {
 /// Joins a sequence index onto a path.
 pub fn join_index(path: &str, index: usize) -> String {
     format!("{path}[{index}]")
-}
-
-enum Frame {
-    Map {
-        path: String,
-        key: Option<String>,
-        seen: HashSet<String>,
-    },
-    Seq {
-        path: String,
-        next: usize,
-    },
-}
-
-#[derive(Default)]
-struct Walker {
-    stack: Vec<Frame>,
-    map: SourceMap,
-}
-
-impl Walker {
-    /// Path of the node that starts now, or `None` when it is a mapping key.
-    fn place_node(&mut self, text: Option<&str>, pos: Position) -> Option<String> {
-        match self.stack.last_mut() {
-            None => Some(String::new()),
-            Some(Frame::Seq { path, next }) => {
-                let p = join_index(path, *next);
-                *next += 1;
-                Some(p)
-            }
-            Some(Frame::Map { path, key, seen }) => match key.take() {
-                Some(k) => Some(join_key(path, &k)),
-                None => {
-                    // A key. Complex (non-scalar) keys are not part of the lab format.
-                    let k = text.unwrap_or_default().to_string();
-                    // A block mapping starts where its first key does.
-                    self.map.values.entry(path.clone()).or_insert(pos);
-                    let full = join_key(path, &k);
-                    if !seen.insert(k.clone()) {
-                        self.map.duplicate_keys.push((full.clone(), pos));
-                    }
-                    self.map.keys.entry(full).or_insert(pos);
-                    *key = Some(k);
-                    None
-                }
-            },
-        }
-    }
-}
-
-impl MarkedEventReceiver for Walker {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        let pos = Position::from_marker(mark);
-        match ev {
-            Event::Scalar(text, ..) => {
-                if let Some(path) = self.place_node(Some(&text), pos) {
-                    self.map.values.entry(path).or_insert(pos);
-                }
-            }
-            Event::Alias(_) => {
-                if let Some(path) = self.place_node(None, pos) {
-                    self.map.values.entry(path).or_insert(pos);
-                }
-            }
-            Event::MappingStart(..) => {
-                let path = self.place_node(None, pos).unwrap_or_default();
-                self.stack.push(Frame::Map {
-                    path,
-                    key: None,
-                    seen: HashSet::new(),
-                });
-            }
-            Event::SequenceStart(..) => {
-                let path = self.place_node(None, pos).unwrap_or_default();
-                self.map.values.entry(path.clone()).or_insert(pos);
-                self.stack.push(Frame::Seq { path, next: 0 });
-            }
-            Event::MappingEnd | Event::SequenceEnd => {
-                self.stack.pop();
-            }
-            _ => {}
-        }
-    }
 }
 
 #[cfg(test)]

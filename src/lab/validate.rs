@@ -10,6 +10,7 @@ use ipnet::IpNet;
 
 use super::file::{RawCheck, RawGuest, RawIproute2, RawLab, RawLibvirt, RawVxlan, RawWorkshop};
 use super::source::{join_index, join_key, SourceMap};
+use super::yaml::Node;
 use super::{
     Accel, BuildMode, Check, DriverKind, Expect, Flood, Guest, Iproute2Settings, Lab,
     LibvirtSettings, Mac, Member, Problem, Source, Underlay, Vxlan, Workshop,
@@ -23,6 +24,77 @@ const MAX_GUEST_NAME: usize = 32;
 pub const MAX_GUESTS: usize = 250;
 /// Linux interface names hold at most 15 bytes.
 const IFNAMSIZ: usize = 15;
+
+/// Words that `ip link add NAME ...` and `ip link set NAME ...` read as keywords where the plan
+/// puts a device name (iproute2's `iplink_parse`, which compares these exactly).
+const IP_LINK_KEYWORDS: [&str; 32] = [
+    "up",
+    "down",
+    "name",
+    "index",
+    "mtu",
+    "xdpgeneric",
+    "xdpdrv",
+    "xdpoffload",
+    "xdp",
+    "netns",
+    "multicast",
+    "allmulticast",
+    "promisc",
+    "trailers",
+    "arp",
+    "carrier",
+    "vf",
+    "vrf",
+    "group",
+    "mode",
+    "state",
+    "protodown",
+    "protodown_reason",
+    "gso_max_size",
+    "gso_max_segs",
+    "gro_max_size",
+    "gso_ipv4_max_size",
+    "gro_ipv4_max_size",
+    "parentdev",
+    "dev",
+    "brd",
+    "qlen",
+];
+
+/// Keywords `iplink_parse` also takes abbreviated (its `matches()`): every prefix of these is
+/// a keyword too, so `br` means `broadcast` and `t` means `txqueuelen`.
+const IP_LINK_ABBREVIATED: [&str; 16] = [
+    "link",
+    "address",
+    "broadcast",
+    "txqueuelen",
+    "txqlen",
+    "master",
+    "nomaster",
+    "dynamic",
+    "type",
+    "alias",
+    "numtxqueues",
+    "numrxqueues",
+    "addrgenmode",
+    "link-netns",
+    "link-netnsid",
+    "help",
+];
+
+/// The `ip link` keyword that `name` would be read as, if any.
+pub fn ip_keyword(name: &str) -> Option<&'static str> {
+    IP_LINK_KEYWORDS
+        .iter()
+        .find(|k| **k == name)
+        .or_else(|| {
+            IP_LINK_ABBREVIATED
+                .iter()
+                .find(|k| !name.is_empty() && k.starts_with(name))
+        })
+        .copied()
+}
 
 struct Validator<'a> {
     map: &'a SourceMap,
@@ -68,6 +140,29 @@ impl Validator<'_> {
         ok
     }
 
+    /// A device name that `ip` reads where a command names a device: an interface name that
+    /// `ip link` cannot take for one of its keywords.
+    fn device(&mut self, field: &str, value: &str) -> bool {
+        if !self.ifname(field, value) {
+            return false;
+        }
+        match ip_keyword(value) {
+            None => true,
+            Some(k) => {
+                let what = if k == value {
+                    format!("`{value}` is a keyword of `ip link`")
+                } else {
+                    format!("`ip link` reads `{value}` as its keyword `{k}`")
+                };
+                self.at(
+                    field,
+                    format!("{what}, so it cannot name a device; choose another name"),
+                );
+                false
+            }
+        }
+    }
+
     /// A Linux interface name.
     fn ifname(&mut self, field: &str, value: &str) -> bool {
         if value.len() > IFNAMSIZ {
@@ -77,6 +172,13 @@ impl Validator<'_> {
                     "`{value}` is {} bytes long; Linux interface names hold at most {IFNAMSIZ}",
                     value.len()
                 ),
+            );
+            return false;
+        }
+        if value.starts_with('-') {
+            self.at(
+                field,
+                format!("`{value}` starts with `-`, which commands would read as an option"),
             );
             return false;
         }
@@ -179,7 +281,7 @@ fn underlay(v: &mut Validator, raw: &RawLab) -> Option<Underlay> {
     let u = &raw.underlay;
     v.ifname("underlay.bridge", &u.bridge);
     let interface = u.interface.clone().unwrap_or_else(|| "eth0".into());
-    v.ifname("underlay.interface", &interface);
+    v.device("underlay.interface", &interface);
     let subnet = v.prefix("underlay.subnet", &u.subnet, "192.168.10.0/24")?;
     if subnet.addr() != subnet.network() {
         v.at(
@@ -474,6 +576,11 @@ fn guests(
             memory,
             vcpus,
         } = g;
+        let memory = memory.unwrap_or(defaults.memory);
+        let vcpus = vcpus.unwrap_or(defaults.vcpus);
+        if g.memory.is_some() || g.vcpus.is_some() {
+            sizing(v, &path, memory, vcpus);
+        }
         let field = join_key(&path, "address");
         let Some(ip) = v.ip(&field, address) else {
             continue;
@@ -488,11 +595,6 @@ fn guests(
         }
         if let Some(other) = seen.insert(ip, name.clone()) {
             v.at(&field, format!("{ip} is already {other}'s address"));
-        }
-        let memory = memory.unwrap_or(defaults.memory);
-        let vcpus = vcpus.unwrap_or(defaults.vcpus);
-        if g.memory.is_some() || g.vcpus.is_some() {
-            sizing(v, &path, memory, vcpus);
         }
         out.push(Guest {
             name: name.clone(),
@@ -567,7 +669,7 @@ fn vxlan(
     known: &HashSet<&str>,
 ) -> Option<Vxlan> {
     let f = |k: &str| join_key(path, k);
-    v.ifname(&f("name"), &x.name);
+    v.device(&f("name"), &x.name);
     if underlay.is_some_and(|u| u.interface == x.name) {
         v.at(
             &f("name"),
@@ -582,16 +684,17 @@ fn vxlan(
         "a VXLAN network identifier has 24 bits and 0 is reserved",
     );
     let port = v.range(&f("port"), x.port.unwrap_or(4789), 1, 65535, "a UDP port");
-    let mtu = match x.mtu {
-        Some(m) => Some(v.range(&f("mtu"), m, 68, 65535, "an Ethernet MTU")?),
-        None => None,
-    };
+    let mtu = x
+        .mtu
+        .map(|m| v.range(&f("mtu"), m, 68, 65535, "an Ethernet MTU"));
     let dev = x
         .dev
         .clone()
         .or_else(|| underlay.map(|u| u.interface.clone()))
         .unwrap_or_else(|| "eth0".into());
-    if v.ifname(&f("dev"), &dev) {
+    // Without `dev:` it is the underlay interface, judged where that is written.
+    let dev_ok = x.dev.as_ref().is_none_or(|d| v.device(&f("dev"), d));
+    if dev_ok {
         if let Some(u) = underlay.filter(|u| u.interface != dev) {
             v.at(
                 &f("dev"),
@@ -613,17 +716,21 @@ fn vxlan(
             false
         }
     };
-    let flood = flood(v, path, x, underlay)?;
+    // Every check runs before giving up on this vxlan, so all its problems show at once.
+    let flood = flood(v, path, x, underlay);
     let members = members(v, path, x, underlay, known);
     Some(Vxlan {
         name: x.name.clone(),
         vni: vni? as u32,
-        flood,
+        flood: flood?,
         dev,
         port: port? as u16,
         learning: x.learning.unwrap_or(true),
         static_fdb,
-        mtu: mtu.map(|m| m as u32),
+        mtu: match mtu {
+            Some(m) => Some(m? as u32),
+            None => None,
+        },
         members,
     })
 }
@@ -651,7 +758,7 @@ fn flood(
             None
         }
         (None, Some(r)) => {
-            if r.as_str() == Some("auto") {
+            if r.text() == Some("auto") {
                 Some(Flood::HeadEnd)
             } else {
                 v.at(
@@ -725,6 +832,16 @@ fn members(
             v.at_key(&field, format!("there is no guest named `{guest}`"));
             continue;
         }
+        let mac = match macs.get(guest) {
+            None => None,
+            Some(text) => mac(
+                v,
+                &join_key(&join_key(path, "macs"), guest),
+                text,
+                guest,
+                &mut seen_mac,
+            ),
+        };
         let Some(net) = v.prefix(&field, addr, "192.168.42.2/24") else {
             continue;
         };
@@ -776,16 +893,6 @@ fn members(
                 format!("{} is already {other}'s address", net.addr()),
             );
         }
-        let mac = match macs.get(guest) {
-            None => None,
-            Some(text) => mac(
-                v,
-                &join_key(&join_key(path, "macs"), guest),
-                text,
-                guest,
-                &mut seen_mac,
-            ),
-        };
         out.push(Member {
             guest: guest.clone(),
             address: net,
@@ -842,25 +949,20 @@ fn checks(v: &mut Validator, raw: Option<&[RawCheck]>, known: &HashSet<&str>) ->
     out
 }
 
-fn ping(
-    v: &mut Validator,
-    path: &str,
-    value: &serde_yaml::Value,
-    known: &HashSet<&str>,
-) -> Option<Check> {
-    if value.as_str() == Some("all") {
+fn ping(v: &mut Validator, path: &str, value: &Node, known: &HashSet<&str>) -> Option<Check> {
+    if value.text() == Some("all") {
         return Some(Check::PingAll);
     }
-    let Some(map) = value.as_mapping() else {
+    let Some(map) = value.entries() else {
         v.at(
             path,
             "use `ping: all` or `ping: { from: GUEST, to: ADDRESS, expect: success|fail }`",
         );
         return None;
     };
-    let text = |k: &str| map.get(k).and_then(|x| x.as_str()).map(str::to_string);
-    for key in map.keys() {
-        let k = key.as_str().unwrap_or("?");
+    let text = |k: &str| value.get(k).and_then(Node::text).map(str::to_string);
+    for (key, _) in map {
+        let k = key.text.as_str();
         if !["from", "to", "expect"].contains(&k) {
             v.at_key(
                 &join_key(path, k),
@@ -905,4 +1007,22 @@ fn ping(
         to: to?,
         expect: expect?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ip_keyword;
+
+    #[test]
+    fn ip_link_keywords_and_their_abbreviations_cannot_name_devices() {
+        assert_eq!(ip_keyword("help"), Some("help"));
+        assert_eq!(ip_keyword("up"), Some("up"));
+        assert_eq!(ip_keyword("dev"), Some("dev"));
+        assert_eq!(ip_keyword("br"), Some("broadcast"));
+        assert_eq!(ip_keyword("t"), Some("txqueuelen"));
+        assert_eq!(ip_keyword("link-net"), Some("link-netns"));
+        for fine in ["vxlan0", "eth0", "vx42", "upper", "devs", "typed"] {
+            assert_eq!(ip_keyword(fine), None, "{fine}");
+        }
+    }
 }

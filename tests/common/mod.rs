@@ -111,7 +111,7 @@ impl Lab {
 
     pub fn ip(&self, guest: &str, args: &[&str]) -> Output {
         Command::new("ip")
-            .args(["-n", &format!("vxlab-{}-{guest}", self.name)])
+            .args(["-n", &vxlab::plan::instance_name(&self.name, guest)])
             .args(args)
             .output()
             .unwrap()
@@ -120,7 +120,7 @@ impl Lab {
     /// Namespaces, libvirt domains, links and state files of this lab still on the host.
     pub fn leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
-        let prefix = format!("vxlab-{}-", self.name);
+        let prefix = vxlab::plan::instance_name(&self.name, "");
         if let Ok(dir) = std::fs::read_dir("/run/netns") {
             for e in dir.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
@@ -140,11 +140,10 @@ impl Lab {
                 }
             }
         }
-        let link_prefix = vxlab::plan::host_link_name(&self.name, 0);
-        let link_prefix = link_prefix.trim_end_matches('0');
+        let link_prefix = vxlab::plan::host_link_prefix(&self.name);
         for e in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(link_prefix) || n == self.bridge() {
+            if n.starts_with(&link_prefix) || n == self.bridge() {
                 left.push(format!("link {n}"));
             }
         }

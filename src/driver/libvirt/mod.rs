@@ -554,7 +554,7 @@ mod tests {
                 .and_then(|n| n.text())
                 .unwrap()
         };
-        assert_eq!(text("name"), "vxlab-two-vm-vm-a");
+        assert_eq!(text("name"), "vxlab-two-vm.vm-a");
         assert_eq!(text("memory"), "768");
         assert_eq!(text("vcpu"), "2");
         assert!(text("cmdline").contains("net.ifnames=0"));
@@ -631,6 +631,6 @@ mod tests {
             &json!({"instance_id": g.instance, "hostname": "vm-b"}),
         ))
         .unwrap();
-        assert_eq!(meta["instance-id"], "vxlab-two-vm-vm-b");
+        assert_eq!(meta["instance-id"], "vxlab-two-vm.vm-b");
     }
 }

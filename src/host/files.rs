@@ -1,0 +1,169 @@
+//! Writing files where someone else may have planted a symlink.
+//!
+//! vxlab runs as root and writes into directories a user names (`capture --pcap FILE`,
+//! `graph -o FILE`, `VXLAB_STATE_DIR`). Opening such a path for writing follows a symlink
+//! planted there and overwrites whatever it points at. Here every file is written as a new
+//! file beside it (`O_CREAT | O_EXCL | O_NOFOLLOW`: never an existing file, never through a
+//! symlink) and renamed over the path, which replaces a symlink rather than following it. A
+//! reader also never sees half a file.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Mode for files users read (the umask applies).
+pub const SHARED: u32 = 0o666;
+/// Mode for files only vxlab's user may read: state, keys, tokens.
+pub const PRIVATE: u32 = 0o600;
+
+/// Why a directory with owner `uid` and mode `mode` must not hold files that user `me` (vxlab)
+/// trusts, if it must not: someone else owns it, or others can write to it.
+pub fn unsafe_dir(uid: u32, mode: u32, me: u32) -> Option<String> {
+    if uid != me {
+        return Some(format!(
+            "it belongs to uid {uid}, not to the user running vxlab (uid {me})"
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "other users can write to it (mode {:o}); make it writable only by its owner",
+            mode & 0o7777
+        ));
+    }
+    None
+}
+
+/// Makes directory `dir` (0700, parents as needed) unless it exists, and refuses it when it is
+/// not a directory of the user running vxlab that only that user can write to.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let why = if !meta.is_dir() {
+        Some("it is not a directory".to_string())
+    } else {
+        unsafe_dir(meta.uid(), meta.mode(), me)
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("refusing {}: {why}", dir.display()),
+        )),
+    }
+}
+
+/// A new, unique temporary path beside `path`.
+fn temporary(path: &Path) -> io::Result<PathBuf> {
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".{}.{n}.tmp", std::process::id()));
+    Ok(path.with_file_name(tmp))
+}
+
+/// Creates a new file at `path` that did not exist, without following a symlink there.
+pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Opens `path` for reading, refusing a symlink.
+pub fn open_no_follow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Opens `path` for appending, creating it with `mode` if needed, refusing a symlink: for logs
+/// that grow while a command runs.
+pub fn open_append(path: &Path, mode: u32) -> io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Writes `bytes` to `path` through a new temporary file in the same directory, renamed over
+/// `path`. A symlink at `path` is replaced, never followed.
+pub fn write_replacing(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = temporary(path)?;
+    let written = create_new(&tmp, mode)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_symlink_at_the_path_is_replaced_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let out = dir.path().join("capture.pcap");
+        std::os::unix::fs::symlink(&victim, &out).unwrap();
+        write_replacing(&out, b"frames", SHARED).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "frames");
+        assert!(!std::fs::symlink_metadata(&out).unwrap().is_symlink());
+        // Nothing else is left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn private_files_are_0600_and_a_directory_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("state.json");
+        write_replacing(&f, b"{}", PRIVATE).unwrap();
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("x"), "").unwrap();
+        assert!(write_replacing(&sub, b"", PRIVATE).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn opening_refuses_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t");
+        std::fs::write(&target, "x").unwrap();
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(open_no_follow(&link).is_err());
+        assert!(open_append(&link, PRIVATE).is_err());
+        assert!(create_new(&link, PRIVATE).is_err());
+        assert!(open_no_follow(&target).is_ok());
+    }
+}

@@ -1,0 +1,147 @@
+//! What exists on the host, and whose it is: the facts `up` needs to refuse a link, bridge or
+//! namespace that its own state did not record, naming the owner when it can.
+//!
+//! Links carry their owner in their alias (`ip link show` prints it), set when vxlab creates
+//! them; a namespace's name says its lab and guest (`plan::instance_name`).
+
+use std::path::Path;
+
+use crate::plan::instance_owner;
+use crate::state::Resource;
+
+/// The alias of a link that belongs to namespace guest `instance` (an `instance_name`) or,
+/// for a bridge, to a lab: `vxlab: <instance or lab>`.
+pub fn owner_alias(owner: &str) -> String {
+    format!("vxlab: {owner}")
+}
+
+/// Whether a resource is on the host, and whose it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// Not on the host.
+    Absent,
+    /// On the host; `owner` describes who made it, when that is known ("lab two-netns, guest
+    /// vm-a").
+    Present {
+        /// Who made it, in words.
+        owner: Option<String>,
+    },
+    /// This kind cannot be looked up on the host (a libvirt domain: ask the driver; a sysctl).
+    Unknown,
+}
+
+impl Presence {
+    /// True when the resource is certainly on the host.
+    pub fn exists(&self) -> bool {
+        matches!(self, Presence::Present { .. })
+    }
+}
+
+/// The owner an alias or an instance name describes, in words.
+fn describe(name: &str) -> String {
+    match instance_owner(name) {
+        Some((lab, guest)) => format!("lab {lab}, guest {guest}"),
+        None => format!("lab {name}"),
+    }
+}
+
+/// Whether link `name` exists, and its owner from its alias.
+pub fn link(name: &str) -> Presence {
+    link_in(Path::new("/sys/class/net"), name)
+}
+
+fn link_in(sys: &Path, name: &str) -> Presence {
+    let dir = sys.join(name);
+    if name.is_empty() || name.contains('/') || !dir.exists() {
+        return Presence::Absent;
+    }
+    let owner = std::fs::read_to_string(dir.join("ifalias"))
+        .ok()
+        .and_then(|a| a.trim().strip_prefix("vxlab: ").map(describe));
+    Presence::Present { owner }
+}
+
+/// Whether namespace `name` exists (also as a plain file left by an interrupted run), and its
+/// owner from its name.
+pub fn namespace(name: &str) -> Presence {
+    let path = super::netns::path(name);
+    if name.is_empty() || name.contains('/') || std::fs::symlink_metadata(&path).is_err() {
+        return Presence::Absent;
+    }
+    Presence::Present {
+        owner: instance_owner(name).map(|_| describe(name)),
+    }
+}
+
+/// Whether `resource` is on the host.
+pub fn probe(resource: &Resource) -> Presence {
+    match resource {
+        Resource::Bridge { name } | Resource::HostLink { name } => link(name),
+        Resource::Netns { name } => namespace(name),
+        Resource::Path { path } => match std::fs::symlink_metadata(path) {
+            Ok(_) => Presence::Present { owner: None },
+            Err(_) => Presence::Absent,
+        },
+        Resource::Domain { .. } | Resource::Sysctl { .. } => Presence::Unknown,
+    }
+}
+
+/// The resources of `wanted` that are on the host although `recorded` (the lab's own state)
+/// does not list them, each with what is known of its owner: what `up` must refuse to adopt.
+pub fn foreign<'a>(
+    wanted: &'a [Resource],
+    recorded: &[Resource],
+    probe: impl Fn(&Resource) -> Presence,
+) -> Vec<(&'a Resource, Option<String>)> {
+    wanted
+        .iter()
+        .filter(|r| !recorded.contains(r))
+        .filter_map(|r| match probe(r) {
+            Presence::Present { owner } => Some((r, owner)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_links_owner_is_read_from_its_alias() {
+        let sys = tempfile::tempdir().unwrap();
+        let link = sys.path().join("vxabcdefgh-0");
+        std::fs::create_dir(&link).unwrap();
+        std::fs::write(link.join("ifalias"), "vxlab: vxlab-n.x-y\n").unwrap();
+        assert_eq!(
+            link_in(sys.path(), "vxabcdefgh-0"),
+            Presence::Present {
+                owner: Some("lab n, guest x-y".into())
+            }
+        );
+        std::fs::write(link.join("ifalias"), "\n").unwrap();
+        assert_eq!(
+            link_in(sys.path(), "vxabcdefgh-0"),
+            Presence::Present { owner: None }
+        );
+        assert_eq!(link_in(sys.path(), "other"), Presence::Absent);
+        assert_eq!(link_in(sys.path(), "../x"), Presence::Absent);
+    }
+
+    #[test]
+    fn only_unrecorded_resources_that_exist_are_foreign() {
+        let ns = |n: &str| Resource::Netns { name: n.into() };
+        let wanted = [ns("vxlab-a.g0"), ns("vxlab-a.g1"), ns("vxlab-a.g2")];
+        let recorded = [ns("vxlab-a.g0")];
+        let on_host = |r: &Resource| match r {
+            Resource::Netns { name } if name != "vxlab-a.g2" => Presence::Present {
+                owner: Some(describe(name)),
+            },
+            _ => Presence::Absent,
+        };
+        assert_eq!(
+            foreign(&wanted, &recorded, on_host),
+            vec![(&wanted[1], Some("lab a, guest g1".to_string()))]
+        );
+    }
+}
