@@ -166,16 +166,29 @@ pub enum Command {
     },
     /// Print vxlab's man page (roff): `vxlab man > vxlab.1; man ./vxlab.1`.
     Man,
-    /// Run a command in a guest of a running lab.
+    /// Run a command in a guest of a running lab, its output shown as it comes; exits with
+    /// the command's status. `vxlab exec vm-a ip -br a` (no `--` needed).
     Exec {
+        /// Lab file or name; may be left out when one lab is running.
+        #[arg(long)]
+        lab: Option<PathBuf>,
+        /// Run it on a pseudo-terminal (for programs that need one, such as `bash` or `top`).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Guest name.
+        guest: String,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Open a shell in a guest, on a real terminal, with the prompt `lab/guest#`: the same
+    /// shell as the class server's browser terminals.
+    Shell {
         /// Lab file or name; may be left out when one lab is running.
         #[arg(long)]
         lab: Option<PathBuf>,
         /// Guest name.
         guest: String,
-        /// The command and its arguments.
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
     },
 }
 
@@ -299,9 +312,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Console { lab, guest } => commands::console(lab.as_deref(), &guest),
         Command::Exec {
             lab,
+            tty,
             guest,
             command,
-        } => commands::exec(lab.as_deref(), &guest, &command),
+        } => commands::exec(lab.as_deref(), &guest, &command, tty),
+        Command::Shell { lab, guest } => commands::shell(lab.as_deref(), &guest),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vxlab", &mut std::io::stdout());

@@ -30,6 +30,7 @@ pub mod progress;
 pub mod report;
 pub mod state;
 pub mod templates;
+pub mod terminal;
 pub mod verify;
 pub mod views;
 

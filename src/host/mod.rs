@@ -6,6 +6,7 @@ pub mod capture;
 pub mod icmp;
 pub mod netlink;
 pub mod process;
+pub mod spawn;
 pub mod sysctl;
 
 use std::io;
