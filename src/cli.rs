@@ -181,6 +181,37 @@ pub enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Serve the class: the instructor's live page of every running lab, and each student's
+    /// page of their own copy (topology, tables, terminals) by its secret link.
+    Serve {
+        /// Address and port to listen on; other than loopback only when asked for.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Serve HTTPS with this certificate chain (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Terminals one student (one link) may have open at once.
+        #[arg(long, default_value_t = 8)]
+        terminals: usize,
+        /// Close a terminal after this many seconds without input or output.
+        #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+        idle_timeout: u64,
+    },
+    /// Print the access sheet of a lab's running copies: one card per student with their
+    /// secret link, guests and addresses, and what to try first.
+    Sheet {
+        /// Lab file or name (its workshop copies), or a running lab's name.
+        lab: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = SheetFormatArg::Text)]
+        format: SheetFormatArg,
+        /// The class server's address as the students reach it.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
     /// Open a shell in a guest, on a real terminal, with the prompt `lab/guest#`: the same
     /// shell as the class server's browser terminals.
     Shell {
@@ -225,6 +256,27 @@ impl ShowWhat {
             ShowWhat::Maddr => Section::Maddr,
             ShowWhat::Fdb => Section::Fdb,
             ShowWhat::Route => Section::Route,
+        }
+    }
+}
+
+/// Formats of `vxlab sheet`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SheetFormatArg {
+    /// Cards as plain text.
+    Text,
+    /// `instance,lab,url,guests` with a header row, for mail merge.
+    Csv,
+    /// A printable page, one card per student.
+    Html,
+}
+
+impl SheetFormatArg {
+    fn format(self) -> commands::SheetFormat {
+        match self {
+            SheetFormatArg::Text => commands::SheetFormat::Text,
+            SheetFormatArg::Csv => commands::SheetFormat::Csv,
+            SheetFormatArg::Html => commands::SheetFormat::Html,
         }
     }
 }
@@ -317,6 +369,20 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             command,
         } => commands::exec(lab.as_deref(), &guest, &command, tty),
         Command::Shell { lab, guest } => commands::shell(lab.as_deref(), &guest),
+        Command::Serve {
+            listen,
+            tls_cert,
+            tls_key,
+            terminals,
+            idle_timeout,
+        } => commands::serve(&commands::ServeArgs {
+            listen,
+            tls_cert,
+            tls_key,
+            terminals,
+            idle_secs: idle_timeout,
+        }),
+        Command::Sheet { lab, format, url } => commands::sheet(&lab, format.format(), &url),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vxlab", &mut std::io::stdout());

@@ -21,13 +21,19 @@ use crate::progress::Progress;
 use crate::report;
 use crate::state::{StateDir, StateError, LAB_COPY};
 
+mod serve;
+mod sheet;
 mod shell;
 mod status;
 mod teach;
 
+pub use serve::{serve, LocalLabs, ServeArgs};
+pub use sheet::{sheet, SheetFormat};
 pub use shell::{exec, shell};
 pub use status::status;
-pub use teach::{capture, graph, show, walk, CaptureOptions};
+pub use teach::{
+    capture, capture_story, decode_capture, graph, packet_line, show, walk, CaptureOptions,
+};
 
 /// Exit statuses, after sysexits where one fits.
 pub mod exit {

@@ -33,6 +33,7 @@ pub mod templates;
 pub mod terminal;
 pub mod verify;
 pub mod views;
+pub mod web;
 
 /// Reads `tests/fixtures/NAME`, recorded output of real tools, for unit tests.
 #[cfg(test)]

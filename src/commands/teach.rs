@@ -129,14 +129,7 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
             .with_context(|| format!("cannot write {}", path.display()))?;
         packet::write_pcap(&mut f, &frames)?;
     }
-    let start = frames.first().map_or(0, |f| f.micros);
-    let decoded: Vec<(f64, VxlanPacket)> = frames
-        .iter()
-        .filter_map(|f| {
-            let t = (f.micros - start) as f64 / 1e6;
-            packet::decode(&f.data, vtep.port).map(|p| (t, p))
-        })
-        .collect();
+    let decoded = decode_capture(&frames, vtep.port);
     if opts.json {
         let packets: Vec<_> = decoded
             .iter()
@@ -164,7 +157,7 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
             if answered { "answered" } else { "NOT answered" }
         );
         for (i, (t, p)) in decoded.iter().enumerate() {
-            println!("{:>3} {t:>8.3}s  {}", i + 1, p.summary());
+            println!("{}", packet_line(i, *t, p));
         }
         println!("\n{}", capture_story(&decoded));
         if let Some(path) = &opts.pcap {
@@ -179,8 +172,26 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
     Ok(exit::OK)
 }
 
+/// The VXLAN packets (to UDP `port`) among captured frames, each with its time from the
+/// first frame in seconds.
+pub fn decode_capture(frames: &[crate::packet::Frame], port: u16) -> Vec<(f64, VxlanPacket)> {
+    let start = frames.first().map_or(0, |f| f.micros);
+    frames
+        .iter()
+        .filter_map(|f| {
+            let t = (f.micros - start) as f64 / 1e6;
+            packet::decode(&f.data, port).map(|p| (t, p))
+        })
+        .collect()
+}
+
+/// The `i`th decoded packet (from 0) as `capture` prints it.
+pub fn packet_line(i: usize, t: f64, p: &VxlanPacket) -> String {
+    format!("{:>3} {t:>8.3}s  {}", i + 1, p.summary())
+}
+
 /// What the capture shows, in words: where the flood went and what became unicast.
-fn capture_story(packets: &[(f64, VxlanPacket)]) -> String {
+pub fn capture_story(packets: &[(f64, VxlanPacket)]) -> String {
     let Some((_, first)) = packets.first() else {
         return "no VXLAN packet was captured".into();
     };
@@ -208,6 +219,28 @@ fn capture_story(packets: &[(f64, VxlanPacket)]) -> String {
     )
 }
 
+/// The plan's topology as SVG, drawn by Graphviz's `dot`.
+pub(crate) fn svg(p: &Plan) -> Result<Vec<u8>> {
+    if crate::host::process::find_program("dot").is_none() {
+        return Err(HostError::MissingProgram("dot", "graphviz").into());
+    }
+    let mut child = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(draw::dot(p).as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("dot failed on vxlab's graph");
+    }
+    Ok(out.stdout)
+}
+
 /// `vxlab graph LAB`
 pub fn graph(lab: &Path, format: Format, output: Option<&Path>) -> Result<u8> {
     let lab = if lab.is_file() {
@@ -219,26 +252,7 @@ pub fn graph(lab: &Path, format: Format, output: Option<&Path>) -> Result<u8> {
     let bytes = match format {
         Format::Dot => draw::dot(&p).into_bytes(),
         Format::Mermaid => draw::mermaid(&p).into_bytes(),
-        Format::Svg => {
-            if crate::host::process::find_program("dot").is_none() {
-                return Err(HostError::MissingProgram("dot", "graphviz").into());
-            }
-            let mut child = std::process::Command::new("dot")
-                .arg("-Tsvg")
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()?;
-            child
-                .stdin
-                .take()
-                .expect("piped")
-                .write_all(draw::dot(&p).as_bytes())?;
-            let out = child.wait_with_output()?;
-            if !out.status.success() {
-                bail!("dot failed on vxlab's graph");
-            }
-            out.stdout
-        }
+        Format::Svg => svg(&p)?,
     };
     match output {
         Some(path) => std::fs::write(path, bytes)
