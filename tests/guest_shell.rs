@@ -142,3 +142,24 @@ fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
     other.down_leaves_nothing();
     lab.down_leaves_nothing();
 }
+
+#[test]
+fn exec_takes_the_command_with_or_without_dashes() {
+    use clap::Parser;
+    use vxlab::cli::{Cli, Command};
+    for args in [
+        &["vxlab", "exec", "vm-a", "ip", "-br", "a"][..],
+        &["vxlab", "exec", "vm-a", "--", "ip", "-br", "a"][..],
+        &["vxlab", "exec", "-t", "vm-a", "ip", "-br", "a"][..],
+    ] {
+        let Command::Exec { guest, command, .. } = Cli::try_parse_from(args).unwrap().command
+        else {
+            panic!("not exec");
+        };
+        assert_eq!(
+            (guest.as_str(), command),
+            ("vm-a", vec!["ip".to_string(), "-br".into(), "a".into()]),
+            "{args:?}"
+        );
+    }
+}
