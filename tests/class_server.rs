@@ -69,11 +69,14 @@ fn serve(lab: &Lab) -> (Running, String) {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let running = Running(child);
-    let url = BufReader::new(stdout)
-        .lines()
+    let mut lines = BufReader::new(stdout).lines();
+    let url = lines
+        .by_ref()
         .map(|l| l.unwrap())
         .find_map(|l| l.strip_prefix("instructor: ").map(str::to_string))
         .expect("serve printed no instructor URL");
+    // Keep reading: a closed pipe would end the server (vxlab dies quietly on SIGPIPE).
+    std::thread::spawn(move || lines.for_each(drop));
     (running, url)
 }
 
