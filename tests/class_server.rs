@@ -6,15 +6,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use common::browser::{browser, chromedriver, screenshot, serve, type_in_terminal, wait_for};
 use common::Lab;
-use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::{json, Value};
+use fantoccini::Locator;
+use serde_json::json;
 
 /// The copies of the lab, removed when the test ends however it ends.
 struct Copies(Lab);
@@ -23,136 +21,6 @@ impl Drop for Copies {
     fn drop(&mut self) {
         let _ = self.0.run(&["down", &self.0.name, "--all"]);
     }
-}
-
-/// A child process stopped when the test ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child; SIGTERM lets the server hang its terminals up.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn out_dir() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("class_server");
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A free port on loopback (bound then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `vxlab serve` on a free port; its instructor URL.
-fn serve(lab: &Lab) -> (Running, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("VXLAB_STATE_DIR", lab.state.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let running = Running(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let url = lines
-        .by_ref()
-        .map(|l| l.unwrap())
-        .find_map(|l| l.strip_prefix("instructor: ").map(str::to_string))
-        .expect("serve printed no instructor URL");
-    // Keep reading: a closed pipe would end the server (vxlab dies quietly on SIGPIPE).
-    std::thread::spawn(move || lines.for_each(drop));
-    (running, url)
-}
-
-/// chromedriver on a free port, answering.
-fn chromedriver() -> (Running, u16) {
-    let port = free_port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("chromedriver is not installed (Debian: chromium-driver)");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Running(child), port)
-}
-
-async fn browser(port: u16, profile: &std::path::Path) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                "--window-size=1400,1800",
-                format!("--user-data-dir={}", profile.display()),
-            ]
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    ClientBuilder::new(connector)
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("cannot start Chromium through chromedriver")
-}
-
-/// Waits up to `secs` for `cond` on the page; panics with `what`.
-async fn wait_for(c: &Client, secs: u64, what: &str, js: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let v = c.execute(js, vec![]).await.unwrap();
-        if !v.is_null() && v != Value::Bool(false) {
-            return v;
-        }
-        if Instant::now() > deadline {
-            let shot = out_dir().join("timeout.png");
-            let _ = std::fs::write(&shot, c.screenshot().await.unwrap_or_default());
-            panic!(
-                "timed out waiting for {what} (screenshot: {})",
-                shot.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn screenshot(c: &Client, name: &str) {
-    let png = c.screenshot().await.unwrap();
-    std::fs::write(out_dir().join(name), png).unwrap();
-}
-
-/// Types `line` and Enter into guest `guest`'s browser terminal.
-async fn type_in_terminal(c: &Client, guest: &str, line: &str) {
-    let input = c
-        .find(Locator::Css(&format!(
-            "#term-{guest} .xterm-helper-textarea"
-        )))
-        .await
-        .unwrap();
-    input.send_keys(&format!("{line}\n")).await.unwrap();
 }
 
 /// A raw HTTP/1.1 request to the server; its status code.
@@ -231,7 +99,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         .await
         .unwrap();
     assert_eq!(labs, json!(["cls-1", "cls-2", "cls-3"]));
-    screenshot(&c, "instructor-healthy.png").await;
+    screenshot(&c, "class_server", "instructor-healthy.png").await;
 
     let mac_b = vxlab::plan::plan(
         &vxlab::lab::instance::derive(&vxlab::lab::load(&lab.file).unwrap(), "1", 1).unwrap(),
@@ -320,7 +188,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
             .unwrap(),
         json!(1)
     );
-    screenshot(&c, "student-after-ping.png").await;
+    screenshot(&c, "class_server", "student-after-ping.png").await;
 
     // A malformed terminal message closes that terminal only, and is answered by 1008.
     let code = c
@@ -355,7 +223,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         .await
         .unwrap();
     assert_eq!(others, json!(2));
-    screenshot(&c, "instructor-failing.png").await;
+    screenshot(&c, "class_server", "instructor-failing.png").await;
 
     // Reset brings it back.
     c.find(Locator::Css(
@@ -380,7 +248,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         "return document.getElementById('result').innerText.includes('was reset')",
     )
     .await;
-    screenshot(&c, "instructor-after-reset.png").await;
+    screenshot(&c, "class_server", "instructor-after-reset.png").await;
 
     // The student page's Check and Capture buttons.
     c.goto(&students[0]).await.unwrap();
@@ -417,7 +285,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
             .contains("(multicast) udp 4789 vni 42"),
         "{capture}"
     );
-    screenshot(&c, "student-capture.png").await;
+    screenshot(&c, "class_server", "student-capture.png").await;
 
     // One student's token opens nothing else: another copy's page, events, terminal and
     // reset, and the instructor's page all answer 403; its own answer.
@@ -445,7 +313,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
 
     // The printable access sheet, as the browser shows it.
     let html = lab.run(&["sheet", "cls", "--format", "html", "--url", &base]);
-    let sheet_file = out_dir().join("sheet.html");
+    let sheet_file = common::browser::out_dir("class_server").join("sheet.html");
     std::fs::write(&sheet_file, &html.stdout).unwrap();
     c.goto(&format!("file://{}", sheet_file.display()))
         .await
@@ -458,7 +326,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         .await
         .unwrap();
     assert_eq!(cards, json!(3));
-    screenshot(&c, "sheet.png").await;
+    screenshot(&c, "class_server", "sheet.png").await;
 
     c.close().await.unwrap();
 }
