@@ -66,7 +66,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         String::from_utf8_lossy(&out.stderr)
     );
     let lab = &copies.0;
-    let (_server, instructor) = serve(lab);
+    let (_server, instructor) = serve(lab, &[]);
     let base = instructor.split("/t/").next().unwrap().to_string();
     let sheet = lab.run(&["sheet", "cls", "--format", "csv", "--url", &base]);
     let sheet = String::from_utf8(sheet.stdout).unwrap();
@@ -310,6 +310,35 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     assert_eq!(status(&base, "GET", &format!("{own}term/host"), true), 403);
     let forged = own.replacen("/t/", "/t/0", 1);
     assert_eq!(status(&base, "GET", &forged, false), 403);
+
+    // A link holds a few terminals at most, and idle ones close: a second server allows two,
+    // idle for one second. From the student's page, three terminals to it: two open and are
+    // closed when idle (1000), the third is refused.
+    let (_strict, strict) = serve(lab, &["--terminals", "2", "--idle-timeout", "1"]);
+    let strict_host = strict
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap();
+    let codes = c
+        .execute_async(
+            "const [url, done] = [arguments[0], arguments[arguments.length - 1]];
+             const codes = [];
+             const open = () => new Promise(r => {
+               const ws = new WebSocket(url);
+               ws.onclose = e => { codes.push(e.code); r(); };
+             });
+             const first = [open(), open()];
+             setTimeout(() => { first.push(open()); Promise.all(first).then(() => done(codes.sort())); }, 300);",
+            vec![json!(format!("ws://{strict_host}{own}term/vm-a"))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        codes,
+        json!([1000, 1000, 1006]),
+        "two closed as idle, one refused"
+    );
 
     // The printable access sheet, as the browser shows it.
     let html = lab.run(&["sheet", "cls", "--format", "html", "--url", &base]);

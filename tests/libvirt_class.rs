@@ -50,7 +50,7 @@ async fn a_browser_terminal_and_a_shell_into_a_vm() {
     assert!(shown.contains("\nvm-a\n"), "{shown}");
 
     // The browser terminal on the class server is the same shell.
-    let (_server, instructor) = serve(&lab);
+    let (_server, instructor) = serve(&lab, &[]);
     let base = instructor.split("/t/").next().unwrap().to_string();
     let sheet = lab.run(&["sheet", "term-vm", "--format", "csv", "--url", &base]);
     let sheet = String::from_utf8(sheet.stdout).unwrap();
