@@ -18,7 +18,7 @@ use virt::error::ErrorNumber;
 
 pub mod accel;
 pub mod image;
-mod shell;
+pub mod shell;
 pub mod ssh;
 
 use self::accel::Choice;

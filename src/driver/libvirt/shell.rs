@@ -22,42 +22,36 @@ pub(super) fn spawn(
     g: &GuestPlan,
     launch: &Launch,
 ) -> Result<GuestProcess, DriverError> {
-    let fail = |what: &str| {
-        let what = what.to_string();
-        move |e: ssh2::Error| DriverError::new(&g.name, what, e)
-    };
     let (host_key, client) = (driver.host_key(g)?, driver.client_key(&g.name)?);
     let session = Connection::open(g.underlay.addr(), &host_key, &client)
         .map_err(|e| DriverError::new(&g.name, "connecting over SSH", e))?
         .into_session();
-    let mut channel = session
-        .channel_session()
-        .map_err(fail("opening a channel"))?;
+    start(session, launch).map_err(|e| DriverError::new(&g.name, "starting a process", e))
+}
+
+/// Starts `launch` on a new channel of an authenticated `session`, which it then owns.
+pub fn start(session: ssh2::Session, launch: &Launch) -> io::Result<GuestProcess> {
+    let mut channel = session.channel_session()?;
     if let Some(size) = launch.tty {
-        channel
-            .request_pty(
-                "xterm-256color",
-                None,
-                Some((size.cols.into(), size.rows.into(), 0, 0)),
-            )
-            .map_err(fail("asking for a terminal"))?;
+        channel.request_pty(
+            "xterm-256color",
+            None,
+            Some((size.cols.into(), size.rows.into(), 0, 0)),
+        )?;
     }
-    channel
-        .exec(&command_line(launch))
-        .map_err(fail("starting the command"))?;
+    channel.exec(&command_line(launch))?;
     session.set_blocking(false);
 
-    let io = |e: io::Error| DriverError::new(&g.name, "connecting the terminal", e);
-    let (stdin_ours, stdin_theirs) = UnixStream::pair().map_err(io)?;
-    let (stdout_ours, stdout_theirs) = UnixStream::pair().map_err(io)?;
+    let (stdin_ours, stdin_theirs) = UnixStream::pair()?;
+    let (stdout_ours, stdout_theirs) = UnixStream::pair()?;
     let (stderr_ours, stderr_theirs) = match launch.tty {
         None => {
-            let (a, b) = UnixStream::pair().map_err(io)?;
+            let (a, b) = UnixStream::pair()?;
             (Some(a), Some(b))
         }
         Some(_) => (None, None),
     };
-    let (wake_ours, wake_theirs) = UnixStream::pair().map_err(io)?;
+    let (wake_ours, wake_theirs) = UnixStream::pair()?;
     let shared = Arc::new(Shared::default());
     let pump = Pump {
         session,
@@ -69,9 +63,8 @@ pub(super) fn spawn(
         shared: shared.clone(),
     };
     std::thread::Builder::new()
-        .name(format!("ssh-{}", g.name))
-        .spawn(move || pump.run())
-        .map_err(io)?;
+        .name("ssh-process".into())
+        .spawn(move || pump.run())?;
     Ok(GuestProcess {
         stdin: Box::new(stdin_theirs),
         stdout: Box::new(stdout_theirs),
@@ -197,6 +190,10 @@ impl Pump {
         let mut buf = [0u8; 16384];
         loop {
             let mut busy = false;
+            // Whether libssh2 was called to send: it may have read packets from the socket
+            // meanwhile and keep them buffered, which poll cannot see, so the next turn must
+            // read the channel before sleeping.
+            let mut sent = false;
             // Output, both streams, until libssh2 has nothing more buffered.
             let out_done = copy_out(&mut self.channel.stream(0), &mut self.stdout, &mut buf)?;
             let err_done = match &mut self.stderr {
@@ -219,6 +216,7 @@ impl Pump {
                 match self.channel.write(&input) {
                     Ok(n) => {
                         input.drain(..n);
+                        sent = true;
                     }
                     Err(e) if would_block(&e) => busy = true,
                     Err(_) => closing = true,
@@ -227,6 +225,7 @@ impl Pump {
             if !input_open && input.is_empty() && !eof_sent && !closing {
                 eof_sent = done(self.channel.send_eof())?;
                 busy |= !eof_sent;
+                sent |= eof_sent;
             }
             // Control.
             while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
@@ -238,7 +237,9 @@ impl Pump {
                 let r =
                     self.channel
                         .request_pty_size(size.cols.into(), size.rows.into(), None, None);
-                if !done(r)? {
+                if done(r)? {
+                    sent = true;
+                } else {
                     // Try again on the next turn.
                     self.shared
                         .state
@@ -257,7 +258,9 @@ impl Pump {
                 }
                 busy = true;
             }
-            self.wait_for_something(input_open && input.is_empty(), busy)?;
+            if !sent {
+                self.wait_for_something(input_open && input.is_empty(), busy)?;
+            }
         }
     }
 
