@@ -76,6 +76,16 @@ impl GuestSummary {
     }
 }
 
+/// The health of a lab in one line: `ok (38 checks)`, `FAILING: ...`, or that its guests are
+/// still being read.
+pub fn health_line(view: &LabView) -> String {
+    if view.ready {
+        Health::of(&view.verdict).summary()
+    } else {
+        "reading the guests...".into()
+    }
+}
+
 /// One row of the class grid: one lab or workshop copy.
 #[derive(Debug, Serialize)]
 pub struct GridRow {
@@ -102,18 +112,13 @@ pub struct GridRow {
 impl GridRow {
     /// The row of lab `lab` as `view` shows it.
     pub fn of(lab: &str, view: &LabView) -> GridRow {
-        let health = Health::of(&view.verdict);
         let at = secs(view.changed_at);
         GridRow {
             lab: lab.to_string(),
             guests: view.plan.guests.iter().map(GuestSummary::of).collect(),
             ready: view.ready,
             ok: view.ready && view.verdict.ok(),
-            health: if view.ready {
-                health.summary()
-            } else {
-                "reading the guests...".into()
-            },
+            health: health_line(view),
             causes: view
                 .verdict
                 .diagnoses
@@ -197,7 +202,7 @@ impl LabPage {
             base,
             lab: plan.lab.clone(),
             driver: plan.driver.to_string(),
-            health: Health::of(&view.verdict).summary(),
+            health: health_line(view),
             guests: plan
                 .guests
                 .iter()

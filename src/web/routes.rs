@@ -313,7 +313,7 @@ async fn lab_events(access: LabAccess) -> Sse<impl Stream<Item = Result<Event, I
                 sent.insert(g.name.clone(), html);
             }
         }
-        let health = crate::health::Health::of(&v.verdict).summary();
+        let health = pages::health_line(&v);
         events.push(Ok(Event::default()
             .event("health")
             .data(serde_json::json!({ "health": health }).to_string())));
