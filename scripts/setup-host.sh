@@ -3,13 +3,16 @@
 # iproute2 and ping for the labs; libvirt, QEMU, debootstrap and the seed-disk tools for the
 # libvirt driver; the C libraries the virt and ssh2 crates link against; bc for benchmarks;
 # graphviz for `vxlab graph --format svg`; a C compiler and make for iproute2 builds (the
-# rest of iproute2's build dependencies vxlab installs itself when a build needs them).
+# rest of iproute2's build dependencies vxlab installs itself when a build needs them);
+# chromium and chromium-driver for the class server's browser tests; openssh-server for the
+# test of guest terminals over SSH (it starts its own sshd on loopback).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 packages=(iproute2 iputils-ping tcpdump bc pkg-config libvirt-dev libssh2-1-dev libssl-dev
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils debootstrap
-  dosfstools mtools openssh-client graphviz librsvg2-bin gcc libc6-dev make xz-utils)
+  dosfstools mtools openssh-client graphviz librsvg2-bin gcc libc6-dev make xz-utils
+  chromium chromium-driver openssh-server)
 # Some images carry a backported qemu-utils that blocks the distribution's qemu-system-x86;
 # take qemu-utils from the same release as qemu-system-x86 there.
 if dpkg-query -W -f '${Version}' qemu-utils 2>/dev/null | grep -q '~bpo'; then

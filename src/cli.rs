@@ -196,16 +196,60 @@ pub enum Command {
     },
     /// Print vxlab's man page (roff): `vxlab man > /usr/local/share/man/man1/vxlab.1`.
     Man,
-    /// Run a command in a guest of a running lab.
+    /// Run a command in a guest of a running lab, its output shown as it comes; exits with
+    /// the command's status. `vxlab exec vm-a ip -br a` (no `--` needed).
     Exec {
+        /// Lab file or name; may be left out when one lab is running.
+        #[arg(long)]
+        lab: Option<PathBuf>,
+        /// Run it on a pseudo-terminal (for programs that need one, such as `bash` or `top`).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Guest name.
+        guest: String,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Serve the class: the instructor's live page of every running lab, and each student's
+    /// page of their own copy (topology, tables, terminals) by its secret link.
+    Serve {
+        /// Address and port to listen on; other than loopback only when asked for.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Serve HTTPS with this certificate chain (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Terminals one student (one link) may have open at once.
+        #[arg(long, default_value_t = 8)]
+        terminals: usize,
+        /// Close a terminal after this many seconds without input or output.
+        #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+        idle_timeout: u64,
+    },
+    /// Print the access sheet of a lab's running copies: one card per student with their
+    /// secret link, guests and addresses, and what to try first.
+    Sheet {
+        /// Lab file or name (its workshop copies), or a running lab's name.
+        lab: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = SheetFormatArg::Text)]
+        format: SheetFormatArg,
+        /// The class server's address as the students reach it.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Open a shell in a guest, on a real terminal, with the prompt `lab/guest#`: the same
+    /// shell as the class server's browser terminals.
+    Shell {
         /// Lab file or name; may be left out when one lab is running.
         #[arg(long)]
         lab: Option<PathBuf>,
         /// Guest name.
         guest: String,
-        /// The command and its arguments.
-        #[arg(last = true, required = true)]
-        command: Vec<String>,
     },
 }
 
@@ -268,6 +312,27 @@ impl CaptureOnly {
             Some(CaptureOnly::Icmp) => Only::Icmp,
             Some(CaptureOnly::Vxlan) => Only::Vxlan,
             Some(CaptureOnly::All) => Only::All,
+        }
+    }
+}
+
+/// Formats of `vxlab sheet`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SheetFormatArg {
+    /// Cards as plain text.
+    Text,
+    /// `instance,lab,url,guests` with a header row, for mail merge.
+    Csv,
+    /// A printable page, one card per student.
+    Html,
+}
+
+impl SheetFormatArg {
+    fn format(self) -> commands::SheetFormat {
+        match self {
+            SheetFormatArg::Text => commands::SheetFormat::Text,
+            SheetFormatArg::Csv => commands::SheetFormat::Csv,
+            SheetFormatArg::Html => commands::SheetFormat::Html,
         }
     }
 }
@@ -373,9 +438,25 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Console { lab, guest } => commands::console(lab.as_deref(), &guest),
         Command::Exec {
             lab,
+            tty,
             guest,
             command,
-        } => commands::exec(lab.as_deref(), &guest, &command),
+        } => commands::exec(lab.as_deref(), &guest, &command, tty),
+        Command::Shell { lab, guest } => commands::shell(lab.as_deref(), &guest),
+        Command::Serve {
+            listen,
+            tls_cert,
+            tls_key,
+            terminals,
+            idle_timeout,
+        } => commands::serve(&commands::ServeArgs {
+            listen,
+            tls_cert,
+            tls_key,
+            terminals,
+            idle_secs: idle_timeout,
+        }),
+        Command::Sheet { lab, format, url } => commands::sheet(&lab, format.format(), &url),
         Command::Completions { shell } => {
             let shells = clap_complete::env::Shells::builtins();
             let name = shell.to_string();

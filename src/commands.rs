@@ -22,9 +22,15 @@ use crate::report;
 use crate::state::{StateDir, StateError, LAB_COPY};
 use crate::workshop;
 
+mod serve;
+mod sheet;
+mod shell;
 mod status;
 mod teach;
 
+pub use serve::{serve, LocalLabs, ServeArgs};
+pub use sheet::{sheet, SheetFormat};
+pub use shell::{exec, shell};
 pub use status::status;
 pub use teach::{capture, graph, show, walk, CaptureOptions};
 
@@ -642,20 +648,6 @@ pub fn down(arg: Option<&Path>) -> Result<u8> {
     }
     eprintln!("lab {} removed", lab.name);
     Ok(exit::OK)
-}
-
-/// `vxlab exec GUEST -- CMD...`
-pub fn exec(lab: Option<&Path>, guest: &str, argv: &[String]) -> Result<u8> {
-    require_root("exec")?;
-    let (lab, _) = resolve(lab)?;
-    let p = plan::plan(&lab);
-    let Some(g) = p.guest(guest) else {
-        bail!("lab {} has no guest named {guest}", lab.name);
-    };
-    let out = driver(&lab, &Arc::new(Netlink::open()?), None)?.exec(g, argv)?;
-    print!("{}", out.stdout);
-    eprint!("{}", out.stderr);
-    Ok(u8::try_from(out.status).unwrap_or(exit::SOFTWARE))
 }
 
 /// `vxlab image build [NAME]`

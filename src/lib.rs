@@ -39,8 +39,10 @@ pub mod progress;
 pub mod report;
 pub mod state;
 pub mod templates;
+pub mod terminal;
 pub mod verify;
 pub mod views;
+pub mod web;
 pub mod wire;
 pub mod workshop;
 

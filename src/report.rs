@@ -352,6 +352,6 @@ impl Report<'_> {
 }
 
 /// A failure in one line: what, expected, seen.
-fn line(f: &Failure) -> String {
+pub fn line(f: &Failure) -> String {
     format!("{}: expected {}, seen {}", f.what, f.expected, f.seen)
 }

@@ -237,6 +237,28 @@ fn only_words(only: Only) -> &'static str {
     }
 }
 
+/// The plan's topology as SVG, drawn by Graphviz's `dot`.
+pub(crate) fn svg(p: &Plan) -> Result<Vec<u8>> {
+    if crate::host::process::find_program("dot").is_none() {
+        return Err(HostError::MissingProgram("dot", "graphviz").into());
+    }
+    let mut child = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(draw::dot(p).as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("dot failed on vxlab's graph");
+    }
+    Ok(out.stdout)
+}
+
 /// `vxlab graph LAB`
 pub fn graph(lab: &Path, format: Format, output: Option<&Path>) -> Result<u8> {
     let lab = if lab.is_file() {
@@ -248,26 +270,7 @@ pub fn graph(lab: &Path, format: Format, output: Option<&Path>) -> Result<u8> {
     let bytes = match format {
         Format::Dot => draw::dot(&p).into_bytes(),
         Format::Mermaid => draw::mermaid(&p).into_bytes(),
-        Format::Svg => {
-            if crate::host::process::find_program("dot").is_none() {
-                return Err(HostError::MissingProgram("dot", "graphviz").into());
-            }
-            let mut child = std::process::Command::new("dot")
-                .arg("-Tsvg")
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()?;
-            child
-                .stdin
-                .take()
-                .expect("piped")
-                .write_all(draw::dot(&p).as_bytes())?;
-            let out = child.wait_with_output()?;
-            if !out.status.success() {
-                bail!("dot failed on vxlab's graph");
-            }
-            out.stdout
-        }
+        Format::Svg => svg(&p)?,
     };
     match output {
         Some(path) => crate::host::files::write_replacing(path, &bytes, crate::host::files::SHARED)

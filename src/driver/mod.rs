@@ -10,6 +10,7 @@ use crate::host::process::Output;
 use crate::iproute2::Tools;
 use crate::plan::{GuestPlan, PingPlan, Plan};
 use crate::state::Resource;
+use crate::terminal::{GuestProcess, Launch};
 
 /// A driver operation on one guest failed.
 #[derive(Debug, thiserror::Error)]
@@ -123,4 +124,16 @@ pub trait Driver: Sync {
 
     /// How many commands the engine may run at once across all guests.
     fn parallel_commands(&self) -> usize;
+
+    /// Starts `launch` in the guest and returns it running, its input and output as byte
+    /// streams: `vxlab shell`, `vxlab exec` and the class server's terminals. By default a
+    /// driver has no such processes.
+    fn spawn(&self, guest: &GuestPlan, launch: &Launch) -> Result<GuestProcess, DriverError> {
+        let _ = launch;
+        Err(DriverError::new(
+            &guest.name,
+            "starting a process",
+            "this driver cannot start interactive processes",
+        ))
+    }
 }

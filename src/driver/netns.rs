@@ -3,14 +3,17 @@
 
 mod batch;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{Driver, DriverError};
 use crate::host::icmp;
 use crate::host::netlink::{netns_path, Netlink};
 use crate::host::process::{self, Output};
+use crate::host::spawn;
 use crate::plan::{GuestPlan, PingPlan, Plan};
-use crate::state::Resource;
+use crate::state::{Resource, StateDir};
+use crate::terminal::{GuestProcess, Launch};
 
 /// How long a ping waits for its reply, as `ping -W 1`.
 const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -143,5 +146,18 @@ impl Driver for NetnsDriver {
     fn parallel_commands(&self) -> usize {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         cores * 8
+    }
+
+    /// A process in the guest's namespace; a confined one does not see the other namespaces
+    /// or vxlab's state (see [`crate::host::spawn`]).
+    fn spawn(&self, guest: &GuestPlan, launch: &Launch) -> Result<GuestProcess, DriverError> {
+        // The state directory in use and the default one: either may hold labs' secrets.
+        let hide = [
+            PathBuf::from("/run/netns"),
+            StateDir::from_env().root().to_path_buf(),
+            PathBuf::from("/var/lib/vxlab"),
+        ];
+        spawn::spawn(launch, &netns_path(&guest.instance), &hide)
+            .map_err(|e| DriverError::new(&guest.name, format!("starting {}", launch.argv[0]), e))
     }
 }

@@ -11,6 +11,7 @@ pub mod neighbours;
 pub mod netlink;
 pub mod netns;
 pub mod process;
+pub mod spawn;
 pub mod sysctl;
 
 use std::io;

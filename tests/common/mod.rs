@@ -2,6 +2,8 @@
 //! on drop, with accessors for what the JSON report says and a scan for anything it left.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

@@ -18,6 +18,7 @@ use virt::error::ErrorNumber;
 
 pub mod accel;
 pub mod image;
+pub mod shell;
 pub mod ssh;
 
 use self::accel::Choice;
@@ -495,6 +496,14 @@ impl Driver for LibvirtDriver {
 
     fn parallel_commands(&self) -> usize {
         self.guests.len().max(1)
+    }
+
+    fn spawn(
+        &self,
+        g: &GuestPlan,
+        launch: &crate::terminal::Launch,
+    ) -> Result<crate::terminal::GuestProcess, DriverError> {
+        shell::spawn(self, g, launch)
     }
 }
 

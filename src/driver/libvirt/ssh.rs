@@ -173,6 +173,12 @@ impl Connection {
         Ok(Connection { session, addr })
     }
 
+    /// The authenticated session, for a caller that drives its own channel (the terminals of
+    /// `shell.rs`).
+    pub fn into_session(self) -> ssh2::Session {
+        self.session
+    }
+
     /// Runs `argv` (each word quoted for the guest's shell) and waits for it.
     pub fn exec(&self, argv: &[String]) -> Result<Output, SshError> {
         self.run_script(&shell_words(argv))

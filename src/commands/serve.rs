@@ -1,0 +1,103 @@
+//! `vxlab serve`: the class server over the labs running in this state directory. The server
+//! reaches the labs through [`LocalLabs`], which makes plans, engines and drivers exactly as
+//! the other commands do.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use super::{engine, exit, image_for, require_root, resolve, teach};
+use crate::driver::Driver;
+use crate::engine::Engine;
+use crate::host::netlink::Netlink;
+use crate::plan::{self, Plan};
+use crate::state::StateDir;
+use crate::web::{self, Class, Labs, ServeOptions};
+
+/// The labs running on this host, in the state directory of the environment.
+pub struct LocalLabs;
+
+impl Labs for LocalLabs {
+    fn state(&self) -> StateDir {
+        StateDir::from_env()
+    }
+
+    fn running(&self) -> Vec<String> {
+        StateDir::from_env().labs()
+    }
+
+    fn plan(&self, lab: &str) -> Result<Plan> {
+        Ok(plan::plan(&resolve(Some(Path::new(lab)))?.0))
+    }
+
+    fn engine(&self, lab: &str) -> Result<Engine> {
+        let (lab, _) = resolve(Some(Path::new(lab)))?;
+        // Without its image a libvirt lab is still checked and reset; only a guest that must
+        // be created anew then fails, and says why.
+        let image = image_for(&lab).ok().flatten();
+        engine(&lab, image)
+    }
+
+    fn driver(&self, lab: &str) -> Result<Box<dyn Driver>> {
+        let (lab, _) = resolve(Some(Path::new(lab)))?;
+        super::driver(&lab, &Arc::new(Netlink::open()?), None)
+    }
+
+    fn graph_svg(&self, plan: &Plan) -> Result<Vec<u8>> {
+        teach::svg(plan)
+    }
+}
+
+/// Options of `vxlab serve`, as given on the command line.
+#[derive(Debug, Clone)]
+pub struct ServeArgs {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Terminals per token.
+    pub terminals: usize,
+    /// Seconds after which an idle terminal is closed.
+    pub idle_secs: u64,
+}
+
+/// `vxlab serve [--listen ADDR] [--tls-cert FILE --tls-key FILE]`
+pub fn serve(args: &ServeArgs) -> Result<u8> {
+    require_root("serve")?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
+    if !args.listen.ip().is_loopback() && tls.is_none() {
+        eprintln!(
+            "warning: serving plain HTTP on {}: the secret links cross the network in the \
+             clear; --tls-cert and --tls-key serve HTTPS",
+            args.listen
+        );
+    }
+    let options = ServeOptions {
+        listen: args.listen,
+        tls,
+        terminals_per_token: args.terminals.max(1),
+        terminal_idle: Duration::from_secs(args.idle_secs.max(1)),
+    };
+    let class = Class::new(Arc::new(LocalLabs), options)?;
+    let state = StateDir::from_env();
+    web::serve(class, |url| {
+        println!(
+            "vxlab class server for the labs in {}",
+            state.root().display()
+        );
+        println!("instructor: {url}");
+        println!("students: `vxlab sheet LAB` prints each copy's own link");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    })?;
+    Ok(exit::OK)
+}

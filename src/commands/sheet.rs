@@ -1,0 +1,213 @@
+//! `vxlab sheet LAB`: the access sheet, one card per running copy of a lab: its name, its
+//! secret link to the class server, its guests with their addresses, and what to try first.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use super::{exit, load, resolve};
+use crate::lab::Flood;
+use crate::plan::{self, Plan};
+use crate::state::StateDir;
+use crate::web::pages::{self, GuestSummary};
+use crate::web::tokens::Tokens;
+
+/// Formats of the sheet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SheetFormat {
+    /// Cards as plain text.
+    Text,
+    /// `instance,lab,url,guests` with a header row, for mail merge.
+    Csv,
+    /// A printable page, one card per student.
+    Html,
+}
+
+/// One student's card.
+#[derive(Debug, Serialize)]
+struct Card {
+    /// The copy's lab name.
+    lab: String,
+    /// The lab it copies.
+    base: String,
+    /// Its secret link.
+    url: String,
+    /// Its guests.
+    guests: Vec<GuestSummary>,
+    /// What to try first, one step per line.
+    try_first: Vec<String>,
+}
+
+/// `vxlab sheet LAB [--format text|csv|html] [--url BASE]`
+pub fn sheet(arg: &Path, format: SheetFormat, base_url: &str) -> Result<u8> {
+    let base_url = base_url.trim_end_matches('/');
+    let scheme_ok = base_url.starts_with("http://") || base_url.starts_with("https://");
+    if !scheme_ok
+        || base_url
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '<')
+    {
+        bail!(
+            "--url takes the server's address as the students reach it, e.g. http://10.0.0.5:8080"
+        );
+    }
+    let base = if arg.is_file() {
+        load(arg)?.name
+    } else {
+        arg.to_string_lossy().into_owned()
+    };
+    let state = StateDir::from_env();
+    // The copies of `base`, or `base` itself when it runs as a lab of its own.
+    let labs: Vec<String> = state
+        .labs()
+        .into_iter()
+        .filter(|l| {
+            l == &base
+                || state
+                    .read(l)
+                    .ok()
+                    .and_then(|s| s.instance)
+                    .is_some_and(|i| i.base == base)
+        })
+        .collect();
+    if labs.is_empty() {
+        bail!(
+            "no copy of lab {base} is running in {}; `vxlab up LAB --count N` starts them",
+            state.root().display()
+        );
+    }
+    let tokens = Tokens::load(&state, &labs)?;
+    let mut cards = Vec::new();
+    for name in &labs {
+        let (lab, _) = resolve(Some(Path::new(name)))?;
+        let p = plan::plan(&lab);
+        let token = tokens.lab(name).expect("a token per lab");
+        cards.push(Card {
+            lab: name.clone(),
+            base: base.clone(),
+            url: format!("{base_url}/t/{token}/lab/{name}/"),
+            guests: p.guests.iter().map(GuestSummary::of).collect(),
+            try_first: try_first(&p),
+        });
+    }
+    match format {
+        SheetFormat::Text => print!("{}", text(&cards)),
+        SheetFormat::Csv => print!("{}", csv(&cards)),
+        SheetFormat::Html => print!(
+            "{}",
+            pages::render(
+                "sheet.html",
+                &serde_json::json!({"lab": base, "base_lab": base, "cards": cards})
+            )
+        ),
+    }
+    Ok(exit::OK)
+}
+
+/// The first things to do in the lab: ping across the overlay and watch the FDB learn.
+fn try_first(p: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some((g, v)) = p
+        .guests
+        .iter()
+        .find_map(|g| g.vteps.first().map(|v| (g, v)))
+    else {
+        return out;
+    };
+    out.push(format!(
+        "Open your link: each guest has a terminal (the prompt is `{}/{}#`) and its tables below it.",
+        p.lab, g.name
+    ));
+    if let Some(peer) = v.peers.first() {
+        out.push(format!(
+            "In {}'s terminal: `ping -c 1 {}`. Watch {}'s FDB table: {}'s MAC {} appears with dst {}, \
+             learned from the first reply.",
+            g.name, peer.overlay, g.name, peer.guest, peer.mac, peer.underlay
+        ));
+    }
+    if let Flood::Group(group) = v.flood {
+        out.push(format!(
+            "`ip maddr show dev {}`: the group {group} joined on the underlay, because {} floods to it.",
+            v.dev, v.device
+        ));
+    }
+    out.push(format!(
+        "Break it (`ip link set {} down`), press Check to see the cause and its fix, then Reset {}.",
+        v.device, g.name
+    ));
+    out
+}
+
+fn text(cards: &[Card]) -> String {
+    let mut o = String::new();
+    for c in cards {
+        o.push_str(&format!(
+            "== {} (a copy of {})\n   {}\n",
+            c.lab, c.base, c.url
+        ));
+        for g in &c.guests {
+            o.push_str(&format!(
+                "   {:<8} underlay {:<18} {}\n",
+                g.name,
+                g.underlay,
+                g.overlays.join("; ")
+            ));
+        }
+        o.push_str("   try first:\n");
+        for (i, t) in c.try_first.iter().enumerate() {
+            o.push_str(&format!("   {}. {t}\n", i + 1));
+        }
+        o.push('\n');
+    }
+    o
+}
+
+/// RFC 4180: a field with a comma, quote or line break is quoted, quotes doubled.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn csv(cards: &[Card]) -> String {
+    let mut o = String::from("instance,lab,url,guests\n");
+    for c in cards {
+        let guests: Vec<String> = c
+            .guests
+            .iter()
+            .map(|g| format!("{} {} {}", g.name, g.underlay, g.overlays.join(" ")))
+            .collect();
+        let row = [&c.lab, &c.base, &c.url, &guests.join("; ")].map(|f| csv_field(f));
+        o.push_str(&row.join(","));
+        o.push('\n');
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_fields_with_commas_and_quotes_are_quoted() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn the_seed_lab_says_to_ping_and_watch_the_fdb_learn_the_peer() {
+        let lab = crate::lab::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/labs/two-netns.yaml"
+        )))
+        .unwrap();
+        let steps = try_first(&plan::plan(&lab)).join("\n");
+        assert!(steps.contains("`ping -c 1 192.168.42.3`"), "{steps}");
+        assert!(steps.contains("with dst 192.168.10.3"), "{steps}");
+        assert!(steps.contains("group 239.1.1.1 joined"), "{steps}");
+    }
+}

@@ -1,0 +1,165 @@
+//! `vxlab shell` and `vxlab exec`: a process in a guest, attached to this terminal. Output is
+//! passed on as it comes, and the exit status is the guest process's.
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use super::{driver, require_root, running_guest};
+use crate::host::netlink::Netlink;
+use crate::state::StateDir;
+use crate::terminal::{self, GuestProcess, Launch, ProcessControl, WinSize};
+
+/// `vxlab shell [--lab LAB] GUEST`: the student's shell in a guest, on a pseudo-terminal.
+pub fn shell(lab: Option<&Path>, guest: &str) -> Result<u8> {
+    require_root("shell")?;
+    let (lab, p, i) = running_guest(lab, guest)?;
+    let g = &p.guests[i];
+    let tools = StateDir::from_env()
+        .read(&lab.name)?
+        .tools
+        .get(guest)
+        .cloned()
+        .unwrap_or_default();
+    let launch = terminal::shell(&lab.name, g, &tools, local_size());
+    let driver = driver(&lab, &Arc::new(Netlink::open()?), None)?;
+    let process = driver
+        .spawn(g, &launch)
+        .with_context(|| format!("while opening a shell on {guest} in lab {}", lab.name))?;
+    attach(process, &launch)
+}
+
+/// `vxlab exec [--lab LAB] [-t] GUEST CMD...`
+pub fn exec(lab: Option<&Path>, guest: &str, argv: &[String], tty: bool) -> Result<u8> {
+    require_root("exec")?;
+    let (lab, p, i) = running_guest(lab, guest)?;
+    let g = &p.guests[i];
+    let launch = terminal::command(argv, tty.then(local_size));
+    let driver = driver(&lab, &Arc::new(Netlink::open()?), None)?;
+    let process = driver
+        .spawn(g, &launch)
+        .with_context(|| format!("while running {} on {guest}", argv[0]))?;
+    attach(process, &launch)
+}
+
+/// This terminal's size, or the default when there is none.
+fn local_size() -> WinSize {
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize to a valid pointer.
+    let ok = unsafe { libc::ioctl(std::io::stdout().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_col > 0 && ws.ws_row > 0 {
+        WinSize {
+            cols: ws.ws_col,
+            rows: ws.ws_row,
+        }
+    } else {
+        WinSize::DEFAULT
+    }
+}
+
+/// This terminal in raw mode (keys go to the guest as typed, Ctrl-C included) until dropped.
+struct RawMode {
+    saved: libc::termios,
+}
+
+impl RawMode {
+    fn enter() -> Option<RawMode> {
+        let fd = std::io::stdin().as_raw_fd();
+        // SAFETY: termios is plain data; tcgetattr fills it.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: tcgetattr and tcsetattr on standard input with valid pointers.
+        unsafe {
+            if libc::tcgetattr(fd, &mut saved) != 0 {
+                return None;
+            }
+            let mut raw = saved;
+            libc::cfmakeraw(&mut raw);
+            if libc::tcsetattr(fd, libc::TCSANOW, &raw) != 0 {
+                return None;
+            }
+        }
+        Some(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        // SAFETY: restoring the settings read in `enter`.
+        unsafe {
+            libc::tcsetattr(std::io::stdin().as_raw_fd(), libc::TCSANOW, &self.saved);
+        }
+    }
+}
+
+/// Copies `from` to `to` as it comes, flushing each piece; stops at the end or an error.
+fn pump(mut from: impl Read, mut to: impl Write) {
+    let mut buf = [0u8; 8192];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).and_then(|_| to.flush()).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Connects the process to this terminal until it ends; returns its exit status.
+fn attach(process: GuestProcess, launch: &Launch) -> Result<u8> {
+    let GuestProcess {
+        stdin,
+        stdout,
+        stderr,
+        control,
+    } = process;
+    let control: Arc<dyn ProcessControl> = Arc::from(control);
+    let raw = match launch.tty {
+        Some(_) if std::io::stdin().is_terminal() => RawMode::enter(),
+        _ => None,
+    };
+    if launch.tty.is_some() {
+        follow_window_size(control.clone());
+    }
+    // Input is never waited for: the process may end without reading it, and this thread
+    // then ends with vxlab.
+    std::thread::spawn(move || pump(std::io::stdin(), stdin));
+    let err = stderr.map(|e| std::thread::spawn(move || pump(e, std::io::stderr())));
+    pump(stdout, std::io::stdout());
+    if let Some(t) = err {
+        let _ = t.join();
+    }
+    let status = control.wait()?;
+    drop(raw);
+    Ok(u8::try_from(status).unwrap_or(u8::MAX))
+}
+
+/// Passes every change of this terminal's size on to the process's terminal.
+fn follow_window_size(control: Arc<dyn ProcessControl>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut changes) = signal(SignalKind::window_change()) else {
+                return;
+            };
+            while changes.recv().await.is_some() {
+                let _ = control.resize(local_size());
+            }
+        });
+    });
+}

@@ -1,0 +1,373 @@
+//! Following the running labs as they change. Each lab has a watcher thread that keeps an
+//! `ip monitor` running in each guest (through the lab's driver, so on namespaces and VMs
+//! alike): every line it prints means something changed in that guest's links, addresses,
+//! routes or neighbours (the FDB's learned entries come as neighbours of the vxlan device).
+//! The watcher then reads the guest again, as `vxlab show` does, checks the lab against its
+//! plan without pings, as `vxlab status` does, and publishes the new [`LabView`] when anything
+//! a page shows differs. No change, no work: an idle class costs nothing.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use super::Labs;
+use crate::engine::Engine;
+use crate::observe::GuestState;
+use crate::plan::Plan;
+use crate::terminal::{self, ProcessControl};
+use crate::verify::{self, Verdict};
+use crate::views;
+
+/// How long the watcher waits for more events after one, so that a burst (a link going down
+/// removes its addresses, routes and entries) costs one read.
+const QUIET: Duration = Duration::from_millis(60);
+/// The longest a burst may delay a read.
+const BURST: Duration = Duration::from_millis(300);
+
+/// One lab as the pages show it.
+#[derive(Debug, Clone)]
+pub struct LabView {
+    /// The lab's plan.
+    pub plan: Arc<Plan>,
+    /// What each guest's kernel reported last.
+    pub observed: BTreeMap<String, GuestState>,
+    /// Guests that could not be read, and why.
+    pub unreachable: BTreeMap<String, String>,
+    /// The lab against its plan: without pings after a change, with them after a Check.
+    pub verdict: Verdict,
+    /// Whether [`LabView::verdict`] came from a full check, pings included.
+    pub with_pings: bool,
+    /// When what the pages show last changed.
+    pub changed_at: SystemTime,
+    /// Whether the guests have been read at all yet.
+    pub ready: bool,
+}
+
+impl LabView {
+    fn empty(plan: Arc<Plan>) -> LabView {
+        LabView {
+            plan,
+            observed: BTreeMap::new(),
+            unreachable: BTreeMap::new(),
+            verdict: Verdict {
+                passed: 0,
+                failures: Vec::new(),
+                diagnoses: Vec::new(),
+            },
+            with_pings: false,
+            changed_at: SystemTime::now(),
+            ready: false,
+        }
+    }
+
+    /// Guest `guest`'s `show` tables, if it was read.
+    pub fn tables(&self, guest: &str) -> Option<Vec<views::Table>> {
+        let g = self.plan.guest(guest)?;
+        let st = self.observed.get(guest)?;
+        Some(views::tables(&self.plan, g, st, None))
+    }
+
+    /// What the pages show, as one string: equal strings, equal pages.
+    fn fingerprint(&self) -> String {
+        let tables: Vec<_> = self
+            .plan
+            .guests
+            .iter()
+            .map(|g| self.tables(&g.name))
+            .collect();
+        serde_json::to_string(&(tables, &self.verdict.failures, &self.unreachable))
+            .unwrap_or_default()
+    }
+}
+
+/// What a watcher is told.
+enum Signal {
+    /// Something changed in this guest.
+    Changed(String),
+    /// Read every guest again and restart the monitors: the guests may be new (after a reset).
+    Refresh,
+    /// A full check ran; show its verdict.
+    Checked(Verdict),
+    /// The lab is gone.
+    Stop,
+}
+
+struct Watched {
+    view: watch::Receiver<Arc<LabView>>,
+    signal: Sender<Signal>,
+}
+
+/// The watchers of all running labs.
+pub struct Watchers {
+    backend: Arc<dyn Labs>,
+    labs: RwLock<BTreeMap<String, Watched>>,
+    /// Counts every change of any lab, and labs coming and going: the class page follows it.
+    generation: watch::Sender<u64>,
+}
+
+impl Watchers {
+    /// No lab watched yet.
+    pub fn new(backend: Arc<dyn Labs>) -> Watchers {
+        Watchers {
+            backend,
+            labs: RwLock::new(BTreeMap::new()),
+            generation: watch::channel(0).0,
+        }
+    }
+
+    /// Watches exactly `labs`: starts watchers for new ones, stops those of labs gone.
+    pub fn follow(&self, labs: &[String]) {
+        let mut watched = self.labs.write().unwrap_or_else(|p| p.into_inner());
+        let before = watched.len();
+        watched.retain(|name, w| {
+            let keep = labs.contains(name);
+            if !keep {
+                let _ = w.signal.send(Signal::Stop);
+            }
+            keep
+        });
+        let mut changed = watched.len() != before;
+        for lab in labs {
+            if watched.contains_key(lab) {
+                continue;
+            }
+            let plan = match self.backend.plan(lab) {
+                Ok(p) => Arc::new(p),
+                Err(e) => {
+                    eprintln!("vxlab serve: lab {lab}: {e:#}");
+                    continue;
+                }
+            };
+            let (view_tx, view_rx) = watch::channel(Arc::new(LabView::empty(plan.clone())));
+            let (signal_tx, signal_rx) = mpsc::channel();
+            let watcher = Watcher {
+                backend: self.backend.clone(),
+                lab: lab.clone(),
+                plan,
+                view: view_tx,
+                generation: self.generation.clone(),
+                signals: signal_tx.clone(),
+            };
+            let started = std::thread::Builder::new()
+                .name(format!("watch-{lab}"))
+                .spawn(move || watcher.run(signal_rx));
+            if let Err(e) = started {
+                eprintln!("vxlab serve: cannot watch lab {lab}: {e}");
+                continue;
+            }
+            watched.insert(
+                lab.clone(),
+                Watched {
+                    view: view_rx,
+                    signal: signal_tx,
+                },
+            );
+            changed = true;
+        }
+        if changed {
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// The names of the watched labs.
+    pub fn labs(&self) -> Vec<String> {
+        self.labs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Lab `lab`'s view, followed as it changes.
+    pub fn view(&self, lab: &str) -> Option<watch::Receiver<Arc<LabView>>> {
+        let labs = self.labs.read().unwrap_or_else(|p| p.into_inner());
+        labs.get(lab).map(|w| w.view.clone())
+    }
+
+    /// Every change of any lab, as a counter.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Tells lab `lab`'s watcher that a full check gave `verdict`.
+    pub fn checked(&self, lab: &str, verdict: Verdict) {
+        self.signal(lab, Signal::Checked(verdict));
+    }
+
+    /// Tells lab `lab`'s watcher to read everything again (after a reset).
+    pub fn refresh(&self, lab: &str) {
+        self.signal(lab, Signal::Refresh);
+    }
+
+    fn signal(&self, lab: &str, s: Signal) {
+        if let Some(w) = self.labs.read().unwrap_or_else(|p| p.into_inner()).get(lab) {
+            let _ = w.signal.send(s);
+        }
+    }
+
+    /// Stops every watcher and its monitors.
+    pub fn stop_all(&self) {
+        self.follow(&[]);
+    }
+}
+
+/// One lab's watcher thread.
+struct Watcher {
+    backend: Arc<dyn Labs>,
+    lab: String,
+    plan: Arc<Plan>,
+    view: watch::Sender<Arc<LabView>>,
+    generation: watch::Sender<u64>,
+    signals: Sender<Signal>,
+}
+
+impl Watcher {
+    fn run(self, signals: Receiver<Signal>) {
+        let engine = match self.backend.engine(&self.lab) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("vxlab serve: cannot watch lab {}: {e:#}", self.lab);
+                return;
+            }
+        };
+        let mut monitors = self.start_monitors();
+        let mut current = LabView::empty(self.plan.clone());
+        let all: Vec<String> = self.plan.guests.iter().map(|g| g.name.clone()).collect();
+        self.read(&engine, &mut current, &all);
+        while let Ok(first) = signals.recv() {
+            let mut changed: Vec<String> = Vec::new();
+            let mut pending = Some(first);
+            let started = Instant::now();
+            while let Some(s) = pending.take() {
+                match s {
+                    Signal::Changed(g) => {
+                        if !changed.contains(&g) {
+                            changed.push(g);
+                        }
+                    }
+                    Signal::Refresh => {
+                        for m in &monitors {
+                            m.hang_up();
+                        }
+                        monitors = self.start_monitors();
+                        changed = all.clone();
+                    }
+                    Signal::Checked(verdict) => {
+                        let mut next = current.clone();
+                        next.verdict = verdict;
+                        next.with_pings = true;
+                        self.publish(&mut current, next, true);
+                    }
+                    Signal::Stop => {
+                        for m in &monitors {
+                            m.hang_up();
+                        }
+                        return;
+                    }
+                }
+                if changed.is_empty() {
+                    break;
+                }
+                let left = BURST.saturating_sub(started.elapsed());
+                match signals.recv_timeout(QUIET.min(left)) {
+                    Ok(s) => pending = Some(s),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            if !changed.is_empty() {
+                self.read(&engine, &mut current, &changed);
+            }
+        }
+        for m in &monitors {
+            m.hang_up();
+        }
+    }
+
+    /// Reads guests `guests` again and publishes the lab's new view if it changed.
+    fn read(&self, engine: &Engine, current: &mut LabView, guests: &[String]) {
+        let mut next = current.clone();
+        for name in guests {
+            let Some(g) = self.plan.guest(name) else {
+                continue;
+            };
+            match engine.inspect(&self.plan, g) {
+                Ok(st) => {
+                    next.observed.insert(name.clone(), st);
+                    next.unreachable.remove(name);
+                }
+                Err(e) => {
+                    next.observed.remove(name);
+                    next.unreachable.insert(name.clone(), e.to_string());
+                }
+            }
+        }
+        next.verdict = verify::verify(&self.plan, &next.observed, &[]);
+        next.with_pings = false;
+        next.ready = true;
+        self.publish(current, next, false);
+    }
+
+    /// Makes `next` the current view; tells the pages when it shows something new (`force`:
+    /// always).
+    fn publish(&self, current: &mut LabView, mut next: LabView, force: bool) {
+        let changed = force || !current.ready || next.fingerprint() != current.fingerprint();
+        if !changed {
+            return;
+        }
+        next.changed_at = SystemTime::now();
+        *current = next;
+        self.view.send_replace(Arc::new(current.clone()));
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// An `ip monitor` in every guest; each line it prints signals a change in that guest.
+    fn start_monitors(&self) -> Vec<Arc<dyn ProcessControl>> {
+        let driver = match self.backend.driver(&self.lab) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("vxlab serve: lab {}: {e:#}", self.lab);
+                return Vec::new();
+            }
+        };
+        let tools = self.backend.tools(&self.lab);
+        let mut out = Vec::new();
+        for g in &self.plan.guests {
+            let ip = tools.get(&g.name).map_or("ip", |t| t.ip.as_str());
+            let argv: Vec<String> = [ip, "monitor", "link", "address", "route", "neigh"]
+                .map(String::from)
+                .to_vec();
+            let process = match driver.spawn(g, &terminal::command(&argv, None)) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("vxlab serve: lab {}: {e}", self.lab);
+                    continue;
+                }
+            };
+            let control: Arc<dyn ProcessControl> = Arc::from(process.control);
+            let (signals, guest) = (self.signals.clone(), g.name.clone());
+            let stdout = process.stdout;
+            let waiter = control.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("monitor-{}", g.name))
+                .spawn(move || {
+                    for line in BufReader::new(stdout).lines() {
+                        if line.is_err() || signals.send(Signal::Changed(guest.clone())).is_err() {
+                            break;
+                        }
+                    }
+                    waiter.hang_up();
+                    let _ = waiter.wait();
+                });
+            if spawned.is_ok() {
+                out.push(control);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,476 @@
+//! The URLs and their handlers. Every handler is a few lines over an engine call or a view;
+//! who may reach it is decided by the extractors [`Instructor`] and [`LabAccess`], which call
+//! [`super::tokens`], and nothing else does.
+//!
+//! Every secret URL starts `/t/TOKEN/`:
+//! - `/t/TOKEN/` and `/t/TOKEN/events`: the class page and its live updates (instructor);
+//! - `/t/TOKEN/lab/LAB/`, `events`, `graph.svg`, `term/GUEST` (websocket), and the actions
+//!   `check`, `reset[?guest=GUEST]`, `capture/GUEST` (POST): one lab (its student, or the
+//!   instructor).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Path, Query, State, WebSocketUpgrade};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::live::LabView;
+use super::pages::{self, CaptureView, CheckView, ClassPage, GridRow, LabPage};
+use super::tokens::Role;
+use super::Class;
+use crate::explain;
+use crate::plan::{GuestPlan, Plan};
+use crate::progress::Progress;
+use crate::wire::{self, Only};
+
+/// How often the server looks for labs that came up or went down.
+const RESCAN: Duration = Duration::from_secs(2);
+
+/// Echo requests the Capture button sends.
+const CAPTURE_PINGS: u32 = 3;
+
+/// Largest websocket message a browser terminal may send (a paste).
+const MAX_MESSAGE: usize = 64 * 1024;
+
+type Shared = Arc<Class>;
+
+/// Binds, announces, and serves until Ctrl-C or SIGTERM.
+pub async fn run(class: Shared, announce: impl FnOnce(&str)) -> anyhow::Result<()> {
+    class.rescan();
+    let app = router(class.clone());
+    let opts = class.options.clone();
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    let rescanner = {
+        let class = class.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(RESCAN);
+            loop {
+                every.tick().await;
+                let c = class.clone();
+                let _ = tokio::task::spawn_blocking(move || c.rescan()).await;
+            }
+        })
+    };
+    let shutdown = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    let result = match &opts.tls {
+        None => {
+            let listener = tokio::net::TcpListener::bind(opts.listen).await?;
+            let addr = listener.local_addr()?;
+            announce(&format!(
+                "{scheme}://{addr}/t/{}/",
+                class.instructor_token()
+            ));
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        Some((cert, key)) => {
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?;
+            let listener = std::net::TcpListener::bind(opts.listen)?;
+            let addr = listener.local_addr()?;
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stopper.graceful_shutdown(Some(Duration::from_secs(2)));
+            });
+            announce(&format!(
+                "{scheme}://{addr}/t/{}/",
+                class.instructor_token()
+            ));
+            axum_server::from_tcp_rustls(listener, config)?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
+    rescanner.abort();
+    class.watch.stop_all();
+    result
+}
+
+fn router(class: Shared) -> Router {
+    Router::new()
+        .route("/", get(front))
+        .route("/static/{*file}", get(asset))
+        .route("/t/{token}/", get(class_page))
+        .route("/t/{token}/events", get(class_events))
+        .route("/t/{token}/lab/{lab}/", get(lab_page))
+        .route("/t/{token}/lab/{lab}/events", get(lab_events))
+        .route("/t/{token}/lab/{lab}/graph.svg", get(graph))
+        .route("/t/{token}/lab/{lab}/term/{guest}", get(terminal))
+        .route("/t/{token}/lab/{lab}/check", post(check))
+        .route("/t/{token}/lab/{lab}/reset", post(reset))
+        .route("/t/{token}/lab/{lab}/capture/{guest}", post(capture))
+        .fallback(|| async { forbidden() })
+        .layer(axum::middleware::map_response(no_referrer))
+        .with_state(class)
+}
+
+/// Secret links must not leak to other sites through the Referer header.
+async fn no_referrer(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    r.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// 403 with no detail: the same for a wrong token, a lab of someone else and a lab that does
+/// not exist, so nothing can be learnt by trying.
+fn forbidden() -> Response {
+    (StatusCode::FORBIDDEN, "forbidden\n").into_response()
+}
+
+/// A request with the instructor's token.
+struct Instructor;
+
+impl FromRequestParts<Shared> for Instructor {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, class: &Shared) -> Result<Self, Response> {
+        let params = params(parts, class).await?;
+        match class
+            .tokens()
+            .role(params.get("token").map_or("", String::as_str))
+        {
+            Some(Role::Instructor) => Ok(Instructor),
+            _ => Err(forbidden()),
+        }
+    }
+}
+
+/// A request for one lab by a token that may open it.
+struct LabAccess {
+    /// The token, for the terminal count.
+    token: String,
+    /// The lab's plan.
+    plan: Arc<Plan>,
+    /// The lab's live view.
+    view: watch::Receiver<Arc<LabView>>,
+    /// `/t/TOKEN/lab/LAB/`.
+    base: String,
+    /// The guest the URL names (`term/GUEST`, `capture/GUEST`), checked against the plan.
+    guest: Option<GuestPlan>,
+}
+
+impl FromRequestParts<Shared> for LabAccess {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, class: &Shared) -> Result<Self, Response> {
+        let params = params(parts, class).await?;
+        let token = params.get("token").cloned().unwrap_or_default();
+        let lab = params.get("lab").cloned().unwrap_or_default();
+        let role = class.tokens().role(&token).ok_or_else(forbidden)?;
+        if !role.may_open(&lab) {
+            return Err(forbidden());
+        }
+        // Only a running lab has a view: a name from the URL reaches nothing else.
+        let view = class.watch.view(&lab).ok_or_else(forbidden)?;
+        let plan = view.borrow().plan.clone();
+        let guest = match params.get("guest") {
+            Some(name) => Some(plan.guest(name).cloned().ok_or_else(forbidden)?),
+            None => None,
+        };
+        Ok(LabAccess {
+            base: format!("/t/{token}/lab/{lab}/"),
+            token,
+            plan,
+            view,
+            guest,
+        })
+    }
+}
+
+async fn params(parts: &mut Parts, class: &Shared) -> Result<HashMap<String, String>, Response> {
+    Path::<HashMap<String, String>>::from_request_parts(parts, class)
+        .await
+        .map(|Path(p)| p)
+        .map_err(|_| forbidden())
+}
+
+async fn front() -> Html<&'static str> {
+    Html("<!doctype html><title>vxlab</title><p>vxlab class server: open the link you were given.</p>")
+}
+
+/// The pages' own files and xterm.js, built into the binary.
+async fn asset(Path(file): Path<String>) -> Response {
+    let (body, kind): (&'static [u8], &str) = match file.as_str() {
+        "vxlab.css" => (
+            include_bytes!("../../templates/web/static/vxlab.css"),
+            "text/css",
+        ),
+        "vxlab.js" => (
+            include_bytes!("../../templates/web/static/vxlab.js"),
+            "text/javascript",
+        ),
+        "xterm/xterm.css" => (
+            include_bytes!("../../templates/web/vendor/xterm/xterm.css"),
+            "text/css",
+        ),
+        "xterm/xterm.js" => (
+            include_bytes!("../../templates/web/vendor/xterm/xterm.js"),
+            "text/javascript",
+        ),
+        _ => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn grid(class: &Class) -> Vec<GridRow> {
+    class
+        .watch
+        .labs()
+        .iter()
+        .filter_map(|lab| {
+            let view = class.watch.view(lab)?;
+            let v = view.borrow().clone();
+            Some(GridRow::of(lab, &v))
+        })
+        .collect()
+}
+
+async fn class_page(
+    _: Instructor,
+    State(class): State<Shared>,
+    Path(p): Path<HashMap<String, String>>,
+) -> Html<String> {
+    let base = format!("/t/{}/", p.get("token").map_or("", String::as_str));
+    Html(pages::render(
+        "class.html",
+        &ClassPage {
+            base,
+            rows: grid(&class),
+        },
+    ))
+}
+
+async fn class_events(
+    _: Instructor,
+    State(class): State<Shared>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut changes = class.watch.changes();
+    changes.mark_changed();
+    let stream = stream::unfold((class, changes), |(class, mut changes)| async move {
+        changes.changed().await.ok()?;
+        let html = pages::render("grid.html", &serde_json::json!({ "rows": grid(&class) }));
+        let event = Event::default()
+            .event("grid")
+            .data(serde_json::json!({ "html": html }).to_string());
+        Some((Ok(event), (class, changes)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn lab_page(access: LabAccess) -> Html<String> {
+    let view = access.view.borrow().clone();
+    Html(pages::render(
+        "lab.html",
+        &LabPage::of(access.base, &access.plan, &view),
+    ))
+}
+
+async fn lab_events(access: LabAccess) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut view = access.view;
+    view.mark_changed();
+    let sent: HashMap<String, String> = HashMap::new();
+    let stream = stream::unfold((view, sent), |(mut view, mut sent)| async move {
+        view.changed().await.ok()?;
+        let v = view.borrow_and_update().clone();
+        let mut events = Vec::new();
+        for g in &v.plan.guests {
+            let html = pages::guest_tables(&v, &g.name);
+            if sent.get(&g.name) != Some(&html) {
+                events.push(Ok(Event::default().event("guest").data(
+                    serde_json::json!({ "guest": g.name, "html": html }).to_string(),
+                )));
+                sent.insert(g.name.clone(), html);
+            }
+        }
+        let health = pages::health_line(&v);
+        events.push(Ok(Event::default()
+            .event("health")
+            .data(serde_json::json!({ "health": health }).to_string())));
+        Some((stream::iter(events), (view, sent)))
+    })
+    .flatten();
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn graph(access: LabAccess, State(class): State<Shared>) -> Response {
+    let plan = access.plan.clone();
+    let backend = class.backend.clone();
+    match tokio::task::spawn_blocking(move || backend.graph_svg(&plan)).await {
+        Ok(Ok(svg)) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot draw the graph: {e:#}\n"),
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Runs `job` with an engine for the lab on a thread that may block.
+async fn with_engine<T: Send + 'static>(
+    class: &Class,
+    lab: &str,
+    job: impl FnOnce(crate::engine::Engine) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let backend = class.backend.clone();
+    let lab = lab.to_string();
+    tokio::task::spawn_blocking(move || job(backend.engine(&lab)?))
+        .await
+        .map_err(|e| anyhow::anyhow!("the job stopped: {e}"))?
+}
+
+async fn check(access: LabAccess, State(class): State<Shared>) -> Html<String> {
+    let plan = access.plan.clone();
+    let lab = plan.lab.clone();
+    let p = plan.clone();
+    let view = match with_engine(&class, &lab, move |e| Ok(e.check(&p)?)).await {
+        Ok(outcome) => {
+            class.watch.checked(&lab, outcome.verdict.clone());
+            CheckView::of(&outcome.verdict)
+        }
+        Err(e) => CheckView::failed_to_run(format!("{e:#}")),
+    };
+    Html(pages::render("check.html", &view))
+}
+
+#[derive(Deserialize)]
+struct ResetQuery {
+    guest: Option<String>,
+}
+
+async fn reset(
+    access: LabAccess,
+    State(class): State<Shared>,
+    Query(q): Query<ResetQuery>,
+) -> Response {
+    let plan = access.plan.clone();
+    let guest = match q.guest {
+        Some(name) if plan.guest(&name).is_none() => return forbidden(),
+        other => other,
+    };
+    let lab = plan.lab.clone();
+    let p = plan.clone();
+    let g = guest.clone();
+    let result = with_engine(&class, &lab, move |e| {
+        Ok(e.reset(&p, g.as_deref(), &Progress::hidden())?)
+    })
+    .await;
+    class.watch.refresh(&lab);
+    let mut view = match result {
+        Ok(outcome) => {
+            class.watch.checked(&lab, outcome.verdict.clone());
+            CheckView::of(&outcome.verdict)
+        }
+        Err(e) => CheckView::failed_to_run(format!("{e:#}")),
+    };
+    view.heading = Some(match &guest {
+        Some(g) => format!("{g} was reset to the lab's plan, and what it learned forgotten."),
+        None => format!("Lab {lab} was reset to its plan, and what its guests learned forgotten."),
+    });
+    Html(pages::render("check.html", &view)).into_response()
+}
+
+async fn capture(access: LabAccess, State(class): State<Shared>) -> Html<String> {
+    let plan = access.plan.clone();
+    let Some(g) = access.guest else {
+        return Html(String::new());
+    };
+    let Some(vtep) = g.vteps.first().cloned() else {
+        return Html(pages::render(
+            "capture.html",
+            &CaptureView::failed(&g.name, format!("{} has no vxlan", g.name)),
+        ));
+    };
+    let Some(to) = vtep.peers.first().map(|p| p.overlay) else {
+        return Html(pages::render(
+            "capture.html",
+            &CaptureView::failed(&g.name, format!("{} has no peer to ping", g.name)),
+        ));
+    };
+    let lab = plan.lab.clone();
+    let (p, guest) = (plan.clone(), g.clone());
+    let result = with_engine(&class, &lab, move |e| {
+        Ok(e.capture(&p, &guest, (to, None), CAPTURE_PINGS, false)?)
+    })
+    .await;
+    let view = match result {
+        Ok(c) => {
+            // The same decoding, filter and summary as `vxlab capture`.
+            let all = wire::decode_all(&c.frames, vtep.port);
+            let pinged = wire::Pinged {
+                guest: &g,
+                vtep: &vtep,
+                to,
+                answered: c.answered,
+                kept: false,
+                elsewhere: None,
+            };
+            let summary = wire::summarize(&pinged, &all, &explain::owners(&plan));
+            CaptureView {
+                guest: g.name.clone(),
+                to: to.to_string(),
+                answered: c.answered,
+                lines: all
+                    .iter()
+                    .filter(|(_, w)| Only::Lesson.shows(w))
+                    .enumerate()
+                    .map(|(i, (t, w))| format!("{:>3} {t:>8.3}s  {}", i + 1, w.summary()))
+                    .collect(),
+                story: summary.text,
+                forgot: c.forgot.iter().map(|s| s.command.to_string()).collect(),
+                error: None,
+            }
+        }
+        Err(e) => CaptureView::failed(&g.name, format!("{e:#}")),
+    };
+    Html(pages::render("capture.html", &view))
+}
+
+async fn terminal(
+    access: LabAccess,
+    State(class): State<Shared>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(g) = access.guest else {
+        return forbidden();
+    };
+    let Some(slot) = super::terminal::Slot::take(&class, &access.token) else {
+        return (StatusCode::TOO_MANY_REQUESTS, "too many terminals open\n").into_response();
+    };
+    let lab = access.plan.lab.clone();
+    ws.max_message_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| super::terminal::run(class, socket, lab, g, slot))
+}

@@ -1,0 +1,99 @@
+// The class server's pages: live updates over server-sent events, buttons that post to the
+// server and show its answer, and a terminal per guest (xterm.js over a websocket).
+'use strict';
+const vxlab = (() => {
+  function live(source) {
+    const badge = document.getElementById('live');
+    source.onopen = () => { badge.textContent = 'live'; badge.classList.remove('down'); };
+    source.onerror = () => { badge.textContent = 'reconnecting'; badge.classList.add('down'); };
+  }
+
+  // "12 s ago" beside each time, kept current.
+  function tick() {
+    document.querySelectorAll('time[data-at]').forEach(t => {
+      const s = Math.max(0, Math.round(Date.now() / 1000 - Number(t.dataset.at)));
+      const ago = s < 120 ? s + ' s ago' : s < 7200 ? Math.floor(s / 60) + ' min ago' : Math.floor(s / 3600) + ' h ago';
+      t.textContent = t.dataset.label + ' (' + ago + ')';
+    });
+  }
+
+  async function post(url, button, result) {
+    button.disabled = true;
+    const label = button.textContent;
+    button.textContent = label + '…';
+    try {
+      const r = await fetch(url, { method: 'POST' });
+      result.innerHTML = r.ok ? await r.text() : '<p class="error">' + r.status + ' ' + r.statusText + '</p>';
+    } catch (e) {
+      result.textContent = 'the server did not answer: ' + e;
+    } finally {
+      button.disabled = false;
+      button.textContent = label;
+    }
+  }
+
+  function classPage(base) {
+    const events = new EventSource(base + 'events');
+    live(events);
+    events.addEventListener('grid', e => {
+      document.getElementById('grid-rows').innerHTML = JSON.parse(e.data).html;
+      tick();
+    });
+    document.addEventListener('click', e => {
+      const b = e.target.closest('button[data-action]');
+      if (!b) return;
+      post(base + 'lab/' + encodeURIComponent(b.dataset.lab) + '/' + b.dataset.action, b,
+        document.getElementById('result'));
+    });
+    tick();
+    setInterval(tick, 1000);
+  }
+
+  const terminals = {};
+
+  function openTerminal(base, guest) {
+    if (terminals[guest] && terminals[guest].open) return;
+    const box = document.getElementById('term-' + guest);
+    box.innerHTML = '';
+    const term = new Terminal({ cols: 100, rows: 18, convertEol: false, fontSize: 13 });
+    term.open(box);
+    const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
+    const ws = new WebSocket(scheme + location.host + base + 'term/' + encodeURIComponent(guest));
+    ws.binaryType = 'arraybuffer';
+    const state = { open: true, term, ws };
+    terminals[guest] = state;
+    ws.onopen = () => ws.send(JSON.stringify({ type: 'resize', cols: term.cols, rows: term.rows }));
+    ws.onmessage = e => term.write(typeof e.data === 'string' ? e.data : new Uint8Array(e.data));
+    ws.onclose = () => { state.open = false; term.write('\r\n[terminal closed: press Terminal to open another]\r\n'); };
+    term.onData(d => { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'input', data: d })); });
+    term.onResize(s => { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'resize', cols: s.cols, rows: s.rows })); });
+  }
+
+  function labPage(base) {
+    const events = new EventSource(base + 'events');
+    live(events);
+    events.addEventListener('guest', e => {
+      const d = JSON.parse(e.data);
+      const box = document.getElementById('tables-' + d.guest);
+      if (box) box.innerHTML = d.html;
+    });
+    events.addEventListener('health', e => {
+      document.getElementById('health').textContent = JSON.parse(e.data).health;
+    });
+    document.addEventListener('click', e => {
+      const b = e.target.closest('button[data-action]');
+      if (!b) return;
+      const g = b.dataset.guest;
+      const result = document.getElementById('result');
+      switch (b.dataset.action) {
+        case 'open-terminal': openTerminal(base, g); break;
+        case 'check': post(base + 'check', b, result); break;
+        case 'capture': post(base + 'capture/' + encodeURIComponent(g), b, result); break;
+        case 'reset': post(base + 'reset' + (g ? '?guest=' + encodeURIComponent(g) : ''), b, result); break;
+      }
+    });
+    document.querySelectorAll('section.guest').forEach(s => openTerminal(base, s.dataset.guest));
+  }
+
+  return { classPage, labPage };
+})();

@@ -1,0 +1,367 @@
+//! The class server in a real browser: three copies of the seed lab on real namespaces,
+//! `vxlab serve`, and headless Chromium driven over WebDriver (chromedriver) as an instructor
+//! and a student would use it. Screenshots of every page land in the test's output folder
+//! (`target/tmp/class_server/`). Needs root, chromium and chromium-driver; on a shared machine
+//! run it inside `/work/tools/isolated.sh` (server, browser and labs in one network namespace).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use common::browser::{browser, chromedriver, screenshot, serve, type_in_terminal, wait_for};
+use common::Lab;
+use fantoccini::Locator;
+use serde_json::json;
+
+/// The copies of the lab, removed when the test ends however it ends.
+struct Copies(Lab);
+
+impl Drop for Copies {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["down", &self.0.name, "--all"]);
+    }
+}
+
+/// A raw HTTP/1.1 request to the server; its status code.
+fn status(base: &str, method: &str, path: &str, websocket: bool) -> u16 {
+    let hostport = base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut s = TcpStream::connect(&hostport).unwrap();
+    let upgrade = if websocket {
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    } else {
+        "Connection: close\r\n"
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{upgrade}Content-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}
+
+/// The path of a URL (`http://host:port/path` -> `/path`).
+fn path_of(url: &str) -> String {
+    let rest = url.trim_start_matches("http://");
+    rest[rest.find('/').unwrap()..].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens() {
+    let lab = Lab::shipped("two-netns.yaml", "cls", &[]);
+    let file = lab.file.to_str().unwrap().to_string();
+    let out = lab.run(&["up", &file, "--count", "3"]);
+    let copies = Copies(lab);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lab = &copies.0;
+    let (_server, instructor) = serve(lab, &[]);
+    let base = instructor.split("/t/").next().unwrap().to_string();
+    let sheet = lab.run(&["sheet", "cls", "--format", "csv", "--url", &base]);
+    let sheet = String::from_utf8(sheet.stdout).unwrap();
+    let mut lines = sheet.lines();
+    assert_eq!(lines.next(), Some("instance,lab,url,guests"));
+    let students: Vec<String> = lines
+        .map(|l| l.split(',').nth(2).unwrap().to_string())
+        .collect();
+    assert_eq!(students.len(), 3, "{sheet}");
+    assert!(students[0].contains("/lab/cls-1/"), "{sheet}");
+
+    let (_driver, port) = chromedriver();
+    let profile = tempfile::tempdir().unwrap();
+    let c = browser(port, profile.path()).await;
+
+    // The instructor sees the three copies, all healthy.
+    c.goto(&instructor).await.unwrap();
+    wait_for(
+        &c,
+        20,
+        "three healthy copies",
+        "return document.querySelectorAll('#grid-rows tr.healthy').length === 3",
+    )
+    .await;
+    let labs = c
+        .execute(
+            "return [...document.querySelectorAll('#grid-rows tr')].map(r => r.dataset.lab)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(labs, json!(["cls-1", "cls-2", "cls-3"]));
+    screenshot(&c, "class_server", "instructor-healthy.png").await;
+
+    // Copy 1 as `up` derived it, on the underlay the workshop pool gave it.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(lab.state.path().join("cls-1/state.json")).unwrap(),
+    )
+    .unwrap();
+    let underlay = state["instance"]["underlay"]
+        .as_str()
+        .map(|u| u.parse().unwrap());
+    let copy1 = vxlab::plan::plan(
+        &vxlab::lab::instance::derive(&vxlab::lab::load(&lab.file).unwrap(), "1", 1, underlay)
+            .unwrap(),
+    );
+    let vm_b = copy1.guest("vm-b").unwrap();
+    let (mac_b, vtep_b) = (vm_b.vteps[0].mac.to_string(), vm_b.underlay.addr());
+
+    // The student's page: the graph, vm-a's FDB, a terminal.
+    c.goto(&students[0]).await.unwrap();
+    wait_for(
+        &c,
+        10,
+        "the topology drawn",
+        "const g = document.getElementById('graph'); return g.complete && g.naturalWidth > 0",
+    )
+    .await;
+    let fdb = "document.querySelector('#tables-vm-a table[data-table=\"fdb vxlan0\"]')";
+    wait_for(
+        &c,
+        10,
+        "vm-a's FDB table",
+        &format!("return {fdb} !== null"),
+    )
+    .await;
+    wait_for(
+        &c,
+        10,
+        "vm-a's shell prompt",
+        "const r = document.querySelector('#term-vm-a .xterm-rows'); return r && r.innerText.includes('cls-1/vm-a#')",
+    )
+    .await;
+    // vm-a forgets what it learned (as `walk` does before its first ping), and vm-b its
+    // neighbours (a neighbour entry still being confirmed sends a unicast ARP probe that would
+    // teach vm-a first), so only the student's ping can teach vm-a vm-b's MAC.
+    for (guest, argv) in [
+        (
+            "vm-a",
+            vec!["bridge", "fdb", "del", &mac_b, "dev", "vxlan0", "self"],
+        ),
+        ("vm-a", vec!["ip", "neigh", "flush", "dev", "vxlan0"]),
+        ("vm-b", vec!["ip", "neigh", "flush", "dev", "vxlan0"]),
+    ] {
+        let mut args = vec!["exec", "--lab", "cls-1", guest];
+        args.extend(argv);
+        let out = lab.run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let before = wait_for(
+        &c,
+        10,
+        "vm-a's FDB without vm-b",
+        &format!("const t = {fdb}.innerText; return t.includes('{mac_b}') ? false : t"),
+    )
+    .await;
+    assert!(
+        before.as_str().unwrap().contains("239.1.1.1"),
+        "no flood entry: {before}"
+    );
+    c.execute("window.vxlabMarker = 1", vec![]).await.unwrap();
+    type_in_terminal(&c, "vm-a", "ping -c 1 192.168.42.3").await;
+    let learned = wait_for(
+        &c,
+        10,
+        "vm-b's MAC in vm-a's FDB table",
+        &format!("const t = {fdb}.innerText; return t.includes('{mac_b}') ? t : false"),
+    )
+    .await;
+    assert!(
+        learned
+            .as_str()
+            .unwrap()
+            .contains(&format!("learned: vm-b is behind VTEP {vtep_b}")),
+        "{learned}"
+    );
+    // No reload happened: the marker set on this page is still there.
+    assert_eq!(
+        c.execute("return window.vxlabMarker", vec![])
+            .await
+            .unwrap(),
+        json!(1)
+    );
+    screenshot(&c, "class_server", "student-after-ping.png").await;
+
+    // A malformed terminal message closes that terminal only, and is answered by 1008.
+    let code = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const ws = new WebSocket('ws://' + location.host + location.pathname + 'term/vm-b');
+             ws.onopen = () => ws.send('this is not json');
+             ws.onclose = e => done(e.code);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, json!(1008));
+    assert_eq!(status(&base, "GET", &path_of(&students[0]), false), 200);
+
+    // The student breaks the lab in the terminal: the instructor's grid marks that copy.
+    type_in_terminal(&c, "vm-a", "ip link del vxlan0").await;
+    c.goto(&instructor).await.unwrap();
+    let cause = wait_for(
+        &c,
+        15,
+        "cls-1 failing",
+        "const r = document.getElementById('row-cls-1'); return r && r.classList.contains('failing') ? r.innerText : false",
+    )
+    .await;
+    assert!(cause.as_str().unwrap().contains("vxlan0"), "{cause}");
+    let others = c
+        .execute(
+            "return document.querySelectorAll('#grid-rows tr.healthy').length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(others, json!(2));
+    screenshot(&c, "class_server", "instructor-failing.png").await;
+
+    // Reset brings it back.
+    c.find(Locator::Css(
+        "button[data-action=reset][data-lab=\"cls-1\"]",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    wait_for(
+        &c,
+        30,
+        "cls-1 healthy after its reset",
+        "const r = document.getElementById('row-cls-1'); return r && r.classList.contains('healthy')",
+    )
+    .await;
+    wait_for(
+        &c,
+        30,
+        "the reset's result",
+        "return document.getElementById('result').innerText.includes('was reset')",
+    )
+    .await;
+    screenshot(&c, "class_server", "instructor-after-reset.png").await;
+
+    // The student page's Check and Capture buttons.
+    c.goto(&students[0]).await.unwrap();
+    c.find(Locator::Css("button[data-action=check]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        &c,
+        20,
+        "the check's result",
+        "return document.getElementById('result').innerText.includes('checks passed')",
+    )
+    .await;
+    c.find(Locator::Css("button[data-action=capture][data-guest=vm-a]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let capture = wait_for(
+        &c,
+        20,
+        "the capture's lines",
+        "const p = document.querySelector('#result pre.packets'); return p ? p.innerText : false",
+    )
+    .await;
+    assert!(
+        capture
+            .as_str()
+            .unwrap()
+            .contains("(multicast) udp 4789 vni 42"),
+        "{capture}"
+    );
+    screenshot(&c, "class_server", "student-capture.png").await;
+
+    // One student's token opens nothing else: another copy's page, events, terminal and
+    // reset, and the instructor's page all answer 403; its own answer.
+    let own = path_of(&students[0]);
+    let other = own.replace("/lab/cls-1/", "/lab/cls-2/");
+    let token_root = own.split("/lab/").next().unwrap().to_string() + "/";
+    assert_eq!(status(&base, "GET", &own, false), 200);
+    assert_eq!(status(&base, "GET", &format!("{own}term/vm-a"), true), 101);
+    assert_eq!(status(&base, "GET", &other, false), 403);
+    assert_eq!(status(&base, "GET", &format!("{other}events"), false), 403);
+    assert_eq!(
+        status(&base, "GET", &format!("{other}term/vm-a"), true),
+        403
+    );
+    assert_eq!(status(&base, "POST", &format!("{other}reset"), false), 403);
+    assert_eq!(status(&base, "GET", &token_root, false), 403);
+    assert_eq!(
+        status(&base, "GET", &format!("{token_root}events"), false),
+        403
+    );
+    // A guest that is not the lab's, and a made-up token.
+    assert_eq!(status(&base, "GET", &format!("{own}term/host"), true), 403);
+    let forged = own.replacen("/t/", "/t/0", 1);
+    assert_eq!(status(&base, "GET", &forged, false), 403);
+
+    // A link holds a few terminals at most, and idle ones close: a second server allows two,
+    // idle for one second. From the student's page, three terminals to it: two open and are
+    // closed when idle (1000), the third is refused.
+    let (_strict, strict) = serve(lab, &["--terminals", "2", "--idle-timeout", "1"]);
+    let strict_host = strict
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap();
+    let codes = c
+        .execute_async(
+            "const [url, done] = [arguments[0], arguments[arguments.length - 1]];
+             const codes = [];
+             const open = () => new Promise(r => {
+               const ws = new WebSocket(url);
+               ws.onclose = e => { codes.push(e.code); r(); };
+             });
+             const first = [open(), open()];
+             setTimeout(() => { first.push(open()); Promise.all(first).then(() => done(codes.sort())); }, 300);",
+            vec![json!(format!("ws://{strict_host}{own}term/vm-a"))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        codes,
+        json!([1000, 1000, 1006]),
+        "two closed as idle, one refused"
+    );
+
+    // The printable access sheet, as the browser shows it.
+    let html = lab.run(&["sheet", "cls", "--format", "html", "--url", &base]);
+    let sheet_file = common::browser::out_dir("class_server").join("sheet.html");
+    std::fs::write(&sheet_file, &html.stdout).unwrap();
+    c.goto(&format!("file://{}", sheet_file.display()))
+        .await
+        .unwrap();
+    let cards = c
+        .execute(
+            "return document.querySelectorAll('article.card').length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cards, json!(3));
+    screenshot(&c, "class_server", "sheet.png").await;
+
+    c.close().await.unwrap();
+}

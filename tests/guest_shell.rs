@@ -1,0 +1,165 @@
+//! `vxlab exec` and `vxlab shell` on a real namespace lab: output as it comes, exit statuses,
+//! a real terminal, and a student's shell that reaches its own guest and nothing else on the
+//! host. Needs root; run inside `/work/tools/isolated.sh` on a shared machine.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Lab;
+
+fn seed(name: &str, subnet: &str) -> Lab {
+    let lab = Lab::shipped("two-netns.yaml", name, &[("192.168.10.", subnet)]);
+    let (code, r) = lab.up();
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    lab
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn exec_needs_no_dashes_keeps_streams_apart_and_returns_the_status() {
+    let lab = seed("t-exec", "192.168.71.");
+    let out = lab.run(&["exec", "vm-a", "ip", "-br", "addr", "show", "dev", "vxlan0"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("192.168.42.2/24"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = lab.run(&["exec", "vm-b", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+
+    // -t: the command runs on a terminal.
+    let out = lab.run(&["exec", "-t", "vm-a", "tty"]);
+    assert!(
+        text(&out.stdout).starts_with("/dev/pts/"),
+        "{}",
+        text(&out.stdout)
+    );
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn exec_output_arrives_while_the_command_still_runs() {
+    let lab = seed("t-stream", "192.168.72.");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args([
+            "exec",
+            "vm-a",
+            "sh",
+            "-c",
+            "echo first; sleep 5; echo second",
+        ])
+        .env("VXLAB_STATE_DIR", lab.state.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "first");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the first line waited for the command to end"
+    );
+    // Ctrl-C loses nothing that was printed: the first line is already here.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+}
+
+#[test]
+fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
+    let lab = seed("t-shell", "192.168.73.");
+    let other = seed("t-other", "192.168.74.");
+    let secret = lab.state.path().join("t-shell").join("state.json");
+    assert!(secret.exists());
+    let script = format!(
+        "echo uid=$(id -u)\n\
+         ip link set vxlan0 mtu 1400 && echo changed-own-mtu\n\
+         echo namespaces=$(ls /run/netns | wc -l)\n\
+         cat {} >/dev/null 2>&1 || echo no-state\n\
+         ip netns exec vxlab-t-other.vm-a true 2>/dev/null || echo no-other-netns\n\
+         nsenter --net=/proc/1/ns/net true 2>/dev/null || echo no-host-netns\n\
+         touch /etc/vxlab-student 2>/dev/null || echo no-host-files\n\
+         ping -c 1 -W 1 192.168.42.3 >/dev/null && echo ping-ok\n\
+         exit 3\n",
+        secret.display()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(["shell", "--lab", "t-shell", "vm-a"])
+        .env("VXLAB_STATE_DIR", lab.state.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    // Without bash's bracketed-paste switches around each command line.
+    let shown = text(&out.stdout)
+        .replace("\x1b[?2004h", "")
+        .replace("\x1b[?2004l", "")
+        .replace('\r', "");
+    assert_eq!(out.status.code(), Some(3), "{shown}");
+    assert!(
+        shown.contains("t-shell/vm-a# "),
+        "no prompt naming lab and guest: {shown}"
+    );
+    for word in [
+        "changed-own-mtu",
+        "no-state",
+        "no-other-netns",
+        "no-host-netns",
+        "no-host-files",
+        "ping-ok",
+    ] {
+        assert!(
+            shown.contains(&format!("\n{word}")),
+            "{word} missing in: {shown}"
+        );
+    }
+    // Not root on the host, and no namespace of the host is in sight.
+    assert!(
+        shown.contains("\nuid=") && !shown.contains("\nuid=0\n"),
+        "{shown}"
+    );
+    assert!(shown.contains("\nnamespaces=0\n"), "{shown}");
+    let mtu = lab.ip("vm-a", &["-j", "link", "show", "dev", "vxlan0"]);
+    assert!(text(&mtu.stdout).contains("\"mtu\":1400"));
+    assert!(!std::path::Path::new("/etc/vxlab-student").exists());
+    other.down_leaves_nothing();
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn exec_takes_the_command_with_or_without_dashes() {
+    use clap::Parser;
+    use vxlab::cli::{Cli, Command};
+    for args in [
+        &["vxlab", "exec", "vm-a", "ip", "-br", "a"][..],
+        &["vxlab", "exec", "vm-a", "--", "ip", "-br", "a"][..],
+        &["vxlab", "exec", "-t", "vm-a", "ip", "-br", "a"][..],
+    ] {
+        let Command::Exec { guest, command, .. } = Cli::try_parse_from(args).unwrap().command
+        else {
+            panic!("not exec");
+        };
+        assert_eq!(
+            (guest.as_str(), command),
+            ("vm-a", vec!["ip".to_string(), "-br".into(), "a".into()]),
+            "{args:?}"
+        );
+    }
+}
