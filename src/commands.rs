@@ -52,6 +52,8 @@ pub mod exit {
     pub const TEMPFAIL: u8 = 75;
     /// vxlab must run as root.
     pub const NOPERM: u8 = 77;
+    /// The name is another lab's: its state, or a resource on the host (sysexits' CANTCREAT).
+    pub const TAKEN: u8 = 73;
     /// Stopped by Ctrl-C or SIGTERM, as shells report a SIGINT.
     pub const INTERRUPTED: u8 = 130;
 }
@@ -92,6 +94,14 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if busy {
             return exit::TEMPFAIL;
         }
+        let taken = matches!(cause.downcast_ref(), Some(StateError::Taken { .. }))
+            || matches!(
+                cause.downcast_ref(),
+                Some(EngineError::State(StateError::Taken { .. }))
+            );
+        if taken {
+            return exit::TAKEN;
+        }
         if matches!(cause.downcast_ref(), Some(EngineError::Interrupted)) {
             return exit::INTERRUPTED;
         }
@@ -115,7 +125,12 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 fn load(path: &Path) -> Result<Lab> {
-    lab::load(path).map_err(|e| match e {
+    load_with_text(path).map(|(lab, _)| lab)
+}
+
+/// The lab in `path` and the text it was read from: the text `up` keeps is the one validated.
+fn load_with_text(path: &Path) -> Result<(Lab, String)> {
+    lab::load_with_text(path).map_err(|e| match e {
         LoadError::Invalid(invalid) => anyhow::Error::new(invalid),
         other => anyhow::Error::new(other),
     })
@@ -255,17 +270,22 @@ fn print_outcome(plan: &Plan, o: &Outcome, json: bool) -> Result<u8> {
 
 /// `vxlab up LAB`: a lab file, or the name of a running lab (converged to its recorded file).
 pub fn up(arg: &Path, json: bool) -> Result<u8> {
-    let (lab, path) = if arg.is_file() {
-        (load(arg)?, arg.to_path_buf())
+    let (lab, source, text) = if arg.is_file() {
+        let (lab, text) = load_with_text(arg)?;
+        (lab, arg.to_path_buf(), text)
     } else {
-        resolve(Some(arg)).with_context(|| {
+        let (lab, copy) = resolve(Some(arg)).with_context(|| {
             format!(
                 "{} is neither a lab file nor a running lab's name",
                 arg.display()
             )
-        })?
+        })?;
+        // The lab as recorded, from the file it was first brought up from.
+        let (_, text) = load_with_text(&copy)?;
+        let source = StateDir::from_env().read(&lab.name)?.source;
+        (lab, source, text)
     };
-    let (p, o) = up_one(&lab, &path, &Progress::new())?;
+    let (p, o) = up_one(&lab, &source, &text, &Progress::new())?;
     print_outcome(&p, &o, json)
 }
 
@@ -306,17 +326,16 @@ fn running_guest(lab: Option<&Path>, guest: &str) -> Result<(Lab, Plan, usize)> 
 }
 
 /// Brings `lab` (read from `path`) up and checks it.
-fn up_one(lab: &Lab, path: &Path, ui: &Progress) -> Result<(Plan, Outcome)> {
+fn up_one(lab: &Lab, path: &Path, text: &str, ui: &Progress) -> Result<(Plan, Outcome)> {
     require_root("up")?;
     crate::interrupt::install();
     require_programs(lab.driver)?;
-    let text = std::fs::read_to_string(path)?;
     let image = image_for(lab)?;
     let recipe = recipe(lab, path)?;
     let p = plan::plan(lab);
     let o = engine(lab, image)?
         .with_recipe(recipe)
-        .up(&p, path, &text, ui)
+        .up(&p, path, text, ui)
         .map_err(|e| up_failed(e, &lab.name))?;
     Ok((p, o))
 }
@@ -330,7 +349,7 @@ pub fn up_instances(
     count: Option<u32>,
     pool: Option<ipnet::IpNet>,
 ) -> Result<u8> {
-    let base = load(path)?;
+    let (base, text) = load_with_text(path)?;
     let state = StateDir::from_env();
     // Held until the copies are up, so a second `up --count` cannot pick the same subnets.
     let _pool_lock = workshop::lock(&state)?;
@@ -378,7 +397,7 @@ pub fn up_instances(
         Progress::hidden()
     };
     // A few labs at a time: each one's guests are already brought up in parallel.
-    let results = crate::parallel::parallel_map(&labs, 4, |lab| up_one(lab, path, &ui));
+    let results = crate::parallel::parallel_map(&labs, 4, |lab| up_one(lab, path, &text, &ui));
     let mut reports = Vec::new();
     let mut all_ok = true;
     let mut first_err = None;
@@ -635,6 +654,14 @@ pub fn down(arg: Option<&Path>) -> Result<u8> {
     let lab = match resolve(arg) {
         Ok((lab, _)) => lab,
         Err(e) if matches!(e.downcast_ref(), Some(StateError::NotRunning(..))) => {
+            // A vxlab killed right after it took the lab's lock leaves only the lock.
+            let name = arg.map(|a| a.to_string_lossy().into_owned());
+            let state = StateDir::from_env();
+            if let Some(name) = name.filter(|n| state.leftovers().contains(n)) {
+                state.remove_leftover(&name)?;
+                eprintln!("lab {name} had only its lock left (an up stopped at once); removed");
+                return Ok(exit::OK);
+            }
             eprintln!("{e}; nothing to remove");
             return Ok(exit::OK);
         }
@@ -677,7 +704,7 @@ fn libvirt_guest(lab: Option<&Path>, guest: &str) -> Result<(Lab, plan::GuestPla
     let (lab, _) = resolve(lab)?;
     if lab.driver != DriverKind::Libvirt {
         bail!(
-            "lab {} runs on namespaces; use `vxlab exec {guest} -- bash`",
+            "lab {} runs on namespaces; use `vxlab shell {guest}`",
             lab.name
         );
     }
@@ -697,9 +724,10 @@ pub fn ssh(lab: Option<&Path>, guest: &str) -> Result<u8> {
             .join("ssh_host_ed25519_key.pub"),
     )?;
     let known = dir.join("known_hosts");
-    std::fs::write(
+    crate::host::files::write_replacing(
         &known,
-        format!("{} {}\n", g.underlay.addr(), host_pub.trim()),
+        format!("{} {}\n", g.underlay.addr(), host_pub.trim()).as_bytes(),
+        crate::host::files::PRIVATE,
     )?;
     let status = std::process::Command::new("ssh")
         .arg("-i")

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::host::files;
 use crate::state::StateError;
 use crate::verify::Verdict;
 
@@ -75,17 +76,20 @@ fn now() -> u64 {
 /// Keeps `verdict` as the lab's last check in its state directory `dir`.
 pub fn save(dir: &Path, verdict: &Verdict) -> Result<(), StateError> {
     let path = dir.join(FILE);
-    let tmp = dir.join(format!("{FILE}.tmp"));
     let text = serde_json::to_string_pretty(&Health::of(verdict)).expect("health serializes");
-    let io = |what: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| StateError::Io { what, path, source }
-    };
-    std::fs::write(&tmp, text).map_err(io("cannot write", &tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io("cannot write", &path))
+    files::write_replacing(&path, text.as_bytes(), files::PRIVATE).map_err(|source| {
+        StateError::Io {
+            what: "cannot write",
+            path,
+            source,
+        }
+    })
 }
 
 /// The lab's last check, if there was one.
 pub fn load(dir: &Path) -> Option<Health> {
-    serde_json::from_str(&std::fs::read_to_string(dir.join(FILE)).ok()?).ok()
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut files::open_no_follow(&dir.join(FILE)).ok()?, &mut text)
+        .ok()?;
+    serde_json::from_str(&text).ok()
 }

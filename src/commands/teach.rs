@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::{
-    engine, exit, image_for, load, recipe, require_programs, require_root, resolve, running_guest,
-    HostError,
+    engine, exit, image_for, load, load_with_text, recipe, require_programs, require_root, resolve,
+    running_guest, HostError,
 };
 use crate::graph::Format;
 use crate::packet;
@@ -40,11 +40,10 @@ pub fn show(lab: Option<&Path>, guest: &str, what: Option<Section>, json: bool) 
 
 /// `vxlab walk LAB`
 pub fn walk(path: &Path, no_pause: bool) -> Result<u8> {
-    let lab = load(path)?;
+    let (lab, text) = load_with_text(path)?;
     require_root("walk")?;
     crate::interrupt::install();
     require_programs(lab.driver)?;
-    let text = std::fs::read_to_string(path)?;
     let image = image_for(&lab)?;
     let p = plan::plan(&lab);
     let pause = !no_pause && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();

@@ -9,6 +9,7 @@ use super::EngineError;
 use crate::converge::Step;
 use crate::driver::Driver;
 use crate::guest_command::{self as cmd, shell_words, GuestCommand};
+use crate::host::files;
 use crate::host::process::Output;
 use crate::iproute2::{Readiness, Tools};
 use crate::observe::{self, GuestState, ParseError};
@@ -139,11 +140,9 @@ impl<'a> Runner<'a> {
             .map(|(c, o)| format!("{}  # exit {}\n", shell_words(c), o.status))
             .collect();
         let path = dir.join(format!("commands-{}.log", g.name));
-        // The log is for people; a lab does not fail because it could not be written.
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+        // The log is for people; a lab does not fail because it could not be written. It is
+        // never written through a link someone planted in the state directory.
+        let _ = files::open_append(&path, files::PRIVATE)
             .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
     }
 

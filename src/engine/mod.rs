@@ -20,7 +20,7 @@ pub use tools::host_build_root;
 use crate::builder::{BuildError, Recipe};
 use crate::converge::{self, Step};
 use crate::driver::{Driver, DriverError};
-use crate::host::{Host, NetlinkError};
+use crate::host::{ClaimError, Host, HostLockError, NetlinkError};
 use crate::observe::ParseError;
 use crate::outcome::{Outcome, Repair};
 use crate::parallel::parallel_map;
@@ -44,6 +44,12 @@ pub enum EngineError {
     /// A host link could not be changed.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    /// The host-wide lock could not be taken.
+    #[error(transparent)]
+    HostLock(#[from] HostLockError),
+    /// The host-wide record of neighbour-table needs could not be kept.
+    #[error(transparent)]
+    Neighbours(#[from] ClaimError),
     /// A planned command failed in a guest.
     #[error("guest {guest}: `{command}` failed: {stderr}")]
     Step {
@@ -103,7 +109,10 @@ impl EngineError {
             self,
             EngineError::Host(_)
                 | EngineError::NoSuchGuest { .. }
-                | EngineError::State(StateError::Busy { .. } | StateError::NotRunning(..))
+                | EngineError::HostLock(_)
+                | EngineError::State(
+                    StateError::Busy { .. } | StateError::NotRunning(..) | StateError::Taken { .. }
+                )
         )
     }
 }
@@ -297,12 +306,14 @@ impl Engine {
 
     /// Removes every resource recorded for the lab, newest first, then its state.
     pub fn down(&self, lab: &str) -> Result<Vec<String>, EngineError> {
-        let lock = self.state.lock(lab)?;
+        // A vxlab killed a moment ago may still be letting go of the lock.
+        let lock = self
+            .state
+            .lock_within(lab, std::time::Duration::from_secs(5))?;
         let Some(st) = lock.load()? else {
             lock.remove()?;
             return Ok(vec![format!("lab {lab} is not running; nothing to remove")]);
         };
-        let others_running = self.state.labs().iter().any(|l| l != lab);
         let mut notes = Vec::new();
         // Host links first and all at once: deleting one also deletes its peer in the guest.
         let host_links: Vec<String> = st
@@ -320,13 +331,16 @@ impl Engine {
                 Resource::Bridge { name } => {
                     self.host.delete_link(name)?;
                 }
-                Resource::Path { path } => {
-                    let _ = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir_all(path));
-                }
+                Resource::Path { path } => match lock.remove_path(path) {
+                    Ok(_) => {}
+                    // Only paths inside the lab's own directory go: a state file that names
+                    // anything else was not written by vxlab.
+                    Err(e @ StateError::Foreign { .. }) => notes.push(format!("left {e}")),
+                    Err(e) => return Err(e.into()),
+                },
+                // Recorded by vxlab before the host-wide record of neighbour needs.
                 Resource::Sysctl { key, previous } => {
-                    if others_running {
-                        notes.push(format!("left {key} raised: other labs are still running"));
-                    } else if self.host.write_sysctl(key, previous).is_ok() {
+                    if self.host.write_sysctl(key, previous).is_ok() {
                         notes.push(format!("restored {key} to {previous}"));
                     }
                 }
@@ -335,6 +349,13 @@ impl Engine {
                 }
             }
         }
+        let id = lock.dir().display().to_string();
+        notes.extend(
+            self.host
+                .release_neighbours(&id)?
+                .iter()
+                .map(|c| c.describe()),
+        );
         lock.remove()?;
         Ok(notes)
     }

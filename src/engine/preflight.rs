@@ -2,33 +2,52 @@
 //! needs.
 
 use super::EngineError;
-use crate::host::{sysctl, Host};
+use crate::host::{inventory, Host, NeighbourNeeds};
 use crate::lab::DriverKind;
 use crate::plan::Plan;
-use crate::state::{LabLock, LabState, Resource};
+use crate::state::Resource;
 
-/// Refuses a bridge of the lab's name that this lab did not create: it belongs to someone else.
-pub(super) fn refuse_foreign_bridge(
+/// Refuses every resource of `wanted` that is on the host although the lab's own state
+/// (`recorded`) does not list it: vxlab never adopts another lab's bridge, namespace or link.
+/// Names the owner where its alias or name tells.
+pub(super) fn refuse_foreign(
     host: &dyn Host,
     plan: &Plan,
-    known: &[Resource],
+    wanted: &[Resource],
+    recorded: &[Resource],
 ) -> Result<(), EngineError> {
-    let ours = known.contains(&Resource::Bridge {
-        name: plan.bridge.clone(),
-    });
-    if host.link_exists(&plan.bridge) && !ours {
-        let advice = if plan.instance.is_some() {
+    let found = inventory::foreign(wanted, recorded, |r| host.probe(r));
+    let Some((resource, owner)) = found.first() else {
+        return Ok(());
+    };
+    let what = match resource {
+        Resource::Bridge { name } => format!("bridge {name}"),
+        Resource::HostLink { name } => format!("link {name}"),
+        Resource::Netns { name } => format!("namespace {name}"),
+        Resource::Domain { name } => format!("domain {name}"),
+        Resource::Path { path } => format!("{}", path.display()),
+        Resource::Sysctl { key, .. } => key.clone(),
+    };
+    let owner = owner
+        .as_ref()
+        .map(|o| format!(" (it belongs to {o})"))
+        .unwrap_or_default();
+    let advice = match resource {
+        Resource::Bridge { .. } if plan.instance.is_some() => {
             "a copy's bridge is `underlay.bridge` cut to fit, with the copy's name: choose \
              another `underlay.bridge` or copy name"
-        } else {
-            "choose another `underlay.bridge`"
-        };
-        return Err(EngineError::Host(format!(
-            "a link named {} already exists on this host and lab {} did not create it; {advice}",
-            plan.bridge, plan.lab
-        )));
-    }
-    Ok(())
+        }
+        Resource::Bridge { .. } => "choose another `underlay.bridge`",
+        _ => "remove it, or bring that lab down first",
+    };
+    let more = match found.len() {
+        1 => String::new(),
+        n => format!(" (and {} more of the lab's names)", n - 1),
+    };
+    Err(EngineError::Host(format!(
+        "{what}{more} already exists on this host and lab {} did not create it{owner}; {advice}",
+        plan.lab
+    )))
 }
 
 /// Refuses a lab whose underlay subnet the host already routes elsewhere: the lab would hijack
@@ -57,47 +76,26 @@ pub(super) fn refuse_routed_subnet(host: &dyn Host, plan: &Plan) -> Result<(), E
 }
 
 /// The kernel's neighbour table is shared by every namespace; a full mesh of many namespace
-/// guests overflows the default (`gc_thresh3` = 1024) and pings get lost. Raises it for the
-/// lab, recording the value to restore.
-pub(super) fn size_neighbour_tables(
+/// guests overflows the default (`gc_thresh3` = 1024) and pings get lost. The lab's need goes
+/// into the host-wide record, which raises the table as far as all running labs need.
+pub(super) fn claim_neighbours(
     host: &dyn Host,
     plan: &Plan,
-    lock: &LabLock,
-    st: &mut LabState,
+    id: &str,
 ) -> Result<Vec<String>, EngineError> {
     if plan.driver != DriverKind::Netns {
         return Ok(Vec::new());
     }
-    let (v4, v6) = plan.neighbours_needed();
-    let mut notes = Vec::new();
-    for (needed, ipv6) in [(v4, false), (v6, true)] {
-        if needed == 0 {
-            continue;
-        }
-        let keys = sysctl::neighbour_keys(ipv6);
-        // gc_thresh2 is where garbage collection starts, gc_thresh3 the hard limit.
-        for (key, target) in [(&keys[1], needed * 2), (&keys[2], needed * 4)] {
-            let Ok(now) = host.read_sysctl(key) else {
-                continue;
-            };
-            let current: usize = now.parse().unwrap_or(usize::MAX);
-            if current >= target {
-                continue;
-            }
-            lock.record(
-                st,
-                vec![Resource::Sysctl {
-                    key: key.clone(),
-                    previous: now.clone(),
-                }],
-            )?;
-            host.write_sysctl(key, &target.to_string())
-                .map_err(|e| EngineError::Host(format!("cannot raise {key} to {target}: {e}")))?;
-            notes.push(format!(
-                "raised {key} from {now} to {target}: the lab needs about {needed} neighbour \
-                 entries and all namespaces share one table"
-            ));
-        }
-    }
-    Ok(notes)
+    let (ipv4, ipv6) = plan.neighbours_needed();
+    let changes = host.claim_neighbours(id, NeighbourNeeds { ipv4, ipv6 })?;
+    Ok(changes
+        .iter()
+        .map(|c| {
+            format!(
+                "{}: the lab needs about {ipv4} IPv4 and {ipv6} IPv6 neighbour entries, and \
+                 all namespaces share one table",
+                c.describe()
+            )
+        })
+        .collect())
 }

@@ -7,11 +7,12 @@ use std::path::Path;
 use super::guests::Runner;
 use super::{go_on, preflight, repairs, Engine, EngineError};
 use crate::converge::Step;
+use crate::host::inventory;
 use crate::iproute2::Tools;
 use crate::outcome::Repair;
 use crate::plan::{GuestPlan, Plan};
 use crate::progress::Progress;
-use crate::state::{LabLock, LabState, Resource, StateError};
+use crate::state::{self, LabLock, LabState, Resource, StateError};
 
 /// What each guest gets once it exists and its tools are ready: the steps it ran.
 pub(super) type GuestWork<'a> =
@@ -44,17 +45,16 @@ impl Engine {
         ui: &Progress,
         work: &GuestWork,
     ) -> Result<Provisioned<'_>, EngineError> {
-        let known = match self.state.read(&plan.lab) {
-            Ok(st) => st.resources,
-            Err(StateError::NotRunning(..)) if lab_file.is_some() => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        let was_running = !known.is_empty();
-        preflight::refuse_foreign_bridge(self.host.as_ref(), plan, &known)?;
-        preflight::refuse_routed_subnet(self.host.as_ref(), plan)?;
         let lock = self.state.lock(&plan.lab)?;
+        let had_state = lock.load()?.is_some();
         let mut st = match lock.load()? {
-            Some(st) => st,
+            Some(st) => {
+                // A lab of the same name from another file, or another copy, is not ours.
+                if let Some((source, _)) = lab_file {
+                    state::check_owner(&st, source, plan.instance.as_ref())?;
+                }
+                st
+            }
             None => {
                 let (source, _) = lab_file.ok_or_else(|| {
                     StateError::NotRunning(plan.lab.clone(), self.state.root().to_path_buf())
@@ -68,25 +68,41 @@ impl Engine {
                 }
             }
         };
+        let was_running = !st.resources.is_empty();
+        let bridge = Resource::Bridge {
+            name: plan.bridge.clone(),
+        };
+        let guest_resources: Vec<Resource> = guests
+            .iter()
+            .flat_map(|g| self.driver.guest_resources(g))
+            .collect();
+        let mut wanted = vec![bridge.clone()];
+        wanted.extend(guest_resources.iter().cloned());
+        // Checking that the names and the subnet are free and taking them is one step for
+        // the whole host: two labs started at once must not both find them free.
+        let host = self.host.exclusive()?;
+        let refused = preflight::refuse_foreign(self.host.as_ref(), plan, &wanted, &st.resources)
+            .and_then(|()| preflight::refuse_routed_subnet(self.host.as_ref(), plan));
+        if let Err(e) = refused {
+            // Nothing was made: a new lab leaves no state behind, not even its lock.
+            if !had_state {
+                lock.remove()?;
+            }
+            return Err(e);
+        }
         if let Some((_, text)) = lab_file {
             lock.save_lab_copy(text)?;
         }
         lock.save(&st)?;
-
         go_on()?;
-        let notes = preflight::size_neighbour_tables(self.host.as_ref(), plan, &lock, &mut st)?;
-        lock.record(
-            &mut st,
-            vec![Resource::Bridge {
-                name: plan.bridge.clone(),
-            }],
-        )?;
+        let id = lock.dir().display().to_string();
+        let notes = preflight::claim_neighbours(self.host.as_ref(), plan, &id)?;
+        lock.record(&mut st, vec![bridge])?;
         self.host.ensure_bridge(&plan.bridge, plan.gateway)?;
-        let guest_resources = guests
-            .iter()
-            .flat_map(|g| self.driver.guest_resources(g))
-            .collect();
+        self.host
+            .set_alias(&plan.bridge, &inventory::owner_alias(&plan.lab))?;
         lock.record(&mut st, guest_resources)?;
+        drop(host);
 
         let runner = Runner::new(self.driver.as_ref(), Some(lock.dir()), BTreeMap::new());
         let state_dir = lock.dir();

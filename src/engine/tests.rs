@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use super::*;
 use crate::host::process::Output;
-use crate::host::{Frames, HostRoute};
+use crate::host::{Change, ClaimError, Frames, HostLockError, HostRoute, NeighbourNeeds, Presence};
 use crate::plan::PingPlan;
 
 /// Records what the engine asks of the host.
@@ -39,15 +39,27 @@ impl Host for FakeHost {
         self.log(format!("del {}", names.join(",")));
         Ok(names.len())
     }
-    fn link_exists(&self, _: &str) -> bool {
-        false
+    fn set_alias(&self, name: &str, alias: &str) -> Result<(), NetlinkError> {
+        self.log(format!("alias {name} {alias}"));
+        Ok(())
+    }
+    fn probe(&self, _: &Resource) -> Presence {
+        Presence::Absent
     }
     fn routes(&self, _: bool) -> Vec<HostRoute> {
         self.log("routes".into());
         Vec::new()
     }
-    fn read_sysctl(&self, _: &str) -> io::Result<String> {
-        Ok("1024".into())
+    fn exclusive(&self) -> Result<Box<dyn Send>, HostLockError> {
+        Ok(Box::new(()))
+    }
+    fn claim_neighbours(&self, _: &str, needs: NeighbourNeeds) -> Result<Vec<Change>, ClaimError> {
+        self.log(format!("claim {} {}", needs.ipv4, needs.ipv6));
+        Ok(Vec::new())
+    }
+    fn release_neighbours(&self, _: &str) -> Result<Vec<Change>, ClaimError> {
+        self.log("release".into());
+        Ok(Vec::new())
     }
     fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
         self.log(format!("sysctl {key}={value}"));
@@ -264,13 +276,17 @@ fn up_records_each_guest_before_creating_it_and_down_removes_all_in_reverse() {
             "remove Domain { name: \"vxlab-two-netns.vm-a\" }",
         ]
     );
-    assert_eq!(*host.calls.lock().unwrap(), ["del ", "del vxbr-seed"]);
+    assert_eq!(
+        *host.calls.lock().unwrap(),
+        ["del ", "del vxbr-seed", "release"]
+    );
     assert!(engine.state.labs().is_empty());
     assert!(!tmp.path().join("two-netns").exists());
 }
 
 #[test]
 fn a_bridge_the_lab_did_not_create_is_refused_before_anything_is_written() {
+    /// A host where every name vxlab wants already exists, made by another lab.
     struct Taken(FakeHost);
     impl Host for Taken {
         fn ensure_bridge(&self, n: &str, a: IpNet) -> Result<(), NetlinkError> {
@@ -282,14 +298,25 @@ fn a_bridge_the_lab_did_not_create_is_refused_before_anything_is_written() {
         fn delete_links(&self, n: &[String]) -> Result<usize, NetlinkError> {
             self.0.delete_links(n)
         }
-        fn link_exists(&self, _: &str) -> bool {
-            true
+        fn set_alias(&self, n: &str, a: &str) -> Result<(), NetlinkError> {
+            self.0.set_alias(n, a)
+        }
+        fn probe(&self, _: &Resource) -> Presence {
+            Presence::Present {
+                owner: Some("lab other".into()),
+            }
         }
         fn routes(&self, v6: bool) -> Vec<HostRoute> {
             self.0.routes(v6)
         }
-        fn read_sysctl(&self, k: &str) -> io::Result<String> {
-            self.0.read_sysctl(k)
+        fn exclusive(&self) -> Result<Box<dyn Send>, HostLockError> {
+            self.0.exclusive()
+        }
+        fn claim_neighbours(&self, i: &str, n: NeighbourNeeds) -> Result<Vec<Change>, ClaimError> {
+            self.0.claim_neighbours(i, n)
+        }
+        fn release_neighbours(&self, i: &str) -> Result<Vec<Change>, ClaimError> {
+            self.0.release_neighbours(i)
         }
         fn write_sysctl(&self, k: &str, v: &str) -> io::Result<()> {
             self.0.write_sysctl(k, v)
@@ -316,6 +343,11 @@ fn a_bridge_the_lab_did_not_create_is_refused_before_anything_is_written() {
         )
         .unwrap_err();
     assert!(e.before_anything(), "{e}");
-    assert!(e.to_string().contains("vxbr-seed already exists"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("bridge vxbr-seed (and 2 more of the lab's names) already exists"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("(it belongs to lab other)"), "{e}");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }

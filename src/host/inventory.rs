@@ -61,11 +61,12 @@ fn link_in(sys: &Path, name: &str) -> Presence {
     Presence::Present { owner }
 }
 
-/// Whether namespace `name` exists (also as a plain file left by an interrupted run), and its
-/// owner from its name.
+/// Whether namespace `name` exists, and its owner from its name. A plain file with nothing
+/// mounted on it (left by a run killed between making the mount point and mounting) is no
+/// one's namespace: it counts as absent, and creating the namespace replaces it.
 pub fn namespace(name: &str) -> Presence {
     let path = super::netns::path(name);
-    if name.is_empty() || name.contains('/') || std::fs::symlink_metadata(&path).is_err() {
+    if name.is_empty() || name.contains('/') || !super::netns::is_mounted(&path) {
         return Presence::Absent;
     }
     Presence::Present {

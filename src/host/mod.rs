@@ -21,7 +21,13 @@ use ipnet::IpNet;
 
 use crate::packet::Frame;
 
+pub use inventory::Presence;
+pub use lock::HostLockError;
+pub use neighbours::{Change, ClaimError, NeighbourNeeds};
 pub use netlink::NetlinkError;
+
+use crate::state::Resource;
+use neighbours::{NeighbourClaims, ProcSys};
 
 /// A route of the host's main table, as far as the engine cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,13 +52,21 @@ pub trait Host: Send + Sync {
     fn delete_link(&self, name: &str) -> Result<bool, NetlinkError>;
     /// Deletes several links at once; returns how many there were.
     fn delete_links(&self, names: &[String]) -> Result<usize, NetlinkError>;
-    /// Whether a link of that name exists.
-    fn link_exists(&self, name: &str) -> bool;
+    /// Names the owner of link `name` in its alias (`ip link show` prints it).
+    fn set_alias(&self, name: &str, alias: &str) -> Result<(), NetlinkError>;
+    /// Whether a resource of the host's kinds is there, and whose it is.
+    fn probe(&self, resource: &Resource) -> Presence;
     /// The host's routes of one address family (prefix routes; the default route too).
     fn routes(&self, ipv6: bool) -> Vec<HostRoute>;
-    /// Reads a kernel setting such as `net.ipv4.neigh.default.gc_thresh3`.
-    fn read_sysctl(&self, key: &str) -> io::Result<String>;
-    /// Writes a kernel setting.
+    /// Holds every other vxlab on this host off while one checks that a bridge, a subnet or
+    /// a name is free and takes it; released when the guard is dropped.
+    fn exclusive(&self) -> Result<Box<dyn Send>, HostLockError>;
+    /// Records that lab `id` needs `needs` neighbour entries and raises the neighbour tables
+    /// as far as every lab's needs require; returns what changed.
+    fn claim_neighbours(&self, id: &str, needs: NeighbourNeeds) -> Result<Vec<Change>, ClaimError>;
+    /// Drops lab `id`'s claim, lowering or restoring what no lab needs; returns what changed.
+    fn release_neighbours(&self, id: &str) -> Result<Vec<Change>, ClaimError>;
+    /// Writes a kernel setting (to restore one recorded by an older vxlab).
     fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()>;
     /// Starts capturing every frame on host link `link`, reads waiting at most `poll`.
     fn capture(&self, link: &str, poll: Duration) -> io::Result<Box<dyn Frames>>;
@@ -86,8 +100,20 @@ impl Host for LocalHost {
     fn delete_links(&self, names: &[String]) -> Result<usize, NetlinkError> {
         self.netlink.delete_links(names)
     }
-    fn link_exists(&self, name: &str) -> bool {
-        std::path::Path::new("/sys/class/net").join(name).exists()
+    fn set_alias(&self, name: &str, alias: &str) -> Result<(), NetlinkError> {
+        self.netlink.set_alias(name, alias)
+    }
+    fn probe(&self, resource: &Resource) -> Presence {
+        inventory::probe(resource)
+    }
+    fn exclusive(&self) -> Result<Box<dyn Send>, HostLockError> {
+        Ok(Box::new(lock::HostLock::take()?))
+    }
+    fn claim_neighbours(&self, id: &str, needs: NeighbourNeeds) -> Result<Vec<Change>, ClaimError> {
+        NeighbourClaims::host().claim(id, needs, &ProcSys)
+    }
+    fn release_neighbours(&self, id: &str) -> Result<Vec<Change>, ClaimError> {
+        NeighbourClaims::host().release(id, &ProcSys)
     }
     fn routes(&self, ipv6: bool) -> Vec<HostRoute> {
         let family = if ipv6 { "-6" } else { "-4" };
@@ -112,9 +138,6 @@ impl Host for LocalHost {
                 Some(HostRoute { dst, dev: r.dev })
             })
             .collect()
-    }
-    fn read_sysctl(&self, key: &str) -> io::Result<String> {
-        sysctl::read(key)
     }
     fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
         sysctl::write(key, value)
