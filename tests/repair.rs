@@ -489,6 +489,9 @@ fn status_finds_guests_of_another_state_dir_and_tells_a_non_root_user_what_it_ne
         .map(|v| v.as_str().unwrap())
         .collect();
     assert!(elsewhere.contains(&"vxlab-t-r-else.vm-a"), "{s:#}");
+    // Other tests' labs may run beside it; this one is named once, by its lab.
+    let labs = s["elsewhere_labs"].as_array().unwrap();
+    assert_eq!(labs.iter().filter(|l| *l == "t-r-else").count(), 1, "{s:#}");
     let text = Command::new(env!("CARGO_BIN_EXE_vxlab"))
         .arg("status")
         .env("VXLAB_STATE_DIR", other.path())

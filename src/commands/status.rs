@@ -83,10 +83,22 @@ pub fn status(json: bool) -> Result<u8> {
     let mut strays: Vec<String> = netns::running_guests();
     strays.extend(libvirt::running_guests());
     strays.retain(|n| !known.contains(n));
+    // The labs they belong to, as their names say.
+    let mut elsewhere: Vec<&str> = strays
+        .iter()
+        .filter_map(|n| plan::instance_owner(n).map(|(lab, _)| lab))
+        .collect();
+    elsewhere.dedup();
+    let leftovers = state.leftovers();
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"labs": rows, "elsewhere": strays}))?
+            serde_json::to_string_pretty(&json!({
+                "labs": rows,
+                "elsewhere": strays,
+                "elsewhere_labs": elsewhere,
+                "leftovers": leftovers,
+            }))?
         );
         return Ok(exit::OK);
     }
@@ -121,12 +133,16 @@ pub fn status(json: bool) -> Result<u8> {
     }
     if !strays.is_empty() {
         println!(
-            "\nvxlab guests running on this host that no lab in {} owns: {}\n\
-             they belong to labs brought up with another state directory: run vxlab with \
+            "\nlabs running on this host that {} does not hold: {} (guests {})\n\
+             they were brought up with another state directory: run vxlab with \
              VXLAB_STATE_DIR set to it (or --state-dir) to see, check or remove them",
             state.root().display(),
+            elsewhere.join(", "),
             strays.join(", ")
         );
+    }
+    for l in &leftovers {
+        println!("\n{l}: only a lock is left (an up stopped at once); `vxlab down {l}` removes it");
     }
     Ok(exit::OK)
 }
