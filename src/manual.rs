@@ -119,15 +119,17 @@ fn command_section(out: &mut String, c: &mut Command, path: &str) {
 }
 
 /// The exit statuses, as `commands` returns them.
-const EXIT_STATUS: [(u8, &str); 8] = [
+const EXIT_STATUS: [(u8, &str); 10] = [
     (exit::OK, "Success: every check held."),
     (exit::CHECK_FAILED, "The lab runs but a check failed; the report names each failure, cause first."),
     (exit::USAGE, "A command-line value cannot be used, such as a workshop pool with no room left."),
     (exit::DATA, "The lab file is invalid; each problem is given as file:line:column: field: message."),
     (exit::UNAVAILABLE, "A program, libvirtd, a guest or the image is missing or cannot be reached; the message says how to get it."),
     (exit::SOFTWARE, "Any other failure. After an up that failed part-way, vxlab down LAB removes all of it."),
+    (exit::TAKEN, "The lab's name is another lab's: its state (a standalone lab and a workshop copy of the same name), named in the message; nothing was created."),
     (exit::TEMPFAIL, "Another vxlab is changing the lab; try again when it is done."),
     (exit::NOPERM, "The command needs root, and says why."),
+    (exit::INTERRUPTED, "Ctrl-C or SIGTERM stopped up, reset or walk between two steps; vxlab down LAB removes what was made, vxlab up LAB finishes it."),
 ];
 
 const ENVIRONMENT: [(&str, &str); 5] = [
@@ -138,7 +140,7 @@ const ENVIRONMENT: [(&str, &str); 5] = [
     ("PATH", "Where vxlab finds ip, bridge, ping, dot, qemu-img, virsh and ssh."),
 ];
 
-const FILES: [(&str, &str); 8] = [
+const FILES: [(&str, &str); 10] = [
     ("/var/lib/vxlab/LAB/state.json", "Every resource the lab created, each recorded before it was created, so down removes all of it."),
     ("/var/lib/vxlab/LAB/lab.yaml", "The copy of the lab file check, down and reset plan from."),
     ("/var/lib/vxlab/LAB/commands-GUEST.log", "Every command vxlab ran in the guest, with the ip it used and its exit status."),
@@ -146,7 +148,9 @@ const FILES: [(&str, &str); 8] = [
     ("/var/lib/vxlab/LAB/health.json", "The result of the lab's last check, for status without root."),
     ("/var/cache/vxlab/iproute2/HASH/", "iproute2 builds, one per source and compiler options, reused by later labs."),
     ("/var/cache/vxlab/images/", "Guest images for the libvirt driver (vxlab image build)."),
-    ("/run/netns/vxlab-LAB-GUEST", "The namespace of a guest of the netns driver."),
+    ("/run/netns/vxlab-LAB.GUEST", "The namespace of a guest of the netns driver."),
+    ("/run/vxlab/host.lock", "Held while one vxlab checks that a bridge, subnet or name is free and takes it."),
+    ("/run/vxlab/neighbours.json", "Which running labs need how much room in the kernel's neighbour table, and the values to restore when the last one goes."),
 ];
 
 const EXAMPLES: [(&str, &str); 10] = [
