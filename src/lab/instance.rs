@@ -15,7 +15,7 @@ pub const MAX_INSTANCE_NAME: usize = 6;
 /// Longest lab name (it goes into namespace and domain names).
 const MAX_LAB_NAME: usize = 24;
 /// Linux interface names hold at most 15 bytes.
-const IFNAMSIZ: usize = 15;
+const IFNAMSIZ: usize = super::defaults::MAX_IFNAME;
 
 /// Which copy of a lab this is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

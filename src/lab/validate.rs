@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::defaults;
 use super::file::{RawCheck, RawGuest, RawIproute2, RawLab, RawLibvirt, RawVxlan, RawWorkshop};
 use super::source::{join_index, join_key, SourceMap};
 use super::yaml::Node;
@@ -23,7 +24,7 @@ const MAX_GUEST_NAME: usize = 32;
 /// Guests are numbered in the last byte of their derived MACs.
 pub const MAX_GUESTS: usize = 250;
 /// Linux interface names hold at most 15 bytes.
-const IFNAMSIZ: usize = 15;
+const IFNAMSIZ: usize = defaults::MAX_IFNAME;
 
 /// Words that `ip link add NAME ...` and `ip link set NAME ...` read as keywords where the plan
 /// puts a device name (iproute2's `iplink_parse`, which compares these exactly).
@@ -280,7 +281,10 @@ pub fn validate(raw: RawLab, map: &SourceMap) -> Result<Lab, Vec<Problem>> {
 fn underlay(v: &mut Validator, raw: &RawLab) -> Option<Underlay> {
     let u = &raw.underlay;
     v.ifname("underlay.bridge", &u.bridge);
-    let interface = u.interface.clone().unwrap_or_else(|| "eth0".into());
+    let interface = u
+        .interface
+        .clone()
+        .unwrap_or_else(|| defaults::INTERFACE.into());
     v.device("underlay.interface", &interface);
     let subnet = v.prefix("underlay.subnet", &u.subnet, "192.168.10.0/24")?;
     if subnet.addr() != subnet.network() {
@@ -392,8 +396,8 @@ struct Sizing {
 fn libvirt_defaults(raw: &RawLab) -> Sizing {
     let l = raw.libvirt.as_ref();
     Sizing {
-        memory: l.and_then(|l| l.memory).unwrap_or(512),
-        vcpus: l.and_then(|l| l.vcpus).unwrap_or(1),
+        memory: l.and_then(|l| l.memory).unwrap_or(defaults::MEMORY_MIB),
+        vcpus: l.and_then(|l| l.vcpus).unwrap_or(defaults::VCPUS),
     }
 }
 
@@ -415,13 +419,13 @@ fn sizing(v: &mut Validator, path: &str, memory: u64, vcpus: u64) {
 fn libvirt_settings(v: &mut Validator, raw: Option<&RawLibvirt>) -> LibvirtSettings {
     let uri = raw
         .and_then(|l| l.uri.clone())
-        .unwrap_or_else(|| "qemu:///system".into());
+        .unwrap_or_else(|| defaults::LIBVIRT_URI.into());
     if uri.is_empty() || uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
         v.at("libvirt.uri", format!("`{uri}` is not a libvirt URI"));
     }
     let image = raw
         .and_then(|l| l.image.clone())
-        .unwrap_or_else(|| "debian-12".into());
+        .unwrap_or_else(|| defaults::IMAGE.into());
     if image.is_empty() || image.chars().any(char::is_control) {
         v.at("libvirt.image", "give a qcow2 path or an image name");
     }
@@ -438,7 +442,12 @@ fn libvirt_settings(v: &mut Validator, raw: Option<&RawLibvirt>) -> LibvirtSetti
         }
     };
     if let Some(l) = raw {
-        sizing(v, "libvirt", l.memory.unwrap_or(512), l.vcpus.unwrap_or(1));
+        sizing(
+            v,
+            "libvirt",
+            l.memory.unwrap_or(defaults::MEMORY_MIB),
+            l.vcpus.unwrap_or(defaults::VCPUS),
+        );
     }
     LibvirtSettings { uri, image, accel }
 }
@@ -683,7 +692,13 @@ fn vxlan(
         16_777_215,
         "a VXLAN network identifier has 24 bits and 0 is reserved",
     );
-    let port = v.range(&f("port"), x.port.unwrap_or(4789), 1, 65535, "a UDP port");
+    let port = v.range(
+        &f("port"),
+        x.port.unwrap_or(i64::from(defaults::VXLAN_PORT)),
+        1,
+        65535,
+        "a UDP port",
+    );
     let mtu = x
         .mtu
         .map(|m| v.range(&f("mtu"), m, 68, 65535, "an Ethernet MTU"));
@@ -691,7 +706,7 @@ fn vxlan(
         .dev
         .clone()
         .or_else(|| underlay.map(|u| u.interface.clone()))
-        .unwrap_or_else(|| "eth0".into());
+        .unwrap_or_else(|| defaults::INTERFACE.into());
     // Without `dev:` it is the underlay interface, judged where that is written.
     let dev_ok = x.dev.as_ref().is_none_or(|d| v.device(&f("dev"), d));
     if dev_ok {

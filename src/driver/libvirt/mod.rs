@@ -266,7 +266,10 @@ impl LibvirtDriver {
         disk: &Path,
         seed: &Path,
     ) -> String {
-        let (memory, vcpus) = self.guests.get(&g.name).copied().unwrap_or((512, 1));
+        let (memory, vcpus) = self.guests.get(&g.name).copied().unwrap_or((
+            crate::lab::defaults::MEMORY_MIB,
+            crate::lab::defaults::VCPUS,
+        ));
         domain_xml(
             plan,
             g,
