@@ -45,6 +45,10 @@ pub enum Command {
         /// Workshop mode: run N copies of the lab, named 1..N.
         #[arg(long)]
         count: Option<u32>,
+        /// Print each guest's stage changes with the seconds since `up` started, and a table
+        /// of where the time went.
+        #[arg(long, conflicts_with_all = ["count", "instance"])]
+        timings: bool,
     },
     /// Build the lab step by step, showing after each step what changed in the kernel and why.
     Walk {
@@ -214,8 +218,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             json,
             instance,
             count,
+            timings,
         } => match (instance, count) {
-            (None, None) => commands::up(&lab, json),
+            (None, None) => commands::up(&lab, json, timings),
             (instance, count) => commands::up_instances(&lab, json, instance.as_deref(), count),
         },
         Command::Walk { lab, no_pause } => commands::walk(&lab, no_pause),

@@ -191,10 +191,19 @@ fn print_outcome(plan: &Plan, o: &Outcome, json: bool) -> Result<u8> {
     })
 }
 
-/// `vxlab up LAB`
-pub fn up(path: &Path, json: bool) -> Result<u8> {
+/// `vxlab up LAB [--timings]`
+pub fn up(path: &Path, json: bool, timings: bool) -> Result<u8> {
     let lab = load(path)?;
-    let (p, o) = up_one(&lab, path, &Progress::new())?;
+    let ui = if timings {
+        Progress::new().with_timings()
+    } else {
+        Progress::new()
+    };
+    let (p, o) = up_one(&lab, path, &ui)?;
+    if let (Some(table), Some(s)) = (ui.timings_table(), ui.elapsed()) {
+        eprint!("{table}");
+        eprintln!("{s:.1} s: lab {} up and checked", lab.name);
+    }
     print_outcome(&p, &o, json)
 }
 
