@@ -156,11 +156,28 @@ pub fn cache_key(kernel: &Path) -> String {
     format!("{}:{}", host.trim(), kernel.display())
 }
 
+/// The cached probe for `key` in the cache file's text, one line per host and guest kernel.
+pub fn cached_for(text: &str, key: &str) -> Option<Probed> {
+    text.lines()
+        .filter_map(Probed::from_line)
+        .find(|p| p.key == key)
+}
+
+/// The cache file's text with `p` in place of any older line for its key.
+pub fn with_probe(text: &str, p: &Probed) -> String {
+    let mut out: String = text
+        .lines()
+        .filter(|l| Probed::from_line(l).is_some_and(|o| o.key != p.key))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(&p.to_line());
+    out
+}
+
 /// Chooses for real: the host's /dev/kvm, a probe boot through QEMU, the cache file `cache`.
 pub fn choose(setting: Accel, kernel: &Path, cache: &Path) -> Choice {
-    let cached = std::fs::read_to_string(cache)
-        .ok()
-        .and_then(|t| Probed::from_line(&t));
+    let text = std::fs::read_to_string(cache).unwrap_or_default();
+    let key = cache_key(kernel);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -168,14 +185,14 @@ pub fn choose(setting: Accel, kernel: &Path, cache: &Path) -> Choice {
         setting,
         &HostProbe,
         kernel,
-        &cache_key(kernel),
-        cached,
+        &key,
+        cached_for(&text, &key),
         now,
         cache,
     );
     if let Some(p) = fresh {
         // A cache that cannot be written only costs the next `up` another probe.
-        let _ = std::fs::write(cache, p.to_line());
+        let _ = std::fs::write(cache, with_probe(&text, &p));
     }
     choice
 }
@@ -242,10 +259,9 @@ pub fn likely_kvm(lab: &crate::lab::Lab) -> bool {
             let Ok(image) = super::image::resolve(&lab.libvirt.image) else {
                 return false;
             };
-            std::fs::read_to_string(cache_file(&super::image::cache_dir()))
-                .ok()
-                .and_then(|t| Probed::from_line(&t))
-                .is_some_and(|p| p.key == cache_key(&image.kernel) && p.works)
+            let text = std::fs::read_to_string(cache_file(&super::image::cache_dir()));
+            cached_for(&text.unwrap_or_default(), &cache_key(&image.kernel))
+                .is_some_and(|p| p.works)
         }
     }
 }
@@ -382,5 +398,24 @@ mod tests {
         let old = Probed::from_line("6.1.0:/img/vmlinuz=tcg\n").unwrap();
         assert!(!old.works && old.at == 0);
         assert_eq!(Probed::from_line("garbage"), None);
+    }
+
+    #[test]
+    fn the_cache_keeps_one_line_per_kernel_so_two_images_do_not_evict_each_other() {
+        let probe = |key: &str, works, at| Probed {
+            key: key.into(),
+            works,
+            at,
+        };
+        let text = with_probe("", &probe("6.1:/a/vmlinuz", false, 1));
+        let text = with_probe(&text, &probe("6.1:/b/vmlinuz", false, 2));
+        let text = with_probe(&text, &probe("6.1:/a/vmlinuz", true, 3));
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert_eq!(
+            cached_for(&text, "6.1:/a/vmlinuz"),
+            Some(probe("6.1:/a/vmlinuz", true, 3))
+        );
+        assert_eq!(cached_for(&text, "6.1:/b/vmlinuz").unwrap().at, 2);
+        assert_eq!(cached_for(&text, "6.1:/c/vmlinuz"), None);
     }
 }
