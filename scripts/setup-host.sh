@@ -18,6 +18,16 @@ if dpkg-query -W -f '${Version}' qemu-utils 2>/dev/null | grep -q '~bpo'; then
 fi
 apt-get install -y -q --no-install-recommends --allow-downgrades "${packages[@]}"
 
+# /dev/kvm: the group and mode udev gives it (kvm, 0660), where no udev did (containers, CI).
+# Left root-only, libvirt's QEMU user cannot open it, libvirt discards its QEMU capability
+# cache on every call (about 4 s each) and `vxlab up` takes minutes. Before libvirtd starts,
+# so that its first probe already sees the device usable.
+if [ -c /dev/kvm ]; then
+  getent group kvm >/dev/null || groupadd --system kvm
+  chgrp kvm /dev/kvm
+  chmod 0660 /dev/kvm
+fi
+
 # Start libvirtd unless something already runs it (no systemd in containers and CI).
 if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   if command -v systemctl >/dev/null && systemctl start libvirtd 2>/dev/null; then :; else

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::builder::Recipe;
 use crate::driver::libvirt::image::{self, Image, ImageError};
-use crate::driver::libvirt::{LibvirtDriver, Unreachable};
+use crate::driver::libvirt::{LibvirtDriver, OpenError};
 use crate::driver::netns::NetnsDriver;
 use crate::driver::Driver;
 use crate::engine::{Engine, EngineError, Outcome};
@@ -67,7 +67,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if busy {
             return exit::TEMPFAIL;
         }
-        if cause.is::<Unreachable>()
+        if cause.is::<OpenError>()
             || matches!(cause.downcast_ref(), Some(EngineError::NotReady { .. }))
             || matches!(
                 cause.downcast_ref(),

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use virt::connect::Connect;
@@ -18,10 +18,12 @@ use virt::error::ErrorNumber;
 
 pub mod accel;
 pub mod image;
+pub mod preflight;
 pub mod ssh;
 
 use self::accel::Choice;
 use self::image::Image;
+use self::preflight::KvmNotOpenable;
 use self::ssh::{Connection, KeyPair};
 use crate::driver::{Driver, DriverError};
 use crate::host::process::{self, Output};
@@ -49,6 +51,17 @@ pub struct LibvirtDriver {
     say: Box<dyn Fn(&str) + Send + Sync>,
 }
 
+/// Why the driver could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// libvirtd does not answer.
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
+    /// The host would make every libvirt call slow.
+    #[error(transparent)]
+    Kvm(#[from] KvmNotOpenable),
+}
+
 /// Cannot reach libvirt.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -72,14 +85,18 @@ fn err(
 }
 
 impl LibvirtDriver {
-    /// Connects to the lab's libvirt. `image` is needed only to create guests; `dir` is the
-    /// lab's state directory; `say` prints a line for the user.
+    /// Connects to the lab's libvirt. `image` is needed only to create guests, and with it
+    /// the host is checked first (see [`preflight`]); `dir` is the lab's state directory;
+    /// `say` prints a line for the user.
     pub fn open(
         lab: &Lab,
         dir: &Path,
         image: Option<Image>,
         say: Box<dyn Fn(&str) + Send + Sync>,
-    ) -> Result<Self, Unreachable> {
+    ) -> Result<Self, OpenError> {
+        if image.is_some() {
+            preflight::check_kvm(Path::new("/dev/kvm"), Path::new("/etc/libvirt/qemu.conf"))?;
+        }
         // libvirt prints every error itself by default, expected ones ("no such domain") too;
         // vxlab reports the ones that matter.
         virt::error::clear_error_callback();
@@ -87,6 +104,11 @@ impl LibvirtDriver {
             uri: lab.libvirt.uri.clone(),
             source,
         })?;
+        if image.is_some() {
+            if let Some(warning) = timed_capabilities(&conn) {
+                say(&warning);
+            }
+        }
         Ok(LibvirtDriver {
             conn,
             dir: dir.to_path_buf(),
@@ -349,6 +371,21 @@ pub fn domain_xml(
             "console_log": console_log,
         }),
     )
+}
+
+/// Times libvirt's answer to a capability query, twice when the first is slow; a warning
+/// when they were slow.
+fn timed_capabilities(conn: &Connect) -> Option<String> {
+    let time = || {
+        let t = Instant::now();
+        let _ = conn.get_domain_capabilities(None, None, None, None, 0);
+        t.elapsed()
+    };
+    let first = time();
+    if first <= Duration::from_secs(1) {
+        return None;
+    }
+    preflight::explain_slow_capabilities(first, time())
 }
 
 impl Driver for LibvirtDriver {
