@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::builder::Recipe;
 use crate::driver::libvirt::image::{self, Image, ImageError};
-use crate::driver::libvirt::{LibvirtDriver, OpenError};
+use crate::driver::libvirt::{capacity, LibvirtDriver, OpenError};
 use crate::driver::netns::NetnsDriver;
 use crate::driver::Driver;
 use crate::engine::{Engine, EngineError, Outcome};
@@ -300,8 +300,27 @@ pub fn up_instances(
     } else {
         Progress::hidden()
     };
-    // A few labs at a time: each one's guests are already brought up in parallel.
-    let results = crate::engine::parallel_map(&labs, 4, |lab| up_one(lab, path, &ui));
+    // A few labs at a time: each one's guests are already brought up in parallel. VMs: as
+    // many as the host's free cores boot well, once the whole class is known to fit.
+    let (width, queue) = match base.driver {
+        DriverKind::Libvirt if !single => {
+            let (class, summary) = capacity::plan_for(&base, labs.len())?;
+            eprintln!("{summary}");
+            let names = labs.iter().map(|l| l.name.clone()).collect();
+            (class.width, Some(capacity::ClassQueue::new(names)))
+        }
+        _ => (4, None),
+    };
+    let results = crate::engine::parallel_map(&labs, width, |lab| {
+        queue
+            .as_ref()
+            .inspect(|q| eprintln!("{}", q.started(&lab.name)));
+        let r = up_one(lab, path, &ui);
+        queue
+            .as_ref()
+            .inspect(|q| eprintln!("{}", q.finished(&lab.name, r.is_ok())));
+        r
+    });
     let mut reports = Vec::new();
     let mut all_ok = true;
     let mut first_err = None;

@@ -18,6 +18,7 @@ use virt::domain::Domain;
 use virt::error::ErrorNumber;
 
 pub mod accel;
+pub mod capacity;
 pub mod image;
 pub mod preflight;
 pub mod seed;
@@ -43,9 +44,6 @@ const SSH_RETRIES: u32 = 20;
 /// port 22): 128, 64 and 48 MiB boot alike, 32 MiB costs 5 % more; 64 keeps a margin for
 /// compiler-heavy work such as an iproute2 build.
 pub const TB_CACHE_MIB: u64 = 64;
-
-/// How long a guest may take from start to SSH: software emulation is slow.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The libvirt driver.
 pub struct LibvirtDriver {
@@ -468,7 +466,11 @@ impl Driver for LibvirtDriver {
             dom.create().map_err(err(&g.name, "starting its domain"))?;
         }
         let log = self.guest_dir(g).join("console.log");
-        let timeout = BOOT_TIMEOUT;
+        let timeout = capacity::boot_timeout(
+            self.choice().is_tcg(),
+            &capacity::HostLoad::read(),
+            self.guests.len(),
+        );
         let mut stage = "booting";
         ssh::wait_for_port(g.underlay.addr(), timeout, &mut || {
             let now = boot_stage(&std::fs::read_to_string(&log).unwrap_or_default());
