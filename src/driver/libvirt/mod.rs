@@ -101,7 +101,9 @@ impl LibvirtDriver {
         image: Option<Image>,
         say: Box<dyn Fn(&str) + Send + Sync>,
     ) -> Result<Self, OpenError> {
-        if image.is_some() {
+        // The local system daemon runs QEMU as its own user; a remote host or a session
+        // daemon is another matter.
+        if image.is_some() && lab.libvirt.uri == "qemu:///system" {
             preflight::check_kvm(Path::new("/dev/kvm"), Path::new("/etc/libvirt/qemu.conf"))?;
         }
         // libvirt prints every error itself by default, expected ones ("no such domain") too;
@@ -421,8 +423,6 @@ fn boot_stage(console: &str) -> &'static str {
         "seeded, starting SSH"
     } else if console.contains("Cloud-init") || console.contains("cloud-init") {
         "cloud-init"
-    } else if console.contains("Linux version") || console.contains("systemd") {
-        "kernel started"
     } else {
         "booting"
     }
