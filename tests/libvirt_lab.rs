@@ -184,6 +184,34 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
 }
 
 #[test]
+fn a_guest_of_vxlabs_image_gets_the_interface_name_the_lab_gives() {
+    // vxlab's image learns its underlay from the kernel command line; a lab that names the
+    // interface otherwise than the kernel does gets that name, with its address on it.
+    ensure_image();
+    let lab = Lab::shipped(
+        "two-vm.yaml",
+        "named",
+        &[
+            ("192.168.10.", "192.168.78."),
+            ("  subnet: 192.168.78.0/24", "  subnet: 192.168.78.0/24\n  interface: lab0"),
+            ("    dev: eth0\n", "    dev: lab0\n"),
+            ("  vm-b: { address: 192.168.78.3 }\n", ""),
+            ("      vm-b: 192.168.42.3/24\n", ""),
+        ],
+    );
+    assert!(lab.text().contains("interface: lab0"), "{}", lab.text());
+    std::fs::set_permissions(lab.state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, r) = lab.up();
+    assert_eq!(code, 0, "{:#}", r);
+    assert_eq!(vtep(&r, "vm-a", "vxlan0")["kernel"]["dev"], "lab0");
+    let link = guest_says(&lab, "vm-a", &["ip", "-br", "addr", "show", "dev", "lab0"]);
+    assert!(link.contains("192.168.78.2/24"), "{link}");
+    let eth0 = lab.run(&["exec", "vm-a", "--", "ip", "link", "show", "dev", "eth0"]);
+    assert!(!eth0.status.success(), "eth0 is still there");
+    lab.down_leaves_nothing();
+}
+
+#[test]
 fn an_image_a_user_brings_boots_through_cloud_init_nocloud() {
     // vxlab's own image, seen from another directory without vxlab's recipe beside it, is an
     // image a user brought: vxlab boots it normally and gives it cloud-init NoCloud documents.
