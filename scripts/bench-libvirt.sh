@@ -13,7 +13,8 @@
 #
 # Then a class: `vxlab up --count CLASS` (default 4: 8 VMs) of the seed lab, its wall time,
 # the slowest copy, and the host memory each idle guest holds (QEMU's RSS, its anonymous
-# part, PSS, and the fall in MemAvailable per guest). CLASS=0 skips it.
+# part, PSS, and the fall in MemAvailable per guest), again after KSM has merged what it can
+# when setup-host.sh turned it on. CLASS=0 skips it.
 # Needs root, libvirtd, and vxlab's debian-12 image (built first if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,8 +85,8 @@ lab_file() { # N -> the seed lab with N guests
   echo "$f"
 }
 
-bare() { # N -> seconds until every guest of the reference image takes an SSH login
-  local n=$1 i ip d t0 key
+bare() { # N -> "seconds-to-port-22 seconds-to-SSH-login" of every guest of the reference image
+  local n=$1 i ip d t0 tp key
   ip link add $BR type bridge; ip addr add 192.168.10.1/24 dev $BR; ip link set $BR up
   ssh-keygen -q -t ed25519 -N '' -f "$work/key" <<<y >/dev/null
   key=$(cut -d' ' -f1,2 "$work/key.pub")
@@ -105,12 +106,15 @@ XML
     virsh -c qemu:///system create "$d/dom.xml" >/dev/null
   done
   for i in $(seq 1 "$n"); do
+    until timeout 1 bash -c "echo > /dev/tcp/192.168.10.$((i + 1))/22" 2>/dev/null; do sleep 0.1; done
+  done
+  tp=$(now)
+  for i in $(seq 1 "$n"); do
     ip=192.168.10.$((i + 1))
-    until timeout 1 bash -c "echo > /dev/tcp/$ip/22" 2>/dev/null; do sleep 0.1; done
     until ssh -q -i "$work/key" -o BatchMode=yes -o ConnectTimeout=5 -o StrictHostKeyChecking=no \
         -o UserKnownHostsFile=/dev/null "root@$ip" true; do sleep 0.1; done
   done
-  echo "$(now) - $t0" | bc -l
+  echo "$(echo "$tp - $t0" | bc -l) $(echo "$(now) - $t0" | bc -l)"
   for i in $(seq 1 "$n"); do
     virsh -c qemu:///system destroy "bench-ref-$i" >/dev/null; rm -rf "$work/g$i"
   done
@@ -118,34 +122,39 @@ XML
   ip link del $BR
 }
 
-vxlab_up() { # N -> "seconds-to-SSH seconds-up-and-checked" of `vxlab up`, then down (not timed)
-  local f t0 t1 ssh
+vxlab_up() { # N -> "seconds-to-port-22 seconds-to-SSH seconds-up-and-checked" of `vxlab up`
+  local f t0 t1 port ssh
   f=$(lab_file "$1")
   t0=$(now)
   "$VXLAB" up "$f" --timings >/dev/null 2>"$work/timings"
   t1=$(now)
+  port=$(awk '$4 == "SSH" && $5 == "port" { t = $1 } END { print t }' "$work/timings")
   ssh=$(awk '$4 == "SSH" && $5 == "up" { t = $1 } END { print t }' "$work/timings")
   "$VXLAB" down bench-vm >/dev/null 2>&1
-  echo "$ssh $(echo "$t1 - $t0" | bc -l)"
+  echo "$port $ssh $(echo "$t1 - $t0" | bc -l)"
 }
 
 reference_image
-printf '%-7s %6s %10s %12s %10s %13s %12s\n' guests runs "load" "vxlab SSH" "bare SSH" "SSH ratio" "vxlab up+check"
+printf '%-7s %5s %5s | %9s %9s %11s | %9s %9s | %9s %9s\n' guests runs load \
+  "vxlab 22" "vxlab SSH" "vxlab check" "bare 22" "bare SSH" "ratio 22" "ratio SSH"
 for n in $SIZES; do
-  vs=() vu=() bs=() loads=()
+  vp=() vs=() vu=() bp=() bs=() loads=()
   for _ in $(seq "$RUNS"); do
     loads+=("$(load)")
-    read -r s u < <(vxlab_up "$n")
-    vs+=("$s"); vu+=("$u")
+    read -r p s u < <(vxlab_up "$n")
+    vp+=("$p"); vs+=("$s"); vu+=("$u")
     loads+=("$(load)")
-    bs+=("$(bare "$n")")
+    read -r p s < <(bare "$n")
+    bp+=("$p"); bs+=("$s")
   done
-  mv=$(printf '%s\n' "${vs[@]}" | median)
-  mu=$(printf '%s\n' "${vu[@]}" | median)
-  mb=$(printf '%s\n' "${bs[@]}" | median)
-  printf '%-7s %6s %10s %12.1f %10.1f %13.2f %12.1f\n' "$n" "$RUNS" "$(printf '%s\n' "${loads[@]}" | median)" \
-    "$mv" "$mb" "$(echo "$mv / $mb" | bc -l)" "$mu"
-  echo "  runs: vxlab SSH ${vs[*]}; vxlab up+check ${vu[*]}; bare SSH ${bs[*]}; load ${loads[*]}" >&2
+  med() { printf '%s\n' "$@" | median; }
+  mvp=$(med "${vp[@]}"); mvs=$(med "${vs[@]}"); mvu=$(med "${vu[@]}")
+  mbp=$(med "${bp[@]}"); mbs=$(med "${bs[@]}")
+  printf '%-7s %5s %5s | %9.1f %9.1f %11.1f | %9.1f %9.1f | %9.2f %9.2f\n' "$n" "$RUNS" \
+    "$(med "${loads[@]}")" "$mvp" "$mvs" "$mvu" "$mbp" "$mbs" \
+    "$(echo "$mvp / $mbp" | bc -l)" "$(echo "$mvs / $mbs" | bc -l)"
+  echo "  runs: vxlab port 22 ${vp[*]}; SSH ${vs[*]}; up+check ${vu[*]};" \
+    "bare port 22 ${bp[*]}; SSH ${bs[*]}; load ${loads[*]}" >&2
 done
 
 [ "$CLASS" -gt 0 ] || exit 0
@@ -157,15 +166,25 @@ t0=$(now)
 "$VXLAB" up "$f" --count "$CLASS" >/dev/null 2>"$work/class"
 t1=$(now)
 sleep 15 # idle: free page reporting hands freed guest memory back after a few seconds
-m1=$(awk '/MemAvailable/ { print $2 }' /proc/meminfo)
 grep -E 'copies of|after' "$work/class" >&2
 slowest=$(awk '$4 == "up" && $5 == "and" { print $NF == "s" ? $(NF - 1) : $NF }' "$work/class" | sort -n | tail -1)
 printf 'total %.1f s, slowest copy %s s\n' "$(echo "$t1 - $t0" | bc -l)" "$slowest"
-for pid in $(pgrep -f 'guest=vxlab-bench-vm-'); do
-  awk '/^VmRSS/ { r = $2 } /^RssAnon/ { a = $2 } END { printf "%d %d ", r / 1024, a / 1024 }' "/proc/$pid/status"
-  awk '/^Pss:/ { s += $2 } END { printf "%d\n", s / 1024 }' "/proc/$pid/smaps"
-done | sort -n | awk -v n=$((2 * CLASS)) -v d=$(( (m0 - m1) / 1024 )) '
-  { r[NR] = $1; a[NR] = $2; p[NR] = $3 }
-  END { m = int((NR + 1) / 2)
-        printf "per idle guest (median of %d): RSS %d MiB, anonymous %d MiB, PSS %d MiB; host MemAvailable fell %d MiB per guest\n", NR, r[m], a[m], p[m], d / n }'
+per_guest() { # LABEL: median RSS, anonymous RSS and PSS of the class's QEMUs, MemAvailable fall
+  local m; m=$(awk '/MemAvailable/ { print $2 }' /proc/meminfo)
+  for pid in $(pgrep -f 'guest=vxlab-bench-vm-'); do
+    awk '/^VmRSS/ { r = $2 } /^RssAnon/ { a = $2 } END { printf "%d %d ", r / 1024, a / 1024 }' "/proc/$pid/status"
+    awk '/^Pss:/ { s += $2 } END { printf "%d\n", s / 1024 }' "/proc/$pid/smaps"
+  done | sort -n | awk -v n=$((2 * CLASS)) -v d=$(( (m0 - m) / 1024 )) -v l="$1" '
+    { r[NR] = $1; a[NR] = $2; p[NR] = $3 }
+    END { m = int((NR + 1) / 2)
+          printf "%s, per idle guest (median of %d): RSS %d MiB, anonymous %d MiB, PSS %d MiB; host MemAvailable fell %d MiB per guest\n", l, NR, r[m], a[m], p[m], d / n }'
+}
+ksm=/sys/kernel/mm/ksm
+per_guest "$(if [ "$(cat $ksm/run 2>/dev/null)" = 1 ]; then echo "KSM on, not yet merged"; else echo "KSM off"; fi)"
+if [ "$(cat $ksm/run 2>/dev/null)" = 1 ]; then
+  # Two full scans merge what can be merged; at the default rate that takes a few minutes.
+  scans=$(( $(cat $ksm/full_scans) + 2 ))
+  for _ in $(seq 60); do [ "$(cat $ksm/full_scans)" -ge "$scans" ] && break; sleep 5; done
+  per_guest "KSM on, after two scans ($(( $(cat $ksm/pages_sharing) * 4 / 1024 )) MiB shared away)"
+fi
 "$VXLAB" down bench-vm --all >/dev/null 2>&1
