@@ -114,12 +114,14 @@ XML
     until ssh -q -i "$work/key" -o BatchMode=yes -o ConnectTimeout=5 -o StrictHostKeyChecking=no \
         -o UserKnownHostsFile=/dev/null "root@$ip" true; do sleep 0.1; done
   done
-  echo "$(echo "$tp - $t0" | bc -l) $(echo "$(now) - $t0" | bc -l)"
+  t1=$(now)
   for i in $(seq 1 "$n"); do
     virsh -c qemu:///system destroy "bench-ref-$i" >/dev/null; rm -rf "$work/g$i"
   done
   rm -f "$work/key" "$work/key.pub"
   ip link del $BR
+  # Printed last: the caller reads it and goes on, and the next run needs the bridge gone.
+  echo "$(echo "$tp - $t0" | bc -l) $(echo "$t1 - $t0" | bc -l)"
 }
 
 vxlab_up() { # N -> "seconds-to-port-22 seconds-to-SSH seconds-up-and-checked" of `vxlab up`
