@@ -193,7 +193,10 @@ fn a_guest_of_vxlabs_image_gets_the_interface_name_the_lab_gives() {
         "named",
         &[
             ("192.168.10.", "192.168.78."),
-            ("  subnet: 192.168.78.0/24", "  subnet: 192.168.78.0/24\n  interface: lab0"),
+            (
+                "  subnet: 192.168.78.0/24",
+                "  subnet: 192.168.78.0/24\n  interface: lab0",
+            ),
             ("    dev: eth0\n", "    dev: lab0\n"),
             ("  vm-b: { address: 192.168.78.3 }\n", ""),
             ("      vm-b: 192.168.42.3/24\n", ""),
