@@ -12,7 +12,7 @@ export PATH=/usr/local/bin:$PATH
 vxlab image list | grep -q '^debian-12 ' || vxlab image build debian-12
 vxlab validate labs/two-vm.yaml
 vxlab plan labs/two-vm.yaml
-vxlab up labs/two-vm.yaml
+vxlab up labs/two-vm.yaml --timings
 vxlab check two-vm
 vxlab show vm-a fdb
 vxlab capture vm-a --count 2

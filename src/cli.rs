@@ -57,6 +57,10 @@ pub enum Command {
         /// file's `workshop: { pool: … }`, else 10.100.0.0/16, or fd00:100::/48 for IPv6).
         #[arg(long, value_name = "PREFIX", requires = "copies")]
         pool: Option<ipnet::IpNet>,
+        /// Print each guest's stage changes with the seconds since `up` started, and a table
+        /// of where the time went.
+        #[arg(long, conflicts_with_all = ["count", "instance"])]
+        timings: bool,
     },
     /// Build the lab step by step, showing after each step what changed in the kernel and why.
     Walk {
@@ -383,8 +387,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             instance,
             count,
             pool,
+            timings,
         } => match (instance, count) {
-            (None, None) => commands::up(&lab, json),
+            (None, None) => commands::up(&lab, json, timings),
             (instance, count) => {
                 commands::up_instances(&lab, json, instance.as_deref(), count, pool)
             }

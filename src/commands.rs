@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::builder::Recipe;
 use crate::driver::libvirt::image::{self, Image, ImageError};
-use crate::driver::libvirt::{LibvirtDriver, Unreachable};
+use crate::driver::libvirt::{capacity, LibvirtDriver, OpenError};
 use crate::driver::netns::NetnsDriver;
 use crate::driver::Driver;
 use crate::engine::{Engine, EngineError};
@@ -105,7 +105,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if matches!(cause.downcast_ref(), Some(EngineError::Interrupted)) {
             return exit::INTERRUPTED;
         }
-        if cause.is::<Unreachable>()
+        if cause.is::<OpenError>()
             || matches!(cause.downcast_ref(), Some(EngineError::NotReady { .. }))
             || matches!(
                 cause.downcast_ref(),
@@ -268,8 +268,9 @@ fn print_outcome(plan: &Plan, o: &Outcome, json: bool) -> Result<u8> {
     })
 }
 
-/// `vxlab up LAB`: a lab file, or the name of a running lab (converged to its recorded file).
-pub fn up(arg: &Path, json: bool) -> Result<u8> {
+/// `vxlab up LAB [--timings]`: a lab file, or the name of a running lab (converged to its
+/// recorded file).
+pub fn up(arg: &Path, json: bool, timings: bool) -> Result<u8> {
     let (lab, source, text) = if arg.is_file() {
         let (lab, text) = load_with_text(arg)?;
         (lab, arg.to_path_buf(), text)
@@ -285,7 +286,16 @@ pub fn up(arg: &Path, json: bool) -> Result<u8> {
         let source = StateDir::from_env().read(&lab.name)?.source;
         (lab, source, text)
     };
-    let (p, o) = up_one(&lab, &source, &text, &Progress::new())?;
+    let ui = if timings {
+        Progress::new().with_timings()
+    } else {
+        Progress::new()
+    };
+    let (p, o) = up_one(&lab, &source, &text, &ui)?;
+    if let (Some(table), Some(s)) = (ui.timings_table(), ui.elapsed()) {
+        eprint!("{table}");
+        eprintln!("{s:.1} s: lab {} up and checked", lab.name);
+    }
     print_outcome(&p, &o, json)
 }
 
@@ -396,8 +406,27 @@ pub fn up_instances(
     } else {
         Progress::hidden()
     };
-    // A few labs at a time: each one's guests are already brought up in parallel.
-    let results = crate::parallel::parallel_map(&labs, 4, |lab| up_one(lab, path, &text, &ui));
+    // A few labs at a time: each one's guests are already brought up in parallel. VMs: as
+    // many as the host's free cores boot well, once the whole class is known to fit.
+    let (width, queue) = match base.driver {
+        DriverKind::Libvirt if !single => {
+            let (class, summary) = capacity::plan_for(&base, labs.len())?;
+            eprintln!("{summary}");
+            let names = labs.iter().map(|l| l.name.clone()).collect();
+            (class.width, Some(capacity::ClassQueue::new(names)))
+        }
+        _ => (4, None),
+    };
+    let results = crate::parallel::parallel_map(&labs, width, |lab| {
+        queue
+            .as_ref()
+            .inspect(|q| eprintln!("{}", q.started(&lab.name)));
+        let r = up_one(lab, path, &text, &ui);
+        queue
+            .as_ref()
+            .inspect(|q| eprintln!("{}", q.finished(&lab.name, r.is_ok())));
+        r
+    });
     let mut reports = Vec::new();
     let mut all_ok = true;
     let mut first_err = None;

@@ -1,10 +1,24 @@
-//! Progress lines, one per guest, drawn only on a terminal.
+//! Progress lines, one per guest, drawn only on a terminal; with timings, every stage change
+//! is also printed with the seconds since the command started, and a table of how long each
+//! guest spent in each stage can be printed at the end.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Progress of one command across guests.
 pub struct Progress {
     multi: MultiProgress,
+    timings: Option<Arc<Timings>>,
+}
+
+/// Stage changes with their times since the start.
+struct Timings {
+    start: Instant,
+    /// (seconds since start, guest, stage entered)
+    changes: Mutex<Vec<(f64, String, String)>>,
 }
 
 impl Progress {
@@ -12,6 +26,7 @@ impl Progress {
     pub fn new() -> Self {
         Progress {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            timings: None,
         }
     }
 
@@ -19,11 +34,21 @@ impl Progress {
     pub fn hidden() -> Self {
         Progress {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
+            timings: None,
         }
     }
 
+    /// The same, also printing each stage change with the seconds since now (`up --timings`).
+    pub fn with_timings(mut self) -> Self {
+        self.timings = Some(Arc::new(Timings {
+            start: Instant::now(),
+            changes: Mutex::default(),
+        }));
+        self
+    }
+
     /// A line for `name`, showing the stage it is in.
-    pub fn line(&self, name: &str) -> ProgressBar {
+    pub fn line(&self, name: &str) -> Line {
         let bar = self.multi.add(ProgressBar::new_spinner());
         bar.set_style(
             ProgressStyle::with_template("{spinner} {prefix:<12} {msg} ({elapsed})")
@@ -31,21 +56,145 @@ impl Progress {
         );
         bar.set_prefix(name.to_string());
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        bar
+        Line {
+            bar,
+            name: name.to_string(),
+            multi: self.multi.clone(),
+            timings: self.timings.clone(),
+        }
     }
 
     /// Prints a line above the progress lines.
     pub fn say(&self, text: &str) {
-        if self.multi.is_hidden() {
-            eprintln!("{text}");
-        } else {
-            let _ = self.multi.println(text);
+        say(&self.multi, text);
+    }
+
+    /// Seconds since timings started, when they are on.
+    pub fn elapsed(&self) -> Option<f64> {
+        self.timings
+            .as_ref()
+            .map(|t| t.start.elapsed().as_secs_f64())
+    }
+
+    /// How long each guest spent in each stage, as a table, when timings are on.
+    pub fn timings_table(&self) -> Option<String> {
+        let t = self.timings.as_ref()?;
+        let changes = t.changes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Some(stage_table(&changes, t.start.elapsed().as_secs_f64()))
+    }
+}
+
+fn say(multi: &MultiProgress, text: &str) {
+    if multi.is_hidden() {
+        eprintln!("{text}");
+    } else {
+        let _ = multi.println(text);
+    }
+}
+
+/// Per guest, each stage with the second it started and how long it lasted (until the
+/// guest's next stage, or `end` for its last).
+fn stage_table(changes: &[(f64, String, String)], end: f64) -> String {
+    let mut guests: Vec<&str> = Vec::new();
+    for (_, g, _) in changes {
+        if !guests.contains(&g.as_str()) {
+            guests.push(g);
         }
+    }
+    let mut out = format!(
+        "{:<12} {:<32} {:>8} {:>8}\n",
+        "GUEST", "STAGE", "AT (s)", "TOOK (s)"
+    );
+    for g in guests {
+        let mine: Vec<&(f64, String, String)> = changes.iter().filter(|c| c.1 == g).collect();
+        for (i, (at, _, stage)) in mine.iter().enumerate() {
+            let until = mine.get(i + 1).map_or(end, |n| n.0);
+            out.push_str(&format!(
+                "{g:<12} {stage:<32} {at:>8.1} {:>8.1}\n",
+                until - at
+            ));
+        }
+    }
+    out
+}
+
+/// One guest's progress line.
+pub struct Line {
+    bar: ProgressBar,
+    name: String,
+    multi: MultiProgress,
+    timings: Option<Arc<Timings>>,
+}
+
+impl Line {
+    fn record(&self, stage: &str) {
+        let Some(t) = &self.timings else { return };
+        let at = t.start.elapsed().as_secs_f64();
+        t.changes.lock().unwrap_or_else(|p| p.into_inner()).push((
+            at,
+            self.name.clone(),
+            stage.to_string(),
+        ));
+        say(
+            &self.multi,
+            &format!("{at:>7.1} s  {:<12} {stage}", self.name),
+        );
+    }
+
+    /// Shows the stage the guest is in.
+    pub fn set_message(&self, stage: impl Into<Cow<'static, str>>) {
+        let stage = stage.into();
+        self.record(&stage);
+        self.bar.set_message(stage);
+    }
+
+    /// Ends the line with a last word, the guest done.
+    pub fn finish_with_message(&self, word: impl Into<Cow<'static, str>>) {
+        let word = word.into();
+        self.record(&word);
+        self.bar.finish_with_message(word);
+    }
+
+    /// Ends the line with a last word, the guest failed.
+    pub fn abandon_with_message(&self, word: impl Into<Cow<'static, str>>) {
+        let word = word.into();
+        self.record(&word);
+        self.bar.abandon_with_message(word);
     }
 }
 
 impl Default for Progress {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_gives_each_stage_of_each_guest_its_start_and_duration() {
+        let c = |at: f64, g: &str, s: &str| (at, g.to_string(), s.to_string());
+        let t = stage_table(
+            &[
+                c(0.0, "vm-a", "booting"),
+                c(0.1, "vm-b", "booting"),
+                c(12.5, "vm-a", "SSH up"),
+                c(13.0, "vm-b", "SSH up"),
+                c(15.0, "vm-a", "ready"),
+            ],
+            18.0,
+        );
+        let rows: Vec<Vec<&str>> = t
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(rows[0], ["vm-a", "booting", "0.0", "12.5"]);
+        assert_eq!(rows[1], ["vm-a", "SSH", "up", "12.5", "2.5"]);
+        assert_eq!(rows[2], ["vm-a", "ready", "15.0", "3.0"]);
+        assert_eq!(rows[3], ["vm-b", "booting", "0.1", "12.9"]);
+        assert_eq!(rows[4], ["vm-b", "SSH", "up", "13.0", "5.0"]);
     }
 }

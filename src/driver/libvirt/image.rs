@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub use super::seed::Seeding;
+
 /// Image failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -53,7 +55,8 @@ pub enum ImageError {
 
 /// What `vxlab image build` puts in an image, written into it as `recipe`; a named image
 /// built by another recipe is rebuilt, not used.
-pub const RECIPE: &str = "recipe 3: iproute2 build tools, vxlab-seed instead of cloud-init";
+pub const RECIPE: &str =
+    "recipe 4: vxlab.target boot, kernel command line, tar seed, PVH kernel, busybox initrd";
 
 /// A bootable image.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +67,9 @@ pub struct Image {
     pub kernel: PathBuf,
     /// Initial ramdisk for direct boot.
     pub initrd: PathBuf,
+    /// How its guests learn who they are: images this vxlab built read the kernel command
+    /// line, any other image gets cloud-init NoCloud documents.
+    pub seeding: Seeding,
 }
 
 /// Where named images live: `$VXLAB_IMAGE_DIR`, else `/var/cache/vxlab/images` for root
@@ -95,6 +101,23 @@ fn in_dir(dir: &Path, disk: &str) -> Image {
         disk: dir.join(disk),
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.img"),
+        seeding: seeding_of(dir),
+    }
+}
+
+/// The recipe an image directory says built it, if any.
+fn recipe_in(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join("recipe"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Images built by this vxlab's recipe read the kernel command line; any other, cloud-init.
+fn seeding_of(dir: &Path) -> Seeding {
+    if recipe_in(dir).as_deref() == Some(RECIPE) {
+        Seeding::Cmdline
+    } else {
+        Seeding::NoCloud
     }
 }
 
@@ -123,9 +146,7 @@ pub fn resolve(spec: &str) -> Result<Image, ImageError> {
         .iter()
         .all(|p| p.is_file())
     {
-        let found = std::fs::read_to_string(dir.join("recipe"))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "recipe 1".into());
+        let found = recipe_in(&dir).unwrap_or_else(|| "recipe 1".into());
         if found != RECIPE {
             return Err(ImageError::Stale {
                 name: spec.into(),

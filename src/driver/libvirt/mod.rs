@@ -1,15 +1,16 @@
 //! Guests as QEMU/KVM virtual machines through libvirt, reached over SSH.
 //!
 //! Each guest boots the image's kernel directly from a copy-on-write overlay of the base image,
-//! with a NoCloud seed disk (label `cidata`) that gives it its address, hostname, root's
-//! authorized key and its own SSH host key. Everything per guest lives in
-//! `<lab state dir>/guests/<guest>/`, which the lab state records before it is written.
+//! with a seed disk that gives it its own SSH host key and root's authorized key, and, for
+//! images vxlab built, its name, machine-id and address on the kernel command line (see
+//! [`seed`]). Everything per guest lives in `<lab state dir>/guests/<guest>/`, which the lab
+//! state records before it is written.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use virt::connect::Connect;
@@ -17,12 +18,17 @@ use virt::domain::Domain;
 use virt::error::ErrorNumber;
 
 pub mod accel;
+pub mod capacity;
 pub mod image;
+pub mod preflight;
+pub mod seed;
 pub mod shell;
 pub mod ssh;
 
 use self::accel::Choice;
 use self::image::Image;
+use self::preflight::KvmNotOpenable;
+use self::seed::{GuestKeys, Seeding};
 use self::ssh::{Connection, KeyPair};
 use crate::driver::{Driver, DriverError};
 use crate::host::process::{self, Output};
@@ -34,8 +40,11 @@ use crate::templates::render;
 /// How many more times a failed SSH connection is tried, half a second apart.
 const SSH_RETRIES: u32 = 20;
 
-/// How long a guest may take from start to SSH: software emulation is slow.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The TCG translation cache per guest, all of it resident once a boot has filled it. QEMU's
+/// default, 1 GiB, was most of a guest's host memory. Measured here (QEMU's CPU time to
+/// port 22): 128, 64 and 48 MiB boot alike, 32 MiB costs 5 % more; 64 keeps a margin for
+/// compiler-heavy work such as an iproute2 build.
+pub const TB_CACHE_MIB: u64 = 64;
 
 /// The libvirt driver.
 pub struct LibvirtDriver {
@@ -48,6 +57,17 @@ pub struct LibvirtDriver {
     client: Mutex<Option<KeyPair>>,
     sessions: Mutex<HashMap<String, Arc<Mutex<Connection>>>>,
     say: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+/// Why the driver could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// libvirtd does not answer.
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
+    /// The host would make every libvirt call slow.
+    #[error(transparent)]
+    Kvm(#[from] KvmNotOpenable),
 }
 
 /// Cannot reach libvirt.
@@ -94,14 +114,20 @@ fn err(
 }
 
 impl LibvirtDriver {
-    /// Connects to the lab's libvirt. `image` is needed only to create guests; `dir` is the
-    /// lab's state directory; `say` prints a line for the user.
+    /// Connects to the lab's libvirt. `image` is needed only to create guests, and with it
+    /// the host is checked first (see [`preflight`]); `dir` is the lab's state directory;
+    /// `say` prints a line for the user.
     pub fn open(
         lab: &Lab,
         dir: &Path,
         image: Option<Image>,
         say: Box<dyn Fn(&str) + Send + Sync>,
-    ) -> Result<Self, Unreachable> {
+    ) -> Result<Self, OpenError> {
+        // The local system daemon runs QEMU as its own user; a remote host or a session
+        // daemon is another matter.
+        if image.is_some() && lab.libvirt.uri == "qemu:///system" {
+            preflight::check_kvm(Path::new("/dev/kvm"), Path::new("/etc/libvirt/qemu.conf"))?;
+        }
         // libvirt prints every error itself by default, expected ones ("no such domain") too;
         // vxlab reports the ones that matter.
         virt::error::clear_error_callback();
@@ -109,6 +135,11 @@ impl LibvirtDriver {
             uri: lab.libvirt.uri.clone(),
             source,
         })?;
+        if image.is_some() {
+            if let Some(warning) = timed_capabilities(&conn) {
+                say(&warning);
+            }
+        }
         Ok(LibvirtDriver {
             conn,
             dir: dir.to_path_buf(),
@@ -143,6 +174,8 @@ impl LibvirtDriver {
     }
 
     fn host_key(&self, g: &GuestPlan) -> Result<KeyPair, DriverError> {
+        std::fs::create_dir_all(self.guest_dir(g))
+            .map_err(|e| DriverError::new(&g.name, "writing its files", e))?;
         KeyPair::ensure(&self.guest_dir(g).join("ssh_host_ed25519_key"), &g.name)
             .map_err(|e| DriverError::new(&g.name, "generating its SSH host key", e))
     }
@@ -162,15 +195,31 @@ impl LibvirtDriver {
         }
     }
 
-    /// Writes the overlay and the NoCloud seed disk.
+    /// The keys guest `g` is given: its own host key and the lab's client key.
+    fn guest_keys(&self, g: &GuestPlan) -> Result<GuestKeys, DriverError> {
+        let host_key = self.host_key(g)?;
+        let client = self.client_key(&g.name)?;
+        let host_private = host_key
+            .private_text()
+            .map_err(|e| DriverError::new(&g.name, "reading its host key", e))?;
+        Ok(GuestKeys {
+            host_private,
+            host_public: host_key.public,
+            authorized: client.public,
+        })
+    }
+
+    /// Writes the overlay and the seed disk: a tar archive for images vxlab built, a NoCloud
+    /// `cidata` disk for others.
     fn prepare_disks(
         &self,
         g: &GuestPlan,
         image: &Image,
+        keys: &GuestKeys,
     ) -> Result<(PathBuf, PathBuf), DriverError> {
         let dir = self.guest_dir(g);
         let io = |e: std::io::Error| DriverError::new(&g.name, "writing its files", e);
-        std::fs::create_dir_all(dir.join("seed")).map_err(io)?;
+        std::fs::create_dir_all(&dir).map_err(io)?;
         // libvirt's qemu user must reach the disks; the state directory is root's.
         for d in [&self.dir, &self.dir.join("guests"), &dir] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
@@ -186,76 +235,45 @@ impl LibvirtDriver {
                 ],
             )?;
         }
-        let host_key = self.host_key(g)?;
-        let client = self.client_key(&g.name)?;
-        let private = host_key.private_text().map_err(io)?;
-        let docs = [
-            (
-                "user-data",
-                render(
-                    "user-data",
-                    &json!({
-                        "hostname": g.name,
-                        "authorized_key": client.public,
-                        "host_key_private": private,
-                        "host_key_public": host_key.public,
-                    }),
-                ),
-            ),
-            (
-                "meta-data",
-                render(
-                    "meta-data",
-                    &json!({"instance_id": g.instance, "hostname": g.name}),
-                ),
-            ),
-            (
-                "network-config",
-                render(
-                    "network-config",
-                    &json!({"interface": g.interface, "mac": g.underlay_mac.to_string(), "address": g.underlay.to_string()}),
-                ),
-            ),
-        ];
-        // The same facts as plain files, for images vxlab builds: their vxlab-seed service
-        // applies them in a fraction of cloud-init's time.
-        let plain = [
-            ("vxlab-hostname", format!("{}\n", g.name)),
-            (
-                "vxlab-authorized_keys",
-                format!("{}\n", client.public.trim()),
-            ),
-            ("vxlab-ssh_host_ed25519_key", private.clone()),
-            (
-                "vxlab-ssh_host_ed25519_key.pub",
-                format!("{}\n", host_key.public.trim()),
-            ),
-            ("vxlab-mac", format!("{}\n", g.underlay_mac)),
-            ("vxlab-interface", format!("{}\n", g.interface)),
-            ("vxlab-address", format!("{}\n", g.underlay)),
-        ];
-        let docs: Vec<(&str, String)> = docs.into_iter().chain(plain).collect();
+        // The seed carries the guest's private host key: it is made 0600 before the key
+        // goes in (libvirt relabels the disk for the qemu process itself).
+        let seed = dir.join("seed.img");
+        let _ = std::fs::remove_file(&seed);
+        match image.seeding {
+            Seeding::Cmdline => {
+                let data = seed::tar_seed(keys).map_err(io)?;
+                write_private(&seed, &data).map_err(io)?;
+            }
+            Seeding::NoCloud => self.nocloud_disk(g, keys, &dir, &seed)?,
+        }
+        Ok((overlay, seed))
+    }
+
+    /// A vfat disk labelled `cidata` with the NoCloud documents, for cloud-init.
+    fn nocloud_disk(
+        &self,
+        g: &GuestPlan,
+        keys: &GuestKeys,
+        dir: &Path,
+        seed: &Path,
+    ) -> Result<(), DriverError> {
+        let io = |e: std::io::Error| DriverError::new(&g.name, "writing its files", e);
+        let docs_dir = dir.join("seed");
+        std::fs::create_dir_all(&docs_dir).map_err(io)?;
+        std::fs::set_permissions(&docs_dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         let mut files = Vec::new();
-        // user-data carries the guest's private host key: its directory is root's alone, and
-        // the seed disk is made 0600 before the documents go in (libvirt relabels the disk
-        // for the qemu process itself).
-        std::fs::set_permissions(dir.join("seed"), std::fs::Permissions::from_mode(0o700))
-            .map_err(io)?;
-        for (name, text) in docs {
-            let p = dir.join("seed").join(name);
+        for (name, text) in seed::nocloud_documents(g, keys) {
+            let p = docs_dir.join(name);
             std::fs::write(&p, text).map_err(io)?;
             files.push(p.to_string_lossy().into_owned());
         }
-        let seed = dir.join("seed.img");
-        let _ = std::fs::remove_file(&seed);
         let s = seed.to_string_lossy().into_owned();
         self.run(&g.name, &["mkfs.vfat", "-n", "cidata", "-C", &s, "1024"])?;
-        std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        std::fs::set_permissions(seed, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         let mut mcopy = vec!["mcopy", "-i", &s];
         mcopy.extend(files.iter().map(String::as_str));
         mcopy.push("::");
-        self.run(&g.name, &mcopy)?;
-        Ok((overlay, seed))
+        self.run(&g.name, &mcopy)
     }
 
     fn domain_xml(
@@ -263,24 +281,28 @@ impl LibvirtDriver {
         plan: &Plan,
         g: &GuestPlan,
         image: &Image,
-        disk: &Path,
-        seed: &Path,
-    ) -> String {
-        let (memory, vcpus) = self.guests.get(&g.name).copied().unwrap_or((
+        keys: &GuestKeys,
+        disks: (&Path, &Path),
+    ) -> Result<String, DriverError> {
+        let (memory_mib, vcpus) = self.guests.get(&g.name).copied().unwrap_or((
             crate::lab::defaults::MEMORY_MIB,
             crate::lab::defaults::VCPUS,
         ));
-        domain_xml(
+        let cmdline = seed::kernel_cmdline(g, image.seeding, &seed::machine_id(&keys.host_public))
+            .map_err(|e| DriverError::new(&g.name, "writing its kernel command line", e))?;
+        Ok(DomainSpec {
             plan,
-            g,
+            guest: g,
             image,
-            disk,
-            seed,
-            &self.guest_dir(g).join("console.log"),
-            memory,
+            disk: disks.0,
+            seed: disks.1,
+            console_log: &self.guest_dir(g).join("console.log"),
+            memory_mib,
             vcpus,
-            self.choice().domain_type,
-        )
+            domain_type: self.choice().domain_type,
+            cmdline: &cmdline,
+        }
+        .render())
     }
 
     fn choice(&self) -> &Choice {
@@ -290,7 +312,7 @@ impl LibvirtDriver {
                 .as_ref()
                 .map(|i| i.kernel.clone())
                 .unwrap_or_default();
-            let cache = self::image::cache_dir().join("accel-probe");
+            let cache = accel::cache_file(&self::image::cache_dir());
             let c = accel::choose(self.accel, &kernel, &cache);
             (self.say)(&c.reason);
             c
@@ -343,37 +365,92 @@ impl LibvirtDriver {
     }
 }
 
-/// Renders the domain XML of one guest.
-#[allow(clippy::too_many_arguments)]
-pub fn domain_xml(
-    plan: &Plan,
-    g: &GuestPlan,
-    image: &Image,
-    disk: &Path,
-    seed: &Path,
-    console_log: &Path,
-    memory_mib: u64,
-    vcpus: u64,
-    domain_type: &str,
-) -> String {
-    render(
-        "domain.xml",
-        &json!({
-            "domain_type": domain_type,
-            "name": g.instance,
-            "memory_mib": memory_mib,
-            "vcpus": vcpus,
-            "kernel": image.kernel,
-            "initrd": image.initrd,
-            "cmdline": "root=/dev/vda rw console=ttyS0 net.ifnames=0 biosdevname=0 quiet",
-            "disk": disk,
-            "seed": seed,
-            "bridge": plan.bridge,
-            "tap": g.host_link,
-            "mac": g.underlay_mac.to_string(),
-            "console_log": console_log,
-        }),
-    )
+/// Everything one guest's domain XML says.
+pub struct DomainSpec<'a> {
+    /// The lab's plan: the bridge.
+    pub plan: &'a Plan,
+    /// The guest: name, tap, MAC.
+    pub guest: &'a GuestPlan,
+    /// Kernel and initrd.
+    pub image: &'a Image,
+    /// The guest's overlay.
+    pub disk: &'a Path,
+    /// The guest's seed disk.
+    pub seed: &'a Path,
+    /// Where its serial console is kept.
+    pub console_log: &'a Path,
+    /// Guest memory.
+    pub memory_mib: u64,
+    /// Virtual CPUs.
+    pub vcpus: u64,
+    /// `kvm` or `qemu` (TCG).
+    pub domain_type: &'a str,
+    /// The kernel command line.
+    pub cmdline: &'a str,
+}
+
+impl DomainSpec<'_> {
+    /// Renders `templates/domain.xml`.
+    pub fn render(&self) -> String {
+        render(
+            "domain.xml",
+            &json!({
+                "domain_type": self.domain_type,
+                "name": self.guest.instance,
+                "memory_mib": self.memory_mib,
+                "vcpus": self.vcpus,
+                "kernel": self.image.kernel,
+                "initrd": self.image.initrd,
+                "cmdline": self.cmdline,
+                "disk": self.disk,
+                "seed": self.seed,
+                "bridge": self.plan.bridge,
+                "tap": self.guest.host_link,
+                "mac": self.guest.underlay_mac.to_string(),
+                "console_log": self.console_log,
+                "tb_cache_mib": TB_CACHE_MIB,
+            }),
+        )
+    }
+}
+
+/// Writes `data` to a new file only root can read.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(data)
+}
+
+/// Times libvirt's answer to a capability query, twice when the first is slow; a warning
+/// when they were slow.
+fn timed_capabilities(conn: &Connect) -> Option<String> {
+    let time = || {
+        let t = Instant::now();
+        let _ = conn.get_domain_capabilities(None, None, None, None, 0);
+        t.elapsed()
+    };
+    let first = time();
+    if first <= Duration::from_secs(1) {
+        return None;
+    }
+    preflight::explain_slow_capabilities(first, time())
+}
+
+/// The boot stage a guest's serial console shows: `vxlab-seed` is the seed unit of images
+/// vxlab builds, cloud-init announces itself on images users bring.
+fn boot_stage(console: &str) -> &'static str {
+    if console.contains("vxlab-seed") {
+        "seeded, starting SSH"
+    } else if console.contains("Cloud-init") || console.contains("cloud-init") {
+        "cloud-init"
+    } else {
+        "booting"
+    }
 }
 
 impl Driver for LibvirtDriver {
@@ -404,25 +481,24 @@ impl Driver for LibvirtDriver {
         };
         if running.is_none() {
             progress("preparing disks");
-            let (disk, seed) = self.prepare_disks(g, image)?;
+            let keys = self.guest_keys(g)?;
+            let (disk, seed) = self.prepare_disks(g, image, &keys)?;
             progress("defining");
-            let xml = self.domain_xml(plan, g, image, &disk, &seed);
+            let xml = self.domain_xml(plan, g, image, &keys, (&disk, &seed))?;
             let dom = Domain::define_xml(&self.conn, &xml)
                 .map_err(err(&g.name, "defining its domain"))?;
             progress("booting");
             dom.create().map_err(err(&g.name, "starting its domain"))?;
         }
         let log = self.guest_dir(g).join("console.log");
+        let timeout = capacity::boot_timeout(
+            self.choice().is_tcg(),
+            &capacity::HostLoad::read(),
+            self.guests.len(),
+        );
         let mut stage = "booting";
-        ssh::wait_for_port(g.underlay.addr(), BOOT_TIMEOUT, &mut || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let now = if text.contains("vxlab-seed") {
-                "seeded, starting SSH"
-            } else if text.contains("Cloud-init") || text.contains("cloud-init") {
-                "cloud-init"
-            } else {
-                "booting"
-            };
+        ssh::wait_for_port(g.underlay.addr(), timeout, &mut || {
+            let now = boot_stage(&std::fs::read_to_string(&log).unwrap_or_default());
             if now != stage {
                 stage = now;
                 progress(now);
@@ -439,8 +515,10 @@ impl Driver for LibvirtDriver {
                 e,
             )
         })?;
+        progress("SSH port open");
+        self.session(g)?;
         progress("SSH up");
-        self.session(g).map(|_| ())
+        Ok(())
     }
 
     fn exec(&self, g: &GuestPlan, argv: &[String]) -> Result<Output, DriverError> {
@@ -527,6 +605,7 @@ mod tests {
             disk: PathBuf::from(dir).join("base.qcow2"),
             kernel: PathBuf::from(dir).join("vmlinuz"),
             initrd: PathBuf::from(dir).join("initrd.img"),
+            seeding: Seeding::Cmdline,
         }
     }
 
@@ -534,17 +613,20 @@ mod tests {
         let p = seed_plan();
         let g = p.guest("vm-a").unwrap();
         let d = PathBuf::from(dir);
-        domain_xml(
-            &p,
-            g,
-            &image(dir),
-            &d.join("disk.qcow2"),
-            &d.join("seed.img"),
-            &d.join("console.log"),
-            768,
-            2,
+        let cmdline = seed::kernel_cmdline(g, Seeding::Cmdline, "0123").unwrap();
+        DomainSpec {
+            plan: &p,
+            guest: g,
+            image: &image(dir),
+            disk: &d.join("disk.qcow2"),
+            seed: &d.join("seed.img"),
+            console_log: &d.join("console.log"),
+            memory_mib: 768,
+            vcpus: 2,
             domain_type,
-        )
+            cmdline: &cmdline,
+        }
+        .render()
     }
 
     fn attr<'a>(doc: &'a roxmltree::Document, parent: &str, tag: &str, name: &str) -> Vec<&'a str> {
@@ -570,6 +652,14 @@ mod tests {
         assert_eq!(text("memory"), "768");
         assert_eq!(text("vcpu"), "2");
         assert!(text("cmdline").contains("net.ifnames=0"));
+        assert!(text("cmdline").contains("systemd.hostname=vm-a"));
+        assert_eq!(text("tb-cache"), TB_CACHE_MIB.to_string());
+        // A throwaway overlay skips host flushes; freed guest pages go back to the host.
+        assert_eq!(attr(&doc, "disk", "driver", "cache"), ["unsafe"]);
+        assert_eq!(
+            attr(&doc, "devices", "memballoon", "freePageReporting"),
+            ["on"]
+        );
         assert_eq!(
             attr(&doc, "disk", "source", "file"),
             [
@@ -622,6 +712,7 @@ mod tests {
         .unwrap();
         assert_eq!(user["hostname"], "vm-a");
         assert_eq!(user["disable_root"], false);
+        assert_eq!(user["locale"], false);
         assert_eq!(user["ssh_authorized_keys"][0], key);
         assert_eq!(user["ssh_keys"]["ed25519_private"], hostile);
         assert_eq!(user["ssh_keys"]["ed25519_public"], "ssh-ed25519 BBBB vm-a");
