@@ -11,10 +11,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
 use common::browser::{browser, chromedriver, screenshot, serve, type_in_terminal, wait_for};
-use common::Lab;
+use common::{ensure_image, Lab};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_terminal_and_a_shell_into_a_vm() {
+    ensure_image();
     let lab = Lab::shipped("two-vm.yaml", "term-vm", &[("192.168.10.", "192.168.19.")]);
     // libvirt's qemu user must traverse the state directory to reach the guests' disks.
     std::fs::set_permissions(lab.state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -74,7 +75,7 @@ async fn a_browser_terminal_and_a_shell_into_a_vm() {
          return r !== null && r.innerText.includes('term-vm/vm-a#')",
     )
     .await;
-    type_in_terminal(&c, "vm-a", "cat /etc/hostname; ip -br link show vxlan0").await;
+    type_in_terminal(&c, "vm-a", "hostname; ip -br link show vxlan0").await;
     // vm-a's hostname, then the vxlan device as vm-a's own `ip` shows it.
     wait_for(
         &c,

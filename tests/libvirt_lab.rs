@@ -8,43 +8,8 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::Mutex;
 
-use common::{fdb_dst, guest, marked_tarball, ping_replied, vtep, Lab};
-
-/// The debian-12 image's directory, built first when missing. Both tests need it, and only
-/// one may build it.
-fn ensure_image() -> PathBuf {
-    static BUILD: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = image_dir();
-    let list = Command::new(env!("CARGO_BIN_EXE_vxlab"))
-        .args(["image", "list"])
-        .output()
-        .unwrap();
-    // `image list` leaves out images an older vxlab built; they are rebuilt.
-    if String::from_utf8_lossy(&list.stdout).contains("debian-12") {
-        return dir;
-    }
-    let build = Command::new(env!("CARGO_BIN_EXE_vxlab"))
-        .args(["image", "build", "debian-12"])
-        .output()
-        .unwrap();
-    assert!(
-        build.status.success(),
-        "image build failed: {}",
-        String::from_utf8_lossy(&build.stderr)
-    );
-    dir
-}
-
-fn image_dir() -> PathBuf {
-    std::env::var_os("VXLAB_IMAGE_DIR")
-        .map_or_else(|| PathBuf::from("/var/cache/vxlab/images"), PathBuf::from)
-        .join("debian-12")
-}
+use common::{ensure_image, fdb_dst, guest, marked_tarball, ping_replied, vtep, Lab};
 
 /// Runs `argv` in `guest` through vxlab's SSH; its standard output.
 fn guest_says(lab: &Lab, guest: &str, argv: &[&str]) -> String {
@@ -178,8 +143,35 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
         .collect();
     assert_eq!(ids[0].len(), 32, "{ids:?}");
     assert_ne!(ids[0], ids[1], "the two guests share a machine-id");
-
     assert_eq!(lab.check().0, 0);
+
+    // A student deletes vm-a's overlay address: check names vm-a's overlay address, with the
+    // command that puts it back; `up` by the lab's name runs exactly that, over SSH.
+    guest_says(
+        &lab,
+        "vm-a",
+        &["ip", "addr", "del", "192.168.42.2/24", "dev", "vxlan0"],
+    );
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    let cause = &r["diagnoses"][0]["cause"];
+    assert_eq!(cause["guest"], "vm-a", "{r:#}");
+    assert_eq!(cause["layer"], "overlay_address", "{r:#}");
+    assert_eq!(
+        cause["fix"]["commands"][0],
+        "ip addr add 192.168.42.2/24 dev vxlan0"
+    );
+    let out = lab.run(&["up", "--json", "two-vm"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:#}", r["failures"]);
+    let repairs: Vec<&str> = r["repairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["command"]["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(repairs, ["ip addr add 192.168.42.2/24 dev vxlan0"]);
+    assert!(ping_replied(&r, "vm-b", "192.168.42.2"));
     lab.down_leaves_nothing();
 }
 

@@ -268,3 +268,38 @@ pub fn marked_tarball(dir: &Path, version: &str) -> PathBuf {
     ));
     out
 }
+
+/// The debian-12 image's directory, built first when missing or built by an older vxlab.
+/// Every VM test needs it, and only one may build it.
+pub fn ensure_image() -> std::path::PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = image_dir();
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(["image", "list"])
+        .output()
+        .unwrap();
+    // `image list` leaves out images an older vxlab built; they are rebuilt.
+    if String::from_utf8_lossy(&list.stdout).contains("debian-12") {
+        return dir;
+    }
+    let build = std::process::Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(["image", "build", "debian-12"])
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "image build failed: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    dir
+}
+
+pub fn image_dir() -> std::path::PathBuf {
+    std::env::var_os("VXLAB_IMAGE_DIR")
+        .map_or_else(
+            || std::path::PathBuf::from("/var/cache/vxlab/images"),
+            std::path::PathBuf::from,
+        )
+        .join("debian-12")
+}

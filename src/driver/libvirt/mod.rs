@@ -84,6 +84,16 @@ pub struct Unreachable {
     pub source: virt::error::Error,
 }
 
+/// Lets other users (libvirt's qemu user) pass through directory `d`, adding only the
+/// search bits.
+fn searchable(d: &Path) -> std::io::Result<()> {
+    let mode = std::fs::metadata(d)?.permissions().mode();
+    if mode & 0o011 != 0o011 {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode((mode | 0o011) & 0o7777))?;
+    }
+    Ok(())
+}
+
 /// The names of the vxlab domains running in the local system libvirt, whichever lab they
 /// belong to; none when libvirt is not there.
 pub fn running_guests() -> Vec<String> {
@@ -220,9 +230,15 @@ impl LibvirtDriver {
         let dir = self.guest_dir(g);
         let io = |e: std::io::Error| DriverError::new(&g.name, "writing its files", e);
         std::fs::create_dir_all(&dir).map_err(io)?;
-        // libvirt's qemu user must reach the disks; the state directory is root's.
-        for d in [&self.dir, &self.dir.join("guests"), &dir] {
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+        // libvirt's qemu user must reach the disks through directories that are root's alone
+        // (0700): they may be searched by others (0711), never listed or written, and the
+        // files in them stay 0600 (libvirt gives the disks to its qemu user itself).
+        let state_root = self.dir.parent().map(Path::to_path_buf);
+        for d in state_root
+            .iter()
+            .chain([&self.dir, &self.dir.join("guests"), &dir])
+        {
+            searchable(d).map_err(io)?;
         }
         let overlay = dir.join("disk.qcow2");
         if !overlay.exists() {
