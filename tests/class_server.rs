@@ -101,6 +101,35 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     assert_eq!(labs, json!(["cls-1", "cls-2", "cls-3"]));
     screenshot(&c, "class_server", "instructor-healthy.png").await;
 
+    // A copy brought up while the page is open shows up in the grid, and goes when it is
+    // taken down: the server watches the state directory (its own rescan is once a minute).
+    let out = lab.run(&["up", &file, "--instance", "4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        &c,
+        10,
+        "the fourth copy in the grid",
+        "return document.querySelector('#grid-rows tr[data-lab=\"cls-4\"]') !== null",
+    )
+    .await;
+    let out = lab.run(&["down", "cls", "--instance", "4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        &c,
+        10,
+        "the fourth copy gone from the grid",
+        "return document.querySelector('#grid-rows tr[data-lab=\"cls-4\"]') === null",
+    )
+    .await;
+
     // Copy 1 as `up` derived it, on the underlay the workshop pool gave it.
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(lab.state.path().join("cls-1/state.json")).unwrap(),
