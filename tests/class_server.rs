@@ -394,3 +394,80 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
 
     c.close().await.unwrap();
 }
+
+#[test]
+fn with_a_certificate_the_server_speaks_only_tls() {
+    let lab = Lab::shipped(
+        "two-netns.yaml",
+        "cls-tls",
+        &[("192.168.10.", "192.168.29.")],
+    );
+    assert_eq!(lab.up().0, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (_server, instructor) = serve(
+        &lab,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(instructor.starts_with("https://127.0.0.1:"), "{instructor}");
+    // A client that trusts the certificate gets the instructor's page over TLS.
+    let curl = |url: &str, extra: &[&str]| {
+        std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
+            .args(extra)
+            .arg(url)
+            .output()
+            .unwrap()
+    };
+    let ok = curl(&instructor, &["--cacert", cert.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "200");
+    // One that does not is refused by its own TLS check, and plain HTTP gets no page.
+    let untrusted = curl(&instructor, &[]);
+    assert_ne!(String::from_utf8_lossy(&untrusted.stdout), "200");
+    let plain = curl(&instructor.replacen("https://", "http://", 1), &[]);
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+    let token = std::fs::read_dir(lab.state.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name() == "instructor.token")
+        .map(|e| e.path());
+    if let Some(t) = token {
+        std::fs::remove_file(t).unwrap();
+    }
+    lab.down_leaves_nothing();
+}
