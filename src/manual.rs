@@ -140,7 +140,7 @@ const ENVIRONMENT: [(&str, &str); 5] = [
     ("PATH", "Where vxlab finds ip, bridge, ping, dot, qemu-img, virsh and ssh."),
 ];
 
-const FILES: [(&str, &str); 10] = [
+const FILES: [(&str, &str); 11] = [
     ("/var/lib/vxlab/LAB/state.json", "Every resource the lab created, each recorded before it was created, so down removes all of it."),
     ("/var/lib/vxlab/LAB/lab.yaml", "The copy of the lab file check, down and reset plan from."),
     ("/var/lib/vxlab/LAB/commands-GUEST.log", "Every command vxlab ran in the guest, with the ip it used and its exit status."),
@@ -151,6 +151,7 @@ const FILES: [(&str, &str); 10] = [
     ("/run/netns/vxlab-LAB.GUEST", "The namespace of a guest of the netns driver."),
     ("/run/vxlab/host.lock", "Held while one vxlab checks that a bridge, subnet or name is free and takes it."),
     ("/run/vxlab/neighbours.json", "Which running labs need how much room in the kernel's neighbour table, and the values to restore when the last one goes."),
+    ("/run/vxlab/rcu_expedited.previous", "While down deletes links: the value of /sys/kernel/rcu_expedited it found, restored afterwards (by the next vxlab if this one is killed)."),
 ];
 
 const EXAMPLES: [(&str, &str); 10] = [
