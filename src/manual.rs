@@ -150,7 +150,7 @@ const FILES: [(&str, &str); 11] = [
     ("/var/cache/vxlab/images/", "Guest images for the libvirt driver (vxlab image build)."),
     ("/run/netns/vxlab-LAB.GUEST", "The namespace of a guest of the netns driver."),
     ("/run/vxlab/host.lock", "Held while one vxlab checks that a bridge, subnet or name is free and takes it."),
-    ("/run/vxlab/neighbours.json", "Which running labs need how much room in the kernel's neighbour table, and the values to restore when the last one goes."),
+    ("/run/vxlab/neighbours.json", "Which running labs need how much room in the kernel's neighbour table and backlog, and the values to restore when the last one goes."),
     ("/run/vxlab/rcu_expedited.previous", "While down deletes links: the value of /sys/kernel/rcu_expedited it found, restored afterwards (by the next vxlab if this one is killed)."),
 ];
 
