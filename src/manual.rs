@@ -119,11 +119,12 @@ fn command_section(out: &mut String, c: &mut Command, path: &str) {
 }
 
 /// The exit statuses, as `commands` returns them.
-const EXIT_STATUS: [(u8, &str); 10] = [
+const EXIT_STATUS: [(u8, &str); 11] = [
     (exit::OK, "Success: every check held."),
     (exit::CHECK_FAILED, "The lab runs but a check failed; the report names each failure, cause first."),
     (exit::USAGE, "A command-line value cannot be used, such as a workshop pool with no room left."),
     (exit::DATA, "The lab file is invalid; each problem is given as file:line:column: field: message."),
+    (exit::NOINPUT, "No such lab: the file does not exist, or no lab of that name is running."),
     (exit::UNAVAILABLE, "A program, libvirtd, a guest or the image is missing or cannot be reached; the message says how to get it."),
     (exit::SOFTWARE, "Any other failure. After an up that failed part-way, vxlab down LAB removes all of it."),
     (exit::TAKEN, "The lab's name is another lab's: its state (a standalone lab and a workshop copy of the same name), named in the message; nothing was created."),
