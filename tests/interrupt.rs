@@ -8,15 +8,16 @@ use std::time::{Duration, Instant};
 
 use common::Lab;
 
-/// A lab of `n` namespace guests on one vxlan: enough work that a signal lands mid-way.
-fn big_lab(name: &str, n: usize) -> Lab {
+/// A lab of `n` namespace guests on one vxlan, underlay 10.`net`.0.0/16: enough work that a
+/// signal lands mid-way.
+fn big_lab(name: &str, n: usize, net: u8) -> Lab {
     let mut text = format!(
-        "name: {name}\ndriver: netns\nunderlay:\n  bridge: vxbr-{name}\n  subnet: 10.81.0.0/16\n\
+        "name: {name}\ndriver: netns\nunderlay:\n  bridge: vxbr-{name}\n  subnet: 10.{net}.0.0/16\n\
          guests:\n"
     );
     for i in 0..n {
         text.push_str(&format!(
-            "  g{i}: {{ address: 10.81.{}.{} }}\n",
+            "  g{i}: {{ address: 10.{net}.{}.{} }}\n",
             i / 200,
             i % 200 + 2
         ));
@@ -26,7 +27,8 @@ fn big_lab(name: &str, n: usize) -> Lab {
     );
     for i in 0..n {
         text.push_str(&format!(
-            "      g{i}: 10.181.{}.{}/16\n",
+            "      g{i}: 10.{}.{}.{}/16\n",
+            net + 100,
             i / 200,
             i % 200 + 2
         ));
@@ -36,7 +38,7 @@ fn big_lab(name: &str, n: usize) -> Lab {
 
 #[test]
 fn ctrl_c_during_up_stops_between_steps_and_down_removes_everything() {
-    let lab = big_lab("t-int", 60);
+    let lab = big_lab("t-int", 60, 81);
     let child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
         .args(["up", lab.file.to_str().unwrap()])
         .env("VXLAB_STATE_DIR", lab.state.path())
@@ -67,5 +69,51 @@ fn ctrl_c_during_up_stops_between_steps_and_down_removes_everything() {
         stderr.contains(&format!("vxlab down {}", lab.name)),
         "{stderr}"
     );
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn ctrl_c_during_ups_check_stops_it_without_calling_guests_unreachable() {
+    let lab = big_lab("t-intc", 60, 82);
+    let child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(["up", lab.file.to_str().unwrap()])
+        .env("VXLAB_STATE_DIR", lab.state.path())
+        .env("VXLAB_CACHE_DIR", lab.cache.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Every guest is configured once their tools are recorded: up is into its check (a mesh
+    // of 60 guests' pings, then the reads). Interrupt it there.
+    let state = lab.state.path().join(&lab.name).join("state.json");
+    let configured = || {
+        std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["tools"].as_object().map(|t| t.len()))
+            == Some(60)
+    };
+    let start = Instant::now();
+    while !configured() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "up never configured its guests"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    // Stopped, and said so; no guest called unreachable for a read it never made.
+    assert_eq!(out.status.code(), Some(130), "{stdout}{stderr}");
+    assert!(!stdout.contains("not reachable"), "{stdout}");
+    let (code, report) = lab.check();
+    assert_eq!(code, 0, "{report:#}");
     lab.down_leaves_nothing();
 }

@@ -250,6 +250,14 @@ impl Engine {
         let seen = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
             runner.observe_ready(g)
         });
+        // Guests left unread because Ctrl-C came are not unreachable guests: the check stops,
+        // as a whole, with no verdict.
+        if seen
+            .iter()
+            .any(|r| matches!(r, Err(EngineError::Interrupted)))
+        {
+            return Err(EngineError::Interrupted);
+        }
         for (g, r) in plan.guests.iter().zip(seen) {
             match r {
                 Ok((s, ready)) => {
