@@ -112,6 +112,7 @@ impl Driver for Arc<FakeGuests> {
     fn guest_resources(&self, g: &GuestPlan) -> Vec<Resource> {
         vec![Resource::Domain {
             name: g.instance.clone(),
+            host: None,
         }]
     }
     fn create_guest(
@@ -123,7 +124,8 @@ impl Driver for Arc<FakeGuests> {
         // The resource must be in the state file before the guest exists.
         let st = self.state_dir.read(&plan.lab).unwrap();
         assert!(st.resources.contains(&Resource::Domain {
-            name: g.instance.clone()
+            name: g.instance.clone(),
+            host: None,
         }));
         Ok(())
     }

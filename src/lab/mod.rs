@@ -2,7 +2,7 @@
 //! on the host is touched.
 
 pub mod defaults;
-mod file;
+pub(crate) mod file;
 pub mod instance;
 pub mod read;
 pub mod source;
