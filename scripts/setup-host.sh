@@ -12,7 +12,7 @@ apt-get update -q
 packages=(iproute2 iputils-ping tcpdump bc pkg-config libvirt-dev libssh2-1-dev libssl-dev
   libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils debootstrap
   dosfstools mtools openssh-client graphviz librsvg2-bin gcc libc6-dev make xz-utils
-  chromium chromium-driver openssh-server)
+  chromium chromium-driver openssh-server curl openssl)
 # Some images carry a backported qemu-utils that blocks the distribution's qemu-system-x86;
 # take qemu-utils from the same release as qemu-system-x86 there.
 if dpkg-query -W -f '${Version}' qemu-utils 2>/dev/null | grep -q '~bpo'; then

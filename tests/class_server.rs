@@ -101,6 +101,35 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     assert_eq!(labs, json!(["cls-1", "cls-2", "cls-3"]));
     screenshot(&c, "class_server", "instructor-healthy.png").await;
 
+    // A copy brought up while the page is open shows up in the grid, and goes when it is
+    // taken down: the server watches the state directory (its own rescan is once a minute).
+    let out = lab.run(&["up", &file, "--instance", "4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        &c,
+        10,
+        "the fourth copy in the grid",
+        "return document.querySelector('#grid-rows tr[data-lab=\"cls-4\"]') !== null",
+    )
+    .await;
+    let out = lab.run(&["down", "cls", "--instance", "4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        &c,
+        10,
+        "the fourth copy gone from the grid",
+        "return document.querySelector('#grid-rows tr[data-lab=\"cls-4\"]') === null",
+    )
+    .await;
+
     // Copy 1 as `up` derived it, on the underlay the workshop pool gave it.
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(lab.state.path().join("cls-1/state.json")).unwrap(),
@@ -364,4 +393,81 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     screenshot(&c, "class_server", "sheet.png").await;
 
     c.close().await.unwrap();
+}
+
+#[test]
+fn with_a_certificate_the_server_speaks_only_tls() {
+    let lab = Lab::shipped(
+        "two-netns.yaml",
+        "cls-tls",
+        &[("192.168.10.", "192.168.29.")],
+    );
+    assert_eq!(lab.up().0, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (_server, instructor) = serve(
+        &lab,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(instructor.starts_with("https://127.0.0.1:"), "{instructor}");
+    // A client that trusts the certificate gets the instructor's page over TLS.
+    let curl = |url: &str, extra: &[&str]| {
+        std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
+            .args(extra)
+            .arg(url)
+            .output()
+            .unwrap()
+    };
+    let ok = curl(&instructor, &["--cacert", cert.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "200");
+    // One that does not is refused by its own TLS check, and plain HTTP gets no page.
+    let untrusted = curl(&instructor, &[]);
+    assert_ne!(String::from_utf8_lossy(&untrusted.stdout), "200");
+    let plain = curl(&instructor.replacen("https://", "http://", 1), &[]);
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
+    let token = std::fs::read_dir(lab.state.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name() == "instructor.token")
+        .map(|e| e.path());
+    if let Some(t) = token {
+        std::fs::remove_file(t).unwrap();
+    }
+    lab.down_leaves_nothing();
 }

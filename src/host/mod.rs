@@ -3,6 +3,7 @@
 //! give the engine a recording fake, so an engine test touches nothing on the host.
 
 pub mod capture;
+pub mod dirwatch;
 pub mod files;
 pub mod icmp;
 pub mod inventory;

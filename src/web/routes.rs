@@ -29,12 +29,14 @@ use super::pages::{self, CaptureView, CheckView, ClassPage, GridRow, LabPage};
 use super::tokens::Role;
 use super::Class;
 use crate::explain;
+use crate::host::dirwatch::DirWatch;
 use crate::plan::{GuestPlan, Plan};
 use crate::progress::Progress;
 use crate::wire::{self, Only};
 
-/// How often the server looks for labs that came up or went down.
-const RESCAN: Duration = Duration::from_secs(2);
+/// How long the server waits for a change in the state directory before it looks anyway
+/// (a state directory removed and made anew is not seen by the watch on the old one).
+const RESCAN_AT_LEAST: Duration = Duration::from_secs(60);
 
 /// Echo requests the Capture button sends.
 const CAPTURE_PINGS: u32 = 3;
@@ -50,17 +52,29 @@ pub async fn run(class: Shared, announce: impl FnOnce(&str)) -> anyhow::Result<(
     let app = router(class.clone());
     let opts = class.options.clone();
     let scheme = if opts.tls.is_some() { "https" } else { "http" };
-    let rescanner = {
+    // Labs that come up or go down are seen when their state changes: a watch on the state
+    // directory wakes the rescan. The thread ends with the process.
+    {
         let class = class.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(RESCAN);
+        let root = class.backend.state().root().to_path_buf();
+        std::thread::spawn(move || {
+            let _ = std::fs::create_dir_all(&root);
+            let mut watch = DirWatch::new(&root);
             loop {
-                every.tick().await;
-                let c = class.clone();
-                let _ = tokio::task::spawn_blocking(move || c.rescan()).await;
+                match watch.as_mut() {
+                    Ok(w) => {
+                        if let Err(e) = w.wait(RESCAN_AT_LEAST) {
+                            eprintln!("vxlab serve: cannot watch {}: {e}", root.display());
+                            watch = Err(e);
+                        }
+                    }
+                    // Without a watch, the slow rescan is all there is.
+                    Err(_) => std::thread::sleep(RESCAN_AT_LEAST),
+                }
+                class.rescan();
             }
-        })
-    };
+        });
+    }
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).ok();
@@ -103,7 +117,6 @@ pub async fn run(class: Shared, announce: impl FnOnce(&str)) -> anyhow::Result<(
                 .map_err(anyhow::Error::from)
         }
     };
-    rescanner.abort();
     class.watch.stop_all();
     result
 }
