@@ -51,7 +51,10 @@ fn one_connection_carries_commands_and_many_tunnels_and_notices_a_lost_host() {
 
     // A command: its output, its errors and its status, apart.
     let (status, out, err) = jump.run("echo out; echo err >&2; exit 3").unwrap();
-    assert_eq!((status, out.as_slice(), err.as_str()), (3, &b"out\n"[..], "err\n"));
+    assert_eq!(
+        (status, out.as_slice(), err.as_str()),
+        (3, &b"out\n"[..], "err\n")
+    );
     // Output larger than any SSH window arrives whole.
     let (status, out, _) = jump.run("seq 1 200000").unwrap();
     assert_eq!(status, 0);
@@ -91,7 +94,10 @@ fn one_connection_carries_commands_and_many_tunnels_and_notices_a_lost_host() {
         "{log}"
     );
     // Nothing listens there: the host's refusal comes back as such.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     assert!(matches!(
         jump.tunnel(closed),
         Err(JumpError::Refused { .. })
@@ -102,7 +108,9 @@ fn one_connection_carries_commands_and_many_tunnels_and_notices_a_lost_host() {
     std::fs::write(&known, sshd.known_hosts_line()).unwrap();
     Jump::connect(&login(&sshd, false, Some(known.clone()))).unwrap();
     std::fs::write(&known, sshd.wrong_known_hosts_line()).unwrap();
-    let e = Jump::connect(&login(&sshd, false, Some(known))).err().unwrap();
+    let e = Jump::connect(&login(&sshd, false, Some(known)))
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("not the one"), "{e}");
 
     // The host goes away: the connection notices without being used, and says so.

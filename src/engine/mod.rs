@@ -340,10 +340,7 @@ impl Engine {
             match r {
                 Resource::HostLink { .. } => {}
                 // A bridge on another host is a libvirt network there, removed by that host.
-                Resource::Bridge { name }
-                | Resource::Network {
-                    bridge: name, ..
-                } => {
+                Resource::Bridge { name } | Resource::Network { bridge: name, .. } => {
                     self.host.delete_link(name)?;
                 }
                 Resource::Path { path } => match lock.remove_path(path) {

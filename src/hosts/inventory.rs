@@ -200,8 +200,13 @@ pub fn parse(text: &str, file: &Path) -> Result<Inventory, InventoryError> {
             }
             for (i, item) in items.iter().enumerate() {
                 let path = join_index("hosts", i);
-                if r.fields(&path, item, &["name", "uri", "weight", "ssh"], &["name", "uri"])
-                    .is_none()
+                if r.fields(
+                    &path,
+                    item,
+                    &["name", "uri", "weight", "ssh"],
+                    &["name", "uri"],
+                )
+                .is_none()
                 {
                     continue;
                 }
@@ -252,13 +257,21 @@ fn check(hosts: &[(String, HostEntry)], map: &SourceMap, unreadable: &[String]) 
         if let Err(why) = valid_name(&s.name) {
             say(path, "name", why);
         } else if let Some(first) = names.insert(&s.name, path) {
-            say(path, "name", format!("`{}` is already the name of {first}", s.name));
+            say(
+                path,
+                "name",
+                format!("`{}` is already the name of {first}", s.name),
+            );
         }
         match parse_uri(&s.uri) {
             Err(why) => say(path, "uri", why),
             Ok(_) => {
                 if let Some(first) = uris.insert(&s.uri, path) {
-                    say(path, "uri", format!("{first} has the same URI: list each host once"));
+                    say(
+                        path,
+                        "uri",
+                        format!("{first} has the same URI: list each host once"),
+                    );
                 }
                 if let Err(why) = s.login() {
                     let field = if s.ssh.is_some() { "ssh" } else { "uri" };
@@ -268,7 +281,11 @@ fn check(hosts: &[(String, HostEntry)], map: &SourceMap, unreadable: &[String]) 
         }
         if let Some(w) = h.weight {
             if !(1..=MAX_WEIGHT).contains(&w) {
-                say(path, "weight", format!("must be 1 to {MAX_WEIGHT}, not {w}"));
+                say(
+                    path,
+                    "weight",
+                    format!("must be 1 to {MAX_WEIGHT}, not {w}"),
+                );
             }
         }
     }
@@ -445,7 +462,9 @@ impl HostSpec {
     pub fn login(&self) -> Result<SshLogin, String> {
         let uri = parse_uri(&self.uri)?;
         let (user, host, port) = match &self.ssh {
-            Some(s) => authority(s).map_err(|e| format!("`{s}`: {e}; write it as user@host[:port]"))?,
+            Some(s) => {
+                authority(s).map_err(|e| format!("`{s}`: {e}; write it as user@host[:port]"))?
+            }
             None if uri.is_ssh() => (uri.user.clone(), uri.host.clone(), uri.port),
             None => {
                 return Err(format!(
@@ -558,6 +577,9 @@ mod tests {
             assert!(parse_uri(bad).is_err(), "{bad}");
         }
         let u = parse_uri("qemu+ssh://[fd00::1]:2222/system").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.user), ("fd00::1", Some(2222), None));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.user),
+            ("fd00::1", Some(2222), None)
+        );
     }
 }

@@ -126,7 +126,15 @@ pub fn table(hosts: &[HostFacts], lab: Option<&str>) -> String {
     let _ = writeln!(
         out,
         "{:<10} {:<9} {:>4} {:>9}  {:<5} {:<16} {:<10} {:<16} {}",
-        "HOST", "LIBVIRT", "CPUS", "FREE MEM", "ACCEL", "IMAGE", "/DEV/KVM", "IP TCPDUMP QEMU-IMG", fit_head
+        "HOST",
+        "LIBVIRT",
+        "CPUS",
+        "FREE MEM",
+        "ACCEL",
+        "IMAGE",
+        "/DEV/KVM",
+        "IP TCPDUMP QEMU-IMG",
+        fit_head
     );
     for h in hosts {
         match &h.reached {
@@ -212,11 +220,19 @@ mod tests {
         let t = table(&hosts, Some("two-vm"));
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("HOST") && lines[0].ends_with("COPIES OF two-vm"));
-        assert!(lines[1].starts_with("h1         9.0.0        2  22.0 GiB  tcg   same checksum"), "{t}");
+        assert!(
+            lines[1].starts_with("h1         9.0.0        2  22.0 GiB  tcg   same checksum"),
+            "{t}"
+        );
         assert!(lines[1].ends_with("40 (about 468 MiB each)"), "{t}");
-        assert!(lines[2].contains("missing debian-12.qcow2") && lines[2].contains("missing tcpdump"));
+        assert!(
+            lines[2].contains("missing debian-12.qcow2") && lines[2].contains("missing tcpdump")
+        );
         assert!(lines[3].starts_with("h3         UNREACHABLE: ssh: connect to host 127.0.0.3"));
-        assert!(t.contains("not ready:\n  h2: the image is not there"), "{t}");
+        assert!(
+            t.contains("not ready:\n  h2: the image is not there"),
+            "{t}"
+        );
         assert!(t.contains("  h3: cannot be reached: ssh: connect"), "{t}");
         assert!(hosts[0].blocker().is_none());
     }

@@ -196,10 +196,7 @@ mod tests {
         let c = HostCommand::Capture {
             link: "vnet0".into(),
         };
-        assert_eq!(
-            c.line(),
-            "timeout 600 tcpdump -i vnet0 -U -s 0 -w -"
-        );
+        assert_eq!(c.line(), "timeout 600 tcpdump -i vnet0 -U -s 0 -w -");
         let c = HostCommand::Checksums(vec!["/var/lib/x y/base.qcow2".into(), "-n".into()]);
         assert_eq!(c.line(), "sha256sum -- '/var/lib/x y/base.qcow2' -n");
         let c = HostCommand::Tail {
@@ -213,7 +210,9 @@ mod tests {
             kernel: "/k".into(),
             seconds: 8,
         };
-        assert!(p.line().ends_with("-kernel /k -append 'console=ttyS0 panic=-1 root=/dev/null'"));
+        assert!(p
+            .line()
+            .ends_with("-kernel /k -append 'console=ttyS0 panic=-1 root=/dev/null'"));
     }
 
     #[test]
@@ -223,7 +222,11 @@ mod tests {
             missing_programs(&["ip", "tcpdump", "qemu-img"], found),
             ["tcpdump"]
         );
-        let sums = format!("{}  /a/base.qcow2\n{}  /a/vmlinuz\n", "a".repeat(64), "b".repeat(64));
+        let sums = format!(
+            "{}  /a/base.qcow2\n{}  /a/vmlinuz\n",
+            "a".repeat(64),
+            "b".repeat(64)
+        );
         assert_eq!(checksum_of(&sums, "/a/vmlinuz"), Some("b".repeat(64)));
         assert_eq!(checksum_of(&sums, "/a/initrd.img"), None);
         let node = kvm_node("0 994 660\n").unwrap();

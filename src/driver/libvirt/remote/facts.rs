@@ -105,7 +105,12 @@ pub fn host_load(link: &HostLink) -> Result<HostLoad, virt::error::Error> {
 /// libvirt's version on the host, as `9.0.0`.
 pub fn libvirt_version(link: &HostLink) -> Result<String, virt::error::Error> {
     let v = link.conn().get_lib_version()?;
-    Ok(format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000))
+    Ok(format!(
+        "{}.{}.{}",
+        v / 1_000_000,
+        v / 1000 % 1000,
+        v % 1000
+    ))
 }
 
 /// The image's volumes on the host: present with this machine's sizes, or what is missing or
@@ -169,7 +174,10 @@ pub fn image_state(link: &HostLink, image: &Image, sums: Option<&[String; 3]>) -
 pub fn kernel_path(link: &HostLink, image: &Image) -> Option<String> {
     let pool = storage::pool(link.conn()).ok()??;
     let [_, kernel, _] = storage::image_files(image);
-    storage::volume(&pool, &kernel.volume).ok()??.get_path().ok()
+    storage::volume(&pool, &kernel.volume)
+        .ok()??
+        .get_path()
+        .ok()
 }
 
 /// Whether libvirt's QEMU user on the host can open `/dev/kvm`, and the programs vxlab needs
@@ -188,7 +196,10 @@ pub fn kvm_and_programs(link: &HostLink) -> (KvmAccess, Vec<&'static str>) {
         Err(e) => return (KvmAccess::Unknown(e.to_string()), Vec::new()),
     };
     let missing = command::missing_programs(&PROGRAMS, &outs[0].stdout);
-    let Some(node) = outs[1].success().then(|| command::kvm_node(&outs[1].stdout)).flatten()
+    let Some(node) = outs[1]
+        .success()
+        .then(|| command::kvm_node(&outs[1].stdout))
+        .flatten()
     else {
         return (KvmAccess::NoDevice, missing);
     };
@@ -240,9 +251,9 @@ impl KvmProbe for RemoteProbe<'_> {
             kernel: kernel.to_string_lossy().into_owned(),
             seconds: accel::PROBE_TIMEOUT.as_secs() as u32,
         };
-        self.link.run(&probe).is_ok_and(|o| {
-            o.stdout.contains("Kernel panic") || o.stdout.contains("VFS:")
-        })
+        self.link
+            .run(&probe)
+            .is_ok_and(|o| o.stdout.contains("Kernel panic") || o.stdout.contains("VFS:"))
     }
 }
 

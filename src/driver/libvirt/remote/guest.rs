@@ -15,7 +15,11 @@ use crate::driver::libvirt::{capacity, GuestDisks, LibvirtDriver};
 use crate::driver::DriverError;
 use crate::plan::GuestPlan;
 
-fn on_host(link: &HostLink, g: &GuestPlan, what: &str) -> impl Fn(virt::error::Error) -> DriverError {
+fn on_host(
+    link: &HostLink,
+    g: &GuestPlan,
+    what: &str,
+) -> impl Fn(virt::error::Error) -> DriverError {
     let what = format!("{what} on host {}", link.name());
     let guest = g.name.clone();
     move |e| DriverError::new(&guest, what.clone(), e)
@@ -40,22 +44,29 @@ pub(in crate::driver::libvirt) fn disks(
         .map_err(on_host(link, g, "finding vxlab's storage pool"))?
         .ok_or_else(|| DriverError::new(&g.name, "preparing its disks", prepare()))?;
     let [disk, kernel, initrd] = storage::image_files(image);
-    let path_of = |f: &storage::ImageFile| -> Result<(virt::storage_vol::StorageVol, String), DriverError> {
-        let v = storage::volume(&pool, &f.volume)
-            .map_err(on_host(link, g, "finding the image"))?
-            .ok_or_else(|| DriverError::new(&g.name, "preparing its disks", prepare()))?;
-        let p = v.get_path().map_err(on_host(link, g, "finding the image"))?;
-        Ok((v, p))
-    };
+    let path_of =
+        |f: &storage::ImageFile| -> Result<(virt::storage_vol::StorageVol, String), DriverError> {
+            let v = storage::volume(&pool, &f.volume)
+                .map_err(on_host(link, g, "finding the image"))?
+                .ok_or_else(|| DriverError::new(&g.name, "preparing its disks", prepare()))?;
+            let p = v
+                .get_path()
+                .map_err(on_host(link, g, "finding the image"))?;
+            Ok((v, p))
+        };
     let (base, base_path) = path_of(&disk)?;
     let (_, kernel_path) = path_of(&kernel)?;
     let (_, initrd_path) = path_of(&initrd)?;
     let [overlay_name, seed_name, log_name] = storage::guest_volumes(&g.instance);
-    let overlay = storage::ensure_overlay(&pool, &overlay_name, &base)
-        .map_err(on_host(link, g, "creating its overlay"))?;
+    let overlay = storage::ensure_overlay(&pool, &overlay_name, &base).map_err(on_host(
+        link,
+        g,
+        "creating its overlay",
+    ))?;
     let data = match image.seeding {
-        Seeding::Cmdline => seed::tar_seed(keys)
-            .map_err(|e| DriverError::new(&g.name, "writing its seed", e))?,
+        Seeding::Cmdline => {
+            seed::tar_seed(keys).map_err(|e| DriverError::new(&g.name, "writing its seed", e))?
+        }
         Seeding::NoCloud => {
             // The vfat disk is made here as for a guest on this machine, then uploaded.
             let dir = driver.guest_dir(g);
@@ -75,7 +86,13 @@ pub(in crate::driver::libvirt) fn disks(
         &mut data.as_slice(),
         &mut |_| {},
     )
-    .map_err(|e| DriverError::new(&g.name, format!("uploading its seed disk to host {}", link.name()), e))?;
+    .map_err(|e| {
+        DriverError::new(
+            &g.name,
+            format!("uploading its seed disk to host {}", link.name()),
+            e,
+        )
+    })?;
     let console_log = Path::new(&overlay)
         .parent()
         .unwrap_or(Path::new(storage::POOL_PATH))
@@ -184,7 +201,11 @@ pub(in crate::driver::libvirt) fn remove_volume(
     name: &str,
 ) -> Result<bool, DriverError> {
     let fail = |e: virt::error::Error| {
-        DriverError::new(name, format!("removing volume {name} on host {}", link.name()), e)
+        DriverError::new(
+            name,
+            format!("removing volume {name} on host {}", link.name()),
+            e,
+        )
     };
     match storage::pool(link.conn()).map_err(fail)? {
         None => Ok(false),

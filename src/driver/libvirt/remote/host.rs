@@ -46,7 +46,10 @@ impl Host for RemoteHost {
     fn ensure_bridge(&self, name: &str, address: IpNet) -> Result<(), NetlinkError> {
         network::ensure(self.link.conn(), name, address, &self.lab).map_err(|e| {
             self.failed(
-                format!("making bridge {name} (libvirt network {})", network::network_name(name)),
+                format!(
+                    "making bridge {name} (libvirt network {})",
+                    network::network_name(name)
+                ),
                 e,
             )
         })
@@ -55,7 +58,10 @@ impl Host for RemoteHost {
     fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
         network::remove(self.link.conn(), name).map_err(|e| {
             self.failed(
-                format!("removing bridge {name} (libvirt network {})", network::network_name(name)),
+                format!(
+                    "removing bridge {name} (libvirt network {})",
+                    network::network_name(name)
+                ),
                 e,
             )
         })
@@ -112,7 +118,10 @@ impl Host for RemoteHost {
     fn write_sysctl(&self, key: &str, _: &str) -> io::Result<()> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("{key}: vxlab changes no kernel setting on host {}", self.link.name()),
+            format!(
+                "{key}: vxlab changes no kernel setting on host {}",
+                self.link.name()
+            ),
         ))
     }
 

@@ -142,9 +142,11 @@ impl Jump {
 
         let (tx, rx) = mpsc::channel();
         let (wake_ours, wake_theirs) = UnixStream::pair().map_err(|e| fail(e.to_string()))?;
-        wake_theirs
-            .set_nonblocking(true)
-            .map_err(|e| fail(e.to_string()))?;
+        // Neither end ever blocks: a caller's wake-up never waits on a full buffer, and the
+        // pump drains every wake-up and goes on.
+        for end in [&wake_ours, &wake_theirs] {
+            end.set_nonblocking(true).map_err(|e| fail(e.to_string()))?;
+        }
         let lost = Arc::new(Mutex::new(None));
         let pump = Pump {
             session,
@@ -209,10 +211,9 @@ impl Jump {
                     why,
                 }),
             },
-            Err(_) => Err(lost(
-                self.lost()
-                    .unwrap_or_else(|| format!("no answer to {what} in {} s", OPEN_TIMEOUT.as_secs())),
-            )),
+            Err(_) => Err(lost(self.lost().unwrap_or_else(|| {
+                format!("no answer to {what} in {} s", OPEN_TIMEOUT.as_secs())
+            }))),
         }
     }
 
@@ -257,9 +258,7 @@ impl Jump {
         (&stream)
             .read_to_end(&mut out)
             .map_err(|e| lost(e.to_string()))?;
-        let errors = errors
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default();
+        let errors = errors.and_then(|t| t.join().ok()).unwrap_or_default();
         let status = status
             .and_then(|s| s.recv().ok())
             .ok_or_else(|| lost(self.lost().unwrap_or_else(|| "no exit status".into())))?;
@@ -329,7 +328,11 @@ fn log_in(session: &ssh2::Session, login: &SshLogin) -> Result<(), String> {
     }
     for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
         let k = home().join(".ssh").join(name);
-        if k.exists() && session.userauth_pubkey_file(&login.user, None, &k, None).is_ok() {
+        if k.exists()
+            && session
+                .userauth_pubkey_file(&login.user, None, &k, None)
+                .is_ok()
+        {
             return Ok(());
         }
     }
@@ -438,7 +441,11 @@ impl Pump {
             let mut i = 0;
             while i < self.pipes.len() {
                 match turn(&mut self.pipes[i], &mut buf) {
-                    Ok(Turn { moved: m, busy: b, done }) => {
+                    Ok(Turn {
+                        moved: m,
+                        busy: b,
+                        done,
+                    }) => {
                         moved |= m;
                         busy |= b;
                         if done {
@@ -505,7 +512,7 @@ impl Pump {
                     match progress(self.session.channel_session()) {
                         Ok(Some(c)) => o.channel = Some(c),
                         Ok(None) => return Ok(false),
-                        Err(e) => return Ok(self.refuse(e)?),
+                        Err(e) => return self.refuse(e),
                     }
                 }
                 let ch = o.channel.as_mut().expect("set above");
@@ -587,7 +594,11 @@ impl Pump {
             if let Some(e) = &p.err {
                 fds.push(libc::pollfd {
                     fd: e.as_raw_fd(),
-                    events: if p.to_err.is_empty() { 0 } else { libc::POLLOUT },
+                    events: if p.to_err.is_empty() {
+                        0
+                    } else {
+                        libc::POLLOUT
+                    },
                     revents: 0,
                 });
             }

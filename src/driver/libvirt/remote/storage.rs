@@ -251,11 +251,18 @@ mod tests {
         let files = image_files(&named);
         assert_eq!(
             files.map(|f| f.volume),
-            ["debian-12.qcow2", "debian-12.vmlinuz", "debian-12.initrd.img"]
+            [
+                "debian-12.qcow2",
+                "debian-12.vmlinuz",
+                "debian-12.initrd.img"
+            ]
         );
         let mut theirs = named.clone();
         theirs.disk = PathBuf::from("/home/u/My Image.qcow2");
         assert_eq!(image_name(&theirs), "-y--mage");
-        assert_eq!(guest_volumes("vxlab-w-1.vm-a")[2], "vxlab-w-1.vm-a.console.log");
+        assert_eq!(
+            guest_volumes("vxlab-w-1.vm-a")[2],
+            "vxlab-w-1.vm-a.console.log"
+        );
     }
 }
