@@ -310,6 +310,16 @@ pub fn valid_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// The URI parameters an inventory may give: the login's and libvirt's transport choices.
+pub const ALLOWED_PARAMS: [&str; 6] = [
+    "keyfile",
+    "known_hosts",
+    "no_verify",
+    "no_tty",
+    "proxy",
+    "pkipath",
+];
+
 /// A libvirt remote URI, taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteUri {
@@ -438,6 +448,24 @@ pub fn parse_uri(uri: &str) -> Result<RemoteUri, String> {
         port,
         params,
     };
+    // Only parameters vxlab understands: libvirt runs others (`command=`, `netcat=`,
+    // `socket=`) as programs or paths, here or on the host.
+    for (k, v) in &parsed.params {
+        if !ALLOWED_PARAMS.contains(&k.as_str()) {
+            return Err(format!(
+                "`{k}=` is not a parameter vxlab passes on; use only {}",
+                ALLOWED_PARAMS.join(", ")
+            ));
+        }
+        let plain = v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-' | b','));
+        if !plain {
+            return Err(format!(
+                "`{k}={v}`: only letters, digits and / . _ - , may be used"
+            ));
+        }
+    }
     for key in ["keyfile", "known_hosts"] {
         if let Some(p) = parsed.param(key) {
             if !p.starts_with('/') {
@@ -573,6 +601,10 @@ mod tests {
             "qemu+ssh://root@h:99999/system",
             "qemu+ssh://root@h/system?no_verify=yes",
             "xen+ssh://root@h/system",
+            "qemu+ssh://root@h/system?command=/tmp/evil",
+            "qemu+ssh://root@h/system?netcat=nc;reboot",
+            "qemu+ssh://root@h/system?keyfile=/k%20x",
+            "qemu+ssh://root@h/system?keyfile=/k$(id)",
         ] {
             assert!(parse_uri(bad).is_err(), "{bad}");
         }

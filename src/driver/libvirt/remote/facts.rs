@@ -280,7 +280,9 @@ pub fn choose_accel(link: &HostLink, setting: Accel, kernel: &str) -> Choice {
         &cache,
     );
     if let Some(p) = fresh {
-        let _ = std::fs::write(&cache, accel::with_probe(&text, &p));
+        // Read again: hosts are probed at once, each adding its own line.
+        let now = std::fs::read_to_string(&cache).unwrap_or_default();
+        let _ = std::fs::write(&cache, accel::with_probe(&now, &p));
     }
     choice.reason = format!("host {}: {}", link.name(), choice.reason);
     choice

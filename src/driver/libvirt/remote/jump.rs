@@ -196,11 +196,7 @@ impl Jump {
             .send(Request { open, reply })
             .map_err(|_| lost("the connection's thread ended".into()))?;
         // A full buffer already wakes the pump.
-        let _ = self
-            .wake
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write(&[0]);
+        let _ = send(&self.wake.lock().unwrap_or_else(|p| p.into_inner()), &[0]);
         match answer.recv_timeout(OPEN_TIMEOUT) {
             Ok(Ok(opened)) => Ok(opened),
             Ok(Err(why)) => match self.lost() {
@@ -269,11 +265,7 @@ impl Jump {
 impl Drop for Jump {
     fn drop(&mut self) {
         // Dropping the request channel ends the pump at its next turn; wake it for that.
-        let _ = self
-            .wake
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write(&[0]);
+        let _ = send(&self.wake.lock().unwrap_or_else(|p| p.into_inner()), &[0]);
     }
 }
 
@@ -689,10 +681,29 @@ struct Turn {
     done: bool,
 }
 
+/// Writes `buf` to a local socket without SIGPIPE: a reader that went away (a guest session
+/// dropped, a pump that ended) is an error here, never a signal that kills vxlab.
+fn send(to: &UnixStream, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: send on a socket this process owns, from a buffer of the length given.
+    let n = unsafe {
+        libc::send(
+            to.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Writes what `pending` holds to `to`; false when the reader is gone.
 fn flush_local(pending: &mut Vec<u8>, to: &mut UnixStream, moved: &mut bool) -> bool {
     while !pending.is_empty() {
-        match to.write(pending) {
+        match send(to, pending) {
             Ok(0) => return false,
             Ok(n) => {
                 pending.drain(..n);

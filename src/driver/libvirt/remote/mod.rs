@@ -172,6 +172,14 @@ fn registry() -> &'static Mutex<HashMap<String, Slot>> {
 /// The link to `spec`'s host: the one this process has, or a new one when there is none or
 /// it was lost. Hosts are connected in parallel; one host's callers wait for its connection.
 pub fn link(spec: &HostSpec) -> Result<Arc<HostLink>, HostUnreachable> {
+    // libvirt's ssh transport writes to a pipe to its `ssh` child, which goes when the host
+    // does: that must be an error libvirt reports, not a SIGPIPE that kills vxlab (vxlab's
+    // main restores the default action, for `vxlab ... | head`).
+    static IGNORE_SIGPIPE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: setting a signal's disposition to ignore; no handler runs.
+    IGNORE_SIGPIPE.call_once(|| unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    });
     let key = format!("{}\n{}\n{:?}", spec.name, spec.uri, spec.ssh);
     let slot = registry()
         .lock()
