@@ -316,6 +316,10 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     assert!(cap.contains("239.1.1.1"), "{cap}");
     assert!(cap.contains(&addr("2", "vm-b")), "{cap}");
 
+    // reset on h2's copy forgets what the VTEPs learned and checks again.
+    let out = class.lab.run(&["reset", &format!("{LAB}-2")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
     // h2's sshd goes away mid-class: check names the host, not the guests.
     class.sshd[1].stop();
     let out = class.lab.run(&["check", &format!("{LAB}-2")]);

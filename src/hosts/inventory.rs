@@ -96,28 +96,7 @@ pub struct InventoryError {
 
 impl fmt::Display for InventoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.problems.len();
-        write!(
-            f,
-            "{} is not a valid host inventory ({n} problem{})",
-            self.file.display(),
-            if n == 1 { "" } else { "s" }
-        )?;
-        for p in &self.problems {
-            write!(
-                f,
-                "\n  {}:{}:{}: {}",
-                self.file.display(),
-                p.position.line,
-                p.position.column,
-                if p.field.is_empty() {
-                    p.message.clone()
-                } else {
-                    format!("{}: {}", p.field, p.message)
-                }
-            )?;
-        }
-        Ok(())
+        crate::lab::write_problems(f, &self.file, "host inventory", &self.problems)
     }
 }
 
@@ -522,9 +501,14 @@ mod tests {
         e.problems
             .iter()
             .map(|p| {
+                let field = if p.field.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", p.field)
+                };
                 format!(
-                    "{}:{}: {}: {}",
-                    p.position.line, p.position.column, p.field, p.message
+                    "{}:{}: {field}{}",
+                    p.position.line, p.position.column, p.message
                 )
             })
             .collect()

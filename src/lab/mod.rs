@@ -301,29 +301,40 @@ pub struct LabError {
 
 impl fmt::Display for LabError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.problems.len();
+        write_problems(f, &self.file, "lab", &self.problems)
+    }
+}
+
+/// `FILE is not a valid WHAT (N problems)`, then each problem as `file:line:column: field:
+/// message`: how a lab file and a host inventory say what is wrong with them.
+pub fn write_problems(
+    f: &mut fmt::Formatter<'_>,
+    file: &Path,
+    what: &str,
+    problems: &[Problem],
+) -> fmt::Result {
+    let n = problems.len();
+    write!(
+        f,
+        "{} is not a valid {what} ({n} problem{})",
+        file.display(),
+        if n == 1 { "" } else { "s" }
+    )?;
+    for p in problems {
         write!(
             f,
-            "{} is not a valid lab ({n} problem{})",
-            self.file.display(),
-            if n == 1 { "" } else { "s" }
+            "\n  {}:{}:{}: {}",
+            file.display(),
+            p.position.line,
+            p.position.column,
+            if p.field.is_empty() {
+                p.message.clone()
+            } else {
+                format!("{}: {}", p.field, p.message)
+            }
         )?;
-        for p in &self.problems {
-            write!(
-                f,
-                "\n  {}:{}:{}: {}",
-                self.file.display(),
-                p.position.line,
-                p.position.column,
-                if p.field.is_empty() {
-                    p.message.clone()
-                } else {
-                    format!("{}: {}", p.field, p.message)
-                }
-            )?;
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Reads and validates the lab file at `path`.

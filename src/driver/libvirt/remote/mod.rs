@@ -162,6 +162,27 @@ pub fn lost(e: &JumpError) -> bool {
 
 type Slot = Arc<Mutex<Option<Arc<HostLink>>>>;
 
+static LINKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process connected to a remote host. Its links' threads are then still inside
+/// libssh2 and libvirt when `main` returns, and the C libraries' exit handlers (OpenSSL's
+/// cleanup frees what those threads use) crash it with SIGSEGV: such a process ends with
+/// [`exit_now`] instead.
+pub fn linked() -> bool {
+    LINKED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Flushes standard output and error and ends the process with `code`, running no exit
+/// handler (see [`linked`]).
+pub fn exit_now(code: u8) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit ends the process at once; everything vxlab wrote is flushed above, and
+    // state files are written whole (renamed into place) before commands return.
+    unsafe { libc::_exit(i32::from(code)) }
+}
+
 /// The hosts this process is connected to, by name and URI: every copy and guest on a host
 /// shares its connections, and `vxlab serve` keeps them for all the labs it serves.
 fn registry() -> &'static Mutex<HashMap<String, Slot>> {
@@ -175,6 +196,7 @@ pub fn link(spec: &HostSpec) -> Result<Arc<HostLink>, HostUnreachable> {
     // libvirt's ssh transport writes to a pipe to its `ssh` child, which goes when the host
     // does: that must be an error libvirt reports, not a SIGPIPE that kills vxlab (vxlab's
     // main restores the default action, for `vxlab ... | head`).
+    LINKED.store(true, std::sync::atomic::Ordering::SeqCst);
     static IGNORE_SIGPIPE: std::sync::Once = std::sync::Once::new();
     // SAFETY: setting a signal's disposition to ignore; no handler runs.
     IGNORE_SIGPIPE.call_once(|| unsafe {
