@@ -911,7 +911,12 @@ pub fn ssh(lab: Option<&Path>, guest: &str) -> Result<u8> {
         format!("{} {}\n", g.underlay.addr(), host_pub.trim()).as_bytes(),
         crate::host::files::PRIVATE,
     )?;
-    let status = std::process::Command::new("ssh")
+    let mut ssh = std::process::Command::new("ssh");
+    // A guest on a host of a class is reached through that host's sshd.
+    if let Some(h) = where_runs(&lab, None) {
+        ssh.arg("-o").arg(proxy_command(&h)?);
+    }
+    let status = ssh
         .arg("-i")
         .arg(dir.join("id_ed25519"))
         .arg("-o")
@@ -922,11 +927,35 @@ pub fn ssh(lab: Option<&Path>, guest: &str) -> Result<u8> {
     Ok(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
 }
 
-/// `vxlab console GUEST`: the guest's serial console through virsh.
+/// ssh's `ProxyCommand` option through host `h`'s sshd (ssh runs it with a shell: every
+/// value in it was validated when the inventory was read, and is quoted here too).
+fn proxy_command(h: &HostSpec) -> Result<String> {
+    let login = h.login().map_err(anyhow::Error::msg)?;
+    let mut words = vec!["ssh".to_string(), "-p".into(), login.port.to_string()];
+    if let Some(k) = &login.keyfile {
+        words.extend(["-i".into(), k.to_string_lossy().into_owned()]);
+    }
+    if login.no_verify {
+        words.extend(["-o".into(), "StrictHostKeyChecking=no".into()]);
+    }
+    if let Some(k) = &login.known_hosts {
+        words.extend(["-o".into(), format!("UserKnownHostsFile={}", k.display())]);
+    }
+    words.extend([
+        "-W".into(),
+        "%h:%p".into(),
+        format!("{}@{}", login.user, login.host),
+    ]);
+    Ok(format!("ProxyCommand={}", plan::shell_words(&words)))
+}
+
+/// `vxlab console GUEST`: the guest's serial console through virsh, on the libvirt of the
+/// host the lab runs on.
 pub fn console(lab: Option<&Path>, guest: &str) -> Result<u8> {
     let (lab, g) = libvirt_guest(lab, guest)?;
+    let uri = where_runs(&lab, None).map_or(lab.libvirt.uri.clone(), |h| h.uri);
     let status = std::process::Command::new("virsh")
-        .args(["-c", &lab.libvirt.uri, "console", &g.instance])
+        .args(["-c", &uri, "console", &g.instance])
         .status()?;
     Ok(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
 }

@@ -84,13 +84,18 @@ impl Drop for Class {
     }
 }
 
+/// An inventory of `hosts` (name, address) on `port`. The sshds' host keys are new in every
+/// run: vxlab's own connections and `vxlab ssh` check them against the test's known hosts
+/// file; libvirt's ssh transport (which reads only root's) is told not to check.
 fn inventory(dir: &Path, name: &str, hosts: &[(&str, &str)], port: u16) -> String {
     let key = dir.join("client");
+    let known = dir.join("known_hosts");
     let mut yaml = String::from("hosts:\n");
     for (h, addr) in hosts {
         yaml.push_str(&format!(
-            "  - name: {h}\n    uri: qemu+ssh://root@{addr}:{port}/system?keyfile={}&no_verify=1\n",
-            key.display()
+            "  - name: {h}\n    uri: qemu+ssh://root@{addr}:{port}/system?keyfile={}&known_hosts={}&no_verify=1\n",
+            key.display(),
+            known.display()
         ));
     }
     let path = dir.join(name);
@@ -113,6 +118,8 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         sshd: vec![h1, h2],
     };
     let lab_file = class.lab.file.to_string_lossy().into_owned();
+    let known: String = class.sshd.iter().map(Sshd::known_hosts_line).collect();
+    std::fs::write(keys.path().join("known_hosts"), known).unwrap();
     let hosts = inventory(
         keys.path(),
         "hosts.yaml",
@@ -302,6 +309,26 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("239.1.1.1"),
+        "{}",
+        text(&out)
+    );
+
+    // vxlab ssh reaches h2's guest through h2's sshd (a ProxyCommand), its key pinned.
+    let mut ssh = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(["ssh", "--lab", &format!("{LAB}-2"), "vm-a"])
+        .env("VXLAB_STATE_DIR", class.lab.state.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    ssh.stdin.take().unwrap().write_all(b"hostname\n").unwrap();
+    let out = ssh.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "vm-a\n",
         "{}",
         text(&out)
     );
