@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -322,7 +323,6 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    use std::io::Write;
     ssh.stdin.take().unwrap().write_all(b"hostname\n").unwrap();
     let out = ssh.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -332,6 +332,46 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         "{}",
         text(&out)
     );
+
+    // vxlab shell on h2's guest: the students' shell, its exit status back.
+    let mut shell = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(["shell", "--lab", &format!("{LAB}-2"), "vm-b"])
+        .env("VXLAB_STATE_DIR", class.lab.state.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    shell
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hostname; exit 4\n")
+        .unwrap();
+    let out = shell.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(shown.contains(&format!("{LAB}-2/vm-b# ")), "{shown}");
+    // The hostname's own line (after the terminal's bracketed-paste switch).
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.ends_with("vm-b") && !l.contains('#')),
+        "{shown}"
+    );
+
+    // The class server checks h2's copy as any other.
+    let (server, instructor) = common::browser::serve(&class.lab, &[]);
+    let checked = Command::new("curl")
+        .args(["-s", "-X", "POST"])
+        .arg(format!("{instructor}lab/{LAB}-2/check"))
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&checked.stdout).into_owned();
+    assert!(page.contains("checks passed."), "{page}");
+    drop(server);
+    // The instructor's token outlives the labs on purpose (see libvirt_class.rs).
+    std::fs::remove_file(class.lab.state.path().join("instructor.token")).unwrap();
 
     // A capture on h2's copy: the tap's frames come back over h2's connection and are
     // decoded here: the flood to the group, then unicast between the VTEPs.
@@ -359,6 +399,46 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     // Back again, down --all removes everything on both hosts.
+    class.sshd[1].restart();
+    let out = class.lab.run(&["down", LAB, "--all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(in_libvirt(), Vec::<String>::new());
+    assert_eq!(class.lab.leftovers(), Vec::<String>::new());
+
+    // A host lost in the middle of up fails only its copies, and down removes what was made
+    // there once it is back.
+    let up = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args([
+            "up", &lab_file, "--count", "2", "--pool", POOL, "--hosts", &hosts,
+        ])
+        .env("VXLAB_STATE_DIR", class.lab.state.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bridge2 = format!("vxlab-vxbr-{LAB}-2");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !virsh(&["net-list", "--all", "--name"]).contains(&bridge2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "h2's copy never made its bridge"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    class.sshd[1].stop();
+    let out = up.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(70), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(said.contains(&format!("{LAB}-2: ")), "{said}");
+    assert!(said.contains("1 of 2 copies"), "{said}");
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with(&format!("{LAB}-1 ")) && l.contains("checks passed")),
+        "{shown}"
+    );
+    assert!(!in_libvirt().is_empty());
     class.sshd[1].restart();
     let out = class.lab.run(&["down", LAB, "--all"]);
     assert!(out.status.success(), "{}", text(&out));
