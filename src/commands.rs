@@ -450,11 +450,16 @@ pub fn up_instances(
         _ => bail!("--count takes 1 to 255"),
     };
     let pool = workshop::Pool::choose(pool, &base);
-    let used = workshop::in_use(
-        &LocalHost::new(Arc::new(Netlink::open()?)),
-        &state,
-        pool.net.addr().is_ipv6(),
-    );
+    let v6 = pool.net.addr().is_ipv6();
+    let mut used = workshop::in_use(&LocalHost::new(Arc::new(Netlink::open()?)), &state, v6);
+    // A copy's underlay must be free on whichever host it lands: every host's routes count.
+    if let Some(inv) = &inventory {
+        for link in hosts::connect_all(inv)? {
+            let theirs = RemoteHost::new(link, &base.name).routes(v6);
+            used.routes
+                .extend(theirs.into_iter().filter(|r| r.dst.prefix_len() > 0));
+        }
+    }
     let labs = workshop::copies(&base, &wanted, pool, &used, &running).map_err(|e| match e {
         workshop::CopyError::Instance(why) => anyhow::Error::new(LabError {
             file: path.to_path_buf(),

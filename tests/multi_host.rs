@@ -198,6 +198,20 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     );
     assert_eq!(in_libvirt(), Vec::<String>::new());
     assert_eq!(class.lab.leftovers(), Vec::<String>::new());
+    // hosts check shows it in its row, and exits 69.
+    let out = class.lab.run(&["hosts", "check", &three]);
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("h3") && l.contains("UNREACHABLE")),
+        "{table}"
+    );
+    assert!(
+        table.contains("not ready:\n  h3: cannot be reached"),
+        "{table}"
+    );
 
     // plan shows the placement, and nothing is created.
     let out = class
