@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lab::file::Reader;
 use crate::lab::source::{join_index, SourceMap};
-use crate::lab::{read, yaml, Position, Problem};
+use crate::lab::{read, Position, Problem};
 
 /// Longest host name: it is printed in tables and recorded with every resource.
 pub const MAX_HOST_NAME: usize = 16;
@@ -138,34 +138,11 @@ pub fn load(path: &Path) -> Result<Inventory, LoadError> {
 
 /// Validates inventory text; `file` only names it in errors.
 pub fn parse(text: &str, file: &Path) -> Result<Inventory, InventoryError> {
-    let fail = |mut problems: Vec<Problem>| {
-        problems.sort_by_key(|p| (p.position.line, p.position.column));
-        problems.dedup();
-        InventoryError {
-            file: file.to_path_buf(),
-            problems,
-        }
+    let fail = |problems: Vec<Problem>| InventoryError {
+        file: file.to_path_buf(),
+        problems: crate::lab::sorted(problems),
     };
-    let doc = yaml::load(text).map_err(|e| {
-        fail(vec![Problem {
-            position: e.at,
-            field: String::new(),
-            message: e.message,
-        }])
-    })?;
-    let map = SourceMap::of(&doc);
-    if !map.duplicate_keys.is_empty() {
-        return Err(fail(
-            map.duplicate_keys
-                .iter()
-                .map(|(field, position)| Problem {
-                    position: *position,
-                    field: field.clone(),
-                    message: "appears twice".into(),
-                })
-                .collect(),
-        ));
-    }
+    let (doc, map) = crate::lab::document(text, "appears twice").map_err(fail)?;
     let mut r = Reader {
         problems: Vec::new(),
         unreadable: Vec::new(),

@@ -372,34 +372,11 @@ pub fn read_text(path: &Path) -> Result<String, LoadError> {
 /// Validates lab text; `file` only names it in errors. Every problem is reported, sorted by
 /// position, except that a file that is not well-formed YAML (or repeats a key) stops at that.
 pub fn parse(text: &str, file: &Path) -> Result<Lab, LabError> {
-    let fail = |mut problems: Vec<Problem>| {
-        problems.sort_by_key(|p| (p.position.line, p.position.column));
-        problems.dedup();
-        LabError {
-            file: file.to_path_buf(),
-            problems,
-        }
+    let fail = |problems: Vec<Problem>| LabError {
+        file: file.to_path_buf(),
+        problems: sorted(problems),
     };
-    let doc = yaml::load(text).map_err(|e| {
-        fail(vec![Problem {
-            position: e.at,
-            field: String::new(),
-            message: e.message,
-        }])
-    })?;
-    let map = source::SourceMap::of(&doc);
-    if !map.duplicate_keys.is_empty() {
-        return Err(fail(
-            map.duplicate_keys
-                .iter()
-                .map(|(field, position)| Problem {
-                    position: *position,
-                    field: field.clone(),
-                    message: "appears twice; every name must be unique".into(),
-                })
-                .collect(),
-        ));
-    }
+    let (doc, map) = document(text, "appears twice; every name must be unique").map_err(fail)?;
     let (raw, reader) = file::read(&doc);
     let checked = validate::validate(raw, &map);
     let mut problems = reader.problems;
@@ -414,6 +391,39 @@ pub fn parse(text: &str, file: &Path) -> Result<Lab, LabError> {
         ),
     }
     Err(fail(problems))
+}
+
+/// Problems in file order, each once.
+pub fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
+    problems.sort_by_key(|p| (p.position.line, p.position.column));
+    problems.dedup();
+    problems
+}
+
+/// The YAML document in `text` and where each of its fields is, or what stops reading it
+/// there: YAML that is not well-formed, or keys given twice (each said with `twice`). The lab
+/// file and the host inventory are read so.
+pub fn document(text: &str, twice: &str) -> Result<(yaml::Node, source::SourceMap), Vec<Problem>> {
+    let doc = yaml::load(text).map_err(|e| {
+        vec![Problem {
+            position: e.at,
+            field: String::new(),
+            message: e.message,
+        }]
+    })?;
+    let map = source::SourceMap::of(&doc);
+    if !map.duplicate_keys.is_empty() {
+        return Err(map
+            .duplicate_keys
+            .iter()
+            .map(|(field, position)| Problem {
+                position: *position,
+                field: field.clone(),
+                message: twice.into(),
+            })
+            .collect());
+    }
+    Ok((doc, map))
 }
 
 /// Whether `field` is `path` or inside it.
