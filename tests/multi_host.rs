@@ -213,6 +213,30 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         "{table}"
     );
 
+    // A class bigger than both hosts is refused with what would fit, nothing created.
+    let out = class.lab.run(&[
+        "up",
+        &lab_file,
+        "--count",
+        "250",
+        "--pool",
+        "10.177.0.0/16",
+        "--hosts",
+        &hosts,
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("250 new copies do not fit on these hosts: h1 takes "),
+        "{said}"
+    );
+    assert!(
+        said.contains("or fewer, or add hosts to the inventory; nothing was created"),
+        "{said}"
+    );
+    assert_eq!(in_libvirt(), Vec::<String>::new());
+    assert_eq!(class.lab.leftovers(), Vec::<String>::new());
+
     // plan shows the placement, and nothing is created.
     let out = class
         .lab
