@@ -47,6 +47,8 @@ pub mod exit {
     pub const USAGE: u8 = 64;
     /// The lab file is invalid.
     pub const DATA: u8 = 65;
+    /// The lab named cannot be found: no such file, or no such running lab.
+    pub const NOINPUT: u8 = 66;
     /// A program or service vxlab needs is missing.
     pub const UNAVAILABLE: u8 = 69;
     /// Any other failure.
@@ -97,6 +99,16 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if cause.is::<workshop::PoolError>() {
             return exit::USAGE;
+        }
+        let missing = matches!(cause.downcast_ref(), Some(LoadError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound)
+            || matches!(cause.downcast_ref(), Some(StateError::NotRunning(..)))
+            || matches!(
+                cause.downcast_ref(),
+                Some(EngineError::State(StateError::NotRunning(..)))
+            );
+        if missing {
+            return exit::NOINPUT;
         }
         let busy = matches!(cause.downcast_ref(), Some(StateError::Busy { .. }))
             || matches!(
@@ -322,7 +334,7 @@ fn print_outcome(plan: &Plan, o: &Outcome, json: bool) -> Result<u8> {
 /// `vxlab up LAB [--timings]`: a lab file, or the name of a running lab (converged to its
 /// recorded file).
 pub fn up(arg: &Path, json: bool, timings: bool) -> Result<u8> {
-    let (lab, source, text) = if arg.is_file() {
+    let (lab, source, text) = if names_a_file(arg) {
         let (lab, text) = load_with_text(arg)?;
         (lab, arg.to_path_buf(), text)
     } else {
@@ -680,10 +692,17 @@ fn up_failed(e: EngineError, lab: &str) -> anyhow::Error {
 }
 
 /// The running lab that `arg` names (a lab file or a lab name), or the only one running.
+/// Whether a LAB argument names a file rather than a running lab: anything is there (a FIFO
+/// or a device too, which loading then refuses with 65), or it has a `/` or a `.`, which no lab
+/// name has.
+fn names_a_file(arg: &Path) -> bool {
+    std::fs::symlink_metadata(arg).is_ok() || arg.to_string_lossy().contains(['/', '.'])
+}
+
 fn resolve(arg: Option<&Path>) -> Result<(Lab, PathBuf)> {
     let state = StateDir::from_env();
     let name = match arg {
-        Some(p) if p.is_file() => load(p)?.name,
+        Some(p) if names_a_file(p) => load(p)?.name,
         Some(p) => p.to_string_lossy().into_owned(),
         None => match state.labs().as_slice() {
             [one] => one.clone(),

@@ -284,10 +284,16 @@ pub fn ping_via(
 pub mod read {
     use super::{GuestCommand, Program};
 
+    /// With `json`, `ip` reads all ask for details too (`-j -d`): the links need them, and
+    /// reads with the same options run as one `ip -batch` process; the JSON of the others only
+    /// gains fields. The text forms keep `-d` to the links, whose text parser expects it.
     fn with_json(program: Program, json: bool, args: &[&str]) -> GuestCommand {
-        let mut all: Vec<&str> = Vec::with_capacity(args.len() + 1);
+        let mut all: Vec<&str> = Vec::with_capacity(args.len() + 2);
         if json {
             all.push("-j");
+            if program == Program::Ip && args.first() != Some(&"-d") {
+                all.push("-d");
+            }
         }
         all.extend(args);
         GuestCommand::new(program, &all)
@@ -297,11 +303,11 @@ pub mod read {
     pub fn links(json: bool) -> GuestCommand {
         with_json(Program::Ip, json, &["-d", "link", "show"])
     }
-    /// Every address: `ip -j addr show`.
+    /// Every address: `ip -j -d addr show`.
     pub fn addresses(json: bool) -> GuestCommand {
         with_json(Program::Ip, json, &["addr", "show"])
     }
-    /// Multicast memberships of `dev`: `ip -j maddr show dev DEV`.
+    /// Multicast memberships of `dev`: `ip -j -d maddr show dev DEV`.
     pub fn groups(json: bool, dev: &str) -> GuestCommand {
         with_json(Program::Ip, json, &["maddr", "show", "dev", dev])
     }
@@ -309,11 +315,11 @@ pub mod read {
     pub fn fdb(json: bool, dev: &str) -> GuestCommand {
         with_json(Program::Bridge, json, &["fdb", "show", "dev", dev])
     }
-    /// Neighbours (ARP or ND) on a device: `ip -j neigh show dev DEV`.
+    /// Neighbours (ARP or ND) on a device: `ip -j -d neigh show dev DEV`.
     pub fn neighbours(json: bool, dev: &str) -> GuestCommand {
         with_json(Program::Ip, json, &["neigh", "show", "dev", dev])
     }
-    /// The routing table: `ip -j route show`, or `ip -j -6 route show`.
+    /// The routing table: `ip -j -d route show`, or `ip -j -d -6 route show`.
     pub fn routes(json: bool, v6: bool) -> GuestCommand {
         if v6 {
             with_json(Program::Ip, json, &["-6", "route", "show"])

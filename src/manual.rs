@@ -119,11 +119,12 @@ fn command_section(out: &mut String, c: &mut Command, path: &str) {
 }
 
 /// The exit statuses, as `commands` returns them.
-const EXIT_STATUS: [(u8, &str); 10] = [
+const EXIT_STATUS: [(u8, &str); 11] = [
     (exit::OK, "Success: every check held."),
     (exit::CHECK_FAILED, "The lab runs but a check failed; the report names each failure, cause first."),
     (exit::USAGE, "A command-line value cannot be used, such as a workshop pool with no room left, or a class that does not fit on its hosts."),
     (exit::DATA, "The lab file or the host inventory is invalid; each problem is given as file:line:column: field: message."),
+    (exit::NOINPUT, "No such lab: the file does not exist, or no lab of that name is running."),
     (exit::UNAVAILABLE, "A program, libvirtd, a guest, the image or a host of the class is missing or cannot be reached; the message says how to get it."),
     (exit::SOFTWARE, "Any other failure. After an up that failed part-way, vxlab down LAB removes all of it."),
     (exit::TAKEN, "The lab's name is another lab's: its state (a standalone lab and a workshop copy of the same name), named in the message; nothing was created."),
@@ -141,7 +142,7 @@ const ENVIRONMENT: [(&str, &str); 6] = [
     ("PATH", "Where vxlab finds ip, bridge, ping, dot, qemu-img, virsh and ssh."),
 ];
 
-const FILES: [(&str, &str); 10] = [
+const FILES: [(&str, &str); 11] = [
     ("/var/lib/vxlab/LAB/state.json", "Every resource the lab created, each recorded before it was created, so down removes all of it."),
     ("/var/lib/vxlab/LAB/lab.yaml", "The copy of the lab file check, down and reset plan from."),
     ("/var/lib/vxlab/LAB/commands-GUEST.log", "Every command vxlab ran in the guest, with the ip it used and its exit status."),
@@ -151,7 +152,8 @@ const FILES: [(&str, &str); 10] = [
     ("/var/cache/vxlab/images/", "Guest images for the libvirt driver (vxlab image build)."),
     ("/run/netns/vxlab-LAB.GUEST", "The namespace of a guest of the netns driver."),
     ("/run/vxlab/host.lock", "Held while one vxlab checks that a bridge, subnet or name is free and takes it."),
-    ("/run/vxlab/neighbours.json", "Which running labs need how much room in the kernel's neighbour table, and the values to restore when the last one goes."),
+    ("/run/vxlab/neighbours.json", "Which running labs need how much room in the kernel's neighbour table and backlog, and the values to restore when the last one goes."),
+    ("/run/vxlab/rcu_expedited.previous", "While down deletes links: the value of /sys/kernel/rcu_expedited it found, restored afterwards (by the next vxlab if this one is killed)."),
 ];
 
 const EXAMPLES: [(&str, &str); 10] = [

@@ -118,16 +118,36 @@ fn hostile_lab_paths_and_texts_exit_65_at_once() {
         (&deep, "2:23: nested deeper than 16 levels"),
         (&latin1, "1:10: byte 0xe9 is not UTF-8"),
     ];
-    for (path, want) in cases {
-        let start = std::time::Instant::now();
+    // Every command that takes a lab file or a running lab's name: a path that is there is a
+    // file, whatever kind, never taken for a lab's name.
+    for cmd in ["validate", "up", "check", "down"] {
+        for (path, want) in cases {
+            let start = std::time::Instant::now();
+            let out = Command::new(bin)
+                .arg(cmd)
+                .arg(path)
+                .env("VXLAB_STATE_DIR", dir.path().join("state"))
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            let at = format!("{cmd} {}", path.display());
+            assert_eq!(out.status.code(), Some(65), "{at}: {err}");
+            assert!(
+                err.contains(&format!("{}:{want}", path.display())),
+                "{at}: {err}"
+            );
+            assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        }
+    }
+    // No such file, no such running lab: 66, nothing made.
+    for arg in ["absent.yaml", "absent", "../absent"] {
         let out = Command::new(bin)
-            .arg("validate")
-            .arg(path)
+            .args(["up", arg])
+            .env("VXLAB_STATE_DIR", dir.path().join("state"))
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(65), "{}: {err}", path.display());
-        assert!(err.contains(&format!("{}:{want}", path.display())), "{err}");
-        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(out.status.code(), Some(66), "up {arg}: {err}");
     }
+    assert!(!dir.path().join("state").exists());
 }

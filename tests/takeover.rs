@@ -210,3 +210,26 @@ impl Needs for Lab {
         vxlab::plan::plan(&lab).neighbours_needed().0 as u64
     }
 }
+
+/// `/sys/kernel/rcu_expedited`, which `down` turns on while it deletes links.
+fn rcu_expedited() -> String {
+    std::fs::read_to_string("/sys/kernel/rcu_expedited")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn down_restores_the_rcu_setting_even_after_a_vxlab_killed_while_deleting() {
+    let before = rcu_expedited();
+    let lab = mesh("t-rcu", 3, 180);
+    assert_eq!(lab.up().0, 0);
+    // A vxlab killed while deleting left the switch on and its record of the original.
+    let run = std::path::Path::new("/run/vxlab");
+    let record = run.join("rcu_expedited.previous");
+    std::fs::write(&record, &before).unwrap();
+    std::fs::write("/sys/kernel/rcu_expedited", "1").unwrap();
+    lab.down_leaves_nothing();
+    assert_eq!(rcu_expedited(), before);
+    assert!(!record.exists());
+}

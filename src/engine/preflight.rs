@@ -2,7 +2,7 @@
 //! needs.
 
 use super::EngineError;
-use crate::host::{inventory, Host, NeighbourNeeds};
+use crate::host::{inventory, neighbours, Host, NeighbourNeeds};
 use crate::lab::DriverKind;
 use crate::plan::Plan;
 use crate::state::Resource;
@@ -91,15 +91,25 @@ pub(super) fn claim_neighbours(
         return Ok(Vec::new());
     }
     let (ipv4, ipv6) = plan.neighbours_needed();
-    let changes = host.claim_neighbours(id, NeighbourNeeds { ipv4, ipv6 })?;
+    // Every guest of a namespace lab is on the one bridge: a flood reaches them all.
+    let flood = plan.guests.len();
+    let needs = NeighbourNeeds { ipv4, ipv6, flood };
+    let changes = host.claim_neighbours(id, needs)?;
     Ok(changes
         .iter()
         .map(|c| {
-            format!(
-                "{}: the lab needs about {ipv4} IPv4 and {ipv6} IPv6 neighbour entries, and \
-                 all namespaces share one table",
-                c.describe()
-            )
+            let why = if c.key == neighbours::BACKLOG {
+                format!(
+                    "one multicast flood reaches {flood} namespaces, and its copies wait in \
+                     one queue per CPU"
+                )
+            } else {
+                format!(
+                    "the lab needs about {ipv4} IPv4 and {ipv6} IPv6 neighbour entries, and \
+                     all namespaces share one table"
+                )
+            };
+            format!("{}: {why}", c.describe())
         })
         .collect())
 }

@@ -164,11 +164,11 @@ impl Driver for Arc<FakeGuests> {
             ["ip", "-j", "link", "show", "dev", "lo"] => ok("[{}]", ""),
             ["ip", "-V"] => ok("ip utility, iproute2-6.1.0", ""),
             ["ip", "-j", "-d", "link", "show"] => dump(&st["links"]),
-            ["ip", "-j", "addr", "show"] => dump(&st["addresses"]),
-            ["ip", "-j", "route", "show"] => dump(&st["routes"]),
-            ["ip", "-j", "maddr", "show", "dev", _] => dump(&st["groups"]),
+            ["ip", "-j", "-d", "addr", "show"] => dump(&st["addresses"]),
+            ["ip", "-j", "-d", "route", "show"] => dump(&st["routes"]),
+            ["ip", "-j", "-d", "maddr", "show", "dev", _] => dump(&st["groups"]),
             ["bridge", "-j", "fdb", "show", "dev", d] => dump(&st["fdb"][d]),
-            ["ip", "-j", "neigh", "show", "dev", d] => dump(&st["neighbours"][d]),
+            ["ip", "-j", "-d", "neigh", "show", "dev", d] => dump(&st["neighbours"][d]),
             _ => {
                 let line = format!("{}: {}", g.name, crate::guest_command::shell_words(argv));
                 self.ran.lock().unwrap().push(line);

@@ -5,6 +5,7 @@
 //! there (a socket stays in the namespace it was created in), sends one echo request per target
 //! and collects the replies: the same packets `ping -c 1 -W 1` sends, in milliseconds.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -13,14 +14,19 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// Requests a pinger has on the wire at once. The first echo to each peer is preceded by an
+/// ARP request flooded to every VTEP: a 100-guest mesh sending all 9900 at once overflows the
+/// VTEPs' sockets and loses pings to the flood itself; a window keeps the storm bounded.
+const WINDOW: usize = 16;
+
 const ECHO_REQUEST_V4: u8 = 8;
 const ECHO_REPLY_V4: u8 = 0;
 const ECHO_REQUEST_V6: u8 = 128;
 const ECHO_REPLY_V6: u8 = 129;
 
 /// Pings each `(target, tries)` from inside the namespace bound at `netns`: up to `tries`
-/// rounds, each waiting at most `timeout` for the replies still missing. Returns, per target,
-/// whether a reply came.
+/// tries each, each waiting at most `timeout` for its reply. Returns, per target, whether a
+/// reply came.
 pub fn ping_from(
     netns: &Path,
     targets: &[(IpAddr, u32)],
@@ -90,20 +96,34 @@ impl<'a> Pinger<'a> {
         })
     }
 
+    /// Sends at most [`WINDOW`] requests ahead of their replies: each reply (or each try that
+    /// timed out) lets the next one go. Every try waits up to `timeout` for its reply, and a
+    /// target gets its next try once the last one timed out, as `ping -c 1 -W` would.
     fn run(mut self, timeout: Duration) -> io::Result<Vec<bool>> {
-        let rounds = self.targets.iter().map(|t| t.1).max().unwrap_or(0);
-        for round in 0..rounds {
-            let mut waiting = 0;
-            for (i, (to, tries)) in self.targets.iter().enumerate() {
-                if !self.replied[i] && round < *tries {
-                    self.send(*to, i as u16)?;
-                    waiting += 1;
+        let mut queue: VecDeque<usize> = (0..self.targets.len()).collect();
+        let mut tries_left: Vec<u32> = self.targets.iter().map(|t| t.1).collect();
+        let mut in_flight: Vec<(usize, Instant)> = Vec::new();
+        loop {
+            in_flight.retain(|(i, _)| !self.replied[*i]);
+            let now = Instant::now();
+            let (expired, waiting): (Vec<_>, Vec<_>) = in_flight
+                .into_iter()
+                .partition(|(_, sent)| now.duration_since(*sent) >= timeout);
+            in_flight = waiting;
+            queue.extend(expired.into_iter().map(|(i, _)| i));
+            while in_flight.len() < WINDOW {
+                let Some(i) = queue.pop_front() else { break };
+                if self.replied[i] || tries_left[i] == 0 {
+                    continue;
                 }
+                tries_left[i] -= 1;
+                self.send(self.targets[i].0, i as u16)?;
+                in_flight.push((i, Instant::now()));
             }
-            if waiting == 0 {
+            let Some(first) = in_flight.iter().map(|(_, sent)| *sent).min() else {
                 break;
-            }
-            self.collect(round, timeout)?;
+            };
+            self.collect((first + timeout).saturating_duration_since(Instant::now()))?;
         }
         Ok(self.replied)
     }
@@ -156,47 +176,35 @@ impl<'a> Pinger<'a> {
         Ok(())
     }
 
-    fn outstanding(&self, round: u32) -> bool {
-        self.targets
-            .iter()
-            .zip(&self.replied)
-            .any(|((_, tries), done)| !done && round < *tries)
-    }
-
-    fn collect(&mut self, round: u32, timeout: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + timeout;
-        while self.outstanding(round) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let mut fds: Vec<libc::pollfd> = [&self.v4, &self.v6]
-                .into_iter()
-                .flatten()
-                .map(|fd| libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
-                .collect();
-            // SAFETY: fds is a valid array of fds.len() pollfd.
-            let n = unsafe {
-                libc::poll(
-                    fds.as_mut_ptr(),
-                    fds.len() as libc::nfds_t,
-                    left.as_millis().max(1) as i32,
-                )
+    /// Waits up to `wait` for replies, and takes every reply that came.
+    fn collect(&mut self, wait: Duration) -> io::Result<()> {
+        let mut fds: Vec<libc::pollfd> = [&self.v4, &self.v6]
+            .into_iter()
+            .flatten()
+            .map(|fd| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: fds is a valid array of fds.len() pollfd.
+        let n = unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                wait.as_millis().max(1) as i32,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            for p in fds.iter().filter(|p| p.revents & libc::POLLIN != 0) {
-                self.drain(p.fd);
-            }
+        }
+        for p in fds.iter().filter(|p| p.revents & libc::POLLIN != 0) {
+            self.drain(p.fd);
         }
         Ok(())
     }
