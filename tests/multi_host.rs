@@ -68,6 +68,25 @@ fn in_libvirt() -> Vec<String> {
     left
 }
 
+/// `vxlab ARGS` with `input` typed on its standard input.
+fn typed(lab: &Lab, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(args)
+        .env("VXLAB_STATE_DIR", lab.state.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// The hosts and the lab; whatever happens, the copies go and the sshds stop.
 struct Class {
     lab: Lab,
@@ -353,16 +372,11 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     );
 
     // vxlab ssh reaches h2's guest through h2's sshd (a ProxyCommand), its key pinned.
-    let mut ssh = Command::new(env!("CARGO_BIN_EXE_vxlab"))
-        .args(["ssh", "--lab", &format!("{LAB}-2"), "vm-a"])
-        .env("VXLAB_STATE_DIR", class.lab.state.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    ssh.stdin.take().unwrap().write_all(b"hostname\n").unwrap();
-    let out = ssh.wait_with_output().unwrap();
+    let out = typed(
+        &class.lab,
+        &["ssh", "--lab", &format!("{LAB}-2"), "vm-a"],
+        "hostname\n",
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -372,21 +386,11 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     );
 
     // vxlab shell on h2's guest: the students' shell, its exit status back.
-    let mut shell = Command::new(env!("CARGO_BIN_EXE_vxlab"))
-        .args(["shell", "--lab", &format!("{LAB}-2"), "vm-b"])
-        .env("VXLAB_STATE_DIR", class.lab.state.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    shell
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"hostname; exit 4\n")
-        .unwrap();
-    let out = shell.wait_with_output().unwrap();
+    let out = typed(
+        &class.lab,
+        &["shell", "--lab", &format!("{LAB}-2"), "vm-b"],
+        "hostname; exit 4\n",
+    );
     let shown = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(shown.contains(&format!("{LAB}-2/vm-b# ")), "{shown}");
