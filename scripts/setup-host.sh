@@ -5,7 +5,8 @@
 # graphviz for `vxlab graph --format svg`; a C compiler and make for iproute2 builds (the
 # rest of iproute2's build dependencies vxlab installs itself when a build needs them);
 # chromium and chromium-driver for the class server's browser tests; openssh-server for the
-# test of guest terminals over SSH (it starts its own sshd on loopback).
+# tests of guest terminals over SSH and of a class on two hosts (they start their own sshd on
+# loopback; libvirt's ssh transport runs virt-ssh-helper, from libvirt-daemon, on the "host").
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q

@@ -35,8 +35,15 @@ pub enum Command {
         #[arg(add = ArgValueCompleter::new(complete::lab_files))]
         lab: PathBuf,
         /// Print the plan as JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "hosts")]
         json: bool,
+        /// With --hosts: show where N copies of the lab would run (every host is reached and
+        /// surveyed; nothing is created).
+        #[arg(long)]
+        count: Option<u32>,
+        /// The host inventory (YAML) the copies are placed on; default: $VXLAB_HOSTS.
+        #[arg(long, value_name = "FILE", requires = "count")]
+        hosts: Option<PathBuf>,
     },
     /// Create the lab, or repair a running one to its plan; run its checks and report.
     Up {
@@ -61,6 +68,15 @@ pub enum Command {
         /// of where the time went.
         #[arg(long, conflicts_with_all = ["count", "instance"])]
         timings: bool,
+        /// Workshop mode: place the copies on the hosts of this inventory (YAML), whole
+        /// copies to the least-loaded host; default: $VXLAB_HOSTS, else this machine.
+        #[arg(long, value_name = "FILE", requires = "copies")]
+        hosts: Option<PathBuf>,
+    },
+    /// The hosts of a class bigger than one machine: check them, or put the image on them.
+    Hosts {
+        #[command(subcommand)]
+        command: HostsCommand,
     },
     /// Build the lab step by step, showing after each step what changed in the kernel and why.
     Walk {
@@ -258,6 +274,29 @@ pub enum Command {
 }
 
 #[derive(Subcommand)]
+pub enum HostsCommand {
+    /// Connect to every host at once and print a table: libvirt, CPUs, free memory,
+    /// accelerator, the image (by checksum), /dev/kvm, ip/tcpdump/qemu-img, and how many
+    /// copies of LAB fit.
+    Check {
+        /// The host inventory (YAML); default: $VXLAB_HOSTS.
+        file: Option<PathBuf>,
+        /// Count the copies of this lab each host can take, and check its image.
+        #[arg(long, add = ArgValueCompleter::new(complete::lab_files))]
+        lab: Option<PathBuf>,
+    },
+    /// Copy the guest image to every host that lacks it (a storage volume upload), and
+    /// check its checksum there.
+    Prepare {
+        /// The host inventory (YAML); default: $VXLAB_HOSTS.
+        file: Option<PathBuf>,
+        /// Put this lab's image there (default: debian-12).
+        #[arg(long, add = ArgValueCompleter::new(complete::lab_files))]
+        lab: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum ImageCommand {
     /// Build a small Debian image offline from the host's Debian mirror.
     Build {
@@ -380,7 +419,21 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     match cli.command {
         Command::Validate { lab } => commands::validate(&lab),
-        Command::Plan { lab, json } => commands::plan(&lab, json),
+        Command::Plan {
+            lab,
+            json,
+            count,
+            hosts,
+        } => match count {
+            Some(n) => commands::plan_placement(&lab, n, hosts.as_deref()),
+            None => commands::plan(&lab, json),
+        },
+        Command::Hosts {
+            command: HostsCommand::Check { file, lab },
+        } => commands::hosts::check(file.as_deref(), lab.as_deref()),
+        Command::Hosts {
+            command: HostsCommand::Prepare { file, lab },
+        } => commands::hosts::prepare(file.as_deref(), lab.as_deref()),
         Command::Up {
             lab,
             json,
@@ -388,11 +441,17 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             count,
             pool,
             timings,
+            hosts,
         } => match (instance, count) {
             (None, None) => commands::up(&lab, json, timings),
-            (instance, count) => {
-                commands::up_instances(&lab, json, instance.as_deref(), count, pool)
-            }
+            (instance, count) => commands::up_instances(
+                &lab,
+                json,
+                instance.as_deref(),
+                count,
+                pool,
+                hosts.as_deref(),
+            ),
         },
         Command::Walk { lab, no_pause } => commands::walk(&lab, no_pause),
         Command::Show {

@@ -8,12 +8,14 @@ use anyhow::{bail, Context, Result};
 
 use crate::builder::Recipe;
 use crate::driver::libvirt::image::{self, Image, ImageError};
+use crate::driver::libvirt::remote::{self, host::RemoteHost, HostUnreachable};
 use crate::driver::libvirt::{capacity, LibvirtDriver, OpenError};
 use crate::driver::netns::NetnsDriver;
 use crate::driver::Driver;
 use crate::engine::{Engine, EngineError};
 use crate::host::netlink::Netlink;
-use crate::host::{process, LocalHost};
+use crate::host::{process, Host, LocalHost};
+use crate::hosts::HostSpec;
 use crate::lab::{self, instance, DriverKind, Lab, LabError, LoadError};
 use crate::outcome::Outcome;
 use crate::plan::{self, Plan};
@@ -22,6 +24,7 @@ use crate::report;
 use crate::state::{StateDir, StateError, LAB_COPY};
 use crate::workshop;
 
+pub mod hosts;
 mod serve;
 mod sheet;
 mod shell;
@@ -82,8 +85,17 @@ pub enum HostError {
 /// The exit status for an error, by its kind anywhere in the chain.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if cause.is::<LabError>() {
+        if cause.is::<LabError>() || cause.is::<crate::hosts::inventory::InventoryError>() {
             return exit::DATA;
+        }
+        if cause.is::<crate::hosts::placement::DoesNotFit>() {
+            return exit::USAGE;
+        }
+        if cause.is::<hosts::Unreachable>()
+            || cause.is::<hosts::NotReady>()
+            || cause.is::<HostUnreachable>()
+        {
+            return exit::UNAVAILABLE;
         }
         if cause.is::<workshop::PoolError>() {
             return exit::USAGE;
@@ -175,6 +187,9 @@ fn why_root(command: &str) -> &'static str {
         }
         "exec" => "it runs the command inside the guest's namespace or VM",
         "image build" => "it builds the image with debootstrap, which needs root",
+        "hosts check" | "hosts prepare" | "plan" => {
+            "it reaches the class's hosts through libvirt and SSH with root's keys"
+        }
         _ => "it works on the host's network and the lab's guests",
     }
 }
@@ -204,26 +219,62 @@ fn require_programs(kind: DriverKind) -> Result<()> {
     Ok(())
 }
 
+/// Where a lab runs: the host of a class its state records (a running lab never moves),
+/// else `placed` (where placement put a new copy), else this machine (`None`).
+fn where_runs(lab: &Lab, placed: Option<&HostSpec>) -> Option<HostSpec> {
+    hosts::recorded_host(&StateDir::from_env(), &lab.name).or_else(|| placed.cloned())
+}
+
 /// The lab's driver; `image` is given when guests are to be created.
 fn driver(lab: &Lab, netlink: &Arc<Netlink>, image: Option<Image>) -> Result<Box<dyn Driver>> {
-    Ok(match lab.driver {
-        DriverKind::Netns => Box::new(NetnsDriver::new(netlink.clone())),
-        DriverKind::Libvirt => Box::new(LibvirtDriver::open(
+    driver_on(lab, netlink, image, where_runs(lab, None).as_ref())
+}
+
+/// The lab's driver for guests on `host` (`None`: this machine).
+fn driver_on(
+    lab: &Lab,
+    netlink: &Arc<Netlink>,
+    image: Option<Image>,
+    host: Option<&HostSpec>,
+) -> Result<Box<dyn Driver>> {
+    let dir = StateDir::from_env().lab_dir(&lab.name);
+    let say = Box::new(|line: &str| eprintln!("{line}"));
+    Ok(match (lab.driver, host) {
+        (DriverKind::Netns, None) => Box::new(NetnsDriver::new(netlink.clone())),
+        (DriverKind::Netns, Some(h)) => bail!(
+            "lab {} runs on namespaces, which stay on this machine; host {} runs libvirt guests              only",
+            lab.name,
+            h.name
+        ),
+        (DriverKind::Libvirt, None) => Box::new(LibvirtDriver::open(lab, &dir, image, say)?),
+        (DriverKind::Libvirt, Some(h)) => Box::new(LibvirtDriver::on_host(
             lab,
-            &StateDir::from_env().lab_dir(&lab.name),
+            &dir,
             image,
-            Box::new(|line| eprintln!("{line}")),
-        )?),
+            remote::link(h)?,
+            say,
+        )),
     })
 }
 
 fn engine(lab: &Lab, image: Option<Image>) -> Result<Engine> {
+    engine_on(lab, image, where_runs(lab, None))
+}
+
+/// The engine of a lab on `host` (`None`: this machine): that host's libvirt, bridge and
+/// captures, recorded in the lab's state.
+fn engine_on(lab: &Lab, image: Option<Image>, host: Option<HostSpec>) -> Result<Engine> {
     let netlink = Arc::new(Netlink::open()?);
+    let host_side: Arc<dyn Host> = match &host {
+        None => Arc::new(LocalHost::new(netlink.clone())),
+        Some(h) => Arc::new(RemoteHost::new(remote::link(h)?, &lab.name)),
+    };
     Ok(Engine::new(
-        driver(lab, &netlink, image)?,
-        Arc::new(LocalHost::new(netlink)),
+        driver_on(lab, &netlink, image, host.as_ref())?,
+        host_side,
         StateDir::from_env(),
-    ))
+    )
+    .placed_on(host))
 }
 
 /// The iproute2 build recipe of a lab that names a source; its tarball must be readable.
@@ -303,7 +354,7 @@ pub fn up(arg: &Path, json: bool, timings: bool) -> Result<u8> {
     } else {
         Progress::new()
     };
-    let (p, o) = up_one(&lab, &source, &text, &ui)?;
+    let (p, o) = up_one(&lab, &source, &text, &ui, None)?;
     if let (Some(table), Some(s)) = (ui.timings_table(), ui.elapsed()) {
         eprint!("{table}");
         eprintln!("{s:.1} s: lab {} up and checked", lab.name);
@@ -347,15 +398,22 @@ fn running_guest(lab: Option<&Path>, guest: &str) -> Result<(Lab, Plan, usize)> 
     Ok((lab, p, i))
 }
 
-/// Brings `lab` (read from `path`) up and checks it.
-fn up_one(lab: &Lab, path: &Path, text: &str, ui: &Progress) -> Result<(Plan, Outcome)> {
+/// Brings `lab` (read from `path`) up and checks it; a new lab on `placed` (see
+/// [`where_runs`]).
+fn up_one(
+    lab: &Lab,
+    path: &Path,
+    text: &str,
+    ui: &Progress,
+    placed: Option<&HostSpec>,
+) -> Result<(Plan, Outcome)> {
     require_root("up")?;
     crate::interrupt::install();
     require_programs(lab.driver)?;
     let image = image_for(lab)?;
     let recipe = recipe(lab, path)?;
     let p = plan::plan(lab);
-    let o = engine(lab, image)?
+    let o = engine_on(lab, image, where_runs(lab, placed))?
         .with_recipe(recipe)
         .up(&p, path, text, ui)
         .map_err(|e| up_failed(e, &lab.name))?;
@@ -370,8 +428,19 @@ pub fn up_instances(
     instance: Option<&str>,
     count: Option<u32>,
     pool: Option<ipnet::IpNet>,
+    hosts_file: Option<&Path>,
 ) -> Result<u8> {
     let (base, text) = load_with_text(path)?;
+    // A bad inventory is refused before anything else.
+    let inventory = hosts::inventory_path(hosts_file)
+        .map(|f| hosts::load(&f))
+        .transpose()?;
+    if inventory.is_some() && base.driver != DriverKind::Libvirt {
+        bail!(
+            "lab {} runs on namespaces, which stay on this machine: --hosts (or VXLAB_HOSTS)              places libvirt labs only",
+            base.name
+        );
+    }
     let state = StateDir::from_env();
     // Held until the copies are up, so a second `up --count` cannot pick the same subnets.
     let _pool_lock = workshop::lock(&state)?;
@@ -393,11 +462,16 @@ pub fn up_instances(
         _ => bail!("--count takes 1 to 255"),
     };
     let pool = workshop::Pool::choose(pool, &base);
-    let used = workshop::in_use(
-        &LocalHost::new(Arc::new(Netlink::open()?)),
-        &state,
-        pool.net.addr().is_ipv6(),
-    );
+    let v6 = pool.net.addr().is_ipv6();
+    let mut used = workshop::in_use(&LocalHost::new(Arc::new(Netlink::open()?)), &state, v6);
+    // A copy's underlay must be free on whichever host it lands: every host's routes count.
+    if let Some(inv) = &inventory {
+        for link in hosts::connect_all(inv)? {
+            let theirs = RemoteHost::new(link, &base.name).routes(v6);
+            used.routes
+                .extend(theirs.into_iter().filter(|r| r.dst.prefix_len() > 0));
+        }
+    }
     let labs = workshop::copies(&base, &wanted, pool, &used, &running).map_err(|e| match e {
         workshop::CopyError::Instance(why) => anyhow::Error::new(LabError {
             file: path.to_path_buf(),
@@ -412,6 +486,19 @@ pub fn up_instances(
             base.name
         )),
     })?;
+    // Where each copy runs, every host reached and the class known to fit before anything
+    // is created.
+    let (placed, facts) = match &inventory {
+        Some(inv) => {
+            require_root("up")?;
+            let image = image_for(&base)?.context("a libvirt lab has an image")?;
+            let names: Vec<String> = labs.iter().map(|l| l.name.clone()).collect();
+            let (placed, facts) = hosts::place_copies(&base, &image, &names, inv)?;
+            eprint!("{}", hosts::placement_table(&names, &placed));
+            (placed, facts)
+        }
+        None => (vec![None; labs.len()], Vec::new()),
+    };
     let single = labs.len() == 1;
     let ui = if single {
         Progress::new()
@@ -421,6 +508,7 @@ pub fn up_instances(
     // A few labs at a time: each one's guests are already brought up in parallel. VMs: as
     // many as the host's free cores boot well, once the whole class is known to fit.
     let (width, queue) = match base.driver {
+        _ if inventory.is_some() => (1, None),
         DriverKind::Libvirt if !single => {
             let (class, summary) = capacity::plan_for(&base, labs.len())?;
             eprintln!("{summary}");
@@ -429,16 +517,22 @@ pub fn up_instances(
         }
         _ => (4, None),
     };
-    let results = crate::parallel::parallel_map(&labs, width, |lab| {
-        queue
-            .as_ref()
-            .inspect(|q| eprintln!("{}", q.started(&lab.name)));
-        let r = up_one(lab, path, &text, &ui);
-        queue
-            .as_ref()
-            .inspect(|q| eprintln!("{}", q.finished(&lab.name, r.is_ok())));
-        r
-    });
+    let results = if inventory.is_some() {
+        up_on_hosts(&base, &labs, &placed, &facts, |i| {
+            up_one(&labs[i], path, &text, &ui, placed[i].as_ref())
+        })
+    } else {
+        crate::parallel::parallel_map(&labs, width, |lab| {
+            queue
+                .as_ref()
+                .inspect(|q| eprintln!("{}", q.started(&lab.name)));
+            let r = up_one(lab, path, &text, &ui, None);
+            queue
+                .as_ref()
+                .inspect(|q| eprintln!("{}", q.finished(&lab.name, r.is_ok())));
+            r
+        })
+    };
     let mut reports = Vec::new();
     let mut all_ok = true;
     let mut first_err = None;
@@ -488,6 +582,70 @@ pub fn up_instances(
         );
     }
     Ok(if all_ok { exit::OK } else { exit::CHECK_FAILED })
+}
+
+/// Runs `up` (given a copy's index) for every copy: all hosts at once, each on its own
+/// connections, each host as many copies at a time as its free cores boot well. One host's
+/// failures stay its copies'.
+fn up_on_hosts<R: Send>(
+    base: &Lab,
+    labs: &[Lab],
+    placed: &[Option<HostSpec>],
+    facts: &[crate::hosts::survey::HostFacts],
+    up: impl Fn(usize) -> R + Sync,
+) -> Vec<R> {
+    let mut groups: std::collections::BTreeMap<Option<String>, Vec<usize>> = Default::default();
+    for (i, h) in placed.iter().enumerate() {
+        groups
+            .entry(h.as_ref().map(|h| h.name.clone()))
+            .or_default()
+            .push(i);
+    }
+    let mut slots: Vec<Option<R>> = (0..labs.len()).map(|_| None).collect();
+    std::thread::scope(|s| {
+        let up = &up;
+        let handles: Vec<_> = groups
+            .iter()
+            .map(|(host, copies)| {
+                let width = host.as_ref().map_or(1, |h| hosts::width(facts, h, base));
+                s.spawn(move || {
+                    let done = crate::parallel::parallel_map(copies, width, |&i| {
+                        let on = host.as_deref().unwrap_or("this machine");
+                        eprintln!("{}: coming up on {on}", labs[i].name);
+                        up(i)
+                    });
+                    copies.iter().copied().zip(done).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            for (i, r) in h.join().expect("a host's thread panicked") {
+                slots[i] = Some(r);
+            }
+        }
+    });
+    slots
+        .into_iter()
+        .map(|r| r.expect("every copy was brought up"))
+        .collect()
+}
+
+/// `vxlab plan LAB --count N --hosts FILE`: where each copy would run, every host reached
+/// and surveyed, nothing created.
+pub fn plan_placement(path: &Path, count: u32, hosts_file: Option<&Path>) -> Result<u8> {
+    let base = load(path)?;
+    let file = hosts::inventory_path(hosts_file)
+        .context("name the host inventory with --hosts FILE, or set VXLAB_HOSTS")?;
+    let inv = hosts::load(&file)?;
+    if !(1..=255).contains(&count) {
+        bail!("--count takes 1 to 255");
+    }
+    require_root("plan")?;
+    let image = image_for(&base)?.context("--hosts places libvirt labs only")?;
+    let names: Vec<String> = (1..=count).map(|i| format!("{}-{i}", base.name)).collect();
+    let (placed, _) = hosts::place_copies(&base, &image, &names, &inv)?;
+    print!("{}", hosts::placement_table(&names, &placed));
+    Ok(exit::OK)
 }
 
 /// `vxlab down [LAB] [--instance NAME | --all]`
@@ -777,7 +935,12 @@ pub fn ssh(lab: Option<&Path>, guest: &str) -> Result<u8> {
         format!("{} {}\n", g.underlay.addr(), host_pub.trim()).as_bytes(),
         crate::host::files::PRIVATE,
     )?;
-    let status = std::process::Command::new("ssh")
+    let mut ssh = std::process::Command::new("ssh");
+    // A guest on a host of a class is reached through that host's sshd.
+    if let Some(h) = where_runs(&lab, None) {
+        ssh.arg("-o").arg(proxy_command(&h)?);
+    }
+    let status = ssh
         .arg("-i")
         .arg(dir.join("id_ed25519"))
         .arg("-o")
@@ -788,11 +951,35 @@ pub fn ssh(lab: Option<&Path>, guest: &str) -> Result<u8> {
     Ok(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
 }
 
-/// `vxlab console GUEST`: the guest's serial console through virsh.
+/// ssh's `ProxyCommand` option through host `h`'s sshd (ssh runs it with a shell: every
+/// value in it was validated when the inventory was read, and is quoted here too).
+fn proxy_command(h: &HostSpec) -> Result<String> {
+    let login = h.login().map_err(anyhow::Error::msg)?;
+    let mut words = vec!["ssh".to_string(), "-p".into(), login.port.to_string()];
+    if let Some(k) = &login.keyfile {
+        words.extend(["-i".into(), k.to_string_lossy().into_owned()]);
+    }
+    if login.no_verify {
+        words.extend(["-o".into(), "StrictHostKeyChecking=no".into()]);
+    }
+    if let Some(k) = &login.known_hosts {
+        words.extend(["-o".into(), format!("UserKnownHostsFile={}", k.display())]);
+    }
+    words.extend([
+        "-W".into(),
+        "%h:%p".into(),
+        format!("{}@{}", login.user, login.host),
+    ]);
+    Ok(format!("ProxyCommand={}", plan::shell_words(&words)))
+}
+
+/// `vxlab console GUEST`: the guest's serial console through virsh, on the libvirt of the
+/// host the lab runs on.
 pub fn console(lab: Option<&Path>, guest: &str) -> Result<u8> {
     let (lab, g) = libvirt_guest(lab, guest)?;
+    let uri = where_runs(&lab, None).map_or(lab.libvirt.uri.clone(), |h| h.uri);
     let status = std::process::Command::new("virsh")
-        .args(["-c", &lab.libvirt.uri, "console", &g.instance])
+        .args(["-c", &uri, "console", &g.instance])
         .status()?;
     Ok(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
 }

@@ -10,7 +10,8 @@
 //!
 //! Around that: [`host_side`] writes vxlab's own work on the host as commands, so `plan` and
 //! `walk` show the whole lab; [`wire`] says what a capture shows; [`workshop`] gives copies of a
-//! lab their underlays from a pool; [`cli`], [`complete`] and [`manual`] are the command line,
+//! lab their underlays from a pool, and [`hosts`] spreads the copies of a class over several
+//! hypervisors reached through libvirt remote connections; [`cli`], [`complete`] and [`manual`] are the command line,
 //! its completions and its man page.
 
 pub mod builder;
@@ -26,6 +27,7 @@ pub mod guest_command;
 pub mod health;
 pub mod host;
 pub mod host_side;
+pub mod hosts;
 pub mod interrupt;
 pub mod iproute2;
 pub mod lab;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use vxlab::cli::{self, Cli};
 use vxlab::commands;
+use vxlab::driver::libvirt::remote;
 
 fn main() -> ExitCode {
     // Output piped into `head` ends quietly, as other command-line tools do.
@@ -16,14 +17,18 @@ fn main() -> ExitCode {
     clap_complete::CompleteEnv::with_factory(cli::command)
         .var(cli::COMPLETE_VAR)
         .complete();
-    match cli::run(Cli::parse()) {
-        Ok(code) => ExitCode::from(code),
+    let code = match cli::run(Cli::parse()) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            ExitCode::from(commands::exit_code(&e))
+            commands::exit_code(&e)
         }
+    };
+    if remote::linked() {
+        remote::exit_now(code);
     }
+    ExitCode::from(code)
 }

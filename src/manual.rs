@@ -122,10 +122,10 @@ fn command_section(out: &mut String, c: &mut Command, path: &str) {
 const EXIT_STATUS: [(u8, &str); 11] = [
     (exit::OK, "Success: every check held."),
     (exit::CHECK_FAILED, "The lab runs but a check failed; the report names each failure, cause first."),
-    (exit::USAGE, "A command-line value cannot be used, such as a workshop pool with no room left."),
-    (exit::DATA, "The lab file is invalid; each problem is given as file:line:column: field: message."),
+    (exit::USAGE, "A command-line value cannot be used, such as a workshop pool with no room left, or a class that does not fit on its hosts."),
+    (exit::DATA, "The lab file or the host inventory is invalid; each problem is given as file:line:column: field: message."),
     (exit::NOINPUT, "No such lab: the file does not exist, or no lab of that name is running."),
-    (exit::UNAVAILABLE, "A program, libvirtd, a guest or the image is missing or cannot be reached; the message says how to get it."),
+    (exit::UNAVAILABLE, "A program, libvirtd, a guest, the image or a host of the class is missing or cannot be reached; the message says how to get it."),
     (exit::SOFTWARE, "Any other failure. After an up that failed part-way, vxlab down LAB removes all of it."),
     (exit::TAKEN, "The lab's name is another lab's: its state (a standalone lab and a workshop copy of the same name), named in the message; nothing was created."),
     (exit::TEMPFAIL, "Another vxlab is changing the lab; try again when it is done."),
@@ -133,10 +133,11 @@ const EXIT_STATUS: [(u8, &str); 11] = [
     (exit::INTERRUPTED, "Ctrl-C or SIGTERM stopped up, reset or walk between two steps; vxlab down LAB removes what was made, vxlab up LAB finishes it."),
 ];
 
-const ENVIRONMENT: [(&str, &str); 5] = [
+const ENVIRONMENT: [(&str, &str); 6] = [
     ("VXLAB_STATE_DIR", "Where labs' state is kept and found (default /var/lib/vxlab); --state-dir sets it for one command."),
     ("VXLAB_CACHE_DIR", "Where iproute2 builds for the namespace driver are kept (default /var/cache/vxlab/iproute2)."),
     ("VXLAB_IMAGE_DIR", "The guest image cache of the libvirt driver (default /var/cache/vxlab/images for root, ~/.cache/vxlab/images otherwise)."),
+    ("VXLAB_HOSTS", "The host inventory up --count, plan --count and hosts check/prepare place copies on when --hosts does not name one."),
     ("COMPLETE", "Set by the shell code of vxlab completions when it asks vxlab for candidates; not for people."),
     ("PATH", "Where vxlab finds ip, bridge, ping, dot, qemu-img, virsh and ssh."),
 ];

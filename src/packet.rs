@@ -350,39 +350,145 @@ pub fn write_pcap(w: &mut impl Write, frames: &[Frame]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads a pcap file written by [`write_pcap`] (or any little-endian, microsecond pcap).
+/// Reads a pcap file written by [`write_pcap`], or by tcpdump (either byte order, micro- or
+/// nanosecond timestamps).
 pub fn read_pcap(r: &mut impl Read) -> io::Result<Vec<Frame>> {
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
     let mut all = Vec::new();
     r.read_to_end(&mut all)?;
-    let word = |i: usize| -> io::Result<u32> {
-        all.get(i..i + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or_else(|| bad("truncated pcap"))
-    };
-    if word(0)? != 0xa1b2_c3d4 {
-        return Err(bad("not a little-endian microsecond pcap file"));
-    }
+    let mut stream = PcapStream::default();
+    stream.push(&all);
     let mut frames = Vec::new();
-    let mut i = 24;
-    while i < all.len() {
-        let (secs, us, len) = (word(i)?, word(i + 4)?, word(i + 8)? as usize);
-        let data = all
-            .get(i + 16..i + 16 + len)
-            .ok_or_else(|| bad("truncated packet"))?
-            .to_vec();
-        frames.push(Frame {
-            micros: u64::from(secs) * 1_000_000 + u64::from(us),
-            data,
-        });
-        i += 16 + len;
+    while let Some(f) = stream.next_frame()? {
+        frames.push(f);
+    }
+    if !stream.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "truncated pcap: the last packet is cut short",
+        ));
     }
     Ok(frames)
+}
+
+/// A pcap stream read as it comes (`tcpdump -U -w -` on another host): bytes are pushed in as
+/// they arrive and whole frames taken out.
+#[derive(Debug, Default)]
+pub struct PcapStream {
+    buf: Vec<u8>,
+    /// The file header's byte order (big-endian) and whether times are in nanoseconds, once
+    /// it has been read.
+    format: Option<(bool, bool)>,
+}
+
+impl PcapStream {
+    /// Adds bytes that arrived.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Whether nothing is left over (no partial header or packet).
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The next whole frame, or `None` until more bytes are pushed.
+    pub fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        let (big, nanos) = match self.format {
+            Some(f) => f,
+            None => {
+                if self.buf.len() < 24 {
+                    return Ok(None);
+                }
+                let magic = [self.buf[0], self.buf[1], self.buf[2], self.buf[3]];
+                let f = match u32::from_le_bytes(magic) {
+                    0xa1b2_c3d4 => (false, false),
+                    0xa1b2_3c4d => (false, true),
+                    0xd4c3_b2a1 => (true, false),
+                    0x4d3c_b2a1 => (true, true),
+                    _ => return Err(bad("not a pcap stream")),
+                };
+                let word = |i: usize| read_u32(&self.buf[i..i + 4], f.0);
+                if word(20) != 1 {
+                    return Err(bad("not an Ethernet capture"));
+                }
+                self.buf.drain(..24);
+                self.format = Some(f);
+                f
+            }
+        };
+        if self.buf.len() < 16 {
+            return Ok(None);
+        }
+        let word = |i: usize| read_u32(&self.buf[i..i + 4], big);
+        let (secs, frac, len) = (word(0), word(4), word(8) as usize);
+        if len > 1 << 18 {
+            return Err(bad("a packet longer than any link's"));
+        }
+        if self.buf.len() < 16 + len {
+            return Ok(None);
+        }
+        let data = self.buf[16..16 + len].to_vec();
+        self.buf.drain(..16 + len);
+        let micros = if nanos { frac / 1000 } else { frac };
+        Ok(Some(Frame {
+            micros: u64::from(secs) * 1_000_000 + u64::from(micros),
+            data,
+        }))
+    }
+}
+
+fn read_u32(b: &[u8], big: bool) -> u32 {
+    let a = [b[0], b[1], b[2], b[3]];
+    if big {
+        u32::from_be_bytes(a)
+    } else {
+        u32::from_le_bytes(a)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pcap_stream_gives_whole_frames_as_bytes_arrive_in_any_pieces() {
+        let frames = vec![
+            Frame {
+                micros: 1_700_000_000_123_456,
+                data: vec![1; 60],
+            },
+            Frame {
+                micros: 1_700_000_001_000_001,
+                data: vec![2; 98],
+            },
+        ];
+        let mut file = Vec::new();
+        write_pcap(&mut file, &frames).unwrap();
+        let mut s = PcapStream::default();
+        let mut got = Vec::new();
+        for piece in file.chunks(7) {
+            s.push(piece);
+            while let Some(f) = s.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(got, frames);
+        assert!(s.is_empty());
+        // Big-endian, nanosecond files as other hosts may write them.
+        let mut be = vec![0xa1, 0xb2, 0x3c, 0x4d, 0, 2, 0, 4];
+        be.extend_from_slice(&[0; 8]);
+        be.extend_from_slice(&65535u32.to_be_bytes());
+        be.extend_from_slice(&1u32.to_be_bytes());
+        for v in [7u32, 5_000, 3, 3] {
+            be.extend_from_slice(&v.to_be_bytes());
+        }
+        be.extend_from_slice(&[9, 9, 9]);
+        let f = read_pcap(&mut be.as_slice()).unwrap();
+        assert_eq!((f[0].micros, f[0].data.clone()), (7_000_005, vec![9, 9, 9]));
+        assert!(read_pcap(&mut &file[..file.len() - 1]).is_err());
+        assert!(read_pcap(&mut &b"not a pcap file at all, really"[..]).is_err());
+    }
 
     /// An outer IPv4/UDP/VXLAN packet around `inner`.
     fn wrap(dst: [u8; 4], vni: u32, inner: &[u8]) -> Vec<u8> {

@@ -41,6 +41,26 @@ pub enum Resource {
     Domain {
         /// Domain name.
         name: String,
+        /// The host it runs on, when the lab was placed on one of a class's hosts; absent for
+        /// this machine's own libvirt (and in state written before hosts).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+    },
+    /// The lab's bridge on another host: a libvirt network there, named after the bridge.
+    Network {
+        /// The host.
+        host: String,
+        /// The bridge.
+        bridge: String,
+    },
+    /// A storage volume on another host: a guest's overlay, seed disk or console log.
+    Volume {
+        /// The host.
+        host: String,
+        /// Its storage pool.
+        pool: String,
+        /// The volume.
+        name: String,
     },
     /// A file or directory vxlab wrote.
     Path {
@@ -72,6 +92,10 @@ pub struct LabState {
     /// from the lab file.
     #[serde(default)]
     pub instance: Option<crate::lab::instance::Instance>,
+    /// The host of a class the lab was placed on, and how to reach it; absent for a lab on
+    /// this machine. Every resource made there names it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<crate::hosts::HostSpec>,
 }
 
 /// Who a lab's state belongs to: the lab file it was started from, or the lab it copies.
@@ -578,7 +602,49 @@ mod tests {
             resources: vec![],
             tools: Default::default(),
             instance: None,
+            host: None,
         }
+    }
+
+    #[test]
+    fn state_written_before_hosts_still_reads_and_a_placed_lab_records_its_host() {
+        let old = r#"{"lab":"two-vm","source":"labs/two-vm.yaml","resources":[
+            {"kind":"bridge","name":"vbr0"},{"kind":"domain","name":"vxlab-two-vm.vm-a"}]}"#;
+        let st: LabState = serde_json::from_str(old).unwrap();
+        assert_eq!(st.host, None);
+        assert_eq!(
+            st.resources[1],
+            Resource::Domain {
+                name: "vxlab-two-vm.vm-a".into(),
+                host: None
+            }
+        );
+        let mut placed = st.clone();
+        placed.host = Some(crate::hosts::HostSpec {
+            name: "h2".into(),
+            uri: "qemu+ssh://root@10.0.0.12/system".into(),
+            ssh: None,
+        });
+        placed.resources = vec![
+            Resource::Network {
+                host: "h2".into(),
+                bridge: "vbr0-1".into(),
+            },
+            Resource::Volume {
+                host: "h2".into(),
+                pool: "vxlab".into(),
+                name: "vxlab-two-vm-1.vm-a.qcow2".into(),
+            },
+            Resource::Domain {
+                name: "vxlab-two-vm-1.vm-a".into(),
+                host: Some("h2".into()),
+            },
+        ];
+        let text = serde_json::to_string(&placed).unwrap();
+        assert!(text.contains(r#""host":{"name":"h2""#), "{text}");
+        assert_eq!(serde_json::from_str::<LabState>(&text).unwrap(), placed);
+        // A lab on this machine writes what it always wrote.
+        assert!(!serde_json::to_string(&st).unwrap().contains("host"));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The files vxlab renders from `templates/`: domain XML, cloud-init documents and the image
+//! The files vxlab renders from `templates/`: domain, network, pool and volume XML, cloud-init documents and the image
 //! build script. The templates are built into the binary. Autoescaping covers the XML;
 //! cloud-init values go through `json_encode` (a JSON string is a YAML string); shell values
 //! through the `sh` filter, which quotes them for a POSIX shell.
@@ -8,8 +8,11 @@ use std::sync::OnceLock;
 
 use tera::{Context, Tera, Value};
 
-const TEMPLATES: [(&str, &str); 6] = [
+const TEMPLATES: [(&str, &str); 9] = [
     ("domain.xml", include_str!("../templates/domain.xml")),
+    ("network.xml", include_str!("../templates/network.xml")),
+    ("pool.xml", include_str!("../templates/pool.xml")),
+    ("volume.xml", include_str!("../templates/volume.xml")),
     ("user-data", include_str!("../templates/user-data")),
     ("meta-data", include_str!("../templates/meta-data")),
     (
@@ -40,7 +43,7 @@ fn tera() -> &'static Tera {
         let mut t = Tera::default();
         t.add_raw_templates(TEMPLATES).expect("templates parse");
         // Only the XML is escaped as XML; the others are escaped by their own filters.
-        t.autoescape_on(vec!["domain.xml"]);
+        t.autoescape_on(vec!["domain.xml", "network.xml", "pool.xml", "volume.xml"]);
         t.register_filter("sh", sh);
         t
     })

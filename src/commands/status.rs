@@ -50,6 +50,8 @@ fn row(state: &StateDir, name: &str, root: bool) -> (Value, Vec<String>) {
         "instance_of": lab.instance.as_ref().map(|i| &i.base),
         "instance": lab.instance.as_ref().map(|i| &i.name),
         "driver": lab.driver.to_string(),
+        // The host of a class the lab was placed on; null for this machine.
+        "host": super::hosts::recorded_host(state, name).map(|h| h.name),
         "guests": lab.guests.len(),
         "bridge": lab.underlay.bridge,
         "underlay": lab.underlay.subnet.to_string(),
@@ -114,16 +116,20 @@ pub fn status(json: bool) -> Result<u8> {
             other => other.to_string(),
         };
         println!(
-            "{:<24} {:<16} {:<8} {:<8} {:>6}  {:<15} {:<18} HEALTH",
-            "LAB", "INSTANCE OF", "INSTANCE", "DRIVER", "GUESTS", "BRIDGE", "UNDERLAY"
+            "{:<24} {:<16} {:<8} {:<8} {:<16} {:>6}  {:<15} {:<18} HEALTH",
+            "LAB", "INSTANCE OF", "INSTANCE", "DRIVER", "HOST", "GUESTS", "BRIDGE", "UNDERLAY"
         );
         for r in &rows {
             println!(
-                "{:<24} {:<16} {:<8} {:<8} {:>6}  {:<15} {:<18} {}",
+                "{:<24} {:<16} {:<8} {:<8} {:<16} {:>6}  {:<15} {:<18} {}",
                 text(r, "lab"),
                 text(r, "instance_of"),
                 text(r, "instance"),
                 text(r, "driver"),
+                match &r["host"] {
+                    Value::String(h) => h.clone(),
+                    _ => "this machine".into(),
+                },
                 text(r, "guests"),
                 text(r, "bridge"),
                 text(r, "underlay"),

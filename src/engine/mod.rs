@@ -21,6 +21,7 @@ use crate::builder::{BuildError, Recipe};
 use crate::converge::{self, Step};
 use crate::driver::{Driver, DriverError};
 use crate::host::{ClaimError, Host, HostLockError, NetlinkError};
+use crate::hosts::HostSpec;
 use crate::observe::ParseError;
 use crate::outcome::{Outcome, Repair};
 use crate::parallel::parallel_map;
@@ -124,6 +125,8 @@ pub struct Engine {
     state: StateDir,
     /// What iproute2 is built from, when the lab names a source.
     recipe: Option<Recipe>,
+    /// The host of a class a new lab is placed on, recorded in its state.
+    placed_on: Option<HostSpec>,
 }
 
 impl Engine {
@@ -134,7 +137,15 @@ impl Engine {
             host,
             state,
             recipe: None,
+            placed_on: None,
         }
+    }
+
+    /// The same engine, recording `host` as the host a new lab runs on (the driver and the
+    /// host given are that host's).
+    pub fn placed_on(mut self, host: Option<HostSpec>) -> Self {
+        self.placed_on = host;
+        self
     }
 
     /// The same engine, building iproute2 from `recipe` where guests need it.
@@ -336,7 +347,8 @@ impl Engine {
         for r in st.resources.iter().rev() {
             match r {
                 Resource::HostLink { .. } => {}
-                Resource::Bridge { name } => {
+                // A bridge on another host is a libvirt network there, removed by that host.
+                Resource::Bridge { name } | Resource::Network { bridge: name, .. } => {
                     self.host.delete_link(name)?;
                 }
                 Resource::Path { path } => match lock.remove_path(path) {

@@ -24,7 +24,11 @@ pub(super) fn refuse_foreign(
         Resource::Bridge { name } => format!("bridge {name}"),
         Resource::HostLink { name } => format!("link {name}"),
         Resource::Netns { name } => format!("namespace {name}"),
-        Resource::Domain { name } => format!("domain {name}"),
+        Resource::Domain { name, .. } => format!("domain {name}"),
+        Resource::Network { bridge, host } => {
+            format!("the libvirt network of bridge {bridge} on host {host}")
+        }
+        Resource::Volume { name, host, .. } => format!("volume {name} on host {host}"),
         Resource::Path { path } => format!("{}", path.display()),
         Resource::Sysctl { key, .. } => key.clone(),
     };
@@ -33,11 +37,11 @@ pub(super) fn refuse_foreign(
         .map(|o| format!(" (it belongs to {o})"))
         .unwrap_or_default();
     let advice = match resource {
-        Resource::Bridge { .. } if plan.instance.is_some() => {
+        Resource::Bridge { .. } | Resource::Network { .. } if plan.instance.is_some() => {
             "a copy's bridge is `underlay.bridge` cut to fit, with the copy's name: choose \
              another `underlay.bridge` or copy name"
         }
-        Resource::Bridge { .. } => "choose another `underlay.bridge`",
+        Resource::Bridge { .. } | Resource::Network { .. } => "choose another `underlay.bridge`",
         _ => "remove it, or bring that lab down first",
     };
     let more = match found.len() {

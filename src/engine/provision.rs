@@ -65,13 +65,12 @@ impl Engine {
                     resources: Vec::new(),
                     tools: BTreeMap::new(),
                     instance: plan.instance.clone(),
+                    host: self.placed_on.clone(),
                 }
             }
         };
         let was_running = !st.resources.is_empty();
-        let bridge = Resource::Bridge {
-            name: plan.bridge.clone(),
-        };
+        let bridge = self.host.bridge_resource(&plan.bridge);
         let guest_resources: Vec<Resource> = guests
             .iter()
             .flat_map(|g| self.driver.guest_resources(g))

@@ -18,6 +18,8 @@ use crate::plan::PingPlan;
 #[derive(Default)]
 struct FakeHost {
     calls: Mutex<Vec<String>>,
+    /// The host of a class it stands for; `None`: this machine.
+    remote: Option<String>,
 }
 
 impl FakeHost {
@@ -68,6 +70,17 @@ impl Host for FakeHost {
     fn capture(&self, _: &str, _: Duration) -> io::Result<Box<dyn Frames>> {
         Err(io::Error::other("no captures in tests"))
     }
+    fn bridge_resource(&self, bridge: &str) -> Resource {
+        match &self.remote {
+            Some(host) => Resource::Network {
+                host: host.clone(),
+                bridge: bridge.to_string(),
+            },
+            None => Resource::Bridge {
+                name: bridge.to_string(),
+            },
+        }
+    }
 }
 
 /// Guests that answer reads from recorded states and record every other command.
@@ -112,6 +125,7 @@ impl Driver for Arc<FakeGuests> {
     fn guest_resources(&self, g: &GuestPlan) -> Vec<Resource> {
         vec![Resource::Domain {
             name: g.instance.clone(),
+            host: None,
         }]
     }
     fn create_guest(
@@ -123,7 +137,8 @@ impl Driver for Arc<FakeGuests> {
         // The resource must be in the state file before the guest exists.
         let st = self.state_dir.read(&plan.lab).unwrap();
         assert!(st.resources.contains(&Resource::Domain {
-            name: g.instance.clone()
+            name: g.instance.clone(),
+            host: None,
         }));
         Ok(())
     }
@@ -272,8 +287,8 @@ fn up_records_each_guest_before_creating_it_and_down_removes_all_in_reverse() {
     assert_eq!(
         guests.changes(),
         [
-            "remove Domain { name: \"vxlab-two-netns.vm-b\" }",
-            "remove Domain { name: \"vxlab-two-netns.vm-a\" }",
+            "remove Domain { name: \"vxlab-two-netns.vm-b\", host: None }",
+            "remove Domain { name: \"vxlab-two-netns.vm-a\", host: None }",
         ]
     );
     assert_eq!(
@@ -282,6 +297,48 @@ fn up_records_each_guest_before_creating_it_and_down_removes_all_in_reverse() {
     );
     assert!(engine.state.labs().is_empty());
     assert!(!tmp.path().join("two-netns").exists());
+}
+
+#[test]
+fn a_lab_placed_on_another_host_records_it_and_its_bridge_there_which_down_removes() {
+    let (plan, text) = seed();
+    let tmp = tempfile::tempdir().unwrap();
+    let state = StateDir::at(tmp.path());
+    let guests = FakeGuests::new(
+        &state,
+        &[("vm-a", "seed-healthy-vm-a"), ("vm-b", "seed-healthy-vm-b")],
+    );
+    let host = Arc::new(FakeHost {
+        remote: Some("h2".into()),
+        ..Default::default()
+    });
+    let spec = HostSpec {
+        name: "h2".into(),
+        uri: "qemu+ssh://root@10.0.0.12/system".into(),
+        ssh: None,
+    };
+    let engine = Engine::new(Box::new(guests.clone()), host.clone(), state.clone())
+        .placed_on(Some(spec.clone()));
+    up(&engine, &plan, &text);
+    let st = state.read("two-netns").unwrap();
+    assert_eq!(st.host, Some(spec));
+    let network = Resource::Network {
+        host: "h2".into(),
+        bridge: "vxbr-seed".into(),
+    };
+    assert!(st.resources.contains(&network), "{:?}", st.resources);
+    assert!(!st
+        .resources
+        .iter()
+        .any(|r| matches!(r, Resource::Bridge { .. })));
+    host.calls.lock().unwrap().clear();
+    engine.down("two-netns").unwrap();
+    assert!(host
+        .calls
+        .lock()
+        .unwrap()
+        .contains(&"del vxbr-seed".to_string()));
+    assert!(state.labs().is_empty());
 }
 
 #[test]

@@ -83,7 +83,11 @@ pub fn probe(resource: &Resource) -> Presence {
             Ok(_) => Presence::Present { owner: None },
             Err(_) => Presence::Absent,
         },
-        Resource::Domain { .. } | Resource::Sysctl { .. } => Presence::Unknown,
+        // Asked of the driver, or of the host the lab was placed on.
+        Resource::Domain { .. }
+        | Resource::Sysctl { .. }
+        | Resource::Network { .. }
+        | Resource::Volume { .. } => Presence::Unknown,
     }
 }
 

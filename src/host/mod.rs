@@ -72,6 +72,34 @@ pub trait Host: Send + Sync {
     fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()>;
     /// Starts capturing every frame on host link `link`, reads waiting at most `poll`.
     fn capture(&self, link: &str, poll: Duration) -> io::Result<Box<dyn Frames>>;
+    /// What the lab's bridge is recorded as: a link of this machine; on another host, what
+    /// that host makes it from (see `driver::libvirt::remote::host`).
+    fn bridge_resource(&self, bridge: &str) -> Resource {
+        Resource::Bridge {
+            name: bridge.to_string(),
+        }
+    }
+}
+
+/// The prefix routes (and the default route) in `ip -j route show` output.
+pub fn parse_routes(json: &str, ipv6: bool) -> Vec<HostRoute> {
+    #[derive(serde::Deserialize)]
+    struct Route {
+        dst: String,
+        dev: Option<String>,
+    }
+    let routes: Vec<Route> = serde_json::from_str(json).unwrap_or_default();
+    routes
+        .into_iter()
+        .filter_map(|r| {
+            let dst = if r.dst == "default" {
+                if ipv6 { "::/0" } else { "0.0.0.0/0" }.parse().ok()?
+            } else {
+                r.dst.parse().ok()?
+            };
+            Some(HostRoute { dst, dev: r.dev })
+        })
+        .collect()
 }
 
 /// This machine.
@@ -128,23 +156,7 @@ impl Host for LocalHost {
         let Ok(out) = process::run(&argv, None) else {
             return Vec::new();
         };
-        #[derive(serde::Deserialize)]
-        struct Route {
-            dst: String,
-            dev: Option<String>,
-        }
-        let routes: Vec<Route> = serde_json::from_str(&out.stdout).unwrap_or_default();
-        routes
-            .into_iter()
-            .filter_map(|r| {
-                let dst = if r.dst == "default" {
-                    if ipv6 { "::/0" } else { "0.0.0.0/0" }.parse().ok()?
-                } else {
-                    r.dst.parse().ok()?
-                };
-                Some(HostRoute { dst, dev: r.dev })
-            })
-            .collect()
+        parse_routes(&out.stdout, ipv6)
     }
     fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
         sysctl::write(key, value)

@@ -34,6 +34,17 @@ pub enum NetlinkError {
     /// A link that must exist does not.
     #[error("there is no link named {0}")]
     Missing(String),
+    /// Another host, reached through libvirt, refused to make or remove a bridge.
+    #[error("host {host}: {what}")]
+    Elsewhere {
+        /// The host.
+        host: String,
+        /// What was asked.
+        what: String,
+        /// Its answer.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A namespace file could not be opened.
     #[error("cannot open namespace {path}")]
     Namespace {

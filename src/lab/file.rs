@@ -95,7 +95,7 @@ pub struct RawIproute2 {
 }
 
 /// A value read from a scalar.
-trait Scalar: Sized {
+pub(crate) trait Scalar: Sized {
     /// What the lab format calls this type, for messages.
     const WHAT: &'static str;
     /// The value of `text`; `plain` when it was not quoted.
@@ -160,7 +160,8 @@ impl Scalar for bool {
     }
 }
 
-/// Reads fields from the document, collecting problems instead of stopping at the first.
+/// Reads fields from the document, collecting problems instead of stopping at the first. The
+/// host inventory (`crate::hosts::inventory`) is read with it too.
 pub struct Reader {
     /// Problems found so far.
     pub problems: Vec<Problem>,
@@ -171,7 +172,7 @@ pub struct Reader {
 }
 
 impl Reader {
-    fn problem(&mut self, at: super::Position, field: &str, message: String) {
+    pub(crate) fn problem(&mut self, at: super::Position, field: &str, message: String) {
         self.problems.push(Problem {
             position: at,
             field: field.to_string(),
@@ -179,7 +180,7 @@ impl Reader {
         });
     }
 
-    fn wrong(&mut self, path: &str, node: &Node, wanted: &str) {
+    pub(crate) fn wrong(&mut self, path: &str, node: &Node, wanted: &str) {
         self.problem(
             node.at,
             path,
@@ -190,7 +191,7 @@ impl Reader {
 
     /// The fields of the mapping `node` at `path`: reports keys not in `known` and `required`
     /// keys that are missing.
-    fn fields<'n>(
+    pub(crate) fn fields<'n>(
         &mut self,
         path: &str,
         node: &'n Node,
@@ -225,13 +226,13 @@ impl Reader {
     }
 
     /// A scalar field; absent or null is `None`.
-    fn opt<T: Scalar>(&mut self, path: &str, node: &Node, key: &str) -> Option<T> {
+    pub(crate) fn opt<T: Scalar>(&mut self, path: &str, node: &Node, key: &str) -> Option<T> {
         let value = node.get(key).filter(|v| !v.is_null())?;
         self.scalar(&join_key(path, key), value)
     }
 
     /// A required scalar field; a placeholder when it is missing or unreadable.
-    fn req<T: Scalar + Default>(&mut self, path: &str, node: &Node, key: &str) -> T {
+    pub(crate) fn req<T: Scalar + Default>(&mut self, path: &str, node: &Node, key: &str) -> T {
         let full = join_key(path, key);
         match node.get(key) {
             // `fields` reported it missing.
@@ -240,7 +241,7 @@ impl Reader {
         }
     }
 
-    fn scalar<T: Scalar>(&mut self, path: &str, node: &Node) -> Option<T> {
+    pub(crate) fn scalar<T: Scalar>(&mut self, path: &str, node: &Node) -> Option<T> {
         let parsed = match &node.value {
             Value::Scalar { text, plain } => T::from_scalar(text, *plain),
             _ => None,
@@ -252,7 +253,7 @@ impl Reader {
     }
 
     /// A mapping from names to scalars.
-    fn names<T: Scalar>(&mut self, path: &str, node: &Node) -> IndexMap<String, T> {
+    pub(crate) fn names<T: Scalar>(&mut self, path: &str, node: &Node) -> IndexMap<String, T> {
         let mut out = IndexMap::new();
         let Some(entries) = node.entries() else {
             self.wrong(path, node, "a mapping of names to values");
@@ -269,7 +270,7 @@ impl Reader {
     }
 
     /// The items of the list at `path`.
-    fn items<'n>(&mut self, path: &str, node: &'n Node) -> &'n [Node] {
+    pub(crate) fn items<'n>(&mut self, path: &str, node: &'n Node) -> &'n [Node] {
         match &node.value {
             Value::Seq(items) => items,
             _ => {

@@ -2,7 +2,7 @@
 //! on the host is touched.
 
 pub mod defaults;
-mod file;
+pub(crate) mod file;
 pub mod instance;
 pub mod read;
 pub mod source;
@@ -301,29 +301,40 @@ pub struct LabError {
 
 impl fmt::Display for LabError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.problems.len();
+        write_problems(f, &self.file, "lab", &self.problems)
+    }
+}
+
+/// `FILE is not a valid WHAT (N problems)`, then each problem as `file:line:column: field:
+/// message`: how a lab file and a host inventory say what is wrong with them.
+pub fn write_problems(
+    f: &mut fmt::Formatter<'_>,
+    file: &Path,
+    what: &str,
+    problems: &[Problem],
+) -> fmt::Result {
+    let n = problems.len();
+    write!(
+        f,
+        "{} is not a valid {what} ({n} problem{})",
+        file.display(),
+        if n == 1 { "" } else { "s" }
+    )?;
+    for p in problems {
         write!(
             f,
-            "{} is not a valid lab ({n} problem{})",
-            self.file.display(),
-            if n == 1 { "" } else { "s" }
+            "\n  {}:{}:{}: {}",
+            file.display(),
+            p.position.line,
+            p.position.column,
+            if p.field.is_empty() {
+                p.message.clone()
+            } else {
+                format!("{}: {}", p.field, p.message)
+            }
         )?;
-        for p in &self.problems {
-            write!(
-                f,
-                "\n  {}:{}:{}: {}",
-                self.file.display(),
-                p.position.line,
-                p.position.column,
-                if p.field.is_empty() {
-                    p.message.clone()
-                } else {
-                    format!("{}: {}", p.field, p.message)
-                }
-            )?;
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Reads and validates the lab file at `path`.
@@ -361,34 +372,11 @@ pub fn read_text(path: &Path) -> Result<String, LoadError> {
 /// Validates lab text; `file` only names it in errors. Every problem is reported, sorted by
 /// position, except that a file that is not well-formed YAML (or repeats a key) stops at that.
 pub fn parse(text: &str, file: &Path) -> Result<Lab, LabError> {
-    let fail = |mut problems: Vec<Problem>| {
-        problems.sort_by_key(|p| (p.position.line, p.position.column));
-        problems.dedup();
-        LabError {
-            file: file.to_path_buf(),
-            problems,
-        }
+    let fail = |problems: Vec<Problem>| LabError {
+        file: file.to_path_buf(),
+        problems: sorted(problems),
     };
-    let doc = yaml::load(text).map_err(|e| {
-        fail(vec![Problem {
-            position: e.at,
-            field: String::new(),
-            message: e.message,
-        }])
-    })?;
-    let map = source::SourceMap::of(&doc);
-    if !map.duplicate_keys.is_empty() {
-        return Err(fail(
-            map.duplicate_keys
-                .iter()
-                .map(|(field, position)| Problem {
-                    position: *position,
-                    field: field.clone(),
-                    message: "appears twice; every name must be unique".into(),
-                })
-                .collect(),
-        ));
-    }
+    let (doc, map) = document(text, "appears twice; every name must be unique").map_err(fail)?;
     let (raw, reader) = file::read(&doc);
     let checked = validate::validate(raw, &map);
     let mut problems = reader.problems;
@@ -403,6 +391,39 @@ pub fn parse(text: &str, file: &Path) -> Result<Lab, LabError> {
         ),
     }
     Err(fail(problems))
+}
+
+/// Problems in file order, each once.
+pub fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
+    problems.sort_by_key(|p| (p.position.line, p.position.column));
+    problems.dedup();
+    problems
+}
+
+/// The YAML document in `text` and where each of its fields is, or what stops reading it
+/// there: YAML that is not well-formed, or keys given twice (each said with `twice`). The lab
+/// file and the host inventory are read so.
+pub fn document(text: &str, twice: &str) -> Result<(yaml::Node, source::SourceMap), Vec<Problem>> {
+    let doc = yaml::load(text).map_err(|e| {
+        vec![Problem {
+            position: e.at,
+            field: String::new(),
+            message: e.message,
+        }]
+    })?;
+    let map = source::SourceMap::of(&doc);
+    if !map.duplicate_keys.is_empty() {
+        return Err(map
+            .duplicate_keys
+            .iter()
+            .map(|(field, position)| Problem {
+                position: *position,
+                field: field.clone(),
+                message: twice.into(),
+            })
+            .collect());
+    }
+    Ok((doc, map))
 }
 
 /// Whether `field` is `path` or inside it.

@@ -21,6 +21,7 @@ pub mod accel;
 pub mod capacity;
 pub mod image;
 pub mod preflight;
+pub mod remote;
 pub mod seed;
 pub mod shell;
 pub mod ssh;
@@ -28,6 +29,7 @@ pub mod ssh;
 use self::accel::Choice;
 use self::image::Image;
 use self::preflight::KvmNotOpenable;
+use self::remote::HostLink;
 use self::seed::{GuestKeys, Seeding};
 use self::ssh::{Connection, KeyPair};
 use crate::driver::{Driver, DriverError};
@@ -57,6 +59,23 @@ pub struct LibvirtDriver {
     client: Mutex<Option<KeyPair>>,
     sessions: Mutex<HashMap<String, Arc<Mutex<Connection>>>>,
     say: Box<dyn Fn(&str) + Send + Sync>,
+    /// The host of a class the lab runs on, when it is not this machine: disks are volumes
+    /// there and guests are reached through it.
+    remote: Option<Arc<HostLink>>,
+}
+
+/// Where a guest's domain finds its disks, kernel and console log.
+struct GuestDisks {
+    /// The image as the domain reads it: its kernel and initrd.
+    image: Image,
+    /// The guest's overlay.
+    disk: PathBuf,
+    /// Its seed disk.
+    seed: PathBuf,
+    /// Where its console is logged.
+    console_log: PathBuf,
+    /// A console libvirt can stream (a pty, logged) rather than a plain file.
+    console_pty: bool,
 }
 
 /// Why the driver could not be opened.
@@ -150,7 +169,32 @@ impl LibvirtDriver {
                 say(&warning);
             }
         }
-        Ok(LibvirtDriver {
+        Ok(Self::with(lab, dir, image, conn, None, say))
+    }
+
+    /// The driver for lab `lab` placed on another host: every libvirt call goes over that
+    /// host's connection, the guests are reached through its sshd. `up` has checked the host
+    /// (`remote::facts`) before.
+    pub fn on_host(
+        lab: &Lab,
+        dir: &Path,
+        image: Option<Image>,
+        link: Arc<HostLink>,
+        say: Box<dyn Fn(&str) + Send + Sync>,
+    ) -> Self {
+        let conn = link.conn().clone();
+        Self::with(lab, dir, image, conn, Some(link), say)
+    }
+
+    fn with(
+        lab: &Lab,
+        dir: &Path,
+        image: Option<Image>,
+        conn: Connect,
+        remote: Option<Arc<HostLink>>,
+        say: Box<dyn Fn(&str) + Send + Sync>,
+    ) -> Self {
+        LibvirtDriver {
             conn,
             dir: dir.to_path_buf(),
             image,
@@ -164,7 +208,13 @@ impl LibvirtDriver {
             client: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             say,
-        })
+            remote,
+        }
+    }
+
+    /// The host the guests run on, by name; `None` for this machine.
+    fn host_name(&self) -> Option<String> {
+        self.remote.as_ref().map(|l| l.name().to_string())
     }
 
     fn guest_dir(&self, g: &GuestPlan) -> PathBuf {
@@ -226,7 +276,10 @@ impl LibvirtDriver {
         g: &GuestPlan,
         image: &Image,
         keys: &GuestKeys,
-    ) -> Result<(PathBuf, PathBuf), DriverError> {
+    ) -> Result<GuestDisks, DriverError> {
+        if let Some(link) = &self.remote {
+            return remote::guest::disks(self, link, g, image, keys);
+        }
         let dir = self.guest_dir(g);
         let io = |e: std::io::Error| DriverError::new(&g.name, "writing its files", e);
         std::fs::create_dir_all(&dir).map_err(io)?;
@@ -262,7 +315,13 @@ impl LibvirtDriver {
             }
             Seeding::NoCloud => self.nocloud_disk(g, keys, &dir, &seed)?,
         }
-        Ok((overlay, seed))
+        Ok(GuestDisks {
+            image: image.clone(),
+            disk: overlay,
+            seed,
+            console_log: dir.join("console.log"),
+            console_pty: false,
+        })
     }
 
     /// A vfat disk labelled `cidata` with the NoCloud documents, for cloud-init.
@@ -296,10 +355,10 @@ impl LibvirtDriver {
         &self,
         plan: &Plan,
         g: &GuestPlan,
-        image: &Image,
         keys: &GuestKeys,
-        disks: (&Path, &Path),
+        disks: &GuestDisks,
     ) -> Result<String, DriverError> {
+        let image = &disks.image;
         let (memory_mib, vcpus) = self.guests.get(&g.name).copied().unwrap_or((
             crate::lab::defaults::MEMORY_MIB,
             crate::lab::defaults::VCPUS,
@@ -310,9 +369,10 @@ impl LibvirtDriver {
             plan,
             guest: g,
             image,
-            disk: disks.0,
-            seed: disks.1,
-            console_log: &self.guest_dir(g).join("console.log"),
+            disk: &disks.disk,
+            seed: &disks.seed,
+            console_log: &disks.console_log,
+            console_pty: disks.console_pty,
             memory_mib,
             vcpus,
             domain_type: self.choice().domain_type,
@@ -323,6 +383,12 @@ impl LibvirtDriver {
 
     fn choice(&self) -> &Choice {
         self.choice.get_or_init(|| {
+            if let (Some(link), Some(image)) = (&self.remote, &self.image) {
+                let kernel = remote::facts::kernel_path(link, image).unwrap_or_default();
+                let c = remote::facts::choose_accel(link, self.accel, &kernel);
+                (self.say)(&c.reason);
+                return c;
+            }
             let kernel = self
                 .image
                 .as_ref()
@@ -350,7 +416,7 @@ impl LibvirtDriver {
         // briefly before giving up. A wrong host key is never retried.
         let mut tries = 0;
         let conn = loop {
-            match Connection::open(g.underlay.addr(), &host_key, &client) {
+            match self.connect_guest(g, &host_key, &client) {
                 Ok(c) => break c,
                 Err(e)
                     if tries >= SSH_RETRIES
@@ -372,8 +438,61 @@ impl LibvirtDriver {
         Ok(conn)
     }
 
+    /// Waits for a guest on this machine to answer on port 22, following its console log.
+    fn wait_for_boot(&self, g: &GuestPlan, progress: &dyn Fn(&str)) -> Result<(), DriverError> {
+        let log = self.guest_dir(g).join("console.log");
+        let timeout = capacity::boot_timeout(
+            self.choice().is_tcg(),
+            &capacity::HostLoad::read(),
+            self.guests.len(),
+        );
+        let mut stage = "booting";
+        ssh::wait_for_port(g.underlay.addr(), timeout, &mut || {
+            let now = boot_stage(&std::fs::read_to_string(&log).unwrap_or_default());
+            if now != stage {
+                stage = now;
+                progress(now);
+            }
+        })
+        .map_err(|e| self.boot_failed(g, &log.display().to_string(), e))
+    }
+
+    /// A guest that did not come up, with the end of its console.
+    fn boot_failed(
+        &self,
+        g: &GuestPlan,
+        log: &str,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> DriverError {
+        DriverError::new(
+            &g.name,
+            format!(
+                "waiting for it to boot; its console ({log}) ends with:\n{}",
+                self.console_tail(g)
+            ),
+            e,
+        )
+    }
+
+    /// A new SSH connection to guest `g`: straight to its underlay address on this machine,
+    /// through its host's sshd (a `direct-tcpip` channel) on another host.
+    fn connect_guest(
+        &self,
+        g: &GuestPlan,
+        host_key: &KeyPair,
+        client: &KeyPair,
+    ) -> Result<Connection, ssh::SshError> {
+        match &self.remote {
+            None => Connection::open(g.underlay.addr(), host_key, client),
+            Some(link) => remote::guest::connect(link, g, host_key, client),
+        }
+    }
+
     /// The last lines of the guest's serial console.
     fn console_tail(&self, g: &GuestPlan) -> String {
+        if let Some(link) = &self.remote {
+            return remote::guest::console_tail(link, g);
+        }
         let text =
             std::fs::read_to_string(self.guest_dir(g).join("console.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().rev().take(15).collect();
@@ -395,6 +514,10 @@ pub struct DomainSpec<'a> {
     pub seed: &'a Path,
     /// Where its serial console is kept.
     pub console_log: &'a Path,
+    /// Whether the console is a pty (logged to `console_log`) that libvirt can stream, rather
+    /// than the file itself: for guests on another host, whose console vxlab reads through
+    /// libvirt.
+    pub console_pty: bool,
     /// Guest memory.
     pub memory_mib: u64,
     /// Virtual CPUs.
@@ -424,6 +547,7 @@ impl DomainSpec<'_> {
                 "tap": self.guest.host_link,
                 "mac": self.guest.underlay_mac.to_string(),
                 "console_log": self.console_log,
+                "console_pty": self.console_pty,
                 "tb_cache_mib": TB_CACHE_MIB,
             }),
         )
@@ -471,14 +595,26 @@ fn boot_stage(console: &str) -> &'static str {
 
 impl Driver for LibvirtDriver {
     fn guest_resources(&self, g: &GuestPlan) -> Vec<Resource> {
-        vec![
-            Resource::Path {
-                path: self.guest_dir(g),
-            },
-            Resource::Domain {
-                name: g.instance.clone(),
-            },
-        ]
+        let mut out = vec![Resource::Path {
+            path: self.guest_dir(g),
+        }];
+        // On another host the disks and the console log are volumes there.
+        if let Some(host) = self.host_name() {
+            out.extend(
+                remote::storage::guest_volumes(&g.instance)
+                    .into_iter()
+                    .map(|name| Resource::Volume {
+                        host: host.clone(),
+                        pool: remote::storage::POOL.into(),
+                        name,
+                    }),
+            );
+        }
+        out.push(Resource::Domain {
+            name: g.instance.clone(),
+            host: self.host_name(),
+        });
+        out
     }
 
     fn create_guest(
@@ -498,39 +634,18 @@ impl Driver for LibvirtDriver {
         if running.is_none() {
             progress("preparing disks");
             let keys = self.guest_keys(g)?;
-            let (disk, seed) = self.prepare_disks(g, image, &keys)?;
+            let disks = self.prepare_disks(g, image, &keys)?;
             progress("defining");
-            let xml = self.domain_xml(plan, g, image, &keys, (&disk, &seed))?;
+            let xml = self.domain_xml(plan, g, &keys, &disks)?;
             let dom = Domain::define_xml(&self.conn, &xml)
                 .map_err(err(&g.name, "defining its domain"))?;
             progress("booting");
             dom.create().map_err(err(&g.name, "starting its domain"))?;
         }
-        let log = self.guest_dir(g).join("console.log");
-        let timeout = capacity::boot_timeout(
-            self.choice().is_tcg(),
-            &capacity::HostLoad::read(),
-            self.guests.len(),
-        );
-        let mut stage = "booting";
-        ssh::wait_for_port(g.underlay.addr(), timeout, &mut || {
-            let now = boot_stage(&std::fs::read_to_string(&log).unwrap_or_default());
-            if now != stage {
-                stage = now;
-                progress(now);
-            }
-        })
-        .map_err(|e| {
-            DriverError::new(
-                &g.name,
-                format!(
-                    "waiting for it to boot; its console ({}) ends with:\n{}",
-                    log.display(),
-                    self.console_tail(g)
-                ),
-                e,
-            )
-        })?;
+        match &self.remote {
+            None => self.wait_for_boot(g, progress)?,
+            Some(link) => remote::guest::wait_for_ssh(self, link, g, progress)?,
+        }
         progress("SSH port open");
         self.session(g)?;
         progress("SSH up");
@@ -569,7 +684,10 @@ impl Driver for LibvirtDriver {
     }
 
     fn remove(&self, r: &Resource) -> Result<bool, DriverError> {
-        let Resource::Domain { name } = r else {
+        if let (Resource::Volume { name, .. }, Some(link)) = (r, &self.remote) {
+            return remote::guest::remove_volume(link, name);
+        }
+        let Resource::Domain { name, .. } = r else {
             return Ok(false);
         };
         let dom = match Domain::lookup_by_name(&self.conn, name) {
@@ -637,6 +755,7 @@ mod tests {
             disk: &d.join("disk.qcow2"),
             seed: &d.join("seed.img"),
             console_log: &d.join("console.log"),
+            console_pty: false,
             memory_mib: 768,
             vcpus: 2,
             domain_type,

@@ -10,7 +10,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::ssh::Connection;
 use super::LibvirtDriver;
 use crate::driver::DriverError;
 use crate::plan::{shell_words, GuestPlan};
@@ -23,7 +22,8 @@ pub(super) fn spawn(
     launch: &Launch,
 ) -> Result<GuestProcess, DriverError> {
     let (host_key, client) = (driver.host_key(g)?, driver.client_key(&g.name)?);
-    let session = Connection::open(g.underlay.addr(), &host_key, &client)
+    let session = driver
+        .connect_guest(g, &host_key, &client)
         .map_err(|e| DriverError::new(&g.name, "connecting over SSH", e))?
         .into_session();
     start(session, launch).map_err(|e| DriverError::new(&g.name, "starting a process", e))

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -149,13 +150,6 @@ impl Connection {
     /// Connects to `ip:22`, checks the host key against `host_key`, logs in with `client`.
     pub fn open(ip: IpAddr, host_key: &KeyPair, client: &KeyPair) -> Result<Self, SshError> {
         let addr = SocketAddr::new(ip, 22);
-        let err = |what: &'static str| {
-            move |e: ssh2::Error| SshError::Session {
-                addr,
-                what,
-                source: Box::new(e),
-            }
-        };
         let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(15)).map_err(|e| {
             SshError::Session {
                 addr,
@@ -163,8 +157,26 @@ impl Connection {
                 source: Box::new(e),
             }
         })?;
+        Self::over(tcp, addr, host_key, client)
+    }
+
+    /// The same over `stream`, a connection to the guest's sshd at `addr` made another way
+    /// (a tunnel through its hypervisor).
+    pub fn over<S: AsRawFd + 'static>(
+        stream: S,
+        addr: SocketAddr,
+        host_key: &KeyPair,
+        client: &KeyPair,
+    ) -> Result<Self, SshError> {
+        let err = |what: &'static str| {
+            move |e: ssh2::Error| SshError::Session {
+                addr,
+                what,
+                source: Box::new(e),
+            }
+        };
         let mut session = ssh2::Session::new().map_err(err("starting a session"))?;
-        session.set_tcp_stream(tcp);
+        session.set_tcp_stream(stream);
         session.set_timeout(120_000);
         session.handshake().map_err(err("handshake"))?;
         let presented = session.host_key().map(|(k, _)| k.to_vec());
@@ -274,7 +286,7 @@ impl Connection {
 /// the other (one `cat`). Under software emulation every process costs tens of milliseconds,
 /// so the whole batch adds three (`wc`, `cat`, `rm`), not two per command. Commands read
 /// /dev/null; the files are root's (umask) and never follow a planted link (noclobber).
-fn batch_script(cmds: &[Vec<String>], stop_on_failure: bool) -> String {
+pub(crate) fn batch_script(cmds: &[Vec<String>], stop_on_failure: bool) -> String {
     let mut s = String::from("umask 077; set -C; t=/tmp/vxlab-batch.$$; s=''; f=''; stop=''\n");
     for (i, argv) in cmds.iter().enumerate() {
         let (o, e) = (format!("\"$t.{i}.o\""), format!("\"$t.{i}.e\""));
@@ -292,7 +304,7 @@ fn batch_script(cmds: &[Vec<String>], stop_on_failure: bool) -> String {
 }
 
 /// Splits a batch script's output into one [`Output`] per command that ran.
-fn parse_batch(stdout: &[u8]) -> Vec<Output> {
+pub(crate) fn parse_batch(stdout: &[u8]) -> Vec<Output> {
     let (head, body) = match stdout.iter().position(|b| *b == 0) {
         Some(i) => (&stdout[..i], &stdout[i + 1..]),
         None => (stdout, &[][..]),

@@ -1,0 +1,240 @@
+//! Every command vxlab runs on a hypervisor's own shell, built in one typed place like the
+//! guests' ([`crate::guest_command`]): only what libvirt has no call for. An argument vector,
+//! never a shell string; over SSH each word is quoted.
+
+use std::fmt;
+
+use crate::plan::shell_words;
+
+/// The longest a capture may run on a hypervisor: tcpdump notices its reader went away only
+/// at its next packet, so a quiet link would keep it running; this ends it in any case.
+pub const CAPTURE_LIMIT_SECS: u32 = 600;
+
+/// One command for a hypervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostCommand {
+    /// Which of `programs` are installed (`command -v` prints each one found).
+    Programs(Vec<&'static str>),
+    /// SHA-256 of files, as `sha256sum` prints them.
+    Checksums(Vec<String>),
+    /// The host's routes of one family, as JSON.
+    Routes {
+        /// IPv6 rather than IPv4.
+        ipv6: bool,
+    },
+    /// Owner, group and mode of `/dev/kvm` (`stat` fails when there is none).
+    KvmNode,
+    /// libvirt's QEMU settings, for the user QEMU runs as.
+    QemuConf,
+    /// The uid and groups of a user.
+    UserIds(String),
+    /// The running kernel's release: part of the key of a cached KVM probe.
+    KernelRelease,
+    /// Boots `kernel` under KVM with no root file system for a few seconds: whether it
+    /// reaches its panic shows KVM can run guests here (see [`super::super::accel`]).
+    KvmProbe {
+        /// The guest kernel's path on the host.
+        kernel: String,
+        /// Seconds before it is stopped.
+        seconds: u32,
+    },
+    /// Every frame on a host link as a pcap stream on standard output, each as it comes.
+    Capture {
+        /// The link (a guest's tap).
+        link: String,
+    },
+    /// The last lines of a file (a guest's console log).
+    Tail {
+        /// The file.
+        path: String,
+        /// How many lines.
+        lines: u32,
+    },
+}
+
+impl HostCommand {
+    /// The argument vector.
+    pub fn argv(&self) -> Vec<String> {
+        let words: Vec<String> = match self {
+            HostCommand::Programs(names) => {
+                // `command -v` is a shell builtin: sh runs it for each name given after `--`.
+                let mut w = vec![
+                    "sh".to_string(),
+                    "-c".into(),
+                    "for p in \"$@\"; do command -v \"$p\" || true; done".into(),
+                    "--".into(),
+                ];
+                w.extend(names.iter().map(|n| n.to_string()));
+                w
+            }
+            HostCommand::Checksums(paths) => {
+                let mut w = vec!["sha256sum".to_string(), "--".into()];
+                w.extend(paths.iter().cloned());
+                w
+            }
+            HostCommand::Routes { ipv6 } => ["ip", "-j", if *ipv6 { "-6" } else { "-4" }, "route"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(["show".to_string()])
+                .collect(),
+            HostCommand::KvmNode => ["stat", "-L", "-c", "%u %g %a", "/dev/kvm"]
+                .map(String::from)
+                .to_vec(),
+            HostCommand::QemuConf => ["cat", "/etc/libvirt/qemu.conf"].map(String::from).to_vec(),
+            HostCommand::UserIds(user) => vec!["id".into(), "--".into(), user.clone()],
+            HostCommand::KernelRelease => vec!["uname".into(), "-r".into()],
+            HostCommand::KvmProbe { kernel, seconds } => {
+                let mut w: Vec<String> = [
+                    "timeout",
+                    &seconds.to_string(),
+                    "qemu-system-x86_64",
+                    "-accel",
+                    "kvm",
+                    "-m",
+                    "256",
+                    "-nodefaults",
+                    "-nographic",
+                    "-no-reboot",
+                    "-serial",
+                    "stdio",
+                    "-kernel",
+                ]
+                .map(String::from)
+                .to_vec();
+                w.push(kernel.clone());
+                w.extend(["-append", "console=ttyS0 panic=-1 root=/dev/null"].map(String::from));
+                w
+            }
+            HostCommand::Capture { link } => vec![
+                "timeout".into(),
+                CAPTURE_LIMIT_SECS.to_string(),
+                "tcpdump".into(),
+                "-i".into(),
+                link.clone(),
+                "-U".into(),
+                "-s".into(),
+                "0".into(),
+                "-w".into(),
+                "-".into(),
+            ],
+            HostCommand::Tail { path, lines } => vec![
+                "tail".into(),
+                "-n".into(),
+                lines.to_string(),
+                "--".into(),
+                path.clone(),
+            ],
+        };
+        words
+    }
+
+    /// The command line sent over SSH: every word quoted for the login shell.
+    pub fn line(&self) -> String {
+        shell_words(&self.argv())
+    }
+}
+
+impl fmt::Display for HostCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.line())
+    }
+}
+
+/// The programs of `wanted` that `command -v` did not print.
+pub fn missing_programs(wanted: &[&'static str], found: &str) -> Vec<&'static str> {
+    wanted
+        .iter()
+        .copied()
+        .filter(|p| {
+            !found
+                .lines()
+                .any(|l| l.trim().rsplit('/').next() == Some(p) && l.trim().starts_with('/'))
+        })
+        .collect()
+}
+
+/// The checksum `sha256sum` printed for `path`.
+pub fn checksum_of(output: &str, path: &str) -> Option<String> {
+    output.lines().find_map(|l| {
+        let (sum, file) = l.split_once("  ")?;
+        (file == path && sum.len() == 64).then(|| sum.to_string())
+    })
+}
+
+/// `stat -c '%u %g %a'`'s line as a device node.
+pub fn kvm_node(output: &str) -> Option<super::super::preflight::Node> {
+    let mut w = output.split_whitespace();
+    let uid = w.next()?.parse().ok()?;
+    let gid = w.next()?.parse().ok()?;
+    let mode = u32::from_str_radix(w.next()?, 8).ok()?;
+    Some(super::super::preflight::Node { uid, gid, mode })
+}
+
+/// `id USER`'s line: the uid and every gid (`uid=64055(libvirt-qemu) gid=… groups=…,…`).
+pub fn user_ids(output: &str) -> Option<(u32, Vec<u32>)> {
+    let number = |s: &str| s.split('(').next()?.parse::<u32>().ok();
+    let mut uid = None;
+    let mut gids = Vec::new();
+    for field in output.split_whitespace() {
+        if let Some(v) = field.strip_prefix("uid=") {
+            uid = number(v);
+        } else if let Some(v) = field.strip_prefix("gid=") {
+            gids.extend(number(v));
+        } else if let Some(v) = field.strip_prefix("groups=") {
+            gids.extend(v.split(',').filter_map(number));
+        }
+    }
+    Some((uid?, gids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_commands_are_argument_vectors_quoted_once_for_ssh() {
+        let c = HostCommand::Capture {
+            link: "vnet0".into(),
+        };
+        assert_eq!(c.line(), "timeout 600 tcpdump -i vnet0 -U -s 0 -w -");
+        let c = HostCommand::Checksums(vec!["/var/lib/x y/base.qcow2".into(), "-n".into()]);
+        assert_eq!(c.line(), "sha256sum -- '/var/lib/x y/base.qcow2' -n");
+        let c = HostCommand::Tail {
+            path: "/p/it's.log".into(),
+            lines: 15,
+        };
+        assert_eq!(c.argv().last().unwrap(), "/p/it's.log");
+        assert!(c.line().ends_with("'/p/it'\\''s.log'"), "{}", c.line());
+        // The probe's kernel command line stays one word.
+        let p = HostCommand::KvmProbe {
+            kernel: "/k".into(),
+            seconds: 8,
+        };
+        assert!(p
+            .line()
+            .ends_with("-kernel /k -append 'console=ttyS0 panic=-1 root=/dev/null'"));
+    }
+
+    #[test]
+    fn what_the_hypervisors_tools_print_is_read_back() {
+        let found = "/usr/bin/ip\n/usr/bin/qemu-img\n";
+        assert_eq!(
+            missing_programs(&["ip", "tcpdump", "qemu-img"], found),
+            ["tcpdump"]
+        );
+        let sums = format!(
+            "{}  /a/base.qcow2\n{}  /a/vmlinuz\n",
+            "a".repeat(64),
+            "b".repeat(64)
+        );
+        assert_eq!(checksum_of(&sums, "/a/vmlinuz"), Some("b".repeat(64)));
+        assert_eq!(checksum_of(&sums, "/a/initrd.img"), None);
+        let node = kvm_node("0 994 660\n").unwrap();
+        assert_eq!((node.uid, node.gid, node.mode), (0, 994, 0o660));
+        assert_eq!(
+            user_ids("uid=64055(libvirt-qemu) gid=108(kvm) groups=108(kvm),64055(libvirt-qemu)\n"),
+            Some((64055, vec![108, 108, 64055]))
+        );
+        assert_eq!(user_ids("id: 'x': no such user"), None);
+    }
+}

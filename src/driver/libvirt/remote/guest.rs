@@ -1,0 +1,214 @@
+//! The libvirt driver's guest work where the guest runs on another host: its disks as volumes
+//! there (the seed uploaded through a stream), its boot awaited and its SSH reached through
+//! the host's sshd, its console read there.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::command::HostCommand;
+use super::{facts, lost, storage, HostLink};
+use crate::driver::libvirt::image::Image;
+use crate::driver::libvirt::seed::{self, GuestKeys, Seeding};
+use crate::driver::libvirt::ssh::{Connection, KeyPair, SshError};
+use crate::driver::libvirt::{capacity, GuestDisks, LibvirtDriver};
+use crate::driver::DriverError;
+use crate::plan::GuestPlan;
+
+fn on_host(
+    link: &HostLink,
+    g: &GuestPlan,
+    what: &str,
+) -> impl Fn(virt::error::Error) -> DriverError {
+    let what = format!("{what} on host {}", link.name());
+    let guest = g.name.clone();
+    move |e| DriverError::new(&guest, what.clone(), e)
+}
+
+/// The guest's overlay of the image volume, its seed disk uploaded through a stream, and the
+/// place of its console log, all in vxlab's pool on the host.
+pub(in crate::driver::libvirt) fn disks(
+    driver: &LibvirtDriver,
+    link: &HostLink,
+    g: &GuestPlan,
+    image: &Image,
+    keys: &GuestKeys,
+) -> Result<GuestDisks, DriverError> {
+    let prepare = || {
+        format!(
+            "the image is not on host {}: run `vxlab hosts prepare` with the inventory",
+            link.name()
+        )
+    };
+    let pool = storage::pool(link.conn())
+        .map_err(on_host(link, g, "finding vxlab's storage pool"))?
+        .ok_or_else(|| DriverError::new(&g.name, "preparing its disks", prepare()))?;
+    let [disk, kernel, initrd] = storage::image_files(image);
+    let path_of =
+        |f: &storage::ImageFile| -> Result<(virt::storage_vol::StorageVol, String), DriverError> {
+            let v = storage::volume(&pool, &f.volume)
+                .map_err(on_host(link, g, "finding the image"))?
+                .ok_or_else(|| DriverError::new(&g.name, "preparing its disks", prepare()))?;
+            let p = v
+                .get_path()
+                .map_err(on_host(link, g, "finding the image"))?;
+            Ok((v, p))
+        };
+    let (base, base_path) = path_of(&disk)?;
+    let (_, kernel_path) = path_of(&kernel)?;
+    let (_, initrd_path) = path_of(&initrd)?;
+    let [overlay_name, seed_name, log_name] = storage::guest_volumes(&g.instance);
+    let overlay = storage::ensure_overlay(&pool, &overlay_name, &base).map_err(on_host(
+        link,
+        g,
+        "creating its overlay",
+    ))?;
+    let data = match image.seeding {
+        Seeding::Cmdline => {
+            seed::tar_seed(keys).map_err(|e| DriverError::new(&g.name, "writing its seed", e))?
+        }
+        Seeding::NoCloud => {
+            // The vfat disk is made here as for a guest on this machine, then uploaded.
+            let dir = driver.guest_dir(g);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| DriverError::new(&g.name, "writing its files", e))?;
+            let local = dir.join("seed.img");
+            let _ = std::fs::remove_file(&local);
+            driver.nocloud_disk(g, keys, &dir, &local)?;
+            std::fs::read(&local).map_err(|e| DriverError::new(&g.name, "reading its seed", e))?
+        }
+    };
+    let seed = storage::upload(
+        link.conn(),
+        &pool,
+        &seed_name,
+        data.len() as u64,
+        &mut data.as_slice(),
+        &mut |_| {},
+    )
+    .map_err(|e| {
+        DriverError::new(
+            &g.name,
+            format!("uploading its seed disk to host {}", link.name()),
+            e,
+        )
+    })?;
+    let console_log = Path::new(&overlay)
+        .parent()
+        .unwrap_or(Path::new(storage::POOL_PATH))
+        .join(log_name);
+    Ok(GuestDisks {
+        image: Image {
+            disk: PathBuf::from(base_path),
+            kernel: PathBuf::from(kernel_path),
+            initrd: PathBuf::from(initrd_path),
+            seeding: image.seeding,
+        },
+        disk: PathBuf::from(overlay),
+        seed: PathBuf::from(seed),
+        console_log,
+        console_pty: true,
+    })
+}
+
+/// How often a guest's sshd is tried through its host while it boots.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Waits until the guest's sshd accepts a connection made from its host: a tunnel opens.
+pub(in crate::driver::libvirt) fn wait_for_ssh(
+    driver: &LibvirtDriver,
+    link: &HostLink,
+    g: &GuestPlan,
+    progress: &dyn Fn(&str),
+) -> Result<(), DriverError> {
+    let load = facts::host_load(link).unwrap_or_else(|_| capacity::HostLoad::read());
+    let timeout = capacity::boot_timeout(driver.choice().is_tcg(), &load, driver.guests.len());
+    let addr = SocketAddr::new(g.underlay.addr(), 22);
+    let deadline = Instant::now() + timeout;
+    progress(&format!("booting on {}", link.name()));
+    loop {
+        let attempt = Instant::now();
+        match link.jump().tunnel(addr) {
+            Ok(_) => return Ok(()),
+            Err(e) if lost(&e) => {
+                return Err(DriverError::new(
+                    &g.name,
+                    format!("waiting for it to boot: host {} was lost", link.name()),
+                    e,
+                ))
+            }
+            Err(e) if Instant::now() >= deadline => {
+                let log = storage::guest_volumes(&g.instance)[2].clone();
+                return Err(driver.boot_failed(
+                    g,
+                    &format!("{log} on host {}", link.name()),
+                    format!(
+                        "timed out after {} s waiting for ssh on {addr} through host {}: {e}",
+                        timeout.as_secs(),
+                        link.name()
+                    ),
+                ));
+            }
+            Err(_) => {}
+        }
+        let spent = attempt.elapsed();
+        if spent < POLL {
+            std::thread::sleep(POLL - spent);
+        }
+    }
+}
+
+/// An SSH connection to the guest through a `direct-tcpip` channel of its host's sshd, with
+/// the guest's pinned host key checked as for any guest.
+pub(in crate::driver::libvirt) fn connect(
+    link: &HostLink,
+    g: &GuestPlan,
+    host_key: &KeyPair,
+    client: &KeyPair,
+) -> Result<Connection, SshError> {
+    let addr = SocketAddr::new(g.underlay.addr(), 22);
+    let tunnel = link.jump().tunnel(addr).map_err(|e| SshError::Session {
+        addr,
+        what: "opening a tunnel through its host",
+        source: Box::new(e),
+    })?;
+    Connection::over(tunnel, addr, host_key, client)
+}
+
+/// The last lines of the guest's console log on its host.
+pub(in crate::driver::libvirt) fn console_tail(link: &HostLink, g: &GuestPlan) -> String {
+    let pool_dir = storage::pool(link.conn())
+        .ok()
+        .flatten()
+        .and_then(|p| storage::volume(&p, &storage::guest_volumes(&g.instance)[0]).ok()?)
+        .and_then(|v| v.get_path().ok())
+        .and_then(|p| Path::new(&p).parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from(storage::POOL_PATH));
+    let path = pool_dir.join(&storage::guest_volumes(&g.instance)[2]);
+    let tail = HostCommand::Tail {
+        path: path.to_string_lossy().into_owned(),
+        lines: 15,
+    };
+    match link.run(&tail) {
+        Ok(o) => o.stdout,
+        Err(e) => format!("(cannot read it: {e})"),
+    }
+}
+
+/// Deletes a volume of the guest's on its host; false when it was gone.
+pub(in crate::driver::libvirt) fn remove_volume(
+    link: &HostLink,
+    name: &str,
+) -> Result<bool, DriverError> {
+    let fail = |e: virt::error::Error| {
+        DriverError::new(
+            name,
+            format!("removing volume {name} on host {}", link.name()),
+            e,
+        )
+    };
+    match storage::pool(link.conn()).map_err(fail)? {
+        None => Ok(false),
+        Some(pool) => storage::delete(&pool, name).map_err(fail),
+    }
+}

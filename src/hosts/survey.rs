@@ -1,0 +1,239 @@
+//! What `vxlab hosts check` shows of each host, and what placement needs of it: facts
+//! gathered at the edge (`driver::libvirt::remote::facts`), judged and printed here.
+
+use std::fmt::Write as _;
+
+/// Whether a host holds the guest image, as vxlab uploads it (`vxlab hosts prepare`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageState {
+    /// Every file is there with this machine's checksum.
+    Same,
+    /// Every file is there with the same size; the checksums were not compared.
+    SameSize,
+    /// The storage pool is missing, or some files are.
+    Missing(Vec<String>),
+    /// Some files differ from this machine's.
+    Different(Vec<String>),
+    /// It could not be looked at.
+    Unknown(String),
+}
+
+impl ImageState {
+    /// Whether guests can be created from it.
+    pub fn usable(&self) -> bool {
+        matches!(self, ImageState::Same | ImageState::SameSize)
+    }
+
+    /// A table cell.
+    pub fn cell(&self) -> String {
+        match self {
+            ImageState::Same => "same checksum".into(),
+            ImageState::SameSize => "present".into(),
+            ImageState::Missing(files) => format!("missing {}", files.join(" ")),
+            ImageState::Different(files) => format!("DIFFERS: {}", files.join(" ")),
+            ImageState::Unknown(why) => format!("unknown ({why})"),
+        }
+    }
+}
+
+/// Whether libvirt's QEMU user can open `/dev/kvm`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvmAccess {
+    /// It can.
+    Usable,
+    /// There is no `/dev/kvm` (guests run under software emulation).
+    NoDevice,
+    /// It exists and the QEMU user cannot open it: every libvirt call would be slow.
+    NotOpenable(String),
+    /// It could not be looked at.
+    Unknown(String),
+}
+
+impl KvmAccess {
+    /// A table cell.
+    pub fn cell(&self) -> String {
+        match self {
+            KvmAccess::Usable => "usable".into(),
+            KvmAccess::NoDevice => "none".into(),
+            KvmAccess::NotOpenable(why) => format!("NOT USABLE: {why}"),
+            KvmAccess::Unknown(why) => format!("unknown ({why})"),
+        }
+    }
+}
+
+/// What a reachable host has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reached {
+    /// libvirt's version on the host.
+    pub libvirt: String,
+    /// Its CPUs.
+    pub cpus: usize,
+    /// Cores busy with other work now.
+    pub busy_cores: f64,
+    /// Memory available (free, buffers and page cache), MiB.
+    pub available_mib: u64,
+    /// `kvm` or `tcg`, and why.
+    pub accel: (String, String),
+    /// The guest image.
+    pub image: ImageState,
+    /// `/dev/kvm` for the QEMU user.
+    pub kvm: KvmAccess,
+    /// Programs vxlab needs there that are missing.
+    pub missing: Vec<&'static str>,
+    /// How many more copies of the lab fit, and what one costs (MiB).
+    pub fit: Option<(usize, u64)>,
+}
+
+/// One host as `hosts check` found it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostFacts {
+    /// Its name.
+    pub name: String,
+    /// Its URI.
+    pub uri: String,
+    /// What it has, or why it could not be reached.
+    pub reached: Result<Reached, String>,
+}
+
+impl HostFacts {
+    /// What keeps a class off this host, in words; `None` when nothing does.
+    pub fn blocker(&self) -> Option<String> {
+        let r = match &self.reached {
+            Err(why) => return Some(format!("cannot be reached: {why}")),
+            Ok(r) => r,
+        };
+        if !r.image.usable() {
+            return Some(format!(
+                "the image is not there as vxlab needs it ({}); run `vxlab hosts prepare`",
+                r.image.cell()
+            ));
+        }
+        if let KvmAccess::NotOpenable(why) = &r.kvm {
+            return Some(format!("/dev/kvm: {why}"));
+        }
+        if !r.missing.is_empty() {
+            return Some(format!("missing {}", r.missing.join(", ")));
+        }
+        None
+    }
+}
+
+/// The table `vxlab hosts check` prints, one host a row; `lab` names the lab whose copies
+/// were counted.
+pub fn table(hosts: &[HostFacts], lab: Option<&str>) -> String {
+    let mut out = String::new();
+    let fit_head = lab.map_or("FIT".to_string(), |l| format!("COPIES OF {l}"));
+    let _ = writeln!(
+        out,
+        "{:<10} {:<9} {:>4} {:>9}  {:<5} {:<16} {:<10} {:<16} {}",
+        "HOST",
+        "LIBVIRT",
+        "CPUS",
+        "FREE MEM",
+        "ACCEL",
+        "IMAGE",
+        "/DEV/KVM",
+        "IP TCPDUMP QEMU-IMG",
+        fit_head
+    );
+    for h in hosts {
+        match &h.reached {
+            Err(why) => {
+                let _ = writeln!(out, "{:<10} UNREACHABLE: {why}", h.name);
+            }
+            Ok(r) => {
+                let tools = if r.missing.is_empty() {
+                    "present".to_string()
+                } else {
+                    format!("missing {}", r.missing.join(","))
+                };
+                let fit = match r.fit {
+                    Some((n, cost)) => format!("{n} (about {cost} MiB each)"),
+                    None => "-".into(),
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<10} {:<9} {:>4} {:>5} GiB  {:<5} {:<16} {:<10} {:<16} {}",
+                    h.name,
+                    r.libvirt,
+                    r.cpus,
+                    format!("{:.1}", r.available_mib as f64 / 1024.0),
+                    r.accel.0,
+                    r.image.cell(),
+                    r.kvm.cell(),
+                    tools,
+                    fit
+                );
+            }
+        }
+    }
+    let problems: Vec<String> = hosts
+        .iter()
+        .filter_map(|h| h.blocker().map(|b| format!("  {}: {b}", h.name)))
+        .collect();
+    if !problems.is_empty() {
+        let _ = writeln!(out, "\nnot ready:\n{}", problems.join("\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reached() -> Reached {
+        Reached {
+            libvirt: "9.0.0".into(),
+            cpus: 2,
+            busy_cores: 0.2,
+            available_mib: 22_528,
+            accel: ("tcg".into(), "no KVM".into()),
+            image: ImageState::Same,
+            kvm: KvmAccess::Usable,
+            missing: Vec::new(),
+            fit: Some((40, 468)),
+        }
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_host_and_names_what_keeps_a_host_out() {
+        let mut h2 = reached();
+        h2.image = ImageState::Missing(vec!["debian-12.qcow2".into()]);
+        h2.missing = vec!["tcpdump"];
+        let hosts = [
+            HostFacts {
+                name: "h1".into(),
+                uri: "qemu+ssh://root@h1/system".into(),
+                reached: Ok(reached()),
+            },
+            HostFacts {
+                name: "h2".into(),
+                uri: "qemu+ssh://root@h2/system".into(),
+                reached: Ok(h2),
+            },
+            HostFacts {
+                name: "h3".into(),
+                uri: "qemu+ssh://root@h3/system".into(),
+                reached: Err("ssh: connect to host 127.0.0.3 port 22: Connection refused".into()),
+            },
+        ];
+        let t = table(&hosts, Some("two-vm"));
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("HOST") && lines[0].ends_with("COPIES OF two-vm"));
+        assert!(
+            lines[1].starts_with("h1         9.0.0        2  22.0 GiB  tcg   same checksum"),
+            "{t}"
+        );
+        assert!(lines[1].ends_with("40 (about 468 MiB each)"), "{t}");
+        assert!(
+            lines[2].contains("missing debian-12.qcow2") && lines[2].contains("missing tcpdump")
+        );
+        assert!(lines[3].starts_with("h3         UNREACHABLE: ssh: connect to host 127.0.0.3"));
+        assert!(
+            t.contains("not ready:\n  h2: the image is not there"),
+            "{t}"
+        );
+        assert!(t.contains("  h3: cannot be reached: ssh: connect"), "{t}");
+        assert!(hosts[0].blocker().is_none());
+    }
+}

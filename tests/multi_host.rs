@@ -1,0 +1,489 @@
+//! A class bigger than one host, on this one machine: two hosts simulated honestly as two
+//! remote libvirt URIs, each through its own sshd (on 127.0.0.1 and on 127.0.0.2, started by
+//! the test with a root key it generates). vxlab treats them as two hosts: one copy of the
+//! seed lab on each, guests reached only through their host's sshd, checks, a capture on h2,
+//! a host that cannot be reached, a host lost mid-class, and `down --all` leaving nothing on
+//! either. Needs root, a running libvirtd, the debian-12 image, openssh-server and
+//! virt-ssh-helper (libvirt-daemon) for libvirt's ssh transport.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::sshd::{free_port, Sshd};
+use common::{ensure_image, Lab};
+use serde_json::Value;
+
+/// The test's lab: labs/two-vm.yaml under a name no other test uses.
+const LAB: &str = "mh2vm";
+/// The copies' underlays, away from the default pool other tests take theirs from.
+const POOL: &str = "10.177.40.0/22";
+
+fn text(o: &Output) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    format!(
+        "exit {:?} signal {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        o.status.signal(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn virsh(args: &[&str]) -> Vec<String> {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Domains, networks and volumes of this test's lab that libvirt holds.
+fn in_libvirt() -> Vec<String> {
+    let mut left: Vec<String> = virsh(&["list", "--all", "--name"])
+        .into_iter()
+        .filter(|d| d.starts_with(&format!("vxlab-{LAB}-")))
+        .map(|d| format!("domain {d}"))
+        .collect();
+    left.extend(
+        virsh(&["net-list", "--all", "--name"])
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("vxlab-vxbr-{LAB}")))
+            .map(|n| format!("network {n}")),
+    );
+    let _ = virsh(&["pool-refresh", "vxlab"]);
+    left.extend(
+        virsh(&["vol-list", "vxlab", "--name"])
+            .into_iter()
+            .filter(|v| v.starts_with(&format!("vxlab-{LAB}-")))
+            .map(|v| format!("volume {v}")),
+    );
+    left
+}
+
+/// `vxlab ARGS` with `input` typed on its standard input.
+fn typed(lab: &Lab, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(args)
+        .env("VXLAB_STATE_DIR", lab.state.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The hosts and the lab; whatever happens, the copies go and the sshds stop.
+struct Class {
+    lab: Lab,
+    sshd: Vec<Sshd>,
+}
+
+impl Drop for Class {
+    fn drop(&mut self) {
+        // A host taken away by the test comes back so `down` reaches it.
+        for s in &mut self.sshd {
+            s.stop();
+            s.restart();
+        }
+        let _ = self.lab.run(&["down", LAB, "--all"]);
+    }
+}
+
+/// An inventory of `hosts` (name, address) on `port`. The sshds' host keys are new in every
+/// run: vxlab's own connections and `vxlab ssh` check them against the test's known hosts
+/// file; libvirt's ssh transport (which reads only root's) is told not to check.
+fn inventory(dir: &Path, name: &str, hosts: &[(&str, &str)], port: u16) -> String {
+    let key = dir.join("client");
+    let known = dir.join("known_hosts");
+    let mut yaml = String::from("hosts:\n");
+    for (h, addr) in hosts {
+        yaml.push_str(&format!(
+            "  - name: {h}\n    uri: qemu+ssh://root@{addr}:{port}/system?keyfile={}&known_hosts={}&no_verify=1\n",
+            key.display(),
+            known.display()
+        ));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
+    ensure_image();
+    for p in ["/usr/bin/virt-ssh-helper", "/usr/sbin/sshd"] {
+        assert!(Path::new(p).exists(), "{p} is missing");
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let h1 = Sshd::start(keys.path(), "127.0.0.1".parse().unwrap(), Some(port));
+    let h2 = Sshd::start(keys.path(), "127.0.0.2".parse().unwrap(), Some(port));
+    let mut class = Class {
+        lab: Lab::shipped("two-vm.yaml", LAB, &[]),
+        sshd: vec![h1, h2],
+    };
+    let lab_file = class.lab.file.to_string_lossy().into_owned();
+    let known: String = class.sshd.iter().map(Sshd::known_hosts_line).collect();
+    std::fs::write(keys.path().join("known_hosts"), known).unwrap();
+    let hosts = inventory(
+        keys.path(),
+        "hosts.yaml",
+        &[("h1", "127.0.0.1"), ("h2", "127.0.0.2")],
+        port,
+    );
+
+    // A bad inventory is refused naming file, line and field.
+    let bad = keys.path().join("bad.yaml");
+    std::fs::write(&bad, "hosts:\n  - name: H_1\n    uri: qemu:///system\n").unwrap();
+    let out = class.lab.run(&[
+        "up",
+        &lab_file,
+        "--count",
+        "2",
+        "--pool",
+        POOL,
+        "--hosts",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("bad.yaml:2:") && said.contains("hosts[0].name"),
+        "{said}"
+    );
+    assert!(
+        said.contains("bad.yaml:3:") && said.contains("hosts[0].uri"),
+        "{said}"
+    );
+
+    // The image goes to the hosts as storage volumes, checked by checksum.
+    let out = class.lab.run(&["hosts", "prepare", &hosts]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = class
+        .lab
+        .run(&["hosts", "check", &hosts, "--lab", &lab_file]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    for h in ["h1", "h2"] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{h} ")))
+            .unwrap_or_else(|| panic!("no row for {h}: {table}"));
+        assert!(row.contains("same checksum"), "{table}");
+        assert!(row.contains("present"), "{table}");
+        assert!(row.contains("MiB each"), "{table}");
+    }
+
+    // A third host where no sshd listens is named, with why, before anything is created.
+    let three = inventory(
+        keys.path(),
+        "three.yaml",
+        &[
+            ("h1", "127.0.0.1"),
+            ("h2", "127.0.0.2"),
+            ("h3", "127.0.0.3"),
+        ],
+        port,
+    );
+    let out = class.lab.run(&[
+        "up", &lab_file, "--count", "3", "--pool", POOL, "--hosts", &three,
+    ]);
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("1 of the 3 hosts"), "{said}");
+    assert!(
+        said.contains("host h3 (qemu+ssh://root@127.0.0.3"),
+        "{said}"
+    );
+    assert!(said.contains("refused"), "{said}");
+    assert!(
+        !said.contains("host h1 (") && !said.contains("host h2 ("),
+        "{said}"
+    );
+    assert_eq!(in_libvirt(), Vec::<String>::new());
+    assert_eq!(class.lab.leftovers(), Vec::<String>::new());
+    // hosts check shows it in its row, and exits 69.
+    let out = class.lab.run(&["hosts", "check", &three]);
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("h3") && l.contains("UNREACHABLE")),
+        "{table}"
+    );
+    assert!(
+        table.contains("not ready:\n  h3: cannot be reached"),
+        "{table}"
+    );
+
+    // A class bigger than both hosts is refused with what would fit, nothing created.
+    let out = class.lab.run(&[
+        "up",
+        &lab_file,
+        "--count",
+        "250",
+        "--pool",
+        "10.177.0.0/16",
+        "--hosts",
+        &hosts,
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("250 new copies do not fit on these hosts: h1 takes "),
+        "{said}"
+    );
+    assert!(
+        said.contains("or fewer, or add hosts to the inventory; nothing was created"),
+        "{said}"
+    );
+    assert_eq!(in_libvirt(), Vec::<String>::new());
+    assert_eq!(class.lab.leftovers(), Vec::<String>::new());
+
+    // plan shows the placement, and nothing is created.
+    let out = class
+        .lab
+        .run(&["plan", &lab_file, "--count", "2", "--hosts", &hosts]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plan.contains(&format!("{LAB}-1 ")) && plan.contains("h1\n"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!("{LAB}-2 ")) && plan.contains("h2\n"),
+        "{plan}"
+    );
+    assert!(plan.contains("copies per host: h1: 1, h2: 1"), "{plan}");
+    assert_eq!(in_libvirt(), Vec::<String>::new());
+
+    // The class: one copy on each host, each checked.
+    let out = class.lab.run(&[
+        "up", &lab_file, "--count", "2", "--pool", POOL, "--hosts", &hosts, "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reports.as_array().unwrap().len(), 2);
+    let status = class.lab.run(&["status", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let host_of = |copy: &str| {
+        status["labs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["lab"] == copy)
+            .unwrap_or_else(|| panic!("{copy} not in status: {status}"))["host"]
+            .clone()
+    };
+    assert_eq!(host_of(&format!("{LAB}-1")), "h1");
+    assert_eq!(host_of(&format!("{LAB}-2")), "h2");
+    let table = class.lab.run(&["status"]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.lines().next().unwrap().contains(" HOST "), "{table}");
+
+    // Each copy's bridge is a libvirt network on its host, its disks volumes there.
+    let nets = virsh(&["net-list", "--name"]);
+    for copy in ["1", "2"] {
+        assert!(
+            nets.contains(&format!("vxlab-vxbr-{LAB}-{copy}")),
+            "{nets:?}"
+        );
+    }
+    // Guest SSH went through each copy's own host: its sshd opened the tunnels to that
+    // copy's guests, and to no other copy's.
+    let addr = |copy: &str, guest: &str| -> String {
+        let r = reports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["lab"] == format!("{LAB}-{copy}"))
+            .unwrap();
+        common::guest(r, guest)["underlay"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no underlay address in {r}"))
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    for (i, own, other) in [(0, "1", "2"), (1, "2", "1")] {
+        let log = class.sshd[i].log();
+        for g in ["vm-a", "vm-b"] {
+            let mine = format!("target {} port 22", addr(own, g));
+            let theirs = format!("target {} port 22", addr(other, g));
+            assert!(
+                log.contains(&mine),
+                "host h{}'s sshd opened no tunnel to {mine}",
+                i + 1
+            );
+            assert!(
+                !log.contains(&theirs),
+                "host h{}'s sshd carried {theirs}",
+                i + 1
+            );
+        }
+    }
+
+    // check passes on both.
+    let out = class.lab.run(&["check", LAB, "--all"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(lines.matches("checks passed").count(), 2, "{lines}");
+
+    // exec and show on the copy on h2.
+    let out = class
+        .lab
+        .run(&["exec", "--lab", &format!("{LAB}-2"), "vm-b", "hostname"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "vm-b\n",
+        "{}",
+        text(&out)
+    );
+    let out = class.lab.run(&[
+        "show",
+        "--lab",
+        &format!("{LAB}-2"),
+        "vm-a",
+        "maddr",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("239.1.1.1"),
+        "{}",
+        text(&out)
+    );
+
+    // vxlab ssh reaches h2's guest through h2's sshd (a ProxyCommand), its key pinned.
+    let out = typed(
+        &class.lab,
+        &["ssh", "--lab", &format!("{LAB}-2"), "vm-a"],
+        "hostname\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "vm-a\n",
+        "{}",
+        text(&out)
+    );
+
+    // vxlab shell on h2's guest: the students' shell, its exit status back.
+    let out = typed(
+        &class.lab,
+        &["shell", "--lab", &format!("{LAB}-2"), "vm-b"],
+        "hostname; exit 4\n",
+    );
+    let shown = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(shown.contains(&format!("{LAB}-2/vm-b# ")), "{shown}");
+    // The hostname's own line (after the terminal's bracketed-paste switch).
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.ends_with("vm-b") && !l.contains('#')),
+        "{shown}"
+    );
+
+    // The class server checks h2's copy as any other.
+    let (server, instructor) = common::browser::serve(&class.lab, &[]);
+    let checked = Command::new("curl")
+        .args(["-s", "-X", "POST"])
+        .arg(format!("{instructor}lab/{LAB}-2/check"))
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&checked.stdout).into_owned();
+    assert!(page.contains("checks passed."), "{page}");
+    drop(server);
+    // The instructor's token outlives the labs on purpose (see libvirt_class.rs).
+    std::fs::remove_file(class.lab.state.path().join("instructor.token")).unwrap();
+
+    // A capture on h2's copy: the tap's frames come back over h2's connection and are
+    // decoded here: the flood to the group, then unicast between the VTEPs.
+    let out = class
+        .lab
+        .run(&["capture", "--lab", &format!("{LAB}-2"), "vm-a", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cap = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(cap.contains("239.1.1.1"), "{cap}");
+    assert!(cap.contains(&addr("2", "vm-b")), "{cap}");
+
+    // reset on h2's copy forgets what the VTEPs learned and checks again.
+    let out = class.lab.run(&["reset", &format!("{LAB}-2")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // h2's sshd goes away mid-class: check names the host, not the guests.
+    class.sshd[1].stop();
+    let out = class.lab.run(&["check", &format!("{LAB}-2")]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(said.contains("host h2"), "{said}");
+    assert!(!said.contains("vm-a") && !said.contains("vm-b"), "{said}");
+    // The copy on h1 is still checked.
+    let out = class.lab.run(&["check", &format!("{LAB}-1")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Back again, down --all removes everything on both hosts.
+    class.sshd[1].restart();
+    let out = class.lab.run(&["down", LAB, "--all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(in_libvirt(), Vec::<String>::new());
+    assert_eq!(class.lab.leftovers(), Vec::<String>::new());
+
+    // A host lost in the middle of up fails only its copies, and down removes what was made
+    // there once it is back.
+    let up = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args([
+            "up", &lab_file, "--count", "2", "--pool", POOL, "--hosts", &hosts,
+        ])
+        .env("VXLAB_STATE_DIR", class.lab.state.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bridge2 = format!("vxlab-vxbr-{LAB}-2");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !virsh(&["net-list", "--all", "--name"]).contains(&bridge2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "h2's copy never made its bridge"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    class.sshd[1].stop();
+    let out = up.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(70), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(said.contains(&format!("{LAB}-2: ")), "{said}");
+    assert!(said.contains("1 of 2 copies"), "{said}");
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with(&format!("{LAB}-1 ")) && l.contains("checks passed")),
+        "{shown}"
+    );
+    assert!(!in_libvirt().is_empty());
+    class.sshd[1].restart();
+    let out = class.lab.run(&["down", LAB, "--all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(in_libvirt(), Vec::<String>::new());
+    assert_eq!(class.lab.leftovers(), Vec::<String>::new());
+}
