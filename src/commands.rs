@@ -242,7 +242,8 @@ fn driver_on(
     Ok(match (lab.driver, host) {
         (DriverKind::Netns, None) => Box::new(NetnsDriver::new(netlink.clone())),
         (DriverKind::Netns, Some(h)) => bail!(
-            "lab {} runs on namespaces, which stay on this machine; host {} runs libvirt guests              only",
+            "lab {} runs on namespaces, which stay on this machine; host {} runs libvirt guests \
+             only",
             lab.name,
             h.name
         ),
@@ -437,7 +438,8 @@ pub fn up_instances(
         .transpose()?;
     if inventory.is_some() && base.driver != DriverKind::Libvirt {
         bail!(
-            "lab {} runs on namespaces, which stay on this machine: --hosts (or VXLAB_HOSTS)              places libvirt labs only",
+            "lab {} runs on namespaces, which stay on this machine: --hosts (or VXLAB_HOSTS) \
+             places libvirt labs only",
             base.name
         );
     }
