@@ -210,21 +210,35 @@ impl KvmProbe for HostProbe {
     }
 }
 
+/// The probe that tells whether KVM really runs a guest: QEMU boots `kernel` under KVM with no
+/// root file system, and its console shows the panic that follows (on this machine or, over
+/// SSH, on another host).
+pub fn kvm_probe_argv(kernel: &str) -> Vec<String> {
+    [
+        "qemu-system-x86_64",
+        "-accel",
+        "kvm",
+        "-m",
+        "256",
+        "-nodefaults",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-kernel",
+        kernel,
+        "-append",
+        "console=ttyS0 panic=-1 root=/dev/null",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Boots `kernel` under KVM with no root file system and waits for its panic.
 fn kvm_boots(kernel: &Path) -> bool {
-    let child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "kvm",
-            "-m",
-            "256",
-            "-nodefaults",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .args(["-serial", "stdio", "-kernel"])
-        .arg(kernel)
-        .args(["-append", "console=ttyS0 panic=-1 root=/dev/null"])
+    let argv = kvm_probe_argv(&kernel.to_string_lossy());
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

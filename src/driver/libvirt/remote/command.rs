@@ -84,25 +84,8 @@ impl HostCommand {
             HostCommand::UserIds(user) => vec!["id".into(), "--".into(), user.clone()],
             HostCommand::KernelRelease => vec!["uname".into(), "-r".into()],
             HostCommand::KvmProbe { kernel, seconds } => {
-                let mut w: Vec<String> = [
-                    "timeout",
-                    &seconds.to_string(),
-                    "qemu-system-x86_64",
-                    "-accel",
-                    "kvm",
-                    "-m",
-                    "256",
-                    "-nodefaults",
-                    "-nographic",
-                    "-no-reboot",
-                    "-serial",
-                    "stdio",
-                    "-kernel",
-                ]
-                .map(String::from)
-                .to_vec();
-                w.push(kernel.clone());
-                w.extend(["-append", "console=ttyS0 panic=-1 root=/dev/null"].map(String::from));
+                let mut w = vec!["timeout".to_string(), seconds.to_string()];
+                w.extend(crate::driver::libvirt::accel::kvm_probe_argv(kernel));
                 w
             }
             HostCommand::Capture { link } => vec![
