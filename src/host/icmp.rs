@@ -6,7 +6,6 @@
 //! and collects the replies: the same packets `ping -c 1 -W 1` sends, in milliseconds.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -32,19 +31,7 @@ pub fn ping_from(
     targets: &[(IpAddr, u32)],
     timeout: Duration,
 ) -> io::Result<Vec<bool>> {
-    let ns = File::open(netns)?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // setns changes only this thread's namespace; the thread ends with the scope.
-            // SAFETY: a valid namespace fd.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Pinger::new(targets)?.run(timeout)
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("pinger thread panicked")))
-    })
+    super::netns::in_netns(netns, || Pinger::new(targets)?.run(timeout))
 }
 
 struct Pinger<'a> {

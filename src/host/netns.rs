@@ -11,6 +11,7 @@
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,25 @@ const NSFS_MAGIC: i64 = 0x6e73_6673;
 /// The bind mount of namespace `name`.
 pub fn path(name: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(name)
+}
+
+/// Runs `f` on a short-lived thread that has entered the namespace bound at `netns`: setns
+/// changes only that thread's network namespace, and sockets it opens and children it starts
+/// stay in the namespace. The calling thread's namespace never changes.
+pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let ns = std::fs::File::open(netns)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns with a valid namespace fd, on this thread only; the thread ends
+            // with the scope.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("a thread inside a namespace panicked")))
+    })
 }
 
 fn c_path(p: &Path) -> io::Result<CString> {

@@ -1,8 +1,6 @@
 //! Running programs on the host or inside a network namespace.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -59,22 +57,10 @@ pub fn run_with_input(
     netns: Option<&Path>,
     input: Option<&str>,
 ) -> io::Result<Output> {
-    let Some(netns) = netns else {
-        return run_here(argv, input);
-    };
-    let ns_file = File::open(netns)?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: setns on this thread only: it changes the network namespace of this
-            // thread, which ends when the program has run.
-            if unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            run_here(argv, input)
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("the thread running a command panicked")))
-    })
+    match netns {
+        Some(ns) => super::netns::in_netns(ns, || run_here(argv, input)),
+        None => run_here(argv, input),
+    }
 }
 
 /// Runs `argv` to completion in the calling thread's network namespace.
