@@ -110,8 +110,31 @@ impl KeyPair {
     }
 }
 
-/// How often a guest's port 22 is probed while it boots.
+/// How often a guest's sshd is tried while it boots.
 const POLL: Duration = Duration::from_millis(100);
+
+/// Tries `attempt` until it gives `Some`, fails, or `timeout` has passed (`Ok(None)`), at
+/// most ten times a second: a refused connection returns at once, and sshd is then found
+/// within a tenth of a second of listening.
+pub fn retry_until<T, E>(
+    timeout: Duration,
+    mut attempt: impl FnMut() -> Result<Option<T>, E>,
+) -> Result<Option<T>, E> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let started = Instant::now();
+        if let Some(t) = attempt()? {
+            return Ok(Some(t));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        let spent = started.elapsed();
+        if spent < POLL {
+            std::thread::sleep(POLL - spent);
+        }
+    }
+}
 
 /// Waits until `ip:22` accepts TCP connections, up to `timeout`. Probing the port first is
 /// cheaper than retrying whole SSH handshakes against a guest that is still booting.
@@ -121,23 +144,14 @@ pub fn wait_for_port(
     tick: &mut dyn FnMut(),
 ) -> Result<(), SshError> {
     let addr = SocketAddr::new(ip, 22);
-    let deadline = Instant::now() + timeout;
-    loop {
-        let attempt = Instant::now();
+    let open = retry_until(timeout, || {
         if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(SshError::Timeout { addr, timeout });
+            return Ok::<_, SshError>(Some(()));
         }
         tick();
-        // A refused connection returns at once; poll at most ten times a second (a SYN and a
-        // reset each time), so SSH starts within a tenth of a second of sshd listening.
-        let spent = attempt.elapsed();
-        if spent < POLL {
-            std::thread::sleep(POLL - spent);
-        }
-    }
+        Ok(None)
+    })?;
+    open.ok_or(SshError::Timeout { addr, timeout })
 }
 
 /// An authenticated SSH session to one guest, as root.

@@ -4,13 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use super::command::HostCommand;
 use super::{facts, lost, storage, HostLink};
 use crate::driver::libvirt::image::Image;
 use crate::driver::libvirt::seed::{self, GuestKeys, Seeding};
-use crate::driver::libvirt::ssh::{Connection, KeyPair, SshError};
+use crate::driver::libvirt::ssh::{self, Connection, KeyPair, SshError};
 use crate::driver::libvirt::{capacity, GuestDisks, LibvirtDriver};
 use crate::driver::DriverError;
 use crate::plan::GuestPlan;
@@ -111,9 +110,6 @@ pub(in crate::driver::libvirt) fn disks(
     })
 }
 
-/// How often a guest's sshd is tried through its host while it boots.
-const POLL: Duration = Duration::from_millis(100);
-
 /// Waits until the guest's sshd accepts a connection made from its host: a tunnel opens.
 pub(in crate::driver::libvirt) fn wait_for_ssh(
     driver: &LibvirtDriver,
@@ -121,41 +117,41 @@ pub(in crate::driver::libvirt) fn wait_for_ssh(
     g: &GuestPlan,
     progress: &dyn Fn(&str),
 ) -> Result<(), DriverError> {
-    let load = facts::host_load(link).unwrap_or_else(|_| capacity::HostLoad::read());
+    let lost_host = |e: super::JumpError| {
+        DriverError::new(
+            &g.name,
+            format!("waiting for it to boot: host {} was lost", link.name()),
+            e,
+        )
+    };
+    // The host's load, not this machine's: a host that cannot say is a host lost.
+    let load = facts::host_load(link).map_err(on_host(link, g, "reading the host's load"))?;
     let timeout = capacity::boot_timeout(driver.choice().is_tcg(), &load, driver.guests.len());
     let addr = SocketAddr::new(g.underlay.addr(), 22);
-    let deadline = Instant::now() + timeout;
     progress(&format!("booting on {}", link.name()));
-    loop {
-        let attempt = Instant::now();
-        match link.jump().tunnel(addr) {
-            Ok(_) => return Ok(()),
-            Err(e) if lost(&e) => {
-                return Err(DriverError::new(
-                    &g.name,
-                    format!("waiting for it to boot: host {} was lost", link.name()),
-                    e,
-                ))
-            }
-            Err(e) if Instant::now() >= deadline => {
-                let log = storage::guest_volumes(&g.instance)[2].clone();
-                return Err(driver.boot_failed(
-                    g,
-                    &format!("{log} on host {}", link.name()),
-                    format!(
-                        "timed out after {} s waiting for ssh on {addr} through host {}: {e}",
-                        timeout.as_secs(),
-                        link.name()
-                    ),
-                ));
-            }
-            Err(_) => {}
+    let mut last = None;
+    let open = ssh::retry_until(timeout, || match link.jump().tunnel(addr) {
+        Ok(_) => Ok(Some(())),
+        Err(e) if lost(&e) => Err(lost_host(e)),
+        Err(e) => {
+            last = Some(e);
+            Ok(None)
         }
-        let spent = attempt.elapsed();
-        if spent < POLL {
-            std::thread::sleep(POLL - spent);
-        }
+    })?;
+    if open.is_none() {
+        let log = storage::guest_volumes(&g.instance)[2].clone();
+        let why = last.map_or_else(String::new, |e| format!(": {e}"));
+        return Err(driver.boot_failed(
+            g,
+            &format!("{log} on host {}", link.name()),
+            format!(
+                "timed out after {} s waiting for ssh on {addr} through host {}{why}",
+                timeout.as_secs(),
+                link.name()
+            ),
+        ));
     }
+    Ok(())
 }
 
 /// An SSH connection to the guest through a `direct-tcpip` channel of its host's sshd, with
