@@ -176,23 +176,36 @@ pub fn with_probe(text: &str, p: &Probed) -> String {
 
 /// Chooses for real: the host's /dev/kvm, a probe boot through QEMU, the cache file `cache`.
 pub fn choose(setting: Accel, kernel: &Path, cache: &Path) -> Choice {
+    choose_with(setting, &HostProbe, kernel, &cache_key(kernel), cache)
+}
+
+/// [`choose`] with `probe` (this machine, or another host over SSH) and the cache `key` that
+/// names what was probed. A fresh probe is added to the cache as it is then: several hosts
+/// are probed at once, each adding its own line. A cache that cannot be written only costs
+/// the next `up` another probe.
+pub fn choose_with(
+    setting: Accel,
+    probe: &dyn KvmProbe,
+    kernel: &Path,
+    key: &str,
+    cache: &Path,
+) -> Choice {
     let text = std::fs::read_to_string(cache).unwrap_or_default();
-    let key = cache_key(kernel);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let (choice, fresh) = decide(
         setting,
-        &HostProbe,
+        probe,
         kernel,
-        &key,
-        cached_for(&text, &key),
+        key,
+        cached_for(&text, key),
         now,
         cache,
     );
     if let Some(p) = fresh {
-        // A cache that cannot be written only costs the next `up` another probe.
-        let _ = std::fs::write(cache, with_probe(&text, &p));
+        let now = std::fs::read_to_string(cache).unwrap_or_default();
+        let _ = std::fs::write(cache, with_probe(&now, &p));
     }
     choice
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use virt::connect::Connect;
 
@@ -260,30 +260,19 @@ impl KvmProbe for RemoteProbe<'_> {
 /// The accelerator for guests on the host with kernel `kernel` there: as the lab sets it, or
 /// probed there once and cached here per host name, host kernel and guest kernel.
 pub fn choose_accel(link: &HostLink, setting: Accel, kernel: &str) -> Choice {
-    let cache = accel::cache_file(&image::cache_dir());
-    let text = std::fs::read_to_string(&cache).unwrap_or_default();
     let release = link
         .run(&HostCommand::KernelRelease)
         .map(|o| o.stdout.trim().to_string())
         .unwrap_or_default();
     let key = format!("host {} {release}:{kernel}", link.name());
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (mut choice, fresh) = accel::decide(
+    let cache = accel::cache_file(&image::cache_dir());
+    let mut choice = accel::choose_with(
         setting,
         &RemoteProbe { link },
         Path::new(kernel),
         &key,
-        accel::cached_for(&text, &key),
-        now,
         &cache,
     );
-    if let Some(p) = fresh {
-        // Read again: hosts are probed at once, each adding its own line.
-        let now = std::fs::read_to_string(&cache).unwrap_or_default();
-        let _ = std::fs::write(&cache, accel::with_probe(&now, &p));
-    }
     choice.reason = format!("host {}: {}", link.name(), choice.reason);
     choice
 }
