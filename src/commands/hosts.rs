@@ -157,19 +157,16 @@ pub fn place_copies(
             weight: h.weight,
         })
         .collect();
-    let running: Vec<bool> = names.iter().map(|n| state.read(n).is_ok()).collect();
-    let new = running.iter().filter(|r| !**r).count();
-    let mut chosen = placement::place(new, &rooms)?.into_iter();
-    let placed = names
+    // A running copy is where its state says (`None`: this machine); a new one is placed.
+    let running: Vec<Option<Option<HostSpec>>> = names
         .iter()
-        .zip(&running)
-        .map(|(n, r)| {
-            if *r {
-                recorded_host(&state, n)
-            } else {
-                chosen.next().map(|i| inv.hosts[i].spec.clone())
-            }
-        })
+        .map(|n| state.read(n).ok().map(|st| st.host))
+        .collect();
+    let new = running.iter().filter(|r| r.is_none()).count();
+    let mut chosen = placement::place(new, &rooms)?.into_iter();
+    let placed = running
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| chosen.next().map(|i| inv.hosts[i].spec.clone())))
         .collect();
     Ok((placed, facts))
 }

@@ -170,11 +170,6 @@ impl Jump {
         })
     }
 
-    /// Where this connection goes.
-    pub fn login(&self) -> &SshLogin {
-        &self.login
-    }
-
     /// Why the connection ended, when it did.
     pub fn lost(&self) -> Option<String> {
         self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -146,11 +146,18 @@ pub enum UploadError {
     Read(#[source] std::io::Error),
 }
 
-/// Deletes volume `name`; false when it was not there. The pool is refreshed first: a file
-/// libvirt did not create (a console log) is a volume only once the pool has looked.
+/// Deletes volume `name`; false when it was not there. A file libvirt did not create (a
+/// console log) is a volume only once the pool has looked again: the pool is refreshed (a
+/// scan of its directory) only for a name it does not know.
 pub fn delete(pool: &StoragePool, name: &str) -> Result<bool, virt::error::Error> {
-    let _ = pool.refresh(0);
-    match volume(pool, name)? {
+    let known = match volume(pool, name)? {
+        Some(v) => Some(v),
+        None => {
+            let _ = pool.refresh(0);
+            volume(pool, name)?
+        }
+    };
+    match known {
         Some(v) => {
             v.delete(0)?;
             Ok(true)
