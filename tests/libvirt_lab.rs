@@ -202,7 +202,9 @@ fn a_guest_of_vxlabs_image_gets_the_interface_name_the_lab_gives() {
     let link = guest_says(&lab, "vm-a", &["ip", "-br", "addr", "show", "dev", "lab0"]);
     assert!(link.contains("192.168.78.2/24"), "{link}");
     let eth0 = lab.run(&["exec", "vm-a", "--", "ip", "link", "show", "dev", "eth0"]);
-    assert!(!eth0.status.success(), "eth0 is still there");
+    let said = String::from_utf8_lossy(&eth0.stderr);
+    assert_eq!(eth0.status.code(), Some(1), "eth0 is still there: {said}");
+    assert!(said.contains("Device \"eth0\" does not exist"), "{said}");
     lab.down_leaves_nothing();
 }
 

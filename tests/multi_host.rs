@@ -262,18 +262,18 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         .run(&["plan", &lab_file, "--count", "2", "--hosts", &hosts]);
     assert!(out.status.success(), "{}", text(&out));
     let plan = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        plan.contains(&format!("{LAB}-1 ")) && plan.contains("h1\n"),
-        "{plan}"
-    );
-    assert!(
-        plan.contains(&format!("{LAB}-2 ")) && plan.contains("h2\n"),
-        "{plan}"
-    );
+    for (copy, host) in [("1", "h1"), ("2", "h2")] {
+        assert!(
+            plan.lines()
+                .any(|l| l.starts_with(&format!("{LAB}-{copy} ")) && l.trim_end().ends_with(host)),
+            "copy {copy} is not placed on {host}: {plan}"
+        );
+    }
     assert!(plan.contains("copies per host: h1: 1, h2: 1"), "{plan}");
     assert_eq!(in_libvirt(), Vec::<String>::new());
 
     // The class: one copy on each host, each checked.
+    let logged_before: Vec<usize> = class.sshd.iter().map(|s| s.log().len()).collect();
     let out = class.lab.run(&[
         "up", &lab_file, "--count", "2", "--pool", POOL, "--hosts", &hosts, "--json",
     ]);
@@ -324,6 +324,14 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     };
     for (i, own, other) in [(0, "1", "2"), (1, "2", "1")] {
         let log = class.sshd[i].log();
+        // libvirt's own transport logged in to this host during up (OpenSSH's client; vxlab's
+        // connection is libssh2's): the copy's libvirt calls went over this host's URI.
+        let during_up = &log[logged_before[i]..];
+        assert!(
+            during_up.contains("remote software version OpenSSH"),
+            "libvirt never connected through host h{}'s sshd during up",
+            i + 1
+        );
         for g in ["vm-a", "vm-b"] {
             let mine = format!("target {} port 22", addr(own, g));
             let theirs = format!("target {} port 22", addr(other, g));
@@ -426,8 +434,14 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     assert!(cap.contains(&addr("2", "vm-b")), "{cap}");
 
     // reset on h2's copy forgets what the VTEPs learned and checks again.
-    let out = class.lab.run(&["reset", &format!("{LAB}-2")]);
+    // reset forgets what the VTEPs learned, through h2, and the copy checks again.
+    let out = class.lab.run(&["reset", &format!("{LAB}-2"), "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ran = common::repairs(&serde_json::from_slice(&out.stdout).unwrap());
+    for g in ["vm-a", "vm-b"] {
+        let flush = format!("{g}: ip neigh flush dev vxlan0");
+        assert!(ran.contains(&flush), "{ran:?}");
+    }
 
     // h2's sshd goes away mid-class: check names the host, not the guests.
     class.sshd[1].stop();

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{fdb_dst, vtep, Lab};
+use common::{fdb_dst, repairs, vtep, Lab};
 use serde_json::Value;
 
 /// Runs `ip ARGS` (or `bridge`) inside a guest of `lab`, as a student at its shell would.
@@ -76,21 +76,6 @@ fn up_again(lab: &Lab) -> (i32, Value) {
         )
     });
     (code, json)
-}
-
-fn repairs(report: &Value) -> Vec<String> {
-    report["repairs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            format!(
-                "{}: {}",
-                r["guest"].as_str().unwrap(),
-                r["command"]["line"].as_str().unwrap()
-            )
-        })
-        .collect()
 }
 
 fn seed(name: &str, subnet: &str) -> Lab {

@@ -219,17 +219,35 @@ fn rcu_expedited() -> String {
         .to_string()
 }
 
+/// Puts `/sys/kernel/rcu_expedited` back as the test found it, whatever happens.
+struct RestoreRcu(String);
+
+impl Drop for RestoreRcu {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/sys/kernel/rcu_expedited", &self.0);
+    }
+}
+
 #[test]
 fn down_restores_the_rcu_setting_even_after_a_vxlab_killed_while_deleting() {
-    let before = rcu_expedited();
+    let _restore = RestoreRcu(rcu_expedited());
     let lab = mesh("t-rcu", 3, 180);
     assert_eq!(lab.up().0, 0);
-    // A vxlab killed while deleting left the switch on and its record of the original.
+    // A vxlab killed while deleting left the switch on and its record of the original, 0
+    // (planted under vxlab's own lock, so no other down sees half of it).
     let run = std::path::Path::new("/run/vxlab");
     let record = run.join("rcu_expedited.previous");
-    std::fs::write(&record, &before).unwrap();
-    std::fs::write("/sys/kernel/rcu_expedited", "1").unwrap();
+    {
+        let lock = std::fs::File::create(run.join("rcu_expedited.lock")).unwrap();
+        // SAFETY: flock on a file we own.
+        assert_eq!(
+            unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+            0
+        );
+        std::fs::write(&record, "0").unwrap();
+        std::fs::write("/sys/kernel/rcu_expedited", "1").unwrap();
+    }
     lab.down_leaves_nothing();
-    assert_eq!(rcu_expedited(), before);
+    assert_eq!(rcu_expedited(), "0");
     assert!(!record.exists());
 }

@@ -304,3 +304,19 @@ pub fn image_dir() -> std::path::PathBuf {
         )
         .join("debian-12")
 }
+
+/// The repairs in an `up`, `reset` or `check` report, as `guest: command line`.
+pub fn repairs(report: &Value) -> Vec<String> {
+    report["repairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r["guest"].as_str().unwrap(),
+                r["command"]["line"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
