@@ -167,7 +167,17 @@ echo "class: up --count $CLASS of the seed lab ($((2 * CLASS)) VMs), load $(load
 t0=$(now)
 "$VXLAB" up "$f" --count "$CLASS" >/dev/null 2>"$work/class"
 t1=$(now)
-sleep 15 # idle: free page reporting hands freed guest memory back after a few seconds
+# Idle: free page reporting hands the memory guests freed back over a minute or so; the
+# figures are taken once the class's resident memory has stopped falling (under 1 % in 10 s).
+class_rss() { for pid in $(pgrep -f 'guest=vxlab-bench-vm-'); do awk '/^VmRSS/ { print $2 }' "/proc/$pid/status"; done | awk '{ s += $1 } END { print s + 0 }'; }
+settle_start=$(now); prev=$(class_rss)
+for _ in $(seq 30); do
+  sleep 10
+  cur=$(class_rss)
+  [ $(( (prev - cur) * 100 )) -lt "$cur" ] && break
+  prev=$cur
+done
+printf 'idle after %.0f s more\n' "$(echo "$(now) - $settle_start" | bc -l)"
 grep -E 'copies of|after' "$work/class" >&2
 slowest=$(awk '$4 == "up" && $5 == "and" { print $NF == "s" ? $(NF - 1) : $NF }' "$work/class" | sort -n | tail -1)
 printf 'total %.1f s, slowest copy %s s\n' "$(echo "$t1 - $t0" | bc -l)" "$slowest"
@@ -179,7 +189,7 @@ per_guest() { # LABEL: median RSS, anonymous RSS and PSS of the class's QEMUs, M
   done | sort -n | awk -v n=$((2 * CLASS)) -v d=$(( (m0 - m) / 1024 )) -v l="$1" '
     { r[NR] = $1; a[NR] = $2; p[NR] = $3 }
     END { m = int((NR + 1) / 2)
-          printf "%s, per idle guest (median of %d): RSS %d MiB, anonymous %d MiB, PSS %d MiB; host MemAvailable fell %d MiB per guest\n", l, NR, r[m], a[m], p[m], d / n }'
+          printf "%s, per idle guest (median of %d): RSS %d MiB (%d MB), anonymous %d MiB, PSS %d MiB; host MemAvailable fell %d MiB per guest\n", l, NR, r[m], r[m] * 1.048576, a[m], p[m], d / n }'
 }
 ksm=/sys/kernel/mm/ksm
 per_guest "$(if [ "$(cat $ksm/run 2>/dev/null)" = 1 ]; then echo "KSM on, not yet merged"; else echo "KSM off"; fi)"

@@ -67,7 +67,7 @@ mod tests {
         let s = render(
             "image-build.sh",
             &json!({"dir": "/tmp/a b", "suite": "bookworm", "mirror": "http://x/'; rm -rf /",
-                "build_tools": ["gcc"], "recipe": "r"}),
+                "build_tools": ["gcc"]}),
         );
         assert!(s.contains("out='/tmp/a b'"));
         assert!(s.contains("mirror='http://x/'\\''; rm -rf /'"));

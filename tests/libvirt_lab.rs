@@ -26,7 +26,16 @@ fn guest_says(lab: &Lab, guest: &str, argv: &[&str]) -> String {
 
 #[test]
 fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
-    ensure_image();
+    // The image's kernel, which these guests boot, holds no zeros for QEMU to keep resident
+    // in every guest: each loadable segment ends with content, its zeros left to zero fill.
+    let image = ensure_image();
+    let mut kernel = std::fs::read(image.join("vmlinuz")).unwrap();
+    assert_eq!(
+        vxlab::driver::libvirt::kernel::trim_segments(&mut kernel),
+        Ok(0),
+        "{}/vmlinuz still carries zeros in its file",
+        image.display()
+    );
     let lab = Lab::shipped("two-vm.yaml", "two-vm", &[]);
     let work = tempfile::tempdir().unwrap();
     let version = "6.1.0-vxlab-vm";

@@ -210,7 +210,6 @@ pub fn build(name: &str, progress: &dyn Fn(&str)) -> Result<Image, ImageError> {
             "suite": suite,
             "mirror": mirror,
             "build_tools": crate::iproute2::APT_BUILD_DEPS,
-            "recipe": RECIPE,
         }),
     );
     let script_path = dir.join("build.sh");
@@ -247,6 +246,18 @@ pub fn build(name: &str, progress: &dyn Fn(&str)) -> Result<Image, ImageError> {
             tail: Vec::from(tail).join("\n"),
         });
     }
+    let saved = super::kernel::trim(&dir.join("vmlinuz")).map_err(|e| ImageError::Build {
+        name: name.into(),
+        log: log_path.clone(),
+        tail: e,
+    })?;
+    progress(&format!(
+        "kernel: {} MiB of zeros left to QEMU's zero fill",
+        saved >> 20
+    ));
+    // Written last: an image with a recipe is a finished one.
+    std::fs::write(dir.join("recipe"), format!("{RECIPE}\n"))?;
+    progress(&format!("image ready: {}", dir.display()));
     resolve(name)
 }
 
