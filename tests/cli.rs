@@ -102,10 +102,10 @@ fn the_man_page_refers_to_no_page_that_does_not_exist() {
 fn offered(lab: &Lab, words: &[&str]) -> Vec<String> {
     let mut args = vec!["--", "vxlab"];
     args.extend(words);
-    let out = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+    let out = lab
+        .vxlab()
         .args(&args)
         .env("COMPLETE", "fish")
-        .env("VXLAB_STATE_DIR", lab.state.path())
         .current_dir(common::root())
         .output()
         .unwrap();

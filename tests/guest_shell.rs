@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::Lab;
@@ -50,7 +50,8 @@ fn exec_needs_no_dashes_keeps_streams_apart_and_returns_the_status() {
 #[test]
 fn exec_output_arrives_while_the_command_still_runs() {
     let lab = seed("t-stream", "192.168.72.");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+    let mut child = lab
+        .vxlab()
         .args([
             "exec",
             "vm-a",
@@ -58,7 +59,6 @@ fn exec_output_arrives_while_the_command_still_runs() {
             "-c",
             "echo first; sleep 5; echo second",
         ])
-        .env("VXLAB_STATE_DIR", lab.state.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -93,9 +93,9 @@ fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
          exit 3\n",
         secret.display()
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+    let mut child = lab
+        .vxlab()
         .args(["shell", "--lab", "t-shell", "vm-a"])
-        .env("VXLAB_STATE_DIR", lab.state.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

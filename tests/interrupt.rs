@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::Lab;
@@ -39,10 +39,9 @@ fn big_lab(name: &str, n: usize, net: u8) -> Lab {
 #[test]
 fn ctrl_c_during_up_stops_between_steps_and_down_removes_everything() {
     let lab = big_lab("t-int", 60, 81);
-    let child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+    let child = lab
+        .vxlab()
         .args(["up", lab.file.to_str().unwrap()])
-        .env("VXLAB_STATE_DIR", lab.state.path())
-        .env("VXLAB_CACHE_DIR", lab.cache.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -75,10 +74,9 @@ fn ctrl_c_during_up_stops_between_steps_and_down_removes_everything() {
 #[test]
 fn ctrl_c_during_ups_check_stops_it_without_calling_guests_unreachable() {
     let lab = big_lab("t-intc", 60, 82);
-    let child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+    let child = lab
+        .vxlab()
         .args(["up", lab.file.to_str().unwrap()])
-        .env("VXLAB_STATE_DIR", lab.state.path())
-        .env("VXLAB_CACHE_DIR", lab.cache.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -8,7 +8,7 @@ mod common;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use common::browser::{browser, chromedriver, screenshot, serve, type_in_terminal, wait_for};
 use common::{ensure_image, Lab};
@@ -31,9 +31,9 @@ async fn a_browser_terminal_and_a_shell_into_a_vm() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("/dev/pts/"));
 
     // vxlab shell: the prompt names lab and guest, and the exit status comes back.
-    let mut shell = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+    let mut shell = lab
+        .vxlab()
         .args(["shell", "vm-a"])
-        .env("VXLAB_STATE_DIR", lab.state.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -1,8 +1,8 @@
 //! A class bigger than one host, on this one machine: two hosts simulated honestly as two
 //! remote libvirt URIs, each through its own sshd (on 127.0.0.1 and on 127.0.0.2, started by
 //! the test with a root key it generates). vxlab treats them as two hosts: one copy of the
-//! seed lab on each, guests reached only through their host's sshd, checks, a capture on h2,
-//! a host that cannot be reached, a host lost mid-class, and `down --all` leaving nothing on
+//! seed lab on each, guests reached only through their host's sshd, checks, a capture, the
+//! serial console and a student's browser terminal on h2's copy, a host that cannot be reached, a host lost mid-class, and `down --all` leaving nothing on
 //! either. Needs root, a running libvirtd, the debian-12 image, openssh-server and
 //! virt-ssh-helper (libvirt-daemon) for libvirt's ssh transport.
 
@@ -70,9 +70,9 @@ fn in_libvirt() -> Vec<String> {
 
 /// `vxlab ARGS` with `input` typed on its standard input.
 fn typed(lab: &Lab, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+    let mut child = lab
+        .vxlab()
         .args(args)
-        .env("VXLAB_STATE_DIR", lab.state.path())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -85,6 +85,121 @@ fn typed(lab: &Lab, args: &[&str], input: &str) -> Output {
         .write_all(input.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// `vxlab console` on a guest, on a terminal of its own (`script` gives it one: virsh needs
+/// a terminal), its output gathered as it comes.
+struct Console {
+    child: std::process::Child,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Console {
+    /// Attaches, and waits until virsh says the console is connected.
+    fn attach(lab: &Lab, copy: &str, guest: &str) -> Console {
+        let command = format!(
+            "'{}' console --lab '{copy}' '{guest}'",
+            env!("CARGO_BIN_EXE_vxlab")
+        );
+        let mut child = lab
+            .command("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (mut stdout, gathered) = (child.stdout.take().unwrap(), output.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+                gathered
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut console = Console { child, output };
+        console.wait_for("Escape character");
+        console
+    }
+
+    /// Waits up to a minute for `text` in the console's output.
+    fn wait_for(&mut self, text: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if self.output.lock().unwrap().contains(text) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "the console ended ({status}) before {text:?}:\n{}",
+                    self.output.lock().unwrap()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {text:?} on the console:\n{}",
+                self.output.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Leaves the console with virsh's escape character; vxlab exits 0.
+    fn detach(mut self) {
+        self.child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(&[0x1d])
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "console: {status}\n{}",
+            self.output.lock().unwrap()
+        );
+    }
+}
+
+/// In a real browser, the student's page of `copy` (at `page`): `guest`'s terminal gives its
+/// prompt and runs a command there.
+fn browser_terminal(page: &str, copy: &str, guest: &str) {
+    use common::browser::{browser, chromedriver, screenshot, type_in_terminal, wait_for};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (_driver, port) = chromedriver();
+        let profile = tempfile::tempdir().unwrap();
+        let c = browser(port, profile.path()).await;
+        c.goto(page).await.unwrap();
+        let rows = format!("document.querySelector('#term-{guest} .xterm-rows')");
+        wait_for(
+            &c,
+            60,
+            &format!("{guest}'s prompt in the browser"),
+            &format!(
+                "const r = {rows}; return r !== null && r.innerText.includes('{copy}/{guest}#')"
+            ),
+        )
+        .await;
+        type_in_terminal(&c, guest, "hostname").await;
+        wait_for(
+            &c,
+            60,
+            &format!("{guest}'s hostname in its browser terminal"),
+            &format!(
+                "const r = {rows}; return r !== null && /\\n{guest}\\s*\\n/.test(r.innerText)"
+            ),
+        )
+        .await;
+        screenshot(&c, "multi_host", "remote-terminal.png").await;
+        c.close().await.unwrap();
+    });
 }
 
 /// The hosts and the lab; whatever happens, the copies go and the sshds stop.
@@ -410,7 +525,25 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         "{shown}"
     );
 
-    // The class server checks h2's copy as any other.
+    // vxlab console on h2's guest: the serial console, streamed by h2's libvirt; what the
+    // guest writes to its serial port shows in it.
+    let mut console = Console::attach(&class.lab, &format!("{LAB}-2"), "vm-a");
+    let marker = "vxlab-console-on-h2";
+    let out = class.lab.run(&[
+        "exec",
+        "--lab",
+        &format!("{LAB}-2"),
+        "vm-a",
+        "sh",
+        "-c",
+        &format!("echo {marker} > /dev/ttyS0"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    console.wait_for(marker);
+    console.detach();
+
+    // The class server checks h2's copy as any other, and its student's browser terminal
+    // reaches h2's guest.
     let (server, instructor) = common::browser::serve(&class.lab, &[]);
     let checked = Command::new("curl")
         .args(["-s", "-X", "POST"])
@@ -419,6 +552,20 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         .unwrap();
     let page = String::from_utf8_lossy(&checked.stdout).into_owned();
     assert!(page.contains("checks passed."), "{page}");
+    let base = instructor.split("/t/").next().unwrap().to_string();
+    let sheet = class
+        .lab
+        .run(&["sheet", LAB, "--format", "csv", "--url", &base]);
+    let sheet = String::from_utf8(sheet.stdout).unwrap();
+    let student = sheet
+        .lines()
+        .find(|l| l.starts_with(&format!("{LAB}-2,")))
+        .unwrap_or_else(|| panic!("no card for {LAB}-2: {sheet}"))
+        .split(',')
+        .nth(2)
+        .unwrap()
+        .to_string();
+    browser_terminal(&student, &format!("{LAB}-2"), "vm-a");
     drop(server);
     // The instructor's token outlives the labs on purpose (see libvirt_class.rs).
     std::fs::remove_file(class.lab.state.path().join("instructor.token")).unwrap();
@@ -463,11 +610,12 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
 
     // A host lost in the middle of up fails only its copies, and down removes what was made
     // there once it is back.
-    let up = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+    let up = class
+        .lab
+        .vxlab()
         .args([
             "up", &lab_file, "--count", "2", "--pool", POOL, "--hosts", &hosts,
         ])
-        .env("VXLAB_STATE_DIR", class.lab.state.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

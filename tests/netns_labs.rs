@@ -217,9 +217,9 @@ fn down_cleans_up_after_an_up_killed_half_way() {
         "vxlans:\n  - name: vxlan0\n    vni: 14\n    group: 239.1.1.14\n    addresses:\n{addrs}"
     ));
     let lab = Lab::from_text(&text);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+    let mut child = lab
+        .vxlab()
         .args(["up", lab.file.to_str().unwrap()])
-        .env("VXLAB_STATE_DIR", lab.state.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

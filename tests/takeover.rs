@@ -83,10 +83,8 @@ fn a_copy_never_merges_into_a_standalone_lab_of_the_same_name() {
 /// Starts `a` and `b` at once and returns their exit statuses.
 fn race(a: &Lab, b: &Lab) -> (Option<i32>, Option<i32>, String) {
     let start = |l: &Lab| {
-        Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        l.vxlab()
             .args(["up", l.file.to_str().unwrap()])
-            .env("VXLAB_STATE_DIR", l.state.path())
-            .env("VXLAB_CACHE_DIR", l.cache.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()

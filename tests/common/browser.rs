@@ -49,10 +49,10 @@ pub fn free_port() -> u16 {
 
 /// `vxlab serve` on a free port; its instructor URL.
 pub fn serve(lab: &Lab, extra: &[&str]) -> (Running, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+    let mut child = lab
+        .vxlab()
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(extra)
-        .env("VXLAB_STATE_DIR", lab.state.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

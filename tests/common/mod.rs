@@ -80,18 +80,27 @@ impl Lab {
         std::fs::write(&self.file, self.text() + extra).unwrap();
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
+    /// `program` with this lab's environment: its state and cache directories, and the
+    /// programs it puts first on PATH.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut path = self.path_first.clone();
         path.extend(std::env::split_paths(
             &std::env::var_os("PATH").unwrap_or_default(),
         ));
-        Command::new(env!("CARGO_BIN_EXE_vxlab"))
-            .args(args)
-            .env("VXLAB_STATE_DIR", self.state.path())
+        let mut c = Command::new(program);
+        c.env("VXLAB_STATE_DIR", self.state.path())
             .env("VXLAB_CACHE_DIR", self.cache.path())
-            .env("PATH", std::env::join_paths(path).unwrap())
-            .output()
-            .unwrap()
+            .env("PATH", std::env::join_paths(path).unwrap());
+        c
+    }
+
+    /// vxlab with this lab's environment.
+    pub fn vxlab(&self) -> Command {
+        self.command(env!("CARGO_BIN_EXE_vxlab"))
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.vxlab().args(args).output().unwrap()
     }
 
     pub fn up(&self) -> (i32, Value) {
