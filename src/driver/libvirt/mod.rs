@@ -585,7 +585,7 @@ fn timed_capabilities(conn: &Connect) -> Option<String> {
 
 /// The boot stage a guest's serial console shows: `vxlab-seed` is the seed unit of images
 /// vxlab builds, cloud-init announces itself on images users bring.
-fn boot_stage(console: &str) -> &'static str {
+pub(in crate::driver::libvirt) fn boot_stage(console: &str) -> &'static str {
     if console.contains("vxlab-seed") {
         "seeded, starting SSH"
     } else if console.contains("Cloud-init") || console.contains("cloud-init") {

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::command::HostCommand;
 use super::{facts, lost, storage, HostLink};
@@ -129,12 +130,24 @@ pub(in crate::driver::libvirt) fn wait_for_ssh(
     let timeout = capacity::boot_timeout(driver.choice().is_tcg(), &load, driver.guests.len());
     let addr = SocketAddr::new(g.underlay.addr(), 22);
     progress(&format!("booting on {}", link.name()));
+    // The boot's stage from the console log on the host, read once a second while sshd
+    // does not answer yet.
+    let console = console_path(link, g);
+    let (mut stage, mut look_at) = ("booting", Instant::now() + CONSOLE_LOOK);
     let mut last = None;
     let open = ssh::retry_until(timeout, || match link.jump().tunnel(addr) {
         Ok(_) => Ok(Some(())),
         Err(e) if lost(&e) => Err(lost_host(e)),
         Err(e) => {
             last = Some(e);
+            if Instant::now() >= look_at {
+                look_at = Instant::now() + CONSOLE_LOOK;
+                let now = crate::driver::libvirt::boot_stage(&tail(link, &console));
+                if now != stage {
+                    stage = now;
+                    progress(&format!("{now} on {}", link.name()));
+                }
+            }
             Ok(None)
         }
     })?;
@@ -171,8 +184,11 @@ pub(in crate::driver::libvirt) fn connect(
     Connection::over(tunnel, addr, host_key, client)
 }
 
-/// The last lines of the guest's console log on its host.
-pub(in crate::driver::libvirt) fn console_tail(link: &HostLink, g: &GuestPlan) -> String {
+/// How often a booting guest's console log is looked at on its host.
+const CONSOLE_LOOK: Duration = Duration::from_secs(1);
+
+/// Where the guest's console log is on its host: beside its disk in the pool.
+fn console_path(link: &HostLink, g: &GuestPlan) -> PathBuf {
     let pool_dir = storage::pool(link.conn())
         .ok()
         .flatten()
@@ -180,7 +196,11 @@ pub(in crate::driver::libvirt) fn console_tail(link: &HostLink, g: &GuestPlan) -
         .and_then(|v| v.get_path().ok())
         .and_then(|p| Path::new(&p).parent().map(Path::to_path_buf))
         .unwrap_or_else(|| PathBuf::from(storage::POOL_PATH));
-    let path = pool_dir.join(&storage::guest_volumes(&g.instance)[2]);
+    pool_dir.join(&storage::guest_volumes(&g.instance)[2])
+}
+
+/// The last lines of the console log at `path` on the host.
+fn tail(link: &HostLink, path: &Path) -> String {
     let tail = HostCommand::Tail {
         path: path.to_string_lossy().into_owned(),
         lines: 15,
@@ -189,6 +209,11 @@ pub(in crate::driver::libvirt) fn console_tail(link: &HostLink, g: &GuestPlan) -
         Ok(o) => o.stdout,
         Err(e) => format!("(cannot read it: {e})"),
     }
+}
+
+/// The last lines of the guest's console log on its host.
+pub(in crate::driver::libvirt) fn console_tail(link: &HostLink, g: &GuestPlan) -> String {
+    tail(link, &console_path(link, g))
 }
 
 /// Deletes a volume of the guest's on its host; false when it was gone.
