@@ -1,7 +1,8 @@
 //! The SSH connection vxlab keeps to each hypervisor of a class (`driver::libvirt::remote::jump`)
 //! against a real sshd the test starts on loopback, without libvirt or VMs: commands with
-//! their streams and exit status, many tunnels at once over the one connection (as every
-//! guest on a host shares it), the host key checked, and a host that goes away noticed.
+//! their streams and exit status, more commands at once than sshd allows sessions, many
+//! tunnels at once over the one connection (as every guest on a host shares it), the host key
+//! checked, and a host that goes away noticed.
 //! Needs root and openssh-server.
 
 mod common;
@@ -96,6 +97,25 @@ fn one_connection_carries_commands_and_many_tunnels_and_notices_a_lost_host() {
         8,
         "{log}"
     );
+    // Twenty commands at once, each holding its session a moment, on an sshd that allows
+    // ten sessions per connection (OpenSSH's default): every one runs, none is refused.
+    let ran: Vec<(i32, Vec<u8>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let jump = &jump;
+                s.spawn(move || {
+                    let (status, out, err) = jump.run(&format!("sleep 0.3; echo {i}")).unwrap();
+                    assert_eq!(err, "");
+                    (status, out)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (status, out)) in ran.iter().enumerate() {
+        assert_eq!((*status, out.as_slice()), (0, format!("{i}\n").as_bytes()));
+    }
+
     // Nothing listens there: the host's refusal comes back as such.
     let closed = TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -96,6 +96,11 @@ pub struct Jump {
 /// answer ARP yet fails in about 3 s on the hypervisor.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Commands running at once over one host's connection; more wait their turn. OpenSSH's sshd
+/// allows 10 sessions per connection unless told otherwise (`MaxSessions`); tunnels are not
+/// sessions and are never held back.
+const MAX_SESSIONS: usize = 8;
+
 /// How often an idle connection is checked with a keepalive, so a host that went away is
 /// noticed without a command.
 const KEEPALIVE_SECS: u32 = 10;
@@ -340,6 +345,8 @@ struct Opening {
 /// One open channel and its local socket pair.
 struct Pipe {
     channel: ssh2::Channel,
+    /// A session channel (a command), which sshd counts against `MaxSessions`.
+    session: bool,
     local: UnixStream,
     err: Option<UnixStream>,
     status: Option<mpsc::Sender<i32>>,
@@ -478,7 +485,12 @@ impl Pump {
     /// Advances the channel being opened, or starts the next; whether anything happened.
     fn open_next(&mut self) -> Result<bool, String> {
         if self.opening.is_none() {
-            let Some(r) = self.pending.pop_front() else {
+            let sessions = self.pipes.iter().filter(|p| p.session).count();
+            let next = self
+                .pending
+                .iter()
+                .position(|r| sessions < MAX_SESSIONS || !matches!(r.open, Open::Exec { .. }));
+            let Some(r) = next.and_then(|i| self.pending.remove(i)) else {
                 return Ok(false);
             };
             self.opening = Some(Opening {
@@ -651,6 +663,7 @@ fn new_pipe(channel: ssh2::Channel, exec: bool) -> io::Result<(Pipe, Opened)> {
     Ok((
         Pipe {
             channel,
+            session: exec,
             local: ours,
             err: err_ours,
             status: status_tx,
