@@ -117,8 +117,55 @@ pub fn write_replacing(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
+    if written.is_ok() {
+        sweep_orphans(path);
+    }
     written
 }
+
+/// Removes the temporaries of `path` that a killed process left (`kill -9` between create and
+/// rename), once per directory per process: those over a minute old (a write takes
+/// microseconds) whose process this machine's /proc no longer lists. A live writer's are left
+/// alone, and so is everything when /proc cannot tell.
+fn sweep_orphans(path: &Path) {
+    static SWEPT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    {
+        let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+        if swept.iter().any(|d| d == dir) || !Path::new("/proc/self").exists() {
+            return;
+        }
+        swept.push(dir.to_path_buf());
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix)?.strip_suffix(".tmp"))
+            .and_then(|rest| rest.split_once('.'))
+            .filter(|(_, n)| n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= ORPHAN_AGE));
+        if old && !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// How old a temporary must be before a sweep may take it for a dead writer's.
+const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {
@@ -152,6 +199,36 @@ mod tests {
         std::fs::write(sub.join("x"), "").unwrap();
         assert!(write_replacing(&sub, b"", PRIVATE).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_killed_writers_temporaries_go_and_a_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("neighbours.json");
+        // No process has pid u32::MAX (pid_max is at most 2^22).
+        let orphan = dir
+            .path()
+            .join(format!(".neighbours.json.{}.3.tmp", u32::MAX));
+        let live = dir
+            .path()
+            .join(format!(".neighbours.json.{}.999.tmp", std::process::id()));
+        let other = dir.path().join(format!(".other.json.{}.1.tmp", u32::MAX));
+        let young = dir
+            .path()
+            .join(format!(".neighbours.json.{}.4.tmp", u32::MAX));
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for p in [&orphan, &live, &other, &young] {
+            let f = std::fs::File::create(p).unwrap();
+            if p != &young {
+                f.set_modified(hour_ago).unwrap();
+            }
+        }
+        write_replacing(&f, b"{}", PRIVATE).unwrap();
+        assert!(!orphan.exists(), "a dead writer's temporary stayed");
+        assert!(live.exists(), "a live writer's temporary was removed");
+        assert!(young.exists(), "a temporary being written was removed");
+        assert!(other.exists(), "another file's temporary was touched");
+        assert_eq!(std::fs::read(&f).unwrap(), b"{}");
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub enum ImageError {
 /// What `vxlab image build` puts in an image, written into it as `recipe`; a named image
 /// built by another recipe is rebuilt, not used.
 pub const RECIPE: &str =
-    "recipe 4: vxlab.target boot, kernel command line, tar seed, PVH kernel, busybox initrd";
+    "recipe 5: vxlab.target boot, kernel command line, tar seed, trimmed PVH kernel, busybox initrd";
 
 /// A bootable image.
 #[derive(Debug, Clone, PartialEq)]
@@ -246,10 +246,17 @@ pub fn build(name: &str, progress: &dyn Fn(&str)) -> Result<Image, ImageError> {
             tail: Vec::from(tail).join("\n"),
         });
     }
-    let saved = super::kernel::trim(&dir.join("vmlinuz")).map_err(|e| ImageError::Build {
-        name: name.into(),
-        log: log_path.clone(),
-        tail: e,
+    // A kernel that cannot be trimmed goes, with why in the log: the image is then not
+    // built, not taken for one an older vxlab made.
+    let saved = super::kernel::trim(&dir.join("vmlinuz")).map_err(|e| {
+        let said = format!("vxlab: cannot trim the kernel: {e}");
+        let _ = std::io::Write::write_all(&mut log, format!("{said}\n").as_bytes());
+        let _ = std::fs::remove_file(dir.join("vmlinuz"));
+        ImageError::Build {
+            name: name.into(),
+            log: log_path.clone(),
+            tail: said,
+        }
     })?;
     progress(&format!(
         "kernel: {} MiB of zeros left to QEMU's zero fill",

@@ -142,8 +142,11 @@ pub(in crate::driver::libvirt) fn wait_for_ssh(
             last = Some(e);
             if Instant::now() >= look_at {
                 look_at = Instant::now() + CONSOLE_LOOK;
-                let now = crate::driver::libvirt::boot_stage(&tail(link, &console));
-                if now != stage {
+                // Only the log's end is read: a stage whose mark scrolled out is not undone,
+                // and a log that cannot be read says nothing.
+                let log = tail(link, &console).unwrap_or_default();
+                let now = crate::driver::libvirt::boot_stage(&log);
+                if now != stage && now != "booting" {
                     stage = now;
                     progress(&format!("{now} on {}", link.name()));
                 }
@@ -200,20 +203,17 @@ fn console_path(link: &HostLink, g: &GuestPlan) -> PathBuf {
 }
 
 /// The last lines of the console log at `path` on the host.
-fn tail(link: &HostLink, path: &Path) -> String {
+fn tail(link: &HostLink, path: &Path) -> Result<String, super::HostCallError> {
     let tail = HostCommand::Tail {
         path: path.to_string_lossy().into_owned(),
         lines: 15,
     };
-    match link.run(&tail) {
-        Ok(o) => o.stdout,
-        Err(e) => format!("(cannot read it: {e})"),
-    }
+    link.run(&tail).map(|o| o.stdout)
 }
 
 /// The last lines of the guest's console log on its host.
 pub(in crate::driver::libvirt) fn console_tail(link: &HostLink, g: &GuestPlan) -> String {
-    tail(link, &console_path(link, g))
+    tail(link, &console_path(link, g)).unwrap_or_else(|e| format!("(cannot read it: {e})"))
 }
 
 /// Deletes a volume of the guest's on its host; false when it was gone.
