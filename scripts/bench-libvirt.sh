@@ -167,15 +167,16 @@ echo "class: up --count $CLASS of the seed lab ($((2 * CLASS)) VMs), load $(load
 t0=$(now)
 "$VXLAB" up "$f" --count "$CLASS" >/dev/null 2>"$work/class"
 t1=$(now)
-# Idle: free page reporting hands the memory guests freed back over a minute or so; the
-# figures are taken once the class's resident memory has stopped falling (under 1 % in 10 s).
+# Idle: free page reporting hands the memory guests freed back in steps over a minute or
+# two; the figures are taken once the class's resident memory has not fallen by 1 % for 30 s
+# (at most 5 minutes).
 class_rss() { for pid in $(pgrep -f 'guest=vxlab-bench-vm-'); do awk '/^VmRSS/ { print $2 }' "/proc/$pid/status"; done | awk '{ s += $1 } END { print s + 0 }'; }
-settle_start=$(now); prev=$(class_rss)
+settle_start=$(now); low=$(class_rss); still=0
 for _ in $(seq 30); do
   sleep 10
   cur=$(class_rss)
-  [ $(( (prev - cur) * 100 )) -lt "$cur" ] && break
-  prev=$cur
+  if [ $(( (low - cur) * 100 )) -lt "$low" ]; then still=$((still + 1)); else still=0; low=$cur; fi
+  [ "$still" -ge 3 ] && break
 done
 printf 'idle after %.0f s more\n' "$(echo "$(now) - $settle_start" | bc -l)"
 grep -E 'copies of|after' "$work/class" >&2

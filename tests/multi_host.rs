@@ -147,7 +147,7 @@ impl Console {
         }
     }
 
-    /// Leaves the console with virsh's escape character; vxlab exits 0.
+    /// Leaves the console with virsh's escape character; vxlab exits 0 within ten seconds.
     fn detach(mut self) {
         self.child
             .stdin
@@ -155,7 +155,18 @@ impl Console {
             .unwrap()
             .write_all(&[0x1d])
             .unwrap();
-        let status = self.child.wait().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the console did not end on ^]:\n{}",
+                self.output.lock().unwrap()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
         assert!(
             status.success(),
             "console: {status}\n{}",
@@ -164,9 +175,17 @@ impl Console {
     }
 }
 
+impl Drop for Console {
+    /// A test that failed while attached leaves no `script` or virsh behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// In a real browser, the student's page of `copy` (at `page`): `guest`'s terminal gives its
-/// prompt and runs a command there.
-fn browser_terminal(page: &str, copy: &str, guest: &str) {
+/// prompt, and `cat /etc/machine-id` typed there shows `machine_id`.
+fn browser_terminal(page: &str, copy: &str, guest: &str, machine_id: &str) {
     use common::browser::{browser, chromedriver, screenshot, type_in_terminal, wait_for};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -187,13 +206,13 @@ fn browser_terminal(page: &str, copy: &str, guest: &str) {
             ),
         )
         .await;
-        type_in_terminal(&c, guest, "hostname").await;
+        type_in_terminal(&c, guest, "cat /etc/machine-id").await;
         wait_for(
             &c,
             60,
-            &format!("{guest}'s hostname in its browser terminal"),
+            &format!("{guest}'s machine-id in its browser terminal"),
             &format!(
-                "const r = {rows}; return r !== null && /\\n{guest}\\s*\\n/.test(r.innerText)"
+                "const r = {rows}; return r !== null && r.innerText.includes('\\n{machine_id}')"
             ),
         )
         .await;
@@ -527,6 +546,8 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
 
     // vxlab console on h2's guest: the serial console, streamed by h2's libvirt; what the
     // guest writes to its serial port shows in it.
+    // virsh says it is connected a moment before the stream carries output: the guest
+    // writes its line again every two seconds until it shows.
     let mut console = Console::attach(&class.lab, &format!("{LAB}-2"), "vm-a");
     let marker = "vxlab-console-on-h2";
     let out = class.lab.run(&[
@@ -536,7 +557,10 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         "vm-a",
         "sh",
         "-c",
-        &format!("echo {marker} > /dev/ttyS0"),
+        &format!(
+            "nohup sh -c 'for i in $(seq 30); do echo {marker} > /dev/ttyS0; sleep 2; done' \
+             >/dev/null 2>&1 &"
+        ),
     ]);
     assert!(out.status.success(), "{}", text(&out));
     console.wait_for(marker);
@@ -556,6 +580,7 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     let sheet = class
         .lab
         .run(&["sheet", LAB, "--format", "csv", "--url", &base]);
+    assert!(sheet.status.success(), "{}", text(&sheet));
     let sheet = String::from_utf8(sheet.stdout).unwrap();
     let student = sheet
         .lines()
@@ -565,7 +590,20 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         .nth(2)
         .unwrap()
         .to_string();
-    browser_terminal(&student, &format!("{LAB}-2"), "vm-a");
+    // The terminal reached h2's vm-a itself: its machine-id (one per guest), not h1's.
+    let machine_id = |copy: &str| {
+        let out = class
+            .lab
+            .run(&["exec", "--lab", copy, "vm-a", "cat", "/etc/machine-id"]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (on_h1, on_h2) = (
+        machine_id(&format!("{LAB}-1")),
+        machine_id(&format!("{LAB}-2")),
+    );
+    assert_ne!(on_h1, on_h2);
+    browser_terminal(&student, &format!("{LAB}-2"), "vm-a", &on_h2);
     drop(server);
     // The instructor's token outlives the labs on purpose (see libvirt_class.rs).
     std::fs::remove_file(class.lab.state.path().join("instructor.token")).unwrap();
