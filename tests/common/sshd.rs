@@ -2,7 +2,7 @@
 //! address, letting root in with a key the test generates, with its own config, host key and
 //! log (LogLevel DEBUG1 logs every direct-tcpip request) in a directory of the test's.
 
-use std::net::{IpAddr, TcpStream};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,13 +28,23 @@ fn keygen(path: &Path) {
     assert!(ok, "ssh-keygen failed");
 }
 
-/// A port free on every loopback address the tests use, 22 when it is free.
+/// A port free on every loopback address the tests use, 22 when it is free; never the same
+/// one twice in a test binary, whose tests start their sshds at once.
 pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     let free = |p: u16| {
-        ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
-            .iter()
-            .all(|a| std::net::TcpListener::bind((*a, p)).is_ok())
+        !given.contains(&p)
+            && ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+                .iter()
+                .all(|a| std::net::TcpListener::bind((*a, p)).is_ok())
     };
+    let port = find(free);
+    given.push(port);
+    port
+}
+
+fn find(free: impl Fn(u16) -> bool) -> u16 {
     if free(22) {
         return 22;
     }
@@ -92,7 +102,9 @@ impl Sshd {
 
     /// Starts it again (after [`Sshd::stop`]), with the same keys, address and port.
     pub fn restart(&mut self) {
-        let child = Command::new("/usr/sbin/sshd")
+        let listening = format!("Server listening on {} port {}", self.address, self.port);
+        let before = self.log().matches(&listening).count();
+        let mut child = Command::new("/usr/sbin/sshd")
             .args(["-D", "-f"])
             .arg(self.dir.join("sshd_config"))
             .arg("-E")
@@ -100,12 +112,22 @@ impl Sshd {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.child = Some(child);
+        // Ready when this sshd says it listens (its log is appended to at every start), not
+        // when anything answers on the port.
+        let listening = format!("Server listening on {} port {}", self.address, self.port);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((self.address, self.port)).is_err() {
-            assert!(Instant::now() < deadline, "sshd did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        while self.log().matches(&listening).count() <= before {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("sshd ended ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
     }
 
     /// Stops the listener and every session it started, as a host that goes away.
