@@ -193,11 +193,11 @@ per_guest() { # LABEL: median RSS, anonymous RSS and PSS of the class's QEMUs, M
           printf "%s, per idle guest (median of %d): RSS %d MiB (%d MB), anonymous %d MiB, PSS %d MiB; host MemAvailable fell %d MiB per guest\n", l, NR, r[m], r[m] * 1.048576, a[m], p[m], d / n }'
 }
 ksm=/sys/kernel/mm/ksm
-per_guest "$(if [ "$(cat $ksm/run 2>/dev/null)" = 1 ]; then echo "KSM on, not yet merged"; else echo "KSM off"; fi)"
+per_guest "$(if [ "$(cat $ksm/run 2>/dev/null)" = 1 ]; then echo "KSM on, $(( $(cat $ksm/pages_sharing) * 4 / 1024 )) MiB shared away so far"; else echo "KSM off"; fi)"
 if [ "$(cat $ksm/run 2>/dev/null)" = 1 ]; then
   # Two full scans merge what can be merged; at the default rate that takes a few minutes.
   scans=$(( $(cat $ksm/full_scans) + 2 ))
   for _ in $(seq 60); do [ "$(cat $ksm/full_scans)" -ge "$scans" ] && break; sleep 5; done
-  per_guest "KSM on, after two scans ($(( $(cat $ksm/pages_sharing) * 4 / 1024 )) MiB shared away)"
+  per_guest "KSM on, after two more full scans ($(( $(cat $ksm/pages_sharing) * 4 / 1024 )) MiB shared away)"
 fi
 "$VXLAB" down bench-vm --all >/dev/null 2>&1
