@@ -290,7 +290,11 @@ pub fn ensure_image() -> std::path::PathBuf {
         .output()
         .unwrap();
     // `image list` leaves out images an older vxlab built; they are rebuilt.
-    if String::from_utf8_lossy(&list.stdout).contains("debian-12") {
+    let listed = String::from_utf8_lossy(&list.stdout).into_owned();
+    if listed
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some("debian-12"))
+    {
         return dir;
     }
     let build = std::process::Command::new(env!("CARGO_BIN_EXE_vxlab"))
