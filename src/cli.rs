@@ -284,6 +284,9 @@ pub enum HostsCommand {
         /// Count the copies of this lab each host can take, and check its image.
         #[arg(long, add = ArgValueCompleter::new(complete::lab_files))]
         lab: Option<PathBuf>,
+        /// Print the hosts as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Copy the guest image to every host that lacks it (a storage volume upload), and
     /// check its checksum there.
@@ -429,8 +432,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             None => commands::plan(&lab, json),
         },
         Command::Hosts {
-            command: HostsCommand::Check { file, lab },
-        } => commands::hosts::check(file.as_deref(), lab.as_deref()),
+            command: HostsCommand::Check { file, lab, json },
+        } => commands::hosts::check(file.as_deref(), lab.as_deref(), json),
         Command::Hosts {
             command: HostsCommand::Prepare { file, lab },
         } => commands::hosts::prepare(file.as_deref(), lab.as_deref()),

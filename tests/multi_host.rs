@@ -365,6 +365,30 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         table.contains("not ready:\n  h3: cannot be reached"),
         "{table}"
     );
+    // The same facts as JSON, for a script: h1 and h2 ready, with room for copies of the
+    // lab; h3 not reachable, and why.
+    let out = class
+        .lab
+        .run(&["hosts", "check", &three, "--lab", &lab_file, "--json"]);
+    assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+    let facts: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = facts["hosts"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|h| h["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["h1", "h2", "h3"]);
+    for h in &rows[..2] {
+        assert_eq!(h["ready"], true, "{h}");
+        assert_eq!(h["image"]["state"], "same-checksum", "{h}");
+        assert!(h["copies_fit"].as_u64().unwrap() >= 1, "{h}");
+    }
+    assert_eq!(rows[2]["reachable"], false);
+    assert!(
+        rows[2]["blocker"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot be reached"),
+        "{}",
+        rows[2]
+    );
 
     // A class bigger than both hosts is refused with what would fit, nothing created.
     let out = class.lab.run(&[

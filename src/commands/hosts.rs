@@ -245,8 +245,8 @@ fn local_sums(image: &Image) -> Result<[String; 3]> {
     Ok([one(&image.disk)?, one(&image.kernel)?, one(&image.initrd)?])
 }
 
-/// `vxlab hosts check [FILE] [--lab LAB]`: every host at once, one row each.
-pub fn check(file: Option<&Path>, lab: Option<&Path>) -> Result<u8> {
+/// `vxlab hosts check [FILE] [--lab LAB] [--json]`: every host at once, one row each.
+pub fn check(file: Option<&Path>, lab: Option<&Path>, json: bool) -> Result<u8> {
     super::require_root("hosts check")?;
     let path = inventory_path(file)
         .context("name the host inventory: `vxlab hosts check hosts.yaml`, or set VXLAB_HOSTS")?;
@@ -261,10 +261,12 @@ pub fn check(file: Option<&Path>, lab: Option<&Path>) -> Result<u8> {
             .map_err(|e| e.why)
             .and_then(|l| facts::survey(&l, Some(&image), lab.as_ref(), Some(&sums))),
     });
-    print!(
-        "{}",
-        survey::table(&facts, lab.as_ref().map(|l| l.name.as_str()))
-    );
+    let lab_name = lab.as_ref().map(|l| l.name.as_str());
+    if json {
+        println!("{:#}", survey::json(&facts, lab_name));
+    } else {
+        print!("{}", survey::table(&facts, lab_name));
+    }
     Ok(if facts.iter().all(|f| f.blocker().is_none()) {
         exit::OK
     } else {

@@ -177,6 +177,56 @@ pub fn table(hosts: &[HostFacts], lab: Option<&str>) -> String {
     out
 }
 
+/// What `vxlab hosts check --json` prints: the table's facts, one object per host, each with
+/// `ready` and, when not, the `blocker` the table names.
+pub fn json(hosts: &[HostFacts], lab: Option<&str>) -> serde_json::Value {
+    use serde_json::json;
+    let rows: Vec<serde_json::Value> = hosts
+        .iter()
+        .map(|h| {
+            let mut row = json!({
+                "name": h.name,
+                "uri": h.uri,
+                "reachable": h.reached.is_ok(),
+                "ready": h.blocker().is_none(),
+                "blocker": h.blocker(),
+            });
+            match &h.reached {
+                Err(why) => row["error"] = json!(why),
+                Ok(r) => {
+                    let (image, files, why) = match &r.image {
+                        ImageState::Same => ("same-checksum", Vec::new(), None),
+                        ImageState::SameSize => ("same-size", Vec::new(), None),
+                        ImageState::Missing(f) => ("missing", f.clone(), None),
+                        ImageState::Different(f) => ("differs", f.clone(), None),
+                        ImageState::Unknown(why) => ("unknown", Vec::new(), Some(why.clone())),
+                    };
+                    let (kvm, kvm_why) = match &r.kvm {
+                        KvmAccess::Usable => ("usable", None),
+                        KvmAccess::NoDevice => ("none", None),
+                        KvmAccess::NotOpenable(why) => ("not-usable", Some(why.clone())),
+                        KvmAccess::Unknown(why) => ("unknown", Some(why.clone())),
+                    };
+                    row["libvirt"] = json!(r.libvirt);
+                    row["cpus"] = json!(r.cpus);
+                    row["busy_cores"] = json!(r.busy_cores);
+                    row["available_mib"] = json!(r.available_mib);
+                    row["accel"] = json!({"mode": r.accel.0, "why": r.accel.1});
+                    row["image"] = json!({"state": image, "files": files, "why": why});
+                    row["kvm"] = json!({"state": kvm, "why": kvm_why});
+                    row["missing_programs"] = json!(r.missing);
+                    if let Some((copies, cost)) = r.fit {
+                        row["copies_fit"] = json!(copies);
+                        row["copy_cost_mib"] = json!(cost);
+                    }
+                }
+            }
+            row
+        })
+        .collect();
+    json!({ "lab": lab, "hosts": rows })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,12 +245,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_table_has_a_row_per_host_and_names_what_keeps_a_host_out() {
+    fn three_hosts() -> [HostFacts; 3] {
         let mut h2 = reached();
         h2.image = ImageState::Missing(vec!["debian-12.qcow2".into()]);
         h2.missing = vec!["tcpdump"];
-        let hosts = [
+        [
             HostFacts {
                 name: "h1".into(),
                 uri: "qemu+ssh://root@h1/system".into(),
@@ -216,7 +265,12 @@ mod tests {
                 uri: "qemu+ssh://root@h3/system".into(),
                 reached: Err("ssh: connect to host 127.0.0.3 port 22: Connection refused".into()),
             },
-        ];
+        ]
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_host_and_names_what_keeps_a_host_out() {
+        let hosts = three_hosts();
         let t = table(&hosts, Some("two-vm"));
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("HOST") && lines[0].ends_with("COPIES OF two-vm"));
@@ -235,5 +289,39 @@ mod tests {
         );
         assert!(t.contains("  h3: cannot be reached: ssh: connect"), "{t}");
         assert!(hosts[0].blocker().is_none());
+    }
+
+    #[test]
+    fn the_json_has_the_same_facts_and_blockers() {
+        let v = json(&three_hosts(), Some("two-vm"));
+        assert_eq!(v["lab"], "two-vm");
+        let h = v["hosts"].as_array().unwrap();
+        assert_eq!(h.len(), 3);
+        assert_eq!(h[0]["ready"], true);
+        assert_eq!(h[0]["blocker"], serde_json::Value::Null);
+        assert_eq!(h[0]["image"]["state"], "same-checksum");
+        assert_eq!(h[0]["accel"]["mode"], "tcg");
+        assert_eq!(
+            (h[0]["copies_fit"].clone(), h[0]["copy_cost_mib"].clone()),
+            (40.into(), 468.into())
+        );
+        assert_eq!(h[0]["available_mib"], 22_528);
+        assert_eq!(h[1]["ready"], false);
+        assert_eq!(h[1]["image"]["files"][0], "debian-12.qcow2");
+        assert_eq!(h[1]["missing_programs"][0], "tcpdump");
+        assert!(h[1]["blocker"]
+            .as_str()
+            .unwrap()
+            .contains("vxlab hosts prepare"));
+        assert_eq!(h[2]["reachable"], false);
+        assert!(h[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Connection refused"));
+        assert!(h[2]["blocker"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot be reached"));
+        assert!(h[2].get("cpus").is_none());
     }
 }
