@@ -520,7 +520,7 @@ pub fn up_instances(
         _ => (4, None),
     };
     let results = if inventory.is_some() {
-        up_on_hosts(&base, &labs, &placed, &facts, |i| {
+        up_on_hosts(&labs, &placed, &facts, |i| {
             up_one(&labs[i], path, &text, &ui, placed[i].as_ref())
         })
     } else {
@@ -590,7 +590,6 @@ pub fn up_instances(
 /// connections, each host as many copies at a time as its free cores boot well. One host's
 /// failures stay its copies'.
 fn up_on_hosts<R: Send>(
-    base: &Lab,
     labs: &[Lab],
     placed: &[Option<HostSpec>],
     facts: &[crate::hosts::survey::HostFacts],
@@ -609,7 +608,7 @@ fn up_on_hosts<R: Send>(
         let handles: Vec<_> = groups
             .iter()
             .map(|(host, copies)| {
-                let width = host.as_ref().map_or(1, |h| hosts::width(facts, h, base));
+                let width = host.as_ref().map_or(1, |h| hosts::width(facts, h));
                 s.spawn(move || {
                     let done = crate::parallel::parallel_map(copies, width, |&i| {
                         let on = host.as_deref().unwrap_or("this machine");

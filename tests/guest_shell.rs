@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -93,20 +93,7 @@ fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
          exit 3\n",
         secret.display()
     );
-    let mut child = lab
-        .vxlab()
-        .args(["shell", "--lab", "t-shell", "vm-a"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = lab.typed(&["shell", "--lab", "t-shell", "vm-a"], &script);
     // Without bash's bracketed-paste switches around each command line.
     let shown = text(&out.stdout)
         .replace("\x1b[?2004h", "")

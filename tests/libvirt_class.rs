@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 
 use common::browser::{browser, chromedriver, screenshot, serve, type_in_terminal, wait_for};
 use common::{ensure_image, Lab};
@@ -31,20 +29,7 @@ async fn a_browser_terminal_and_a_shell_into_a_vm() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("/dev/pts/"));
 
     // vxlab shell: the prompt names lab and guest, and the exit status comes back.
-    let mut shell = lab
-        .vxlab()
-        .args(["shell", "vm-a"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    shell
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"stty size; hostname; exit 4\n")
-        .unwrap();
-    let out = shell.wait_with_output().unwrap();
+    let out = lab.typed(&["shell", "vm-a"], "stty size; hostname; exit 4\n");
     let shown = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     assert_eq!(out.status.code(), Some(4), "{shown}");
     assert!(shown.contains("term-vm/vm-a# "), "{shown}");

@@ -68,25 +68,6 @@ fn in_libvirt() -> Vec<String> {
     left
 }
 
-/// `vxlab ARGS` with `input` typed on its standard input.
-fn typed(lab: &Lab, args: &[&str], input: &str) -> Output {
-    let mut child = lab
-        .vxlab()
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
 /// `vxlab console` on a guest, on a terminal of its own (`script` gives it one: virsh needs
 /// a terminal), its output gathered as it comes.
 struct Console {
@@ -538,11 +519,9 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     );
 
     // vxlab ssh reaches h2's guest through h2's sshd (a ProxyCommand), its key pinned.
-    let out = typed(
-        &class.lab,
-        &["ssh", "--lab", &format!("{LAB}-2"), "vm-a"],
-        "hostname\n",
-    );
+    let out = class
+        .lab
+        .typed(&["ssh", "--lab", &format!("{LAB}-2"), "vm-a"], "hostname\n");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -552,8 +531,7 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     );
 
     // vxlab shell on h2's guest: the students' shell, its exit status back.
-    let out = typed(
-        &class.lab,
+    let out = class.lab.typed(
         &["shell", "--lab", &format!("{LAB}-2"), "vm-b"],
         "hostname; exit 4\n",
     );

@@ -13,11 +13,10 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::exit;
-use crate::driver::libvirt::capacity::HostLoad;
 use crate::driver::libvirt::image::{self, Image};
 use crate::driver::libvirt::remote::{self, facts, storage, HostLink, HostUnreachable};
 use crate::hosts::placement::{self, HostRoom};
-use crate::hosts::survey::{self, HostFacts, ImageState, Reached};
+use crate::hosts::survey::{self, HostFacts, ImageState};
 use crate::hosts::{inventory, HostSpec, Inventory, HOSTS_ENV};
 use crate::lab::Lab;
 use crate::parallel::parallel_map;
@@ -149,7 +148,7 @@ pub fn place_copies(
                 .as_ref()
                 .ok()
                 .and_then(|r| r.fit)
-                .map_or(0, |(n, _)| n),
+                .map_or(0, |f| f.copies),
             running: on_host
                 .iter()
                 .filter(|n| n.as_deref() == Some(&h.spec.name))
@@ -185,23 +184,13 @@ fn survey_all(
     })
 }
 
-/// How many copies a host brings up at once: as many as its free cores boot well.
-pub fn width(facts: &[HostFacts], host: &str, base: &Lab) -> usize {
-    let Some(Ok(r)) = facts.iter().find(|f| f.name == host).map(|f| &f.reached) else {
-        return 1;
-    };
-    let load = load_of(r);
-    let memory: Vec<u64> = base.guests.iter().map(|g| g.memory_mib).collect();
-    crate::driver::libvirt::capacity::plan_class(&base.name, &memory, r.accel.0 != "kvm", 0, &load)
-        .map_or(1, |p| p.width.max(1))
-}
-
-fn load_of(r: &Reached) -> HostLoad {
-    HostLoad {
-        cores: r.cpus,
-        load: r.busy_cores,
-        available_mib: r.available_mib,
-    }
+/// How many copies a host brings up at once, as its survey worked out for the lab.
+pub fn width(facts: &[HostFacts], host: &str) -> usize {
+    facts
+        .iter()
+        .find(|f| f.name == host)
+        .and_then(|f| f.reached.as_ref().ok()?.fit)
+        .map_or(1, |f| f.width)
 }
 
 /// The placement as `plan` prints it: each copy and its host, then each host's count.
@@ -245,15 +234,42 @@ fn local_sums(image: &Image) -> Result<[String; 3]> {
     Ok([one(&image.disk)?, one(&image.kernel)?, one(&image.initrd)?])
 }
 
+/// What `vxlab hosts check|prepare [FILE] [--lab LAB]` works on: the inventory, the lab, its image and
+/// the image's checksums here; all read, and refused if bad, before any host is reached.
+struct HostsArgs {
+    inv: Inventory,
+    lab: Option<Lab>,
+    image: Image,
+    sums: [String; 3],
+}
+
+impl HostsArgs {
+    fn read(command: &'static str, file: Option<&Path>, lab: Option<&Path>) -> Result<HostsArgs> {
+        super::require_root(command)?;
+        let path = inventory_path(file).with_context(|| {
+            format!("name the host inventory: `vxlab {command} hosts.yaml`, or set VXLAB_HOSTS")
+        })?;
+        let inv = load(&path)?;
+        let lab = lab.map(super::load).transpose()?;
+        let image = image_named(lab.as_ref())?;
+        let sums = local_sums(&image)?;
+        Ok(HostsArgs {
+            inv,
+            lab,
+            image,
+            sums,
+        })
+    }
+}
+
 /// `vxlab hosts check [FILE] [--lab LAB] [--json]`: every host at once, one row each.
 pub fn check(file: Option<&Path>, lab: Option<&Path>, json: bool) -> Result<u8> {
-    super::require_root("hosts check")?;
-    let path = inventory_path(file)
-        .context("name the host inventory: `vxlab hosts check hosts.yaml`, or set VXLAB_HOSTS")?;
-    let inv = load(&path)?;
-    let lab = lab.map(super::load).transpose()?;
-    let image = image_named(lab.as_ref())?;
-    let sums = local_sums(&image)?;
+    let HostsArgs {
+        inv,
+        lab,
+        image,
+        sums,
+    } = HostsArgs::read("hosts check", file, lab)?;
     let facts: Vec<HostFacts> = parallel_map(&inv.hosts, inv.hosts.len().max(1), |h| HostFacts {
         name: h.spec.name.clone(),
         uri: h.spec.uri.clone(),
@@ -277,14 +293,10 @@ pub fn check(file: Option<&Path>, lab: Option<&Path>, json: bool) -> Result<u8> 
 /// `vxlab hosts prepare [FILE] [--lab LAB]`: the image to every host that lacks it (or has
 /// another), through storage volume uploads, then checked by checksum.
 pub fn prepare(file: Option<&Path>, lab: Option<&Path>) -> Result<u8> {
-    super::require_root("hosts prepare")?;
-    let path = inventory_path(file)
-        .context("name the host inventory: `vxlab hosts prepare hosts.yaml`, or set VXLAB_HOSTS")?;
-    let inv = load(&path)?;
-    let lab = lab.map(super::load).transpose()?;
-    let image = image_named(lab.as_ref())?;
+    let HostsArgs {
+        inv, image, sums, ..
+    } = HostsArgs::read("hosts prepare", file, lab)?;
     let links = connect_all(&inv)?;
-    let sums = local_sums(&image)?;
     let mut failed = 0;
     // One host at a time: the image goes out over this machine's one uplink either way.
     for link in &links {

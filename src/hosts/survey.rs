@@ -80,8 +80,19 @@ pub struct Reached {
     pub kvm: KvmAccess,
     /// Programs vxlab needs there that are missing.
     pub missing: Vec<&'static str>,
-    /// How many more copies of the lab fit, and what one costs (MiB).
-    pub fit: Option<(usize, u64)>,
+    /// Room for copies of the lab, when a lab was named.
+    pub fit: Option<Fit>,
+}
+
+/// What a host has room for: copies of one lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fit {
+    /// How many more copies fit.
+    pub copies: usize,
+    /// What one copy costs, MiB.
+    pub cost_mib: u64,
+    /// How many of them it brings up at once (as many as its free cores boot well).
+    pub width: usize,
 }
 
 /// One host as `hosts check` found it.
@@ -148,7 +159,7 @@ pub fn table(hosts: &[HostFacts], lab: Option<&str>) -> String {
                     format!("missing {}", r.missing.join(","))
                 };
                 let fit = match r.fit {
-                    Some((n, cost)) => format!("{n} (about {cost} MiB each)"),
+                    Some(f) => format!("{} (about {} MiB each)", f.copies, f.cost_mib),
                     None => "-".into(),
                 };
                 let _ = writeln!(
@@ -215,9 +226,9 @@ pub fn json(hosts: &[HostFacts], lab: Option<&str>) -> serde_json::Value {
                     row["image"] = json!({"state": image, "files": files, "why": why});
                     row["kvm"] = json!({"state": kvm, "why": kvm_why});
                     row["missing_programs"] = json!(r.missing);
-                    if let Some((copies, cost)) = r.fit {
-                        row["copies_fit"] = json!(copies);
-                        row["copy_cost_mib"] = json!(cost);
+                    if let Some(f) = r.fit {
+                        row["copies_fit"] = json!(f.copies);
+                        row["copy_cost_mib"] = json!(f.cost_mib);
                     }
                 }
             }
@@ -241,7 +252,11 @@ mod tests {
             image: ImageState::Same,
             kvm: KvmAccess::Usable,
             missing: Vec::new(),
-            fit: Some((40, 468)),
+            fit: Some(Fit {
+                copies: 40,
+                cost_mib: 468,
+                width: 1,
+            }),
         }
     }
 

@@ -103,6 +103,27 @@ impl Lab {
         self.vxlab().args(args).output().unwrap()
     }
 
+    /// `vxlab ARGS` with `input` typed on its standard input, then closed.
+    pub fn typed(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = self
+            .vxlab()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     pub fn up(&self) -> (i32, Value) {
         let out = self.run(&["up", "--json", self.file.to_str().unwrap()]);
         let code = out.status.code().unwrap_or(-1);

@@ -22,6 +22,7 @@ pub mod capacity;
 pub mod image;
 pub mod kernel;
 pub mod preflight;
+mod pump;
 pub mod remote;
 pub mod seed;
 pub mod shell;

@@ -6,10 +6,10 @@
 //! `poll` on the SSH socket and on local socket pairs that carry input, output and control.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 
+use super::pump::{self, would_block};
 use super::LibvirtDriver;
 use crate::driver::DriverError;
 use crate::plan::{shell_words, GuestPlan};
@@ -157,17 +157,9 @@ struct Pump {
     shared: Arc<Shared>,
 }
 
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
-}
-
-/// What an ssh2 call came to in non-blocking mode.
+/// Whether a non-blocking ssh2 call is done (rather than not yet).
 fn done(r: Result<(), ssh2::Error>) -> io::Result<bool> {
-    match r.map_err(io::Error::from) {
-        Ok(()) => Ok(true),
-        Err(e) if would_block(&e) => Ok(false),
-        Err(e) => Err(e),
-    }
+    pump::progress(r).map(|d| d.is_some())
 }
 
 impl Pump {
@@ -267,41 +259,12 @@ impl Pump {
     /// Sleeps until the SSH socket, the input (when `want_input`) or the control pipe has
     /// something; with `busy`, for at most 20 ms, to retry what libssh2 could not do yet.
     fn wait_for_something(&self, want_input: bool, busy: bool) -> io::Result<()> {
-        let dirs = self.session.block_directions();
-        let mut ssh_events = libc::POLLIN;
-        if matches!(
-            dirs,
-            ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both
-        ) {
-            ssh_events |= libc::POLLOUT;
-        }
         let mut fds = [
-            libc::pollfd {
-                fd: self.session.as_raw_fd(),
-                events: ssh_events,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.stdin.as_raw_fd(),
-                events: if want_input { libc::POLLIN } else { 0 },
-                revents: 0,
-            },
+            pump::session_fd(&self.session, libc::POLLIN),
+            pump::readable(&self.wake, true),
+            pump::readable(&self.stdin, want_input),
         ];
-        let timeout = if busy { 20 } else { -1 };
-        // SAFETY: poll on three valid pollfd entries.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-        Ok(())
+        pump::wait(&mut fds, if busy { 20 } else { -1 })
     }
 }
 

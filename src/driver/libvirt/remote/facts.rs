@@ -17,7 +17,7 @@ use crate::driver::libvirt::accel::{self, Choice, KvmProbe};
 use crate::driver::libvirt::capacity::{self, HostLoad};
 use crate::driver::libvirt::image::{self, Image};
 use crate::driver::libvirt::preflight::{self, QemuUser};
-use crate::hosts::survey::{ImageState, KvmAccess, Reached};
+use crate::hosts::survey::{Fit, ImageState, KvmAccess, Reached};
 use crate::lab::{Accel, Lab};
 
 /// Programs vxlab runs on a host: `ip` for its routes, `tcpdump` for captures, `qemu-img`
@@ -306,8 +306,16 @@ pub fn survey(
         let memory: Vec<u64> = l.guests.iter().map(|g| g.memory_mib).collect();
         let tcg = accel.0 != "kvm";
         match capacity::plan_class(&l.name, &memory, tcg, 0, &load) {
-            Ok(p) => (p.fit, p.copy_cost_mib),
-            Err(e) => (e.fit, e.cost),
+            Ok(p) => Fit {
+                copies: p.fit,
+                cost_mib: p.copy_cost_mib,
+                width: p.width.max(1),
+            },
+            Err(e) => Fit {
+                copies: e.fit,
+                cost_mib: e.cost,
+                width: 1,
+            },
         }
     });
     Ok(Reached {

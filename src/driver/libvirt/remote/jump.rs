@@ -19,6 +19,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::driver::libvirt::pump::{self, progress, would_block};
+
 pub use crate::hosts::inventory::SshLogin;
 
 /// Why the connection to a hypervisor's sshd failed or ended.
@@ -376,25 +378,6 @@ struct Pump {
     next_keepalive: Instant,
 }
 
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
-}
-
-/// What an ssh2 call came to in non-blocking mode: done, not yet, or failed.
-fn progress<T>(r: Result<T, ssh2::Error>) -> Result<Option<T>, io::Error> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(e) => {
-            let e = io::Error::from(e);
-            if would_block(&e) {
-                Ok(None)
-            } else {
-                Err(e)
-            }
-        }
-    }
-}
-
 impl Pump {
     fn run(mut self) {
         let why = self.drive();
@@ -558,24 +541,9 @@ impl Pump {
     /// for at most 20 ms, to retry what libssh2 could not do yet.
     fn wait(&self, busy: bool) -> Result<(), String> {
         // POLLRDHUP: a server that went away shows as a half-closed socket.
-        let mut ssh_events = libc::POLLIN | libc::POLLRDHUP;
-        if matches!(
-            self.session.block_directions(),
-            ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both
-        ) {
-            ssh_events |= libc::POLLOUT;
-        }
         let mut fds = vec![
-            libc::pollfd {
-                fd: self.session.as_raw_fd(),
-                events: ssh_events,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            pump::session_fd(&self.session, libc::POLLIN | libc::POLLRDHUP),
+            pump::readable(&self.wake, true),
         ];
         for p in &self.pipes {
             let mut events = 0;
@@ -611,14 +579,7 @@ impl Pump {
         } else {
             100
         };
-        // SAFETY: poll on a vector of valid pollfd entries, its length passed with it.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e.to_string());
-            }
-        }
+        pump::wait(&mut fds, timeout).map_err(|e| e.to_string())?;
         if fds[0].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL | libc::POLLRDHUP) != 0
         {
             return Err("the server closed the connection".into());
