@@ -258,3 +258,51 @@ fn an_image_a_user_brings_boots_through_cloud_init_nocloud() {
     );
     lab.down_leaves_nothing();
 }
+
+#[test]
+fn a_guest_whose_kernel_panics_is_started_again_once_then_up_says_why() {
+    // An image a user brought whose initrd is not one: the kernel cannot reach its root file
+    // system and panics, every time. vxlab starts the guest again once (a panic under a loaded
+    // emulator can pass), then stops waiting and says why, instead of waiting out the boot's
+    // whole time limit.
+    let built = ensure_image();
+    let brought = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(brought.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in ["base.qcow2", "vmlinuz"] {
+        std::os::unix::fs::symlink(built.join(f), brought.path().join(f)).unwrap();
+    }
+    std::fs::write(brought.path().join("initrd.img"), b"not an initramfs\n").unwrap();
+    let image = brought.path().join("base.qcow2");
+    let lab = Lab::shipped(
+        "two-vm.yaml",
+        "panics",
+        &[
+            ("192.168.10.", "192.168.78."),
+            ("image: debian-12", &format!("image: {}", image.display())),
+            ("  vm-b: { address: 192.168.78.3 }\n", ""),
+            ("      vm-b: 192.168.42.3/24\n", ""),
+        ],
+    );
+    std::fs::set_permissions(lab.state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = lab.run(&["up", lab.file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up passed with a panicking kernel");
+    assert!(
+        stderr.contains("vm-a: its kernel panicked: VFS: Unable to mount root fs")
+            && stderr.contains("starting it again"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("timed out"),
+        "up waited out the boot: {stderr}"
+    );
+    // Two boots, two panics, on the console.
+    let console =
+        std::fs::read_to_string(lab.state.path().join("panics/guests/vm-a/console.log")).unwrap();
+    assert_eq!(
+        console.matches("end Kernel panic - not syncing").count(),
+        2,
+        "{console}"
+    );
+    lab.down_leaves_nothing();
+}

@@ -7,6 +7,7 @@
 //! state records before it is written.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -18,6 +19,7 @@ use virt::domain::Domain;
 use virt::error::ErrorNumber;
 
 pub mod accel;
+mod boot;
 pub mod capacity;
 pub mod image;
 pub mod kernel;
@@ -441,7 +443,8 @@ impl LibvirtDriver {
         Ok(conn)
     }
 
-    /// Waits for a guest on this machine to answer on port 22, following its console log.
+    /// Waits for a guest on this machine to answer on port 22, following its console log:
+    /// its stages are said, and a kernel that panics is restarted once, then is a failure.
     fn wait_for_boot(&self, g: &GuestPlan, progress: &dyn Fn(&str)) -> Result<(), DriverError> {
         let log = self.guest_dir(g).join("console.log");
         let timeout = capacity::boot_timeout(
@@ -449,19 +452,60 @@ impl LibvirtDriver {
             &capacity::HostLoad::read(),
             self.guests.len(),
         );
-        let mut stage = "booting";
-        ssh::wait_for_port(g.underlay.addr(), timeout, &mut || {
-            let now = boot_stage(&std::fs::read_to_string(&log).unwrap_or_default());
-            if now != stage {
-                stage = now;
-                progress(now);
+        let addr = SocketAddr::new(g.underlay.addr(), 22);
+        let mut watch = boot::BootWatch::default();
+        let open = ssh::retry_until(timeout, || {
+            if ssh::port_open(addr) {
+                return Ok(Some(()));
             }
+            let console = std::fs::read_to_string(&log).unwrap_or_default();
+            self.act_on(
+                g,
+                watch.look(&console),
+                &log.display().to_string(),
+                progress,
+            )?;
+            Ok(None)
+        })?;
+        open.map(drop).ok_or_else(|| {
+            let e = ssh::SshError::Timeout { addr, timeout };
+            self.boot_failed(g, &log.display().to_string(), e)
         })
-        .map_err(|e| self.boot_failed(g, &log.display().to_string(), e))
+    }
+
+    /// Does what a look at a booting guest's console calls for: says a new stage, restarts a
+    /// guest whose kernel panicked, or gives up on it.
+    pub(in crate::driver::libvirt) fn act_on(
+        &self,
+        g: &GuestPlan,
+        look: boot::Look,
+        log: &str,
+        progress: &dyn Fn(&str),
+    ) -> Result<(), DriverError> {
+        let on = self
+            .host_name()
+            .map_or_else(String::new, |h| format!(" on {h}"));
+        match look {
+            boot::Look::Same => Ok(()),
+            boot::Look::Stage(stage) => {
+                progress(&format!("{stage}{on}"));
+                Ok(())
+            }
+            boot::Look::Restart(why) => {
+                (self.say)(&format!("{}: {why}; starting it again", g.name));
+                progress(&format!("restarting{on}"));
+                let dom = Domain::lookup_by_name(&self.conn, &g.instance)
+                    .map_err(err(&g.name, "looking up its domain"))?;
+                dom.reset()
+                    .map_err(err(&g.name, "restarting it after its kernel panicked"))?;
+                Ok(())
+            }
+            boot::Look::Failed(why) => Err(self.boot_failed(g, log, why)),
+        }
     }
 
     /// A guest that did not come up, with the end of its console.
-    fn boot_failed(
+    pub(in crate::driver::libvirt) fn boot_failed(
         &self,
         g: &GuestPlan,
         log: &str,
@@ -582,18 +626,6 @@ fn timed_capabilities(conn: &Connect) -> Option<String> {
         return None;
     }
     preflight::explain_slow_capabilities(first, time())
-}
-
-/// The boot stage a guest's serial console shows: `vxlab-seed` is the seed unit of images
-/// vxlab builds, cloud-init announces itself on images users bring.
-pub(in crate::driver::libvirt) fn boot_stage(console: &str) -> &'static str {
-    if console.contains("vxlab-seed") {
-        "seeded, starting SSH"
-    } else if console.contains("Cloud-init") || console.contains("cloud-init") {
-        "cloud-init"
-    } else {
-        "booting"
-    }
 }
 
 impl Driver for LibvirtDriver {

@@ -136,22 +136,10 @@ pub fn retry_until<T, E>(
     }
 }
 
-/// Waits until `ip:22` accepts TCP connections, up to `timeout`. Probing the port first is
-/// cheaper than retrying whole SSH handshakes against a guest that is still booting.
-pub fn wait_for_port(
-    ip: IpAddr,
-    timeout: Duration,
-    tick: &mut dyn FnMut(),
-) -> Result<(), SshError> {
-    let addr = SocketAddr::new(ip, 22);
-    let open = retry_until(timeout, || {
-        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-            return Ok::<_, SshError>(Some(()));
-        }
-        tick();
-        Ok(None)
-    })?;
-    open.ok_or(SshError::Timeout { addr, timeout })
+/// Whether `addr` accepts a TCP connection now. Probing the port is cheaper than retrying
+/// whole SSH handshakes against a guest that is still booting.
+pub fn port_open(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
 }
 
 /// An authenticated SSH session to one guest, as root.

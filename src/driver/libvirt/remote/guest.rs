@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::command::HostCommand;
 use super::{facts, lost, storage, HostLink};
+use crate::driver::libvirt::boot::BootWatch;
 use crate::driver::libvirt::image::Image;
 use crate::driver::libvirt::seed::{self, GuestKeys, Seeding};
 use crate::driver::libvirt::ssh::{self, Connection, KeyPair, SshError};
@@ -130,10 +131,16 @@ pub(in crate::driver::libvirt) fn wait_for_ssh(
     let timeout = capacity::boot_timeout(driver.choice().is_tcg(), &load, driver.guests.len());
     let addr = SocketAddr::new(g.underlay.addr(), 22);
     progress(&format!("booting on {}", link.name()));
-    // The boot's stage from the console log on the host, read once a second while sshd
-    // does not answer yet.
+    // The console log on the host is looked at once a second while sshd does not answer
+    // yet: its stage is said, a kernel that panicked is restarted once.
     let console = console_path(link, g);
-    let (mut stage, mut look_at) = ("booting", Instant::now() + CONSOLE_LOOK);
+    let log = format!(
+        "{} on host {}",
+        storage::guest_volumes(&g.instance)[2],
+        link.name()
+    );
+    let mut watch = BootWatch::default();
+    let mut look_at = Instant::now() + CONSOLE_LOOK;
     let mut last = None;
     let open = ssh::retry_until(timeout, || match link.jump().tunnel(addr) {
         Ok(_) => Ok(Some(())),
@@ -142,24 +149,18 @@ pub(in crate::driver::libvirt) fn wait_for_ssh(
             last = Some(e);
             if Instant::now() >= look_at {
                 look_at = Instant::now() + CONSOLE_LOOK;
-                // Only the log's end is read: a stage whose mark scrolled out is not undone,
-                // and a log that cannot be read says nothing.
-                let log = tail(link, &console).unwrap_or_default();
-                let now = crate::driver::libvirt::boot_stage(&log);
-                if now != stage && now != "booting" {
-                    stage = now;
-                    progress(&format!("{now} on {}", link.name()));
-                }
+                // Only the log's end is read; a log that cannot be read says nothing.
+                let tail = tail(link, &console).unwrap_or_default();
+                driver.act_on(g, watch.look(&tail), &log, progress)?;
             }
             Ok(None)
         }
     })?;
     if open.is_none() {
-        let log = storage::guest_volumes(&g.instance)[2].clone();
         let why = last.map_or_else(String::new, |e| format!(": {e}"));
         return Err(driver.boot_failed(
             g,
-            &format!("{log} on host {}", link.name()),
+            &log,
             format!(
                 "timed out after {} s waiting for ssh on {addr} through host {}{why}",
                 timeout.as_secs(),
