@@ -277,9 +277,9 @@ fn a_guest_whose_kernel_panics_is_started_again_once_then_up_says_why() {
         "two-vm.yaml",
         "panics",
         &[
-            ("192.168.10.", "192.168.78."),
+            ("192.168.10.", "192.168.91."),
             ("image: debian-12", &format!("image: {}", image.display())),
-            ("  vm-b: { address: 192.168.78.3 }\n", ""),
+            ("  vm-b: { address: 192.168.91.3 }\n", ""),
             ("      vm-b: 192.168.42.3/24\n", ""),
         ],
     );
