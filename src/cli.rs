@@ -304,7 +304,7 @@ pub enum ImageCommand {
     /// Build a small Debian image offline from the host's Debian mirror.
     Build {
         /// Image name in the cache.
-        #[arg(default_value = "debian-12")]
+        #[arg(default_value = crate::lab::defaults::IMAGE)]
         name: String,
     },
     /// List the images in the cache.

@@ -64,8 +64,11 @@ pub struct VtepReport {
     pub mac: Option<Mac>,
     /// MTU.
     pub mtu: Option<u32>,
-    /// Groups joined on the underlay device.
+    /// Groups joined on the underlay device. A group the kernel still lists on a device that
+    /// is down is not joined in any way that counts: nothing of it arrives.
     pub joined: Vec<String>,
+    /// The underlay device it sends from is down (its groups, listed or not, receive nothing).
+    pub underlay_down: bool,
     /// FDB entries, each with its meaning.
     pub fdb: Vec<FdbRow>,
 }
@@ -101,15 +104,17 @@ pub fn build<'a>(plan: &'a Plan, o: &'a Outcome) -> Report<'a> {
                     .iter()
                     .map(|v| {
                         let link = s.links.get(&v.device);
+                        let underlay_down = s.links.get(&v.dev).is_some_and(|l| !l.up);
                         VtepReport {
                             device: v.device.clone(),
                             kernel: link.and_then(|l| l.vxlan.clone()),
                             mac: link.and_then(|l| l.mac),
                             mtu: link.map(|l| l.mtu),
+                            underlay_down,
                             joined: s
                                 .groups
                                 .iter()
-                                .filter(|m| m.dev == v.dev)
+                                .filter(|m| m.dev == v.dev && !underlay_down)
                                 .filter(|m| {
                                     Some(m.group) == link.and_then(|l| l.vxlan.as_ref()?.group)
                                 })
@@ -224,7 +229,13 @@ impl Report<'_> {
                             let _ = writeln!(
                                 out,
                                 "    ip maddr: {}",
-                                if v.joined.is_empty() {
+                                if v.underlay_down {
+                                    format!(
+                                        "group NOT joined: {} is down, nothing sent to the group \
+                                         arrives (the kernel may still list it on a down device)",
+                                        k.dev.as_deref().unwrap_or("-")
+                                    )
+                                } else if v.joined.is_empty() {
                                     "group NOT joined".into()
                                 } else {
                                     format!(

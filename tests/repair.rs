@@ -100,6 +100,15 @@ fn a_flushed_fdb_is_named_and_up_puts_the_flood_entry_back() {
         "bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst 239.1.1.1 via eth0"
     );
 
+    // Someone planted a link where vxlab logs the commands it runs in vm-a: the repair is
+    // logged beside it, never through it.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let victim = elsewhere.path().join("victim");
+    std::fs::write(&victim, "root's file\n").unwrap();
+    let log = lab.state.path().join(&lab.name).join("commands-vm-a.log");
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink(&victim, &log).unwrap();
+
     let (code, r) = up_again(&lab);
     assert_eq!(code, 0, "{:#}", r["failures"]);
     assert_eq!(
@@ -110,6 +119,22 @@ fn a_flushed_fdb_is_named_and_up_puts_the_flood_entry_back() {
         fdb_dst(&r, "vm-a", "vxlan0", &Value::from("00:00:00:00:00:00")).as_deref(),
         Some("239.1.1.1")
     );
+    // The kernel's own table has the flood entry back, through eth0.
+    let fdb = kernel(
+        &lab,
+        "vm-a",
+        &["bridge", "-j", "fdb", "show", "dev", "vxlan0"],
+    );
+    assert!(
+        fdb.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mac"] == "00:00:00:00:00:00"
+                && e["dst"] == "239.1.1.1"
+                && e["state"] == "permanent"),
+        "{fdb:#}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's file\n");
     lab.down_leaves_nothing();
 }
 
@@ -177,6 +202,16 @@ fn a_downed_underlay_is_the_cause_with_its_command_and_up_brings_it_up() {
         text.contains("fix: `ip link set up eth0`, or `vxlab up t-r-down`"),
         "{text}"
     );
+    // The kernel still lists 239.1.1.1 on the downed eth0; a student must not read that as
+    // joined. vm-b, whose eth0 is up, has joined.
+    assert!(
+        text.contains("ip maddr: group NOT joined: eth0 is down")
+            && text.matches("239.1.1.1 joined on eth0").count() == 1,
+        "{text}"
+    );
+    assert_eq!(vtep(&r, "vm-a", "vxlan0")["joined"], serde_json::json!([]));
+    assert_eq!(vtep(&r, "vm-a", "vxlan0")["underlay_down"], true);
+    assert_eq!(vtep(&r, "vm-b", "vxlan0")["joined"][0], "239.1.1.1");
 
     let (code, r) = up_again(&lab);
     assert_eq!(code, 0, "{:#}", r["failures"]);

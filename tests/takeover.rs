@@ -69,7 +69,19 @@ fn a_copy_never_merges_into_a_standalone_lab_of_the_same_name() {
     let out = standalone.run(&["up", base_file.to_str().unwrap(), "--instance", "1"]);
     let err = text(&out);
     assert_eq!(out.status.code(), Some(73), "{err}");
-    assert!(err.contains("already running from the lab file"), "{err}");
+    // Said once, with what was done (nothing) and what to do; no advice about a subnet the
+    // copy did not choose.
+    assert_eq!(
+        err.matches("already running from the lab file").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("nothing was created or changed"), "{err}");
+    assert!(err.contains("`vxlab down t-w-1`"), "{err}");
+    assert!(
+        !err.contains("part-way") && !err.contains("underlay.subnet"),
+        "{err}"
+    );
     // The standalone lab is whole and still its file's.
     assert_eq!(standalone.check().0, 0);
     let copy = std::fs::read_to_string(standalone.state.path().join("t-w-1/lab.yaml")).unwrap();

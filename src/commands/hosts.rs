@@ -207,9 +207,9 @@ pub fn placement_table(names: &[String], placed: &[Option<HostSpec>]) -> String 
     out
 }
 
-/// The image `hosts check` and `hosts prepare` work with: the lab's, else `debian-12`.
+/// The image `hosts check` and `hosts prepare` work with: the lab's, else the default one.
 fn image_named(lab: Option<&Lab>) -> Result<Image> {
-    let spec = lab.map_or("debian-12", |l| l.libvirt.image.as_str());
+    let spec = lab.map_or(crate::lab::defaults::IMAGE, |l| l.libvirt.image.as_str());
     Ok(image::resolve(spec)?)
 }
 

@@ -159,7 +159,7 @@ impl LibvirtDriver {
     ) -> Result<Self, OpenError> {
         // The local system daemon runs QEMU as its own user; a remote host or a session
         // daemon is another matter.
-        if image.is_some() && lab.libvirt.uri == "qemu:///system" {
+        if image.is_some() && lab.libvirt.uri == crate::lab::defaults::LIBVIRT_URI {
             preflight::check_kvm(Path::new("/dev/kvm"), Path::new("/etc/libvirt/qemu.conf"))?;
         }
         // libvirt prints every error itself by default, expected ones ("no such domain") too;
