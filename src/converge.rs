@@ -365,7 +365,7 @@ fn addresses(
                 layer,
                 Kind::ExtraAddress,
                 dev,
-                format!("{dev} has no address but {wanted}"),
+                format!("extra address {extra} on {dev}, not in the plan"),
                 "none",
             ),
             false,

@@ -2,17 +2,39 @@
 //! is already recorded), nothing new starts, and the command says what is left and how to
 //! remove or finish it. Without this, an interrupted child could leave a half-made resource.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::BufRead;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// The write end of a pipe the handler writes a byte to, so that a wait on input can also
+/// wait on the signal (a self-pipe); -1 before [`install`].
+static WAKE: AtomicI32 = AtomicI32::new(-1);
+static WAKE_READ: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_signal(_: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
+    // An atomic store and a write(2): both async-signal-safe.
     REQUESTED.store(true, Ordering::SeqCst);
+    let fd = WAKE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: one byte from a live buffer to a non-blocking pipe; a full pipe already
+        // says what this byte would.
+        unsafe {
+            libc::write(fd, [1u8].as_ptr().cast(), 1);
+        }
+    }
 }
 
 /// From now on, SIGINT and SIGTERM ask vxlab to stop between steps instead of killing it.
 pub fn install() {
+    if WAKE.load(Ordering::SeqCst) < 0 {
+        let mut fds = [-1; 2];
+        // SAFETY: pipe2 fills the two-element array it is given.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } == 0 {
+            WAKE_READ.store(fds[0], Ordering::SeqCst);
+            WAKE.store(fds[1], Ordering::SeqCst);
+        }
+    }
     let handler: extern "C" fn(libc::c_int) = on_signal;
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
@@ -25,4 +47,41 @@ pub fn install() {
 /// Whether a stop was asked for.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
+}
+
+/// Waits for the user to press Enter on standard input, or for Ctrl-C / SIGTERM, whichever
+/// comes first: a pause must not outlast a stop that was asked for (a blocked read would, as
+/// the handler lets reads restart). True for Enter.
+pub fn wait_for_enter() -> bool {
+    let stdin = std::io::stdin();
+    let mut fds = [
+        libc::pollfd {
+            fd: stdin.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: WAKE_READ.load(Ordering::SeqCst),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        if requested() {
+            return false;
+        }
+        // SAFETY: poll reads and writes the two pollfds it is given; a negative fd (no pipe)
+        // is ignored by poll.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if requested() {
+            return false;
+        }
+        if n > 0 && fds[0].revents != 0 {
+            let mut line = String::new();
+            return stdin.lock().read_line(&mut line).is_ok_and(|read| read > 0);
+        }
+        if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return false;
+        }
+    }
 }

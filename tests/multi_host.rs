@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use common::sshd::{free_port, Sshd};
-use common::{ensure_image, Lab};
+use common::{ensure_image, Lab, Terminal};
 use serde_json::Value;
 
 /// The test's lab: labs/two-vm.yaml under a name no other test uses.
@@ -68,100 +67,12 @@ fn in_libvirt() -> Vec<String> {
     left
 }
 
-/// `vxlab console` on a guest, on a terminal of its own (`script` gives it one: virsh needs
-/// a terminal), its output gathered as it comes.
-struct Console {
-    child: std::process::Child,
-    output: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Console {
-    /// Attaches, and waits until virsh says the console is connected.
-    fn attach(lab: &Lab, copy: &str, guest: &str) -> Console {
-        let command = format!(
-            "'{}' console --lab '{copy}' '{guest}'",
-            env!("CARGO_BIN_EXE_vxlab")
-        );
-        let mut child = lab
-            .command("script")
-            .args(["-qfec", &command, "/dev/null"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (mut stdout, gathered) = (child.stdout.take().unwrap(), output.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
-                gathered
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut console = Console { child, output };
-        console.wait_for("Escape character");
-        console
-    }
-
-    /// Waits up to a minute for `text` in the console's output.
-    fn wait_for(&mut self, text: &str) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            if self.output.lock().unwrap().contains(text) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "the console ended ({status}) before {text:?}:\n{}",
-                    self.output.lock().unwrap()
-                );
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no {text:?} on the console:\n{}",
-                self.output.lock().unwrap()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-
-    /// Leaves the console with virsh's escape character; vxlab exits 0 within ten seconds.
-    fn detach(mut self) {
-        self.child
-            .stdin
-            .as_mut()
-            .unwrap()
-            .write_all(&[0x1d])
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the console did not end on ^]:\n{}",
-                self.output.lock().unwrap()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
-        assert!(
-            status.success(),
-            "console: {status}\n{}",
-            self.output.lock().unwrap()
-        );
-    }
-}
-
-impl Drop for Console {
-    /// A test that failed while attached leaves no `script` or virsh behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `vxlab console` on a guest of `copy`, attached once virsh says so.
+fn attach_console(lab: &Lab, copy: &str, guest: &str) -> Terminal {
+    // virsh needs a terminal.
+    let mut t = Terminal::start(lab, &["console", "--lab", copy, guest]);
+    t.wait_for("Escape character");
+    t
 }
 
 /// In a real browser, the student's page of `copy` (at `page`): `guest`'s terminal gives its
@@ -550,7 +461,7 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     // guest writes to its serial port shows in it.
     // virsh says it is connected a moment before the stream carries output: the guest
     // writes its line again every two seconds until it shows.
-    let mut console = Console::attach(&class.lab, &format!("{LAB}-2"), "vm-a");
+    let mut console = attach_console(&class.lab, &format!("{LAB}-2"), "vm-a");
     let marker = "vxlab-console-on-h2";
     let out = class.lab.run(&[
         "exec",
@@ -566,7 +477,10 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     console.wait_for(marker);
-    console.detach();
+    // virsh's escape character leaves the console; vxlab exits 0.
+    console.send(&[0x1d]);
+    let status = console.wait();
+    assert!(status.success(), "console: {status}\n{}", console.output());
 
     // The class server checks h2's copy as any other, and its student's browser terminal
     // reaches h2's guest.

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{fdb_dst, repairs, vtep, Lab};
+use common::{fdb_dst, repairs, vtep, Lab, Terminal};
 use serde_json::Value;
 
 /// Runs `ip ARGS` (or `bridge`) inside a guest of `lab`, as a student at its shell would.
@@ -164,8 +164,25 @@ fn a_changed_overlay_address_is_flagged_and_up_leaves_only_the_planned_one() {
         .iter()
         .any(|f| f["kind"] == "extra_address" && f["seen"] == "192.168.42.33/24"));
 
-    let (code, r) = up_again(&lab);
-    assert_eq!(code, 0, "{:#}", r["failures"]);
+    // The fix takes the wrong address off and puts the planned one on, in that order.
+    assert_eq!(
+        first_cause(&r)["fix"]["commands"],
+        serde_json::json!([
+            "ip addr del 192.168.42.33/24 dev vxlan0",
+            "ip addr add 192.168.42.3/24 dev vxlan0"
+        ])
+    );
+    // What the instructor reads: why, then the commands that ran.
+    let out = lab.run(&["up", &lab.name]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "vm-b: vxlan0 address: expected 192.168.42.3/24, seen 192.168.42.33/24\n  \
+             $ ip addr del 192.168.42.33/24 dev vxlan0\n  $ ip addr add 192.168.42.3/24 dev vxlan0\n"
+        ),
+        "{text}"
+    );
     assert_eq!(addresses(&lab, "vm-b", "vxlan0"), ["192.168.42.3/24"]);
     assert_eq!(lab.check().0, 0);
     lab.down_leaves_nothing();
@@ -253,6 +270,27 @@ fn a_changed_underlay_address_is_blamed_on_its_own_guest_first() {
     assert!(
         all.iter().all(|(g, _, _)| g == "vm-a"),
         "vm-b is not a cause: {all:?}"
+    );
+    assert_eq!(
+        first_cause(&r)["fix"]["commands"],
+        serde_json::json!([
+            "ip addr del 192.168.74.22/24 dev eth0",
+            "ip addr add 192.168.74.2/24 dev eth0"
+        ])
+    );
+    // vm-b's stale entry for vm-a (dst .22) is a symptom of vm-a's cause, grouped under it.
+    let symptoms: Vec<&Value> = r["diagnoses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|d| d["symptoms"].as_array().unwrap())
+        .collect();
+    assert!(
+        symptoms
+            .iter()
+            .any(|s| s["guest"] == "vm-b" && s["seen"].as_str().unwrap_or("").contains(".22")),
+        "{:#}",
+        r["diagnoses"]
     );
 
     let (code, r) = up_again(&lab);
@@ -368,11 +406,38 @@ fn reset_forgets_what_was_learned_and_recreates_a_guest_that_is_gone() {
 
 #[test]
 fn status_never_calls_a_failing_lab_healthy() {
-    let lab = seed("t-r-stat", "192.168.78.");
-    // What an interrupted walk leaves: devices up, no overlay addresses yet.
-    for (g, a) in [("vm-a", "192.168.42.2/24"), ("vm-b", "192.168.42.3/24")] {
-        student(&lab, g, &["ip", "addr", "del", a, "dev", "vxlan0"]);
-    }
+    // A student walks the lab on a terminal and presses Ctrl-C at the pause after stage 2:
+    // the vxlan devices are up, the overlay addresses not yet.
+    let lab = Lab::shipped(
+        "two-netns.yaml",
+        "t-r-stat",
+        &[("192.168.10.", "192.168.78.")],
+    );
+    let mut walk = Terminal::start(&lab, &["walk", lab.file.to_str().unwrap()]);
+    walk.wait_for("[Enter]");
+    walk.send(b"\r");
+    walk.wait_for("== 2. the vxlan devices");
+    walk.wait_for_nth("[Enter]", 2);
+    walk.send(b"\x03");
+    let status = walk.wait();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "walk after Ctrl-C:\n{}",
+        walk.output()
+    );
+    assert!(
+        walk.output().contains("`vxlab up t-r-stat` finishes it"),
+        "{}",
+        walk.output()
+    );
+    assert!(
+        !walk.output().contains("== 3."),
+        "walk reached stage 3:\n{}",
+        walk.output()
+    );
+    assert!(addresses(&lab, "vm-a", "vxlan0").is_empty());
+
     let out = lab.run(&["status", "--json"]);
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = &s["labs"][0];
@@ -385,6 +450,16 @@ fn status_never_calls_a_failing_lab_healthy() {
             .starts_with("FAILING: vm-a: vxlan0 address"),
         "{s:#}"
     );
+    let text = String::from_utf8_lossy(&lab.run(&["status"]).stdout).to_string();
+    assert!(
+        !text.contains("healthy") && text.contains("FAILING"),
+        "{text}"
+    );
+    // `up` finishes what the walk did not, and status then says so.
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    let s: Value = serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(s["labs"][0]["ok"], true, "{s:#}");
     lab.down_leaves_nothing();
 }
 

@@ -60,8 +60,10 @@ pub fn walk(path: &Path, no_pause: bool) -> Result<u8> {
         if pause {
             print!("[Enter] ");
             let _ = std::io::stdout().flush();
-            let mut line = String::new();
-            let _ = std::io::stdin().read_line(&mut line);
+            // Ctrl-C here stops the walk before the next stage: nothing is in flight.
+            if !crate::interrupt::wait_for_enter() {
+                println!();
+            }
         }
     };
     let o = engine(&lab, image)?
@@ -69,8 +71,9 @@ pub fn walk(path: &Path, no_pause: bool) -> Result<u8> {
         .walk(&p, path, &text, &Progress::new(), &mut show)
         .with_context(|| {
             format!(
-                "while walking lab {}; `vxlab down {}` removes what was built",
-                lab.name, lab.name
+                "while walking lab {0}; `vxlab up {0}` finishes it, `vxlab down {0}` removes \
+                 what was built",
+                lab.name
             )
         })?;
     println!("{}", views::walk_checks(&p));

@@ -354,3 +354,101 @@ pub fn repairs(report: &Value) -> Vec<String> {
         })
         .collect()
 }
+
+/// `vxlab ARGS` on a terminal of its own (`script` gives it one), for what behaves otherwise
+/// on a terminal: `console`, `walk`'s pauses, Ctrl-C. Its output is gathered as it comes.
+pub struct Terminal {
+    child: std::process::Child,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Terminal {
+    pub fn start(lab: &Lab, args: &[&str]) -> Terminal {
+        let mut line = format!("'{}'", env!("CARGO_BIN_EXE_vxlab"));
+        for a in args {
+            assert!(!a.contains('\''), "{a}");
+            line.push_str(&format!(" '{a}'"));
+        }
+        let mut child = lab
+            .command("script")
+            .args(["-qfec", &line, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (mut stdout, gathered) = (child.stdout.take().unwrap(), output.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+                gathered
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Terminal { child, output }
+    }
+
+    /// Everything printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits up to a minute for `text` to have been printed `times` times in all.
+    pub fn wait_for_nth(&mut self, text: &str, times: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if self.output.lock().unwrap().matches(text).count() >= times {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("it ended ({status}) before {text:?}:\n{}", self.output());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {text:?} on the terminal:\n{}",
+                self.output()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Waits up to a minute for `text`.
+    pub fn wait_for(&mut self, text: &str) {
+        self.wait_for_nth(text, 1);
+    }
+
+    /// Types `bytes` (Ctrl-C is 0x03, Enter b"\r").
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(bytes).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits up to ten seconds for it to end; its exit status (script passes it on).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "it did not end:\n{}",
+                self.output()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Terminal {
+    /// A test that failed while it ran leaves no `script` or vxlab behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
