@@ -48,6 +48,24 @@ fn status(base: &str, method: &str, path: &str, websocket: bool) -> u16 {
     String::from_utf8_lossy(&head[9..12]).parse().unwrap()
 }
 
+/// A plain GET (the connection closed after it); its whole answer, head and body.
+fn get(base: &str, path: &str) -> String {
+    let hostport = base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap();
+    let mut s = TcpStream::connect(hostport).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
 /// The path of a URL (`http://host:port/path` -> `/path`).
 fn path_of(url: &str) -> String {
     let rest = url.trim_start_matches("http://");
@@ -322,6 +340,83 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     );
     screenshot(&c, "class_server", "student-capture.png").await;
 
+    // The student breaks two guests; Check names each cause with its fix.
+    let student_does = |guest: &str, argv: &[&str]| {
+        let mut args = vec!["exec", "--lab", "cls-1", guest, "--"];
+        args.extend(argv);
+        let out = lab.run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    student_does("vm-b", &["ip", "addr", "flush", "dev", "vxlan0"]);
+    student_does("vm-a", &["bridge", "fdb", "flush", "dev", "vxlan0"]);
+    let click = |css: &'static str| {
+        let c = c.clone();
+        async move {
+            c.find(Locator::Css(css))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+        }
+    };
+    click("button[data-action=check]").await;
+    let causes = wait_for(
+        &c,
+        20,
+        "the check's causes",
+        "const r = document.querySelector('#result ol.diagnoses'); return r ? r.innerText : false",
+    )
+    .await;
+    let causes = causes.as_str().unwrap();
+    assert!(
+        causes.contains("fix: `ip addr add 192.168.42.3/24 dev vxlan0`")
+            && causes.contains(
+                "fix: `bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst 239.1.1.1 via eth0`"
+            ),
+        "{causes}"
+    );
+    screenshot(&c, "class_server", "student-check-failing.png").await;
+    let flood = |guest: &str| {
+        student_does(guest, &["bridge", "fdb", "show", "dev", "vxlan0"]).contains("239.1.1.1")
+    };
+    // "Reset vm-b" repairs vm-b alone.
+    click("button[data-action=reset][data-guest=vm-b]").await;
+    wait_for(
+        &c,
+        20,
+        "vm-b's reset",
+        "return document.getElementById('result').innerText.includes('was reset')",
+    )
+    .await;
+    assert!(
+        student_does("vm-b", &["ip", "addr", "show", "dev", "vxlan0"]).contains("192.168.42.3/24")
+    );
+    assert!(!flood("vm-a"), "resetting vm-b touched vm-a");
+    // "Reset the whole lab" repairs the rest; Check then passes.
+    click("button[data-action=reset]:not([data-guest])").await;
+    wait_for(
+        &c,
+        20,
+        "the lab's reset",
+        "return document.getElementById('result').innerText.includes('was reset')",
+    )
+    .await;
+    assert!(flood("vm-a"));
+    click("button[data-action=check]").await;
+    wait_for(
+        &c,
+        20,
+        "the check passing after the resets",
+        "return document.getElementById('result').innerText.includes('checks passed')",
+    )
+    .await;
+
     // One student's token opens nothing else: another copy's page, events, terminal and
     // reset, and the instructor's page all answer 403; its own answer.
     let own = path_of(&students[0]);
@@ -330,6 +425,11 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     assert_eq!(status(&base, "GET", &own, false), 200);
     assert_eq!(status(&base, "GET", &format!("{own}term/vm-a"), true), 101);
     assert_eq!(status(&base, "GET", &other, false), 403);
+    // ... and says nothing more: not whether the copy exists, nor whose token it was.
+    let answer = get(&base, &other);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert_eq!(body, "forbidden\n", "{answer}");
+    assert!(!answer.contains("cls-"), "{answer}");
     assert_eq!(status(&base, "GET", &format!("{other}events"), false), 403);
     assert_eq!(
         status(&base, "GET", &format!("{other}term/vm-a"), true),

@@ -78,6 +78,9 @@ impl Sshd {
         std::fs::create_dir_all("/run/sshd").unwrap();
         let port = port.unwrap_or_else(free_port);
         // MaxSessions stays at OpenSSH's default (10), as on a host nobody tuned for vxlab.
+        // HOME is the sshd's own directory: the shell that runs each command reads no dotfile
+        // of this machine's root (a shell killed in a pyenv rehash there leaves a lock that
+        // made every later command wait 60 s).
         std::fs::write(
             own.join("sshd_config"),
             format!(
@@ -85,7 +88,7 @@ impl Sshd {
                  AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
                  StrictModes no\nPidFile {d}/sshd.pid\nLogLevel DEBUG1\n\
-                 MaxStartups 100\n",
+                 MaxStartups 100\nSetEnv HOME={d}\n",
                 d = own.display()
             ),
         )

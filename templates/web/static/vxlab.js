@@ -21,6 +21,8 @@ const vxlab = (() => {
     button.disabled = true;
     const label = button.textContent;
     button.textContent = label + '…';
+    // The last answer goes at once: it is not this one's.
+    result.textContent = label + '…';
     try {
       const r = await fetch(url, { method: 'POST' });
       result.innerHTML = r.ok ? await r.text() : '<p class="error">' + r.status + ' ' + r.statusText + '</p>';
