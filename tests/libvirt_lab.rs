@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 
 use common::{ensure_image, fdb_dst, guest, marked_tarball, ping_replied, vtep, Lab};
@@ -305,4 +306,56 @@ fn a_guest_whose_kernel_panics_is_started_again_once_then_up_says_why() {
         "{console}"
     );
     lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_console_log_in_a_hosts_pool_is_read_through_libvirt_to_its_latest_end() {
+    // A guest on another host logs its console into vxlab's pool there, written by virtlogd,
+    // not by libvirt's storage API: vxlab reads its end through a volume download stream (no
+    // SSH), finding the file after a refresh and its size as it grows.
+    use vxlab::driver::libvirt::remote::storage;
+    let conn = virt::connect::Connect::open(Some("qemu:///system")).unwrap();
+    let pool = storage::ensure_pool(&conn).unwrap();
+    let xml = pool.get_xml_desc(0).unwrap();
+    let dir = xml
+        .split("<path>")
+        .nth(1)
+        .unwrap()
+        .split("</path>")
+        .next()
+        .unwrap();
+    let name = format!("vxlab-test-console-{}.log", std::process::id());
+    let path = std::path::Path::new(dir).join(&name);
+    let mut log = String::new();
+    for i in 0..500 {
+        log.push_str(&format!("[ {i}.000] line {i}\n"));
+    }
+    std::fs::write(&path, &log).unwrap();
+    let end = storage::read_end(&conn, &pool, &name, 4096)
+        .unwrap()
+        .unwrap();
+    assert_eq!(end.len(), 4096);
+    assert!(log.ends_with(std::str::from_utf8(&end).unwrap()));
+    // The log grows; the next read ends where it now ends.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"---[ end Kernel panic - not syncing: test ]---\n")
+        .unwrap();
+    let end = storage::read_end(&conn, &pool, &name, 4096)
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&end)
+            .ends_with("line 499\n---[ end Kernel panic - not syncing: test ]---\n"),
+        "{}",
+        String::from_utf8_lossy(&end)
+    );
+    assert!(storage::delete(&pool, &name).unwrap());
+    assert!(!path.exists());
+    assert_eq!(
+        storage::read_end(&conn, &pool, "vxlab-no-such.log", 4096).unwrap(),
+        None
+    );
 }

@@ -43,13 +43,6 @@ pub enum HostCommand {
         /// The link (a guest's tap).
         link: String,
     },
-    /// The last lines of a file (a guest's console log).
-    Tail {
-        /// The file.
-        path: String,
-        /// How many lines.
-        lines: u32,
-    },
 }
 
 impl HostCommand {
@@ -99,13 +92,6 @@ impl HostCommand {
                 "0".into(),
                 "-w".into(),
                 "-".into(),
-            ],
-            HostCommand::Tail { path, lines } => vec![
-                "tail".into(),
-                "-n".into(),
-                lines.to_string(),
-                "--".into(),
-                path.clone(),
             ],
         };
         words
@@ -182,10 +168,7 @@ mod tests {
         assert_eq!(c.line(), "timeout 600 tcpdump -i vnet0 -U -s 0 -w -");
         let c = HostCommand::Checksums(vec!["/var/lib/x y/base.qcow2".into(), "-n".into()]);
         assert_eq!(c.line(), "sha256sum -- '/var/lib/x y/base.qcow2' -n");
-        let c = HostCommand::Tail {
-            path: "/p/it's.log".into(),
-            lines: 15,
-        };
+        let c = HostCommand::Checksums(vec!["/p/it's.log".into()]);
         assert_eq!(c.argv().last().unwrap(), "/p/it's.log");
         assert!(c.line().ends_with("'/p/it'\\''s.log'"), "{}", c.line());
         // The probe's kernel command line stays one word.

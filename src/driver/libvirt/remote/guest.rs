@@ -1,12 +1,11 @@
 //! The libvirt driver's guest work where the guest runs on another host: its disks as volumes
 //! there (the seed uploaded through a stream), its boot awaited and its SSH reached through
-//! the host's sshd, its console read there.
+//! the host's sshd, its console log read through a volume download stream.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::command::HostCommand;
 use super::{facts, lost, storage, HostLink};
 use crate::driver::libvirt::boot::BootWatch;
 use crate::driver::libvirt::image::Image;
@@ -133,7 +132,6 @@ pub(in crate::driver::libvirt) fn wait_for_ssh(
     progress(&format!("booting on {}", link.name()));
     // The console log on the host is looked at once a second while sshd does not answer
     // yet: its stage is said, a kernel that panicked is restarted once.
-    let console = console_path(link, g);
     let log = format!(
         "{} on host {}",
         storage::guest_volumes(&g.instance)[2],
@@ -150,7 +148,7 @@ pub(in crate::driver::libvirt) fn wait_for_ssh(
             if Instant::now() >= look_at {
                 look_at = Instant::now() + CONSOLE_LOOK;
                 // Only the log's end is read; a log that cannot be read says nothing.
-                let tail = tail(link, &console).unwrap_or_default();
+                let tail = tail(link, g).unwrap_or_default();
                 driver.act_on(g, watch.look(&tail), &log, progress)?;
             }
             Ok(None)
@@ -191,30 +189,25 @@ pub(in crate::driver::libvirt) fn connect(
 /// How often a booting guest's console log is looked at on its host.
 const CONSOLE_LOOK: Duration = Duration::from_secs(1);
 
-/// Where the guest's console log is on its host: beside its disk in the pool.
-fn console_path(link: &HostLink, g: &GuestPlan) -> PathBuf {
-    let pool_dir = storage::pool(link.conn())
-        .ok()
-        .flatten()
-        .and_then(|p| storage::volume(&p, &storage::guest_volumes(&g.instance)[0]).ok()?)
-        .and_then(|v| v.get_path().ok())
-        .and_then(|p| Path::new(&p).parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from(storage::POOL_PATH));
-    pool_dir.join(&storage::guest_volumes(&g.instance)[2])
-}
+/// How much of the end of a console log is read: more than its last lines take.
+const CONSOLE_END: u64 = 4096;
 
-/// The last lines of the console log at `path` on the host.
-fn tail(link: &HostLink, path: &Path) -> Result<String, super::HostCallError> {
-    let tail = HostCommand::Tail {
-        path: path.to_string_lossy().into_owned(),
-        lines: 15,
+/// The last lines of the guest's console log on its host, read through libvirt (the log is
+/// a volume of vxlab's pool there).
+fn tail(link: &HostLink, g: &GuestPlan) -> Result<String, virt::error::Error> {
+    let log = &storage::guest_volumes(&g.instance)[2];
+    let Some(pool) = storage::pool(link.conn())? else {
+        return Ok(String::new());
     };
-    link.run(&tail).map(|o| o.stdout)
+    let bytes = storage::read_end(link.conn(), &pool, log, CONSOLE_END)?.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().rev().take(15).collect();
+    Ok(lines.into_iter().rev().collect::<Vec<_>>().join("\n"))
 }
 
 /// The last lines of the guest's console log on its host.
 pub(in crate::driver::libvirt) fn console_tail(link: &HostLink, g: &GuestPlan) -> String {
-    tail(link, &console_path(link, g)).unwrap_or_else(|e| format!("(cannot read it: {e})"))
+    tail(link, g).unwrap_or_else(|e| format!("(cannot read it: {e})"))
 }
 
 /// Deletes a volume of the guest's on its host; false when it was gone.

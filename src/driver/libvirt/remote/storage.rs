@@ -1,6 +1,7 @@
 //! Disks on a remote host, as libvirt storage volumes in vxlab's pool there: the guest image
 //! (uploaded once by `vxlab hosts prepare`), and each guest's overlay of it, seed disk and
-//! console log. Bytes go to the host through a storage volume upload stream.
+//! console log. Bytes go to the host through a storage volume upload stream, and the end of a
+//! console log comes back through a download stream.
 
 use std::io::Read;
 
@@ -133,6 +134,49 @@ pub fn upload(
             Err(e)
         }
     }
+}
+
+/// The last `max` bytes of volume `name`, read through a storage volume download stream;
+/// `None` when there is no such volume. A file libvirt did not create (a console log, which
+/// virtlogd writes) is a volume once the pool has looked again, so a volume not found is
+/// looked for again after a refresh; libvirt re-reads a volume's size when asked for it.
+pub fn read_end(
+    conn: &Connect,
+    pool: &StoragePool,
+    name: &str,
+    max: u64,
+) -> Result<Option<Vec<u8>>, virt::error::Error> {
+    let vol = match volume(pool, name)? {
+        Some(v) => v,
+        None => {
+            pool.refresh(0)?;
+            match volume(pool, name)? {
+                Some(v) => v,
+                None => return Ok(None),
+            }
+        }
+    };
+    let size = physical_size(&vol)?;
+    let offset = size.saturating_sub(max);
+    let mut out = Vec::new();
+    if size == offset {
+        return Ok(Some(out));
+    }
+    let stream = Stream::new(conn, 0)?;
+    vol.download(&stream, offset, size - offset, 0)?;
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        match stream.recv(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                let _ = stream.abort();
+                return Err(e);
+            }
+        }
+    }
+    stream.finish()?;
+    Ok(Some(out))
 }
 
 /// An upload failed.
