@@ -125,7 +125,8 @@ pub struct Finding {
     pub kind: Kind,
     /// The device it is about.
     pub device: String,
-    /// What was compared, e.g. "vxlan0 flood entry to 239.1.1.1".
+    /// What was compared, as a failure names it: the thing ("vxlan0 flood entry to
+    /// 239.1.1.1") or, for a yes-or-no state, the problem ("eth0 is down (underlay)").
     pub what: String,
     /// What the plan says.
     pub expected: String,
@@ -401,7 +402,7 @@ fn underlay(f: &mut Findings, st: &GuestState) -> bool {
                 Layer::UnderlayLink,
                 Kind::LinkExists,
                 dev,
-                format!("{dev} exists (underlay)"),
+                format!("{dev} is missing (underlay)"),
                 "the underlay interface",
             ),
             false,
@@ -428,7 +429,7 @@ fn underlay(f: &mut Findings, st: &GuestState) -> bool {
             Layer::UnderlayLink,
             Kind::LinkUp,
             dev,
-            format!("{dev} is up (underlay)"),
+            format!("{dev} is down (underlay)"),
             "up",
         ),
         link.up,
@@ -535,7 +536,7 @@ fn vtep(f: &mut Findings, v: &VtepPlan, st: &GuestState, underlay_up: bool) {
                 Layer::VxlanDevice,
                 Kind::VxlanExists,
                 d,
-                format!("{d} exists"),
+                format!("{d} is missing"),
                 format!("vxlan VNI {}", v.vni),
             ),
             false,
@@ -555,7 +556,7 @@ fn vtep(f: &mut Findings, v: &VtepPlan, st: &GuestState, underlay_up: bool) {
                 Layer::VxlanDevice,
                 Kind::VxlanExists,
                 d,
-                format!("{d} is a vxlan"),
+                format!("{d} is not a vxlan"),
                 format!("vxlan VNI {}", v.vni),
             ),
             false,
@@ -874,7 +875,10 @@ mod tests {
     fn a_downed_underlay_comes_up_and_is_the_lowest_failure() {
         assert_eq!(repairs("seed-eth0-down-vm-a"), ["ip link set up eth0"]);
         let f = failing("seed-eth0-down-vm-a");
-        assert_eq!(f[0], (Layer::UnderlayLink, "eth0 is up (underlay)".into()));
+        assert_eq!(
+            f[0],
+            (Layer::UnderlayLink, "eth0 is down (underlay)".into())
+        );
     }
 
     #[test]

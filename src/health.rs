@@ -21,7 +21,7 @@ pub struct Health {
     pub passed: usize,
     /// Checks that failed.
     pub failed: usize,
-    /// The causes, one line each (`vm-a: eth0 is up (underlay): expected up, seen down`).
+    /// The causes, one line each (`vm-a: eth0 is down (underlay): expected up, seen down`).
     pub causes: Vec<String>,
 }
 

@@ -450,7 +450,7 @@ mod tests {
         assert_eq!(v.diagnoses.len(), 1, "{:#?}", v.diagnoses);
         let d = &v.diagnoses[0];
         assert_eq!(d.cause.guest, "vm-a");
-        assert_eq!(d.cause.what, "eth0 is up (underlay)");
+        assert_eq!(d.cause.what, "eth0 is down (underlay)");
         assert_eq!(d.cause.fix.commands, ["ip link set up eth0"]);
         assert!(d
             .symptoms
@@ -486,7 +486,7 @@ mod tests {
         let f = v
             .failures
             .iter()
-            .find(|f| f.what == "vxlan0 exists")
+            .find(|f| f.what == "vxlan0 is missing")
             .unwrap();
         assert_eq!(
             f.fix.commands[0],

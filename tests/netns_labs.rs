@@ -170,13 +170,13 @@ fn check_fails_naming_the_guest_whose_vxlan_was_deleted() {
     let f = r["failures"].as_array().unwrap();
     assert!(
         f.iter()
-            .any(|f| f["guest"] == "vm-b" && f["what"] == "vxlan0 exists"),
+            .any(|f| f["guest"] == "vm-b" && f["what"] == "vxlan0 is missing"),
         "{f:#?}"
     );
     let human = lab.run(&["check", &lab.name]);
     assert_eq!(human.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&human.stdout)
-        .contains("vm-b: vxlan0 exists: expected vxlan VNI 42, seen no such device"));
+        .contains("vm-b: vxlan0 is missing: expected vxlan VNI 42, seen no such device"));
     lab.down_leaves_nothing();
 }
 

@@ -199,7 +199,7 @@ fn a_downed_underlay_is_the_cause_with_its_command_and_up_brings_it_up() {
         [(
             "vm-a".into(),
             "underlay_link".into(),
-            "eth0 is up (underlay)".into()
+            "eth0 is down (underlay)".into()
         )]
     );
     let c = first_cause(&r);
@@ -212,7 +212,7 @@ fn a_downed_underlay_is_the_cause_with_its_command_and_up_brings_it_up() {
         .any(|s| s["guest"] == "vm-b" && s["kind"] == "overlay_ping"));
     let text = String::from_utf8(lab.run(&["check", &lab.name]).stdout).unwrap();
     assert!(
-        text.contains("vm-a: eth0 is up (underlay): expected up, seen down (underlay link)"),
+        text.contains("vm-a: eth0 is down (underlay): expected up, seen down (underlay link)"),
         "{text}"
     );
     assert!(
@@ -306,7 +306,7 @@ fn a_deleted_vxlan_device_carries_the_plan_lines_and_up_recreates_it() {
     let (code, r) = lab.check();
     assert_eq!(code, 1);
     let c = first_cause(&r);
-    assert_eq!(c["what"], "vxlan0 exists");
+    assert_eq!(c["what"], "vxlan0 is missing");
     assert_eq!(
         c["fix"]["commands"][0],
         "ip link add vxlan0 type vxlan id 42 group 239.1.1.1 dev eth0 dstport 4789"
