@@ -4,10 +4,19 @@
 # page's event stream and a websocket terminal per copy, tests/class_bench.rs). Prints the
 # latency from a command typed in a guest's terminal to the change on that copy's page, the
 # server's CPU while idle and while students type (SECONDS each, default 10), and its memory.
+# PAGES=browser opens the pages for real instead: one tab per copy in one headless Chromium
+# (Debian's chromium and chromium-driver), the latency running from a change in a guest to
+# the moment its tab shows it, and Chromium's memory too.
 # Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-30}
+PAGES=${PAGES:-client}
+case $PAGES in
+  client) bench=thirty_students_type_while_the_server_follows ;;
+  browser) bench=thirty_student_pages_in_a_real_browser ;;
+  *) echo "bench-class: PAGES is client or browser" >&2; exit 64 ;;
+esac
 SECONDS_PER_PHASE=${SECONDS_PER_PHASE:-10}
 cargo build --release -q
 cargo test --release --no-run -q --test class_bench 2>/dev/null
@@ -34,6 +43,13 @@ base=${url%%/t/*}
 "$VXLAB" sheet cb --format csv --url "$base" > "$work/sheet.csv"
 
 echo "$N copies of the seed lab ($((2 * N)) guests) served by vxlab serve (pid $server):"
+ran=0
 BENCH_SHEET=$(cat "$work/sheet.csv") BENCH_PID=$server BENCH_SECONDS=$SECONDS_PER_PHASE \
-  cargo test --release -q --test class_bench -- --ignored --nocapture 2>/dev/null |
-  grep -v -e '^running' -e '^test ' -e '^$' -e 'test result' -e '^\.$'
+  cargo test --release -q --test class_bench -- --ignored --exact "$bench" --nocapture \
+  > "$work/bench.out" 2> "$work/bench.err" || ran=$?
+grep -v -e '^running' -e '^test ' -e '^$' -e 'test result' -e '^\.$' -e '^failures:' \
+  -e "^    $bench" "$work/bench.out" || true
+if [ "$ran" != 0 ]; then
+  grep -A12 'panicked' "$work/bench.err" >&2 || cat "$work/bench.err" >&2
+  exit 1
+fi

@@ -4,8 +4,14 @@
 //! measures the server's CPU while idle and while students type, its memory, and the latency
 //! from a command typed in a guest's terminal to the change on that copy's page.
 //!
+//! The other benchmark opens the pages for real: every copy's student page (graph, tables,
+//! xterm.js terminal) in a tab of headless Chromium, five tabs a browser, and the latency runs
+//! from a change made in a guest to the moment the tab's page shows it.
+//!
 //! Input from the script, in the environment: BENCH_SHEET (the `vxlab sheet --format csv`
 //! output), BENCH_PID (the server's pid), BENCH_SECONDS (length of each phase).
+
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -86,6 +92,45 @@ async fn events(
     }
 }
 
+/// The sheet's student URLs, in copy order, and each copy's name.
+fn sheet() -> Vec<(String, String)> {
+    std::env::var("BENCH_SHEET")
+        .expect("BENCH_SHEET")
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_string(), f[2].to_string())
+        })
+        .collect()
+}
+
+/// Resident and proportional memory in MiB of every process whose command is `name`.
+fn memory_of(name: &str) -> (f64, f64, usize) {
+    let (mut rss, mut pss, mut n) = (0.0, 0.0, 0);
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let dir = e.path();
+        if !std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim() == name) {
+            continue;
+        }
+        let Ok(rollup) = std::fs::read_to_string(dir.join("smaps_rollup")) else {
+            continue;
+        };
+        let field = |key: &str| -> f64 {
+            rollup
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0
+        };
+        rss += field("Rss:");
+        pss += field("Pss:");
+        n += 1;
+    }
+    (rss, pss, n)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -93,15 +138,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run by scripts/bench-class.sh"]
 async fn thirty_students_type_while_the_server_follows() {
-    let sheet = std::env::var("BENCH_SHEET").expect("BENCH_SHEET");
     let pid: u32 = std::env::var("BENCH_PID").unwrap().parse().unwrap();
     let phase =
         Duration::from_secs(std::env::var("BENCH_SECONDS").map_or(10, |s| s.parse().unwrap()));
-    let urls: Vec<String> = sheet
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').nth(2).unwrap().to_string())
-        .collect();
+    let urls: Vec<String> = sheet().into_iter().map(|(_, url)| url).collect();
     let n = urls.len();
     let host = urls[0]
         .trim_start_matches("http://")
@@ -204,4 +244,177 @@ async fn thirty_students_type_while_the_server_follows() {
         "server memory: {rss:.0} MiB resident ({rss_after:.0} MiB after the changes); \
          its {children} processes (shells, ip monitor): {children_rss:.0} MiB ({children_after:.0} MiB after)"
     );
+}
+
+/// Installed in each tab: the time (ms since the epoch) each MTU first shows in vm-a's link
+/// table, in `window.vxlabSeen`.
+const WATCH_MTU: &str = "
+    window.vxlabSeen = {};
+    const look = () => {
+      for (const tr of document.querySelectorAll('#tables-vm-a tr')) {
+        const td = tr.querySelectorAll('td');
+        if (td.length > 3 && td[0].innerText.trim() === 'vxlan0') {
+          const mtu = td[3].innerText.trim();
+          if (!(mtu in window.vxlabSeen)) window.vxlabSeen[mtu] = Date.now();
+        }
+      }
+    };
+    new MutationObserver(look).observe(document.body,
+      {subtree: true, childList: true, characterData: true});
+    look();
+    return true;";
+
+fn epoch_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1000.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by scripts/bench-class.sh with BENCH_PAGES=browser"]
+async fn thirty_student_pages_in_a_real_browser() {
+    use common::browser::{browser_with, chromedriver, wait_for};
+    let copies = sheet();
+    let pid: u32 = std::env::var("BENCH_PID").unwrap().parse().unwrap();
+    let phase =
+        Duration::from_secs(std::env::var("BENCH_SECONDS").map_or(10, |s| s.parse().unwrap()));
+    let (_driver, port) = chromedriver();
+    // A browser keeps at most 6 HTTP/1.1 connections to one server, and every page holds one
+    // open for its event stream: a browser holds 5 pages here (each student has a browser of
+    // their own in class), each in a tab.
+    let per_browser = 5;
+    let profiles: Vec<tempfile::TempDir> = (0..copies.len().div_ceil(per_browser))
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let mut browsers = Vec::new();
+    for profile in &profiles {
+        // Tabs in the background are the rule here: Chromium must not slow them down.
+        browsers.push(
+            browser_with(
+                port,
+                profile.path(),
+                &[
+                    "--disable-background-timer-throttling",
+                    "--disable-renderer-backgrounding",
+                    "--disable-backgrounding-occluded-windows",
+                ],
+            )
+            .await,
+        );
+    }
+
+    // One tab per copy: its student page, loaded, its terminal at a prompt, the MTU watched.
+    let opening = Instant::now();
+    let mut tabs = Vec::new();
+    for (i, (copy, url)) in copies.iter().enumerate() {
+        let c = &browsers[i / per_browser];
+        let handle = if i % per_browser == 0 {
+            c.window().await.unwrap()
+        } else {
+            c.new_window(true).await.unwrap().handle
+        };
+        c.switch_to_window(handle.clone()).await.unwrap();
+        c.goto(url).await.unwrap();
+        wait_for(
+            c,
+            30,
+            "the page's terminal at a prompt",
+            &format!(
+                "const r = document.querySelector('#term-vm-a .xterm-rows'); \
+                 return r && r.innerText.includes('{copy}/vm-a#')"
+            ),
+        )
+        .await;
+        c.execute(WATCH_MTU, vec![]).await.unwrap();
+        tabs.push((copy.clone(), i / per_browser, handle));
+    }
+    let opened = opening.elapsed().as_secs_f64();
+    let settle = Instant::now() + Duration::from_secs(3);
+    tokio::time::sleep_until(settle.into()).await;
+
+    let (rss, children_rss, children) = memory_mib(pid);
+    let (chromium_rss, chromium_pss, chromium_n) = memory_of("chromium");
+    let cpu0 = cpu_seconds(pid);
+    tokio::time::sleep(phase).await;
+    let idle = (cpu_seconds(pid) - cpu0) / phase.as_secs_f64() * 100.0;
+
+    // Changes in the guests, one every 100 ms round the class, each copy's MTUs distinct.
+    let n = tabs.len();
+    let mut sent: Vec<(usize, u32, f64)> = Vec::new();
+    let cpu1 = cpu_seconds(pid);
+    let started = Instant::now();
+    let mut k = 0usize;
+    while started.elapsed() < phase {
+        let i = k % n;
+        let mtu = 1300 + (k / n % 150) as u32;
+        let ns = vxlab::plan::instance_name(&tabs[i].0, "vm-a");
+        let at = epoch_ms();
+        let ok = std::process::Command::new("ip")
+            .args(["-n", &ns, "link", "set", "vxlan0", "mtu", &mtu.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip -n {ns} link set vxlan0 mtu {mtu}");
+        sent.push((i, mtu, at));
+        k += 1;
+        tokio::time::sleep_until((started + Duration::from_millis(100 * k as u64)).into()).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    let busy = (cpu_seconds(pid) - cpu1) / took * 100.0;
+    // Give the last change time to show, then read every tab's record.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut seen = Vec::new();
+    for (_, b, handle) in &tabs {
+        let c = &browsers[*b];
+        c.switch_to_window(handle.clone()).await.unwrap();
+        seen.push(c.execute("return window.vxlabSeen", vec![]).await.unwrap());
+    }
+    let mut latencies: Vec<f64> = sent
+        .iter()
+        .map(|(i, mtu, at)| {
+            seen[*i][mtu.to_string()]
+                .as_f64()
+                .map_or(f64::INFINITY, |shown| shown - at)
+        })
+        .collect();
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let lost = latencies.iter().filter(|l| l.is_infinite()).count();
+    println!(
+        "student pages open in headless Chromium, one per copy: {n}, in {} browsers of up to \
+         {per_browser} tabs (opened in {opened:.0} s)",
+        browsers.len()
+    );
+    println!(
+        "latency, change in a guest -> shown in its tab: {} changes, median {:.0} ms, \
+         p95 {:.0} ms, max {:.0} ms, not shown within 5 s: {lost}",
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.95),
+        latencies.last().unwrap()
+    );
+    println!("server CPU, idle: {idle:.1} % of one core");
+    println!(
+        "server CPU, while {:.0} changes/s: {busy:.1} % of one core",
+        sent.len() as f64 / took
+    );
+    println!(
+        "server memory: {rss:.0} MiB resident; its {children} processes (shells, ip monitor): \
+         {children_rss:.0} MiB"
+    );
+    println!(
+        "Chromium with {n} pages: {chromium_n} processes, {chromium_rss:.0} MiB resident, \
+         {chromium_pss:.0} MiB proportional"
+    );
+    // Back to the plan's MTU.
+    for (copy, _, _) in &tabs {
+        let ns = vxlab::plan::instance_name(copy, "vm-a");
+        let _ = std::process::Command::new("ip")
+            .args(["-n", &ns, "link", "set", "vxlan0", "mtu", "1450"])
+            .status();
+    }
+    for c in browsers {
+        let _ = c.close().await;
+    }
 }

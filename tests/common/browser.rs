@@ -86,19 +86,31 @@ pub fn chromedriver() -> (Running, u16) {
 }
 
 pub async fn browser(port: u16, profile: &std::path::Path) -> Client {
+    browser_with(port, profile, &[]).await
+}
+
+/// [`browser`] with more Chromium switches.
+pub async fn browser_with(port: u16, profile: &std::path::Path, more: &[&str]) -> Client {
+    let mut args: Vec<String> = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1800",
+    ]
+    .iter()
+    .chain(more)
+    .map(|a| a.to_string())
+    .collect();
+    args.push(format!("--user-data-dir={}", profile.display()));
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
-        json!({
-            "binary": "/usr/bin/chromium",
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                "--window-size=1400,1800",
-                format!("--user-data-dir={}", profile.display()),
-            ]
-        }),
+        json!({ "binary": "/usr/bin/chromium", "args": args }),
     );
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
     ClientBuilder::new(connector)
