@@ -374,11 +374,16 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     )
     .await;
     let causes = causes.as_str().unwrap();
+    // Each fix is what the student can do on this page: type the plan's command in the
+    // guest's terminal, or press that guest's Reset.
     assert!(
-        causes.contains("fix: `ip addr add 192.168.42.3/24 dev vxlan0`")
-            && causes.contains(
-                "fix: `bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst 239.1.1.1 via eth0`"
-            ),
+        causes.contains(
+            "fix: in vm-b's terminal `ip addr add 192.168.42.3/24 dev vxlan0`, or the Reset vm-b \
+             button repairs it"
+        ) && causes.contains(
+            "fix: in vm-a's terminal `bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst \
+             239.1.1.1 via eth0`, or the Reset vm-a button repairs it"
+        ),
         "{causes}"
     );
     screenshot(&c, "class_server", "student-check-failing.png").await;

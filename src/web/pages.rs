@@ -12,7 +12,7 @@ use super::live::LabView;
 use crate::health::Health;
 use crate::plan::{GuestPlan, Plan};
 use crate::report::line;
-use crate::verify::Verdict;
+use crate::verify::{Failure, Verdict};
 use crate::views::Table;
 
 const TEMPLATES: [(&str, &str); 8] = [
@@ -245,6 +245,26 @@ pub struct CheckView {
     pub error: Option<String>,
 }
 
+/// How a page's reader repairs `f`: the commands, typed in the guest's terminal on the page,
+/// or the page's Reset button (the vxlab command line is the instructor's, not the page's).
+pub fn page_fix(f: &Failure) -> String {
+    let reset = if f.guest.is_empty() {
+        "Reset the whole lab".to_string()
+    } else {
+        format!("Reset {}", f.guest)
+    };
+    let cmds: Vec<String> = f.fix.commands.iter().map(|c| format!("`{c}`")).collect();
+    match (cmds.is_empty(), f.guest.is_empty()) {
+        (true, _) => format!("the {reset} button repairs it"),
+        (false, true) => format!("{}, or the {reset} button repairs it", cmds.join("; ")),
+        (false, false) => format!(
+            "in {}'s terminal {}, or the {reset} button repairs it",
+            f.guest,
+            cmds.join("; ")
+        ),
+    }
+}
+
 impl CheckView {
     /// The view of `verdict`.
     pub fn of(verdict: &Verdict) -> CheckView {
@@ -259,7 +279,7 @@ impl CheckView {
                     guest: d.cause.guest.clone(),
                     layer: d.cause.layer.describe().to_string(),
                     what: line(&d.cause),
-                    fix: d.cause.fix.to_string(),
+                    fix: page_fix(&d.cause),
                     symptoms: d
                         .symptoms
                         .iter()
@@ -330,6 +350,43 @@ fn time_of_day(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failure(guest: &str, commands: &[&str]) -> Failure {
+        Failure {
+            kind: crate::converge::Kind::FloodEntry,
+            layer: crate::converge::Layer::Flooding,
+            guest: guest.into(),
+            device: "vxlan0".into(),
+            what: "vxlan0 flood entry to 239.1.1.1".into(),
+            expected: "00:00:00:00:00:00 dst 239.1.1.1".into(),
+            seen: "flood entries to none".into(),
+            peer: None,
+            fix: crate::verify::Fix {
+                commands: commands.iter().map(|c| c.to_string()).collect(),
+                vxlab: "vxlab up cls-1".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_pages_fix_is_typed_in_the_guests_terminal_or_is_its_reset_button() {
+        assert_eq!(
+            page_fix(&failure(
+                "vm-a",
+                &["bridge fdb append x", "ip link set up vxlan0"]
+            )),
+            "in vm-a's terminal `bridge fdb append x`; `ip link set up vxlan0`, or the Reset \
+             vm-a button repairs it"
+        );
+        assert_eq!(
+            page_fix(&failure("vm-a", &[])),
+            "the Reset vm-a button repairs it"
+        );
+        assert_eq!(
+            page_fix(&failure("", &[])),
+            "the Reset the whole lab button repairs it"
+        );
+    }
 
     #[test]
     fn values_from_the_lab_are_escaped_in_every_page() {
