@@ -37,7 +37,8 @@ pub fn install() {
     }
     let handler: extern "C" fn(libc::c_int) = on_signal;
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        // SAFETY: the handler only stores to an atomic and writes to a pipe, both
+        // async-signal-safe.
         unsafe {
             libc::signal(sig, handler as libc::sighandler_t);
         }

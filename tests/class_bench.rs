@@ -131,6 +131,23 @@ fn memory_of(name: &str) -> (f64, f64, usize) {
     (rss, pss, n)
 }
 
+/// Prints the latencies (`INFINITY` for a change never seen) and the server's CPU, idle and
+/// while `rate` changes a second came.
+fn print_figures(what: &str, mut latencies: Vec<f64>, (idle, busy, rate): (f64, f64, f64)) {
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let lost = latencies.iter().filter(|l| l.is_infinite()).count();
+    println!(
+        "latency, {what}: {} changes, median {:.0} ms, p95 {:.0} ms, max {:.0} ms, \
+         not seen within 5 s: {lost}",
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.95),
+        latencies.last().unwrap()
+    );
+    println!("server CPU, idle: {idle:.1} % of one core");
+    println!("server CPU, while {rate:.0} changes/s: {busy:.1} % of one core");
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -224,21 +241,12 @@ async fn thirty_students_type_while_the_server_follows() {
     }
     let busy = (cpu_seconds(pid) - cpu1) / started.elapsed().as_secs_f64() * 100.0;
     let (rss_after, children_after, _) = memory_mib(pid);
-    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let lost = latencies.iter().filter(|l| l.is_infinite()).count();
     println!("copies with a page and a terminal open: {n}");
-    println!(
-        "latency, command typed in a guest's terminal -> change on its page: {} changes, \
-         median {:.0} ms, p95 {:.0} ms, max {:.0} ms, not seen within 5 s: {lost}",
-        latencies.len(),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.95),
-        latencies.last().unwrap()
-    );
-    println!("server CPU, idle: {idle:.1} % of one core");
-    println!(
-        "server CPU, while {:.0} changes/s: {busy:.1} % of one core",
-        latencies.len() as f64 / started.elapsed().as_secs_f64()
+    let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+    print_figures(
+        "command typed in a guest's terminal -> change on its page",
+        latencies,
+        (idle, busy, rate),
     );
     println!(
         "server memory: {rss:.0} MiB resident ({rss_after:.0} MiB after the changes); \
@@ -371,7 +379,7 @@ async fn thirty_student_pages_in_a_real_browser() {
         c.switch_to_window(handle.clone()).await.unwrap();
         seen.push(c.execute("return window.vxlabSeen", vec![]).await.unwrap());
     }
-    let mut latencies: Vec<f64> = sent
+    let latencies: Vec<f64> = sent
         .iter()
         .map(|(i, mtu, at)| {
             seen[*i][mtu.to_string()]
@@ -379,25 +387,16 @@ async fn thirty_student_pages_in_a_real_browser() {
                 .map_or(f64::INFINITY, |shown| shown - at)
         })
         .collect();
-    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let lost = latencies.iter().filter(|l| l.is_infinite()).count();
     println!(
         "student pages open in headless Chromium, one per copy: {n}, in {} browsers of up to \
          {per_browser} tabs (opened in {opened:.0} s)",
         browsers.len()
     );
-    println!(
-        "latency, change in a guest -> shown in its tab: {} changes, median {:.0} ms, \
-         p95 {:.0} ms, max {:.0} ms, not shown within 5 s: {lost}",
-        latencies.len(),
-        percentile(&latencies, 0.5),
-        percentile(&latencies, 0.95),
-        latencies.last().unwrap()
-    );
-    println!("server CPU, idle: {idle:.1} % of one core");
-    println!(
-        "server CPU, while {:.0} changes/s: {busy:.1} % of one core",
-        sent.len() as f64 / took
+    let rate = sent.len() as f64 / took;
+    print_figures(
+        "change in a guest -> shown in its tab",
+        latencies,
+        (idle, busy, rate),
     );
     println!(
         "server memory: {rss:.0} MiB resident; its {children} processes (shells, ip monitor): \

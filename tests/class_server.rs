@@ -198,14 +198,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         ("vm-a", vec!["ip", "neigh", "flush", "dev", "vxlan0"]),
         ("vm-b", vec!["ip", "neigh", "flush", "dev", "vxlan0"]),
     ] {
-        let mut args = vec!["exec", "--lab", "cls-1", guest];
-        args.extend(argv);
-        let out = lab.run(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        lab.exec(Some("cls-1"), guest, &argv);
     }
     let before = wait_for(
         &c,
@@ -341,17 +334,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     screenshot(&c, "class_server", "student-capture.png").await;
 
     // The student breaks two guests; Check names each cause with its fix.
-    let student_does = |guest: &str, argv: &[&str]| {
-        let mut args = vec!["exec", "--lab", "cls-1", guest, "--"];
-        args.extend(argv);
-        let out = lab.run(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let student_does = |guest: &str, argv: &[&str]| lab.exec(Some("cls-1"), guest, argv);
     student_does("vm-b", &["ip", "addr", "flush", "dev", "vxlan0"]);
     student_does("vm-a", &["bridge", "fdb", "flush", "dev", "vxlan0"]);
     let click = |css: &'static str| {

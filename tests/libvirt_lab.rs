@@ -12,17 +12,42 @@ use std::os::unix::fs::PermissionsExt;
 
 use common::{ensure_image, fdb_dst, guest, marked_tarball, ping_replied, vtep, Lab};
 
-/// Runs `argv` in `guest` through vxlab's SSH; its standard output.
+/// Runs `argv` in `guest` through vxlab's SSH; its standard output, trimmed.
 fn guest_says(lab: &Lab, guest: &str, argv: &[&str]) -> String {
-    let mut args = vec!["exec", guest, "--"];
-    args.extend(argv);
-    let out = lab.run(&args);
-    assert!(
-        out.status.success(),
-        "{guest}: {argv:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    lab.exec(None, guest, argv).trim().to_string()
+}
+
+/// vxlab's own image seen from another directory without vxlab's recipe beside it: an image
+/// a user brought, its initrd `initrd` when given (else the built one). Its directory stays
+/// while the returned guard lives.
+fn brought_image(initrd: Option<&[u8]>) -> (tempfile::TempDir, std::path::PathBuf) {
+    let built = ensure_image();
+    let brought = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(brought.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in ["base.qcow2", "vmlinuz", "initrd.img"] {
+        match (f, initrd) {
+            ("initrd.img", Some(bytes)) => std::fs::write(brought.path().join(f), bytes).unwrap(),
+            _ => std::os::unix::fs::symlink(built.join(f), brought.path().join(f)).unwrap(),
+        }
+    }
+    let image = brought.path().join("base.qcow2");
+    (brought, image)
+}
+
+/// The seed lab with vm-a alone, on underlay `net` (as `192.168.N.`), booting `image`.
+fn one_guest_lab(name: &str, net: &str, image: &std::path::Path) -> Lab {
+    let lab = Lab::shipped(
+        "two-vm.yaml",
+        name,
+        &[
+            ("192.168.10.", net),
+            ("image: debian-12", &format!("image: {}", image.display())),
+            (&format!("  vm-b: {{ address: {net}3 }}\n"), ""),
+            ("      vm-b: 192.168.42.3/24\n", ""),
+        ],
     );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    std::fs::set_permissions(lab.state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    lab
 }
 
 #[test]
@@ -222,24 +247,8 @@ fn a_guest_of_vxlabs_image_gets_the_interface_name_the_lab_gives() {
 fn an_image_a_user_brings_boots_through_cloud_init_nocloud() {
     // vxlab's own image, seen from another directory without vxlab's recipe beside it, is an
     // image a user brought: vxlab boots it normally and gives it cloud-init NoCloud documents.
-    let built = ensure_image();
-    let brought = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(brought.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for f in ["base.qcow2", "vmlinuz", "initrd.img"] {
-        std::os::unix::fs::symlink(built.join(f), brought.path().join(f)).unwrap();
-    }
-    let image = brought.path().join("base.qcow2");
-    let lab = Lab::shipped(
-        "two-vm.yaml",
-        "brought",
-        &[
-            ("192.168.10.", "192.168.77."),
-            ("image: debian-12", &format!("image: {}", image.display())),
-            ("  vm-b: { address: 192.168.77.3 }\n", ""),
-            ("      vm-b: 192.168.42.3/24\n", ""),
-        ],
-    );
-    std::fs::set_permissions(lab.state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_brought, image) = brought_image(None);
+    let lab = one_guest_lab("brought", "192.168.77.", &image);
     let (code, r) = lab.up();
     assert_eq!(code, 0, "{:#}", r);
     let v = vtep(&r, "vm-a", "vxlan0");
@@ -266,25 +275,8 @@ fn a_guest_whose_kernel_panics_is_started_again_once_then_up_says_why() {
     // system and panics, every time. vxlab starts the guest again once (a panic under a loaded
     // emulator can pass), then stops waiting and says why, instead of waiting out the boot's
     // whole time limit.
-    let built = ensure_image();
-    let brought = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(brought.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for f in ["base.qcow2", "vmlinuz"] {
-        std::os::unix::fs::symlink(built.join(f), brought.path().join(f)).unwrap();
-    }
-    std::fs::write(brought.path().join("initrd.img"), b"not an initramfs\n").unwrap();
-    let image = brought.path().join("base.qcow2");
-    let lab = Lab::shipped(
-        "two-vm.yaml",
-        "panics",
-        &[
-            ("192.168.10.", "192.168.91."),
-            ("image: debian-12", &format!("image: {}", image.display())),
-            ("  vm-b: { address: 192.168.91.3 }\n", ""),
-            ("      vm-b: 192.168.42.3/24\n", ""),
-        ],
-    );
-    std::fs::set_permissions(lab.state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_brought, image) = brought_image(Some(b"not an initramfs\n"));
+    let lab = one_guest_lab("panics", "192.168.91.", &image);
     let out = lab.run(&["up", lab.file.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "up passed with a panicking kernel");

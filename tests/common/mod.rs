@@ -124,6 +124,23 @@ impl Lab {
         child.wait_with_output().unwrap()
     }
 
+    /// `vxlab exec [--lab COPY] GUEST -- ARGV`, which must succeed; its standard output.
+    pub fn exec(&self, copy: Option<&str>, guest: &str, argv: &[&str]) -> String {
+        let mut args = vec!["exec"];
+        if let Some(copy) = copy {
+            args.extend(["--lab", copy]);
+        }
+        args.extend([guest, "--"]);
+        args.extend(argv);
+        let out = self.run(&args);
+        assert!(
+            out.status.success(),
+            "{guest}: {argv:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn up(&self) -> (i32, Value) {
         let out = self.run(&["up", "--json", self.file.to_str().unwrap()]);
         let code = out.status.code().unwrap_or(-1);

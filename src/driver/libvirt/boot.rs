@@ -23,6 +23,12 @@ pub fn kernel_panic(console: &str) -> Option<&str> {
     Some(why.trim_end().trim_end_matches("]---").trim_end())
 }
 
+/// The last lines of a console log's text, as a boot failure shows them.
+pub fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().rev().take(15).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
 /// How many times a guest whose kernel panicked while booting is started again. Under
 /// emulation a loaded host can starve a booting kernel's early checks; a second panic says
 /// the cause is not passing.

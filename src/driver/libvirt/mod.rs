@@ -453,24 +453,18 @@ impl LibvirtDriver {
             self.guests.len(),
         );
         let addr = SocketAddr::new(g.underlay.addr(), 22);
+        let log_name = log.display().to_string();
         let mut watch = boot::BootWatch::default();
         let open = ssh::retry_until(timeout, || {
             if ssh::port_open(addr) {
                 return Ok(Some(()));
             }
             let console = std::fs::read_to_string(&log).unwrap_or_default();
-            self.act_on(
-                g,
-                watch.look(&console),
-                &log.display().to_string(),
-                progress,
-            )?;
+            self.act_on(g, watch.look(&console), &log_name, progress)?;
             Ok(None)
         })?;
-        open.map(drop).ok_or_else(|| {
-            let e = ssh::SshError::Timeout { addr, timeout };
-            self.boot_failed(g, &log.display().to_string(), e)
-        })
+        open.map(drop)
+            .ok_or_else(|| self.boot_failed(g, &log_name, ssh::SshError::Timeout { addr, timeout }))
     }
 
     /// Does what a look at a booting guest's console calls for: says a new stage, restarts a
@@ -540,10 +534,9 @@ impl LibvirtDriver {
         if let Some(link) = &self.remote {
             return remote::guest::console_tail(link, g);
         }
-        let text =
-            std::fs::read_to_string(self.guest_dir(g).join("console.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().rev().take(15).collect();
-        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+        boot::last_lines(
+            &std::fs::read_to_string(self.guest_dir(g).join("console.log")).unwrap_or_default(),
+        )
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::{facts, lost, storage, HostLink};
-use crate::driver::libvirt::boot::BootWatch;
+use crate::driver::libvirt::boot::{last_lines, BootWatch};
 use crate::driver::libvirt::image::Image;
 use crate::driver::libvirt::seed::{self, GuestKeys, Seeding};
 use crate::driver::libvirt::ssh::{self, Connection, KeyPair, SshError};
@@ -200,9 +200,7 @@ fn tail(link: &HostLink, g: &GuestPlan) -> Result<String, virt::error::Error> {
         return Ok(String::new());
     };
     let bytes = storage::read_end(link.conn(), &pool, log, CONSOLE_END)?.unwrap_or_default();
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().rev().take(15).collect();
-    Ok(lines.into_iter().rev().collect::<Vec<_>>().join("\n"))
+    Ok(last_lines(&String::from_utf8_lossy(&bytes)))
 }
 
 /// The last lines of the guest's console log on its host.

@@ -137,33 +137,24 @@ pub fn upload(
 }
 
 /// The last `max` bytes of volume `name`, read through a storage volume download stream;
-/// `None` when there is no such volume. A file libvirt did not create (a console log, which
-/// virtlogd writes) is a volume once the pool has looked again, so a volume not found is
-/// looked for again after a refresh; libvirt re-reads a volume's size when asked for it.
+/// `None` when there is no such volume (libvirt re-reads a volume's size when asked for it).
 pub fn read_end(
     conn: &Connect,
     pool: &StoragePool,
     name: &str,
     max: u64,
 ) -> Result<Option<Vec<u8>>, virt::error::Error> {
-    let vol = match volume(pool, name)? {
-        Some(v) => v,
-        None => {
-            pool.refresh(0)?;
-            match volume(pool, name)? {
-                Some(v) => v,
-                None => return Ok(None),
-            }
-        }
+    let Some(vol) = find(pool, name)? else {
+        return Ok(None);
     };
     let size = physical_size(&vol)?;
-    let offset = size.saturating_sub(max);
+    let len = size.min(max);
     let mut out = Vec::new();
-    if size == offset {
+    if len == 0 {
         return Ok(Some(out));
     }
     let stream = Stream::new(conn, 0)?;
-    vol.download(&stream, offset, size - offset, 0)?;
+    vol.download(&stream, size - len, len, 0)?;
     let mut buf = vec![0u8; 16 << 10];
     loop {
         match stream.recv(&mut buf) {
@@ -190,18 +181,23 @@ pub enum UploadError {
     Read(#[source] std::io::Error),
 }
 
-/// Deletes volume `name`; false when it was not there. A file libvirt did not create (a
-/// console log) is a volume only once the pool has looked again: the pool is refreshed (a
-/// scan of its directory) only for a name it does not know.
-pub fn delete(pool: &StoragePool, name: &str) -> Result<bool, virt::error::Error> {
-    let known = match volume(pool, name)? {
-        Some(v) => Some(v),
+/// Volume `name`, also when it is a file libvirt did not create (a console log, which
+/// virtlogd writes): that is a volume only once the pool has looked again, so the pool is
+/// refreshed (a scan of its directory) only for a name it does not know. A refresh libvirt
+/// refuses (one while another volume is being built) leaves the name unknown this time.
+pub fn find(pool: &StoragePool, name: &str) -> Result<Option<StorageVol>, virt::error::Error> {
+    match volume(pool, name)? {
+        Some(v) => Ok(Some(v)),
         None => {
             let _ = pool.refresh(0);
-            volume(pool, name)?
+            volume(pool, name)
         }
-    };
-    match known {
+    }
+}
+
+/// Deletes volume `name` (see [`find`]); false when it was not there.
+pub fn delete(pool: &StoragePool, name: &str) -> Result<bool, virt::error::Error> {
+    match find(pool, name)? {
         Some(v) => {
             v.delete(0)?;
             Ok(true)
