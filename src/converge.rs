@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::guest_command::{self as cmd, GuestCommand, VxlanDevice};
 use crate::lab::Flood;
-use crate::observe::{GuestState, Link};
+use crate::observe::{GuestState, Link, Route};
 use crate::plan::{GuestPlan, VtepPlan};
 
 /// The layers of a guest, bottom up: `check` reports the lowest broken one as the cause.
@@ -73,6 +73,8 @@ pub enum Kind {
     ExtraAddress,
     /// The connected route of a planned address.
     Route,
+    /// A route into a planned subnet that the plan does not have.
+    ExtraRoute,
     /// A vxlan device exists and is a vxlan.
     VxlanExists,
     /// One of a vxlan device's creation settings (VNI, group, dev, port, learning).
@@ -322,11 +324,42 @@ fn list<T: ToString>(xs: &[T]) -> String {
     }
 }
 
+/// Whether `r` is the connected route of `net` on `dev`.
+fn is_connected(r: &Route, net: IpNet, dev: &str) -> bool {
+    r.kind.is_none()
+        && r.gateway.is_none()
+        && r.dev.as_deref() == Some(dev)
+        && r.prefix() == Some(net.trunc())
+}
+
 fn has_route(st: &GuestState, net: IpNet, dev: &str) -> bool {
+    st.routes.iter().any(|r| is_connected(r, net, dev))
+}
+
+/// Routes into `net` other than its connected route on `dev`: a host route to a peer through
+/// another device, a blackhole, a second route to the subnet. Each takes the guest's traffic
+/// for a planned address away from where the plan sends it.
+fn stray_routes<'a>(st: &'a GuestState, net: IpNet, dev: &str) -> Vec<(&'a Route, IpNet)> {
     let subnet = net.trunc();
     st.routes
         .iter()
-        .any(|r| r.dev.as_deref() == Some(dev) && r.dst.parse::<IpNet>().is_ok_and(|d| d == subnet))
+        .filter(|r| !is_connected(r, net, dev))
+        .filter_map(|r| Some((r, r.prefix()?)))
+        .filter(|(_, p)| subnet.contains(p))
+        .collect()
+}
+
+/// A route as `ip route show` lists it.
+fn route_words(r: &Route, dst: IpNet) -> String {
+    let mut w: Vec<String> = r.kind.iter().cloned().collect();
+    w.push(dst.to_string());
+    if let Some(g) = r.gateway {
+        w.push(format!("via {g}"));
+    }
+    if let Some(d) = &r.dev {
+        w.push(format!("dev {d}"));
+    }
+    w.join(" ")
 }
 
 /// The addresses of `dev`: `wanted` present, every other one gone, and its connected route
@@ -388,6 +421,28 @@ fn addresses(
             has_route(st, wanted, dev),
             || "no such route".into(),
             || vec![cmd::route_add(wanted, dev)],
+        );
+    }
+    for (r, dst) in stray_routes(st, wanted, dev) {
+        let words = route_words(r, dst);
+        f.push(
+            compared(
+                layer,
+                Kind::ExtraRoute,
+                dev,
+                format!("route {words}, not in the plan"),
+                "none",
+            ),
+            false,
+            || words.clone(),
+            || {
+                vec![cmd::route_del(
+                    r.kind.as_deref(),
+                    dst,
+                    r.gateway,
+                    r.dev.as_deref(),
+                )]
+            },
         );
     }
 }
@@ -468,15 +523,7 @@ fn extra_vxlans(f: &mut Findings, st: &GuestState) {
 pub fn create_vtep(g: &GuestPlan, v: &VtepPlan) -> Vec<(Layer, GuestCommand)> {
     let device = |c| (Layer::VxlanDevice, c);
     let mut c = vec![
-        device(cmd::link_add_vxlan(VxlanDevice {
-            name: &v.device,
-            vni: v.vni,
-            flood: &v.flood,
-            local: g.underlay.addr(),
-            dev: &v.dev,
-            port: v.port,
-            learning: v.learning,
-        })),
+        device(cmd::link_add_vxlan(vxlan_device(g, v))),
         device(cmd::link_address(&v.device, v.mac)),
     ];
     if let Some(mtu) = v.mtu {
@@ -504,6 +551,20 @@ pub fn create_vtep(g: &GuestPlan, v: &VtepPlan) -> Vec<(Layer, GuestCommand)> {
         }));
     }
     c
+}
+
+/// What VTEP `v`'s device is made with: what `ip link add` is given and what a device found
+/// in the guest is compared with.
+fn vxlan_device<'a>(g: &GuestPlan, v: &'a VtepPlan) -> VxlanDevice<'a> {
+    VxlanDevice {
+        name: &v.device,
+        vni: v.vni,
+        flood: &v.flood,
+        local: g.underlay.addr(),
+        dev: &v.dev,
+        port: v.port,
+        learning: v.learning,
+    }
 }
 
 /// On an overlay the lab addresses with IPv4 only, the device makes no IPv6 link-local
@@ -570,6 +631,7 @@ fn vtep(f: &mut Findings, v: &VtepPlan, st: &GuestState, underlay_up: bool) {
     let settings = [
         ("vni", v.vni.to_string(), p.vni.to_string()),
         ("group", opt(group), opt(p.group)),
+        ("local", opt(vxlan_device(g, v).local()), opt(p.local)),
         ("dev", v.dev.clone(), opt(p.dev.as_ref())),
         ("port", v.port.to_string(), p.port.to_string()),
         ("learning", v.learning.to_string(), p.learning.to_string()),
@@ -932,6 +994,45 @@ mod tests {
         assert_eq!(
             failing("seed-vni-43-vm-a"),
             [(Layer::VxlanDevice, "vxlan0 vni".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_head_end_vxlan_made_with_another_local_address_is_replaced() {
+        let steps = repairs("unicast-wrong-local-vm-a");
+        assert_eq!(steps[0], "ip link del dev vxlan0");
+        assert_eq!(
+            steps[1],
+            "ip link add vxlan0 type vxlan id 100 local 192.168.30.2 dev eth0 dstport 4789"
+        );
+        assert_eq!(
+            failing("unicast-wrong-local-vm-a")[0],
+            (Layer::VxlanDevice, "vxlan0 local".to_string())
+        );
+    }
+
+    #[test]
+    fn routes_into_planned_subnets_that_the_plan_lacks_are_removed() {
+        assert_eq!(
+            repairs("seed-stray-routes-vm-a"),
+            [
+                "ip route del blackhole 192.168.10.3/32",
+                "ip route del 192.168.42.3/32 dev lo"
+            ]
+        );
+        let f = failing("seed-stray-routes-vm-a");
+        assert_eq!(
+            f,
+            [
+                (
+                    Layer::UnderlayAddress,
+                    "route blackhole 192.168.10.3/32, not in the plan".to_string()
+                ),
+                (
+                    Layer::OverlayAddress,
+                    "route 192.168.42.3/32 dev lo, not in the plan".to_string()
+                )
+            ]
         );
     }
 

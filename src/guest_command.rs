@@ -174,13 +174,25 @@ pub struct VxlanDevice<'a> {
     pub learning: bool,
 }
 
+impl VxlanDevice<'_> {
+    /// The `local` address the device is made with: only a device without a group has one.
+    pub fn local(&self) -> Option<IpAddr> {
+        match self.flood {
+            Flood::Group(_) => None,
+            Flood::HeadEnd => Some(self.local),
+        }
+    }
+}
+
 /// `ip link add NAME type vxlan id VNI (group G | local L) dev DEV dstport PORT [nolearning]`.
 pub fn link_add_vxlan(v: VxlanDevice<'_>) -> GuestCommand {
     let id = v.vni.to_string();
     let mut c = GuestCommand::ip(&["link", "add", v.name, "type", "vxlan", "id", &id]);
-    match v.flood {
-        Flood::Group(g) => c.args.extend(["group".into(), g.to_string()]),
-        Flood::HeadEnd => c.args.extend(["local".into(), v.local.to_string()]),
+    if let Flood::Group(g) = v.flood {
+        c.args.extend(["group".into(), g.to_string()]);
+    }
+    if let Some(local) = v.local() {
+        c.args.extend(["local".into(), local.to_string()]);
     }
     c.args.extend([
         "dev".into(),
@@ -212,6 +224,28 @@ pub fn addr_del(address: IpNet, dev: &str) -> GuestCommand {
 /// `ip route add SUBNET dev DEV`: the connected route an address normally brings.
 pub fn route_add(subnet: IpNet, dev: &str) -> GuestCommand {
     GuestCommand::ip(&["route", "add", &subnet.trunc().to_string(), "dev", dev])
+}
+
+/// `ip route del [TYPE] DST [via GW] [dev DEV]`: removes one route, named as `ip route show`
+/// lists it. `kind` is one of the known route types, or left out.
+pub fn route_del(
+    kind: Option<&str>,
+    dst: IpNet,
+    gateway: Option<IpAddr>,
+    dev: Option<&str>,
+) -> GuestCommand {
+    let mut c = GuestCommand::ip(&["route", "del"]);
+    if let Some(k) = kind.filter(|k| crate::observe::ROUTE_TYPES.contains(k)) {
+        c.args.push(k.to_string());
+    }
+    c.args.push(dst.to_string());
+    if let Some(g) = gateway {
+        c.args.extend(["via".into(), g.to_string()]);
+    }
+    if let Some(d) = dev {
+        c.args.extend(["dev".into(), d.to_string()]);
+    }
+    c
 }
 
 /// `ip neigh flush dev DEV`: forgets the overlay neighbours (ARP or ND) on a device.

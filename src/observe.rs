@@ -14,6 +14,9 @@ use crate::lab::Mac;
 /// One route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Route {
+    /// The route's type when not a plain unicast one (`blackhole`, `unreachable`, ...); `-d`
+    /// names `unicast` too, which is read as none.
+    pub kind: Option<String>,
     /// Destination: a prefix or `default`.
     pub dst: String,
     /// Next hop, if any.
@@ -26,8 +29,32 @@ pub struct Route {
     pub prefsrc: Option<IpAddr>,
 }
 
+/// The route types `ip route` names before a destination; what `ip route del` is given back.
+pub const ROUTE_TYPES: [&str; 8] = [
+    "unicast",
+    "local",
+    "broadcast",
+    "multicast",
+    "throw",
+    "unreachable",
+    "prohibit",
+    "blackhole",
+];
+
+impl Route {
+    /// The destination as a prefix: a bare address is a host route; `default` is none.
+    pub fn prefix(&self) -> Option<IpNet> {
+        self.dst
+            .parse()
+            .ok()
+            .or_else(|| self.dst.parse::<IpAddr>().ok().map(IpNet::from))
+    }
+}
+
 #[derive(Deserialize)]
 struct JRoute {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
     dst: String,
     #[serde(default)]
     gateway: Option<IpAddr>,
@@ -48,6 +75,7 @@ pub fn read_routes(json: bool, out: &str) -> Result<Vec<Route>, ParseError> {
     Ok(raw
         .into_iter()
         .map(|r| Route {
+            kind: r.kind.filter(|k| k != "unicast"),
             dst: r.dst,
             gateway: r.gateway,
             dev: r.dev,
@@ -156,6 +184,8 @@ pub struct VxlanParams {
     pub vni: u32,
     /// Multicast group, if any.
     pub group: Option<IpAddr>,
+    /// Local (source) VTEP address, if the device was made with one.
+    pub local: Option<IpAddr>,
     /// Underlay device.
     pub dev: Option<String>,
     /// UDP destination port.
@@ -253,6 +283,10 @@ struct JVxlan {
     #[serde(default)]
     group6: Option<IpAddr>,
     #[serde(default)]
+    local: Option<IpAddr>,
+    #[serde(default)]
+    local6: Option<IpAddr>,
+    #[serde(default)]
     link: Option<String>,
     #[serde(default)]
     port: Option<u16>,
@@ -274,6 +308,7 @@ pub fn parse_links(json: &str) -> Result<Vec<Link>, ParseError> {
                     Some(VxlanParams {
                         vni: d.id?,
                         group: d.group.or(d.group6),
+                        local: d.local.or(d.local6),
                         dev: d.link,
                         port: d.port.unwrap_or(8472),
                         learning: d.learning.unwrap_or(true),
@@ -408,6 +443,7 @@ mod tests {
             Some(VxlanParams {
                 vni: 42,
                 group: Some("239.1.1.1".parse().unwrap()),
+                local: None,
                 dev: Some("eth0".into()),
                 port: 4789,
                 learning: true,

@@ -336,6 +336,7 @@ pub fn fresh_state(g: &GuestPlan, driver: DriverKind) -> GuestState {
         links: links.into_iter().map(|l| (l.name.clone(), l)).collect(),
         routes: booted
             .then(|| Route {
+                kind: None,
                 dst: g.underlay.trunc().to_string(),
                 gateway: None,
                 dev: Some(g.interface.clone()),

@@ -44,6 +44,36 @@ fn addresses(lab: &Lab, guest: &str, dev: &str) -> Vec<String> {
         .collect()
 }
 
+/// The groups the kernel lists as joined on `guest`'s eth0.
+fn joined(lab: &Lab, guest: &str) -> Vec<String> {
+    kernel(lab, guest, &["ip", "-j", "maddr", "show", "dev", "eth0"])[0]["maddr"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|a| a["address"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The routes in `guest`'s main table, as `ip route show` writes them.
+fn routes(lab: &Lab, guest: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &format!("vxlab-{}.{guest}", lab.name),
+            "route",
+            "show",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(" proto").next().unwrap().trim().to_string())
+        .collect()
+}
+
 /// The causes `check` reports: (guest, layer, what).
 fn causes(report: &Value) -> Vec<(String, String, String)> {
     report["diagnoses"]
@@ -233,6 +263,21 @@ fn a_downed_underlay_is_the_cause_with_its_command_and_up_brings_it_up() {
     let (code, r) = up_again(&lab);
     assert_eq!(code, 0, "{:#}", r["failures"]);
     assert_eq!(repairs(&r), ["vm-a: ip link set up eth0"]);
+    // The kernel's eth0 is up again, and vm-a has joined the group on it.
+    let eth0 = kernel(&lab, "vm-a", &["ip", "-j", "link", "show", "eth0"]);
+    assert!(
+        eth0[0]["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("UP")),
+        "{eth0:#}"
+    );
+    assert!(
+        joined(&lab, "vm-a").contains(&"239.1.1.1".to_string()),
+        "{:?}",
+        joined(&lab, "vm-a")
+    );
+    assert_eq!(lab.check().0, 0);
     lab.down_leaves_nothing();
 }
 
@@ -318,6 +363,21 @@ fn a_deleted_vxlan_device_carries_the_plan_lines_and_up_recreates_it() {
     let (code, r) = up_again(&lab);
     assert_eq!(code, 0, "{:#}", r["failures"]);
     assert_eq!(vtep(&r, "vm-a", "vxlan0")["kernel"]["vni"], 42);
+    // What the kernel itself has: the planned device, up, with its address.
+    let link = kernel(&lab, "vm-a", &["ip", "-j", "-d", "link", "show", "vxlan0"]);
+    let info = &link[0]["linkinfo"]["info_data"];
+    assert_eq!(
+        (&info["id"], &info["group"], &info["link"], &info["port"]),
+        (
+            &Value::from(42),
+            &Value::from("239.1.1.1"),
+            &Value::from("eth0"),
+            &Value::from(4789)
+        ),
+        "{link:#}"
+    );
+    assert_eq!(addresses(&lab, "vm-a", "vxlan0"), ["192.168.42.2/24"]);
+    assert_eq!(lab.check().0, 0);
     lab.down_leaves_nothing();
 }
 
@@ -464,6 +524,78 @@ fn status_never_calls_a_failing_lab_healthy() {
 }
 
 #[test]
+fn a_route_that_takes_the_peer_away_is_named_and_up_removes_it() {
+    let lab = seed("t-r-route", "192.168.82.");
+    // A host route that sends the peer's overlay address into lo, and a blackhole for the
+    // peer's VTEP: both inside planned subnets, neither in the plan.
+    student(
+        &lab,
+        "vm-a",
+        &["ip", "route", "add", "192.168.42.3/32", "dev", "lo"],
+    );
+    student(
+        &lab,
+        "vm-a",
+        &["ip", "route", "add", "blackhole", "192.168.82.3"],
+    );
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    let c = first_cause(&r);
+    assert_eq!(
+        (c["guest"].as_str(), c["layer"].as_str(), c["kind"].as_str()),
+        (Some("vm-a"), Some("underlay_address"), Some("extra_route"))
+    );
+    assert_eq!(
+        c["fix"]["commands"][0],
+        "ip route del blackhole 192.168.82.3/32"
+    );
+    assert!(
+        r["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "extra_route"
+                && f["layer"] == "overlay_address"
+                && f["fix"]["commands"][0] == "ip route del 192.168.42.3/32 dev lo"),
+        "{:#}",
+        r["failures"]
+    );
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(
+        repairs(&r),
+        [
+            "vm-a: ip route del blackhole 192.168.82.3/32",
+            "vm-a: ip route del 192.168.42.3/32 dev lo"
+        ]
+    );
+    assert_eq!(
+        routes(&lab, "vm-a"),
+        ["192.168.42.0/24 dev vxlan0", "192.168.82.0/24 dev eth0"]
+    );
+
+    // What only a ping finds: vm-b no longer answers echo requests. `status` pings once all
+    // else holds, so it does not call the lab healthy.
+    student(
+        &lab,
+        "vm-b",
+        &["sysctl", "-q", "-w", "net.ipv4.icmp_echo_ignore_all=1"],
+    );
+    let s: Value = serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap();
+    let row = &s["labs"][0];
+    assert_eq!(row["ok"], false, "{s:#}");
+    assert!(row["health"].as_str().unwrap().contains("ping"), "{s:#}");
+    student(
+        &lab,
+        "vm-b",
+        &["sysctl", "-q", "-w", "net.ipv4.icmp_echo_ignore_all=0"],
+    );
+    let s: Value = serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(s["labs"][0]["ok"], true, "{s:#}");
+    lab.down_leaves_nothing();
+}
+
+#[test]
 fn unicast_and_static_labs_are_repaired_too() {
     let uni = Lab::shipped("unicast.yaml", "t-r-uni", &[("192.168.30.", "192.168.79.")]);
     assert_eq!(uni.up().0, 0);
@@ -520,6 +652,48 @@ fn unicast_and_static_labs_are_repaired_too() {
     .collect();
     floods.sort();
     assert_eq!(floods, ["192.168.79.3", "192.168.79.4"]);
+
+    // vm-a's device made again by hand, from another local address.
+    student(&uni, "vm-a", &["ip", "link", "del", "vxlan0"]);
+    student(
+        &uni,
+        "vm-a",
+        &[
+            "ip",
+            "link",
+            "add",
+            "vxlan0",
+            "type",
+            "vxlan",
+            "id",
+            "100",
+            "local",
+            "192.168.79.99",
+            "dev",
+            "eth0",
+            "dstport",
+            "4789",
+        ],
+    );
+    let (code, r) = uni.check();
+    assert_eq!(code, 1);
+    let c = first_cause(&r);
+    assert_eq!(
+        (c["guest"].as_str(), c["what"].as_str()),
+        (Some("vm-a"), Some("vxlan0 local"))
+    );
+    assert_eq!(
+        c["fix"]["commands"][1],
+        "ip link add vxlan0 type vxlan id 100 local 192.168.79.2 dev eth0 dstport 4789"
+    );
+    let (code, r) = up_again(&uni);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    let link = kernel(&uni, "vm-a", &["ip", "-j", "-d", "link", "show", "vxlan0"]);
+    assert_eq!(
+        link[0]["linkinfo"]["info_data"]["local"], "192.168.79.2",
+        "{link:#}"
+    );
+    assert_eq!(uni.check().0, 0);
     uni.down_leaves_nothing();
 
     let st = Lab::shipped(
@@ -561,9 +735,39 @@ fn unicast_and_static_labs_are_repaired_too() {
     let (code, r) = up_again(&st);
     assert_eq!(code, 0, "{:#}", r["failures"]);
     assert_eq!(
-        fdb_dst(&r, "vm-a", "vxlan0", &Value::from(mac_b)).as_deref(),
+        fdb_dst(&r, "vm-a", "vxlan0", &Value::from(mac_b.clone())).as_deref(),
         Some("192.168.80.3")
     );
+
+    // vm-b's underlay down: the cause on vm-b, and vm-a's lost pings grouped under it.
+    student(&st, "vm-b", &["ip", "link", "set", "eth0", "down"]);
+    let (code, r) = st.check();
+    assert_eq!(code, 1);
+    assert_eq!(
+        causes(&r)[0],
+        (
+            "vm-b".into(),
+            "underlay_link".into(),
+            "eth0 is down (underlay)".into()
+        )
+    );
+    let (code, r) = up_again(&st);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(repairs(&r), ["vm-b: ip link set up eth0"]);
+    // The static entry survived the underlay going down and up: it is permanent.
+    let fdb = kernel(
+        &st,
+        "vm-a",
+        &["bridge", "-j", "fdb", "show", "dev", "vxlan0"],
+    );
+    assert!(
+        fdb.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mac"] == mac_b.as_str() && e["dst"] == "192.168.80.3"),
+        "{fdb:#}"
+    );
+    assert_eq!(st.check().0, 0);
     st.down_leaves_nothing();
 }
 

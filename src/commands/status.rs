@@ -28,8 +28,8 @@ fn row(state: &StateDir, name: &str, root: bool) -> (Value, Vec<String>) {
     };
     let p = plan::plan(&lab);
     let instances = p.guests.iter().map(|g| g.instance.clone()).collect();
-    // A real, quick check (no pings) when vxlab may read the guests; else the last one's
-    // result with its age, never a guess.
+    // A real, quick check (pings only once all else holds) when vxlab may read the guests;
+    // else the last one's result with its age, never a guess.
     let (health, ok, checked_now) = if root {
         match engine(&lab, None).and_then(|e| Ok(e.quick_check(&p)?)) {
             Ok(v) => (Health::of(&v).summary(), Some(v.ok()), true),

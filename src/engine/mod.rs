@@ -302,8 +302,9 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// A quick check for `status`: every guest read and compared with the plan, no pings, no
-    /// lock (it changes nothing).
+    /// A quick check for `status`: every guest read and compared with the plan, without the
+    /// lock (it changes nothing); the pings only when all else holds, since they are then
+    /// what is left to fail, and a lab whose pings fail is not healthy.
     pub fn quick_check(&self, plan: &Plan) -> Result<Verdict, EngineError> {
         let st = self.state.read(&plan.lab)?;
         let runner = Runner::new(self.driver.as_ref(), None, st.tools);
@@ -320,7 +321,12 @@ impl Engine {
             .zip(seen)
             .filter_map(|(g, s)| Some((g.name.clone(), s?)))
             .collect();
-        Ok(verify::verify(plan, &observed, &[]))
+        let verdict = verify::verify(plan, &observed, &[]);
+        if !verdict.ok() {
+            return Ok(verdict);
+        }
+        let (pings, _) = pings::ping_all(self.driver.as_ref(), plan);
+        Ok(verify::verify(plan, &observed, &pings))
     }
 
     /// Removes every resource recorded for the lab, newest first, then its state.

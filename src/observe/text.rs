@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{FdbEntry, GroupMembership, Link, Neighbour, Route, VxlanParams};
+use super::{FdbEntry, GroupMembership, Link, Neighbour, Route, VxlanParams, ROUTE_TYPES};
 
 /// The device name of a header line such as `3: eth0@if12: <...> mtu 1500 ...`.
 fn header_name(line: &str) -> Option<&str> {
@@ -66,6 +66,7 @@ pub fn links(text: &str) -> Vec<Link> {
                 link.vxlan = Some(VxlanParams {
                     vni,
                     group: after(&words, "group").and_then(|g| g.parse().ok()),
+                    local: after(&words, "local").and_then(|l| l.parse().ok()),
                     dev: after(&words, "dev").map(String::from),
                     // Releases before `dstport` used the kernel's default then, 8472.
                     port: after(&words, "dstport")
@@ -144,12 +145,18 @@ pub fn fdb(text: &str) -> Vec<FdbEntry> {
         .collect()
 }
 
-/// `ip route show`: `DST [via GW] dev DEV [proto P] [scope S] [src SRC]`.
+/// `ip route show`: `[TYPE] DST [via GW] dev DEV [proto P] [scope S] [src SRC]`.
 pub fn routes(text: &str) -> Vec<Route> {
     text.lines()
         .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
+            let mut words: Vec<&str> = line.split_whitespace().collect();
+            let kind = words.first().filter(|w| ROUTE_TYPES.contains(w)).copied();
+            if kind.is_some() {
+                words.remove(0);
+            }
+            let kind = kind.filter(|k| *k != "unicast").map(String::from);
             Some(Route {
+                kind,
                 dst: words.first()?.to_string(),
                 gateway: after(&words, "via").and_then(|g| g.parse().ok()),
                 dev: after(&words, "dev").map(String::from),
@@ -227,6 +234,14 @@ mod tests {
         assert_eq!(r[0].protocol.as_deref(), Some("kernel"));
         assert_eq!(r[0].prefsrc, Some("192.168.42.2".parse().unwrap()));
         assert_eq!(r[1].gateway, Some("192.168.10.1".parse().unwrap()));
+        assert_eq!(r[1].prefix(), None, "default is no prefix of a subnet");
+        let r = routes("blackhole 192.168.10.3 \nunicast 192.168.42.3 dev lo \n");
+        assert_eq!(r[0].kind.as_deref(), Some("blackhole"));
+        assert_eq!(r[0].prefix(), Some("192.168.10.3/32".parse().unwrap()));
+        assert_eq!(
+            (r[1].kind.as_deref(), r[1].dev.as_deref()),
+            (None, Some("lo"))
+        );
     }
 
     #[test]
