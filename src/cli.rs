@@ -220,12 +220,13 @@ pub enum Command {
     /// the command's status. `vxlab exec vm-a ip -br a` (no `--` needed).
     Exec {
         /// Lab file or name; may be left out when one lab is running.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: Option<PathBuf>,
         /// Run it on a pseudo-terminal (for programs that need one, such as `bash` or `top`).
         #[arg(short = 't', long)]
         tty: bool,
         /// Guest name.
+        #[arg(add = ArgValueCompleter::new(complete::guests))]
         guest: String,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -254,6 +255,7 @@ pub enum Command {
     /// secret link, guests and addresses, and what to try first.
     Sheet {
         /// Lab file or name (its workshop copies), or a running lab's name.
+        #[arg(add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: PathBuf,
         /// Output format.
         #[arg(long, value_enum, default_value_t = SheetFormatArg::Text)]
@@ -266,9 +268,10 @@ pub enum Command {
     /// shell as the class server's browser terminals.
     Shell {
         /// Lab file or name; may be left out when one lab is running.
-        #[arg(long)]
+        #[arg(long, add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: Option<PathBuf>,
         /// Guest name.
+        #[arg(add = ArgValueCompleter::new(complete::guests))]
         guest: String,
     },
 }

@@ -140,6 +140,14 @@ fn completions_offer_running_labs_lab_files_and_guest_names() {
         ["vm-a", "vm-b"]
     );
     assert_eq!(offered(&lab, &["reset", "t-comp", "vm-c"]), ["vm-c"]);
+    // A student's own commands: a shell or a command in a guest, and the instructor's sheet.
+    assert_eq!(offered(&lab, &["shell", "vm-"]), ["vm-a", "vm-b", "vm-c"]);
+    assert_eq!(offered(&lab, &["shell", "--lab", "t-co"]), ["t-comp"]);
+    assert_eq!(
+        offered(&lab, &["exec", "--lab", "t-comp", "vm-b"]),
+        ["vm-b"]
+    );
+    assert_eq!(offered(&lab, &["sheet", "t-co"]), ["t-comp"]);
     // Subcommands and options come from the definition.
     assert!(offered(&lab, &["cap"]).contains(&"capture".to_string()));
     assert!(offered(&lab, &["capture", "vm-a", "--only", ""]).contains(&"icmp".to_string()));
