@@ -50,6 +50,24 @@ pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
 }
 
+/// Blocks until Ctrl-C or SIGTERM comes (after [`install`]); at once if one already came.
+pub fn wait_for_stop() {
+    let mut fd = libc::pollfd {
+        fd: WAKE_READ.load(Ordering::SeqCst),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    while !requested() {
+        if fd.fd < 0 {
+            // No pipe to wait on: poll the flag instead.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        // SAFETY: poll reads and writes the one pollfd it is given.
+        unsafe { libc::poll(&mut fd, 1, -1) };
+    }
+}
+
 /// Waits for the user to press Enter on standard input, or for Ctrl-C / SIGTERM, whichever
 /// comes first: a pause must not outlast a stop that was asked for (a blocked read would, as
 /// the handler lets reads restart). True for Enter.

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Lab;
@@ -69,10 +69,23 @@ fn exec_output_arrives_while_the_command_still_runs() {
         started.elapsed() < Duration::from_secs(4),
         "the first line waited for the command to end"
     );
-    // Ctrl-C loses nothing that was printed: the first line is already here.
+    // Ctrl-C loses nothing that was printed (the first line is already here) and ends the
+    // command in the guest, with everything it started: no "second", nothing left running.
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let _ = child.wait();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert_eq!(rest, Vec::<String>::new());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the command ran on after Ctrl-C"
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let left = Command::new("ip")
+        .args(["netns", "pids", "vxlab-t-stream.vm-a"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&left.stdout), "", "processes left in the guest");
+    lab.down_leaves_nothing();
 }
 
 #[test]

@@ -130,6 +130,14 @@ fn attach(process: GuestProcess, launch: &Launch) -> Result<u8> {
     if launch.tty.is_some() {
         follow_window_size(control.clone());
     }
+    // Ctrl-C (in raw mode a key for the guest, not a signal) or SIGTERM ends the command in
+    // the guest, as a closed terminal would; what it printed before is already out.
+    crate::interrupt::install();
+    let stopper = control.clone();
+    std::thread::spawn(move || {
+        crate::interrupt::wait_for_stop();
+        stopper.hang_up();
+    });
     // Input is never waited for: the process may end without reading it, and this thread
     // then ends with vxlab.
     std::thread::spawn(move || pump(std::io::stdin(), stdin));
@@ -140,6 +148,10 @@ fn attach(process: GuestProcess, launch: &Launch) -> Result<u8> {
     }
     let status = control.wait()?;
     drop(raw);
+    if crate::interrupt::requested() {
+        eprintln!("vxlab: interrupted; the command in the guest was ended");
+        return Ok(130);
+    }
     Ok(u8::try_from(status).unwrap_or(u8::MAX))
 }
 

@@ -202,8 +202,10 @@ impl ProcessControl for LocalControl {
 
     fn hang_up(&self) {
         if !self.ended.load(Ordering::SeqCst) {
-            // SAFETY: signalling our own child, which has not been reaped.
+            // SAFETY: signalling our own child, which has not been reaped, and the process
+            // group (or session) it leads: what a closed terminal would hang up.
             unsafe {
+                libc::kill(-self.pid, libc::SIGHUP);
                 libc::kill(self.pid, libc::SIGHUP);
             }
         }
@@ -275,6 +277,9 @@ impl ChildSetup {
                 // Ctrl-C and window-size changes reach the shell.
                 check(libc::setsid())?;
                 check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+            } else {
+                // A process group of its own, so that ending it ends what it started too.
+                check(libc::setpgid(0, 0))?;
             }
             check(libc::setns(self.netns, libc::CLONE_NEWNET))?;
             if let Some(c) = &self.confine {
