@@ -139,7 +139,7 @@ lock_holders() {
 delay() { local ms=$((RANDOM * 32768 + RANDOM)); ms=$((ms % ($1 + 1))); printf '%d.%03d' $((ms / 1000)) $((ms % 1000)); }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
-# ---- kill -9 and SIGINT during up and during down ----
+# ---- kill -9, SIGINT and SIGTERM during up and during down ----
 kill_trials() { # SIGNAL PHASE
   local sig=$1 phase=$2 s="kill -$1 during $2" f=$work/kill.yaml name=sk net=201 t signo
   signo=$sig; [[ $sig =~ ^[0-9]+$ ]] || signo=$(kill -l "$sig")
@@ -166,8 +166,11 @@ kill_trials() { # SIGNAL PHASE
     wait_vxlab "$PID"
     note "$s" "trial $t: signal after $d s, exit $CODE"
     # Finished before the signal (0, or 1 for a failed check), or stopped by it: 128 + the
-    # signal, whether it died of it (KILL) or stopped between steps (INT, TERM).
-    judge "$s" "$work/k" "the interrupted $phase" 0 1 $((128 + signo))
+    # signal when it died of it (KILL), 130 when it stopped between steps (INT, TERM: the
+    # exit status vxlab documents for both).
+    local stopped=$((128 + signo))
+    [ "$sig" = TERM ] && stopped=130
+    judge "$s" "$work/k" "the interrupted $phase" 0 1 $stopped
     run_vxlab "$work/k" down $name; judge "$s" "$work/k" "down after the kill" 0
     [ "$CODE" = 75 ] && note "$s" "trial $t: the lock's holders: $(lock_holders "$name")"
     count_leak "$s" $name "$f" "trial $t"
@@ -329,7 +332,7 @@ started=$(date +%s)
 before_settings=$(host_settings)
 only fuzz && fuzz_trials
 if only kill; then
-  for sig in 9 INT; do for phase in up down; do kill_trials $sig $phase; done; done
+  for sig in 9 INT TERM; do for phase in up down; do kill_trials $sig $phase; done; done
 fi
 only race && { race_trials bridge; race_trials subnet; }
 only big && big_trials

@@ -130,7 +130,7 @@ const EXIT_STATUS: [(u8, &str); 11] = [
     (exit::TAKEN, "The lab's name is another lab's: its state (a standalone lab and a workshop copy of the same name), named in the message; nothing was created."),
     (exit::TEMPFAIL, "Another vxlab is changing the lab; try again when it is done."),
     (exit::NOPERM, "The command needs root, and says why."),
-    (exit::INTERRUPTED, "Ctrl-C or SIGTERM stopped up, reset or walk between two steps; vxlab down LAB removes what was made, vxlab up LAB finishes it."),
+    (exit::INTERRUPTED, "Ctrl-C or SIGTERM stopped up, reset or walk between two steps (vxlab down LAB removes what was made, vxlab up LAB finishes it), or ended the command exec ran in a guest."),
 ];
 
 const ENVIRONMENT: [(&str, &str); 6] = [

@@ -38,7 +38,17 @@ fn big_lab(name: &str, n: usize, net: u8) -> Lab {
 
 #[test]
 fn ctrl_c_during_up_stops_between_steps_and_down_removes_everything() {
-    let lab = big_lab("t-int", 60, 81);
+    interrupt_up(big_lab("t-int", 60, 81), libc::SIGINT);
+}
+
+#[test]
+fn sigterm_during_up_stops_it_the_same_way() {
+    interrupt_up(big_lab("t-term", 60, 83), libc::SIGTERM);
+}
+
+/// Starts `up` of `lab`, sends `signal` once its first guest is recorded, and checks that it
+/// stopped between steps, said so, and that `down` leaves nothing.
+fn interrupt_up(lab: Lab, signal: libc::c_int) {
     let child = lab
         .vxlab()
         .args(["up", lab.file.to_str().unwrap()])
@@ -58,7 +68,7 @@ fn ctrl_c_during_up_stops_between_steps_and_down_removes_everything() {
     }
     // SAFETY: signalling our own child.
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
+        libc::kill(child.id() as i32, signal);
     }
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -150,7 +150,7 @@ fn attach(process: GuestProcess, launch: &Launch) -> Result<u8> {
     drop(raw);
     if crate::interrupt::requested() {
         eprintln!("vxlab: interrupted; the command in the guest was ended");
-        return Ok(130);
+        return Ok(super::exit::INTERRUPTED);
     }
     Ok(u8::try_from(status).unwrap_or(u8::MAX))
 }
