@@ -166,10 +166,10 @@ kill_trials() { # SIGNAL PHASE
     wait_vxlab "$PID"
     note "$s" "trial $t: signal after $d s, exit $CODE"
     # Finished before the signal (0, or 1 for a failed check), or stopped by it: 128 + the
-    # signal when it died of it (KILL), 130 when it stopped between steps (INT, TERM: the
-    # exit status vxlab documents for both).
+    # signal when it died of it (KILL; INT and TERM during down), 130 when up stopped between
+    # steps (INT, TERM: the exit status vxlab documents for both).
     local stopped=$((128 + signo))
-    [ "$sig" = TERM ] && stopped=130
+    [ "$sig" = TERM ] && [ "$phase" = up ] && stopped=130
     judge "$s" "$work/k" "the interrupted $phase" 0 1 $stopped
     run_vxlab "$work/k" down $name; judge "$s" "$work/k" "down after the kill" 0
     [ "$CODE" = 75 ] && note "$s" "trial $t: the lock's holders: $(lock_holders "$name")"
