@@ -7,7 +7,9 @@
 #
 # Needs root. It creates namespaces, bridges and vxlan devices: on a shared machine run it in
 # a private network and mount namespace (`unshare --net --mount` with its own /run/netns,
-# /run/vxlab and /sys); there the host settings labs raise are the namespace's own.
+# /run/vxlab and /sys); there the host settings labs raise are the namespace's own, except
+# /sys/kernel/rcu_expedited, which is the kernel's: run no other vxlab on the host meanwhile,
+# or the two take each other's value for the original.
 #
 # Knobs (environment): VXLAB (binary; default: target/release/vxlab, built if missing),
 # SOAK_KILLS (trials per signal and phase, default 10), SOAK_RACES (per race, 10),
@@ -166,11 +168,11 @@ kill_trials() { # SIGNAL PHASE
     wait_vxlab "$PID"
     note "$s" "trial $t: signal after $d s, exit $CODE"
     # Finished before the signal (0, or 1 for a failed check), or stopped by it: 128 + the
-    # signal when it died of it (KILL; INT and TERM during down), 130 when up stopped between
-    # steps (INT, TERM: the exit status vxlab documents for both).
-    local stopped=$((128 + signo))
-    [ "$sig" = TERM ] && [ "$phase" = up ] && stopped=130
-    judge "$s" "$work/k" "the interrupted $phase" 0 1 $stopped
+    # signal when it died of it (KILL; INT and TERM during down, or before up's handler was
+    # in place), 130 when up stopped between steps (INT, TERM: the status vxlab documents).
+    local stopped=""
+    [ "$sig" != 9 ] && stopped=130
+    judge "$s" "$work/k" "the interrupted $phase" 0 1 $((128 + signo)) $stopped
     run_vxlab "$work/k" down $name; judge "$s" "$work/k" "down after the kill" 0
     [ "$CODE" = 75 ] && note "$s" "trial $t: the lock's holders: $(lock_holders "$name")"
     count_leak "$s" $name "$f" "trial $t"

@@ -271,6 +271,34 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     assert_eq!(others, json!(2));
     screenshot(&c, "class_server", "instructor-failing.png").await;
 
+    // The grid's Check says what broke, where, and the fix.
+    c.find(Locator::Css(
+        "button[data-action=check][data-lab=\"cls-1\"]",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    let result = wait_for(
+        &c,
+        30,
+        "the grid's check of cls-1",
+        "const t = document.getElementById('result').innerText; return t.includes('checks failed') ? t : false",
+    )
+    .await;
+    let result = result.as_str().unwrap();
+    assert!(
+        result.contains("vm-a: vxlan0 is missing: expected vxlan VNI 42, seen no such device")
+            && result.contains(
+                "fix: in vm-a's terminal on cls-1's student page `ip link add vxlan0 type vxlan \
+                 id 42 group 239.1.1.1 dev eth0 dstport 4789`"
+            )
+            && result.contains("or cls-1's Reset button repairs it"),
+        "{result}"
+    );
+    screenshot(&c, "class_server", "instructor-check.png").await;
+
     // Reset brings it back.
     c.find(Locator::Css(
         "button[data-action=reset][data-lab=\"cls-1\"]",
@@ -424,6 +452,18 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         403
     );
     assert_eq!(status(&base, "POST", &format!("{other}reset"), false), 403);
+    assert_eq!(status(&base, "POST", &format!("{other}check"), false), 403);
+    assert_eq!(
+        status(&base, "POST", &format!("{other}capture/vm-a"), false),
+        403
+    );
+    assert_eq!(
+        status(&base, "GET", &format!("{other}graph.svg"), false),
+        403
+    );
+    // The same requests on its own copy are answered: the 403s above are the token's doing.
+    assert_eq!(status(&base, "GET", &format!("{own}graph.svg"), false), 200);
+    assert_eq!(status(&base, "POST", &format!("{own}check"), false), 200);
     assert_eq!(status(&base, "GET", &token_root, false), 403);
     assert_eq!(
         status(&base, "GET", &format!("{token_root}events"), false),

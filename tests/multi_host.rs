@@ -271,6 +271,7 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         assert_eq!(h["ready"], true, "{h}");
         assert_eq!(h["image"]["state"], "same-checksum", "{h}");
         assert!(h["copies_fit"].as_u64().unwrap() >= 1, "{h}");
+        assert!(h["copies_served_by_cores"].as_u64().unwrap() >= 1, "{h}");
     }
     assert_eq!(rows[2]["reachable"], false);
     assert!(

@@ -141,19 +141,18 @@ pub fn place_copies(
         .hosts
         .iter()
         .zip(&facts)
-        .map(|(h, f)| HostRoom {
-            name: h.spec.name.clone(),
-            fit: f
-                .reached
-                .as_ref()
-                .ok()
-                .and_then(|r| r.fit)
-                .map_or(0, |f| f.copies),
-            running: on_host
-                .iter()
-                .filter(|n| n.as_deref() == Some(&h.spec.name))
-                .count(),
-            weight: h.weight,
+        .map(|(h, f)| {
+            let fit = f.reached.as_ref().ok().and_then(|r| r.fit);
+            HostRoom {
+                name: h.spec.name.clone(),
+                fit: fit.map_or(0, |f| f.copies),
+                served: fit.map_or(0, |f| f.served),
+                running: on_host
+                    .iter()
+                    .filter(|n| n.as_deref() == Some(&h.spec.name))
+                    .count(),
+                weight: h.weight,
+            }
         })
         .collect();
     // A running copy is where its state says (`None`: this machine); a new one is placed.

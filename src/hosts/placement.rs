@@ -2,10 +2,11 @@
 //! underlay crosses a host boundary. Pure: the hosts' room is measured at the edge
 //! ([`super::survey`]), the choice is made here.
 //!
-//! A host's share is its `weight` from the inventory, else its room (the copies it holds now
-//! plus the copies that still fit in its free memory). Each new copy goes to the host that is
-//! least loaded once it has it (copies on it over its share), never past the copies that fit
-//! in its memory; ties go to the host with more room left, then to the one listed first.
+//! A host's share is its `weight` from the inventory, else its capacity: the copies it holds
+//! now plus the fewer of the copies that still fit in its free memory and the copies its free
+//! cores serve well. Each new copy goes to the host that is least loaded once it has it
+//! (copies on it over its share), never past the copies that fit in its memory; ties go to
+//! the host with more room left, then to the one listed first.
 
 /// What one host can take.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +15,8 @@ pub struct HostRoom {
     pub name: String,
     /// How many more copies fit in its free memory now.
     pub fit: usize,
+    /// How many more copies its free cores serve well (its CPU room).
+    pub served: usize,
     /// Copies of this class already running there (they stay).
     pub running: usize,
     /// Its weight from the inventory.
@@ -24,7 +27,7 @@ impl HostRoom {
     fn share(&self) -> f64 {
         match self.weight {
             Some(w) => w as f64,
-            None => (self.running + self.fit).max(1) as f64,
+            None => (self.running + self.fit.min(self.served)).max(1) as f64,
         }
     }
 }
@@ -82,10 +85,12 @@ pub fn place(new: usize, hosts: &[HostRoom]) -> Result<Vec<usize>, DoesNotFit> {
 mod tests {
     use super::*;
 
+    /// A host with room for `fit` copies in memory, and cores for as many.
     fn room(name: &str, fit: usize, running: usize, weight: Option<u64>) -> HostRoom {
         HostRoom {
             name: name.into(),
             fit,
+            served: fit,
             running,
             weight,
         }
@@ -109,6 +114,16 @@ mod tests {
         let hosts = [room("h1", 40, 0, None), room("h2", 20, 0, None)];
         assert_eq!(counts(&place(30, &hosts).unwrap(), 2), [20, 10]);
         assert_eq!(counts(&place(60, &hosts).unwrap(), 2), [40, 20]);
+    }
+
+    #[test]
+    fn copies_follow_free_cores_too_a_host_with_memory_but_few_cores_takes_fewer() {
+        // Equal memory (30 copies each); h1's free cores serve 30 copies, h2's only 10.
+        let mut hosts = [room("h1", 30, 0, None), room("h2", 30, 0, None)];
+        hosts[1].served = 10;
+        assert_eq!(counts(&place(20, &hosts).unwrap(), 2), [15, 5]);
+        // Memory still decides what fits: past its CPU room h2 takes copies, at h1's pace.
+        assert_eq!(counts(&place(60, &hosts).unwrap(), 2), [30, 30]);
     }
 
     #[test]

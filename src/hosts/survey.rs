@@ -93,6 +93,8 @@ pub struct Fit {
     pub cost_mib: u64,
     /// How many of them it brings up at once (as many as its free cores boot well).
     pub width: usize,
+    /// How many copies its free cores serve well once running (its CPU room).
+    pub served: usize,
 }
 
 /// One host as `hosts check` found it.
@@ -159,7 +161,10 @@ pub fn table(hosts: &[HostFacts], lab: Option<&str>) -> String {
                     format!("missing {}", r.missing.join(","))
                 };
                 let fit = match r.fit {
-                    Some(f) => format!("{} (about {} MiB each)", f.copies, f.cost_mib),
+                    Some(f) => format!(
+                        "{} (about {} MiB each; its free cores serve {})",
+                        f.copies, f.cost_mib, f.served
+                    ),
                     None => "-".into(),
                 };
                 let _ = writeln!(
@@ -229,6 +234,7 @@ pub fn json(hosts: &[HostFacts], lab: Option<&str>) -> serde_json::Value {
                     if let Some(f) = r.fit {
                         row["copies_fit"] = json!(f.copies);
                         row["copy_cost_mib"] = json!(f.cost_mib);
+                        row["copies_served_by_cores"] = json!(f.served);
                     }
                 }
             }
@@ -256,6 +262,7 @@ mod tests {
                 copies: 40,
                 cost_mib: 468,
                 width: 1,
+                served: 4,
             }),
         }
     }
@@ -293,7 +300,10 @@ mod tests {
             lines[1].starts_with("h1         9.0.0        2  22.0 GiB  tcg   same checksum"),
             "{t}"
         );
-        assert!(lines[1].ends_with("40 (about 468 MiB each)"), "{t}");
+        assert!(
+            lines[1].ends_with("40 (about 468 MiB each; its free cores serve 4)"),
+            "{t}"
+        );
         assert!(
             lines[2].contains("missing debian-12.qcow2") && lines[2].contains("missing tcpdump")
         );

@@ -245,29 +245,56 @@ pub struct CheckView {
     pub error: Option<String>,
 }
 
-/// How a page's reader repairs `f`: the commands, typed in the guest's terminal on the page,
-/// or the page's Reset button (the vxlab command line is the instructor's, not the page's).
-pub fn page_fix(f: &Failure) -> String {
-    let reset = if f.guest.is_empty() {
-        "Reset the whole lab".to_string()
-    } else {
-        format!("Reset {}", f.guest)
-    };
+/// Where a check's result is shown, which decides how its fixes are worded: each names the
+/// buttons and terminals of the page it is read on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience<'a> {
+    /// A lab's own page: a terminal and a Reset button per guest, and Reset the whole lab.
+    LabPage,
+    /// The instructor's grid: one row per lab with its Reset button; the terminals are on the
+    /// lab's student page.
+    Grid {
+        /// The lab the row is of.
+        lab: &'a str,
+    },
+}
+
+/// How the reader of `audience` repairs `f`: the commands, typed in the guest's terminal, or
+/// the page's Reset button (the vxlab command line is the instructor's, not the page's).
+pub fn page_fix(f: &Failure, audience: Audience<'_>) -> String {
     let cmds: Vec<String> = f.fix.commands.iter().map(|c| format!("`{c}`")).collect();
-    match (cmds.is_empty(), f.guest.is_empty()) {
-        (true, _) => format!("the {reset} button repairs it"),
-        (false, true) => format!("{}, or the {reset} button repairs it", cmds.join("; ")),
-        (false, false) => format!(
-            "in {}'s terminal {}, or the {reset} button repairs it",
-            f.guest,
-            cmds.join("; ")
-        ),
+    let cmds = cmds.join("; ");
+    match audience {
+        Audience::LabPage => {
+            let reset = if f.guest.is_empty() {
+                "Reset the whole lab".to_string()
+            } else {
+                format!("Reset {}", f.guest)
+            };
+            match (cmds.is_empty(), f.guest.is_empty()) {
+                (true, _) => format!("the {reset} button repairs it"),
+                (false, true) => format!("{cmds}, or the {reset} button repairs it"),
+                (false, false) => format!(
+                    "in {}'s terminal {cmds}, or the {reset} button repairs it",
+                    f.guest
+                ),
+            }
+        }
+        Audience::Grid { lab } => match (cmds.is_empty(), f.guest.is_empty()) {
+            (true, _) => format!("{lab}'s Reset button repairs it"),
+            (false, true) => format!("{cmds}, or {lab}'s Reset button repairs it"),
+            (false, false) => format!(
+                "in {}'s terminal on {lab}'s student page {cmds}, or {lab}'s Reset button \
+                 repairs it",
+                f.guest
+            ),
+        },
     }
 }
 
 impl CheckView {
-    /// The view of `verdict`.
-    pub fn of(verdict: &Verdict) -> CheckView {
+    /// The view of `verdict`, its fixes worded for `audience`.
+    pub fn of(verdict: &Verdict, audience: Audience<'_>) -> CheckView {
         CheckView {
             heading: None,
             passed: verdict.passed,
@@ -279,7 +306,7 @@ impl CheckView {
                     guest: d.cause.guest.clone(),
                     layer: d.cause.layer.describe().to_string(),
                     what: line(&d.cause),
-                    fix: page_fix(&d.cause),
+                    fix: page_fix(&d.cause, audience),
                     symptoms: d
                         .symptoms
                         .iter()
@@ -370,21 +397,36 @@ mod tests {
 
     #[test]
     fn a_pages_fix_is_typed_in_the_guests_terminal_or_is_its_reset_button() {
+        let page = Audience::LabPage;
         assert_eq!(
-            page_fix(&failure(
-                "vm-a",
-                &["bridge fdb append x", "ip link set up vxlan0"]
-            )),
+            page_fix(
+                &failure("vm-a", &["bridge fdb append x", "ip link set up vxlan0"]),
+                page
+            ),
             "in vm-a's terminal `bridge fdb append x`; `ip link set up vxlan0`, or the Reset \
              vm-a button repairs it"
         );
         assert_eq!(
-            page_fix(&failure("vm-a", &[])),
+            page_fix(&failure("vm-a", &[]), page),
             "the Reset vm-a button repairs it"
         );
         assert_eq!(
-            page_fix(&failure("", &[])),
+            page_fix(&failure("", &[]), page),
             "the Reset the whole lab button repairs it"
+        );
+    }
+
+    #[test]
+    fn the_grids_fix_names_the_rows_reset_and_the_student_pages_terminal() {
+        let grid = Audience::Grid { lab: "cls-1" };
+        assert_eq!(
+            page_fix(&failure("vm-a", &["ip link set up eth0"]), grid),
+            "in vm-a's terminal on cls-1's student page `ip link set up eth0`, or cls-1's \
+             Reset button repairs it"
+        );
+        assert_eq!(
+            page_fix(&failure("vm-a", &[]), grid),
+            "cls-1's Reset button repairs it"
         );
     }
 

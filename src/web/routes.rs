@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::live::LabView;
-use super::pages::{self, CaptureView, CheckView, ClassPage, GridRow, LabPage};
+use super::pages::{self, Audience, CaptureView, CheckView, ClassPage, GridRow, LabPage};
 use super::tokens::Role;
 use super::Class;
 use crate::explain;
@@ -365,14 +365,33 @@ async fn with_engine<T: Send + 'static>(
         .map_err(|e| anyhow::anyhow!("the job stopped: {e}"))?
 }
 
-async fn check(access: LabAccess, State(class): State<Shared>) -> Html<String> {
+/// Which page asked: `?from=grid` is the instructor's grid; anything else a lab's page.
+#[derive(Deserialize)]
+struct Asker {
+    from: Option<String>,
+}
+
+impl Asker {
+    fn audience<'a>(&self, lab: &'a str) -> Audience<'a> {
+        match self.from.as_deref() {
+            Some("grid") => Audience::Grid { lab },
+            _ => Audience::LabPage,
+        }
+    }
+}
+
+async fn check(
+    access: LabAccess,
+    State(class): State<Shared>,
+    Query(from): Query<Asker>,
+) -> Html<String> {
     let plan = access.plan.clone();
     let lab = plan.lab.clone();
     let p = plan.clone();
     let view = match with_engine(&class, &lab, move |e| Ok(e.check(&p)?)).await {
         Ok(outcome) => {
             class.watch.checked(&lab, outcome.verdict.clone());
-            CheckView::of(&outcome.verdict)
+            CheckView::of(&outcome.verdict, from.audience(&lab))
         }
         Err(e) => CheckView::failed_to_run(format!("{e:#}")),
     };
@@ -382,6 +401,7 @@ async fn check(access: LabAccess, State(class): State<Shared>) -> Html<String> {
 #[derive(Deserialize)]
 struct ResetQuery {
     guest: Option<String>,
+    from: Option<String>,
 }
 
 async fn reset(
@@ -405,7 +425,8 @@ async fn reset(
     let mut view = match result {
         Ok(outcome) => {
             class.watch.checked(&lab, outcome.verdict.clone());
-            CheckView::of(&outcome.verdict)
+            let from = Asker { from: q.from };
+            CheckView::of(&outcome.verdict, from.audience(&lab))
         }
         Err(e) => CheckView::failed_to_run(format!("{e:#}")),
     };

@@ -44,7 +44,7 @@ const vxlab = (() => {
     document.addEventListener('click', e => {
       const b = e.target.closest('button[data-action]');
       if (!b) return;
-      post(base + 'lab/' + encodeURIComponent(b.dataset.lab) + '/' + b.dataset.action, b,
+      post(base + 'lab/' + encodeURIComponent(b.dataset.lab) + '/' + b.dataset.action + '?from=grid', b,
         document.getElementById('result'));
     });
     tick();

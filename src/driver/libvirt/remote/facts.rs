@@ -310,11 +310,13 @@ pub fn survey(
                 copies: p.fit,
                 cost_mib: p.copy_cost_mib,
                 width: p.width.max(1),
+                served: p.served,
             },
             Err(e) => Fit {
                 copies: e.fit,
                 cost_mib: e.cost,
                 width: 1,
+                served: 1,
             },
         }
     });
