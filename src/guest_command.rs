@@ -40,6 +40,18 @@ impl Program {
     }
 }
 
+/// What a command prints when it works, as its constructor knows it: what decides whether its
+/// output can be told apart from others' in one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prints {
+    /// Nothing: it changes something.
+    Nothing,
+    /// One JSON document.
+    Json,
+    /// Text, for a person or a parser of its own.
+    Text,
+}
+
 /// One command for a guest: a program and its arguments, never a shell string. In JSON it is
 /// the line a student types and its argument vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,22 +60,27 @@ pub struct GuestCommand {
     pub program: Program,
     /// Its arguments.
     pub args: Vec<String>,
+    /// What it prints.
+    pub prints: Prints,
 }
 
 impl GuestCommand {
-    fn new(program: Program, args: &[&str]) -> Self {
+    fn new(program: Program, prints: Prints, args: &[&str]) -> Self {
         GuestCommand {
             program,
             args: args.iter().map(|a| a.to_string()).collect(),
+            prints,
         }
     }
 
+    /// An `ip` command that changes something.
     fn ip(args: &[&str]) -> Self {
-        Self::new(Program::Ip, args)
+        Self::new(Program::Ip, Prints::Nothing, args)
     }
 
+    /// A `bridge` command that changes something.
     fn bridge(args: &[&str]) -> Self {
-        Self::new(Program::Bridge, args)
+        Self::new(Program::Bridge, Prints::Nothing, args)
     }
 
     /// The argument vector to run, with `ip` and `bridge` taken from `tools`.
@@ -301,7 +318,7 @@ pub fn ping_via(
     interval: Option<&str>,
     wait: u32,
 ) -> GuestCommand {
-    let mut c = GuestCommand::new(Program::Ping, &["-c", &count.to_string()]);
+    let mut c = GuestCommand::new(Program::Ping, Prints::Text, &["-c", &count.to_string()]);
     if let Some(i) = interval {
         c.args.extend(["-i".into(), i.to_string()]);
     }
@@ -316,7 +333,7 @@ pub fn ping_via(
 /// Commands that read a guest; with `json` each prints JSON (`-j`), otherwise text for an
 /// `ip` that has no `-j`.
 pub mod read {
-    use super::{GuestCommand, Program};
+    use super::{GuestCommand, Prints, Program};
 
     /// With `json`, `ip` reads all ask for details too (`-j -d`): the links need them, and
     /// reads with the same options run as one `ip -batch` process; the JSON of the others only
@@ -330,7 +347,8 @@ pub mod read {
             }
         }
         all.extend(args);
-        GuestCommand::new(program, &all)
+        let prints = if json { Prints::Json } else { Prints::Text };
+        GuestCommand::new(program, prints, &all)
     }
 
     /// Every link with details: `ip -j -d link show`.
@@ -368,16 +386,22 @@ pub mod read {
 /// and `ip -V`.
 pub fn readiness() -> Vec<GuestCommand> {
     vec![
-        GuestCommand::new(Program::Uname, &["-r"]),
+        GuestCommand::new(Program::Uname, Prints::Text, &["-r"]),
         // Loaded or built in, or a module modprobe can find.
         GuestCommand::new(
             Program::Sh,
+            Prints::Text,
             &["-c", "test -d /sys/module/vxlan || modprobe -n -q vxlan"],
         ),
         // Old releases print the help, type list included, on stderr.
-        GuestCommand::ip(&["link", "help"]),
-        GuestCommand::ip(&["-j", "link", "show", "dev", "lo"]),
-        GuestCommand::ip(&["-V"]),
+        GuestCommand::new(Program::Ip, Prints::Text, &["link", "help"]),
+        // Whether this `ip` knows `-j` is what is asked: its output may be text.
+        GuestCommand::new(
+            Program::Ip,
+            Prints::Text,
+            &["-j", "link", "show", "dev", "lo"],
+        ),
+        GuestCommand::new(Program::Ip, Prints::Text, &["-V"]),
     ]
 }
 

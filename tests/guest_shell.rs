@@ -163,3 +163,116 @@ fn exec_takes_the_command_with_or_without_dashes() {
         );
     }
 }
+
+/// A pseudo-terminal of `rows` by `cols`, as a student's terminal window: (master, slave).
+fn window(rows: u16, cols: u16) -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (-1, -1);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors and reads the winsize it is given.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and are owned here alone.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    }
+}
+
+#[test]
+fn a_shell_follows_its_windows_size_when_the_student_resizes_it() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let lab = seed("t-winsz", "192.168.75.");
+    let (mut master, slave) = window(40, 100);
+    let mut cmd = lab.vxlab();
+    cmd.args(["shell", "vm-a"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave);
+    // SAFETY: between fork and exec, only system calls: a session of its own, with the
+    // window as its controlling terminal, as a terminal emulator starts a shell.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (mut reader, gathered) = (master.try_clone().unwrap(), seen.clone());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            gathered
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !seen.lock().unwrap().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} in the window:\n{}",
+                seen.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("t-winsz/vm-a#");
+    // `stty size` prints rows and columns; the marker keeps the typed line apart from the
+    // answer.
+    master.write_all(b"echo size=$(stty size)\r").unwrap();
+    wait_for("size=40 100");
+    // The student makes the window bigger: the kernel tells vxlab (SIGWINCH), and vxlab the
+    // guest's terminal.
+    let bigger = libc::winsize {
+        ws_row: 50,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from a valid pointer.
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &bigger) },
+        0
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut asked = 0;
+    while !seen.lock().unwrap().contains("size=50 120") {
+        assert!(
+            Instant::now() < deadline,
+            "the guest's terminal kept its size:\n{}",
+            seen.lock().unwrap()
+        );
+        // The resize travels on its own; ask again until the guest's terminal has it.
+        if asked < 20 {
+            master.write_all(b"echo size=$(stty size)\r").unwrap();
+            asked += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    master.write_all(b"exit 4\r").unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(4));
+    lab.down_leaves_nothing();
+}

@@ -6,6 +6,7 @@ pub mod netns;
 
 use std::path::Path;
 
+use crate::guest_command::GuestCommand;
 use crate::host::process::Output;
 use crate::iproute2::Tools;
 use crate::plan::{GuestPlan, PingPlan, Plan};
@@ -58,18 +59,20 @@ pub trait Driver: Sync {
     /// Runs `argv` in the guest and waits for it.
     fn exec(&self, guest: &GuestPlan, argv: &[String]) -> Result<Output, DriverError>;
 
-    /// Runs `cmds` in order and returns the output of each that ran; with `stop_on_failure`
-    /// nothing runs after the first command that fails. A driver whose round trips are
-    /// expensive sends the whole batch at once; by default the commands run one by one.
+    /// Runs `cmds` in order, `ip` and `bridge` from `tools`, and returns the output of each
+    /// that ran; with `stop_on_failure` nothing runs after the first command that fails. A
+    /// driver whose round trips are expensive sends the whole batch at once; by default the
+    /// commands run one by one.
     fn exec_batch(
         &self,
         guest: &GuestPlan,
-        cmds: &[Vec<String>],
+        tools: &Tools,
+        cmds: &[GuestCommand],
         stop_on_failure: bool,
     ) -> Result<Vec<Output>, DriverError> {
         let mut outs = Vec::with_capacity(cmds.len());
-        for argv in cmds {
-            let out = self.exec(guest, argv)?;
+        for c in cmds {
+            let out = self.exec(guest, &c.argv(tools))?;
             let failed = !out.success();
             outs.push(out);
             if failed && stop_on_failure {
@@ -104,11 +107,13 @@ pub trait Driver: Sync {
             if pending.is_empty() {
                 break;
             }
-            let cmds: Vec<Vec<String>> = pending
-                .iter()
-                .map(|&i| pings[i].command.argv(&Tools::default()))
-                .collect();
-            for (i, out) in pending.iter().zip(self.exec_batch(guest, &cmds, false)?) {
+            let cmds: Vec<GuestCommand> =
+                pending.iter().map(|&i| pings[i].command.clone()).collect();
+            for (i, out) in
+                pending
+                    .iter()
+                    .zip(self.exec_batch(guest, &Tools::default(), &cmds, false)?)
+            {
                 replied[*i] = out.success();
             }
         }

@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{Driver, DriverError};
+use crate::guest_command::GuestCommand;
 use crate::host::icmp;
 use crate::host::netlink::{netns_path, Netlink};
 use crate::host::process::{self, Output};
 use crate::host::spawn;
+use crate::iproute2::Tools;
 use crate::plan::{GuestPlan, PingPlan, Plan};
 use crate::state::{Resource, StateDir};
 use crate::terminal::{GuestProcess, Launch};
@@ -91,7 +93,8 @@ impl Driver for NetnsDriver {
     fn exec_batch(
         &self,
         guest: &GuestPlan,
-        cmds: &[Vec<String>],
+        tools: &Tools,
+        cmds: &[GuestCommand],
         stop_on_failure: bool,
     ) -> Result<Vec<Output>, DriverError> {
         let ns = netns_path(&guest.instance);
@@ -99,13 +102,13 @@ impl Driver for NetnsDriver {
         for run in batch::runs(cmds) {
             let got = if run.batched {
                 let force = !stop_on_failure;
-                let (argv, input) = batch::batch_command(run.cmds, force);
+                let (argv, input) = batch::batch_command(run.cmds, tools, force);
                 let out = process::run_with_input(&argv, Some(&ns), Some(&input)).map_err(|e| {
                     DriverError::new(&guest.name, format!("running {}", argv[0]), e)
                 })?;
                 batch::split(run.cmds, &out, force)
             } else {
-                vec![self.exec(guest, &run.cmds[0])?]
+                vec![self.exec(guest, &run.cmds[0].argv(tools))?]
             };
             let failed = got.iter().any(|o| !o.success());
             outs.extend(got);

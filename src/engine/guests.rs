@@ -93,7 +93,7 @@ impl<'a> Runner<'a> {
         }
         super::go_on()?;
         let argvs: Vec<Vec<String>> = cmds.iter().map(|c| c.argv(tools)).collect();
-        let outs = self.driver.exec_batch(g, &argvs, stop_on_failure)?;
+        let outs = self.driver.exec_batch(g, tools, cmds, stop_on_failure)?;
         self.log(g, &argvs, &outs);
         if stop_on_failure {
             if let Some((c, out)) = cmds.iter().zip(&outs).find(|(_, o)| !o.success()) {

@@ -37,7 +37,9 @@ use self::remote::HostLink;
 use self::seed::{GuestKeys, Seeding};
 use self::ssh::{Connection, KeyPair};
 use crate::driver::{Driver, DriverError};
+use crate::guest_command::GuestCommand;
 use crate::host::process::{self, Output};
+use crate::iproute2::Tools;
 use crate::lab::{Accel, Lab};
 use crate::plan::{GuestPlan, Plan};
 use crate::state::Resource;
@@ -690,12 +692,14 @@ impl Driver for LibvirtDriver {
     fn exec_batch(
         &self,
         g: &GuestPlan,
-        cmds: &[Vec<String>],
+        tools: &Tools,
+        cmds: &[GuestCommand],
         stop_on_failure: bool,
     ) -> Result<Vec<Output>, DriverError> {
+        let argvs: Vec<Vec<String>> = cmds.iter().map(|c| c.argv(tools)).collect();
         let s = self.session(g)?;
         let s = s.lock().unwrap_or_else(|p| p.into_inner());
-        s.exec_batch(cmds, stop_on_failure)
+        s.exec_batch(&argvs, stop_on_failure)
             .map_err(|e| DriverError::new(&g.name, format!("running {} commands", cmds.len()), e))
     }
 

@@ -1,15 +1,18 @@
 //! Many `ip` (or `bridge`) commands in one process: `ip -batch -` reads one command per line.
 //! A namespace guest's round trip is a process, and a 100-guest lab runs thousands of commands;
 //! batching runs of them cuts that to a few processes per guest. Pure: which commands go
-//! together, the batch's input, and how its output splits back into one output per command.
+//! together (decided from the typed [`GuestCommand`]: its program and what it prints), the
+//! batch's input, and how its output splits back into one output per command.
 
+use crate::guest_command::{GuestCommand, Prints, Program};
 use crate::host::process::Output;
+use crate::iproute2::Tools;
 
 /// A run of commands that one batch process can execute.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Run<'a> {
     /// The commands, in order.
-    pub cmds: &'a [Vec<String>],
+    pub cmds: &'a [GuestCommand],
     /// Whether it goes as one batch (else one command, run on its own).
     pub batched: bool,
 }
@@ -23,29 +26,33 @@ fn batch_safe(word: &str) -> bool {
             .any(|c| c.is_whitespace() || matches!(c, '"' | '\'' | '\\' | '#'))
 }
 
-/// How a command can be batched: its program, its global options, and whether its output can
-/// be told apart from the others' (JSON), or it prints nothing (it changes something).
-fn key(argv: &[String]) -> Option<(&str, &[String])> {
-    let (program, args) = argv.split_first()?;
-    let name = program.rsplit('/').next().unwrap_or(program);
-    if !matches!(name, "ip" | "bridge") || !args.iter().all(|a| batch_safe(a)) {
+/// The options before the first word of the command (`-j -d` of `ip -j -d link show`): a
+/// batch has one set of them, given on its command line.
+fn global_options(c: &GuestCommand) -> &[String] {
+    let n = c.args.iter().take_while(|a| a.starts_with('-')).count();
+    &c.args[..n]
+}
+
+/// How a command can be batched: `ip` or `bridge`, and an output that can be told apart from
+/// the others' (JSON, one document each) or none at all (a change, with no options of its
+/// own); the key is its program and its options.
+fn key(c: &GuestCommand) -> Option<(Program, &[String])> {
+    if !matches!(c.program, Program::Ip | Program::Bridge) || !c.args.iter().all(|a| batch_safe(a))
+    {
         return None;
     }
-    let opts = args.iter().take_while(|a| a.starts_with('-')).count();
-    let (global, rest) = args.split_at(opts);
-    let json = global.iter().any(|o| o == "-j");
-    let changes = rest.iter().take(2).any(|w| {
-        matches!(
-            w.as_str(),
-            "add" | "set" | "del" | "append" | "replace" | "flush" | "change"
-        )
-    });
-    (json || (global.is_empty() && changes)).then_some((program.as_str(), global))
+    let global = global_options(c);
+    let fits = match c.prints {
+        Prints::Json => true,
+        Prints::Nothing => global.is_empty(),
+        Prints::Text => false,
+    };
+    fits.then_some((c.program, global))
 }
 
 /// Splits `cmds` into runs: consecutive commands with the same program and global options,
 /// batched when there are several.
-pub fn runs(cmds: &[Vec<String>]) -> Vec<Run<'_>> {
+pub fn runs(cmds: &[GuestCommand]) -> Vec<Run<'_>> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < cmds.len() {
@@ -65,17 +72,20 @@ pub fn runs(cmds: &[Vec<String>]) -> Vec<Run<'_>> {
     out
 }
 
-/// The batch process's argv and its input, for a batched run. With `force` it goes on after
-/// a command fails; without, it stops there.
-pub fn batch_command(run: &[Vec<String>], force: bool) -> (Vec<String>, String) {
+/// The batch process's argv and its input, for a batched run, with `ip` and `bridge` from
+/// `tools`. With `force` it goes on after a command fails; without, it stops there.
+pub fn batch_command(run: &[GuestCommand], tools: &Tools, force: bool) -> (Vec<String>, String) {
     let first = &run[0];
-    let opts = first[1..].iter().take_while(|a| a.starts_with('-')).count();
-    let mut argv: Vec<String> = first[..=opts].to_vec();
+    let global = global_options(first);
+    let mut argv: Vec<String> = first.argv(tools)[..=global.len()].to_vec();
     if force {
         argv.push("-force".into());
     }
     argv.extend(["-batch".into(), "-".into()]);
-    let input = run.iter().map(|c| c[1 + opts..].join(" ") + "\n").collect();
+    let input = run
+        .iter()
+        .map(|c| c.args[global.len()..].join(" ") + "\n")
+        .collect();
     (argv, input)
 }
 
@@ -102,7 +112,7 @@ fn failures(stderr: &str) -> Vec<(usize, String)> {
 /// One output per command of a batched run, from the batch's output. JSON commands get their
 /// own JSON value each; a failed command gets status 1 and its error; without `force` the
 /// commands after the first failure did not run and get no output.
-pub fn split(run: &[Vec<String>], batch: &Output, force: bool) -> Vec<Output> {
+pub fn split(run: &[GuestCommand], batch: &Output, force: bool) -> Vec<Output> {
     let failed = failures(&batch.stderr);
     let stopped_at = (!force).then(|| failed.first().map(|(n, _)| *n)).flatten();
     let mut values = serde_json::Deserializer::from_str(&batch.stdout)
@@ -145,33 +155,30 @@ pub fn split(run: &[Vec<String>], batch: &Output, force: bool) -> Vec<Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest_command::{self as cmd, read};
 
-    fn argv(s: &str) -> Vec<String> {
-        s.split(' ').map(String::from).collect()
+    fn lines(cmds: &[GuestCommand]) -> Vec<(usize, bool)> {
+        runs(cmds)
+            .iter()
+            .map(|r| (r.cmds.len(), r.batched))
+            .collect()
     }
 
     #[test]
     fn reads_with_the_same_options_and_changes_go_together() {
-        let cmds: Vec<Vec<String>> = [
-            "ip -j -d link show",
-            "ip -j -d addr show",
-            "ip -j -6 route show",
-            "bridge -j fdb show dev vxlan0",
-            "bridge -j fdb show dev vxlan1",
-            "ip link set up eth0",
-            "ip addr add 10.0.0.1/24 dev eth0",
-            "ip link help",
-            "uname -r",
-        ]
-        .iter()
-        .map(|c| argv(c))
-        .collect();
-        let lens: Vec<(usize, bool)> = runs(&cmds)
-            .iter()
-            .map(|r| (r.cmds.len(), r.batched))
-            .collect();
+        let cmds = vec![
+            read::links(true),
+            read::addresses(true),
+            read::routes(true, true),
+            read::fdb(true, "vxlan0"),
+            read::fdb(true, "vxlan1"),
+            cmd::link_up("eth0"),
+            cmd::addr_add("10.0.0.1/24".parse().unwrap(), "eth0"),
+            read::links(false),
+            cmd::ping("10.0.0.2".parse().unwrap(), 1, None, 1),
+        ];
         assert_eq!(
-            lens,
+            lines(&cmds),
             [
                 (2, true),
                 (1, false),
@@ -181,30 +188,46 @@ mod tests {
                 (1, false)
             ]
         );
-        let (a, input) = batch_command(&cmds[..2], true);
+        let (a, input) = batch_command(&cmds[..2], &Tools::default(), true);
         assert_eq!(a, ["ip", "-j", "-d", "-force", "-batch", "-"]);
         assert_eq!(input, "link show\naddr show\n");
     }
 
     #[test]
+    fn text_output_and_probes_are_never_batched() {
+        // The readiness probes print text (or, from an old `ip`, text where JSON was asked).
+        let probes = crate::guest_command::readiness();
+        let doubled: Vec<GuestCommand> = probes.iter().chain(&probes).cloned().collect();
+        assert!(runs(&doubled).iter().all(|r| !r.batched));
+        let text = [read::links(false), read::addresses(false)];
+        assert!(runs(&text).iter().all(|r| !r.batched));
+    }
+
+    #[test]
+    fn a_built_ip_runs_the_batch() {
+        let tools = Tools {
+            ip: "/opt/vxlab/ip".into(),
+            ..Tools::default()
+        };
+        let cmds = [cmd::link_up("eth0"), cmd::link_up("vxlan0")];
+        let (a, input) = batch_command(&cmds, &tools, false);
+        assert_eq!(a, ["/opt/vxlab/ip", "-batch", "-"]);
+        assert_eq!(input, "link set up eth0\nlink set up vxlan0\n");
+    }
+
+    #[test]
     fn words_the_batch_parser_would_split_are_not_batched() {
-        let cmds = vec![
-            argv("ip link set up eth0"),
-            vec!["ip".into(), "link".into(), "set".into(), "a b".into()],
-        ];
+        let cmds = vec![cmd::link_up("eth0"), cmd::link_up("a b")];
         assert!(runs(&cmds).iter().all(|r| !r.batched));
     }
 
     #[test]
     fn outputs_split_back_to_their_commands() {
-        let run: Vec<Vec<String>> = [
-            "ip -j link show",
-            "ip -j link show dev nope",
-            "ip -j route show",
-        ]
-        .iter()
-        .map(|c| argv(c))
-        .collect();
+        let run = [
+            read::links(true),
+            read::groups(true, "nope"),
+            read::routes(true, false),
+        ];
         let batch = Output {
             status: 1,
             stdout: "[{\"ifname\":\"lo\"}]\n[]\n".into(),
@@ -220,14 +243,7 @@ mod tests {
 
     #[test]
     fn without_force_nothing_after_the_failure_ran() {
-        let run: Vec<Vec<String>> = [
-            "ip link set up lo",
-            "ip link set up nope",
-            "ip link set up x",
-        ]
-        .iter()
-        .map(|c| argv(c))
-        .collect();
+        let run = [cmd::link_up("lo"), cmd::link_up("nope"), cmd::link_up("x")];
         let batch = Output {
             status: 1,
             stdout: String::new(),
