@@ -376,7 +376,11 @@ pub fn reset(arg: &Path, guest: Option<&str>, json: bool) -> Result<u8> {
             Some(g) => format!("while resetting {g} in lab {}", lab.name),
             None => format!("while resetting lab {}", lab.name),
         })?;
-    print_outcome(&p, &o, json)
+    let code = print_outcome(&p, &o, json)?;
+    if !json {
+        print!("\n{}", crate::views::reset_reads(&p, guest));
+    }
+    Ok(code)
 }
 
 /// The image a lab's guests are created from (libvirt), or none.

@@ -379,6 +379,50 @@ pub mod read {
             with_json(Program::Ip, json, &["route", "show"])
         }
     }
+
+    /// Everything vxlab reads in one guest, in one batch: links, addresses and routes, the
+    /// groups joined on every underlay device the guest uses, each vxlan device's neighbours,
+    /// the IPv6 routes where the guest has IPv6, and each vxlan device's FDB. `ip` reads come
+    /// together and `bridge` reads last, so a driver can run each kind as one process.
+    #[derive(Debug, Clone)]
+    pub struct GuestReads {
+        /// The commands, in the order below.
+        pub commands: Vec<GuestCommand>,
+        /// Where the groups start (after links, addresses, routes).
+        pub groups_at: usize,
+        /// Where the neighbours start.
+        pub neighbours_at: usize,
+        /// Where the IPv6 routes are, if read.
+        pub routes6_at: Option<usize>,
+        /// Where the FDBs start; they run to the end.
+        pub fdb_at: usize,
+    }
+
+    /// The reads of guest `g` (see [`GuestReads`]).
+    pub fn guest(g: &crate::plan::GuestPlan, json: bool) -> GuestReads {
+        let devs: std::collections::BTreeSet<&str> = std::iter::once(g.interface.as_str())
+            .chain(g.vteps.iter().map(|v| v.dev.as_str()))
+            .collect();
+        let v6 = g.underlay.addr().is_ipv6() || g.vteps.iter().any(|v| v.address.addr().is_ipv6());
+        let mut commands = vec![links(json), addresses(json), routes(json, false)];
+        let groups_at = commands.len();
+        commands.extend(devs.iter().map(|d| groups(json, d)));
+        let neighbours_at = commands.len();
+        commands.extend(g.vteps.iter().map(|v| neighbours(json, &v.device)));
+        let routes6_at = v6.then(|| {
+            commands.push(routes(json, true));
+            commands.len() - 1
+        });
+        let fdb_at = commands.len();
+        commands.extend(g.vteps.iter().map(|v| fdb(json, &v.device)));
+        GuestReads {
+            commands,
+            groups_at,
+            neighbours_at,
+            routes6_at,
+            fdb_at,
+        }
+    }
 }
 
 /// The readiness commands, in the order [`crate::iproute2::Readiness::from_outputs`] reads
@@ -408,6 +452,44 @@ pub fn readiness() -> Vec<GuestCommand> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn guest_of(file: &str, name: &str) -> crate::plan::GuestPlan {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("labs")
+            .join(file);
+        let lab = crate::lab::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+        crate::plan::plan(&lab).guest(name).unwrap().clone()
+    }
+
+    #[test]
+    fn a_guest_is_read_ip_first_then_bridge_and_ipv6_routes_only_where_it_has_ipv6() {
+        let r = read::guest(&guest_of("two-netns.yaml", "vm-a"), true);
+        let lines: Vec<String> = r.commands.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "ip -j -d link show",
+                "ip -j -d addr show",
+                "ip -j -d route show",
+                "ip -j -d maddr show dev eth0",
+                "ip -j -d neigh show dev vxlan0",
+                "bridge -j fdb show dev vxlan0",
+            ]
+        );
+        assert_eq!(
+            (r.groups_at, r.neighbours_at, r.routes6_at, r.fdb_at),
+            (3, 4, None, 5)
+        );
+        let r = read::guest(&guest_of("ipv6.yaml", "vm-a"), false);
+        let at = r.routes6_at.expect("an IPv6 overlay reads IPv6 routes");
+        assert_eq!(r.commands[at].to_string(), "ip -6 route show");
+        assert!(r.commands[r.fdb_at..]
+            .iter()
+            .all(|c| c.program == Program::Bridge));
+        assert!(r.commands[..r.fdb_at]
+            .iter()
+            .all(|c| c.program == Program::Ip));
+    }
 
     #[test]
     fn the_seed_commands_read_as_a_student_types_them() {

@@ -433,44 +433,75 @@ pub fn walk_stage(plan: &Plan, stage: &Stage) -> String {
     o
 }
 
+/// The commands vxlab reads guest `g` with, as `$` lines (the JSON forms; an `ip` without
+/// `-j` is read with the same commands less `-j`).
+fn read_lines(g: &GuestPlan, with_readiness: bool) -> String {
+    let mut cmds = cmd::read::guest(g, true).commands;
+    if with_readiness {
+        cmds.extend(cmd::readiness());
+    }
+    cmds.iter().map(|c| format!("  $ {c}\n")).collect()
+}
+
 /// How the walk reads the guests, for its introduction: the commands it runs in every guest
 /// after each guest's commands.
 pub fn walk_reads(plan: &Plan) -> String {
     let Some(g) = plan.guests.first() else {
         return String::new();
     };
-    let mut reads = vec![
-        cmd::read::links(true),
-        cmd::read::addresses(true),
-        cmd::read::routes(true, false),
-        cmd::read::groups(true, &g.interface),
-    ];
-    if let Some(v) = g.vteps.first() {
-        reads.push(cmd::read::fdb(true, &v.device));
-        reads.push(cmd::read::neighbours(true, &v.device));
-    }
-    let list: Vec<String> = reads.iter().map(|c| format!("`{c}`")).collect();
     format!(
-        "after each guest's commands, vxlab reads every guest ({}, for each device) and shows \
-         what changed: `+` added, `-` gone",
-        list.join(", ")
+        "after each guest's commands, vxlab reads every guest and shows what changed (`+` \
+         added, `-` gone); in {} it runs (likewise in the others):\n{}",
+        g.name,
+        read_lines(g, false)
+    )
+}
+
+/// What `vxlab reset` ran besides its repairs: the reads it decided them by, and the checks'
+/// reads and pings afterwards, as `$` lines.
+pub fn reset_reads(plan: &Plan, guest: Option<&str>) -> String {
+    let Some(g) = guest.and_then(|n| plan.guest(n)).or(plan.guests.first()) else {
+        return String::new();
+    };
+    let whom = match guest {
+        Some(name) => name.to_string(),
+        None => "each guest".to_string(),
+    };
+    format!(
+        "to decide what to repair and forget, vxlab read {whom}; in {} it ran:\n{}\
+         after the repairs it checked the lab: every guest read again, with what tells its \
+         tools apart:\n{}and every guest pinged its peers{}:\n{}",
+        g.name,
+        read_lines(g, false),
+        read_lines(g, true),
+        ping_how(plan),
+        pings_lines(plan)
     )
 }
 
 /// The checks stage of `vxlab walk`: the pings each guest sends, as commands.
 pub fn walk_checks(plan: &Plan) -> String {
-    let mut o = String::new();
-    let how = match plan.driver {
+    format!(
+        "\n== 5. the checks\n   each guest pings its peers{}, then vxlab reads every guest \
+         and compares it with the plan\n{}",
+        ping_how(plan),
+        pings_lines(plan)
+    )
+}
+
+/// How the checks' pings are sent, where it is not as the command says.
+fn ping_how(plan: &Plan) -> &'static str {
+    match plan.driver {
         crate::lab::DriverKind::Netns => {
             " (in a namespace, from a raw socket: the same echo requests, without a process each)"
         }
         crate::lab::DriverKind::Libvirt => "",
-    };
-    let _ = writeln!(
-        o,
-        "\n== 5. the checks\n   each guest pings its peers{how}, then vxlab reads every guest \
-         and compares it with the plan"
-    );
+    }
+}
+
+/// The checks' pings, guest by guest, as `$` lines.
+fn pings_lines(plan: &Plan) -> String {
+    let mut o = String::new();
     for g in &plan.guests {
         let mine: Vec<_> = plan.pings.iter().filter(|p| p.from == g.name).collect();
         if mine.is_empty() {

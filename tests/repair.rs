@@ -448,6 +448,29 @@ fn reset_forgets_what_was_learned_and_recreates_a_guest_that_is_gone() {
         "only vm-a: {ran:?}"
     );
 
+    // For people: the repairs, then every other command reset ran, as `$` lines: the
+    // reads it decided by, and the checks' reads and pings.
+    let out = lab.run(&["reset", &lab.name, "vm-a"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let mut from = 0;
+    for needle in [
+        "vm-a: reset: vxlan0 forgets what it learned",
+        "  $ ip neigh flush dev vxlan0\n",
+        "checks passed",
+        "to decide what to repair and forget, vxlab read vm-a; in vm-a it ran:\n",
+        "  $ ip -j -d maddr show dev eth0\n",
+        "  $ bridge -j fdb show dev vxlan0\n",
+        "after the repairs it checked the lab",
+        "  $ ip -V\n",
+        "vm-a:\n  $ ping -c 1 -W 1 -q 192.168.42.3\n",
+        "vm-b:\n  $ ping -c 1 -W 1 -q 192.168.42.2\n",
+    ] {
+        from += text[from..]
+            .find(needle)
+            .unwrap_or_else(|| panic!("`{needle}` missing after byte {from}:\n{text}"));
+    }
+
     // A guest that is gone altogether is created anew.
     let ns = format!("vxlab-{}.vm-b", lab.name);
     assert!(Command::new("ip")

@@ -390,6 +390,11 @@ fn walk_shows_the_peer_learned_first_at_the_first_ping_under_the_commands_that_c
         from
     };
     let _ = [
+        // How vxlab reads the guests between commands, as the commands it runs.
+        next("vxlab reads every guest and shows what changed"),
+        next("  $ ip -j -d link show\n"),
+        next("  $ ip -j -d maddr show dev eth0\n"),
+        next("  $ bridge -j fdb show dev vxlan0\n"),
         next("== 1. the underlay"),
         next("$ ip link add vxbr-t-walk type bridge"),
         next("$ ip netns add vxlab-t-walk.vm-a"),
@@ -440,6 +445,70 @@ fn walk_shows_the_peer_learned_first_at_the_first_ping_under_the_commands_that_c
     let again = lab.run(&["walk", lab.file.to_str().unwrap()]);
     assert_ne!(again.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&again.stderr).contains("is running"));
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_unicast_walk_learns_nothing_before_the_first_ping_and_then_only_from_it() {
+    let lab = Lab::shipped("unicast.yaml", "t-walku", &[("192.168.30.", "192.168.53.")]);
+    let plan = json_of(&lab.run(&["plan", "--json", lab.file.to_str().unwrap()]));
+    let out = lab.run(&["walk", lab.file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let ping_at = text
+        .find("== 4. the first ping")
+        .expect("a first-ping stage");
+    let checks_at = text.find("== 5. the checks").expect("a checks stage");
+    // Stage 2 puts the head-end flood entries in, one per peer, and nothing else.
+    let two = &text[text.find("== 2.").unwrap()..text.find("== 3.").unwrap()];
+    assert_eq!(
+        two.matches("+ bridge fdb vxlan0: 00:00:00:00:00:00 dst")
+            .count(),
+        6,
+        "{two}"
+    );
+    // No guest's MAC appears in any FDB before vm-a pings vm-b (IPv6 autoconfiguration
+    // taught vm-c once); at the ping, vm-b learns vm-a, vm-a learns vm-b, and vm-c learns
+    // vm-a from the ARP request flooded to it.
+    let macs: Vec<String> = (0..3)
+        .map(|g| {
+            plan["guests"][g]["vteps"][0]["mac"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for mac in &macs {
+        let early: Vec<&str> = text[..ping_at]
+            .lines()
+            .filter(|l| l.contains("+ bridge fdb") && l.contains(mac.as_str()))
+            .collect();
+        assert!(
+            early.is_empty(),
+            "{mac} learned before the ping: {early:?}\n{text}"
+        );
+    }
+    let four = &text[ping_at..checks_at];
+    assert!(
+        four.contains("vm-a:\n  $ ping -c 1 -W 3 -q 10.100.0.2"),
+        "{four}"
+    );
+    assert!(
+        four.contains(&format!("  vm-a + bridge fdb vxlan0: {}", macs[1])),
+        "{four}"
+    );
+    assert!(
+        four.contains(&format!("  vm-b + bridge fdb vxlan0: {}", macs[0])),
+        "{four}"
+    );
+    assert!(
+        four.contains(&format!("  vm-c + bridge fdb vxlan0: {}", macs[0])),
+        "{four}"
+    );
+    assert!(
+        !four.contains(&format!("vm-c + bridge fdb vxlan0: {}", macs[1])),
+        "{four}"
+    );
     lab.down_leaves_nothing();
 }
 
@@ -557,6 +626,48 @@ fn thirty_copies_of_the_seed_lab_run_side_by_side() {
         .collect();
     assert_eq!(left, Vec::<String>::new());
     assert_eq!(std::fs::read_dir(lab.state.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn check_of_a_running_lab_names_its_copies_running_beside_it() {
+    let lab = Lab::shipped("two-netns.yaml", "t-cb", &[("192.168.10.", "192.168.54.")]);
+    struct DownAll<'a>(&'a Lab);
+    impl Drop for DownAll<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.run(&["down", "t-cb", "--all"]);
+        }
+    }
+    let _guard = DownAll(&lab);
+    assert_eq!(lab.up().0, 0);
+    let file = lab.file.to_str().unwrap();
+    let out = lab.run(&["up", file, "--count", "2", "--pool", "10.213.0.0/16"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lab.run(&["check", "t-cb"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("checks passed"), "{text}");
+    assert!(
+        text.contains(
+            "2 copies of lab t-cb also running, not checked here: t-cb-1, t-cb-2 \
+             (`vxlab check t-cb --all` checks them)"
+        ),
+        "{text}"
+    );
+    // JSON stays one report, of the lab asked for.
+    let out = lab.run(&["check", "t-cb", "--json"]);
+    assert_eq!(json_of(&out)["lab"], "t-cb");
+    // `--all` checks the copies, one line each.
+    let out = lab.run(&["check", "t-cb", "--all"]);
+    let lines = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{lines}");
+    assert!(
+        lines.contains("t-cb-1") && lines.contains("t-cb-2"),
+        "{lines}"
+    );
 }
 
 /// A lab of `n` guests: VNI 100 joins them all, VNI 200 the first half, VNI 300 (from five

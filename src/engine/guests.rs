@@ -1,7 +1,7 @@
 //! Commands in guests: each guest's `ip` and `bridge` applied, every command logged as a student
 //! would type it, and a guest's whole state read in one batch.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -174,10 +174,7 @@ impl<'a> Runner<'a> {
         Ok((st, ready.expect("asked for")))
     }
 
-    /// One batch: links, addresses, routes, the groups joined on every underlay device the
-    /// guest uses, each vxlan device's neighbours and FDB; and the readiness commands when
-    /// `ready`. `ip` reads come together and `bridge` reads last, so a driver can run each
-    /// kind as one process.
+    /// One batch: the reads of [`cmd::read::guest`], and the readiness commands when `ready`.
     fn read(
         &self,
         g: &GuestPlan,
@@ -185,36 +182,15 @@ impl<'a> Runner<'a> {
         ready: bool,
     ) -> Result<(GuestState, Option<Readiness>), EngineError> {
         let json = tools.json;
-        let devs: BTreeSet<&str> = std::iter::once(g.interface.as_str())
-            .chain(g.vteps.iter().map(|v| v.dev.as_str()))
-            .collect();
-        let v6 = g.underlay.addr().is_ipv6() || g.vteps.iter().any(|v| v.address.addr().is_ipv6());
-        let mut cmds = vec![
-            cmd::read::links(json),
-            cmd::read::addresses(json),
-            cmd::read::routes(json, false),
-        ];
-        let routes_end = cmds.len();
-        cmds.extend(devs.iter().map(|d| cmd::read::groups(json, d)));
-        let groups_end = cmds.len();
-        cmds.extend(
-            g.vteps
-                .iter()
-                .map(|v| cmd::read::neighbours(json, &v.device)),
-        );
-        let neighbours_end = cmds.len();
-        if v6 {
-            cmds.push(cmd::read::routes(json, true));
-        }
-        let fdb_at = cmds.len();
-        cmds.extend(g.vteps.iter().map(|v| cmd::read::fdb(json, &v.device)));
+        let reads = cmd::read::guest(g, json);
+        let mut cmds = reads.commands.clone();
         let n = cmds.len();
         if ready {
             cmds.extend(cmd::readiness());
         }
         let outs = self.batch_with(g, tools, &cmds, false)?;
         let readiness = ready.then(|| Readiness::from_outputs(&tools.ip, &outs[n..]));
-        for (c, out) in cmds.iter().zip(&outs).take(routes_end) {
+        for (c, out) in cmds.iter().zip(&outs).take(reads.groups_at) {
             if !out.success() {
                 return Err(EngineError::Step {
                     guest: g.name.clone(),
@@ -228,18 +204,19 @@ impl<'a> Runner<'a> {
             parse(g, observe::read_addresses(json, &outs[1].stdout))?,
         );
         st.routes = parse(g, observe::read_routes(json, &outs[2].stdout))?;
-        if v6 && outs[neighbours_end].success() {
-            st.routes.extend(parse(
-                g,
-                observe::read_routes(json, &outs[neighbours_end].stdout),
-            )?);
+        if let Some(o) = reads.routes6_at.map(|i| &outs[i]).filter(|o| o.success()) {
+            st.routes
+                .extend(parse(g, observe::read_routes(json, &o.stdout))?);
         }
-        for o in outs[routes_end..groups_end].iter().filter(|o| o.success()) {
+        for o in outs[reads.groups_at..reads.neighbours_at]
+            .iter()
+            .filter(|o| o.success())
+        {
             st.groups
                 .extend(parse(g, observe::read_groups(json, &o.stdout))?);
         }
         // A missing device has nothing to read; the comparison reports the device itself.
-        for (v, o) in g.vteps.iter().zip(&outs[groups_end..neighbours_end]) {
+        for (v, o) in g.vteps.iter().zip(&outs[reads.neighbours_at..]) {
             if o.success() {
                 st.neighbours.insert(
                     v.device.clone(),
@@ -247,7 +224,7 @@ impl<'a> Runner<'a> {
                 );
             }
         }
-        for (v, o) in g.vteps.iter().zip(&outs[fdb_at..n]) {
+        for (v, o) in g.vteps.iter().zip(&outs[reads.fdb_at..n]) {
             if o.success() {
                 st.fdb.insert(
                     v.device.clone(),
