@@ -6,6 +6,7 @@
 //! booting guest keeps one core busy, and more boots than cores only stretch every boot
 //! toward its timeout while finishing no sooner.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -202,11 +203,84 @@ impl ClassPlan {
 /// How long a guest may take from start to SSH. Alone on a quiet host a TCG guest of an image
 /// vxlab built answers in about 15 s and one that runs cloud-init in about a minute; guests
 /// sharing cores take proportionally longer, so the limit grows with the load and with the
-/// lab's own guests booting beside this one.
+/// guests booting beside this one (see [`BootDeadline`]).
 pub fn boot_timeout(tcg: bool, host: &HostLoad, booting: usize) -> Duration {
     let base = if tcg { 300.0 } else { 120.0 };
     let demand = (host.load + booting as f64) / host.cores.max(1) as f64;
     Duration::from_secs_f64(base * demand.max(1.0))
+}
+
+/// The guests this process is booting now, per host (`""` for this machine): every copy of a
+/// class boots on its own threads, and each guest's timeout counts the guests booting beside
+/// it, in its copy or in another.
+static BOOTING: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+
+/// One guest booting on a host, counted in [`BOOTING`] until it is dropped.
+pub struct Booting {
+    host: String,
+}
+
+impl Booting {
+    /// Counts a guest booting on `host` (`None`: this machine).
+    pub fn start(host: Option<&str>) -> Booting {
+        let host = host.unwrap_or_default().to_string();
+        *booting().entry(host.clone()).or_default() += 1;
+        Booting { host }
+    }
+
+    /// The guests booting on this guest's host now, this one included.
+    pub fn now(&self) -> usize {
+        booting().get(&self.host).copied().unwrap_or(1)
+    }
+}
+
+impl Drop for Booting {
+    fn drop(&mut self) {
+        let mut all = booting();
+        if let Some(n) = all.get_mut(&self.host) {
+            *n -= 1;
+            if *n == 0 {
+                all.remove(&self.host);
+            }
+        }
+    }
+}
+
+fn booting() -> std::sync::MutexGuard<'static, BTreeMap<String, usize>> {
+    BOOTING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// When a booting guest is given up on: [`boot_timeout`] from its start, for the most guests
+/// seen booting together since, at least its own lab's. A guest whose boot overlaps a later
+/// batch is given the time that batch costs; its deadline never moves earlier.
+pub struct BootDeadline {
+    started: Instant,
+    tcg: bool,
+    host: HostLoad,
+    most: usize,
+}
+
+impl BootDeadline {
+    /// A guest starting now on `host`, in a lab of `lab_guests` guests.
+    pub fn new(tcg: bool, host: HostLoad, lab_guests: usize) -> BootDeadline {
+        BootDeadline {
+            started: Instant::now(),
+            tcg,
+            host,
+            most: lab_guests,
+        }
+    }
+
+    /// The deadline with `booting` guests booting now.
+    pub fn with(&mut self, booting: usize) -> Instant {
+        self.most = self.most.max(booting);
+        self.started + self.timeout()
+    }
+
+    /// The time allowed so far.
+    pub fn timeout(&self) -> Duration {
+        boot_timeout(self.tcg, &self.host, self.most)
+    }
 }
 
 /// Plans `copies` copies of `lab` on this host as it is now; also returns the summary line.
@@ -356,5 +430,34 @@ mod tests {
         let busy = boot_timeout(true, &host(2, 4.0, 1), 8);
         assert_eq!(busy, Duration::from_secs(1800));
         assert!(boot_timeout(false, &host(8, 0.0, 1), 2) < quiet);
+    }
+
+    #[test]
+    fn a_boot_deadline_counts_the_most_guests_booting_beside_it_and_never_shrinks() {
+        let mut d = BootDeadline::new(true, host(2, 0.0, 1), 2);
+        let alone = d.with(1);
+        assert_eq!(
+            d.timeout(),
+            Duration::from_secs(300),
+            "its own lab's two guests"
+        );
+        // A second copy's guests start booting: every guest gets the time four cost.
+        let crowded = d.with(4);
+        assert_eq!(d.timeout(), Duration::from_secs(600));
+        assert_eq!(crowded - alone, Duration::from_secs(300));
+        // They finish; the time already given stays.
+        assert_eq!(d.with(1), crowded);
+    }
+
+    #[test]
+    fn guests_booting_are_counted_per_host_until_dropped() {
+        let a = Booting::start(Some("test-h1"));
+        let b = Booting::start(Some("test-h1"));
+        let c = Booting::start(Some("test-h2"));
+        assert_eq!((a.now(), b.now(), c.now()), (2, 2, 1));
+        drop(b);
+        assert_eq!(a.now(), 1);
+        drop((a, c));
+        assert!(!booting().contains_key("test-h1") && !booting().contains_key("test-h2"));
     }
 }

@@ -449,22 +449,27 @@ impl LibvirtDriver {
     /// its stages are said, and a kernel that panics is restarted once, then is a failure.
     fn wait_for_boot(&self, g: &GuestPlan, progress: &dyn Fn(&str)) -> Result<(), DriverError> {
         let log = self.guest_dir(g).join("console.log");
-        let timeout = capacity::boot_timeout(
+        let booting = capacity::Booting::start(None);
+        let mut deadline = capacity::BootDeadline::new(
             self.choice().is_tcg(),
-            &capacity::HostLoad::read(),
+            capacity::HostLoad::read(),
             self.guests.len(),
         );
         let addr = SocketAddr::new(g.underlay.addr(), 22);
         let log_name = log.display().to_string();
         let mut watch = boot::BootWatch::default();
-        let open = ssh::retry_until(timeout, || {
-            if ssh::port_open(addr) {
-                return Ok(Some(()));
-            }
-            let console = std::fs::read_to_string(&log).unwrap_or_default();
-            self.act_on(g, watch.look(&console), &log_name, progress)?;
-            Ok(None)
-        })?;
+        let open = ssh::retry_until_deadline(
+            || deadline.with(booting.now()),
+            || {
+                if ssh::port_open(addr) {
+                    return Ok(Some(()));
+                }
+                let console = std::fs::read_to_string(&log).unwrap_or_default();
+                self.act_on(g, watch.look(&console), &log_name, progress)?;
+                Ok(None)
+            },
+        )?;
+        let timeout = deadline.timeout();
         open.map(drop)
             .ok_or_else(|| self.boot_failed(g, &log_name, ssh::SshError::Timeout { addr, timeout }))
     }

@@ -118,15 +118,23 @@ const POLL: Duration = Duration::from_millis(100);
 /// within a tenth of a second of listening.
 pub fn retry_until<T, E>(
     timeout: Duration,
-    mut attempt: impl FnMut() -> Result<Option<T>, E>,
+    attempt: impl FnMut() -> Result<Option<T>, E>,
 ) -> Result<Option<T>, E> {
     let deadline = Instant::now() + timeout;
+    retry_until_deadline(|| deadline, attempt)
+}
+
+/// [`retry_until`], the deadline asked for again after every attempt: it may move.
+pub fn retry_until_deadline<T, E>(
+    mut deadline: impl FnMut() -> Instant,
+    mut attempt: impl FnMut() -> Result<Option<T>, E>,
+) -> Result<Option<T>, E> {
     loop {
         let started = Instant::now();
         if let Some(t) = attempt()? {
             return Ok(Some(t));
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= deadline() {
             return Ok(None);
         }
         let spent = started.elapsed();

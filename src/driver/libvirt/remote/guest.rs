@@ -127,7 +127,9 @@ pub(in crate::driver::libvirt) fn wait_for_ssh(
     };
     // The host's load, not this machine's: a host that cannot say is a host lost.
     let load = facts::host_load(link).map_err(on_host(link, g, "reading the host's load"))?;
-    let timeout = capacity::boot_timeout(driver.choice().is_tcg(), &load, driver.guests.len());
+    let booting = capacity::Booting::start(Some(link.name()));
+    let mut deadline =
+        capacity::BootDeadline::new(driver.choice().is_tcg(), load, driver.guests.len());
     let addr = SocketAddr::new(g.underlay.addr(), 22);
     progress(&format!("booting on {}", link.name()));
     // The console log on the host is looked at once a second while sshd does not answer
@@ -140,21 +142,25 @@ pub(in crate::driver::libvirt) fn wait_for_ssh(
     let mut watch = BootWatch::default();
     let mut look_at = Instant::now() + CONSOLE_LOOK;
     let mut last = None;
-    let open = ssh::retry_until(timeout, || match link.jump().tunnel(addr) {
-        Ok(_) => Ok(Some(())),
-        Err(e) if lost(&e) => Err(lost_host(e)),
-        Err(e) => {
-            last = Some(e);
-            if Instant::now() >= look_at {
-                look_at = Instant::now() + CONSOLE_LOOK;
-                // Only the log's end is read; a log that cannot be read says nothing.
-                let tail = tail(link, g).unwrap_or_default();
-                driver.act_on(g, watch.look(&tail), &log, progress)?;
+    let open = ssh::retry_until_deadline(
+        || deadline.with(booting.now()),
+        || match link.jump().tunnel(addr) {
+            Ok(_) => Ok(Some(())),
+            Err(e) if lost(&e) => Err(lost_host(e)),
+            Err(e) => {
+                last = Some(e);
+                if Instant::now() >= look_at {
+                    look_at = Instant::now() + CONSOLE_LOOK;
+                    // Only the log's end is read; a log that cannot be read says nothing.
+                    let tail = tail(link, g).unwrap_or_default();
+                    driver.act_on(g, watch.look(&tail), &log, progress)?;
+                }
+                Ok(None)
             }
-            Ok(None)
-        }
-    })?;
+        },
+    )?;
     if open.is_none() {
+        let timeout = deadline.timeout();
         let why = last.map_or_else(String::new, |e| format!(": {e}"));
         return Err(driver.boot_failed(
             g,
