@@ -240,6 +240,45 @@ fn a_guest_of_vxlabs_image_gets_the_interface_name_the_lab_gives() {
     let said = String::from_utf8_lossy(&eth0.stderr);
     assert_eq!(eth0.status.code(), Some(1), "eth0 is still there: {said}");
     assert!(said.contains("Device \"eth0\" does not exist"), "{said}");
+
+    // The guest freezes (its domain paused: it runs, and answers nothing). `reset` finds it
+    // unreachable, removes it and creates it anew from its overlay, and the lab checks again.
+    let domain = "vxlab-named.vm-a";
+    let virsh = |args: &[&str]| {
+        let out = std::process::Command::new("virsh")
+            .args(["-c", "qemu:///system"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "virsh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let boot_id = guest_says(&lab, "vm-a", &["cat", "/proc/sys/kernel/random/boot_id"]);
+    virsh(&["suspend", domain]);
+    let out = lab.run(&["reset", "named", "vm-a", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("reset: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{r:#}");
+    assert!(
+        r["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .contains("vm-a did not answer: it was removed and is created anew")),
+        "{r:#}"
+    );
+    assert_eq!(virsh(&["domstate", domain]), "running");
+    assert_ne!(
+        guest_says(&lab, "vm-a", &["cat", "/proc/sys/kernel/random/boot_id"]),
+        boot_id,
+        "vm-a was not booted anew"
+    );
+    let link = guest_says(&lab, "vm-a", &["ip", "-br", "addr", "show", "dev", "lab0"]);
+    assert!(link.contains("192.168.78.2/24"), "{link}");
+    assert_eq!(lab.check().0, 0);
     lab.down_leaves_nothing();
 }
 

@@ -420,13 +420,15 @@ impl LibvirtDriver {
         let (host_key, client) = (self.host_key(g)?, self.client_key(&g.name)?);
         // Right after boot sshd may answer before cloud-init has put root's key in place, and
         // a guest busy under software emulation can be slow to complete a handshake: retry
-        // briefly before giving up. A wrong host key is never retried.
+        // briefly before giving up. A wrong host key is never retried, nor a guest that lets
+        // the connection time out (stopped or frozen: `reset` recreates it).
         let mut tries = 0;
         let conn = loop {
             match self.connect_guest(g, &host_key, &client) {
                 Ok(c) => break c,
                 Err(e)
                     if tries >= SSH_RETRIES
+                        || e.unanswered()
                         || matches!(e, ssh::SshError::HostKeyMismatch { .. }) =>
                 {
                     return Err(DriverError::new(&g.name, "connecting over SSH", e));

@@ -51,6 +51,28 @@ pub enum SshError {
     },
 }
 
+impl SshError {
+    /// Whether the guest let a connection to port 22 time out, or has no route: a guest that
+    /// is stopped, frozen or off the network. Retrying cannot help; a refused connection
+    /// (sshd not listening yet) can.
+    pub fn unanswered(&self) -> bool {
+        let SshError::Session {
+            what: "connecting",
+            source,
+            ..
+        } = self
+        else {
+            return false;
+        };
+        source.downcast_ref::<std::io::Error>().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::HostUnreachable
+            )
+        })
+    }
+}
+
 /// An ed25519 key pair in OpenSSH files: `path` and `path.pub`.
 #[derive(Debug, Clone)]
 pub struct KeyPair {
