@@ -229,3 +229,50 @@ fn without_root_a_command_that_only_reads_says_what_it_needs_and_never_sudo() {
     let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
     assert!(!readme.contains("sudo"), "the README mentions sudo");
 }
+
+#[test]
+fn up_on_vms_refuses_a_root_only_dev_kvm_before_it_creates_anything() {
+    // A fresh machine without udev: /dev/kvm is 0600 root, so libvirt's QEMU user cannot open
+    // it and libvirt would re-probe QEMU on every call. `up` says what to run, and stops.
+    use std::os::unix::fs::MetadataExt;
+    let kvm = std::path::Path::new("/dev/kvm");
+    common::require_root();
+    let meta = std::fs::metadata(kvm).expect("this test needs /dev/kvm, as CI machines have");
+    struct Restore(u32, u32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            std::os::unix::fs::chown("/dev/kvm", None, Some(self.1)).unwrap();
+            let perms = std::os::unix::fs::PermissionsExt::from_mode(self.0 & 0o7777);
+            std::fs::set_permissions("/dev/kvm", perms).unwrap();
+        }
+    }
+    let image = tempfile::tempdir().unwrap();
+    for f in ["base.qcow2", "vmlinuz", "initrd.img"] {
+        std::fs::write(image.path().join(f), b"").unwrap();
+    }
+    let disk = image.path().join("base.qcow2");
+    let lab = Lab::shipped(
+        "two-vm.yaml",
+        "t-kvm",
+        &[
+            ("192.168.10.", "192.168.57."),
+            ("image: debian-12", &format!("image: {}", disk.display())),
+        ],
+    );
+    let out = {
+        let _restore = Restore(meta.mode(), meta.gid());
+        std::os::unix::fs::chown(kvm, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(kvm, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        lab.run(&["up", lab.file.to_str().unwrap()])
+    };
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(
+        err.contains("/dev/kvm is mode 0600, owner root, group root")
+            && err.contains("`chgrp kvm /dev/kvm && chmod 0660 /dev/kvm`"),
+        "{err}"
+    );
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
+    assert_eq!(std::fs::read_dir(lab.state.path()).unwrap().count(), 0);
+    assert_eq!(std::fs::metadata(kvm).unwrap().mode(), meta.mode());
+}

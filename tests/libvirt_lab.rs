@@ -241,6 +241,32 @@ fn a_guest_of_vxlabs_image_gets_the_interface_name_the_lab_gives() {
     assert_eq!(eth0.status.code(), Some(1), "eth0 is still there: {said}");
     assert!(said.contains("Device \"eth0\" does not exist"), "{said}");
 
+    // The host key vxlab pinned for vm-a is swapped for another: the guest no longer proves
+    // it is the one vxlab made, and vxlab refuses to talk to it, never asking to trust it.
+    let keys = lab.state.path().join("named/guests/vm-a");
+    let pinned = keys.join("ssh_host_ed25519_key");
+    let saved = tempfile::tempdir().unwrap();
+    for f in ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"] {
+        std::fs::rename(keys.join(f), saved.path().join(f)).unwrap();
+    }
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&pinned)
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+    let out = lab.run(&["exec", "vm-a", "--", "true"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("presented a host key that is not the one vxlab generated for it; refusing"),
+        "{said}"
+    );
+    for f in ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"] {
+        std::fs::rename(saved.path().join(f), keys.join(f)).unwrap();
+    }
+    assert_eq!(guest_says(&lab, "vm-a", &["hostname"]), "vm-a");
+
     // The guest freezes (its domain paused: it runs, and answers nothing). `reset` finds it
     // unreachable, removes it and creates it anew from its overlay, and the lab checks again.
     let domain = "vxlab-named.vm-a";
