@@ -307,10 +307,14 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     assert_eq!(in_libvirt(), Vec::<String>::new());
     assert_eq!(class.lab.leftovers(), Vec::<String>::new());
 
-    // plan shows the placement, and nothing is created.
+    // plan shows the placement, and nothing is created; the inventory from VXLAB_HOSTS.
     let out = class
         .lab
-        .run(&["plan", &lab_file, "--count", "2", "--hosts", &hosts]);
+        .vxlab()
+        .env("VXLAB_HOSTS", &hosts)
+        .args(["plan", &lab_file, "--count", "2"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let plan = String::from_utf8_lossy(&out.stdout);
     for (copy, host) in [("1", "h1"), ("2", "h2")] {
