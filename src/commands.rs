@@ -1,6 +1,7 @@
 //! One function per `vxlab` subcommand: resolve the lab, pick the driver, call the engine, print.
 //! Errors get context here, from the outermost operation down.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -978,13 +979,41 @@ fn proxy_command(h: &HostSpec) -> Result<String> {
     Ok(format!("ProxyCommand={}", plan::shell_words(&words)))
 }
 
-/// `vxlab console GUEST`: the guest's serial console through virsh, on the libvirt of the
-/// host the lab runs on.
+/// `vxlab console GUEST`: the guest's serial console through libvirt's console stream, over
+/// the connection to the host the lab runs on.
 pub fn console(lab: Option<&Path>, guest: &str) -> Result<u8> {
+    use crate::driver::libvirt::console::{self, Ended};
+    require_root("console")?;
     let (lab, g) = libvirt_guest(lab, guest)?;
-    let uri = where_runs(&lab, None).map_or(lab.libvirt.uri.clone(), |h| h.uri);
-    let status = std::process::Command::new("virsh")
-        .args(["-c", &uri, "console", &g.instance])
-        .status()?;
-    Ok(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1))
+    virt::error::clear_error_callback();
+    let placed = where_runs(&lab, None);
+    let link = placed.as_ref().map(remote::link).transpose()?;
+    let local;
+    let conn = match &link {
+        Some(l) => l.conn(),
+        None => {
+            local = virt::connect::Connect::open(Some(&lab.libvirt.uri))
+                .with_context(|| format!("cannot connect to libvirt at {}", lab.libvirt.uri))?;
+            &local
+        }
+    };
+    let on = placed.map_or_else(String::new, |h| format!(" on host {}", h.name));
+    println!(
+        "connected to {guest}'s serial console (domain {}{on}); Ctrl-] leaves",
+        g.instance
+    );
+    // Unbuffered: `poll` sees every key that is waiting.
+    let mut input = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let ended = {
+        let _raw = crate::commands::shell::RawMode::enter();
+        console::attach(conn, &g.instance, &mut input, std::io::stdout())
+    }
+    .with_context(|| format!("while attached to {guest}'s console in lab {}", lab.name))?;
+    Ok(match ended {
+        Ended::Left => exit::OK,
+        Ended::Closed => {
+            println!("\nthe console closed: {guest} stopped, or another session took it");
+            exit::UNAVAILABLE
+        }
+    })
 }

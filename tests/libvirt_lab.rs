@@ -241,6 +241,57 @@ fn a_guest_of_vxlabs_image_gets_the_interface_name_the_lab_gives() {
     assert_eq!(eth0.status.code(), Some(1), "eth0 is still there: {said}");
     assert!(said.contains("Device \"eth0\" does not exist"), "{said}");
 
+    // `vxlab console`: the serial console through libvirt's console stream. What the guest
+    // writes to its serial port shows; what is typed reaches the guest; Ctrl-] leaves.
+    let mut console = common::Terminal::start(&lab, &["console", "vm-a"]);
+    console.wait_for("connected to vm-a's serial console (domain vxlab-named.vm-a); Ctrl-] leaves");
+    let out = lab.run(&[
+        "exec",
+        "vm-a",
+        "sh",
+        "-c",
+        "nohup sh -c 'for i in $(seq 30); do echo vxlab-console-here > /dev/ttyS0; sleep 1; done' \
+         >/dev/null 2>&1 &",
+    ]);
+    assert!(out.status.success());
+    console.wait_for("vxlab-console-here");
+    // The guest reads its serial port: a line typed in the console arrives there.
+    let reader = lab.run(&[
+        "exec",
+        "vm-a",
+        "sh",
+        "-c",
+        "stty -F /dev/ttyS0 raw -echo; nohup sh -c 'head -c 12 /dev/ttyS0 > /tmp/typed' \
+         >/dev/null 2>&1 &",
+    ]);
+    assert!(reader.status.success());
+    // A serial port keeps what arrives only while someone has it open: type once the reader
+    // has.
+    let start = std::time::Instant::now();
+    while !guest_says(
+        &lab,
+        "vm-a",
+        &["sh", "-c", "ls -l /proc/$(pgrep -x head)/fd 2>/dev/null"],
+    )
+    .contains("/dev/ttyS0")
+    {
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "the reader never opened ttyS0"
+        );
+    }
+    console.send(b"typed-here\r\n");
+    let start = std::time::Instant::now();
+    while guest_says(&lab, "vm-a", &["cat", "/tmp/typed"]) != "typed-here" {
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "the typed line never reached the guest"
+        );
+    }
+    console.send(&[0x1d]);
+    let status = console.wait();
+    assert!(status.success(), "console: {status}\n{}", console.output());
+
     // The host key vxlab pinned for vm-a is swapped for another: the guest no longer proves
     // it is the one vxlab made, and vxlab refuses to talk to it, never asking to trust it.
     let keys = lab.state.path().join("named/guests/vm-a");

@@ -69,9 +69,10 @@ fn in_libvirt() -> Vec<String> {
 
 /// `vxlab console` on a guest of `copy`, attached once virsh says so.
 fn attach_console(lab: &Lab, copy: &str, guest: &str) -> Terminal {
-    // virsh needs a terminal.
+    // On a terminal, as a student would; the keys go to the guest raw.
     let mut t = Terminal::start(lab, &["console", "--lab", copy, guest]);
-    t.wait_for("Escape character");
+    t.wait_for("serial console (domain ");
+    t.wait_for("Ctrl-] leaves");
     t
 }
 
@@ -464,8 +465,8 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
 
     // vxlab console on h2's guest: the serial console, streamed by h2's libvirt; what the
     // guest writes to its serial port shows in it.
-    // virsh says it is connected a moment before the stream carries output: the guest
-    // writes its line again every two seconds until it shows.
+    // vxlab says it is connected as the stream opens, a moment before the guest's line may
+    // be written: the guest writes it again every two seconds until it shows.
     let mut console = attach_console(&class.lab, &format!("{LAB}-2"), "vm-a");
     let marker = "vxlab-console-on-h2";
     let out = class.lab.run(&[
@@ -482,7 +483,7 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     console.wait_for(marker);
-    // virsh's escape character leaves the console; vxlab exits 0.
+    // Ctrl-] leaves the console; vxlab exits 0.
     console.send(&[0x1d]);
     let status = console.wait();
     assert!(status.success(), "console: {status}\n{}", console.output());

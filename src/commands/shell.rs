@@ -66,12 +66,12 @@ fn local_size() -> WinSize {
 }
 
 /// This terminal in raw mode (keys go to the guest as typed, Ctrl-C included) until dropped.
-struct RawMode {
+pub(crate) struct RawMode {
     saved: libc::termios,
 }
 
 impl RawMode {
-    fn enter() -> Option<RawMode> {
+    pub(crate) fn enter() -> Option<RawMode> {
         let fd = std::io::stdin().as_raw_fd();
         // SAFETY: termios is plain data; tcgetattr fills it.
         let mut saved: libc::termios = unsafe { std::mem::zeroed() };

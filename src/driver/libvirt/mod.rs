@@ -21,6 +21,7 @@ use virt::error::ErrorNumber;
 pub mod accel;
 mod boot;
 pub mod capacity;
+pub mod console;
 pub mod image;
 pub mod kernel;
 pub mod preflight;
@@ -81,8 +82,6 @@ struct GuestDisks {
     seed: PathBuf,
     /// Where its console is logged.
     console_log: PathBuf,
-    /// A console libvirt can stream (a pty, logged) rather than a plain file.
-    console_pty: bool,
 }
 
 /// Why the driver could not be opened.
@@ -327,7 +326,6 @@ impl LibvirtDriver {
             disk: overlay,
             seed,
             console_log: dir.join("console.log"),
-            console_pty: false,
         })
     }
 
@@ -379,7 +377,6 @@ impl LibvirtDriver {
             disk: &disks.disk,
             seed: &disks.seed,
             console_log: &disks.console_log,
-            console_pty: disks.console_pty,
             memory_mib,
             vcpus,
             domain_type: self.choice().domain_type,
@@ -561,12 +558,9 @@ pub struct DomainSpec<'a> {
     pub disk: &'a Path,
     /// The guest's seed disk.
     pub seed: &'a Path,
-    /// Where its serial console is kept.
+    /// Where its serial console is logged (the console itself is a pty that libvirt streams
+    /// to `vxlab console`).
     pub console_log: &'a Path,
-    /// Whether the console is a pty (logged to `console_log`) that libvirt can stream, rather
-    /// than the file itself: for guests on another host, whose console vxlab reads through
-    /// libvirt.
-    pub console_pty: bool,
     /// Guest memory.
     pub memory_mib: u64,
     /// Virtual CPUs.
@@ -596,7 +590,6 @@ impl DomainSpec<'_> {
                 "tap": self.guest.host_link,
                 "mac": self.guest.underlay_mac.to_string(),
                 "console_log": self.console_log,
-                "console_pty": self.console_pty,
                 "tb_cache_mib": TB_CACHE_MIB,
             }),
         )
@@ -794,7 +787,6 @@ mod tests {
             disk: &d.join("disk.qcow2"),
             seed: &d.join("seed.img"),
             console_log: &d.join("console.log"),
-            console_pty: false,
             memory_mib: 768,
             vcpus: 2,
             domain_type,

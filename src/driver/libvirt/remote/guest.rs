@@ -107,7 +107,6 @@ pub(in crate::driver::libvirt) fn disks(
         disk: PathBuf::from(overlay),
         seed: PathBuf::from(seed),
         console_log,
-        console_pty: true,
     })
 }
 
