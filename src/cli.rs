@@ -112,8 +112,8 @@ pub enum Command {
         /// Overlay address to ping; default: the first peer of its first vxlan.
         #[arg(long)]
         to: Option<std::net::IpAddr>,
-        /// Echo requests to send.
-        #[arg(long, default_value_t = 3)]
+        /// Echo requests to send, 1 to 100.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
         count: u32,
         /// Keep the learned FDB and neighbour entries (by default they are flushed first, so
         /// the capture starts with the flood).
@@ -135,9 +135,9 @@ pub enum Command {
         /// Lab file or name.
         #[arg(add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: PathBuf,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
-        format: GraphFormat,
+        /// Output format; default: from FILE's extension (.svg, .mmd), else dot.
+        #[arg(long, value_enum)]
+        format: Option<GraphFormat>,
         /// Write to FILE instead of standard output.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
@@ -260,9 +260,10 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = SheetFormatArg::Text)]
         format: SheetFormatArg,
-        /// The class server's address as the students reach it.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
+        /// The class server's address as the students reach it; default: the running
+        /// `vxlab serve`'s, else http://127.0.0.1:8080.
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Open a shell in a guest, on a real terminal, with the prompt `lab/guest#`: the same
     /// shell as the class server's browser terminals.
@@ -491,7 +492,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             lab,
             format,
             output,
-        } => commands::graph(&lab, format.format(), output.as_deref()),
+        } => commands::graph(
+            &lab,
+            crate::graph::Format::choose(format.map(GraphFormat::format), output.as_deref()),
+            output.as_deref(),
+        ),
         Command::Check { lab, json, all } => commands::check(lab.as_deref(), json, all),
         Command::Reset { lab, guest, json } => commands::reset(&lab, guest.as_deref(), json),
         Command::Down { lab, instance, all } => {
@@ -526,7 +531,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             terminals,
             idle_secs: idle_timeout,
         }),
-        Command::Sheet { lab, format, url } => commands::sheet(&lab, format.format(), &url),
+        Command::Sheet { lab, format, url } => {
+            commands::sheet(&lab, format.format(), url.as_deref())
+        }
         Command::Completions { shell } => {
             let shells = clap_complete::env::Shells::builtins();
             let name = shell.to_string();

@@ -44,6 +44,12 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// The lab runs but a check failed.
     pub const CHECK_FAILED: u8 = 1;
+    /// The command line could not be parsed (clap's own usage errors).
+    pub const PARSE: u8 = 2;
+    /// `exec`: the command cannot be run in the guest (as a shell says it).
+    pub const NOT_EXECUTABLE: u8 = 126;
+    /// `exec`: the command is not in the guest (as a shell says it).
+    pub const NOT_FOUND: u8 = 127;
     /// A command-line value that cannot be used, such as a workshop pool with no room.
     pub const USAGE: u8 = 64;
     /// The lab file is invalid.
@@ -83,8 +89,22 @@ pub enum HostError {
     },
 }
 
+/// Something named on the command line is not there (exit 66), said in full.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(pub String);
+
+/// The command line does not say enough, or says something that cannot be used (exit 64).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
 /// The exit status for an error, by its kind anywhere in the chain.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
+    // A context is found by anyhow's own downcast, not in the chain of causes.
+    if let Some(e) = e.downcast_ref::<shell::NotStarted>() {
+        return e.code;
+    }
     for cause in e.chain() {
         if cause.is::<LabError>() || cause.is::<crate::hosts::inventory::InventoryError>() {
             return exit::DATA;
@@ -108,8 +128,14 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 cause.downcast_ref(),
                 Some(EngineError::State(StateError::NotRunning(..)))
             );
-        if missing {
+        if missing
+            || cause.is::<NotFound>()
+            || matches!(cause.downcast_ref(), Some(EngineError::NoSuchGuest { .. }))
+        {
             return exit::NOINPUT;
+        }
+        if cause.is::<Usage>() {
+            return exit::USAGE;
         }
         let busy = matches!(cause.downcast_ref(), Some(StateError::Busy { .. }))
             || matches!(
@@ -400,7 +426,10 @@ fn running_guest(lab: Option<&Path>, guest: &str) -> Result<(Lab, Plan, usize)> 
         .guests
         .iter()
         .position(|g| g.name == guest)
-        .with_context(|| format!("lab {} has no guest named {guest}", lab.name))?;
+        .ok_or_else(|| EngineError::NoSuchGuest {
+            lab: lab.name.clone(),
+            guest: guest.to_string(),
+        })?;
     Ok((lab, p, i))
 }
 
@@ -712,8 +741,14 @@ fn resolve(arg: Option<&Path>) -> Result<(Lab, PathBuf)> {
         Some(p) => p.to_string_lossy().into_owned(),
         None => match state.labs().as_slice() {
             [one] => one.clone(),
-            [] => bail!("no lab is running"),
-            many => bail!("several labs are running ({}); name one", many.join(", ")),
+            [] => return Err(NotFound("no lab is running".into()).into()),
+            many => {
+                return Err(Usage(format!(
+                    "several labs are running ({}); name one",
+                    many.join(", ")
+                ))
+                .into())
+            }
         },
     };
     let copy = state.lab_dir(&name).join(LAB_COPY);
@@ -788,14 +823,15 @@ fn name_copies(e: anyhow::Error, arg: Option<&Path>) -> anyhow::Error {
         return e;
     }
     let arg = arg.map_or_else(|| base.clone(), |a| a.display().to_string());
-    anyhow::anyhow!(
+    NotFound(format!(
         "lab {base} is not running, but {} of it {}: {}; `vxlab check {arg} --all` checks \
          them all, `vxlab check {base}-{}` one",
         plural(copies.len(), "copy", "copies"),
         if copies.len() == 1 { "is" } else { "are" },
         copy_names(base, &copies),
         copies[0].name
-    )
+    ))
+    .into()
 }
 
 /// `vxlab check LAB --all`: every running copy of the lab, one line each.
@@ -807,7 +843,7 @@ fn check_copies(arg: Option<&Path>, json: bool) -> Result<u8> {
     };
     let copies = workshop::running(&StateDir::from_env(), &base);
     if copies.is_empty() {
-        bail!("no copy of lab {base} is running");
+        return Err(NotFound(format!("no copy of lab {base} is running")).into());
     }
     let names: Vec<String> = copies
         .iter()
@@ -921,7 +957,10 @@ fn libvirt_guest(lab: Option<&Path>, guest: &str) -> Result<(Lab, plan::GuestPla
         );
     }
     let g = plan::plan(&lab).guest(guest).cloned();
-    let g = g.with_context(|| format!("lab {} has no guest named {guest}", lab.name))?;
+    let g = g.ok_or_else(|| EngineError::NoSuchGuest {
+        lab: lab.name.clone(),
+        guest: guest.to_string(),
+    })?;
     Ok((lab, g))
 }
 

@@ -19,6 +19,22 @@ pub enum Format {
     Svg,
 }
 
+impl Format {
+    /// The format asked for, else the one the output file's extension names (`.svg`,
+    /// `.mmd`/`.mermaid`), else DOT.
+    pub fn choose(asked: Option<Format>, output: Option<&std::path::Path>) -> Format {
+        let by_extension = || {
+            let ext = output?.extension()?.to_str()?.to_ascii_lowercase();
+            match ext.as_str() {
+                "svg" => Some(Format::Svg),
+                "mmd" | "mermaid" => Some(Format::Mermaid),
+                _ => None,
+            }
+        };
+        asked.or_else(by_extension).unwrap_or(Format::Dot)
+    }
+}
+
 /// A string as a DOT quoted ID; line breaks become DOT's `\n`.
 fn dq(s: &str) -> String {
     let escaped = s
@@ -295,6 +311,20 @@ pub fn mermaid(plan: &Plan) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_format_is_the_one_asked_for_else_the_files_extension_else_dot() {
+        use std::path::Path;
+        let svg = Some(Path::new("lab.SVG"));
+        assert_eq!(Format::choose(None, svg), Format::Svg);
+        assert_eq!(
+            Format::choose(None, Some(Path::new("x.mmd"))),
+            Format::Mermaid
+        );
+        assert_eq!(Format::choose(None, Some(Path::new("x.dot"))), Format::Dot);
+        assert_eq!(Format::choose(None, None), Format::Dot);
+        assert_eq!(Format::choose(Some(Format::Dot), svg), Format::Dot);
+    }
 
     fn plan_of(file: &str) -> Plan {
         let path = format!("{}/labs/{file}", env!("CARGO_MANIFEST_DIR"));

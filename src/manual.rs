@@ -119,9 +119,10 @@ fn command_section(out: &mut String, c: &mut Command, path: &str) {
 }
 
 /// The exit statuses, as `commands` returns them.
-const EXIT_STATUS: [(u8, &str); 11] = [
+const EXIT_STATUS: [(u8, &str); 14] = [
     (exit::OK, "Success: every check held."),
     (exit::CHECK_FAILED, "The lab runs but a check failed; the report names each failure, cause first."),
+    (exit::PARSE, "The command line could not be parsed: an unknown option, a missing argument, or a value out of range; the usage error says which."),
     (exit::USAGE, "A command-line value cannot be used, such as a workshop pool with no room left, or a class that does not fit on its hosts."),
     (exit::DATA, "The lab file or the host inventory is invalid; each problem is given as file:line:column: field: message."),
     (exit::NOINPUT, "No such lab: the file does not exist, or no lab of that name is running."),
@@ -130,6 +131,8 @@ const EXIT_STATUS: [(u8, &str); 11] = [
     (exit::TAKEN, "The lab's name is another lab's: its state (a standalone lab and a workshop copy of the same name), named in the message; nothing was created."),
     (exit::TEMPFAIL, "Another vxlab is changing the lab; try again when it is done."),
     (exit::NOPERM, "The command needs root, and says why."),
+    (exit::NOT_EXECUTABLE, "exec: the command cannot be run in the guest (not executable), as a shell says it. Otherwise exec returns its command's own status."),
+    (exit::NOT_FOUND, "exec: the command is not in the guest, as a shell says it."),
     (exit::INTERRUPTED, "Ctrl-C or SIGTERM stopped up, reset or walk between two steps (vxlab down LAB removes what was made, vxlab up LAB finishes it), or ended the command exec ran in a guest."),
 ];
 

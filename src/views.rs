@@ -457,8 +457,8 @@ pub fn walk_reads(plan: &Plan) -> String {
     )
 }
 
-/// What `vxlab reset` ran besides its repairs: the reads it decided them by, and the checks'
-/// reads and pings afterwards, as `$` lines.
+/// What `vxlab reset` ran besides its repairs: the reads it decided them by, the checks'
+/// reads and pings afterwards, and the reads around the forgetting, as `$` lines.
 pub fn reset_reads(plan: &Plan, guest: Option<&str>) -> String {
     let Some(g) = guest.and_then(|n| plan.guest(n)).or(plan.guests.first()) else {
         return String::new();
@@ -468,9 +468,11 @@ pub fn reset_reads(plan: &Plan, guest: Option<&str>) -> String {
         None => "each guest".to_string(),
     };
     format!(
-        "to decide what to repair and forget, vxlab read {whom}; in {} it ran:\n{}\
+        "to decide what to repair, vxlab read {whom}; in {} it ran:\n{}\
          after the repairs it checked the lab: every guest read again, with what tells its \
-         tools apart:\n{}and every guest pinged its peers{}:\n{}",
+         tools apart:\n{}and every guest pinged its peers{}:\n{}\
+         then it read {whom} again (the same reads), ran the forgetting commands above, and \
+         read {whom} once more for the tables above\n",
         g.name,
         read_lines(g, false),
         read_lines(g, true),

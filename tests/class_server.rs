@@ -95,6 +95,9 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         .collect();
     assert_eq!(students.len(), 3, "{sheet}");
     assert!(students[0].contains("/lab/cls-1/"), "{sheet}");
+    // Without --url the sheet links to the server that runs, on whatever port it listens.
+    let recorded = lab.run(&["sheet", "cls", "--format", "csv"]);
+    assert_eq!(String::from_utf8(recorded.stdout).unwrap(), sheet);
 
     let (_driver, port) = chromedriver();
     let profile = tempfile::tempdir().unwrap();

@@ -36,6 +36,12 @@ fn exec_needs_no_dashes_keeps_streams_apart_and_returns_the_status() {
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(text(&out.stdout), "out\n");
     assert_eq!(text(&out.stderr), "err\n");
+    // A command that is not there, or cannot be run, exits as a shell says it: 127, 126.
+    let out = lab.run(&["exec", "vm-a", "no-such-command"]);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("`no-such-command` is not installed in the guest"));
+    let out = lab.run(&["exec", "vm-a", "/etc"]);
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out.stderr));
 
     // -t: the command runs on a terminal.
     let out = lab.run(&["exec", "-t", "vm-a", "tty"]);

@@ -275,6 +275,9 @@ fn a_build_stopped_by_a_missing_db_185_h_shows_the_log_and_the_fix() {
     assert!(std::fs::read_to_string(&log)
         .unwrap()
         .contains("== configure (exit 1,"));
+    // A failure part-way: what was made stays, said so, and `down` removes all of it.
+    assert!(e.contains("vxlab down t-nodb"), "{e}");
+    assert!(!lab.leftovers().is_empty());
     lab.down_leaves_nothing();
 }
 

@@ -181,26 +181,43 @@ fn check_fails_naming_the_guest_whose_vxlan_was_deleted() {
 }
 
 #[test]
-fn a_failure_part_way_is_reported_and_down_removes_everything() {
-    // An MTU above what eth0 can carry makes the second guest command fail in every guest.
+fn a_vxlan_mtu_the_underlay_cannot_carry_is_refused_before_anything_is_made() {
+    // eth0 carries 1500 bytes, of which VXLAN's outer IPv4 headers take 50: the kernel would
+    // refuse 1451 and more part-way through `up`, so validation does first, at its line.
     let lab = Lab::shipped(
         "two-netns.yaml",
         "t-fail",
         &[
             ("192.168.10.", "192.168.13."),
-            ("    port: 4789", "    port: 4789\n    mtu: 9000"),
+            ("    port: 4789", "    port: 4789\n    mtu: 1451"),
         ],
     );
+    let line = lab
+        .text()
+        .lines()
+        .position(|l| l.contains("mtu: 1451"))
+        .unwrap()
+        + 1;
     let out = lab.run(&["up", lab.file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(70));
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
     assert!(
-        err.contains("`ip link set dev vxlan0 mtu 9000` failed"),
+        err.contains(&format!("t-fail.yaml:{line}:"))
+            && err.contains("vxlans[0].mtu: 1451 is outside 68..1450 (the underlay's MTU is 1500, and VXLAN's outer headers take 50 of it)"),
         "{err}"
     );
-    assert!(err.contains("vxlab down t-fail"), "{err}");
-    assert!(!lab.leftovers().is_empty());
-    lab.down_leaves_nothing();
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
+    // 1450 fits.
+    let ok = Lab::shipped(
+        "two-netns.yaml",
+        "t-mtu",
+        &[
+            ("192.168.10.", "192.168.15."),
+            ("    port: 4789", "    port: 4789\n    mtu: 1450"),
+        ],
+    );
+    assert_eq!(ok.up().0, 0);
+    ok.down_leaves_nothing();
 }
 
 #[test]

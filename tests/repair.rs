@@ -447,6 +447,36 @@ fn reset_forgets_what_was_learned_and_recreates_a_guest_that_is_gone() {
         ran.iter().all(|c| c.starts_with("vm-a: ")),
         "only vm-a: {ran:?}"
     );
+    // And the kernel forgot: vm-a knows no peer (the reset's own checks ran before the
+    // forgetting), until the student's first ping teaches it again.
+    assert_eq!(out.status.code(), Some(0), "{r:#}");
+    assert_eq!(learned("vm-a"), 0, "{}", fdb("vm-a"));
+    let neighbours = kernel(
+        &lab,
+        "vm-a",
+        &["ip", "-j", "neigh", "show", "dev", "vxlan0"],
+    );
+    assert_eq!(
+        neighbours,
+        serde_json::json!([]),
+        "vm-a still has neighbours"
+    );
+    let reported = &common::vtep(&r, "vm-a", "vxlan0")["fdb"];
+    assert!(
+        reported
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["mac"] == "00:00:00:00:00:00"),
+        "the report shows an entry forgotten: {reported}"
+    );
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &format!("vxlab-{}.vm-a", lab.name)])
+        .args(["ping", "-c", "1", "-W", "2", "192.168.42.3"])
+        .status()
+        .unwrap();
+    assert!(ping.success());
+    assert_eq!(learned("vm-a"), 1, "the first ping taught vm-a its peer");
 
     // For people: the repairs, then every other command reset ran, as `$` lines: the
     // reads it decided by, and the checks' reads and pings.
@@ -458,13 +488,14 @@ fn reset_forgets_what_was_learned_and_recreates_a_guest_that_is_gone() {
         "vm-a: reset: vxlan0 forgets what it learned",
         "  $ ip neigh flush dev vxlan0\n",
         "checks passed",
-        "to decide what to repair and forget, vxlab read vm-a; in vm-a it ran:\n",
+        "to decide what to repair, vxlab read vm-a; in vm-a it ran:\n",
         "  $ ip -j -d maddr show dev eth0\n",
         "  $ bridge -j fdb show dev vxlan0\n",
         "after the repairs it checked the lab",
         "  $ ip -V\n",
         "vm-a:\n  $ ping -c 1 -W 1 -q 192.168.42.3\n",
         "vm-b:\n  $ ping -c 1 -W 1 -q 192.168.42.2\n",
+        "then it read vm-a again (the same reads), ran the forgetting commands above",
     ] {
         from += text[from..]
             .find(needle)

@@ -66,6 +66,29 @@ pub struct ServeArgs {
     pub idle_secs: u64,
 }
 
+/// Where a running server records its process and address, in the state directory.
+const SERVER_FILE: &str = "server";
+
+/// The address of the class server running for `state`'s labs, as it printed it: recorded
+/// by the server, and only while its process lives.
+pub fn running_server(state: &StateDir) -> Option<String> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut crate::host::files::open_no_follow(&state.root().join(SERVER_FILE)).ok()?,
+        &mut text,
+    )
+    .ok()?;
+    let (pid, url) = text.trim().split_once(' ')?;
+    let pid: u32 = pid.parse().ok()?;
+    let ours = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .zip(std::env::current_exe().ok())
+        .is_some_and(|(theirs, mine)| theirs.file_name() == mine.file_name());
+    let url_ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && !url.contains(|c: char| c.is_whitespace() || c == '"' || c == '<');
+    (ours && url_ok).then(|| url.to_string())
+}
+
 /// `vxlab serve [--listen ADDR] [--tls-cert FILE --tls-key FILE]`
 pub fn serve(args: &ServeArgs) -> Result<u8> {
     require_root("serve")?;
@@ -90,12 +113,23 @@ pub fn serve(args: &ServeArgs) -> Result<u8> {
     let class = Class::new(Arc::new(LocalLabs), options)?;
     let state = StateDir::from_env();
     web::serve(class, |url| {
+        let base = url.split("/t/").next().unwrap_or(url);
+        // `vxlab sheet` prints links to this server while it runs.
+        let record = format!("{} {base}\n", std::process::id());
+        let _ = crate::host::files::write_replacing(
+            &state.root().join(SERVER_FILE),
+            record.as_bytes(),
+            crate::host::files::PRIVATE,
+        );
         println!(
             "vxlab class server for the labs in {}",
             state.root().display()
         );
         println!("instructor: {url}");
-        println!("students: `vxlab sheet LAB` prints each copy's own link");
+        println!(
+            "students: `vxlab sheet LAB` prints each copy's own link to this server \
+             (`--url` when students reach it by another address)"
+        );
         use std::io::Write;
         let _ = std::io::stdout().flush();
     })?;

@@ -29,7 +29,7 @@ pub enum SheetFormat {
 struct Card {
     /// The copy's lab name.
     lab: String,
-    /// The lab it copies.
+    /// The lab it copies (itself, for a lab that is no copy).
     base: String,
     /// Its secret link.
     url: String,
@@ -39,8 +39,25 @@ struct Card {
     try_first: Vec<String>,
 }
 
-/// `vxlab sheet LAB [--format text|csv|html] [--url BASE]`
-pub fn sheet(arg: &Path, format: SheetFormat, base_url: &str) -> Result<u8> {
+/// Where the links point when no server runs and `--url` says nothing: `vxlab serve`'s
+/// default address.
+const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
+/// `vxlab sheet LAB [--format text|csv|html] [--url BASE]`: the links point to `base_url`,
+/// else to the class server running for these labs, else to `serve`'s default address.
+pub fn sheet(arg: &Path, format: SheetFormat, base_url: Option<&str>) -> Result<u8> {
+    let state = StateDir::from_env();
+    let base_url = match base_url {
+        Some(u) => u.to_string(),
+        None => super::serve::running_server(&state).unwrap_or_else(|| {
+            eprintln!(
+                "no class server is running for the labs in {}: the links assume \
+                 `vxlab serve`'s default, {DEFAULT_URL}; `--url` sets another",
+                state.root().display()
+            );
+            DEFAULT_URL.to_string()
+        }),
+    };
     let base_url = base_url.trim_end_matches('/');
     let scheme_ok = base_url.starts_with("http://") || base_url.starts_with("https://");
     if !scheme_ok
@@ -57,7 +74,6 @@ pub fn sheet(arg: &Path, format: SheetFormat, base_url: &str) -> Result<u8> {
     } else {
         arg.to_string_lossy().into_owned()
     };
-    let state = StateDir::from_env();
     // The copies of `base`, or `base` itself when it runs as a lab of its own.
     let labs: Vec<String> = state
         .labs()
@@ -72,10 +88,11 @@ pub fn sheet(arg: &Path, format: SheetFormat, base_url: &str) -> Result<u8> {
         })
         .collect();
     if labs.is_empty() {
-        bail!(
+        return Err(super::NotFound(format!(
             "no copy of lab {base} is running in {}; `vxlab up LAB --count N` starts them",
             state.root().display()
-        );
+        ))
+        .into());
     }
     let tokens = Tokens::load(&state, &labs)?;
     let mut cards = Vec::new();
@@ -83,9 +100,14 @@ pub fn sheet(arg: &Path, format: SheetFormat, base_url: &str) -> Result<u8> {
         let (lab, _) = resolve(Some(Path::new(name)))?;
         let p = plan::plan(&lab);
         let token = tokens.lab(name).expect("a token per lab");
+        let copy_of = state
+            .read(name)
+            .ok()
+            .and_then(|s| s.instance)
+            .map(|i| i.base);
         cards.push(Card {
             lab: name.clone(),
-            base: base.clone(),
+            base: copy_of.unwrap_or_else(|| name.clone()),
             url: format!("{base_url}/t/{token}/lab/{name}/"),
             guests: p.guests.iter().map(GuestSummary::of).collect(),
             try_first: try_first(&p),
@@ -98,7 +120,7 @@ pub fn sheet(arg: &Path, format: SheetFormat, base_url: &str) -> Result<u8> {
             "{}",
             pages::render(
                 "sheet.html",
-                &serde_json::json!({"lab": base, "base_lab": base, "cards": cards})
+                &serde_json::json!({"lab": base, "cards": cards})
             )
         ),
     }
@@ -120,11 +142,31 @@ fn try_first(p: &Plan) -> Vec<String> {
         p.lab, g.name
     ));
     if let Some(peer) = v.peers.first() {
-        out.push(format!(
-            "In {}'s terminal: `ping -c 1 {}`. Watch {}'s FDB table: {}'s MAC {} appears with dst {}, \
-             learned from the first reply.",
-            g.name, peer.overlay, g.name, peer.guest, peer.mac, peer.underlay
-        ));
+        if v.static_fdb || !v.learning {
+            out.push(format!(
+                "{}'s FDB table already holds {}'s MAC {} with dst {}: the lab put it there \
+                 (learning is {}). In {}'s terminal: `ping -c 1 {}` crosses using it.",
+                g.name,
+                peer.guest,
+                peer.mac,
+                peer.underlay,
+                if v.learning { "on" } else { "off" },
+                g.name,
+                peer.overlay
+            ));
+        } else {
+            // vxlab's own checks pinged across when the lab came up: Reset forgets that.
+            out.push(format!(
+                "Press Reset for {}: it forgets what vxlab's checks taught it, and its FDB table \
+                 keeps only the flood entries.",
+                g.name
+            ));
+            out.push(format!(
+                "In {}'s terminal: `ping -c 1 {}`. Watch {}'s FDB table: {}'s MAC {} appears \
+                 with dst {}, learned from the first reply.",
+                g.name, peer.overlay, g.name, peer.guest, peer.mac, peer.underlay
+            ));
+        }
     }
     if let Flood::Group(group) = v.flood {
         out.push(format!(
@@ -142,10 +184,12 @@ fn try_first(p: &Plan) -> Vec<String> {
 fn text(cards: &[Card]) -> String {
     let mut o = String::new();
     for c in cards {
-        o.push_str(&format!(
-            "== {} (a copy of {})\n   {}\n",
-            c.lab, c.base, c.url
-        ));
+        let of = if c.base == c.lab {
+            String::new()
+        } else {
+            format!(" (a copy of {})", c.base)
+        };
+        o.push_str(&format!("== {}{of}\n   {}\n", c.lab, c.url));
         for g in &c.guests {
             o.push_str(&format!(
                 "   {:<8} underlay {:<18} {}\n",

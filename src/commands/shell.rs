@@ -39,10 +39,33 @@ pub fn exec(lab: Option<&Path>, guest: &str, argv: &[String], tty: bool) -> Resu
     let g = &p.guests[i];
     let launch = terminal::command(argv, tty.then(local_size));
     let driver = driver(&lab, &Arc::new(Netlink::open()?), None)?;
-    let process = driver
-        .spawn(g, &launch)
-        .with_context(|| format!("while running {} on {guest}", argv[0]))?;
+    let process = driver.spawn(g, &launch).map_err(|e| {
+        // As a shell says it: 127 for a command that is not there, 126 for one that cannot
+        // be run.
+        let kind = std::iter::successors(std::error::Error::source(&e), |c| c.source())
+            .find_map(|c| c.downcast_ref::<std::io::Error>().map(std::io::Error::kind));
+        let code = match kind {
+            Some(std::io::ErrorKind::NotFound) => super::exit::NOT_FOUND,
+            Some(std::io::ErrorKind::PermissionDenied) => super::exit::NOT_EXECUTABLE,
+            _ => super::exit::SOFTWARE,
+        };
+        anyhow::Error::new(e).context(NotStarted {
+            command: argv[0].clone(),
+            guest: guest.to_string(),
+            code,
+        })
+    })?;
     attach(process, &launch)
+}
+
+/// `exec` could not start its command in the guest; `code` is what a shell would return.
+#[derive(Debug, thiserror::Error)]
+#[error("while running {command} on {guest}")]
+pub struct NotStarted {
+    command: String,
+    guest: String,
+    /// 127: not found; 126: not executable; else [`super::exit::SOFTWARE`].
+    pub code: u8,
 }
 
 /// This terminal's size, or the default when there is none.

@@ -211,18 +211,39 @@ impl Engine {
         }
         let mut p = self.provision(plan, None, &chosen, ui, &|runner, g, tools| {
             let st = runner.observe_with(g, tools)?;
-            let mut steps = converge::converge(g, &st);
+            let steps = converge::converge(g, &st);
             runner.run_steps(g, tools, &steps, true)?;
-            let now = runner.observe_with(g, tools)?;
-            let forget = converge::forget(g, &now);
-            // Forgetting is best effort: an entry may age out between the read and the delete.
-            runner.run_steps(g, tools, &forget, false)?;
-            steps.extend(forget);
             Ok(steps)
         })?;
         p.notes.splice(0..0, notes);
-        p.was_running = true;
-        self.finish(plan, p)
+        // Checked first, then forgotten: the checks' pings teach the VTEPs, and a reset leaves
+        // them knowing nothing, so that the student's first ping is the one that teaches them.
+        let mut outcome = self.verify_running(plan, &p.runner)?;
+        let runner = &p.runner;
+        let forgot = parallel_map(&chosen, self.driver.parallel_commands(), |g| {
+            let tools = runner.tools_of(g);
+            let now = runner.observe_with(g, &tools)?;
+            let forget = converge::forget(g, &now);
+            // Best effort: an entry may age out between the read and the delete.
+            runner.run_steps(g, &tools, &forget, false)?;
+            Ok::<_, EngineError>((forget, runner.observe_with(g, &tools)?))
+        });
+        for (g, r) in chosen.iter().zip(forgot) {
+            let (forget, after) = r?;
+            p.ran.extend(repairs(g, forget));
+            outcome.observed.insert(g.name.clone(), after);
+        }
+        outcome.notes.splice(0..0, p.notes);
+        outcome.notes.push(format!(
+            "the checks ran before the forgetting: {} now know{} no peer, and the first ping \
+             teaches {} again",
+            names(&chosen),
+            if chosen.len() == 1 { "s" } else { "" },
+            if chosen.len() == 1 { "it" } else { "them" },
+        ));
+        outcome.repairs = p.ran;
+        crate::health::save(p.lock.dir(), &outcome.verdict)?;
+        Ok(outcome)
     }
 
     /// Checks a provisioned lab and puts together what `up` or `reset` reports.
@@ -397,6 +418,18 @@ fn go_on() -> Result<(), EngineError> {
 }
 
 /// Records what `then` ran in guest `g`, for [`Outcome::repairs`].
+/// Guest names as a list: `vm-a`, `vm-a and vm-b`, `vm-a, vm-b and vm-c`.
+fn names(guests: &[&GuestPlan]) -> String {
+    match guests {
+        [] => String::new(),
+        [one] => one.name.clone(),
+        [rest @ .., last] => {
+            let rest: Vec<&str> = rest.iter().map(|g| g.name.as_str()).collect();
+            format!("{} and {}", rest.join(", "), last.name)
+        }
+    }
+}
+
 fn repairs(g: &GuestPlan, steps: Vec<Step>) -> Vec<Repair> {
     steps
         .into_iter()

@@ -699,9 +699,25 @@ fn vxlan(
         65535,
         "a UDP port",
     );
-    let mtu = x
-        .mtu
-        .map(|m| v.range(&f("mtu"), m, 68, 65535, "an Ethernet MTU"));
+    // The most a vxlan device can carry: the underlay's MTU less the outer headers (with an
+    // underlay not yet known, an IPv4 one).
+    let max_mtu = {
+        let outer = underlay.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |u| u.subnet.addr());
+        crate::converge::UNDERLAY_MTU - crate::converge::vxlan_headroom(outer)
+    };
+    let mtu = x.mtu.map(|m| {
+        v.range(
+            &f("mtu"),
+            m,
+            68,
+            i64::from(max_mtu),
+            &format!(
+                "the underlay's MTU is {}, and VXLAN's outer headers take {} of it",
+                crate::converge::UNDERLAY_MTU,
+                crate::converge::UNDERLAY_MTU - max_mtu
+            ),
+        )
+    });
     let dev = x
         .dev
         .clone()

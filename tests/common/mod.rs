@@ -203,12 +203,18 @@ impl Lab {
         left
     }
 
-    /// The lab's bridge, as vxlab reads the file.
+    /// The lab's bridge, as vxlab reads the file (as written, in a file vxlab refuses).
     pub fn bridge(&self) -> String {
-        vxlab::lab::parse(&self.text(), &self.file)
-            .unwrap()
-            .underlay
-            .bridge
+        let text = self.text();
+        vxlab::lab::parse(&text, &self.file).map_or_else(
+            |_| {
+                text.lines()
+                    .find_map(|l| l.trim().strip_prefix("bridge:"))
+                    .map(|b| b.split('#').next().unwrap().trim().to_string())
+                    .unwrap_or_default()
+            },
+            |l| l.underlay.bridge,
+        )
     }
 
     pub fn text(&self) -> String {
