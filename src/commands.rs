@@ -321,11 +321,11 @@ pub fn validate(path: &Path) -> Result<u8> {
     let lab = load(path)?;
     lab.tarball(path)?;
     println!(
-        "{}: lab {} is valid ({} guests, {} vxlans, {} driver)",
+        "{}: lab {} is valid ({}, {}, {} driver)",
         path.display(),
         lab.name,
-        lab.guests.len(),
-        lab.vxlans.len(),
+        plural(lab.guests.len(), "guest", "guests"),
+        plural(lab.vxlans.len(), "vxlan", "vxlans"),
         lab.driver
     );
     Ok(exit::OK)
@@ -333,7 +333,7 @@ pub fn validate(path: &Path) -> Result<u8> {
 
 /// `vxlab plan LAB`
 pub fn plan(path: &Path, json: bool) -> Result<u8> {
-    let p = plan::plan(&load(path)?);
+    let p = plan::plan(&file_or_running(path)?);
     if json {
         // The host side beside the guests' commands, so the JSON rebuilds the lab too.
         let mut v = serde_json::to_value(&p)?;
@@ -343,6 +343,19 @@ pub fn plan(path: &Path, json: bool) -> Result<u8> {
         print!("{}", p.render());
     }
     Ok(exit::OK)
+}
+
+/// The lab in file `arg`, or the running lab named `arg` (as it was brought up).
+fn file_or_running(arg: &Path) -> Result<Lab> {
+    if names_a_file(arg) {
+        return load(arg);
+    }
+    resolve(Some(arg)).map(|(lab, _)| lab).with_context(|| {
+        format!(
+            "{} is neither a lab file nor a running lab's name",
+            arg.display()
+        )
+    })
 }
 
 fn print_outcome(plan: &Plan, o: &Outcome, json: bool) -> Result<u8> {
@@ -465,6 +478,14 @@ pub fn up_instances(
     pool: Option<ipnet::IpNet>,
     hosts_file: Option<&Path>,
 ) -> Result<u8> {
+    if let Some(name) = instance.filter(|n| !instance::valid_name(n)) {
+        return Err(Usage(format!(
+            "--instance `{name}` is not an instance name: use 1 to {} lowercase letters and \
+             digits; nothing was created",
+            instance::MAX_INSTANCE_NAME
+        ))
+        .into());
+    }
     let (base, text) = load_with_text(path)?;
     // A bad inventory is refused before anything else.
     let inventory = hosts::inventory_path(hosts_file)
@@ -909,6 +930,20 @@ pub fn down(arg: Option<&Path>) -> Result<u8> {
                 state.remove_leftover(&name)?;
                 eprintln!("lab {name} had only its lock left (an up stopped at once); removed");
                 return Ok(exit::OK);
+            }
+            if let Some(StateError::NotRunning(base, _)) = e.downcast_ref() {
+                let copies = workshop::running(&state, base);
+                if !copies.is_empty() {
+                    return Err(NotFound(format!(
+                        "lab {base} is not running, but {} of it {}: {}; `vxlab down {base} \
+                         --all` removes them all, `vxlab down {base}-{}` one; nothing was removed",
+                        plural(copies.len(), "copy", "copies"),
+                        if copies.len() == 1 { "is" } else { "are" },
+                        copy_names(base, &copies),
+                        copies[0].name
+                    ))
+                    .into());
+                }
             }
             eprintln!("{e}; nothing to remove");
             return Ok(exit::OK);

@@ -476,6 +476,20 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     assert_eq!(status(&base, "GET", &format!("{own}term/host"), true), 403);
     let forged = own.replacen("/t/", "/t/0", 1);
     assert_eq!(status(&base, "GET", &forged, false), 403);
+    // A link typed without its last `/` is sent to the page, only with a token that opens it.
+    let answer = get(&base, own.trim_end_matches('/'));
+    assert!(
+        answer.starts_with("HTTP/1.1 308") && answer.contains(&format!("location: {own}\r\n")),
+        "{answer}"
+    );
+    assert_eq!(
+        status(&base, "GET", other.trim_end_matches('/'), false),
+        403
+    );
+    assert_eq!(
+        status(&base, "GET", token_root.trim_end_matches('/'), false),
+        403
+    );
 
     // A link holds a few terminals at most, and idle ones close: a second server allows two,
     // idle for one second. From the student's page, three terminals to it: two open and are
@@ -542,7 +556,7 @@ fn with_a_certificate_the_server_speaks_only_tls() {
         key.display(),
         cert.display()
     ));
-    let (_server, instructor) = serve(
+    let (server, instructor) = serve(
         &lab,
         &[
             "--tls-cert",
@@ -586,5 +600,7 @@ fn with_a_certificate_the_server_speaks_only_tls() {
         .map(|e| e.path())
         .expect("serve keeps the instructor's token in the state directory");
     std::fs::remove_file(token).unwrap();
+    // The server stopped takes its record (its address, for `sheet`) with it.
+    drop(server);
     lab.down_leaves_nothing();
 }

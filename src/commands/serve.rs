@@ -69,9 +69,8 @@ pub struct ServeArgs {
 /// Where a running server records its process and address, in the state directory.
 const SERVER_FILE: &str = "server";
 
-/// The address of the class server running for `state`'s labs, as it printed it: recorded
-/// by the server, and only while its process lives.
-pub fn running_server(state: &StateDir) -> Option<String> {
+/// The server record: the process and the address it printed.
+fn record(state: &StateDir) -> Option<(u32, String)> {
     let mut text = String::new();
     std::io::Read::read_to_string(
         &mut crate::host::files::open_no_follow(&state.root().join(SERVER_FILE)).ok()?,
@@ -79,14 +78,20 @@ pub fn running_server(state: &StateDir) -> Option<String> {
     )
     .ok()?;
     let (pid, url) = text.trim().split_once(' ')?;
-    let pid: u32 = pid.parse().ok()?;
+    Some((pid.parse().ok()?, url.to_string()))
+}
+
+/// The address of the class server running for `state`'s labs, as it printed it: recorded
+/// by the server, and only while its process lives.
+pub fn running_server(state: &StateDir) -> Option<String> {
+    let (pid, url) = record(state)?;
     let ours = std::fs::read_link(format!("/proc/{pid}/exe"))
         .ok()
         .zip(std::env::current_exe().ok())
         .is_some_and(|(theirs, mine)| theirs.file_name() == mine.file_name());
     let url_ok = (url.starts_with("http://") || url.starts_with("https://"))
         && !url.contains(|c: char| c.is_whitespace() || c == '"' || c == '<');
-    (ours && url_ok).then(|| url.to_string())
+    (ours && url_ok).then_some(url)
 }
 
 /// `vxlab serve [--listen ADDR] [--tls-cert FILE --tls-key FILE]`
@@ -112,7 +117,7 @@ pub fn serve(args: &ServeArgs) -> Result<u8> {
     };
     let class = Class::new(Arc::new(LocalLabs), options)?;
     let state = StateDir::from_env();
-    web::serve(class, |url| {
+    let served = web::serve(class, |url| {
         let base = url.split("/t/").next().unwrap_or(url);
         // `vxlab sheet` prints links to this server while it runs.
         let record = format!("{} {base}\n", std::process::id());
@@ -132,6 +137,12 @@ pub fn serve(args: &ServeArgs) -> Result<u8> {
         );
         use std::io::Write;
         let _ = std::io::stdout().flush();
-    })?;
+    });
+    // The server has stopped: its record goes with it (one left by a killed server names a
+    // process that is gone, and is not believed).
+    if record(&state).is_some_and(|(pid, _)| pid == std::process::id()) {
+        let _ = std::fs::remove_file(state.root().join(SERVER_FILE));
+    }
+    served?;
     Ok(exit::OK)
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::{
-    engine, exit, image_for, load, load_with_text, recipe, require_programs, require_root, resolve,
-    running_guest, HostError,
+    engine, exit, image_for, load_with_text, recipe, require_programs, require_root, running_guest,
+    HostError,
 };
 use crate::graph::Format;
 use crate::packet;
@@ -42,6 +42,14 @@ pub fn show(lab: Option<&Path>, guest: &str, what: Option<Section>, json: bool) 
 pub fn walk(path: &Path, no_pause: bool) -> Result<u8> {
     let (lab, text) = load_with_text(path)?;
     require_root("walk")?;
+    if crate::state::StateDir::from_env().read(&lab.name).is_ok() {
+        return Err(super::Usage(format!(
+            "lab {0} is running; `vxlab down {0}` first, so the walk starts from nothing \
+             (nothing was changed)",
+            lab.name
+        ))
+        .into());
+    }
     crate::interrupt::install();
     require_programs(lab.driver)?;
     let image = image_for(&lab)?;
@@ -79,7 +87,8 @@ pub fn walk(path: &Path, no_pause: bool) -> Result<u8> {
     println!("{}", views::walk_checks(&p));
     print!("{}", report::build(&p, &o).human());
     println!(
-        "\nthe lab stays up: `vxlab show GUEST`, `vxlab capture GUEST`, `vxlab down {}`",
+        "\nthe lab stays up: `vxlab show --lab {0} GUEST`, `vxlab capture --lab {0} GUEST`, \
+         `vxlab down {0}`",
         lab.name
     );
     Ok(if o.verdict.ok() {
@@ -263,11 +272,7 @@ pub(crate) fn svg(p: &Plan) -> Result<Vec<u8>> {
 
 /// `vxlab graph LAB`
 pub fn graph(lab: &Path, format: Format, output: Option<&Path>) -> Result<u8> {
-    let lab = if lab.is_file() {
-        load(lab)?
-    } else {
-        resolve(Some(lab))?.0
-    };
+    let lab = super::file_or_running(lab)?;
     let p: Plan = plan::plan(&lab);
     let bytes = match format {
         Format::Dot => draw::dot(&p).into_bytes(),

@@ -17,7 +17,7 @@ use axum::extract::{FromRequestParts, Path, Query, State, WebSocketUpgrade};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use futures::stream::{self, Stream, StreamExt};
@@ -127,6 +127,8 @@ fn router(class: Shared) -> Router {
         .route("/static/{*file}", get(asset))
         .route("/t/{token}/", get(class_page))
         .route("/t/{token}/events", get(class_events))
+        .route("/t/{token}", get(to_class_page))
+        .route("/t/{token}/lab/{lab}", get(to_lab_page))
         .route("/t/{token}/lab/{lab}/", get(lab_page))
         .route("/t/{token}/lab/{lab}/events", get(lab_events))
         .route("/t/{token}/lab/{lab}/graph.svg", get(graph))
@@ -301,6 +303,20 @@ async fn class_events(
         Some((Ok(event), (class, changes)))
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// A link typed without its last `/`: to the page, once the token may open it.
+async fn to_lab_page(access: LabAccess) -> Redirect {
+    Redirect::permanent(&access.base)
+}
+
+/// The same for the instructor's page.
+async fn to_class_page(_: Instructor, Path(p): Path<HashMap<String, String>>) -> Redirect {
+    // The token was just matched against the instructor's: hex digits only.
+    Redirect::permanent(&format!(
+        "/t/{}/",
+        p.get("token").map_or("", String::as_str)
+    ))
 }
 
 async fn lab_page(access: LabAccess) -> Html<String> {
