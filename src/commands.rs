@@ -518,7 +518,7 @@ pub fn up_instances(
         }
         _ => bail!("--count takes 1 to 255"),
     };
-    let pool = workshop::Pool::choose(pool, &base);
+    let pool = workshop::Pool::choose(pool, &base)?;
     let v6 = pool.net.addr().is_ipv6();
     let mut used = workshop::in_use(&LocalHost::new(Arc::new(Netlink::open()?)), &state, v6);
     // A copy's underlay must be free on whichever host it lands: every host's routes count.

@@ -44,8 +44,15 @@ pub struct Pool {
 impl Pool {
     /// The pool for `lab`'s copies: `flag` (from `--pool`), else the lab file's, else the
     /// default of the underlay's family.
-    pub fn choose(flag: Option<IpNet>, lab: &Lab) -> Pool {
-        match (flag, lab.workshop.pool) {
+    pub fn choose(flag: Option<IpNet>, lab: &Lab) -> Result<Pool, PoolError> {
+        Ok(match (flag, lab.workshop.pool) {
+            // Refused even when every copy asked for runs already: a public range is never
+            // meant. (The lab file's pool was validated with the file.)
+            (Some(net), _) if !crate::lab::defaults::underlay_range(net) => {
+                return Err(PoolError::Public {
+                    why: crate::lab::defaults::not_an_underlay_range(net.trunc()),
+                })
+            }
             (Some(net), _) => Pool {
                 net: net.trunc(),
                 from: PoolFrom::Flag,
@@ -64,7 +71,7 @@ impl Pool {
                 .expect("the default pools are valid"),
                 from: PoolFrom::Default,
             },
-        }
+        })
     }
 
     /// How the user picks another pool, said where the pool came from.
@@ -84,6 +91,12 @@ impl Pool {
 /// Why copies cannot get underlays from a pool. Nothing is created when one is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoolError {
+    /// The pool is a public range.
+    #[error("the workshop pool {why}; nothing was created")]
+    Public {
+        /// What is wrong, and what to use.
+        why: String,
+    },
     /// The pool's family is not the underlay's.
     #[error(
         "the workshop pool {pool} and lab {lab}'s underlay {subnet} are of different address \
@@ -423,7 +436,7 @@ mod tests {
     #[test]
     fn the_default_pool_is_checked_against_the_hosts_routes_but_not_vxlabs_own() {
         let lab = seed();
-        let default = Pool::choose(None, &lab);
+        let default = Pool::choose(None, &lab).unwrap();
         assert_eq!(default.net, net(DEFAULT_POOL_V4));
         let ours = InUse {
             routes: vec![route("10.100.0.0/24", "vxbr-seed-1")],

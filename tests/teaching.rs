@@ -955,4 +955,30 @@ fn two_labs_with_pools_on_one_host_get_disjoint_underlays() {
         "{err}"
     );
     assert_eq!(underlays(&b).len(), 2);
+    // A public range is no pool: the host would route it into lab bridges.
+    let out = a.run(&[
+        "up",
+        a.file.to_str().unwrap(),
+        "--count",
+        "1",
+        "--pool",
+        "8.8.8.0/23",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("the workshop pool 8.8.8.0/23 is a public range")
+            && err.contains("nothing was created"),
+        "{err}"
+    );
+    assert_eq!(underlays(&a).len(), 2);
+    // Nor a lab's underlay, at its line.
+    let public = Lab::shipped("two-netns.yaml", "t-pub", &[("192.168.10.", "8.8.8.")]);
+    let out = public.run(&["validate", public.file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("underlay.subnet: 8.8.8.0/24 is a public range"),
+        "{err}"
+    );
 }

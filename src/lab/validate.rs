@@ -297,6 +297,10 @@ fn underlay(v: &mut Validator, raw: &RawLab) -> Option<Underlay> {
         );
         return None;
     }
+    if !defaults::underlay_range(subnet) {
+        v.at("underlay.subnet", defaults::not_an_underlay_range(subnet));
+        return None;
+    }
     let max_len = if subnet.addr().is_ipv4() { 29 } else { 125 };
     if subnet.prefix_len() > max_len {
         v.at(
@@ -341,6 +345,8 @@ fn workshop_settings(
             "workshop.pool",
             format!("`{pool}` has host bits set; the pool is {}", pool.trunc()),
         );
+    } else if !defaults::underlay_range(pool) {
+        v.at("workshop.pool", defaults::not_an_underlay_range(pool));
     } else if let Some(u) = underlay {
         if pool.addr().is_ipv4() != u.subnet.addr().is_ipv4() {
             v.at(
