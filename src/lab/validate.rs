@@ -635,13 +635,14 @@ fn vxlans(
     let mut out: Vec<Vxlan> = Vec::new();
     for (i, x) in raw.iter().enumerate() {
         let path = join_index("vxlans", i);
+        // Said whatever else is wrong with either vxlan.
+        if !names.insert(x.name.clone()) {
+            v.at(
+                &join_key(&path, "name"),
+                format!("another vxlan is already named `{}`", x.name),
+            );
+        }
         if let Some(vx) = vxlan(v, &path, x, underlay, known) {
-            if !names.insert(vx.name.clone()) {
-                v.at(
-                    &join_key(&path, "name"),
-                    format!("another vxlan is already named `{}`", vx.name),
-                );
-            }
             if let Some(other) = vnis.insert(vx.vni, vx.name.clone()) {
                 v.at(
                     &join_key(&path, "vni"),
