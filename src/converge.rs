@@ -48,7 +48,7 @@ impl Layer {
             Layer::UnderlayReach => "underlay reachability",
             Layer::VxlanDevice => "vxlan device",
             Layer::Flooding => "flooding",
-            Layer::OverlayAddress => "overlay address",
+            Layer::OverlayAddress => "overlay address and routes",
             Layer::Forwarding => "forwarding",
             Layer::OverlayPing => "overlay ping",
         }
@@ -785,13 +785,26 @@ fn static_entries(f: &mut Findings, v: &VtepPlan, st: &GuestState) {
         .iter()
         .filter(|e| e.permanent && !e.mac.is_zero() && !planned(e.mac))
     {
+        // Most often a student pinned a peer's MAC in a learning lab (a static lab's own
+        // entries are compared below).
+        let owner = v.peers.iter().find(|p| p.mac == e.mac);
+        let (what, expected) = match owner {
+            Some(p) => (
+                format!("{d} static entry for {}'s MAC {}", p.guest, e.mac),
+                format!("none: {d} learns {} behind VTEP {}", p.guest, p.underlay),
+            ),
+            None => (
+                format!("{d} static entry for {}", e.mac),
+                "none: the lab pins no such MAC".to_string(),
+            ),
+        };
         f.push(
             compared(
                 Layer::Forwarding,
                 Kind::ExtraStaticEntry,
                 d,
-                format!("{d} has no static entry for {}", e.mac),
-                "no such entry",
+                what,
+                expected,
             ),
             false,
             || format!("{} dst {} permanent", e.mac, opt(e.dst)),

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use crate::lab::{Flood, Mac};
 use crate::observe::{FdbEntry, GroupMembership};
-use crate::plan::{GuestPlan, Plan};
+use crate::plan::{GuestPlan, Plan, VtepPlan};
 
 /// The guests of the plan by their vxlan MACs.
 pub fn owners(plan: &Plan) -> BTreeMap<Mac, String> {
@@ -16,14 +16,18 @@ pub fn owners(plan: &Plan) -> BTreeMap<Mac, String> {
         .collect()
 }
 
-/// What one FDB entry means, in one line.
-pub fn fdb_entry(e: &FdbEntry, owners: &BTreeMap<Mac, String>) -> String {
+/// What one FDB entry of vxlan device `v` means, in one line.
+pub fn fdb_entry(v: &VtepPlan, e: &FdbEntry, owners: &BTreeMap<Mac, String>) -> String {
     let at = e.dst.map_or_else(|| "?".to_string(), |d| d.to_string());
     if e.mac.is_zero() {
+        // What a student sees flooded first: an IPv6 overlay resolves addresses by multicast.
+        let first = if v.address.addr().is_ipv6() {
+            "unknown and multicast frames (neighbour solicitations)"
+        } else {
+            "unknown and broadcast frames (ARP)"
+        };
         return match e.dst {
-            Some(d) if d.is_multicast() => {
-                format!("flood: unknown and broadcast frames (ARP) go to the group {d}")
-            }
+            Some(d) if d.is_multicast() => format!("flood: {first} go to the group {d}"),
             Some(d) => format!(
                 "flood: a copy of each unknown or broadcast frame goes to VTEP {d} \
                  (head-end replication)"
@@ -92,6 +96,7 @@ mod tests {
         let plan = seed();
         let o = owners(&plan);
         let b = plan.guests[1].vteps[0].mac;
+        let v = &plan.guests[0].vteps[0];
         let flood = FdbEntry {
             mac: Mac([0; 6]),
             dst: Some("239.1.1.1".parse().unwrap()),
@@ -99,7 +104,7 @@ mod tests {
             permanent: true,
         };
         assert_eq!(
-            fdb_entry(&flood, &o),
+            fdb_entry(v, &flood, &o),
             "flood: unknown and broadcast frames (ARP) go to the group 239.1.1.1"
         );
         let mut learned = FdbEntry {
@@ -109,11 +114,19 @@ mod tests {
             permanent: false,
         };
         assert_eq!(
-            fdb_entry(&learned, &o),
+            fdb_entry(v, &learned, &o),
             "learned: vm-b is behind VTEP 192.168.10.3 (a frame from it came from there)"
         );
         learned.permanent = true;
-        assert!(fdb_entry(&learned, &o).starts_with("static: frames to vm-b go to VTEP"));
+        assert!(fdb_entry(v, &learned, &o).starts_with("static: frames to vm-b go to VTEP"));
+        // On an IPv6 overlay the first frames flooded are neighbour solicitations.
+        let mut v6 = v.clone();
+        v6.address = "fd00:42::2/64".parse().unwrap();
+        assert_eq!(
+            fdb_entry(&v6, &flood, &o),
+            "flood: unknown and multicast frames (neighbour solicitations) go to the group \
+             239.1.1.1"
+        );
     }
 
     #[test]

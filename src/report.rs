@@ -126,7 +126,7 @@ pub fn build<'a>(plan: &'a Plan, o: &'a Outcome) -> Report<'a> {
                                 .into_iter()
                                 .flatten()
                                 .map(|e| FdbRow {
-                                    meaning: explain::fdb_entry(e, &owners),
+                                    meaning: explain::fdb_entry(v, e, &owners),
                                     entry: e.clone(),
                                 })
                                 .collect(),

@@ -190,7 +190,7 @@ pub fn fdb(g: &GuestPlan, st: &GuestState, owners: &BTreeMap<Mac, String>) -> Ve
                         e.via.clone().unwrap_or_default(),
                         if e.permanent { "permanent" } else { "learned" }.into(),
                     ],
-                    meaning: fdb_meaning(e, owners),
+                    meaning: fdb_meaning(v, e, owners),
                 })
                 .collect(),
             note: Some(
@@ -377,7 +377,7 @@ fn changes(
                     v.device,
                     e.mac,
                     e.dst.map(|d| d.to_string()).unwrap_or_default(),
-                    fdb_meaning(e, owners)
+                    fdb_meaning(v, e, owners)
                 ));
             }
         }
