@@ -56,7 +56,7 @@ impl Layer {
 }
 
 /// What a finding is about, for `--json` readers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Hash, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// The guest runs and answers.
@@ -799,13 +799,7 @@ fn static_entries(f: &mut Findings, v: &VtepPlan, st: &GuestState) {
             ),
         };
         f.push(
-            compared(
-                Layer::Forwarding,
-                Kind::ExtraStaticEntry,
-                d,
-                what,
-                expected,
-            ),
+            compared(Layer::Forwarding, Kind::ExtraStaticEntry, d, what, expected),
             false,
             || format!("{} dst {} permanent", e.mac, opt(e.dst)),
             || vec![cmd::fdb_del(e.mac, d)],

@@ -34,12 +34,20 @@ pub struct Fix {
     /// The exact commands, in the guest, as `plan` shows them; none when no command in the
     /// guest repairs it.
     pub commands: Vec<String>,
-    /// The vxlab command that repairs it: `vxlab up LAB` or `vxlab reset LAB GUEST`.
+    /// The vxlab command that repairs it: `vxlab up LAB` or `vxlab reset LAB GUEST`; empty
+    /// when nothing vxlab set up differs from the plan (see `hint`).
     pub vxlab: String,
+    /// Where to look when vxlab has nothing to repair: what it found, and what may be
+    /// dropping the packets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 impl std::fmt::Display for Fix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(hint) = &self.hint {
+            return f.write_str(hint);
+        }
         let cmds: Vec<String> = self.commands.iter().map(|c| format!("`{c}`")).collect();
         if cmds.is_empty() {
             write!(f, "`{}`", self.vxlab)
@@ -241,13 +249,30 @@ fn failure(plan: &Plan, guest: &str, f: Finding) -> Failure {
         fix: Fix {
             commands: f.repair.iter().map(|s| s.command.to_string()).collect(),
             vxlab,
+            hint: None,
         },
     }
 }
 
+/// Whether a failure is about a peer and may be that peer's doing: a ping, or what a guest
+/// learned of the peer. Anything else a guest's kernel shows is its own.
+fn about_peer(f: &Failure) -> bool {
+    f.peer.is_some()
+        && matches!(
+            f.kind,
+            Kind::OverlayPing | Kind::UnderlayPing | Kind::Learned
+        )
+}
+
+fn is_ping(f: &Failure) -> bool {
+    matches!(f.kind, Kind::OverlayPing | Kind::UnderlayPing)
+}
+
 /// Groups failures cause first. A guest's cause is its lowest broken layer among the failures
-/// that are its own (about no other guest). What no cause explains (both ends look right, yet a
-/// ping fails) is a cause in its own right.
+/// that are its own; its own entries about other peers on that layer, each with a repair of
+/// its own, are causes too. What no cause explains (both ends look right, yet a ping fails) is put on the
+/// guest the lost pings point to where they can (see [`blame`]), else it is a cause in its
+/// own right; either way vxlab has nothing to repair there, and its fix says where to look.
 pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
     // Per guest, the failure of the lowest layer among `among`; the first of equals.
     fn lowest(failures: &[Failure], among: impl Iterator<Item = usize>) -> BTreeMap<&str, usize> {
@@ -262,8 +287,22 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
     }
     let own = lowest(
         failures,
-        (0..failures.len()).filter(|i| failures[*i].peer.is_none()),
+        (0..failures.len()).filter(|i| !about_peer(&failures[*i])),
     );
+    let co_causes: Vec<usize> = (0..failures.len())
+        .filter(|i| {
+            let f = &failures[*i];
+            let first = own.get(f.guest.as_str()).copied();
+            // Its own entry for another peer (a static entry, a neighbour) is broken apart
+            // from the first: it gets its own fix.
+            !about_peer(f)
+                && !f.fix.commands.is_empty()
+                && f.peer.is_some()
+                && first.is_some_and(|c| {
+                    c != *i && failures[c].layer == f.layer && failures[c].peer != f.peer
+                })
+        })
+        .collect();
     // A guest whose own underlay is broken explains everything it sees; otherwise what is
     // about a broken peer is that peer's doing; otherwise its own lower layer explains it.
     let explained_by = |f: &Failure| -> Option<usize> {
@@ -276,37 +315,173 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
         }
         mine.filter(|c| failures[*c].layer <= f.layer)
     };
-    let causes: Vec<usize> = own.values().copied().collect();
+    let causes: Vec<usize> = own
+        .values()
+        .copied()
+        .chain(co_causes.iter().copied())
+        .collect();
     let orphans: Vec<usize> = (0..failures.len())
         .filter(|i| !causes.contains(i) && explained_by(&failures[*i]).is_none())
         .collect();
-    let orphan_cause = lowest(failures, orphans.into_iter());
-    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for c in causes.iter().chain(orphan_cause.values()) {
-        groups.insert(*c, Vec::new());
+    // Lost pings that point at one guest are put on it; the rest stay on their own guest.
+    let blamed = blame(plan, failures, &orphans);
+    let left: Vec<usize> = orphans
+        .iter()
+        .copied()
+        .filter(|i| !blamed.iter().any(|(_, of)| of.contains(i)))
+        .collect();
+    let orphan_cause = lowest(failures, left.iter().copied());
+
+    // (cause, symptoms, where it sorts)
+    let mut groups: Vec<(Failure, Vec<usize>, usize)> = Vec::new();
+    for c in &causes {
+        groups.push((failures[*c].clone(), Vec::new(), *c));
+    }
+    for c in orphan_cause.values() {
+        let mut cause = failures[*c].clone();
+        cause.fix = nothing_to_repair(plan, &cause.guest, cause.peer.as_deref());
+        groups.push((cause, Vec::new(), *c));
+    }
+    for (cause, of) in &blamed {
+        groups.push((cause.clone(), of.clone(), of[0]));
     }
     for (i, f) in failures.iter().enumerate() {
-        if groups.contains_key(&i) {
+        let placed = causes.contains(&i)
+            || orphan_cause.values().any(|c| *c == i)
+            || (orphans.contains(&i) && !left.contains(&i));
+        if placed {
             continue;
         }
         let c = explained_by(f).or_else(|| orphan_cause.get(f.guest.as_str()).copied());
-        if let Some(c) = c {
-            groups.entry(c).or_default().push(i);
+        if let Some(g) = c.and_then(|c| groups.iter().position(|(_, _, at)| *at == c)) {
+            groups[g].1.push(i);
         }
     }
-    let order = |i: &usize| {
-        let f = &failures[*i];
-        let g = plan.guests.iter().position(|g| g.name == f.guest);
-        (g, f.layer, *i)
+    let order = |(cause, _, at): &(Failure, Vec<usize>, usize)| {
+        let g = plan.guests.iter().position(|g| g.name == cause.guest);
+        (g, cause.layer, *at)
     };
-    let mut keys: Vec<usize> = groups.keys().copied().collect();
-    keys.sort_by_key(order);
-    keys.into_iter()
-        .map(|c| Diagnosis {
-            cause: failures[c].clone(),
-            symptoms: groups[&c].iter().map(|i| failures[*i].clone()).collect(),
+    groups.sort_by_key(order);
+    groups
+        .into_iter()
+        .map(|(cause, symptoms, _)| Diagnosis {
+            cause,
+            symptoms: symptoms.iter().map(|i| failures[*i].clone()).collect(),
         })
         .collect()
+}
+
+/// The fix of a lost ping between guests whose kernels show nothing wrong: vxlab has nothing to
+/// repair, so it says where to look.
+fn nothing_to_repair(plan: &Plan, guest: &str, peer: Option<&str>) -> Fix {
+    let both = peer.map_or_else(|| guest.to_string(), |p| format!("{guest} or {p}"));
+    Fix {
+        commands: Vec::new(),
+        vxlab: String::new(),
+        hint: Some(format!(
+            "nothing vxlab set up in {both} differs from lab {}'s plan, so `vxlab up` has \
+             nothing to repair: something drops the packets (a firewall rule: `iptables -S`, \
+             `nft list ruleset`; or `sysctl net.ipv4.icmp_echo_ignore_all`)",
+            plan.lab
+        )),
+    }
+}
+
+/// The guests lost pings point to, with the orphan pings each explains: the target of pings
+/// whose reverse pings are answered (the path works both ways, the target does not answer),
+/// or the one guest every lost ping of a kind starts or ends at while pings of that kind that
+/// do not involve it are answered.
+fn blame(plan: &Plan, failures: &[Failure], orphans: &[usize]) -> Vec<(Failure, Vec<usize>)> {
+    let lost: HashSet<(&str, &str, Kind)> = failures
+        .iter()
+        .filter(|f| is_ping(f))
+        .filter_map(|f| Some((f.guest.as_str(), f.peer.as_deref()?, f.kind)))
+        .collect();
+    let kind_of = |p: &PingPlan| match p.over {
+        Network::Overlay => Kind::OverlayPing,
+        Network::Underlay => Kind::UnderlayPing,
+    };
+    let ran_fine = |from: &str, to: &str, kind: Kind| {
+        plan.pings.iter().any(|p| {
+            p.from == from
+                && p.to_guest.as_deref() == Some(to)
+                && kind_of(p) == kind
+                && p.expect == Expect::Success
+        }) && !lost.contains(&(from, to, kind))
+    };
+    // An overlay ping answered crossed the underlay both ways too (underlay pings run only
+    // after a lost overlay ping).
+    let answered = |from: &str, to: &str, kind: Kind| {
+        ran_fine(from, to, kind)
+            || (kind == Kind::UnderlayPing && ran_fine(from, to, Kind::OverlayPing))
+    };
+    let mut out: Vec<(Failure, Vec<usize>)> = Vec::new();
+    let mut put = |target: &str, i: usize, why: &str| {
+        let f = &failures[i];
+        if let Some((c, of)) = out
+            .iter_mut()
+            .find(|(c, _)| c.guest == target && c.seen == why)
+        {
+            // The cause sits at the lowest layer of the pings it explains.
+            if f.layer < c.layer {
+                (c.layer, c.kind) = (f.layer, f.kind);
+            }
+            of.push(i);
+            return;
+        }
+        out.push((
+            Failure {
+                kind: f.kind,
+                layer: f.layer,
+                guest: target.to_string(),
+                device: String::new(),
+                what: "answers no ping".into(),
+                expected: "echo replies".into(),
+                seen: why.to_string(),
+                peer: None,
+                fix: nothing_to_repair(plan, target, None),
+            },
+            vec![i],
+        ));
+    };
+    for &i in orphans {
+        let f = &failures[i];
+        let (Some(to), true) = (f.peer.as_deref(), is_ping(f)) else {
+            continue;
+        };
+        if answered(to, &f.guest, f.kind) {
+            put(
+                to,
+                i,
+                "none, though its own pings the other way are answered",
+            );
+            continue;
+        }
+        // Every lost ping of this kind starts or ends at one guest, and others are answered.
+        let of_kind: Vec<(&str, &str)> = lost
+            .iter()
+            .filter(|(_, _, k)| *k == f.kind)
+            .map(|(a, b, _)| (*a, *b))
+            .collect();
+        let common: Vec<&str> = [f.guest.as_str(), to]
+            .into_iter()
+            .filter(|g| of_kind.iter().all(|(a, b)| a == g || b == g))
+            .collect();
+        let others_answer = |g: &str| {
+            plan.pings.iter().any(|p| {
+                kind_of(p) == f.kind
+                    && p.from != g
+                    && p.to_guest.as_deref().is_some_and(|t| t != g)
+                    && answered(&p.from, p.to_guest.as_deref().unwrap_or_default(), f.kind)
+            })
+        };
+        if let [g] = common.as_slice() {
+            if others_answer(g) {
+                put(g, i, "none: every lost ping of its kind is to or from it");
+            }
+        }
+    }
+    out
 }
 
 /// A peer is learned once encapsulated frames from it arrived (after a ping either way), and
@@ -525,6 +700,83 @@ mod tests {
         pings[0].ping.expect = Expect::Fail;
         let v = verify(&p, &w, &pings);
         assert!(!v.failures.iter().any(|f| f.what.starts_with("ping")));
+    }
+
+    /// The seed's pings, those `lost` (from, over) left unanswered.
+    fn pings_lost(plan: &Plan, lost: &[(&str, Network)]) -> Vec<PingResult> {
+        let mut pings = all_replied(plan);
+        for p in pings.iter_mut() {
+            p.replied = !lost.contains(&(p.ping.from.as_str(), p.ping.over));
+        }
+        pings
+    }
+
+    #[test]
+    fn a_wrong_neighbour_in_vm_a_is_the_cause_of_vm_bs_lost_ping_too() {
+        let (p, mut w) = world("seed-healthy-vm-a", "seed-healthy-vm-b");
+        w.get_mut("vm-a").unwrap().neighbours.insert(
+            "vxlan0".into(),
+            vec![crate::observe::Neighbour {
+                dst: "192.168.42.3".parse().unwrap(),
+                lladdr: Some("02:00:00:00:00:99".parse().unwrap()),
+                permanent: true,
+            }],
+        );
+        let lost = [("vm-a", Network::Overlay), ("vm-b", Network::Overlay)];
+        let v = verify(&p, &w, &pings_lost(&p, &lost));
+        assert_eq!(v.diagnoses.len(), 1, "{:#?}", v.diagnoses);
+        let d = &v.diagnoses[0];
+        assert_eq!(
+            (d.cause.guest.as_str(), d.cause.kind),
+            ("vm-a", Kind::Neighbour)
+        );
+        assert!(!d.cause.fix.commands.is_empty());
+        assert!(d
+            .symptoms
+            .iter()
+            .any(|s| s.guest == "vm-b" && s.kind == Kind::OverlayPing));
+    }
+
+    #[test]
+    fn a_guest_that_answers_no_ping_while_its_own_are_answered_is_named_with_no_repair() {
+        // vm-b ignores echo requests: vm-a's overlay ping to it is lost, and so the underlay
+        // ping that follows; vm-b's own ping to vm-a is answered, both kernels as planned.
+        let (p, w) = world("seed-healthy-vm-a", "seed-healthy-vm-b");
+        let mut pings = pings_lost(&p, &[("vm-a", Network::Overlay)]);
+        let b = p.guest("vm-b").unwrap().underlay.addr();
+        pings.push(PingResult {
+            ping: PingPlan::underlay("vm-a", "vm-b", b, p.driver),
+            replied: false,
+        });
+        let v = verify(&p, &w, &pings);
+        assert_eq!(v.diagnoses.len(), 1, "{:#?}", v.diagnoses);
+        let d = &v.diagnoses[0];
+        assert_eq!(d.cause.guest, "vm-b");
+        assert_eq!(d.cause.what, "answers no ping");
+        assert_eq!(d.cause.layer, Layer::UnderlayReach);
+        assert_eq!(d.symptoms.len(), 2, "{d:#?}");
+        assert!(d.symptoms.iter().all(|s| s.guest == "vm-a"), "{d:#?}");
+        assert_eq!(d.cause.fix.vxlab, "");
+        let said = d.cause.fix.to_string();
+        assert!(
+            said.contains("nothing vxlab set up in vm-b differs")
+                && said.contains("icmp_echo_ignore_all")
+                && !said.contains("vxlab up two-netns"),
+            "{said}"
+        );
+    }
+
+    #[test]
+    fn pings_lost_both_ways_between_healthy_guests_say_vxlab_has_nothing_to_repair() {
+        let (p, w) = world("seed-healthy-vm-a", "seed-healthy-vm-b");
+        let lost = [("vm-a", Network::Overlay), ("vm-b", Network::Overlay)];
+        let v = verify(&p, &w, &pings_lost(&p, &lost));
+        assert_eq!(v.diagnoses.len(), 2, "{:#?}", v.diagnoses);
+        for d in &v.diagnoses {
+            assert_eq!(d.cause.kind, Kind::OverlayPing);
+            assert!(d.cause.fix.to_string().contains("nothing vxlab set up in"));
+            assert!(d.cause.fix.to_string().contains("iptables -S"));
+        }
     }
 
     #[test]

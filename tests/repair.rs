@@ -868,3 +868,52 @@ fn status_finds_guests_of_another_state_dir_and_tells_a_non_root_user_what_it_ne
     assert!(stderr.contains("run vxlab as root"), "{stderr}");
     lab.down_leaves_nothing();
 }
+
+#[test]
+fn a_guest_that_drops_pings_is_named_and_vxlab_says_it_has_nothing_to_repair() {
+    // The student makes vm-b ignore echo requests: nothing vxlab set up changed, and vm-b's
+    // own pings are answered.
+    let lab = seed("t-r-echo", "192.168.86.");
+    student(
+        &lab,
+        "vm-b",
+        &["sysctl", "-q", "-w", "net.ipv4.icmp_echo_ignore_all=1"],
+    );
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    let d = r["diagnoses"].as_array().unwrap();
+    assert_eq!(d.len(), 1, "{r:#}");
+    let c = first_cause(&r);
+    assert_eq!(c["guest"], "vm-b", "{r:#}");
+    assert_eq!(c["what"], "answers no ping");
+    assert_eq!(c["fix"]["vxlab"], "");
+    let hint = c["fix"]["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("nothing vxlab set up in vm-b differs")
+            && hint.contains("icmp_echo_ignore_all"),
+        "{hint}"
+    );
+    assert!(d[0]["symptoms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["guest"] == "vm-a"));
+    // `up` has nothing to run, and says the same.
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 1);
+    assert_eq!(repairs(&r), Vec::<String>::new());
+    let out = lab.run(&["check", &lab.name]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("vm-b: answers no ping"), "{text}");
+    assert!(
+        !text.contains(&format!("fix: `vxlab up {}`", lab.name)),
+        "{text}"
+    );
+    student(
+        &lab,
+        "vm-b",
+        &["sysctl", "-q", "-w", "net.ipv4.icmp_echo_ignore_all=0"],
+    );
+    assert_eq!(lab.check().0, 0);
+    lab.down_leaves_nothing();
+}

@@ -262,6 +262,9 @@ pub enum Audience<'a> {
 /// How the reader of `audience` repairs `f`: the commands, typed in the guest's terminal, or
 /// the page's Reset button (the vxlab command line is the instructor's, not the page's).
 pub fn page_fix(f: &Failure, audience: Audience<'_>) -> String {
+    if let Some(hint) = &f.fix.hint {
+        return hint.clone();
+    }
     let cmds: Vec<String> = f.fix.commands.iter().map(|c| format!("`{c}`")).collect();
     let cmds = cmds.join("; ");
     match audience {
@@ -391,6 +394,7 @@ mod tests {
             fix: crate::verify::Fix {
                 commands: commands.iter().map(|c| c.to_string()).collect(),
                 vxlab: "vxlab up cls-1".into(),
+                hint: None,
             },
         }
     }
