@@ -36,6 +36,9 @@ fn exec_needs_no_dashes_keeps_streams_apart_and_returns_the_status() {
     assert_eq!(out.status.code(), Some(7));
     assert_eq!(text(&out.stdout), "out\n");
     assert_eq!(text(&out.stderr), "err\n");
+    // A namespace guest is called by its name, as a VM is.
+    let out = lab.run(&["exec", "vm-b", "hostname"]);
+    assert_eq!(text(&out.stdout), "vm-b\n", "{}", text(&out.stderr));
     // A command that is not there, or cannot be run, exits as a shell says it: 127, 126.
     let out = lab.run(&["exec", "vm-a", "no-such-command"]);
     assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));

@@ -160,7 +160,7 @@ impl Driver for NetnsDriver {
             StateDir::from_env().root().to_path_buf(),
             PathBuf::from("/var/lib/vxlab"),
         ];
-        spawn::spawn(launch, &netns_path(&guest.instance), &hide)
+        spawn::spawn(launch, &netns_path(&guest.instance), &guest.name, &hide)
             .map_err(|e| DriverError::new(&guest.name, format!("starting {}", launch.argv[0]), e))
     }
 }

@@ -37,9 +37,15 @@ const CONFINED_PROCESSES: libc::rlim_t = 256;
 /// (10), change links and addresses (12), open raw sockets for ping and tcpdump (13).
 const KEPT_CAPS: [u32; 3] = [10, 12, 13];
 
-/// Starts `launch` inside the network namespace bound at `netns`, hiding `hide` (directories
-/// on the host) from it when it is confined.
-pub fn spawn(launch: &Launch, netns: &Path, hide: &[PathBuf]) -> io::Result<GuestProcess> {
+/// Starts `launch` inside the network namespace bound at `netns`, with the host name
+/// `hostname` (in a UTS namespace of its own, so `hostname` says the guest's name), hiding
+/// `hide` (directories on the host) from it when it is confined.
+pub fn spawn(
+    launch: &Launch,
+    netns: &Path,
+    hostname: &str,
+    hide: &[PathBuf],
+) -> io::Result<GuestProcess> {
     let (program, args) = launch
         .argv
         .split_first()
@@ -69,7 +75,7 @@ pub fn spawn(launch: &Launch, netns: &Path, hide: &[PathBuf]) -> io::Result<Gues
             None
         }
     };
-    let setup = ChildSetup::new(launch, &ns, hide, pty.is_some())?;
+    let setup = ChildSetup::new(launch, &ns, hostname, hide, pty.is_some())?;
     // SAFETY: the closure only makes system calls on values prepared before the fork; it does
     // not allocate or take locks.
     unsafe {
@@ -216,6 +222,7 @@ impl ProcessControl for LocalControl {
 /// not allocate.
 struct ChildSetup {
     netns: libc::c_int,
+    hostname: CString,
     session: bool,
     confine: Option<Confinement>,
 }
@@ -235,7 +242,13 @@ fn cstr(s: &[u8]) -> io::Result<CString> {
 }
 
 impl ChildSetup {
-    fn new(launch: &Launch, ns: &File, hide: &[PathBuf], session: bool) -> io::Result<Self> {
+    fn new(
+        launch: &Launch,
+        ns: &File,
+        hostname: &str,
+        hide: &[PathBuf],
+        session: bool,
+    ) -> io::Result<Self> {
         let confine = if launch.confined {
             Some(Confinement {
                 uid: launch.uid,
@@ -256,6 +269,7 @@ impl ChildSetup {
         // The namespace file stays open in the parent until spawn returns, after the exec.
         Ok(ChildSetup {
             netns: ns.as_raw_fd(),
+            hostname: cstr(hostname.as_bytes())?,
             session,
             confine,
         })
@@ -282,6 +296,11 @@ impl ChildSetup {
                 check(libc::setpgid(0, 0))?;
             }
             check(libc::setns(self.netns, libc::CLONE_NEWNET))?;
+            check(libc::unshare(libc::CLONE_NEWUTS))?;
+            check(libc::sethostname(
+                self.hostname.as_ptr(),
+                self.hostname.as_bytes().len(),
+            ))?;
             if let Some(c) = &self.confine {
                 c.apply()?;
             }
