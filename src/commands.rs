@@ -386,7 +386,7 @@ pub fn up(arg: &Path, json: bool, timings: bool) -> Result<u8> {
             )
         })?;
         // The lab as recorded, from the file it was first brought up from.
-        let (_, text) = load_with_text(&copy)?;
+        let (_, text) = lab::load_recorded(&copy)?;
         let source = StateDir::from_env().read(&lab.name)?.source;
         (lab, source, text)
     };
@@ -776,7 +776,12 @@ fn resolve(arg: Option<&Path>) -> Result<(Lab, PathBuf)> {
     if !copy.is_file() {
         return Err(StateError::NotRunning(name, state.root().to_path_buf()).into());
     }
-    let lab = load(&copy).with_context(|| format!("lab {name}'s recorded lab file"))?;
+    let (lab, _) = lab::load_recorded(&copy)
+        .map_err(|e| match e {
+            LoadError::Invalid(invalid) => anyhow::Error::new(invalid),
+            other => anyhow::Error::new(other),
+        })
+        .with_context(|| format!("lab {name}'s recorded lab file"))?;
     // An instance is derived again from the lab file, as `up` derived it.
     let lab = match state.read(&name).ok().and_then(|st| st.instance) {
         Some(i) => {

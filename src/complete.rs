@@ -73,7 +73,9 @@ fn guest_names(lab: &Lab) -> Vec<String> {
 
 /// The lab file copy of running lab `name`.
 fn recorded(state: &StateDir, name: &str) -> Option<Lab> {
-    lab::load(&state.lab_dir(name).join(LAB_COPY)).ok()
+    lab::load_recorded(&state.lab_dir(name).join(LAB_COPY))
+        .ok()
+        .map(|(lab, _)| lab)
 }
 
 /// The lab a command line names, by `--lab LAB`, `--lab=LAB` or `reset LAB`: a running lab's

@@ -181,7 +181,7 @@ pub fn verify(plan: &Plan, seen: &BTreeMap<String, GuestState>, pings: &[PingRes
             .as_deref()
             .map(|g| format!(" ({g})"))
             .unwrap_or_default();
-        let word = |ok: bool| if ok { "reply" } else { "no reply" };
+        let word = |ok: bool| if ok { REPLY } else { NO_REPLY };
         let (layer, kind, what) = match p.ping.over {
             Network::Overlay => (
                 Layer::OverlayPing,
@@ -264,8 +264,13 @@ fn about_peer(f: &Failure) -> bool {
         )
 }
 
-fn is_ping(f: &Failure) -> bool {
-    matches!(f.kind, Kind::OverlayPing | Kind::UnderlayPing)
+/// A ping's outcome in words, as failures say it.
+const REPLY: &str = "reply";
+const NO_REPLY: &str = "no reply";
+
+/// A ping that should have been answered and was not (not one answered that must fail).
+fn is_lost_ping(f: &Failure) -> bool {
+    matches!(f.kind, Kind::OverlayPing | Kind::UnderlayPing) && f.seen == NO_REPLY
 }
 
 /// Groups failures cause first. A guest's cause is its lowest broken layer among the failures
@@ -310,7 +315,12 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
         if let Some(c) = mine.filter(|c| failures[*c].layer < Layer::UnderlayReach) {
             return Some(c);
         }
-        if let Some(c) = f.peer.as_deref().and_then(|p| own.get(p)) {
+        if let Some(c) = f
+            .peer
+            .as_deref()
+            .filter(|_| about_peer(f))
+            .and_then(|p| own.get(p))
+        {
             return Some(*c);
         }
         mine.filter(|c| failures[*c].layer <= f.layer)
@@ -339,7 +349,10 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
     }
     for c in orphan_cause.values() {
         let mut cause = failures[*c].clone();
-        cause.fix = nothing_to_repair(plan, &cause.guest, cause.peer.as_deref());
+        // A lost ping between guests whose kernels are as planned: nothing to repair.
+        if is_lost_ping(&cause) {
+            cause.fix = nothing_to_repair(&cause.guest, cause.peer.as_deref());
+        }
         groups.push((cause, Vec::new(), *c));
     }
     for (cause, of) in &blamed {
@@ -373,16 +386,15 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
 
 /// The fix of a lost ping between guests whose kernels show nothing wrong: vxlab has nothing to
 /// repair, so it says where to look.
-fn nothing_to_repair(plan: &Plan, guest: &str, peer: Option<&str>) -> Fix {
+fn nothing_to_repair(guest: &str, peer: Option<&str>) -> Fix {
     let both = peer.map_or_else(|| guest.to_string(), |p| format!("{guest} or {p}"));
     Fix {
         commands: Vec::new(),
         vxlab: String::new(),
         hint: Some(format!(
-            "nothing vxlab set up in {both} differs from lab {}'s plan, so `vxlab up` has \
-             nothing to repair: something drops the packets (a firewall rule: `iptables -S`, \
-             `nft list ruleset`; or `sysctl net.ipv4.icmp_echo_ignore_all`)",
-            plan.lab
+            "nothing vxlab set up in {both} differs from the lab's plan, so there is nothing \
+             to repair: something drops the packets (a firewall rule: `iptables -S`, \
+             `nft list ruleset`; or `sysctl net.ipv4.icmp_echo_ignore_all`)"
         )),
     }
 }
@@ -394,7 +406,7 @@ fn nothing_to_repair(plan: &Plan, guest: &str, peer: Option<&str>) -> Fix {
 fn blame(plan: &Plan, failures: &[Failure], orphans: &[usize]) -> Vec<(Failure, Vec<usize>)> {
     let lost: HashSet<(&str, &str, Kind)> = failures
         .iter()
-        .filter(|f| is_ping(f))
+        .filter(|f| is_lost_ping(f))
         .filter_map(|f| Some((f.guest.as_str(), f.peer.as_deref()?, f.kind)))
         .collect();
     let kind_of = |p: &PingPlan| match p.over {
@@ -439,14 +451,14 @@ fn blame(plan: &Plan, failures: &[Failure], orphans: &[usize]) -> Vec<(Failure, 
                 expected: "echo replies".into(),
                 seen: why.to_string(),
                 peer: None,
-                fix: nothing_to_repair(plan, target, None),
+                fix: nothing_to_repair(target, None),
             },
             vec![i],
         ));
     };
     for &i in orphans {
         let f = &failures[i];
-        let (Some(to), true) = (f.peer.as_deref(), is_ping(f)) else {
+        let (Some(to), true) = (f.peer.as_deref(), is_lost_ping(f)) else {
             continue;
         };
         if answered(to, &f.guest, f.kind) {
@@ -777,6 +789,21 @@ mod tests {
             assert!(d.cause.fix.to_string().contains("nothing vxlab set up in"));
             assert!(d.cause.fix.to_string().contains("iptables -S"));
         }
+    }
+
+    #[test]
+    fn a_ping_that_must_fail_but_is_answered_blames_no_one_for_dropping_packets() {
+        let (p, w) = world("seed-healthy-vm-a", "seed-healthy-vm-b");
+        let mut pings = all_replied(&p);
+        pings[0].ping.expect = Expect::Fail;
+        let v = verify(&p, &w, &pings);
+        assert_eq!(v.diagnoses.len(), 1, "{:#?}", v.diagnoses);
+        let c = &v.diagnoses[0].cause;
+        assert_eq!(
+            (c.seen.as_str(), c.fix.hint.as_deref()),
+            ("reply", None),
+            "{c:#?}"
+        );
     }
 
     #[test]

@@ -330,7 +330,7 @@ pub fn in_use(host: &dyn Host, state: &StateDir, ipv6: bool) -> InUse {
 
 /// A running lab as recorded: its lab file copy, as the copy it is.
 fn recorded(state: &StateDir, name: &str) -> Option<Lab> {
-    let lab = crate::lab::load(&state.lab_dir(name).join(LAB_COPY)).ok()?;
+    let (lab, _) = crate::lab::load_recorded(&state.lab_dir(name).join(LAB_COPY)).ok()?;
     match state.read(name).ok()?.instance {
         Some(i) => instance::derive(&lab, &i.name, i.index, i.underlay).ok(),
         None => Some(lab),

@@ -66,32 +66,60 @@ pub struct ServeArgs {
     pub idle_secs: u64,
 }
 
-/// Where a running server records its process and address, in the state directory.
-const SERVER_FILE: &str = "server";
+/// Where a running server records its process and address: in vxlab's runtime directory
+/// (gone at reboot, never in the labs' state), one file per state directory, named by a hash
+/// of its path.
+fn record_path(state: &StateDir) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let root = std::fs::canonicalize(state.root()).unwrap_or_else(|_| state.root().to_path_buf());
+    let digest = Sha256::digest(root.as_os_str().as_encoded_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    Path::new(crate::host::lock::RUN_DIR)
+        .join("servers")
+        .join(name)
+}
 
-/// The server record: the process and the address it printed.
-fn record(state: &StateDir) -> Option<(u32, String)> {
+/// When process `pid` started, in clock ticks since boot (`/proc/PID/stat`, field 22): with
+/// the pid it names one process, never a later one that reused the number.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count fields after its end.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Records this server's process and address for `sheet`.
+fn write_record(state: &StateDir, base: &str) -> std::io::Result<()> {
+    let path = record_path(state);
+    if let Some(dir) = path.parent() {
+        crate::host::files::private_dir(dir)?;
+    }
+    let me = std::process::id();
+    let record = format!("{me} {} {base}\n", start_time(me).unwrap_or_default());
+    crate::host::files::write_replacing(&path, record.as_bytes(), crate::host::files::PRIVATE)
+}
+
+/// The server record: the process, when it started, and the address it printed.
+fn record(state: &StateDir) -> Option<(u32, u64, String)> {
     let mut text = String::new();
     std::io::Read::read_to_string(
-        &mut crate::host::files::open_no_follow(&state.root().join(SERVER_FILE)).ok()?,
+        &mut crate::host::files::open_no_follow(&record_path(state)).ok()?,
         &mut text,
     )
     .ok()?;
-    let (pid, url) = text.trim().split_once(' ')?;
-    Some((pid.parse().ok()?, url.to_string()))
+    let mut words = text.split_whitespace();
+    let (pid, started, url) = (words.next()?, words.next()?, words.next()?);
+    Some((pid.parse().ok()?, started.parse().ok()?, url.to_string()))
 }
 
 /// The address of the class server running for `state`'s labs, as it printed it: recorded
-/// by the server, and only while its process lives.
+/// by the server, and only while that very process lives.
 pub fn running_server(state: &StateDir) -> Option<String> {
-    let (pid, url) = record(state)?;
-    let ours = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .zip(std::env::current_exe().ok())
-        .is_some_and(|(theirs, mine)| theirs.file_name() == mine.file_name());
+    let (pid, started, url) = record(state)?;
+    let alive = start_time(pid).is_some_and(|t| t == started);
     let url_ok = (url.starts_with("http://") || url.starts_with("https://"))
         && !url.contains(|c: char| c.is_whitespace() || c == '"' || c == '<');
-    (ours && url_ok).then_some(url)
+    (alive && url_ok).then_some(url)
 }
 
 /// `vxlab serve [--listen ADDR] [--tls-cert FILE --tls-key FILE]`
@@ -117,31 +145,41 @@ pub fn serve(args: &ServeArgs) -> Result<u8> {
     };
     let class = Class::new(Arc::new(LocalLabs), options)?;
     let state = StateDir::from_env();
+    let listen = args.listen;
+    let mut students = "students: `vxlab sheet LAB` prints each copy's own link to this server \
+                        (`--url` when students reach it by another address)"
+        .to_string();
     let served = web::serve(class, |url| {
+        // `vxlab sheet` prints links to this server while it runs, when students can use
+        // the address as it is (not 0.0.0.0: the students' way here is not known).
         let base = url.split("/t/").next().unwrap_or(url);
-        // `vxlab sheet` prints links to this server while it runs.
-        let record = format!("{} {base}\n", std::process::id());
-        let _ = crate::host::files::write_replacing(
-            &state.root().join(SERVER_FILE),
-            record.as_bytes(),
-            crate::host::files::PRIVATE,
-        );
+        if listen.ip().is_unspecified() {
+            students = format!(
+                "students: `vxlab sheet LAB --url {}://THIS-HOST:{}` prints each copy's own \
+                 link, THIS-HOST being this machine's name or address as students reach it",
+                if base.starts_with("https") {
+                    "https"
+                } else {
+                    "http"
+                },
+                listen.port()
+            );
+        } else if let Err(e) = write_record(&state, base) {
+            eprintln!("vxlab serve: `vxlab sheet` will need --url: cannot record this server: {e}");
+        }
         println!(
             "vxlab class server for the labs in {}",
             state.root().display()
         );
         println!("instructor: {url}");
-        println!(
-            "students: `vxlab sheet LAB` prints each copy's own link to this server \
-             (`--url` when students reach it by another address)"
-        );
+        println!("{students}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
     });
     // The server has stopped: its record goes with it (one left by a killed server names a
     // process that is gone, and is not believed).
-    if record(&state).is_some_and(|(pid, _)| pid == std::process::id()) {
-        let _ = std::fs::remove_file(state.root().join(SERVER_FILE));
+    if record(&state).is_some_and(|(pid, _, _)| pid == std::process::id()) {
+        let _ = std::fs::remove_file(record_path(&state));
     }
     served?;
     Ok(exit::OK)

@@ -41,19 +41,24 @@ pub fn exec(lab: Option<&Path>, guest: &str, argv: &[String], tty: bool) -> Resu
     let driver = driver(&lab, &Arc::new(Netlink::open()?), None)?;
     let process = driver.spawn(g, &launch).map_err(|e| {
         // As a shell says it: 127 for a command that is not there, 126 for one that cannot
-        // be run.
-        let kind = std::iter::successors(std::error::Error::source(&e), |c| c.source())
-            .find_map(|c| c.downcast_ref::<std::io::Error>().map(std::io::Error::kind));
-        let code = match kind {
-            Some(std::io::ErrorKind::NotFound) => super::exit::NOT_FOUND,
-            Some(std::io::ErrorKind::PermissionDenied) => super::exit::NOT_EXECUTABLE,
-            _ => super::exit::SOFTWARE,
-        };
-        anyhow::Error::new(e).context(NotStarted {
-            command: argv[0].clone(),
-            guest: guest.to_string(),
-            code,
-        })
+        // be run; any other failure to start it is vxlab's own error.
+        let not_run = std::iter::successors(std::error::Error::source(&e), |c| c.source())
+            .filter_map(|c| c.downcast_ref::<std::io::Error>()?.get_ref())
+            .find_map(|c| c.downcast_ref::<crate::host::spawn::NotExecuted>())
+            .map(|n| n.found);
+        let e = anyhow::Error::new(e);
+        match not_run {
+            Some(found) => e.context(NotStarted {
+                command: argv[0].clone(),
+                guest: guest.to_string(),
+                code: if found {
+                    super::exit::NOT_EXECUTABLE
+                } else {
+                    super::exit::NOT_FOUND
+                },
+            }),
+            None => e.context(format!("while running {} on {guest}", argv[0])),
+        }
     })?;
     attach(process, &launch)
 }
@@ -64,7 +69,7 @@ pub fn exec(lab: Option<&Path>, guest: &str, argv: &[String], tty: bool) -> Resu
 pub struct NotStarted {
     command: String,
     guest: String,
-    /// 127: not found; 126: not executable; else [`super::exit::SOFTWARE`].
+    /// 127: not found; 126: not executable.
     pub code: u8,
 }
 

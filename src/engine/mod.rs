@@ -228,10 +228,19 @@ impl Engine {
             runner.run_steps(g, &tools, &forget, false)?;
             Ok::<_, EngineError>((forget, runner.observe_with(g, &tools)?))
         });
+        // A guest that could not forget is said; the others' forgetting still counts.
+        let mut stopped = false;
         for (g, r) in chosen.iter().zip(forgot) {
-            let (forget, after) = r?;
-            p.ran.extend(repairs(g, forget));
-            outcome.observed.insert(g.name.clone(), after);
+            match r {
+                Ok((forget, after)) => {
+                    p.ran.extend(repairs(g, forget));
+                    outcome.observed.insert(g.name.clone(), after);
+                }
+                Err(EngineError::Interrupted) => stopped = true,
+                Err(e) => p
+                    .notes
+                    .push(format!("{} did not forget what it learned: {e}", g.name)),
+            }
         }
         outcome.notes.splice(0..0, p.notes);
         outcome.notes.push(format!(
@@ -243,6 +252,9 @@ impl Engine {
         ));
         outcome.repairs = p.ran;
         crate::health::save(p.lock.dir(), &outcome.verdict)?;
+        if stopped {
+            return Err(EngineError::Interrupted);
+        }
         Ok(outcome)
     }
 

@@ -37,6 +37,17 @@ const CONFINED_PROCESSES: libc::rlim_t = 256;
 /// (10), change links and addresses (12), open raw sockets for ping and tcpdump (13).
 const KEPT_CAPS: [u32; 3] = [10, 12, 13];
 
+/// The program itself could not be executed in the guest: it is not there, or it cannot be
+/// run. (Everything else that fails in starting it is another error.)
+#[derive(Debug, thiserror::Error)]
+#[error("`{program}` {}", if *.found { "cannot be run there (permission denied)" } else { "is not installed in the guest" })]
+pub struct NotExecuted {
+    /// The program.
+    pub program: String,
+    /// Whether it is there (and so could not be run).
+    pub found: bool,
+}
+
 /// Starts `launch` inside the network namespace bound at `netns`, with the host name
 /// `hostname` (in a UTS namespace of its own, so `hostname` says the guest's name), hiding
 /// `hide` (directories on the host) from it when it is confined.
@@ -81,15 +92,22 @@ pub fn spawn(
     unsafe {
         cmd.pre_exec(move || setup.run());
     }
-    let mut child = cmd.spawn().map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            io::Error::new(
-                e.kind(),
-                format!("`{program}` is not installed in the guest"),
-            )
-        } else {
-            e
-        }
+    let mut child = cmd.spawn().map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => io::Error::new(
+            e.kind(),
+            NotExecuted {
+                program: program.clone(),
+                found: false,
+            },
+        ),
+        Some(libc::EACCES) => io::Error::new(
+            e.kind(),
+            NotExecuted {
+                program: program.clone(),
+                found: true,
+            },
+        ),
+        _ => e,
     })?;
     // The child's copies of the slave end are the only ones left now: `cmd` holds the others.
     drop(cmd);

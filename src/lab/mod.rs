@@ -7,6 +7,7 @@ pub mod instance;
 pub mod read;
 pub mod source;
 mod validate;
+pub use validate::Rules;
 pub mod yaml;
 
 use std::fmt;
@@ -350,6 +351,13 @@ pub fn load_with_text(path: &Path) -> Result<(Lab, String), LoadError> {
     Ok((lab, text))
 }
 
+/// Reads a running lab's recorded copy at `path`, held to [`Rules::Recorded`].
+pub fn load_recorded(path: &Path) -> Result<(Lab, String), LoadError> {
+    let text = read_text(path)?;
+    let lab = parse_with(&text, path, Rules::Recorded).map_err(LoadError::Invalid)?;
+    Ok((lab, text))
+}
+
 /// The text of the lab file at `path`: a regular file of at most [`read::MAX_LAB_BYTES`], in
 /// UTF-8. Anything else is an invalid lab (exit 65), never a read that blocks or fills memory.
 pub fn read_text(path: &Path) -> Result<String, LoadError> {
@@ -372,13 +380,18 @@ pub fn read_text(path: &Path) -> Result<String, LoadError> {
 /// Validates lab text; `file` only names it in errors. Every problem is reported, sorted by
 /// position, except that a file that is not well-formed YAML (or repeats a key) stops at that.
 pub fn parse(text: &str, file: &Path) -> Result<Lab, LabError> {
+    parse_with(text, file, Rules::New)
+}
+
+/// [`parse`], held to `rules`.
+pub fn parse_with(text: &str, file: &Path, rules: Rules) -> Result<Lab, LabError> {
     let fail = |problems: Vec<Problem>| LabError {
         file: file.to_path_buf(),
         problems: sorted(problems),
     };
     let (doc, map) = document(text, "appears twice; every name must be unique").map_err(fail)?;
     let (raw, reader) = file::read(&doc);
-    let checked = validate::validate(raw, &map);
+    let checked = validate::validate(raw, &map, rules);
     let mut problems = reader.problems;
     match checked {
         Ok(lab) if problems.is_empty() => return Ok(lab),

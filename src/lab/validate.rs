@@ -100,6 +100,18 @@ pub fn ip_keyword(name: &str) -> Option<&'static str> {
 struct Validator<'a> {
     map: &'a SourceMap,
     problems: Vec<Problem>,
+    rules: Rules,
+}
+
+/// Which rules a lab file is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rules {
+    /// Every rule: a lab about to be brought up, planned or validated.
+    New,
+    /// A running lab's recorded copy: the rules that guard only new labs (underlay ranges,
+    /// the vxlan MTU's ceiling) are left out, so a lab an older vxlab brought up can still
+    /// be checked and taken down.
+    Recorded,
 }
 
 impl Validator<'_> {
@@ -235,10 +247,11 @@ impl Validator<'_> {
 }
 
 /// Validates a parsed lab file.
-pub fn validate(raw: RawLab, map: &SourceMap) -> Result<Lab, Vec<Problem>> {
+pub fn validate(raw: RawLab, map: &SourceMap, rules: Rules) -> Result<Lab, Vec<Problem>> {
     let mut v = Validator {
         map,
         problems: Vec::new(),
+        rules,
     };
     v.name("name", &raw.name, MAX_LAB_NAME, false);
     let driver = match raw.driver.as_str() {
@@ -297,7 +310,7 @@ fn underlay(v: &mut Validator, raw: &RawLab) -> Option<Underlay> {
         );
         return None;
     }
-    if !defaults::underlay_range(subnet) {
+    if v.rules == Rules::New && !defaults::underlay_range(subnet) {
         v.at("underlay.subnet", defaults::not_an_underlay_range(subnet));
         return None;
     }
@@ -345,7 +358,7 @@ fn workshop_settings(
             "workshop.pool",
             format!("`{pool}` has host bits set; the pool is {}", pool.trunc()),
         );
-    } else if !defaults::underlay_range(pool) {
+    } else if v.rules == Rules::New && !defaults::underlay_range(pool) {
         v.at("workshop.pool", defaults::not_an_underlay_range(pool));
     } else if let Some(u) = underlay {
         if pool.addr().is_ipv4() != u.subnet.addr().is_ipv4() {
@@ -708,23 +721,23 @@ fn vxlan(
     );
     // The most a vxlan device can carry: the underlay's MTU less the outer headers (with an
     // underlay not yet known, an IPv4 one).
-    let max_mtu = {
-        let outer = underlay.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |u| u.subnet.addr());
-        crate::converge::UNDERLAY_MTU - crate::converge::vxlan_headroom(outer)
+    let (max_mtu, why) = match v.rules {
+        Rules::New => {
+            let outer = underlay.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |u| u.subnet.addr());
+            let headroom = crate::converge::vxlan_headroom(outer);
+            (
+                crate::converge::UNDERLAY_MTU - headroom,
+                format!(
+                    "the underlay's MTU is {}, and VXLAN's outer headers take {headroom} of it",
+                    crate::converge::UNDERLAY_MTU
+                ),
+            )
+        }
+        Rules::Recorded => (65535, "an Ethernet MTU".to_string()),
     };
-    let mtu = x.mtu.map(|m| {
-        v.range(
-            &f("mtu"),
-            m,
-            68,
-            i64::from(max_mtu),
-            &format!(
-                "the underlay's MTU is {}, and VXLAN's outer headers take {} of it",
-                crate::converge::UNDERLAY_MTU,
-                crate::converge::UNDERLAY_MTU - max_mtu
-            ),
-        )
-    });
+    let mtu = x
+        .mtu
+        .map(|m| v.range(&f("mtu"), m, 68, i64::from(max_mtu), &why));
     let dev = x
         .dev
         .clone()

@@ -4,7 +4,8 @@
 //!
 //! One thread receives from the stream (a blocking receive) and writes what comes; the
 //! caller's thread waits in `poll` on the input and on that thread's end, so a console that
-//! closes (the guest shut down, another client took it) ends the session at once.
+//! closes (the guest shut down, another client took it) ends the session at once. Leaving
+//! aborts the stream and waits briefly for the receiving thread; the command ends then.
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -64,20 +65,23 @@ pub fn attach(
         domain: domain.to_string(),
         source,
     };
+    // The receiving thread holds one end of this pair; its end closing wakes the poll below.
+    let (closed, receiving_end) = UnixStream::pair()?;
     let dom = Domain::lookup_by_name(conn, domain).map_err(open)?;
     let stream = Stream::new(conn, 0).map_err(open)?;
     dom.open_console(None, &stream, 0).map_err(open)?;
-    // The receiving thread holds one end of this pair; its end closing wakes the poll below.
-    let (closed, receiving_end) = UnixStream::pair()?;
     let receiving = stream.clone();
-    let receiver = std::thread::spawn(move || {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
         let _wake = receiving_end;
-        receive(&receiving, output)
+        receive(&receiving, output);
+        let _ = done.send(());
     });
     let ended = send_input(&stream, input, &closed);
-    // Leaving: abort the stream, which ends the receiving thread's blocking receive.
+    // Leaving: aborting the stream ends the receiving thread's blocking receive. The command
+    // ends next, so a receive that is slow to notice is not waited for long.
     let _ = stream.clone().abort();
-    let _ = receiver.join();
+    let _ = finished.recv_timeout(std::time::Duration::from_secs(2));
     ended.map_err(ConsoleError::from)
 }
 
