@@ -479,7 +479,8 @@ fn wait_for_lock(file: File, wait: std::time::Duration) -> Option<File> {
     rx.recv_timeout(wait).ok()
 }
 
-const STATE_FILE: &str = "state.json";
+/// A lab's state file, in its directory.
+pub const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
 /// Name of the lab file copy in a lab's state directory.
 pub const LAB_COPY: &str = "lab.yaml";

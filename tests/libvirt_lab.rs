@@ -288,6 +288,8 @@ fn a_guest_of_vxlabs_image_gets_the_interface_name_the_lab_gives() {
             "the typed line never reached the guest"
         );
     }
+    // Ctrl-] leaves a quiet console too (the guest has stopped writing).
+    guest_says(&lab, "vm-a", &["pkill", "-f", "vxlab-console-[h]ere"]);
     console.send(&[0x1d]);
     let status = console.wait();
     assert!(status.success(), "console: {status}\n{}", console.output());

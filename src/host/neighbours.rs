@@ -198,6 +198,8 @@ impl Sysctls for ProcSys {
 /// while the host lock is held.
 pub struct NeighbourClaims {
     dir: PathBuf,
+    /// Whether a claim counts only while its lab's directory holds its state.
+    prune: bool,
 }
 
 /// The ledger could not be read or written, or a setting could not be changed.
@@ -219,13 +221,17 @@ const LEDGER_LOCK: &str = "neighbours.lock";
 impl NeighbourClaims {
     /// The ledger in [`lock::RUN_DIR`].
     pub fn host() -> Self {
-        Self::at(Path::new(lock::RUN_DIR))
+        NeighbourClaims {
+            prune: true,
+            ..Self::at(Path::new(lock::RUN_DIR))
+        }
     }
 
-    /// The ledger in `dir` (for tests).
+    /// The ledger in `dir`, its claims named as the caller likes (for tests).
     pub fn at(dir: &Path) -> Self {
         NeighbourClaims {
             dir: dir.to_path_buf(),
+            prune: false,
         }
     }
 
@@ -284,6 +290,14 @@ impl NeighbourClaims {
         let file = lock::open_lock_file(&self.dir, LEDGER_LOCK).map_err(self.err("cannot lock"))?;
         lock::flock(&file, true).map_err(self.err("cannot lock"))?;
         let mut ledger = self.load()?;
+        // A lab whose directory lost its state without `down` (deleted by hand, a test's
+        // temporary directory) needs nothing any more; what it raised is lowered with the
+        // next release.
+        if self.prune {
+            ledger
+                .claims
+                .retain(|lab, _| Path::new(lab).join(crate::state::STATE_FILE).exists());
+        }
         let current = |key: &str| sys.read(key).ok()?.trim().parse().ok();
         let changes = decide(&mut ledger, &current);
         let text = serde_json::to_string_pretty(&ledger).expect("the ledger serializes");
@@ -445,6 +459,33 @@ mod tests {
         assert_eq!(sys.0.borrow()[V4_3], 1024);
         assert!(other.release("/s2/b", &sys).unwrap().is_empty());
         assert_eq!(other.ledger().unwrap(), Ledger::default());
+    }
+
+    #[test]
+    fn a_lab_whose_state_is_gone_no_longer_holds_the_table_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let claims = NeighbourClaims {
+            prune: true,
+            ..NeighbourClaims::at(&dir.path().join("run"))
+        };
+        let sys = FakeSys(RefCell::new(fresh()));
+        // A big lab raised the table, then its state directory was deleted without `down`.
+        let gone = dir.path().join("state-gone/big");
+        std::fs::create_dir_all(&gone).unwrap();
+        std::fs::write(gone.join(crate::state::STATE_FILE), "{}").unwrap();
+        claims
+            .claim(gone.to_str().unwrap(), v4(1000), &sys)
+            .unwrap();
+        assert_eq!(sys.0.borrow()[V4_3], 4000);
+        std::fs::remove_dir_all(dir.path().join("state-gone")).unwrap();
+        // The next lab comes and goes: the table is back where the host had it.
+        let small = dir.path().join("state/small");
+        std::fs::create_dir_all(&small).unwrap();
+        std::fs::write(small.join(crate::state::STATE_FILE), "{}").unwrap();
+        claims.claim(small.to_str().unwrap(), v4(10), &sys).unwrap();
+        claims.release(small.to_str().unwrap(), &sys).unwrap();
+        assert_eq!(sys.0.borrow()[V4_3], 1024);
+        assert_eq!(claims.ledger().unwrap(), Ledger::default());
     }
 
     #[test]
