@@ -519,6 +519,21 @@ pub fn up_instances(
         _ => bail!("--count takes 1 to 255"),
     };
     let pool = workshop::Pool::choose(pool, &base)?;
+    // Copies that run keep their underlays: a pool named now places only new ones.
+    if pool.from == workshop::PoolFrom::Flag {
+        for i in running
+            .iter()
+            .filter(|i| wanted.iter().any(|(n, _)| *n == i.name))
+        {
+            if let Some(u) = i.underlay.filter(|u| !pool.net.contains(u)) {
+                eprintln!(
+                    "note: {}-{} runs already on {u}, outside --pool {}, and stays there; the \
+                     pool places new copies (`vxlab down {} --all` first moves them all)",
+                    base.name, i.name, pool.net, base.name
+                );
+            }
+        }
+    }
     let v6 = pool.net.addr().is_ipv6();
     let mut used = workshop::in_use(&LocalHost::new(Arc::new(Netlink::open()?)), &state, v6);
     // A copy's underlay must be free on whichever host it lands: every host's routes count.

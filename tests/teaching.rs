@@ -955,6 +955,22 @@ fn two_labs_with_pools_on_one_host_get_disjoint_underlays() {
         "{err}"
     );
     assert_eq!(underlays(&b).len(), 2);
+    // Copies that run stay where they are when another pool is named; `up` says so.
+    let out = a.run(&[
+        "up",
+        a.file.to_str().unwrap(),
+        "--count",
+        "2",
+        "--pool",
+        "10.232.0.0/22",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("note: t-pa-1 runs already on 10.231.")
+            && err.contains("outside --pool 10.232.0.0/22, and stays there"),
+        "{err}"
+    );
     // A public range is no pool: the host would route it into lab bridges.
     let out = a.run(&[
         "up",
