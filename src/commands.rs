@@ -181,10 +181,20 @@ fn load(path: &Path) -> Result<Lab> {
 
 /// The lab in `path` and the text it was read from: the text `up` keeps is the one validated.
 fn load_with_text(path: &Path) -> Result<(Lab, String)> {
-    lab::load_with_text(path).map_err(|e| match e {
+    lab::load_with_text(path).map_err(load_error)
+}
+
+/// A running lab's recorded copy (see [`lab::Rules::Recorded`]) and its text.
+fn load_recorded(path: &Path) -> Result<(Lab, String)> {
+    lab::load_recorded(path).map_err(load_error)
+}
+
+/// An invalid lab is the lab's error itself (exit 65 by its kind); others as they are.
+fn load_error(e: LoadError) -> anyhow::Error {
+    match e {
         LoadError::Invalid(invalid) => anyhow::Error::new(invalid),
         other => anyhow::Error::new(other),
-    })
+    }
 }
 
 /// Whether vxlab runs as root.
@@ -386,7 +396,7 @@ pub fn up(arg: &Path, json: bool, timings: bool) -> Result<u8> {
             )
         })?;
         // The lab as recorded, from the file it was first brought up from.
-        let (_, text) = lab::load_recorded(&copy)?;
+        let (_, text) = load_recorded(&copy)?;
         let source = StateDir::from_env().read(&lab.name)?.source;
         (lab, source, text)
     };
@@ -791,12 +801,8 @@ fn resolve(arg: Option<&Path>) -> Result<(Lab, PathBuf)> {
     if !copy.is_file() {
         return Err(StateError::NotRunning(name, state.root().to_path_buf()).into());
     }
-    let (lab, _) = lab::load_recorded(&copy)
-        .map_err(|e| match e {
-            LoadError::Invalid(invalid) => anyhow::Error::new(invalid),
-            other => anyhow::Error::new(other),
-        })
-        .with_context(|| format!("lab {name}'s recorded lab file"))?;
+    let (lab, _) =
+        load_recorded(&copy).with_context(|| format!("lab {name}'s recorded lab file"))?;
     // An instance is derived again from the lab file, as `up` derived it.
     let lab = match state.read(&name).ok().and_then(|st| st.instance) {
         Some(i) => {
@@ -815,7 +821,7 @@ pub fn check(arg: Option<&Path>, json: bool, all: bool) -> Result<u8> {
     }
     let (lab, _) = match resolve(arg) {
         Ok(found) => found,
-        Err(e) => return Err(name_copies(e, arg)),
+        Err(e) => return Err(name_copies(e, arg, "check", "checks them all")),
     };
     let p = plan::plan(&lab);
     let o = engine(&lab, None)?
@@ -854,8 +860,9 @@ fn copy_names(base: &str, copies: &[lab::instance::Instance]) -> String {
     }
 }
 
-/// A lab that is not running whose copies are: the error names them.
-fn name_copies(e: anyhow::Error, arg: Option<&Path>) -> anyhow::Error {
+/// A lab that is not running whose copies are: the error names them, and how `vxlab
+/// {command} LAB --all` (which `does` so) or one copy's name reaches them; else `e` as it is.
+fn name_copies(e: anyhow::Error, arg: Option<&Path>, command: &str, does: &str) -> anyhow::Error {
     let Some(StateError::NotRunning(base, _)) = e.downcast_ref() else {
         return e;
     };
@@ -865,8 +872,8 @@ fn name_copies(e: anyhow::Error, arg: Option<&Path>) -> anyhow::Error {
     }
     let arg = arg.map_or_else(|| base.clone(), |a| a.display().to_string());
     NotFound(format!(
-        "lab {base} is not running, but {} of it {}: {}; `vxlab check {arg} --all` checks \
-         them all, `vxlab check {base}-{}` one",
+        "lab {base} is not running, but {} of it {}: {}; `vxlab {command} {arg} --all` \
+         {does}, `vxlab {command} {base}-{}` one",
         plural(copies.len(), "copy", "copies"),
         if copies.len() == 1 { "is" } else { "are" },
         copy_names(base, &copies),
@@ -951,19 +958,9 @@ pub fn down(arg: Option<&Path>) -> Result<u8> {
                 eprintln!("lab {name} had only its lock left (an up stopped at once); removed");
                 return Ok(exit::OK);
             }
-            if let Some(StateError::NotRunning(base, _)) = e.downcast_ref() {
-                let copies = workshop::running(&state, base);
-                if !copies.is_empty() {
-                    return Err(NotFound(format!(
-                        "lab {base} is not running, but {} of it {}: {}; `vxlab down {base} \
-                         --all` removes them all, `vxlab down {base}-{}` one; nothing was removed",
-                        plural(copies.len(), "copy", "copies"),
-                        if copies.len() == 1 { "is" } else { "are" },
-                        copy_names(base, &copies),
-                        copies[0].name
-                    ))
-                    .into());
-                }
+            let e = name_copies(e, arg, "down", "removes them all");
+            if e.is::<NotFound>() {
+                return Err(e.context("nothing was removed"));
             }
             eprintln!("{e}; nothing to remove");
             return Ok(exit::OK);

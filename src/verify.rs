@@ -275,9 +275,10 @@ fn is_lost_ping(f: &Failure) -> bool {
 
 /// Groups failures cause first. A guest's cause is its lowest broken layer among the failures
 /// that are its own; its own entries about other peers on that layer, each with a repair of
-/// its own, are causes too. What no cause explains (both ends look right, yet a ping fails) is put on the
-/// guest the lost pings point to where they can (see [`blame`]), else it is a cause in its
-/// own right; either way vxlab has nothing to repair there, and its fix says where to look.
+/// its own, are causes too. What no cause explains (both ends look right, yet a ping fails)
+/// is put on the guest the lost pings point to where they can (see [`blame`]), else it is a
+/// cause in its own right; either way vxlab has nothing to repair there, and its fix says
+/// where to look.
 pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
     // Per guest, the failure of the lowest layer among `among`; the first of equals.
     fn lowest(failures: &[Failure], among: impl Iterator<Item = usize>) -> BTreeMap<&str, usize> {
@@ -361,7 +362,7 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
     for (i, f) in failures.iter().enumerate() {
         let placed = causes.contains(&i)
             || orphan_cause.values().any(|c| *c == i)
-            || (orphans.contains(&i) && !left.contains(&i));
+            || blamed.iter().any(|(_, of)| of.contains(&i));
         if placed {
             continue;
         }

@@ -324,11 +324,7 @@ fn a_guest_of_vxlabs_image_gets_the_interface_name_the_lab_gives() {
     // unreachable, removes it and creates it anew from its overlay, and the lab checks again.
     let domain = "vxlab-named.vm-a";
     let virsh = |args: &[&str]| {
-        let out = std::process::Command::new("virsh")
-            .args(["-c", "qemu:///system"])
-            .args(args)
-            .output()
-            .unwrap();
+        let out = common::virsh(args).unwrap();
         assert!(
             out.status.success(),
             "virsh {args:?}: {}",

@@ -31,12 +31,9 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// The lines `virsh ARGS` prints, trimmed, blank ones left out.
 fn virsh(args: &[&str]) -> Vec<String> {
-    let out = Command::new("virsh")
-        .args(["-c", "qemu:///system"])
-        .args(args)
-        .output()
-        .unwrap();
+    let out = common::virsh(args).unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| l.trim().to_string())

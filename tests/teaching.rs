@@ -901,16 +901,17 @@ fn two_labs_with_pools_on_one_host_get_disjoint_underlays() {
         }
     }
     let (_a, _b) = (DownAll(&a), DownAll(&b));
-    let up = |lab: &Lab, extra: &[&str]| {
-        let mut args = vec!["up", lab.file.to_str().unwrap(), "--count", "2"];
+    // `up --count N` of the lab, with `extra`: its exit status and what it said on stderr.
+    let try_up = |lab: &Lab, count: &str, extra: &[&str]| {
+        let mut args = vec!["up", lab.file.to_str().unwrap(), "--count", count];
         args.extend(extra);
         let out = lab.run(&args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    let up = |lab: &Lab, extra: &[&str]| {
+        let (code, err) = try_up(lab, "2", extra);
+        assert_eq!(code, Some(0), "{err}");
     };
     up(&a, &["--pool", "10.231.0.0/22"]);
     up(&b, &[]);
@@ -942,9 +943,8 @@ fn two_labs_with_pools_on_one_host_get_disjoint_underlays() {
         );
     }
     // The pool is full now: a third copy is refused once, truly, and nothing is created.
-    let out = b.run(&["up", b.file.to_str().unwrap(), "--count", "3"]);
-    assert_eq!(out.status.code(), Some(64));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = try_up(&b, "3", &[]);
+    assert_eq!(code, Some(64), "{err}");
     assert_eq!(err.matches("free /24 subnets").count(), 1, "{err}");
     assert!(
         err.contains("no copy of lab t-pb was brought up; nothing was created")
@@ -956,32 +956,16 @@ fn two_labs_with_pools_on_one_host_get_disjoint_underlays() {
     );
     assert_eq!(underlays(&b).len(), 2);
     // Copies that run stay where they are when another pool is named; `up` says so.
-    let out = a.run(&[
-        "up",
-        a.file.to_str().unwrap(),
-        "--count",
-        "2",
-        "--pool",
-        "10.232.0.0/22",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let (code, err) = try_up(&a, "2", &["--pool", "10.232.0.0/22"]);
+    assert_eq!(code, Some(0), "{err}");
     assert!(
         err.contains("note: t-pa-1 runs already on 10.231.")
             && err.contains("outside --pool 10.232.0.0/22, and stays there"),
         "{err}"
     );
     // A public range is no pool: the host would route it into lab bridges.
-    let out = a.run(&[
-        "up",
-        a.file.to_str().unwrap(),
-        "--count",
-        "1",
-        "--pool",
-        "8.8.8.0/23",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(64), "{err}");
+    let (code, err) = try_up(&a, "1", &["--pool", "8.8.8.0/23"]);
+    assert_eq!(code, Some(64), "{err}");
     assert!(
         err.contains("the workshop pool 8.8.8.0/23 is a public range")
             && err.contains("nothing was created"),

@@ -146,27 +146,27 @@ pub fn serve(args: &ServeArgs) -> Result<u8> {
     let class = Class::new(Arc::new(LocalLabs), options)?;
     let state = StateDir::from_env();
     let listen = args.listen;
-    let mut students = "students: `vxlab sheet LAB` prints each copy's own link to this server \
-                        (`--url` when students reach it by another address)"
-        .to_string();
     let served = web::serve(class, |url| {
         // `vxlab sheet` prints links to this server while it runs, when students can use
         // the address as it is (not 0.0.0.0: the students' way here is not known).
         let base = url.split("/t/").next().unwrap_or(url);
-        if listen.ip().is_unspecified() {
-            students = format!(
-                "students: `vxlab sheet LAB --url {}://THIS-HOST:{}` prints each copy's own \
-                 link, THIS-HOST being this machine's name or address as students reach it",
-                if base.starts_with("https") {
-                    "https"
-                } else {
-                    "http"
-                },
+        let students = if listen.ip().is_unspecified() {
+            let scheme = base.split("://").next().unwrap_or("http");
+            format!(
+                "students: `vxlab sheet LAB --url {scheme}://THIS-HOST:{}` prints each copy's \
+                 own link, THIS-HOST being this machine's name or address as students reach it",
                 listen.port()
-            );
-        } else if let Err(e) = write_record(&state, base) {
-            eprintln!("vxlab serve: `vxlab sheet` will need --url: cannot record this server: {e}");
-        }
+            )
+        } else {
+            if let Err(e) = write_record(&state, base) {
+                eprintln!(
+                    "vxlab serve: `vxlab sheet` will need --url: cannot record this server: {e}"
+                );
+            }
+            "students: `vxlab sheet LAB` prints each copy's own link to this server (`--url` \
+             when students reach it by another address)"
+                .to_string()
+        };
         println!(
             "vxlab class server for the labs in {}",
             state.root().display()

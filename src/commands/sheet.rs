@@ -100,14 +100,12 @@ pub fn sheet(arg: &Path, format: SheetFormat, base_url: Option<&str>) -> Result<
         let (lab, _) = resolve(Some(Path::new(name)))?;
         let p = plan::plan(&lab);
         let token = tokens.lab(name).expect("a token per lab");
-        let copy_of = state
-            .read(name)
-            .ok()
-            .and_then(|s| s.instance)
-            .map(|i| i.base);
         cards.push(Card {
             lab: name.clone(),
-            base: copy_of.unwrap_or_else(|| name.clone()),
+            base: lab
+                .instance
+                .as_ref()
+                .map_or_else(|| name.clone(), |i| i.base.clone()),
             url: format!("{base_url}/t/{token}/lab/{name}/"),
             guests: p.guests.iter().map(GuestSummary::of).collect(),
             try_first: try_first(&p),

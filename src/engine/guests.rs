@@ -182,8 +182,8 @@ impl<'a> Runner<'a> {
         ready: bool,
     ) -> Result<(GuestState, Option<Readiness>), EngineError> {
         let json = tools.json;
-        let reads = cmd::read::guest(g, json);
-        let mut cmds = reads.commands.clone();
+        let mut reads = cmd::read::guest(g, json);
+        let mut cmds = std::mem::take(&mut reads.commands);
         let n = cmds.len();
         if ready {
             cmds.extend(cmd::readiness());

@@ -429,7 +429,6 @@ fn go_on() -> Result<(), EngineError> {
     }
 }
 
-/// Records what `then` ran in guest `g`, for [`Outcome::repairs`].
 /// Guest names as a list: `vm-a`, `vm-a and vm-b`, `vm-a, vm-b and vm-c`.
 fn names(guests: &[&GuestPlan]) -> String {
     match guests {
@@ -442,6 +441,7 @@ fn names(guests: &[&GuestPlan]) -> String {
     }
 }
 
+/// Records what `then` ran in guest `g`, for [`Outcome::repairs`].
 fn repairs(g: &GuestPlan, steps: Vec<Step>) -> Vec<Repair> {
     steps
         .into_iter()

@@ -93,18 +93,11 @@ pub fn spawn(
         cmd.pre_exec(move || setup.run());
     }
     let mut child = cmd.spawn().map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT) => io::Error::new(
+        Some(errno @ (libc::ENOENT | libc::EACCES)) => io::Error::new(
             e.kind(),
             NotExecuted {
                 program: program.clone(),
-                found: false,
-            },
-        ),
-        Some(libc::EACCES) => io::Error::new(
-            e.kind(),
-            NotExecuted {
-                program: program.clone(),
-                found: true,
+                found: errno == libc::EACCES,
             },
         ),
         _ => e,

@@ -180,10 +180,7 @@ impl Lab {
             }
         }
         // `virsh` is there only where libvirt is installed; without it there are no domains.
-        if let Ok(out) = Command::new("virsh")
-            .args(["-c", "qemu:///system", "list", "--all", "--name"])
-            .output()
-        {
+        if let Ok(out) = virsh(&["list", "--all", "--name"]) {
             for n in String::from_utf8_lossy(&out.stdout).lines() {
                 if n.starts_with(&prefix) {
                     left.push(format!("domain {n}"));
@@ -236,6 +233,14 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let _ = self.run(&["down", &self.name]);
     }
+}
+
+/// `virsh ARGS` on the system libvirt; an error when virsh is not installed.
+pub fn virsh(args: &[&str]) -> std::io::Result<std::process::Output> {
+    Command::new("virsh")
+        .args(["-c", "qemu:///system"])
+        .args(args)
+        .output()
 }
 
 pub fn guest<'a>(report: &'a Value, name: &str) -> &'a Value {

@@ -216,20 +216,20 @@ pub fn boot_timeout(tcg: bool, host: &HostLoad, booting: usize) -> Duration {
 static BOOTING: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
 
 /// One guest booting on a host, counted in [`BOOTING`] until it is dropped.
-pub struct Booting {
+struct Booting {
     host: String,
 }
 
 impl Booting {
     /// Counts a guest booting on `host` (`None`: this machine).
-    pub fn start(host: Option<&str>) -> Booting {
+    fn start(host: Option<&str>) -> Booting {
         let host = host.unwrap_or_default().to_string();
         *booting().entry(host.clone()).or_default() += 1;
         Booting { host }
     }
 
     /// The guests booting on this guest's host now, this one included.
-    pub fn now(&self) -> usize {
+    fn now(&self) -> usize {
         booting().get(&self.host).copied().unwrap_or(1)
     }
 }
@@ -258,21 +258,31 @@ pub struct BootDeadline {
     tcg: bool,
     host: HostLoad,
     most: usize,
+    /// This guest, counted among those booting on its host while the deadline lives.
+    booting: Booting,
 }
 
 impl BootDeadline {
-    /// A guest starting now on `host`, in a lab of `lab_guests` guests.
-    pub fn new(tcg: bool, host: HostLoad, lab_guests: usize) -> BootDeadline {
+    /// A guest starting now on `on` (`None`: this machine), loaded as `host` says, in a lab
+    /// of `lab_guests` guests.
+    pub fn start(on: Option<&str>, tcg: bool, host: HostLoad, lab_guests: usize) -> BootDeadline {
         BootDeadline {
             started: Instant::now(),
             tcg,
             host,
             most: lab_guests,
+            booting: Booting::start(on),
         }
     }
 
+    /// The deadline now, with the guests booting on the host now.
+    pub fn now(&mut self) -> Instant {
+        let booting = self.booting.now();
+        self.with(booting)
+    }
+
     /// The deadline with `booting` guests booting now.
-    pub fn with(&mut self, booting: usize) -> Instant {
+    fn with(&mut self, booting: usize) -> Instant {
         self.most = self.most.max(booting);
         self.started + self.timeout()
     }
@@ -434,7 +444,7 @@ mod tests {
 
     #[test]
     fn a_boot_deadline_counts_the_most_guests_booting_beside_it_and_never_shrinks() {
-        let mut d = BootDeadline::new(true, host(2, 0.0, 1), 2);
+        let mut d = BootDeadline::start(Some("test-deadline"), true, host(2, 0.0, 1), 2);
         let alone = d.with(1);
         assert_eq!(
             d.timeout(),

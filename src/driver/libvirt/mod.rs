@@ -448,8 +448,8 @@ impl LibvirtDriver {
     /// its stages are said, and a kernel that panics is restarted once, then is a failure.
     fn wait_for_boot(&self, g: &GuestPlan, progress: &dyn Fn(&str)) -> Result<(), DriverError> {
         let log = self.guest_dir(g).join("console.log");
-        let booting = capacity::Booting::start(None);
-        let mut deadline = capacity::BootDeadline::new(
+        let mut deadline = capacity::BootDeadline::start(
+            None,
             self.choice().is_tcg(),
             capacity::HostLoad::read(),
             self.guests.len(),
@@ -458,7 +458,7 @@ impl LibvirtDriver {
         let log_name = log.display().to_string();
         let mut watch = boot::BootWatch::default();
         let open = ssh::retry_until_deadline(
-            || deadline.with(booting.now()),
+            || deadline.now(),
             || {
                 if ssh::port_open(addr) {
                     return Ok(Some(()));

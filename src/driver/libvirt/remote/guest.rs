@@ -126,9 +126,12 @@ pub(in crate::driver::libvirt) fn wait_for_ssh(
     };
     // The host's load, not this machine's: a host that cannot say is a host lost.
     let load = facts::host_load(link).map_err(on_host(link, g, "reading the host's load"))?;
-    let booting = capacity::Booting::start(Some(link.name()));
-    let mut deadline =
-        capacity::BootDeadline::new(driver.choice().is_tcg(), load, driver.guests.len());
+    let mut deadline = capacity::BootDeadline::start(
+        Some(link.name()),
+        driver.choice().is_tcg(),
+        load,
+        driver.guests.len(),
+    );
     let addr = SocketAddr::new(g.underlay.addr(), 22);
     progress(&format!("booting on {}", link.name()));
     // The console log on the host is looked at once a second while sshd does not answer
@@ -142,7 +145,7 @@ pub(in crate::driver::libvirt) fn wait_for_ssh(
     let mut look_at = Instant::now() + CONSOLE_LOOK;
     let mut last = None;
     let open = ssh::retry_until_deadline(
-        || deadline.with(booting.now()),
+        || deadline.now(),
         || match link.jump().tunnel(addr) {
             Ok(_) => Ok(Some(())),
             Err(e) if lost(&e) => Err(lost_host(e)),
