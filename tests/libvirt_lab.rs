@@ -62,7 +62,9 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
         "{}/vmlinuz still carries zeros in its file",
         image.display()
     );
-    let lab = Lab::shipped("two-vm.yaml", "two-vm", &[]);
+    // A name and underlay of its own: a lab a user has up from labs/two-vm.yaml (its bridge,
+    // its subnet) stays theirs, and this test runs beside it.
+    let lab = Lab::shipped("two-vm.yaml", "t-seed", &[("192.168.10.", "192.168.83.")]);
     let work = tempfile::tempdir().unwrap();
     let version = "6.1.0-vxlab-vm";
     let tarball = marked_tarball(work.path(), version);
@@ -91,11 +93,11 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
     let mac_b = &vtep(&r, "vm-b", "vxlan0")["mac"];
     assert_eq!(
         fdb_dst(&r, "vm-a", "vxlan0", mac_b).as_deref(),
-        Some("192.168.10.3")
+        Some("192.168.83.3")
     );
     assert_eq!(
         fdb_dst(&r, "vm-b", "vxlan0", mac_a).as_deref(),
-        Some("192.168.10.2")
+        Some("192.168.83.2")
     );
 
     // Each guest built its own iproute2 over SSH, and the built ip made the devices.
@@ -110,7 +112,7 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
         let v = lab.run(&["exec", g, "--", &ip, "-V"]);
         assert!(String::from_utf8_lossy(&v.stdout).contains(version));
         let log =
-            std::fs::read_to_string(lab.state.path().join(format!("two-vm/commands-{g}.log")))
+            std::fs::read_to_string(lab.state.path().join(format!("t-seed/commands-{g}.log")))
                 .unwrap();
         assert!(
             log.lines()
@@ -118,7 +120,7 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
             "{log}"
         );
         let build_log =
-            std::fs::read_to_string(lab.state.path().join(format!("two-vm/iproute2-{g}.log")))
+            std::fs::read_to_string(lab.state.path().join(format!("t-seed/iproute2-{g}.log")))
                 .unwrap();
         assert!(build_log.contains("== verify (exit 0,"), "{build_log}");
     }
@@ -161,7 +163,7 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|r| r["cells"][0] == *mac_a && r["cells"][1] == "192.168.10.2"),
+            .any(|r| r["cells"][0] == *mac_a && r["cells"][1] == "192.168.83.2"),
         "{s:#}"
     );
 
@@ -172,7 +174,7 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
         .map(|g| {
             assert_eq!(guest_says(&lab, g, &["hostname"]), *g);
             let link = guest_says(&lab, g, &["ip", "-br", "addr", "show", "dev", "eth0"]);
-            assert!(link.contains("192.168.10."), "{g}: {link}");
+            assert!(link.contains("192.168.83."), "{g}: {link}");
             guest_says(&lab, g, &["cat", "/etc/machine-id"])
         })
         .collect();
@@ -196,7 +198,7 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
         cause["fix"]["commands"][0],
         "ip addr add 192.168.42.2/24 dev vxlan0"
     );
-    let out = lab.run(&["up", "--json", "two-vm"]);
+    let out = lab.run(&["up", "--json", "t-seed"]);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(0), "{:#}", r["failures"]);
     let repairs: Vec<&str> = r["repairs"]

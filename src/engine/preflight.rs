@@ -32,10 +32,22 @@ pub(super) fn refuse_foreign(
         Resource::Path { path } => format!("{}", path.display()),
         Resource::Sysctl { key, .. } => key.clone(),
     };
-    let owner = owner
-        .as_ref()
-        .map(|o| format!(" (it belongs to {o})"))
-        .unwrap_or_default();
+    // A lab of the same name that this state does not hold was brought up with another state
+    // directory, or its state was removed: say so, rather than "lab X did not create it (it
+    // belongs to lab X)".
+    let same_name = |o: &str| {
+        let lab = format!("lab {}", plan.lab);
+        o == lab || o.starts_with(&format!("{lab},"))
+    };
+    let owner = match owner.as_deref() {
+        Some(o) if same_name(o) => format!(
+            " (it belongs to another lab named {}: one brought up with another state directory, \
+             `--state-dir` or `VXLAB_STATE_DIR`, or whose state was removed)",
+            plan.lab
+        ),
+        Some(o) => format!(" (it belongs to {o})"),
+        None => String::new(),
+    };
     let advice = match resource {
         Resource::Bridge { .. } | Resource::Network { .. } if plan.instance.is_some() => {
             "a copy's bridge is `underlay.bridge` cut to fit, with the copy's name: choose \

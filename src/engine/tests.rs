@@ -343,8 +343,8 @@ fn a_lab_placed_on_another_host_records_it_and_its_bridge_there_which_down_remov
 
 #[test]
 fn a_bridge_the_lab_did_not_create_is_refused_before_anything_is_written() {
-    /// A host where every name vxlab wants already exists, made by another lab.
-    struct Taken(FakeHost);
+    /// A host where every name vxlab wants already exists, made by the lab it names.
+    struct Taken(FakeHost, &'static str);
     impl Host for Taken {
         fn ensure_bridge(&self, n: &str, a: IpNet) -> Result<(), NetlinkError> {
             self.0.ensure_bridge(n, a)
@@ -360,7 +360,7 @@ fn a_bridge_the_lab_did_not_create_is_refused_before_anything_is_written() {
         }
         fn probe(&self, _: &Resource) -> Presence {
             Presence::Present {
-                owner: Some("lab other".into()),
+                owner: Some(self.1.into()),
             }
         }
         fn routes(&self, v6: bool) -> Vec<HostRoute> {
@@ -383,28 +383,37 @@ fn a_bridge_the_lab_did_not_create_is_refused_before_anything_is_written() {
         }
     }
     let (plan, text) = seed();
-    let tmp = tempfile::tempdir().unwrap();
-    let state = StateDir::at(tmp.path());
-    let guests = FakeGuests::new(&state, &[]);
-    let engine = Engine::new(
-        Box::new(guests.clone()),
-        Arc::new(Taken(FakeHost::default())),
-        state,
-    );
-    let e = engine
-        .up(
-            &plan,
-            Path::new("two-netns.yaml"),
-            &text,
-            &Progress::hidden(),
-        )
-        .unwrap_err();
-    assert!(e.before_anything(), "{e}");
-    assert!(
+    let refused = |owner: &'static str| {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::at(tmp.path());
+        let guests = FakeGuests::new(&state, &[]);
+        let engine = Engine::new(
+            Box::new(guests.clone()),
+            Arc::new(Taken(FakeHost::default(), owner)),
+            state,
+        );
+        let e = engine
+            .up(
+                &plan,
+                Path::new("two-netns.yaml"),
+                &text,
+                &Progress::hidden(),
+            )
+            .unwrap_err();
+        assert!(e.before_anything(), "{e}");
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
         e.to_string()
-            .contains("bridge vxbr-seed (and 2 more of the lab's names) already exists"),
+    };
+    let e = refused("lab other");
+    assert!(
+        e.contains("bridge vxbr-seed (and 2 more of the lab's names) already exists"),
         "{e}"
     );
-    assert!(e.to_string().contains("(it belongs to lab other)"), "{e}");
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    assert!(e.contains("(it belongs to lab other)"), "{e}");
+    // A lab of the same name under another state directory is named as such.
+    let e = refused("lab two-netns, guest vm-a");
+    assert!(
+        e.contains("lab two-netns did not create it (it belongs to another lab named two-netns: one brought up with another state directory"),
+        "{e}"
+    );
 }
