@@ -210,6 +210,58 @@ fn neighbour_tables_are_handed_over_between_labs_and_restored_by_the_last() {
     assert_eq!(thresholds(), before);
 }
 
+#[test]
+fn vxlab_in_another_network_namespace_says_what_the_host_must_raise() {
+    // There /proc/sys holds no neighbour limits (the host's namespace keeps them, for all):
+    // `up` cannot raise them, and says what to run on the host instead of staying silent.
+    let lab = mesh("t-nb-ns", 16, 190);
+    let outer = "vxt-nb-outer";
+    struct DelNs(&'static str);
+    impl Drop for DelNs {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", self.0]).status();
+        }
+    }
+    assert!(Command::new("ip")
+        .args(["netns", "add", outer])
+        .status()
+        .unwrap()
+        .success());
+    let _del = DelNs(outer);
+    // One shell, so the lab's namespaces stay visible from `up` to `down`.
+    let script = format!(
+        "{vx} up {file} && {vx} down t-nb-ns",
+        vx = env!("CARGO_BIN_EXE_vxlab"),
+        file = lab.file.display()
+    );
+    let out = lab
+        .command("ip")
+        .args(["netns", "exec", outer, "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &text(&out);
+    assert!(out.status.success(), "{said}");
+    let needs = lab.plan_needs_v4();
+    for line in [
+        format!(
+            "`sysctl -w net.ipv4.neigh.default.gc_thresh3={}`",
+            needs * 4
+        ),
+        format!(
+            "`sysctl -w net.ipv4.neigh.default.gc_thresh2={}`",
+            needs * 2
+        ),
+        "`sysctl -w net.core.netdev_max_backlog=1024`".to_string(),
+    ] {
+        assert!(said.contains(&line), "{line} not in: {said}");
+    }
+    assert!(
+        said.contains("checks passed") && said.contains("lab t-nb-ns removed"),
+        "{said}"
+    );
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
+}
+
 trait Needs {
     fn plan_needs_v4(&self) -> u64;
 }

@@ -64,13 +64,28 @@ pub fn targets(needs: NeighbourNeeds) -> Vec<(String, u64)> {
     out
 }
 
+/// The kernel's own value of a setting vxlab raises, as a fresh host has it.
+fn kernel_default(key: &str) -> u64 {
+    if key == BACKLOG {
+        1000
+    } else if key.ends_with("gc_thresh2") {
+        512
+    } else if key.ends_with("gc_thresh3") {
+        1024
+    } else {
+        0
+    }
+}
+
 /// A setting to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     /// The sysctl.
     pub key: String,
-    /// Its value now.
-    pub from: u64,
+    /// Its value now; `None` when it cannot be read here: vxlab runs in a network namespace
+    /// other than the host's, where the kernel keeps these settings (and the limits they set
+    /// bind every namespace), so it can neither read nor raise them.
+    pub from: Option<u64>,
     /// The value to write.
     pub to: u64,
 }
@@ -78,12 +93,21 @@ pub struct Change {
 impl Change {
     /// The change in words, for `up` and `down` to print.
     pub fn describe(&self) -> String {
-        let verb = if self.to > self.from {
-            "raised"
-        } else {
-            "lowered"
+        let Some(from) = self.from else {
+            return format!(
+                "cannot raise {key} to {to} from this network namespace (the host's holds it): \
+                 run `sysctl -w {key}={to}` on the host, or pings may be lost",
+                key = self.key,
+                to = self.to
+            );
         };
-        format!("{verb} {} from {} to {}", self.key, self.from, self.to)
+        let verb = if self.to > from { "raised" } else { "lowered" };
+        format!("{verb} {} from {from} to {}", self.key, self.to)
+    }
+
+    /// Whether the change is to be written (one that cannot be is only said).
+    pub fn writable(&self) -> bool {
+        self.from.is_some()
     }
 }
 
@@ -124,7 +148,17 @@ impl Ledger {
             let Some(want) = self.required(&key) else {
                 continue;
             };
-            let Some(now) = current(&key) else { continue };
+            let Some(now) = current(&key) else {
+                // Not here to raise: say so when the lab needs more than a fresh kernel has.
+                if want > kernel_default(&key) {
+                    changes.push(Change {
+                        key,
+                        from: None,
+                        to: want,
+                    });
+                }
+                continue;
+            };
             if now >= want {
                 continue;
             }
@@ -132,7 +166,7 @@ impl Ledger {
             self.applied.insert(key.clone(), want);
             changes.push(Change {
                 key,
-                from: now,
+                from: Some(now),
                 to: want,
             });
         }
@@ -163,7 +197,7 @@ impl Ledger {
                     }
                     changes.push(Change {
                         key,
-                        from: now,
+                        from: Some(now),
                         to: want,
                     });
                 }
@@ -303,7 +337,7 @@ impl NeighbourClaims {
         let text = serde_json::to_string_pretty(&ledger).expect("the ledger serializes");
         files::write_replacing(&self.dir.join(LEDGER), text.as_bytes(), files::PRIVATE)
             .map_err(self.err("cannot write"))?;
-        for c in &changes {
+        for c in changes.iter().filter(|c| c.writable()) {
             sys.write(&c.key, &c.to.to_string())
                 .map_err(self.err(&format!("cannot set {} to {}", c.key, c.to)))?;
         }
@@ -370,6 +404,39 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_without_the_settings_says_what_to_raise_on_the_host_and_writes_nothing() {
+        // vxlab itself in a network namespace: /proc/sys there has no neighbour limits.
+        let mut ledger = Ledger::default();
+        let none = |_: &str| None;
+        assert!(ledger.claim("/s/small", v4(100), none).is_empty());
+        let c = ledger.claim("/s/big", v4(1000), none);
+        assert_eq!(
+            c,
+            vec![
+                Change {
+                    key: V4_2.into(),
+                    from: None,
+                    to: 2000
+                },
+                Change {
+                    key: V4_3.into(),
+                    from: None,
+                    to: 4000
+                }
+            ]
+        );
+        assert!(c.iter().all(|c| !c.writable()));
+        assert_eq!(
+            c[1].describe(),
+            "cannot raise net.ipv4.neigh.default.gc_thresh3 to 4000 from this network namespace \
+             (the host's holds it): run `sysctl -w net.ipv4.neigh.default.gc_thresh3=4000` on \
+             the host, or pings may be lost"
+        );
+        assert!(ledger.original.is_empty() && ledger.applied.is_empty());
+        assert!(ledger.release("/s/big", none).is_empty());
+    }
+
+    #[test]
     fn a_lab_that_needs_less_than_the_host_has_changes_nothing_and_records_no_original() {
         let mut ledger = Ledger::default();
         let host = fresh();
@@ -394,7 +461,7 @@ mod tests {
             c,
             vec![Change {
                 key: V4_2.into(),
-                from: 2000,
+                from: Some(2000),
                 to: 512
             }]
         );
