@@ -7,9 +7,10 @@
 #
 # Needs root. It creates namespaces, bridges and vxlan devices: on a shared machine run it in
 # a private network and mount namespace (`unshare --net --mount` with its own /run/netns,
-# /run/vxlab and /sys); there the host settings labs raise are the namespace's own, except
-# /sys/kernel/rcu_expedited, which is the kernel's: run no other vxlab on the host meanwhile,
-# or the two take each other's value for the original.
+# /run/vxlab and /sys). There vxlab cannot raise the neighbour table or the backlog (the
+# host's namespace holds them for every namespace; `up` says which `sysctl -w` to run), and
+# /sys/kernel/rcu_expedited is the kernel's: run no other vxlab on the host meanwhile, or the
+# two take each other's value for the original.
 #
 # Knobs (environment): VXLAB (binary; default: target/release/vxlab, built if missing),
 # SOAK_KILLS (trials per signal and phase, default 10), SOAK_RACES (per race, 10),

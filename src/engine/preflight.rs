@@ -32,21 +32,22 @@ pub(super) fn refuse_foreign(
         Resource::Path { path } => format!("{}", path.display()),
         Resource::Sysctl { key, .. } => key.clone(),
     };
+    let lab = format!("lab {}", plan.lab);
     // A lab of the same name that this state does not hold was brought up with another state
     // directory, or its state was removed: say so, rather than "lab X did not create it (it
-    // belongs to lab X)".
-    let same_name = |o: &str| {
-        let lab = format!("lab {}", plan.lab);
-        o == lab || o.starts_with(&format!("{lab},"))
-    };
-    let owner = match owner.as_deref() {
-        Some(o) if same_name(o) => format!(
-            " (it belongs to another lab named {}: one brought up with another state directory, \
-             `--state-dir` or `VXLAB_STATE_DIR`, or whose state was removed)",
+    // belongs to lab X)". The rest of the owner names the guest.
+    let same_name = owner.as_deref().and_then(|o| {
+        let rest = o.strip_prefix(&lab)?;
+        (rest.is_empty() || rest.starts_with(',')).then_some(rest)
+    });
+    let whose = match (same_name, owner) {
+        (Some(guest), _) => format!(
+            ", made by another lab named {}{guest}: one brought up with another state \
+             directory (`--state-dir`, `VXLAB_STATE_DIR`), or whose state was removed",
             plan.lab
         ),
-        Some(o) => format!(" (it belongs to {o})"),
-        None => String::new(),
+        (None, Some(o)) => format!(" and {lab} did not create it (it belongs to {o})"),
+        (None, None) => format!(" and {lab} did not create it"),
     };
     let advice = match resource {
         Resource::Bridge { .. } | Resource::Network { .. } if plan.instance.is_some() => {
@@ -61,8 +62,7 @@ pub(super) fn refuse_foreign(
         n => format!(" (and {} more of the lab's names)", n - 1),
     };
     Err(EngineError::Host(format!(
-        "{what}{more} already exists on this host and lab {} did not create it{owner}; {advice}",
-        plan.lab
+        "{what}{more} already exists on this host{whose}; {advice}"
     )))
 }
 

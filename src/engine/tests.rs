@@ -413,7 +413,11 @@ fn a_bridge_the_lab_did_not_create_is_refused_before_anything_is_written() {
     // A lab of the same name under another state directory is named as such.
     let e = refused("lab two-netns, guest vm-a");
     assert!(
-        e.contains("lab two-netns did not create it (it belongs to another lab named two-netns: one brought up with another state directory"),
+        e.contains(
+            "already exists on this host, made by another lab named two-netns, guest vm-a: one \
+             brought up with another state directory (`--state-dir`, `VXLAB_STATE_DIR`), or \
+             whose state was removed; choose another `underlay.bridge`"
+        ),
         "{e}"
     );
 }
