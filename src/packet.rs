@@ -159,6 +159,7 @@ impl Inner {
             Inner::Neighbour { .. } => "neighbour discovery".into(),
             Inner::Icmpv6 { icmp_type, .. } => icmpv6_name(*icmp_type),
             Inner::Ip { protocol: 2, .. } => "IGMP".into(),
+            Inner::Ip { protocol: 6, .. } => "TCP".into(),
             Inner::Ip { protocol: 17, .. } => "UDP".into(),
             Inner::Ip { protocol, .. } => format!("IP protocol {protocol}"),
             Inner::Other { ethertype } => format!("ethertype 0x{ethertype:04x}"),

@@ -128,6 +128,15 @@ impl Only {
     }
 }
 
+/// The frames `only` shows, each with its time in seconds from the first of them: frames
+/// hidden before it (vxlab's own SSH to the guest, an IGMP report) do not move the lesson's
+/// clock, so its first frame is at 0.000 s.
+pub fn shown(wire: &[(f64, Wire)], only: Only) -> Vec<(f64, &Wire)> {
+    let shown: Vec<&(f64, Wire)> = wire.iter().filter(|(_, w)| only.shows(w)).collect();
+    let start = shown.first().map_or(0.0, |(t, _)| *t);
+    shown.into_iter().map(|(t, w)| (t - start, w)).collect()
+}
+
 /// What `only` hid, by kind, e.g. `{"VXLAN router solicitation": 2, "underlay IGMP": 1}`.
 pub fn hidden(wire: &[(f64, Wire)], only: Only) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
@@ -444,6 +453,35 @@ mod tests {
             kept,
             elsewhere: None,
         }
+    }
+
+    #[test]
+    fn the_lessons_clock_starts_at_its_first_shown_frame() {
+        let plan = plan_of("two-netns.yaml");
+        let v = &plan.guests[0].vteps[0];
+        let (a, b) = (v.mac, v.peers[0].mac);
+        let at = |t: f64, (_, w): (f64, Wire)| (t, w);
+        // vxlab's own SSH to the guest came first, hidden; then the ARP and an echo.
+        let all = vec![
+            (0.0, Wire::Unreadable),
+            (0.050, Wire::Unreadable),
+            at(
+                0.126,
+                vx(v, "192.168.10.2", "239.1.1.1", (a, BROADCAST), arp()),
+            ),
+            at(
+                0.135,
+                vx(v, "192.168.10.2", "192.168.10.3", (a, b), echo(true, 1)),
+            ),
+        ];
+        let shown = shown(&all, Only::Lesson);
+        let times: Vec<String> = shown.iter().map(|(t, _)| format!("{t:.3}")).collect();
+        assert_eq!(times, ["0.000", "0.009"]);
+        assert!(matches!(shown[0].1, Wire::Vxlan(p) if p.multicast));
+        // Shown in full, the clock is the capture's own.
+        let every = super::shown(&all, Only::All);
+        assert_eq!(every.len(), 4);
+        assert_eq!(format!("{:.3}", every[2].0), "0.126");
     }
 
     #[test]

@@ -141,6 +141,13 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
     let c: serde_json::Value = serde_json::from_slice(&cap.stdout)
         .unwrap_or_else(|_| panic!("capture: {}", String::from_utf8_lossy(&cap.stderr)));
     assert_eq!(c["answered"], true, "{c:#}");
+    // vxlab's own SSH to vm-a crossed the tap first, hidden: the lesson's clock starts at the
+    // first frame shown.
+    assert!(
+        c["hidden"]["underlay TCP"].as_u64() > Some(0),
+        "{c:#}"
+    );
+    assert_eq!(c["packets"][0]["time"], 0.0, "{c:#}");
     let packets: Vec<&serde_json::Value> = c["packets"]
         .as_array()
         .unwrap()

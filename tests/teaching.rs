@@ -69,6 +69,13 @@ fn capture_sees_the_first_arp_go_to_the_group_and_the_rest_unicast() {
     assert!(echoes.iter().all(|p| p["multicast"] == false));
     assert!(packets.iter().all(|p| p["packet"]["vni"] == 42));
     assert!(packets.iter().all(|p| p["packet"]["udp_dst"] == 4789));
+    // The lesson's clock starts at its first frame and runs forward.
+    let times: Vec<f64> = packets
+        .iter()
+        .map(|p| p["time"].as_f64().unwrap())
+        .collect();
+    assert_eq!(times[0], 0.0, "{c:#}");
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
     // The pcap file holds the same frames.
     let frames = vxlab::packet::read_pcap(&mut std::fs::File::open(&pcap).unwrap()).unwrap();
     assert_eq!(frames.len(), c["frames"].as_u64().unwrap() as usize);

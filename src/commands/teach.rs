@@ -148,7 +148,7 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let all = wire::decode_all(frames, vtep.port);
-    let shown: Vec<&(f64, Wire)> = all.iter().filter(|(_, w)| opts.only.shows(w)).collect();
+    let shown = wire::shown(&all, opts.only);
     let hidden = wire::hidden(&all, opts.only);
     let pinged = wire::Pinged {
         guest: g,

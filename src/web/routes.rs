@@ -493,9 +493,8 @@ async fn capture(access: LabAccess, State(class): State<Shared>) -> Html<String>
                 guest: g.name.clone(),
                 to: to.to_string(),
                 answered: c.answered,
-                lines: all
+                lines: wire::shown(&all, Only::Lesson)
                     .iter()
-                    .filter(|(_, w)| Only::Lesson.shows(w))
                     .enumerate()
                     .map(|(i, (t, w))| format!("{:>3} {t:>8.3}s  {}", i + 1, w.summary()))
                     .collect(),
