@@ -772,14 +772,20 @@ fn up_failed(e: EngineError, lab: &str) -> anyhow::Error {
     anyhow::Error::new(e).context(what)
 }
 
-/// The running lab that `arg` names (a lab file or a lab name), or the only one running.
-/// Whether a LAB argument names a file rather than a running lab: anything is there (a FIFO
-/// or a device too, which loading then refuses with 65), or it has a `/` or a `.`, which no lab
-/// name has.
+/// Whether a LAB argument names a file rather than a running lab: it has a `/` or a `.`,
+/// which no lab name has; or, a bare word that names no running lab, anything is there (a FIFO
+/// or a device too, which loading then refuses with 65). A running lab's name wins over a
+/// directory of that name where vxlab is run (`./NAME` names the file).
 fn names_a_file(arg: &Path) -> bool {
-    std::fs::symlink_metadata(arg).is_ok() || arg.to_string_lossy().contains(['/', '.'])
+    let text = arg.to_string_lossy();
+    if text.contains(['/', '.']) {
+        return true;
+    }
+    let running = StateDir::from_env().lab_dir(&text).join(LAB_COPY).is_file();
+    !running && std::fs::symlink_metadata(arg).is_ok()
 }
 
+/// The running lab that `arg` names (a lab file or a lab name), or the only one running.
 fn resolve(arg: Option<&Path>) -> Result<(Lab, PathBuf)> {
     let state = StateDir::from_env();
     let name = match arg {

@@ -187,6 +187,26 @@ fn state_dir_on_the_command_line_finds_the_labs_kept_there() {
     // After the command too, as every global option.
     let out = vxlab(&["check", "t-sdir", "--state-dir", dir]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Run where a directory is named after the lab (an instructor's folder for it): the name
+    // still means the running lab; `./t-sdir` means the path.
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cwd.path().join("t-sdir")).unwrap();
+    let from_cwd = |target: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vxlab"))
+            .args(["check", target, "--state-dir", dir])
+            .current_dir(cwd.path())
+            .output()
+            .unwrap()
+    };
+    let out = from_cwd("t-sdir");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = from_cwd("./t-sdir");
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("it is a directory, not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = vxlab(&["down", "t-sdir", "--state-dir", dir]);
     assert!(out.status.success());
     assert_eq!(lab.leftovers(), Vec::<String>::new());

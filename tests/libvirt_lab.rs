@@ -143,10 +143,7 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
     assert_eq!(c["answered"], true, "{c:#}");
     // vxlab's own SSH to vm-a crossed the tap first, hidden: the lesson's clock starts at the
     // first frame shown.
-    assert!(
-        c["hidden"]["underlay TCP"].as_u64() > Some(0),
-        "{c:#}"
-    );
+    assert!(c["hidden"]["underlay TCP"].as_u64() > Some(0), "{c:#}");
     assert_eq!(c["packets"][0]["time"], 0.0, "{c:#}");
     let packets: Vec<&serde_json::Value> = c["packets"]
         .as_array()
