@@ -264,6 +264,40 @@ fn about_peer(f: &Failure) -> bool {
         )
 }
 
+/// Whether failure `f` can follow from `cause`, a failure of the same guest at a lower or the
+/// same layer. What the kernel learns or does (the group joined, learned entries, neighbours,
+/// pings) follows from anything under it; so does everything on or above a device that is
+/// missing, a connected route from its address, and whatever the cause's own repair
+/// repairs. A setting vxlab wrote (a flood entry, an
+/// address, an MTU) does not follow from another one: a flushed flood entry stays missing
+/// once eth0 is up again, so it is a cause of its own, with its own repair.
+fn follows(cause: &Failure, f: &Failure) -> bool {
+    let dynamic = matches!(
+        f.kind,
+        Kind::GroupJoined
+            | Kind::Learned
+            | Kind::Neighbour
+            | Kind::UnderlayPing
+            | Kind::OverlayPing
+            | Kind::GuestReachable
+    );
+    let on_missing = match cause.kind {
+        Kind::GuestReachable | Kind::LinkExists => true,
+        Kind::VxlanExists => f.device == cause.device,
+        _ => false,
+    };
+    let route_of_address =
+        cause.kind == Kind::Address && f.kind == Kind::Route && f.device == cause.device;
+    // Repairing the cause repairs it too (a replaced address: the cause's fix removes the
+    // address that took its place).
+    let repaired_with = !f.fix.commands.is_empty()
+        && f.fix
+            .commands
+            .iter()
+            .all(|c| cause.fix.commands.contains(c));
+    dynamic || on_missing || route_of_address || repaired_with
+}
+
 /// A ping's outcome in words, as failures say it.
 const REPLY: &str = "reply";
 const NO_REPLY: &str = "no reply";
@@ -295,25 +329,40 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
         failures,
         (0..failures.len()).filter(|i| !about_peer(&failures[*i])),
     );
-    let co_causes: Vec<usize> = (0..failures.len())
-        .filter(|i| {
-            let f = &failures[*i];
-            let first = own.get(f.guest.as_str()).copied();
-            // Its own entry for another peer (a static entry, a neighbour) is broken apart
-            // from the first: it gets its own fix.
-            !about_peer(f)
-                && !f.fix.commands.is_empty()
-                && f.peer.is_some()
-                && first.is_some_and(|c| {
-                    c != *i && failures[c].layer == f.layer && failures[c].peer != f.peer
-                })
-        })
+    // Per guest, bottom up: its own failures that follow from none of the causes found below
+    // them are causes too, each with its own repair (an entry for another peer, a flushed
+    // flood entry while eth0 is down).
+    let mut co_causes: Vec<usize> = Vec::new();
+    let mut by_layer: Vec<usize> = (0..failures.len())
+        .filter(|i| !about_peer(&failures[*i]) && !failures[*i].fix.commands.is_empty())
         .collect();
-    // A guest whose own underlay is broken explains everything it sees; otherwise what is
+    by_layer.sort_by_key(|i| (failures[*i].layer, *i));
+    for i in by_layer {
+        let f = &failures[i];
+        let Some(first) = own.get(f.guest.as_str()).copied() else {
+            continue;
+        };
+        let explained = std::iter::once(first)
+            .chain(co_causes.iter().copied())
+            .any(|c| c == i || (failures[c].guest == f.guest && follows(&failures[c], f)));
+        if !explained {
+            co_causes.push(i);
+        }
+    }
+    // The causes on `f`'s guest that `f` can follow from, lowest first.
+    let own_cause = |f: &Failure, pick: &dyn Fn(&Failure) -> bool| -> Option<usize> {
+        std::iter::once(own.get(f.guest.as_str()).copied())
+            .flatten()
+            .chain(co_causes.iter().copied())
+            .filter(|c| failures[*c].guest == f.guest && failures[*c].layer <= f.layer)
+            .filter(|c| follows(&failures[*c], f) && pick(&failures[*c]))
+            .min_by_key(|c| (failures[*c].layer, *c))
+    };
+    // A guest whose own underlay is broken explains what follows from it; otherwise what is
     // about a broken peer is that peer's doing; otherwise its own lower layer explains it.
     let explained_by = |f: &Failure| -> Option<usize> {
         let mine = own.get(f.guest.as_str()).copied();
-        if let Some(c) = mine.filter(|c| failures[*c].layer < Layer::UnderlayReach) {
+        if let Some(c) = own_cause(f, &|c| c.layer < Layer::UnderlayReach) {
             return Some(c);
         }
         if let Some(c) = f
@@ -324,7 +373,7 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
         {
             return Some(*c);
         }
-        mine.filter(|c| failures[*c].layer <= f.layer)
+        own_cause(f, &|_| true).or_else(|| mine.filter(|c| failures[*c].layer <= f.layer))
     };
     let causes: Vec<usize> = own
         .values()
@@ -664,7 +713,50 @@ mod tests {
             .symptoms
             .iter()
             .any(|s| s.guest == "vm-b" && s.kind == Kind::Learned));
+        // The address vm-a has instead goes with the cause, whose repair removes it.
+        assert_eq!(
+            d.cause.fix.commands,
+            [
+                "ip addr del 192.168.10.22/24 dev eth0",
+                "ip addr add 192.168.10.2/24 dev eth0"
+            ]
+        );
+        assert!(d
+            .symptoms
+            .iter()
+            .any(|s| s.guest == "vm-a" && s.kind == Kind::ExtraAddress));
         assert_eq!(v.diagnoses.len(), 1, "{:#?}", v.diagnoses);
+    }
+
+    #[test]
+    fn a_flushed_flood_entry_is_a_cause_of_its_own_beside_a_downed_underlay() {
+        // eth0 down does not remove the flood entry; a student who flushed it too must be told
+        // both, each with its repair. The group not joined on a down eth0 follows from it.
+        let (p, mut w) = world("seed-eth0-down-vm-a", "seed-healthy-vm-b");
+        w.get_mut("vm-a")
+            .unwrap()
+            .fdb
+            .get_mut("vxlan0")
+            .unwrap()
+            .retain(|e| e.mac != crate::lab::Mac([0; 6]));
+        let v = verify(&p, &w, &lost(&p, "vm-a"));
+        let causes: Vec<(&str, Kind)> = v
+            .diagnoses
+            .iter()
+            .map(|d| (d.cause.guest.as_str(), d.cause.kind))
+            .collect();
+        assert_eq!(
+            causes,
+            [("vm-a", Kind::LinkUp), ("vm-a", Kind::FloodEntry)],
+            "{:#?}",
+            v.diagnoses
+        );
+        assert!(v.diagnoses[1].cause.fix.commands[0]
+            .starts_with("bridge fdb append 00:00:00:00:00:00 dev vxlan0 dst 239.1.1.1"));
+        assert!(v.diagnoses[0]
+            .symptoms
+            .iter()
+            .any(|s| s.kind == Kind::OverlayPing));
     }
 
     #[test]
