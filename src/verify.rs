@@ -268,9 +268,9 @@ fn about_peer(f: &Failure) -> bool {
 /// same layer. What the kernel learns or does (the group joined, learned entries, neighbours,
 /// pings) follows from anything under it; so does everything on or above a device that is
 /// missing, a connected route from its address, and whatever the cause's own repair
-/// repairs. A setting vxlab wrote (a flood entry, an
-/// address, an MTU) does not follow from another one: a flushed flood entry stays missing
-/// once eth0 is up again, so it is a cause of its own, with its own repair.
+/// repairs. A setting vxlab wrote (a flood entry, an address, an MTU) does not follow from
+/// another one: a flushed flood entry stays missing once eth0 is up again, so it is a cause
+/// of its own, with its own repair.
 fn follows(cause: &Failure, f: &Failure) -> bool {
     let dynamic = matches!(
         f.kind,
