@@ -272,6 +272,10 @@ fn about_peer(f: &Failure) -> bool {
 /// another one: a flushed flood entry stays missing once eth0 is up again, so it is a cause
 /// of its own, with its own repair.
 fn follows(cause: &Failure, f: &Failure) -> bool {
+    // A down `lo` breaks only what is on `lo`: pings between guests do not pass through it.
+    if cause.device == "lo" {
+        return f.device == "lo";
+    }
     let dynamic = matches!(
         f.kind,
         Kind::GroupJoined
@@ -349,14 +353,22 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
             co_causes.push(i);
         }
     }
-    // The causes on `f`'s guest that `f` can follow from, lowest first.
-    let own_cause = |f: &Failure, pick: &dyn Fn(&Failure) -> bool| -> Option<usize> {
-        std::iter::once(own.get(f.guest.as_str()).copied())
+    // The cause on guest `on` that `f` can follow from: one about the other guest `f`
+    // involves first (a ping to vm-c goes with vm-b's missing entry for vm-c, not its entry
+    // for vm-a), then the lowest.
+    let cause_on = |on: &str, other: Option<&str>, f: &Failure, pick: &dyn Fn(&Failure) -> bool| {
+        std::iter::once(own.get(on).copied())
             .flatten()
             .chain(co_causes.iter().copied())
-            .filter(|c| failures[*c].guest == f.guest && failures[*c].layer <= f.layer)
+            .filter(|c| failures[*c].guest == on && failures[*c].layer <= f.layer)
             .filter(|c| follows(&failures[*c], f) && pick(&failures[*c]))
-            .min_by_key(|c| (failures[*c].layer, *c))
+            .min_by_key(|c| {
+                let about = failures[*c].peer.is_some() && failures[*c].peer.as_deref() == other;
+                (!about, failures[*c].layer, *c)
+            })
+    };
+    let own_cause = |f: &Failure, pick: &dyn Fn(&Failure) -> bool| {
+        cause_on(&f.guest, f.peer.as_deref(), f, pick)
     };
     // A guest whose own underlay is broken explains what follows from it; otherwise what is
     // about a broken peer is that peer's doing; otherwise its own lower layer explains it.
@@ -365,13 +377,10 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
         if let Some(c) = own_cause(f, &|c| c.layer < Layer::UnderlayReach) {
             return Some(c);
         }
-        if let Some(c) = f
-            .peer
-            .as_deref()
-            .filter(|_| about_peer(f))
-            .and_then(|p| own.get(p))
-        {
-            return Some(*c);
+        if let Some(p) = f.peer.as_deref().filter(|_| about_peer(f)) {
+            if let Some(c) = cause_on(p, Some(&f.guest), f, &|_| true) {
+                return Some(c);
+            }
         }
         own_cause(f, &|_| true).or_else(|| mine.filter(|c| failures[*c].layer <= f.layer))
     };
@@ -420,9 +429,10 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
             groups[g].1.push(i);
         }
     }
-    let order = |(cause, _, at): &(Failure, Vec<usize>, usize)| {
+    // Per guest, bottom up; of causes on one layer, one that explains something first.
+    let order = |(cause, symptoms, at): &(Failure, Vec<usize>, usize)| {
         let g = plan.guests.iter().position(|g| g.name == cause.guest);
-        (g, cause.layer, *at)
+        (g, cause.layer, symptoms.is_empty(), *at)
     };
     groups.sort_by_key(order);
     groups
@@ -726,6 +736,33 @@ mod tests {
             .iter()
             .any(|s| s.guest == "vm-a" && s.kind == Kind::ExtraAddress));
         assert_eq!(v.diagnoses.len(), 1, "{:#?}", v.diagnoses);
+    }
+
+    #[test]
+    fn a_down_lo_is_a_cause_of_its_own_and_explains_no_lost_ping() {
+        let (p, mut w) = world("seed-eth0-down-vm-a", "seed-healthy-vm-b");
+        w.get_mut("vm-a").unwrap().links.get_mut("lo").unwrap().up = false;
+        let v = verify(&p, &w, &lost(&p, "vm-a"));
+        let causes: Vec<(&str, &str, usize)> = v
+            .diagnoses
+            .iter()
+            .map(|d| {
+                (
+                    d.cause.guest.as_str(),
+                    d.cause.device.as_str(),
+                    d.symptoms.len(),
+                )
+            })
+            .collect();
+        // eth0 down explains the pings; lo down explains nothing and comes after it.
+        assert_eq!(causes.len(), 2, "{:#?}", v.diagnoses);
+        assert_eq!(v.diagnoses[1].cause.what, "lo up", "{:#?}", v.diagnoses);
+        assert!(v.diagnoses[1].symptoms.is_empty());
+        assert_eq!(v.diagnoses[0].cause.what, "eth0 is down (underlay)");
+        assert!(v.diagnoses[0]
+            .symptoms
+            .iter()
+            .any(|s| s.kind == Kind::OverlayPing));
     }
 
     #[test]

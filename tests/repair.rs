@@ -793,6 +793,31 @@ fn unicast_and_static_labs_are_repaired_too() {
         Some("192.168.80.3")
     );
 
+    // vm-b's FDB flushed: each lost ping goes with vm-b's entry for the guest it involves.
+    student(&st, "vm-b", &["bridge", "fdb", "flush", "dev", "vxlan0"]);
+    let (code, r) = st.check();
+    assert_eq!(code, 1);
+    let under = |guest: &str, peer: &str| -> Vec<String> {
+        r["diagnoses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["cause"]["guest"] == guest && d["cause"]["peer"] == peer)
+            .flat_map(|d| d["symptoms"].as_array().unwrap().iter())
+            .map(|s| {
+                format!(
+                    "{} {}",
+                    s["guest"].as_str().unwrap(),
+                    s["peer"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let for_c = under("vm-b", "vm-c");
+    assert!(for_c.contains(&"vm-c vm-b".to_string()), "{r:#}");
+    assert!(for_c.iter().all(|s| s.contains("vm-c")), "{r:#}");
+    assert_eq!(up_again(&st).0, 0);
+
     // vm-b's underlay down: the cause on vm-b, and vm-a's lost pings grouped under it.
     student(&st, "vm-b", &["ip", "link", "set", "eth0", "down"]);
     let (code, r) = st.check();
