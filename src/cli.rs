@@ -135,7 +135,7 @@ pub enum Command {
         /// Lab file or name.
         #[arg(add = ArgValueCompleter::new(complete::labs_and_files))]
         lab: PathBuf,
-        /// Output format; default: from FILE's extension (.svg, .mmd), else dot.
+        /// Output format; default: from FILE's extension (.svg, .mmd, .dot), else dot.
         #[arg(long, value_enum)]
         format: Option<GraphFormat>,
         /// Write to FILE instead of standard output.
@@ -492,11 +492,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             lab,
             format,
             output,
-        } => commands::graph(
-            &lab,
-            crate::graph::Format::choose(format.map(GraphFormat::format), output.as_deref()),
-            output.as_deref(),
-        ),
+        } => {
+            match crate::graph::Format::choose(format.map(GraphFormat::format), output.as_deref()) {
+                Ok(f) => commands::graph(&lab, f, output.as_deref()),
+                Err(why) => Err(commands::Usage(why).into()),
+            }
+        }
         Command::Check { lab, json, all } => commands::check(lab.as_deref(), json, all),
         Command::Reset { lab, guest, json } => commands::reset(&lab, guest.as_deref(), json),
         Command::Down { lab, instance, all } => {

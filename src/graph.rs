@@ -21,17 +21,28 @@ pub enum Format {
 
 impl Format {
     /// The format asked for, else the one the output file's extension names (`.svg`,
-    /// `.mmd`/`.mermaid`), else DOT.
-    pub fn choose(asked: Option<Format>, output: Option<&std::path::Path>) -> Format {
-        let by_extension = || {
-            let ext = output?.extension()?.to_str()?.to_ascii_lowercase();
-            match ext.as_str() {
-                "svg" => Some(Format::Svg),
-                "mmd" | "mermaid" => Some(Format::Mermaid),
-                _ => None,
-            }
+    /// `.mmd`/`.mermaid`, `.dot`/`.gv`), else DOT for a file without one; an extension vxlab
+    /// cannot draw (`.png`) is refused rather than filled with DOT text.
+    pub fn choose(
+        asked: Option<Format>,
+        output: Option<&std::path::Path>,
+    ) -> Result<Format, String> {
+        if let Some(f) = asked {
+            return Ok(f);
+        }
+        let Some(ext) = output.and_then(|o| o.extension()) else {
+            return Ok(Format::Dot);
         };
-        asked.or_else(by_extension).unwrap_or(Format::Dot)
+        match ext.to_string_lossy().to_ascii_lowercase().as_str() {
+            "svg" => Ok(Format::Svg),
+            "mmd" | "mermaid" => Ok(Format::Mermaid),
+            "dot" | "gv" => Ok(Format::Dot),
+            other => Err(format!(
+                "vxlab graph draws DOT (.dot, .gv), SVG (.svg) and Mermaid (.mmd), not .{other}; \
+                 name the file so, or give --format (for PNG: `vxlab graph LAB -o g.svg`, then \
+                 `rsvg-convert g.svg -o g.png`)"
+            )),
+        }
     }
 }
 
@@ -316,14 +327,28 @@ mod tests {
     fn the_format_is_the_one_asked_for_else_the_files_extension_else_dot() {
         use std::path::Path;
         let svg = Some(Path::new("lab.SVG"));
-        assert_eq!(Format::choose(None, svg), Format::Svg);
+        assert_eq!(Format::choose(None, svg), Ok(Format::Svg));
         assert_eq!(
             Format::choose(None, Some(Path::new("x.mmd"))),
-            Format::Mermaid
+            Ok(Format::Mermaid)
         );
-        assert_eq!(Format::choose(None, Some(Path::new("x.dot"))), Format::Dot);
-        assert_eq!(Format::choose(None, None), Format::Dot);
-        assert_eq!(Format::choose(Some(Format::Dot), svg), Format::Dot);
+        assert_eq!(
+            Format::choose(None, Some(Path::new("x.dot"))),
+            Ok(Format::Dot)
+        );
+        assert_eq!(
+            Format::choose(None, Some(Path::new("lab"))),
+            Ok(Format::Dot)
+        );
+        assert_eq!(Format::choose(None, None), Ok(Format::Dot));
+        assert_eq!(Format::choose(Some(Format::Dot), svg), Ok(Format::Dot));
+        let png = Format::choose(None, Some(Path::new("g.png"))).unwrap_err();
+        assert!(
+            png.contains("not .png") && png.contains("--format"),
+            "{png}"
+        );
+        let forced = Format::choose(Some(Format::Dot), Some(Path::new("g.png")));
+        assert_eq!(forced, Ok(Format::Dot));
     }
 
     fn plan_of(file: &str) -> Plan {

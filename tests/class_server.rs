@@ -604,3 +604,49 @@ fn with_a_certificate_the_server_speaks_only_tls() {
     drop(server);
     lab.down_leaves_nothing();
 }
+
+#[test]
+fn the_sheet_holds_the_students_copies_and_not_the_instructors_own_run() {
+    let lab = Lab::shipped("two-netns.yaml", "t-sh", &[("192.168.10.", "192.168.87.")]);
+    let file = lab.file.to_str().unwrap().to_string();
+    let copies = Copies(lab);
+    let lab = &copies.0;
+    let labs_on_sheet = || {
+        let out = lab.run(&[
+            "sheet",
+            "t-sh",
+            "--format",
+            "csv",
+            "--url",
+            "http://10.0.0.5:8080",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    // One lab run on its own is one student's lab: its card.
+    assert_eq!(lab.up().0, 0);
+    assert_eq!(labs_on_sheet(), ["t-sh"]);
+    // With copies running, the cards are the copies' only.
+    let out = lab.run(&["up", &file, "--count", "2", "--pool", "10.241.0.0/22"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(labs_on_sheet(), ["t-sh-1", "t-sh-2"]);
+    let out = lab.run(&["down", "t-sh"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -729,6 +729,23 @@ fn the_graph_fits_a_16_9_slide_in_one_font_with_every_guest_vni_and_address() {
         .collect();
     files.push(common::root().join("labs/two-vni.yaml"));
     files.push(common::root().join("labs/two-vm.yaml"));
+    // A PNG is made from the SVG (below); asked for directly, it is refused, and no file of
+    // DOT text is left under a .png name.
+    let png_asked = dir.path().join("asked.png");
+    let out = vxlab(&[
+        "graph",
+        files[0].to_str().unwrap(),
+        "-o",
+        png_asked.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not .png"));
+    assert!(!png_asked.exists());
     for file in &files {
         let path = file.to_str().unwrap();
         let plan = json_of(&vxlab(&["plan", "--json", path]));

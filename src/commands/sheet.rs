@@ -74,19 +74,25 @@ pub fn sheet(arg: &Path, format: SheetFormat, base_url: Option<&str>) -> Result<
     } else {
         arg.to_string_lossy().into_owned()
     };
-    // The copies of `base`, or `base` itself when it runs as a lab of its own.
-    let labs: Vec<String> = state
+    // The copies of `base`; `base` itself only when no copy runs and it runs as a lab of its
+    // own (one student's lab). An instructor's own run of the lab beside the copies is no
+    // student's.
+    let copies: Vec<String> = state
         .labs()
         .into_iter()
         .filter(|l| {
-            l == &base
-                || state
-                    .read(l)
-                    .ok()
-                    .and_then(|s| s.instance)
-                    .is_some_and(|i| i.base == base)
+            state
+                .read(l)
+                .ok()
+                .and_then(|s| s.instance)
+                .is_some_and(|i| i.base == base)
         })
         .collect();
+    let labs = if copies.is_empty() && state.labs().contains(&base) {
+        vec![base.clone()]
+    } else {
+        copies
+    };
     if labs.is_empty() {
         return Err(super::NotFound(format!(
             "no copy of lab {base} is running in {}; `vxlab up LAB --count N` starts them",
