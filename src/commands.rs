@@ -731,6 +731,7 @@ pub fn plan_placement(path: &Path, count: u32, hosts_file: Option<&Path>) -> Res
 
 /// `vxlab down [LAB] [--instance NAME | --all]`
 pub fn down_instances(arg: Option<&Path>, instance: Option<&str>, all: bool) -> Result<u8> {
+    crate::interrupt::finish_first();
     if instance.is_none() && !all {
         return down(arg);
     }
@@ -773,16 +774,18 @@ fn up_failed(e: EngineError, lab: &str) -> anyhow::Error {
 }
 
 /// Whether a LAB argument names a file rather than a running lab: it has a `/` or a `.`,
-/// which no lab name has; or, a bare word that names no running lab, anything is there (a FIFO
-/// or a device too, which loading then refuses with 65). A running lab's name wins over a
-/// directory of that name where vxlab is run (`./NAME` names the file).
+/// which no lab name has; or, a bare word that names no running lab, something other than a
+/// directory is there (a FIFO or a device too, which loading then refuses with 65). A lab's
+/// name wins over a directory of that name where vxlab is run (`./NAME` names the path).
 fn names_a_file(arg: &Path) -> bool {
     let text = arg.to_string_lossy();
     if text.contains(['/', '.']) {
         return true;
     }
     let running = StateDir::from_env().lab_dir(&text).join(LAB_COPY).is_file();
-    !running && std::fs::symlink_metadata(arg).is_ok()
+    // A directory is never a lab file: a bare word naming one names a lab.
+    let found = std::fs::symlink_metadata(arg).is_ok_and(|m| !m.is_dir());
+    !running && found
 }
 
 /// The running lab that `arg` names (a lab file or a lab name), or the only one running.

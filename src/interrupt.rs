@@ -1,6 +1,7 @@
 //! Ctrl-C and SIGTERM during `up`, `reset` or `walk`: the step in flight finishes (its resource
 //! is already recorded), nothing new starts, and the command says what is left and how to
 //! remove or finish it. Without this, an interrupted child could leave a half-made resource.
+//! During `down`, the first one is answered and `down` goes on to the end.
 
 use std::io::BufRead;
 use std::os::fd::AsRawFd;
@@ -39,6 +40,41 @@ pub fn install() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic and writes to a pipe, both
         // async-signal-safe.
+        unsafe {
+            libc::signal(sig, handler as libc::sighandler_t);
+        }
+    }
+}
+
+/// Whether a signal came while [`finish_first`] was in force.
+static FINISHING: AtomicBool = AtomicBool::new(false);
+
+const FINISH_MESSAGE: &[u8] = b"\nvxlab: down goes on to the end, as a half-removed lab helps no \
+one; Ctrl-C again stops it at once, and `vxlab down` again removes the rest\n";
+
+extern "C" fn on_signal_finish(sig: libc::c_int) {
+    if FINISHING.swap(true, Ordering::SeqCst) {
+        // The second: end as the signal would have.
+        // SAFETY: signal(2) and raise(3) are async-signal-safe.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+        return;
+    }
+    // SAFETY: write(2) of a static buffer to stderr is async-signal-safe.
+    unsafe {
+        libc::write(2, FINISH_MESSAGE.as_ptr().cast(), FINISH_MESSAGE.len());
+    }
+}
+
+/// For `down`: the first SIGINT or SIGTERM does not stop it but is answered at once with why
+/// and how to stop it anyway; a second ends vxlab as the signal would. Without this Ctrl-C
+/// killed `down` silently, leaving part of the lab.
+pub fn finish_first() {
+    let handler: extern "C" fn(libc::c_int) = on_signal_finish;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only uses async-signal-safe calls.
         unsafe {
             libc::signal(sig, handler as libc::sighandler_t);
         }

@@ -133,7 +133,7 @@ const EXIT_STATUS: [(u8, &str); 14] = [
     (exit::NOPERM, "The command needs root, and says why."),
     (exit::NOT_EXECUTABLE, "exec: the command cannot be run in the guest (not executable), as a shell says it. Otherwise exec returns its command's own status."),
     (exit::NOT_FOUND, "exec: the command is not in the guest, as a shell says it."),
-    (exit::INTERRUPTED, "Ctrl-C or SIGTERM stopped up, reset or walk between two steps (vxlab down LAB removes what was made, vxlab up LAB finishes it), or ended the command exec ran in a guest."),
+    (exit::INTERRUPTED, "Ctrl-C or SIGTERM stopped up, reset or walk between two steps (vxlab down LAB removes what was made, vxlab up LAB finishes it), or ended the command exec ran in a guest. down answers the first one and goes on to the end; a second ends it."),
 ];
 
 const ENVIRONMENT: [(&str, &str); 6] = [

@@ -125,3 +125,48 @@ fn ctrl_c_during_ups_check_stops_it_without_calling_guests_unreachable() {
     assert_eq!(code, 0, "{report:#}");
     lab.down_leaves_nothing();
 }
+
+/// Whether process `pid` catches `signal` (its handler is installed): from /proc.
+fn catches(pid: u32, signal: libc::c_int) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
+}
+
+#[test]
+fn ctrl_c_during_down_is_answered_and_down_goes_on_to_the_end() {
+    let lab = big_lab("t-intd", 60, 85);
+    assert_eq!(lab.up().0, 0);
+    let child = lab
+        .vxlab()
+        .args(["down", &lab.name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once down listens for Ctrl-C (it does before it touches anything), press it.
+    let start = Instant::now();
+    while !catches(child.id(), libc::SIGINT) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "down never listened"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("down goes on to the end") && stderr.contains("Ctrl-C again stops it"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("lab t-intd removed"), "{stderr}");
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
+}
