@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::explain::{self, fdb_entry as fdb_meaning, group as group_meaning};
 use crate::guest_command as cmd;
-use crate::lab::Mac;
+use crate::lab::{Flood, Mac};
 use crate::observe::{GuestState, Route};
 use crate::outcome::{Stage, StageKind};
 use crate::plan::{GuestPlan, Plan};
@@ -299,11 +299,28 @@ fn stage_text(plan: &Plan, kind: StageKind) -> (&'static str, String) {
             "each guest gets its underlay address; the VTEPs will talk over this network".into(),
         ),
         StageKind::Vxlan => {
-            let mut why = String::from(
-                "a vxlan device is a VTEP; when it comes up with a group, the kernel joins the \
-                 group on the underlay device (see ip maddr), and the FDB gets its flood entry; \
-                 on an IPv4 overlay `addrgenmode none` keeps the device from sending IPv6 \
-                 autoconfiguration frames, so nothing crosses the overlay before the first ping",
+            let vteps = || plan.guests.iter().flat_map(|g| &g.vteps);
+            let grouped = vteps().any(|v| matches!(v.flood, Flood::Group(_)));
+            let head_end = vteps().any(|v| v.flood == Flood::HeadEnd);
+            let mut flooding = Vec::new();
+            if grouped {
+                flooding.push(
+                    "with a group, the kernel joins the group on the underlay device when the \
+                     device comes up (see ip maddr), and the FDB gets its flood entry",
+                );
+            }
+            if head_end {
+                flooding.push(
+                    "without a group, nothing is joined: one flood entry per peer (`bridge fdb \
+                     append 00:00:00:00:00:00 … dst PEER`) sends each unknown frame to every \
+                     peer's VTEP in turn",
+                );
+            }
+            let mut why = format!(
+                "a vxlan device is a VTEP; {}; on an IPv4 overlay `addrgenmode none` keeps the \
+                 device from sending IPv6 autoconfiguration frames, so nothing crosses the \
+                 overlay before the first ping",
+                flooding.join("; ")
             );
             if !v6.is_empty() {
                 why.push_str(&format!(

@@ -474,6 +474,11 @@ fn a_unicast_walk_learns_nothing_before_the_first_ping_and_then_only_from_it() {
         6,
         "{two}"
     );
+    // And its words are about head-end replication: no group is joined.
+    assert!(
+        two.contains("without a group, nothing is joined") && !two.contains("joins the group"),
+        "{two}"
+    );
     // No guest's MAC appears in any FDB before vm-a pings vm-b (IPv6 autoconfiguration
     // taught vm-c once); at the ping, vm-b learns vm-a, vm-a learns vm-b, and vm-c learns
     // vm-a from the ARP request flooded to it.
