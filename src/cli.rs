@@ -37,9 +37,9 @@ pub enum Command {
         /// Print the plan as JSON.
         #[arg(long, conflicts_with = "hosts")]
         json: bool,
-        /// With --hosts: show where N copies of the lab would run (every host is reached and
-        /// surveyed; nothing is created).
-        #[arg(long)]
+        /// With --hosts: show where N copies (1 to 255) of the lab would run (every host is
+        /// reached and surveyed; nothing is created).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=255))]
         count: Option<u32>,
         /// The host inventory (YAML) the copies are placed on; default: $VXLAB_HOSTS.
         #[arg(long, value_name = "FILE", requires = "count")]
@@ -57,8 +57,8 @@ pub enum Command {
         /// its own names, bridge and underlay subnet.
         #[arg(long, conflicts_with = "count", group = "copies")]
         instance: Option<String>,
-        /// Workshop mode: run N copies of the lab, named 1..N.
-        #[arg(long, group = "copies")]
+        /// Workshop mode: run N copies of the lab (1 to 255), named 1..N.
+        #[arg(long, group = "copies", value_parser = clap::value_parser!(u32).range(1..=255))]
         count: Option<u32>,
         /// Workshop mode: take each copy's underlay subnet from this pool (default: the lab
         /// file's `workshop: { pool: … }`, else 10.100.0.0/16, or fd00:100::/48 for IPv6).

@@ -443,6 +443,14 @@ fn image_for(lab: &Lab) -> Result<Option<Image>> {
 
 /// A running lab, its plan, and the index of its guest named `guest`.
 fn running_guest(lab: Option<&Path>, guest: &str) -> Result<(Lab, Plan, usize)> {
+    // `vxlab exec LAB GUEST …` is a natural slip: say how the lab is named.
+    if lab.is_none() && StateDir::from_env().labs().iter().any(|l| l == guest) {
+        return Err(Usage(format!(
+            "{guest} is a running lab, not a guest: name the lab with `--lab {guest}` before \
+             the guest"
+        ))
+        .into());
+    }
     let (lab, _) = resolve(lab)?;
     let p = plan::plan(&lab);
     let i = p
@@ -715,8 +723,9 @@ fn up_on_hosts<R: Send>(
 /// and surveyed, nothing created.
 pub fn plan_placement(path: &Path, count: u32, hosts_file: Option<&Path>) -> Result<u8> {
     let base = load(path)?;
-    let file = hosts::inventory_path(hosts_file)
-        .context("name the host inventory with --hosts FILE, or set VXLAB_HOSTS")?;
+    let file = hosts::inventory_path(hosts_file).ok_or_else(|| {
+        Usage("plan --count places copies on hosts: name the host inventory with --hosts FILE, or set VXLAB_HOSTS".into())
+    })?;
     let inv = hosts::load(&file)?;
     if !(1..=255).contains(&count) {
         bail!("--count takes 1 to 255");

@@ -125,7 +125,7 @@ const EXIT_STATUS: [(u8, &str); 14] = [
     (exit::PARSE, "The command line could not be parsed: an unknown option, a missing argument, or a value out of range; the usage error says which."),
     (exit::USAGE, "A command-line value cannot be used, such as a workshop pool with no room left, or a class that does not fit on its hosts."),
     (exit::DATA, "The lab file or the host inventory is invalid; each problem is given as file:line:column: field: message."),
-    (exit::NOINPUT, "No such lab: the file does not exist, or no lab of that name is running."),
+    (exit::NOINPUT, "No such lab: the file does not exist, or no lab of that name is running (down of a lab that is not running removes nothing and exits 0, unless only copies of it run)."),
     (exit::UNAVAILABLE, "A program, libvirtd, a guest, the image or a host of the class is missing or cannot be reached; the message says how to get it."),
     (exit::SOFTWARE, "Any other failure. After an up that failed part-way, vxlab down LAB removes all of it."),
     (exit::TAKEN, "The lab's name is another lab's: its state (a standalone lab and a workshop copy of the same name), named in the message; nothing was created."),

@@ -200,6 +200,15 @@ fn state_dir_on_the_command_line_finds_the_labs_kept_there() {
     };
     let out = from_cwd("t-sdir");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The lab's name where a guest's goes says how to name the lab.
+    let out = vxlab(&["exec", "--state-dir", dir, "t-sdir", "vm-a", "hostname"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr)
+            .contains("t-sdir is a running lab, not a guest: name the lab with `--lab t-sdir`"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = from_cwd("./t-sdir");
     assert_eq!(out.status.code(), Some(65), "{}", text(&out.stderr));
     assert!(
@@ -295,4 +304,41 @@ fn up_on_vms_refuses_a_root_only_dev_kvm_before_it_creates_anything() {
     assert_eq!(lab.leftovers(), Vec::<String>::new());
     assert_eq!(std::fs::read_dir(lab.state.path()).unwrap().count(), 0);
     assert_eq!(std::fs::metadata(kvm).unwrap().mode(), meta.mode());
+}
+
+#[test]
+fn counts_out_of_range_and_a_placement_without_hosts_are_usage_errors() {
+    let file = common::root().join("labs/two-vm.yaml");
+    let file = file.to_str().unwrap();
+    // As clap says of any value out of range: exit 2, with the range, nothing touched.
+    for n in ["0", "256"] {
+        for args in [
+            vec!["up", file, "--count", n],
+            vec!["plan", file, "--count", n],
+        ] {
+            let out = vxlab(&args);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{args:?}: {}",
+                text(&out.stderr)
+            );
+            assert!(
+                text(&out.stderr).contains("1..=255"),
+                "{}",
+                text(&out.stderr)
+            );
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(["plan", file, "--count", "2"])
+        .env_remove("VXLAB_HOSTS")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("name the host inventory with --hosts FILE"),
+        "{}",
+        text(&out.stderr)
+    );
 }
