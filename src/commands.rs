@@ -800,8 +800,14 @@ fn names_a_file(arg: &Path) -> bool {
 /// The running lab that `arg` names (a lab file or a lab name), or the only one running.
 fn resolve(arg: Option<&Path>) -> Result<(Lab, PathBuf)> {
     let state = StateDir::from_env();
+    let mut given = None;
     let name = match arg {
-        Some(p) if names_a_file(p) => load(p)?.name,
+        Some(p) if names_a_file(p) => {
+            let lab = load(p)?;
+            let name = lab.name.clone();
+            given = Some((p, lab));
+            name
+        }
         Some(p) => p.to_string_lossy().into_owned(),
         None => match state.labs().as_slice() {
             [one] => one.clone(),
@@ -821,6 +827,16 @@ fn resolve(arg: Option<&Path>) -> Result<(Lab, PathBuf)> {
     }
     let (lab, _) =
         load_recorded(&copy).with_context(|| format!("lab {name}'s recorded lab file"))?;
+    // A file edited since `up` names the running lab, which is as it was brought up: say so,
+    // rather than check (or show, or down) something other than the file silently.
+    if let Some((path, _)) = given.filter(|(_, g)| plan::plan(g) != plan::plan(&lab)) {
+        eprintln!(
+            "note: {} was changed since lab {name} was brought up from it; this works on the \
+             running lab as it was brought up (`vxlab up {}` brings the lab to the file)",
+            path.display(),
+            path.display(),
+        );
+    }
     // An instance is derived again from the lab file, as `up` derived it.
     let lab = match state.read(&name).ok().and_then(|st| st.instance) {
         Some(i) => {

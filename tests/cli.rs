@@ -200,6 +200,24 @@ fn state_dir_on_the_command_line_finds_the_labs_kept_there() {
     };
     let out = from_cwd("t-sdir");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The lab file edited since up: check says so, and checks the lab as it was brought up.
+    let before = lab.text();
+    std::fs::write(&lab.file, before.replace("vni: 42", "vni: 44")).unwrap();
+    let out = vxlab(&["check", lab.file.to_str().unwrap(), "--state-dir", dir]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("was changed since lab t-sdir was brought up from it")
+            && text(&out.stderr).contains("`vxlab up "),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(&lab.file, &before).unwrap();
+    let out = vxlab(&["check", lab.file.to_str().unwrap(), "--state-dir", dir]);
+    assert!(
+        !text(&out.stderr).contains("was changed"),
+        "{}",
+        text(&out.stderr)
+    );
     // The lab's name where a guest's goes says how to name the lab.
     let out = vxlab(&["exec", "--state-dir", dir, "t-sdir", "vm-a", "hostname"]);
     assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
