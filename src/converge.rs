@@ -65,6 +65,8 @@ pub enum Kind {
     LinkExists,
     /// A link is up.
     LinkUp,
+    /// A namespace guest's host end is up and on the lab's bridge.
+    HostEnd,
     /// A link's MTU.
     LinkMtu,
     /// A planned address is on its device.

@@ -229,6 +229,20 @@ pub struct GuestState {
     pub neighbours: BTreeMap<String, Vec<Neighbour>>,
     /// The routing table (IPv4, and IPv6 where the guest has IPv6 addresses in the lab).
     pub routes: Vec<Route>,
+    /// For a namespace guest, the host end of its underlay link, as the host shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_end: Option<HostEnd>,
+}
+
+/// The host end of a namespace guest's underlay link (a veth on the lab's bridge).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEnd {
+    /// Its name on the host.
+    pub link: String,
+    /// Whether it is up.
+    pub up: bool,
+    /// The bridge it is on, if any.
+    pub bridge: Option<String>,
 }
 
 /// Output that is not the JSON vxlab expects.

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::converge::{self, Finding, Kind, Layer};
 use crate::lab::Expect;
-use crate::observe::GuestState;
+use crate::observe::{GuestState, HostEnd};
 use crate::plan::{GuestPlan, Network, PingPlan, Plan};
 
 /// The outcome of one ping.
@@ -159,6 +159,9 @@ pub fn verify(plan: &Plan, seen: &BTreeMap<String, GuestState>, pings: &[PingRes
                 for f in learned(g, state, &answered) {
                     add(&g.name, f);
                 }
+                if let Some(end) = &state.host_end {
+                    add(&g.name, host_end_finding(g, end, &plan.bridge));
+                }
             }
             None => add(
                 &g.name,
@@ -224,6 +227,43 @@ pub fn verify(plan: &Plan, seen: &BTreeMap<String, GuestState>, pings: &[PingRes
     }
 }
 
+/// What is wrong with a namespace guest's host end, if anything: down, or not on `bridge`;
+/// said as what it is ("down, on bridge vxbr-seed", "up, on no bridge").
+pub fn host_end_fault(end: &HostEnd, bridge: &str) -> Option<String> {
+    if end.up && end.bridge.as_deref() == Some(bridge) {
+        return None;
+    }
+    Some(format!(
+        "{}, {}",
+        if end.up { "up" } else { "down" },
+        end.bridge
+            .as_deref()
+            .map_or_else(|| "on no bridge".to_string(), |b| format!("on bridge {b}"))
+    ))
+}
+
+/// The command, on the host, that puts a guest's host end back.
+pub fn plug_command(link: &str, bridge: &str) -> String {
+    format!("ip link set dev {link} master {bridge} up")
+}
+
+/// The check of a namespace guest's host end: up, and on the lab's bridge. The guest's own
+/// eth0 cannot show it (off the bridge it even has carrier).
+fn host_end_finding(g: &GuestPlan, end: &HostEnd, bridge: &str) -> Finding {
+    let fault = host_end_fault(end, bridge);
+    let mut f = made(
+        Layer::UnderlayLink,
+        Kind::HostEnd,
+        format!("{}'s host end {}", g.interface, end.link),
+        format!("up, on bridge {bridge}"),
+        fault.clone().unwrap_or_else(|| "as planned".into()),
+        fault.is_none(),
+        None,
+    );
+    f.device = end.link.clone();
+    f
+}
+
 /// The failure of a finding that does not hold, with its fix.
 fn failure(plan: &Plan, guest: &str, f: Finding) -> Failure {
     // What `vxlab up` cannot repair, `reset` can: it forgets what was learned, and recreates
@@ -237,6 +277,13 @@ fn failure(plan: &Plan, guest: &str, f: Finding) -> Failure {
     } else {
         format!("vxlab up {}", plan.lab)
     };
+    // A host end is repaired on the host, not in the guest.
+    let hint = (f.kind == Kind::HostEnd).then(|| {
+        format!(
+            "on the host, `{}`, or `{vxlab}` repairs it",
+            plug_command(&f.device, &plan.bridge)
+        )
+    });
     Failure {
         kind: f.kind,
         layer: f.layer,
@@ -248,8 +295,8 @@ fn failure(plan: &Plan, guest: &str, f: Finding) -> Failure {
         peer: f.peer,
         fix: Fix {
             commands: f.repair.iter().map(|s| s.command.to_string()).collect(),
+            hint,
             vxlab,
-            hint: None,
         },
     }
 }

@@ -942,3 +942,76 @@ fn a_guest_that_drops_pings_is_named_and_vxlab_says_it_has_nothing_to_repair() {
     assert_eq!(lab.check().0, 0);
     lab.down_leaves_nothing();
 }
+
+#[test]
+fn a_host_end_off_the_bridge_or_down_is_named_and_up_and_reset_put_it_back() {
+    // The guest cannot see it: off the bridge, its eth0 even has carrier.
+    let lab = seed("t-r-hend", "192.168.88.");
+    let plan = json_of_plan(&lab);
+    let link = plan["guests"][1]["host_link"].as_str().unwrap().to_string();
+    let on_host = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let fixed = format!("ip link set dev {link} master vxbr-t-r-hend up");
+    for (breaking, seen) in [
+        (vec!["link", "set", &link, "nomaster"], "up, on no bridge"),
+        (
+            vec!["link", "set", &link, "down"],
+            "down, on bridge vxbr-t-r-hend",
+        ),
+    ] {
+        on_host(&breaking);
+        let (code, r) = lab.check();
+        assert_eq!(code, 1);
+        let d = &r["diagnoses"][0];
+        assert_eq!(
+            (d["cause"]["guest"].as_str(), d["cause"]["kind"].as_str()),
+            (Some("vm-b"), Some("host_end")),
+            "{r:#}"
+        );
+        assert_eq!(d["cause"]["seen"], seen, "{r:#}");
+        assert!(
+            d["cause"]["fix"]["hint"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("`{fixed}`")),
+            "{r:#}"
+        );
+        // Both sides' lost pings go with it: nothing else is the cause.
+        assert_eq!(r["diagnoses"].as_array().unwrap().len(), 1, "{r:#}");
+        let (code, r) = if seen.starts_with("up") {
+            up_again(&lab)
+        } else {
+            let out = lab.run(&["reset", "--json", &lab.name, "vm-b"]);
+            (
+                out.status.code().unwrap_or(-1),
+                serde_json::from_slice(&out.stdout).unwrap(),
+            )
+        };
+        assert_eq!(code, 0, "{:#}", r["failures"]);
+        assert!(
+            r["notes"].as_array().unwrap().iter().any(|n| n
+                .as_str()
+                .unwrap()
+                .contains("repaired on the host")
+                && n.as_str().unwrap().contains(&fixed)),
+            "{:#}",
+            r["notes"]
+        );
+        assert_eq!(lab.check().0, 0);
+    }
+    lab.down_leaves_nothing();
+}
+
+fn json_of_plan(lab: &Lab) -> Value {
+    let out = lab.run(&["plan", "--json", lab.file.to_str().unwrap()]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -22,7 +22,8 @@ use crate::converge::{self, Step};
 use crate::driver::{Driver, DriverError};
 use crate::host::{ClaimError, Host, HostLockError, NetlinkError};
 use crate::hosts::HostSpec;
-use crate::observe::ParseError;
+use crate::lab::DriverKind;
+use crate::observe::{GuestState, ParseError};
 use crate::outcome::{Outcome, Repair};
 use crate::parallel::parallel_map;
 use crate::plan::{GuestPlan, Plan};
@@ -163,18 +164,23 @@ impl Engine {
         lab_text: &str,
         ui: &Progress,
     ) -> Result<Outcome, EngineError> {
-        let p = self.provision(
+        let plugged = std::sync::Mutex::new(Vec::new());
+        let mut p = self.provision(
             plan,
             Some((source, lab_text)),
             &plan.guests.iter().collect::<Vec<_>>(),
             ui,
             &|runner, g, tools| {
+                if let Some(note) = self.plug_host_end(plan, g)? {
+                    plugged.lock().expect("not poisoned").push(note);
+                }
                 let st = runner.observe_with(g, tools)?;
                 let steps = converge::converge(g, &st);
                 runner.run_steps(g, tools, &steps, true)?;
                 Ok(steps)
             },
         )?;
+        p.notes.extend(plugged.into_inner().expect("not poisoned"));
         self.finish(plan, p)
     }
 
@@ -209,13 +215,18 @@ impl Engine {
                 ));
             }
         }
+        let plugged = std::sync::Mutex::new(Vec::new());
         let mut p = self.provision(plan, None, &chosen, ui, &|runner, g, tools| {
+            if let Some(note) = self.plug_host_end(plan, g)? {
+                plugged.lock().expect("not poisoned").push(note);
+            }
             let st = runner.observe_with(g, tools)?;
             let steps = converge::converge(g, &st);
             runner.run_steps(g, tools, &steps, true)?;
             Ok(steps)
         })?;
         p.notes.splice(0..0, notes);
+        p.notes.extend(plugged.into_inner().expect("not poisoned"));
         // Checked first, then forgotten: the checks' pings teach the VTEPs, and a reset leaves
         // them knowing nothing, so that the student's first ping is the one that teaches them.
         let mut outcome = self.verify_running(plan, &p.runner)?;
@@ -269,6 +280,41 @@ impl Engine {
         Ok(outcome)
     }
 
+    /// For a namespace lab, each observed guest's host end as the host shows it: a guest
+    /// cannot see that its veth's other end is down or off the bridge.
+    fn add_host_ends(&self, plan: &Plan, observed: &mut BTreeMap<String, GuestState>) {
+        if plan.driver != DriverKind::Netns {
+            return;
+        }
+        for g in &plan.guests {
+            if let Some(s) = observed.get_mut(&g.name) {
+                s.host_end = self.host.host_end(&g.host_link);
+            }
+        }
+    }
+
+    /// Puts a namespace guest's host end back on the lab's bridge, up, where it is not: the
+    /// one repair made on the host. Returns what was done, as the command it amounts to.
+    fn plug_host_end(&self, plan: &Plan, g: &GuestPlan) -> Result<Option<String>, EngineError> {
+        if plan.driver != DriverKind::Netns {
+            return Ok(None);
+        }
+        let Some(end) = self.host.host_end(&g.host_link) else {
+            return Ok(None);
+        };
+        let Some(why) = verify::host_end_fault(&end, &plan.bridge) else {
+            return Ok(None);
+        };
+        self.host.plug(&g.host_link, &plan.bridge)?;
+        Ok(Some(format!(
+            "{}: repaired on the host: {}'s host end {} was {why}: `{}`",
+            g.name,
+            g.interface,
+            g.host_link,
+            verify::plug_command(&g.host_link, &plan.bridge)
+        )))
+    }
+
     /// Removes one guest's resources (newest first), leaving the rest of the lab.
     fn remove_guest(&self, g: &GuestPlan) -> Result<(), EngineError> {
         for r in self.driver.guest_resources(g).iter().rev() {
@@ -311,6 +357,7 @@ impl Engine {
                 Err(e) => notes.push(e.to_string()),
             }
         }
+        self.add_host_ends(plan, &mut observed);
         let verdict = verify::verify(plan, &observed, &pings);
         Ok(Outcome {
             observed,
@@ -341,25 +388,31 @@ impl Engine {
     pub fn quick_check(&self, plan: &Plan) -> Result<Verdict, EngineError> {
         let st = self.state.read(&plan.lab)?;
         let runner = Runner::new(self.driver.as_ref(), None, st.tools);
-        let seen = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
-            if self.driver.guest_exists(g) {
-                runner.observe(g).ok()
-            } else {
-                None
-            }
-        });
-        let observed = plan
-            .guests
-            .iter()
-            .zip(seen)
-            .filter_map(|(g, s)| Some((g.name.clone(), s?)))
-            .collect();
-        let verdict = verify::verify(plan, &observed, &[]);
+        let observe_all = || {
+            let seen = parallel_map(&plan.guests, self.driver.parallel_commands(), |g| {
+                if self.driver.guest_exists(g) {
+                    runner.observe(g).ok()
+                } else {
+                    None
+                }
+            });
+            let mut observed = plan
+                .guests
+                .iter()
+                .zip(seen)
+                .filter_map(|(g, s)| Some((g.name.clone(), s?)))
+                .collect();
+            self.add_host_ends(plan, &mut observed);
+            observed
+        };
+        let verdict = verify::verify(plan, &observe_all(), &[]);
         if !verdict.ok() {
             return Ok(verdict);
         }
+        // Read again after the pings, as `check` does: what the VTEPs learned ages out of an
+        // idle lab (300 s), and the pings teach it again.
         let (pings, _) = pings::ping_all(self.driver.as_ref(), plan);
-        Ok(verify::verify(plan, &observed, &pings))
+        Ok(verify::verify(plan, &observe_all(), &pings))
     }
 
     /// Removes every resource recorded for the lab, newest first, then its state.

@@ -41,6 +41,10 @@ impl Host for FakeHost {
         self.log(format!("del {}", names.join(",")));
         Ok(names.len())
     }
+    fn plug(&self, link: &str, bridge: &str) -> Result<(), NetlinkError> {
+        self.log(format!("plug {link} {bridge}"));
+        Ok(())
+    }
     fn set_alias(&self, name: &str, alias: &str) -> Result<(), NetlinkError> {
         self.log(format!("alias {name} {alias}"));
         Ok(())
@@ -357,6 +361,9 @@ fn a_bridge_the_lab_did_not_create_is_refused_before_anything_is_written() {
         }
         fn set_alias(&self, n: &str, a: &str) -> Result<(), NetlinkError> {
             self.0.set_alias(n, a)
+        }
+        fn plug(&self, l: &str, b: &str) -> Result<(), NetlinkError> {
+            self.0.plug(l, b)
         }
         fn probe(&self, _: &Resource) -> Presence {
             Presence::Present {

@@ -61,6 +61,29 @@ fn link_in(sys: &Path, name: &str) -> Presence {
     Presence::Present { owner }
 }
 
+/// The host end of a namespace guest's underlay link as the host shows it: whether it is up
+/// (administratively) and the bridge it is on; `None` when there is no such link.
+pub fn host_end(name: &str) -> Option<crate::observe::HostEnd> {
+    host_end_in(Path::new("/sys/class/net"), name)
+}
+
+fn host_end_in(sys: &Path, name: &str) -> Option<crate::observe::HostEnd> {
+    let dir = sys.join(name);
+    if name.is_empty() || name.contains('/') || !dir.exists() {
+        return None;
+    }
+    let flags = std::fs::read_to_string(dir.join("flags")).ok()?;
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok()?;
+    let bridge = std::fs::read_link(dir.join("master"))
+        .ok()
+        .and_then(|t| Some(t.file_name()?.to_string_lossy().into_owned()));
+    Some(crate::observe::HostEnd {
+        link: name.to_string(),
+        up: flags & libc::IFF_UP as u32 != 0,
+        bridge,
+    })
+}
+
 /// Whether namespace `name` exists, and its owner from its name. A plain file with nothing
 /// mounted on it (left by a run killed between making the mount point and mounting) is no
 /// one's namespace: it counts as absent, and creating the namespace replaces it.
@@ -111,6 +134,21 @@ pub fn foreign<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_ends_state_is_read_from_sysfs() {
+        let sys = tempfile::tempdir().unwrap();
+        let link = sys.path().join("vxab-0");
+        std::fs::create_dir(&link).unwrap();
+        std::fs::write(link.join("flags"), "0x1002\n").unwrap();
+        let end = host_end_in(sys.path(), "vxab-0").unwrap();
+        assert_eq!((end.up, end.bridge), (false, None));
+        std::fs::write(link.join("flags"), "0x1003\n").unwrap();
+        std::os::unix::fs::symlink("../vxbr-x", link.join("master")).unwrap();
+        let end = host_end_in(sys.path(), "vxab-0").unwrap();
+        assert_eq!((end.up, end.bridge.as_deref()), (true, Some("vxbr-x")));
+        assert_eq!(host_end_in(sys.path(), "gone"), None);
+    }
 
     #[test]
     fn a_links_owner_is_read_from_its_alias() {

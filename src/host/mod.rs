@@ -54,6 +54,13 @@ pub trait Host: Send + Sync {
     fn delete_link(&self, name: &str) -> Result<bool, NetlinkError>;
     /// Deletes several links at once; returns how many there were.
     fn delete_links(&self, names: &[String]) -> Result<usize, NetlinkError>;
+    /// The host end of a namespace guest's underlay link, as the host shows it; `None`
+    /// where there is none or the host cannot tell.
+    fn host_end(&self, _link: &str) -> Option<crate::observe::HostEnd> {
+        None
+    }
+    /// Puts host link `link` back on `bridge`, up.
+    fn plug(&self, link: &str, bridge: &str) -> Result<(), NetlinkError>;
     /// Names the owner of link `name` in its alias (`ip link show` prints it).
     fn set_alias(&self, name: &str, alias: &str) -> Result<(), NetlinkError>;
     /// Whether a resource of the host's kinds is there, and whose it is.
@@ -137,6 +144,12 @@ impl Host for LocalHost {
     }
     fn set_alias(&self, name: &str, alias: &str) -> Result<(), NetlinkError> {
         self.netlink.set_alias(name, alias)
+    }
+    fn host_end(&self, link: &str) -> Option<crate::observe::HostEnd> {
+        inventory::host_end(link)
+    }
+    fn plug(&self, link: &str, bridge: &str) -> Result<(), NetlinkError> {
+        self.netlink.plug(link, bridge)
     }
     fn probe(&self, resource: &Resource) -> Presence {
         inventory::probe(resource)

@@ -196,6 +196,24 @@ impl Netlink {
         self.set_alias(host_link, &super::inventory::owner_alias(netns))
     }
 
+    /// Puts host link `name` on `bridge` and brings it up: a guest's host end put back.
+    pub fn plug(&self, name: &str, bridge: &str) -> Result<(), NetlinkError> {
+        let index = self
+            .link_index(name)?
+            .ok_or_else(|| NetlinkError::Missing(name.to_string()))?;
+        let bridge_index = self
+            .link_index(bridge)?
+            .ok_or_else(|| NetlinkError::Missing(bridge.to_string()))?;
+        let msg = LinkUnspec::new_with_index(index)
+            .controller(bridge_index)
+            .up()
+            .build();
+        self.call(
+            || format!("putting {name} on bridge {bridge}, up"),
+            async move |h: Handle| h.link().set(msg).execute().await,
+        )
+    }
+
     /// Sets link `name`'s alias, which `ip link show` prints and [`super::inventory`] reads
     /// back to name a link's owner.
     pub fn set_alias(&self, name: &str, alias: &str) -> Result<(), NetlinkError> {

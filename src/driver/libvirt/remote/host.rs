@@ -80,6 +80,11 @@ impl Host for RemoteHost {
         Ok(())
     }
 
+    fn plug(&self, _: &str, _: &str) -> Result<(), NetlinkError> {
+        // Only namespace guests have a host end vxlab plugs; on other hosts libvirt does.
+        Ok(())
+    }
+
     fn probe(&self, resource: &Resource) -> Presence {
         match resource {
             Resource::Network { bridge, .. } | Resource::Bridge { name: bridge } => {
