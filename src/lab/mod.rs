@@ -378,7 +378,7 @@ pub fn read_text(path: &Path) -> Result<String, LoadError> {
 }
 
 /// Validates lab text; `file` only names it in errors. Every problem is reported, sorted by
-/// position, except that a file that is not well-formed YAML (or repeats a key) stops at that.
+/// position, except that a file that is not well-formed YAML stops at that.
 pub fn parse(text: &str, file: &Path) -> Result<Lab, LabError> {
     parse_with(text, file, Rules::New)
 }
@@ -389,21 +389,50 @@ pub fn parse_with(text: &str, file: &Path, rules: Rules) -> Result<Lab, LabError
         file: file.to_path_buf(),
         problems: sorted(problems),
     };
-    let (doc, map) = document(text, "appears twice; every name must be unique").map_err(fail)?;
+    let (doc, map) = read_document(text).map_err(fail)?;
+    // A key given twice is said, and the rest is still checked, so that one run says every
+    // problem; what validation says of the repeated field itself would only repeat it.
+    let twice = duplicates(&map, "appears twice; every name must be unique");
     let (raw, reader) = file::read(&doc);
     let checked = validate::validate(raw, &map, rules);
-    let mut problems = reader.problems;
+    let mut problems = twice.clone();
+    problems.extend(reader.problems);
     match checked {
         Ok(lab) if problems.is_empty() => return Ok(lab),
         Ok(_) => {}
         // What validation says about a placeholder repeats a problem already reported.
-        Err(found) => problems.extend(
-            found
-                .into_iter()
-                .filter(|p| !reader.unreadable.iter().any(|u| covers(u, &p.field))),
-        ),
+        Err(found) => problems.extend(found.into_iter().filter(|p| {
+            !reader.unreadable.iter().any(|u| covers(u, &p.field))
+                && !twice.iter().any(|t| covers(&t.field, &p.field))
+        })),
     }
     Err(fail(problems))
+}
+
+/// The YAML document in `text` and where each of its fields is, or why it is not
+/// well-formed YAML.
+fn read_document(text: &str) -> Result<(yaml::Node, source::SourceMap), Vec<Problem>> {
+    let doc = yaml::load(text).map_err(|e| {
+        vec![Problem {
+            position: e.at,
+            field: String::new(),
+            message: e.message,
+        }]
+    })?;
+    let map = source::SourceMap::of(&doc);
+    Ok((doc, map))
+}
+
+/// Each key given twice, said with `twice`.
+fn duplicates(map: &source::SourceMap, twice: &str) -> Vec<Problem> {
+    map.duplicate_keys
+        .iter()
+        .map(|(field, position)| Problem {
+            position: *position,
+            field: field.clone(),
+            message: twice.into(),
+        })
+        .collect()
 }
 
 /// Problems in file order, each once.
@@ -417,24 +446,10 @@ pub fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
 /// there: YAML that is not well-formed, or keys given twice (each said with `twice`). The lab
 /// file and the host inventory are read so.
 pub fn document(text: &str, twice: &str) -> Result<(yaml::Node, source::SourceMap), Vec<Problem>> {
-    let doc = yaml::load(text).map_err(|e| {
-        vec![Problem {
-            position: e.at,
-            field: String::new(),
-            message: e.message,
-        }]
-    })?;
-    let map = source::SourceMap::of(&doc);
-    if !map.duplicate_keys.is_empty() {
-        return Err(map
-            .duplicate_keys
-            .iter()
-            .map(|(field, position)| Problem {
-                position: *position,
-                field: field.clone(),
-                message: twice.into(),
-            })
-            .collect());
+    let (doc, map) = read_document(text)?;
+    let repeated = duplicates(&map, twice);
+    if !repeated.is_empty() {
+        return Err(repeated);
     }
     Ok((doc, map))
 }

@@ -646,6 +646,10 @@ fn vxlans(
     let mut names = HashSet::new();
     let mut vnis = HashMap::new();
     let mut out: Vec<Vxlan> = Vec::new();
+    // What each earlier vxlan's addresses say, as far as they read: the checks across
+    // vxlans are made on the raw values, so that a mistake elsewhere in one vxlan (its MTU,
+    // say) does not hide a VNI or a subnet it shares with another.
+    let mut earlier: Vec<(&str, Vec<(&str, IpNet)>)> = Vec::new();
     for (i, x) in raw.iter().enumerate() {
         let path = join_index("vxlans", i);
         // Said whatever else is wrong with either vxlan.
@@ -655,16 +659,22 @@ fn vxlans(
                 format!("another vxlan is already named `{}`", x.name),
             );
         }
+        if let Some(other) = vnis.insert(x.vni, x.name.clone()) {
+            v.at(
+                &join_key(&path, "vni"),
+                format!("VNI {} is already used by {other}", x.vni),
+            );
+        }
+        let members: Vec<(&str, IpNet)> = x
+            .addresses
+            .iter()
+            .filter_map(|(g, a)| Some((g.as_str(), a.parse().ok()?)))
+            .collect();
+        for (name, theirs) in &earlier {
+            overlapping_overlays(v, &path, &members, name, theirs);
+        }
+        earlier.push((&x.name, members));
         if let Some(vx) = vxlan(v, &path, x, underlay, known) {
-            if let Some(other) = vnis.insert(vx.vni, vx.name.clone()) {
-                v.at(
-                    &join_key(&path, "vni"),
-                    format!("VNI {} is already used by {other}", vx.vni),
-                );
-            }
-            for earlier in &out {
-                overlapping_overlays(v, &path, &vx, earlier);
-            }
             out.push(vx);
         }
     }
@@ -673,17 +683,20 @@ fn vxlans(
 
 /// Two vxlans that share a guest must not share overlay address space: the guest could not
 /// tell which device a destination is behind.
-fn overlapping_overlays(v: &mut Validator, path: &str, a: &Vxlan, b: &Vxlan) {
-    for ma in &a.members {
-        for mb in b.members.iter().filter(|m| m.guest == ma.guest) {
-            let (na, nb) = (ma.address.trunc(), mb.address.trunc());
+fn overlapping_overlays(
+    v: &mut Validator,
+    path: &str,
+    ours: &[(&str, IpNet)],
+    name: &str,
+    theirs: &[(&str, IpNet)],
+) {
+    for (guest, a) in ours {
+        for (_, b) in theirs.iter().filter(|(g, _)| g == guest) {
+            let (na, nb) = (a.trunc(), b.trunc());
             if na.contains(&nb.network()) || nb.contains(&na.network()) {
                 v.at(
-                    &join_key(&join_key(path, "addresses"), &ma.guest),
-                    format!(
-                        "{} overlaps {}'s {} on {}; give each vxlan its own subnet",
-                        ma.address, b.name, mb.address, ma.guest
-                    ),
+                    &join_key(&join_key(path, "addresses"), guest),
+                    format!("{a} overlaps {name}'s {b} on {guest}; give each vxlan its own subnet"),
                 );
             }
         }
