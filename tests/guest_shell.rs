@@ -112,8 +112,12 @@ fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
          nsenter --net=/proc/1/ns/net true 2>/dev/null || echo no-host-netns\n\
          touch /etc/vxlab-student 2>/dev/null || echo no-host-files\n\
          ping -c 1 -W 1 192.168.42.3 >/dev/null && echo ping-ok\n\
+         ip link add stv0 type veth peer name stv1 netns {host_pid} 2>/dev/null || echo no-move-by-pid\n\
+         echo processes=$(ls /proc | grep -c '^[0-9]')\n\
+         touch /dev/shm/vxlab-student /var/tmp/vxlab-student && echo scratch-private\n\
          exit 3\n",
-        secret.display()
+        secret.display(),
+        host_pid = std::process::id(),
     );
     let out = lab.typed(&["shell", "--lab", "t-shell", "vm-a"], &script);
     // Without bash's bracketed-paste switches around each command line.
@@ -133,6 +137,8 @@ fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
         "no-host-netns",
         "no-host-files",
         "ping-ok",
+        "no-move-by-pid",
+        "scratch-private",
     ] {
         assert!(
             shown.contains(&format!("\n{word}")),
@@ -145,6 +151,25 @@ fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
         "{shown}"
     );
     assert!(shown.contains("\nnamespaces=0\n"), "{shown}");
+    // Its own processes only (the shell, and what it runs): no host process to name a
+    // namespace by, and nothing written to the host's scratch directories.
+    let processes: usize = shown
+        .split("\nprocesses=")
+        .nth(1)
+        .and_then(|r| r.lines().next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(processes <= 4, "{processes} processes in sight: {shown}");
+    let moved = std::path::Path::new("/sys/class/net/stv1").exists();
+    if moved {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", "stv1"])
+            .status();
+    }
+    assert!(!moved, "a student's veth reached the host's namespace");
+    for f in ["/dev/shm/vxlab-student", "/var/tmp/vxlab-student"] {
+        assert!(!std::path::Path::new(f).exists(), "{f} reached the host");
+    }
     let mtu = lab.ip("vm-a", &["-j", "link", "show", "dev", "vxlan0"]);
     assert!(text(&mtu.stdout).contains("\"mtu\":1400"));
     assert!(!std::path::Path::new("/etc/vxlab-student").exists());

@@ -10,11 +10,16 @@
 //!   network capabilities a student needs (`CAP_NET_ADMIN`, `CAP_NET_RAW`,
 //!   `CAP_NET_BIND_SERVICE`), kept across exec as ambient capabilities, every other one dropped
 //!   from the bounding set, and `no_new_privs` so no set-uid program gives root back;
-//! - a cap on its number of processes.
+//! - a cap on its number of processes;
+//! - its own PID namespace with its own `/proc`: no host process is in sight, so none can be
+//!   used to name its network namespace (`ip link … netns PID`, which `CAP_NET_ADMIN` would
+//!   otherwise allow), and everything it started ends when it ends;
+//! - private `/tmp`, `/dev/shm` and `/var/tmp`.
 //!
 //! So it can change its own namespace's links, addresses and FDB, and nothing else: it cannot
-//! reach another namespace (no `CAP_SYS_ADMIN`, and their files are hidden), write the host's
-//! files or read vxlab's secrets, or trace another copy's processes (another uid).
+//! reach another namespace (no `CAP_SYS_ADMIN`, their files are hidden, their processes out of
+//! sight), write the host's files or read vxlab's secrets, or trace another copy's processes
+//! (another uid).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -245,6 +250,10 @@ struct Confinement {
     sysfs: CString,
     tmp: CString,
     tmpfs: CString,
+    proc_dir: CString,
+    procfs: CString,
+    /// The host's other world-writable directories, each given a small private tmpfs.
+    scratch: Vec<CString>,
     hide: Vec<CString>,
 }
 
@@ -268,6 +277,13 @@ impl ChildSetup {
                 sysfs: cstr(b"sysfs")?,
                 tmp: cstr(b"/tmp")?,
                 tmpfs: cstr(b"tmpfs")?,
+                proc_dir: cstr(b"/proc")?,
+                procfs: cstr(b"proc")?,
+                scratch: ["/dev/shm", "/var/tmp"]
+                    .iter()
+                    .filter(|p| Path::new(p).is_dir())
+                    .map(|p| cstr(p.as_bytes()))
+                    .collect::<io::Result<_>>()?,
                 hide: hide
                     .iter()
                     .filter(|p| p.is_dir())
@@ -372,7 +388,54 @@ impl Confinement {
                 libc::MS_NOSUID | libc::MS_NODEV,
                 c"mode=1777,size=64m".as_ptr().cast(),
             ))?;
+            for dir in &self.scratch {
+                check(libc::mount(
+                    self.tmpfs.as_ptr(),
+                    dir.as_ptr(),
+                    self.tmpfs.as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    c"mode=1777,size=16m".as_ptr().cast(),
+                ))?;
+            }
             check(libc::chdir(self.tmp.as_ptr()))?;
+            // A PID namespace of its own: the host's processes are out of sight, so no command
+            // can name another namespace by a process's PID (`ip link … netns PID`), and when
+            // the shell ends, everything it started ends with it. The first process of a PID
+            // namespace is its init, so this process forks once more, waits for that one and
+            // exits as it did.
+            check(libc::unshare(libc::CLONE_NEWPID))?;
+            let init = libc::fork();
+            if init < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if init > 0 {
+                // Nothing of the spawner's stays open here: its exec-error pipe above all,
+                // which would keep it waiting until the shell ends.
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                let mut status = 0;
+                loop {
+                    let r = libc::waitpid(init, &mut status, 0);
+                    if r == init {
+                        break;
+                    }
+                    if r < 0 && *libc::__errno_location() != libc::EINTR {
+                        libc::_exit(127);
+                    }
+                }
+                libc::_exit(if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    128 + libc::WTERMSIG(status)
+                });
+            }
+            // The namespace's init: a /proc that shows its own processes only.
+            check(libc::mount(
+                self.procfs.as_ptr(),
+                self.proc_dir.as_ptr(),
+                self.procfs.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                none,
+            ))?;
             let nproc = libc::rlimit {
                 rlim_cur: CONFINED_PROCESSES,
                 rlim_max: CONFINED_PROCESSES,
@@ -391,6 +454,15 @@ impl Confinement {
             check(libc::setgroups(0, std::ptr::null()))?;
             check(libc::setresgid(self.uid, self.uid, self.uid))?;
             check(libc::setresuid(self.uid, self.uid, self.uid))?;
+            // Set after the uid changed (which clears it): the waiting parent ended (killed,
+            // hung up) ends this namespace too.
+            check(libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ))?;
             set_caps()?;
             for cap in KEPT_CAPS {
                 check(libc::prctl(
