@@ -25,6 +25,14 @@ impl Drop for Copies {
 
 /// A raw HTTP/1.1 request to the server; its status code.
 fn status(base: &str, method: &str, path: &str, websocket: bool) -> u16 {
+    status_from(base, method, path, websocket, None)
+}
+
+/// [`status`], sent as a browser on page `origin` sends it.
+fn status_from(base: &str, method: &str, path: &str, websocket: bool, origin: Option<&str>) -> u16 {
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
     let hostport = base
         .trim_start_matches("http://")
         .split('/')
@@ -40,7 +48,7 @@ fn status(base: &str, method: &str, path: &str, websocket: bool) -> u16 {
     };
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{upgrade}Content-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{origin}{upgrade}Content-Length: 0\r\n\r\n"
     )
     .unwrap();
     let mut head = [0u8; 12];
@@ -443,6 +451,17 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     let token_root = own.split("/lab/").next().unwrap().to_string() + "/";
     assert_eq!(status(&base, "GET", &own, false), 200);
     assert_eq!(status(&base, "GET", &format!("{own}term/vm-a"), true), 101);
+    // Another site cannot drive the lab with a link it got hold of: not the terminal, not a
+    // POST. From the server's own page, both work.
+    let evil = Some("http://evil.example");
+    let term = format!("{own}term/vm-a");
+    assert_eq!(status_from(&base, "GET", &term, true, evil), 403);
+    assert_eq!(
+        status_from(&base, "POST", &format!("{own}check"), false, evil),
+        403
+    );
+    let here = base.trim_end_matches('/').to_string();
+    assert_eq!(status_from(&base, "GET", &term, true, Some(&here)), 101);
     assert_eq!(status(&base, "GET", &other, false), 403);
     // ... and says nothing more: not whether the copy exists, nor whose token it was.
     let answer = get(&base, &other);
@@ -500,6 +519,9 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         .split('/')
         .next()
         .unwrap();
+    // From a page of that server (its front page, which opens no terminal of its own): a
+    // terminal's websocket from another origin is refused.
+    c.goto(&format!("http://{strict_host}/")).await.unwrap();
     let codes = c
         .execute_async(
             "const [url, done] = [arguments[0], arguments[arguments.length - 1]];

@@ -137,8 +137,47 @@ fn router(class: Shared) -> Router {
         .route("/t/{token}/lab/{lab}/reset", post(reset))
         .route("/t/{token}/lab/{lab}/capture/{guest}", post(capture))
         .fallback(|| async { forbidden() })
+        .layer(axum::middleware::from_fn(same_origin))
         .layer(axum::middleware::map_response(no_referrer))
         .with_state(class)
+}
+
+/// Whether a browser sent the request from another site: it names an `Origin` that is not
+/// this server (the `Host` it was asked as). A request with no `Origin` is no browser's
+/// cross-site request.
+fn cross_origin(origin: Option<&str>, host: Option<&str>) -> bool {
+    let Some(origin) = origin else {
+        return false;
+    };
+    let asked = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    match (asked, host) {
+        (Some(o), Some(h)) => !o.eq_ignore_ascii_case(h),
+        _ => true,
+    }
+}
+
+/// A secret link seen once (a screen, a history) must not let another site drive a lab: the
+/// terminal's websocket and every POST (check, reset, capture) are refused when a browser
+/// sends them from another origin.
+async fn same_origin(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let h = req.headers();
+    let changes =
+        req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD;
+    let websocket = h
+        .get(axum::http::header::UPGRADE)
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let text = |name| h.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    if (changes || websocket)
+        && cross_origin(
+            text(axum::http::header::ORIGIN),
+            text(axum::http::header::HOST),
+        )
+    {
+        return forbidden();
+    }
+    next.run(req).await
 }
 
 /// Secret links must not leak to other sites through the Referer header.
@@ -522,4 +561,21 @@ async fn terminal(
     let lab = access.plan.lab.clone();
     ws.max_message_size(MAX_MESSAGE)
         .on_upgrade(move |socket| super::terminal::run(class, socket, lab, g, slot))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cross_origin;
+
+    #[test]
+    fn only_another_sites_origin_is_cross_origin() {
+        let host = Some("10.0.0.5:8080");
+        assert!(!cross_origin(None, host), "curl sends no Origin");
+        assert!(!cross_origin(Some("http://10.0.0.5:8080"), host));
+        assert!(!cross_origin(Some("https://10.0.0.5:8080"), host));
+        assert!(cross_origin(Some("http://evil.example"), host));
+        assert!(cross_origin(Some("http://10.0.0.5:8081"), host));
+        assert!(cross_origin(Some("null"), host), "a sandboxed page");
+        assert!(cross_origin(Some("http://10.0.0.5:8080"), None));
+    }
 }
