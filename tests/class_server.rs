@@ -58,6 +58,11 @@ fn status_from(base: &str, method: &str, path: &str, websocket: bool, origin: Op
 
 /// A plain GET (the connection closed after it); its whole answer, head and body.
 fn get(base: &str, path: &str) -> String {
+    request(base, "GET", path)
+}
+
+/// A plain request of `method` (the connection closed after it); its whole answer.
+fn request(base: &str, method: &str, path: &str) -> String {
     let hostport = base
         .trim_start_matches("http://")
         .split('/')
@@ -66,7 +71,7 @@ fn get(base: &str, path: &str) -> String {
     let mut s = TcpStream::connect(hostport).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
     )
     .unwrap();
     let mut answer = String::new();
@@ -462,6 +467,26 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     );
     let here = base.trim_end_matches('/').to_string();
     assert_eq!(status_from(&base, "GET", &term, true, Some(&here)), 101);
+    // Three clicks at once on one lab (two checks and a reset) each run in turn: none finds
+    // the lab busy, and the reset says it was done.
+    let answers: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = ["check", "reset", "check"]
+            .iter()
+            .map(|a| {
+                let (base, path) = (&base, format!("{own}{a}"));
+                s.spawn(move || request(base, "POST", &path))
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for a in &answers {
+        assert!(a.starts_with("HTTP/1.1 200") && !a.contains("busy"), "{a}");
+    }
+    assert!(
+        answers[1].contains("was reset to its plan"),
+        "{}",
+        answers[1]
+    );
     assert_eq!(status(&base, "GET", &other, false), 403);
     // ... and says nothing more: not whether the copy exists, nor whose token it was.
     let answer = get(&base, &other);

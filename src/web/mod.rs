@@ -85,6 +85,9 @@ pub struct Class {
     options: ServeOptions,
     /// Open terminals per token.
     terminals: Mutex<HashMap<String, usize>>,
+    /// One action at a time per lab: a second click waits for the first instead of finding
+    /// the lab busy (with this server as the "other vxlab").
+    actions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Class {
@@ -98,7 +101,18 @@ impl Class {
             tokens: RwLock::new(tokens),
             options,
             terminals: Mutex::new(HashMap::new()),
+            actions: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// The lock that keeps this server's actions on `lab` one at a time.
+    fn action_lock(&self, lab: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.actions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(lab.to_string())
+            .or_default()
+            .clone()
     }
 
     /// The instructor's token.

@@ -414,6 +414,8 @@ async fn with_engine<T: Send + 'static>(
     job: impl FnOnce(crate::engine::Engine) -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
     let backend = class.backend.clone();
+    let turn = class.action_lock(lab);
+    let _turn = turn.lock().await;
     let lab = lab.to_string();
     tokio::task::spawn_blocking(move || job(backend.engine(&lab)?))
         .await
@@ -477,6 +479,7 @@ async fn reset(
     })
     .await;
     class.watch.refresh(&lab);
+    let done = result.is_ok();
     let mut view = match result {
         Ok(outcome) => {
             class.watch.checked(&lab, outcome.verdict.clone());
@@ -485,9 +488,16 @@ async fn reset(
         }
         Err(e) => CheckView::failed_to_run(format!("{e:#}")),
     };
-    view.heading = Some(match &guest {
-        Some(g) => format!("{g} was reset to the lab's plan, and what it learned forgotten."),
-        None => format!("Lab {lab} was reset to its plan, and what its guests learned forgotten."),
+    // Said only of a reset that ran.
+    view.heading = Some(match (&guest, done) {
+        (Some(g), true) => {
+            format!("{g} was reset to the lab's plan, and what it learned forgotten.")
+        }
+        (None, true) => {
+            format!("Lab {lab} was reset to its plan, and what its guests learned forgotten.")
+        }
+        (Some(g), false) => format!("{g} was not reset."),
+        (None, false) => format!("Lab {lab} was not reset."),
     });
     Html(pages::render("check.html", &view)).into_response()
 }
