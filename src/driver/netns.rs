@@ -43,6 +43,25 @@ impl NetnsDriver {
     pub fn new(netlink: Arc<Netlink>) -> Self {
         NetnsDriver { netlink }
     }
+
+    /// A guest whose namespace is gone (deleted by hand) is not running: said so, rather than
+    /// as a program that could not start in it ("starting bash: No such file or directory").
+    fn present(&self, guest: &GuestPlan) -> Result<(), DriverError> {
+        if netns_path(&guest.instance).exists() {
+            return Ok(());
+        }
+        Err(DriverError::new(
+            &guest.name,
+            "reaching it",
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "{} is not running: its namespace {} is gone; a reset of {} creates it anew",
+                    guest.name, guest.instance, guest.name
+                ),
+            ),
+        ))
+    }
 }
 
 impl Driver for NetnsDriver {
@@ -84,6 +103,7 @@ impl Driver for NetnsDriver {
     }
 
     fn exec(&self, guest: &GuestPlan, argv: &[String]) -> Result<Output, DriverError> {
+        self.present(guest)?;
         process::run(argv, Some(&netns_path(&guest.instance)))
             .map_err(|e| DriverError::new(&guest.name, format!("running {}", argv[0]), e))
     }
@@ -97,6 +117,7 @@ impl Driver for NetnsDriver {
         cmds: &[GuestCommand],
         stop_on_failure: bool,
     ) -> Result<Vec<Output>, DriverError> {
+        self.present(guest)?;
         let ns = netns_path(&guest.instance);
         let mut outs = Vec::with_capacity(cmds.len());
         for run in batch::runs(cmds) {
@@ -155,6 +176,7 @@ impl Driver for NetnsDriver {
     /// or vxlab's state (see [`crate::host::spawn`]).
     fn spawn(&self, guest: &GuestPlan, launch: &Launch) -> Result<GuestProcess, DriverError> {
         // The state directory in use and the default one: either may hold labs' secrets.
+        self.present(guest)?;
         let hide = [
             PathBuf::from("/run/netns"),
             StateDir::from_env().root().to_path_buf(),
