@@ -58,18 +58,13 @@ fn interrupt_up(lab: Lab, signal: libc::c_int) {
         .unwrap();
     // As soon as the first namespace is recorded, the lab is part-way: interrupt it there.
     let state = lab.state.path().join(&lab.name).join("state.json");
-    let start = Instant::now();
-    while !std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"netns\"")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "up never recorded a guest"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(child.id() as i32, signal);
-    }
+    signal_when(
+        &child,
+        signal,
+        Duration::from_secs(30),
+        "up never recorded a guest",
+        || std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"netns\"")),
+    );
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
@@ -101,18 +96,13 @@ fn ctrl_c_during_ups_check_stops_it_without_calling_guests_unreachable() {
             .and_then(|v| v["tools"].as_object().map(|t| t.len()))
             == Some(60)
     };
-    let start = Instant::now();
-    while !configured() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "up never configured its guests"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
+    signal_when(
+        &child,
+        libc::SIGINT,
+        Duration::from_secs(30),
+        "up never configured its guests",
+        configured,
+    );
     let out = child.wait_with_output().unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -124,6 +114,26 @@ fn ctrl_c_during_ups_check_stops_it_without_calling_guests_unreachable() {
     let (code, report) = lab.check();
     assert_eq!(code, 0, "{report:#}");
     lab.down_leaves_nothing();
+}
+
+/// Sends `signal` to `child` once `ready` holds (checked every millisecond or two), failing
+/// with `never` after `within`.
+fn signal_when(
+    child: &std::process::Child,
+    signal: libc::c_int,
+    within: Duration,
+    never: &str,
+    ready: impl Fn() -> bool,
+) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < within, "{never}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
 }
 
 /// Whether process `pid` catches `signal` (its handler is installed): from /proc.
@@ -148,18 +158,13 @@ fn ctrl_c_during_down_is_answered_and_down_goes_on_to_the_end() {
         .spawn()
         .unwrap();
     // Once down listens for Ctrl-C (it does before it touches anything), press it.
-    let start = Instant::now();
-    while !catches(child.id(), libc::SIGINT) {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "down never listened"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
+    signal_when(
+        &child,
+        libc::SIGINT,
+        Duration::from_secs(10),
+        "down never listened",
+        || catches(child.id(), libc::SIGINT),
+    );
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");

@@ -950,10 +950,7 @@ fn a_host_end_off_the_bridge_or_down_is_named_and_up_and_reset_put_it_back() {
     let plan = json_of_plan(&lab);
     let link = plan["guests"][1]["host_link"].as_str().unwrap().to_string();
     let on_host = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .unwrap();
+        let out = Command::new("ip").args(args).output().unwrap();
         assert!(
             out.status.success(),
             "{}",

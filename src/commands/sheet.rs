@@ -77,9 +77,9 @@ pub fn sheet(arg: &Path, format: SheetFormat, base_url: Option<&str>) -> Result<
     // The copies of `base`; `base` itself only when no copy runs and it runs as a lab of its
     // own (one student's lab). An instructor's own run of the lab beside the copies is no
     // student's.
-    let copies: Vec<String> = state
-        .labs()
-        .into_iter()
+    let running = state.labs();
+    let copies: Vec<String> = running
+        .iter()
         .filter(|l| {
             state
                 .read(l)
@@ -87,8 +87,9 @@ pub fn sheet(arg: &Path, format: SheetFormat, base_url: Option<&str>) -> Result<
                 .and_then(|s| s.instance)
                 .is_some_and(|i| i.base == base)
         })
+        .cloned()
         .collect();
-    let labs = if copies.is_empty() && state.labs().contains(&base) {
+    let labs = if copies.is_empty() && running.contains(&base) {
         vec![base.clone()]
     } else {
         copies

@@ -170,15 +170,7 @@ impl Engine {
             Some((source, lab_text)),
             &plan.guests.iter().collect::<Vec<_>>(),
             ui,
-            &|runner, g, tools| {
-                if let Some(note) = self.plug_host_end(plan, g)? {
-                    plugged.lock().expect("not poisoned").push(note);
-                }
-                let st = runner.observe_with(g, tools)?;
-                let steps = converge::converge(g, &st);
-                runner.run_steps(g, tools, &steps, true)?;
-                Ok(steps)
-            },
+            &|runner, g, tools| self.repair_guest(plan, &plugged, runner, g, tools),
         )?;
         p.notes.extend(plugged.into_inner().expect("not poisoned"));
         self.finish(plan, p)
@@ -217,13 +209,7 @@ impl Engine {
         }
         let plugged = std::sync::Mutex::new(Vec::new());
         let mut p = self.provision(plan, None, &chosen, ui, &|runner, g, tools| {
-            if let Some(note) = self.plug_host_end(plan, g)? {
-                plugged.lock().expect("not poisoned").push(note);
-            }
-            let st = runner.observe_with(g, tools)?;
-            let steps = converge::converge(g, &st);
-            runner.run_steps(g, tools, &steps, true)?;
-            Ok(steps)
+            self.repair_guest(plan, &plugged, runner, g, tools)
         })?;
         p.notes.splice(0..0, notes);
         p.notes.extend(plugged.into_inner().expect("not poisoned"));
@@ -291,6 +277,26 @@ impl Engine {
                 s.host_end = self.host.host_end(&g.host_link);
             }
         }
+    }
+
+    /// What `up` and `reset` do to a guest that is there: its host end plugged back (what was
+    /// done goes into `plugged`, as notes), then the steps that take its kernel to its plan,
+    /// run and returned.
+    fn repair_guest(
+        &self,
+        plan: &Plan,
+        plugged: &std::sync::Mutex<Vec<String>>,
+        runner: &Runner,
+        g: &GuestPlan,
+        tools: &crate::iproute2::Tools,
+    ) -> Result<Vec<Step>, EngineError> {
+        if let Some(note) = self.plug_host_end(plan, g)? {
+            plugged.lock().expect("not poisoned").push(note);
+        }
+        let st = runner.observe_with(g, tools)?;
+        let steps = converge::converge(g, &st);
+        runner.run_steps(g, tools, &steps, true)?;
+        Ok(steps)
     }
 
     /// Puts a namespace guest's host end back on the lab's bridge, up, where it is not: the

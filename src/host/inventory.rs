@@ -50,11 +50,16 @@ pub fn link(name: &str) -> Presence {
     link_in(Path::new("/sys/class/net"), name)
 }
 
-fn link_in(sys: &Path, name: &str) -> Presence {
+/// Link `name`'s directory under `sys` (`/sys/class/net`), when there is such a link.
+fn link_dir(sys: &Path, name: &str) -> Option<std::path::PathBuf> {
     let dir = sys.join(name);
-    if name.is_empty() || name.contains('/') || !dir.exists() {
+    (!name.is_empty() && !name.contains('/') && dir.exists()).then_some(dir)
+}
+
+fn link_in(sys: &Path, name: &str) -> Presence {
+    let Some(dir) = link_dir(sys, name) else {
         return Presence::Absent;
-    }
+    };
     let owner = std::fs::read_to_string(dir.join("ifalias"))
         .ok()
         .and_then(|a| a.trim().strip_prefix("vxlab: ").map(describe));
@@ -68,10 +73,7 @@ pub fn host_end(name: &str) -> Option<crate::observe::HostEnd> {
 }
 
 fn host_end_in(sys: &Path, name: &str) -> Option<crate::observe::HostEnd> {
-    let dir = sys.join(name);
-    if name.is_empty() || name.contains('/') || !dir.exists() {
-        return None;
-    }
+    let dir = link_dir(sys, name)?;
     let flags = std::fs::read_to_string(dir.join("flags")).ok()?;
     let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok()?;
     let bridge = std::fs::read_link(dir.join("master"))
