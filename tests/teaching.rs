@@ -44,6 +44,18 @@ fn capture_sees_the_first_arp_go_to_the_group_and_the_rest_unicast() {
     ]);
     let c = json_of(&out);
     assert_eq!(c["answered"], true);
+    // Both ends forgot first, the guest pinged before the pinging one: else a probe of vm-b's
+    // could teach vm-a again before its ping.
+    let who: Vec<&str> = c["forgot"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["guest"].as_str().unwrap())
+        .collect();
+    assert!(
+        who.first() == Some(&"vm-b") && who.last() == Some(&"vm-a"),
+        "{c:#}"
+    );
     let packets = c["packets"].as_array().unwrap();
     let first = &packets[0]["packet"];
     // The seed's observation: the ARP request is flooded to the group...

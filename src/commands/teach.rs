@@ -181,7 +181,7 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
                 "vni": vtep.vni,
                 "answered": captured.answered,
                 "ping": captured.ping,
-                "forgot": captured.forgot.iter().map(|s| s.command.to_string()).collect::<Vec<_>>(),
+                "forgot": captured.forgot.iter().map(|(who, s)| serde_json::json!({"guest": who, "command": s.command.to_string()})).collect::<Vec<_>>(),
                 "only": opts.only,
                 "frames": frames.len(),
                 "packets": packets,
@@ -206,9 +206,9 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
         }
     );
     if !captured.forgot.is_empty() {
-        println!("{guest} first forgets what it learned, so the capture starts from nothing (--keep does not):");
-        for s in &captured.forgot {
-            println!("  $ {}", s.command);
+        println!("first both ends forget what they learned, so the capture starts from nothing (--keep does not):");
+        for (who, s) in &captured.forgot {
+            println!("  {who}$ {}", s.command);
         }
     }
     println!("{guest} pings:\n  $ {}\n", captured.ping);

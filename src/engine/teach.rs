@@ -25,8 +25,9 @@ pub struct Captured {
     pub answered: bool,
     /// The ping command that ran in the guest.
     pub ping: String,
-    /// What was forgotten first (nothing with `keep`).
-    pub forgot: Vec<Step>,
+    /// What was forgotten first, by guest: the guest pinged, then the pinging one (nothing
+    /// with `keep`).
+    pub forgot: Vec<(String, Step)>,
 }
 
 impl Engine {
@@ -43,8 +44,8 @@ impl Engine {
     }
 
     /// Pings `to` from `g` `count` times (out of device `via` when given) while capturing
-    /// `g`'s underlay on the host; unless `keep`, first forgets what `g` learned, so the
-    /// capture starts with the flood.
+    /// `g`'s underlay on the host; unless `keep`, first forgets what `g` and the guest it pings
+    /// learned, so the capture starts with the flood.
     pub fn capture(
         &self,
         plan: &Plan,
@@ -54,13 +55,21 @@ impl Engine {
         keep: bool,
     ) -> Result<Captured, EngineError> {
         let runner = self.reader(&plan.lab)?;
-        let forgot = if keep {
-            Vec::new()
-        } else {
-            let forget = converge::forget(g, &runner.observe(g)?);
-            runner.run_steps(g, &runner.tools_of(g), &forget, false)?;
-            forget
-        };
+        // The guest pinged forgets too, first: otherwise its own neighbour probe to `g` can
+        // arrive after `g` forgot and teach `g` again, and the capture starts without the
+        // flood (seen on VMs).
+        let pinged = plan
+            .guests
+            .iter()
+            .find(|p| p.name != g.name && p.vteps.iter().any(|v| v.address.addr() == to));
+        let mut forgot = Vec::new();
+        if !keep {
+            for who in pinged.into_iter().chain([g]) {
+                let forget = converge::forget(who, &runner.observe(who)?);
+                runner.run_steps(who, &runner.tools_of(who), &forget, false)?;
+                forgot.extend(forget.into_iter().map(|step| (who.name.clone(), step)));
+            }
+        }
         let mut cap = self
             .host
             .capture(&g.host_link, Duration::from_millis(100))

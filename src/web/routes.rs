@@ -548,7 +548,11 @@ async fn capture(access: LabAccess, State(class): State<Shared>) -> Html<String>
                     .map(|(i, (t, w))| format!("{:>3} {t:>8.3}s  {}", i + 1, w.summary()))
                     .collect(),
                 story: summary.text,
-                forgot: c.forgot.iter().map(|s| s.command.to_string()).collect(),
+                forgot: c
+                    .forgot
+                    .iter()
+                    .map(|(who, s)| format!("{who}: {}", s.command))
+                    .collect(),
                 error: None,
             }
         }
