@@ -96,6 +96,22 @@ pub struct LabState {
     /// this machine. Every resource made there names it too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<crate::hosts::HostSpec>,
+    /// A random mark drawn when the lab first came up. A lab taken down and brought up again
+    /// under the same name is another run with another mark: the class server then closes
+    /// the first run's terminals and forgets its token, and the new run's student shells get
+    /// another uid. (Empty in state written before the mark.)
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub made: String,
+}
+
+/// Which run of a lab, and which write of its state: what the class server compares to see
+/// a lab made anew (another [`LabState::made`]) or changed (its state written again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// The run's mark.
+    pub made: String,
+    /// The state file's inode, modification time and length.
+    written: (u64, i64, i64, u64),
 }
 
 /// Who a lab's state belongs to: the lab file it was started from, or the lab it copies.
@@ -122,6 +138,29 @@ impl std::fmt::Display for Owner {
 }
 
 impl LabState {
+    /// The state of a lab coming up for the first time, with a new mark, nothing made yet.
+    pub fn new(
+        lab: &str,
+        source: &Path,
+        instance: Option<crate::lab::instance::Instance>,
+        host: Option<crate::hosts::HostSpec>,
+    ) -> Result<LabState, StateError> {
+        let made = crate::host::random::hex(8).map_err(|source| StateError::Io {
+            what: "cannot draw a random mark for",
+            path: PathBuf::from(lab),
+            source,
+        })?;
+        Ok(LabState {
+            lab: lab.to_string(),
+            source: source.to_path_buf(),
+            resources: Vec::new(),
+            tools: Default::default(),
+            instance,
+            host,
+            made,
+        })
+    }
+
     /// Who this state belongs to.
     pub fn owner(&self) -> Owner {
         match &self.instance {
@@ -379,6 +418,16 @@ impl StateDir {
         Ok(true)
     }
 
+    /// Which run of lab `lab` this is and which write of its state, if it is running.
+    pub fn stamp(&self, lab: &str) -> Option<Stamp> {
+        let meta = fs::symlink_metadata(self.lab_dir(lab).join(STATE_FILE)).ok()?;
+        let st = self.read(lab).ok()?;
+        Some(Stamp {
+            made: st.made,
+            written: (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.len()),
+        })
+    }
+
     /// Reads lab `lab`'s state without locking.
     pub fn read(&self, lab: &str) -> Result<LabState, StateError> {
         self.check_root(false).map_err(|e| match e {
@@ -604,6 +653,7 @@ mod tests {
             tools: Default::default(),
             instance: None,
             host: None,
+            made: String::new(),
         }
     }
 

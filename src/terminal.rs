@@ -47,8 +47,8 @@ pub struct Launch {
     /// with the network capabilities, in its own mount namespace that hides the host's labs
     /// (see [`crate::host::spawn`]); a VM is its own machine and needs nothing more.
     pub confined: bool,
-    /// The uid a confined process runs as on the host: one per lab, so students of different
-    /// copies cannot signal or trace each other's processes.
+    /// The uid a confined process runs as on the host: one per run of a lab, so students of
+    /// different copies (or of an earlier run of the same copy) share no files or limits.
     pub uid: u32,
 }
 
@@ -56,19 +56,21 @@ pub struct Launch {
 /// out, and below the overflow uid range.
 const STUDENT_UID_BASE: u32 = 0x4000_0000;
 
-/// The uid the confined processes of lab `lab` run as: a hash of its name into 2^24 uids.
-pub fn student_uid(lab: &str) -> u32 {
+/// The uid the confined processes of lab `lab` run as in its run `made` (see
+/// [`crate::state::LabState::made`]): a hash of both into 2^24 uids.
+pub fn student_uid(lab: &str, made: &str) -> u32 {
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    let h = lab.bytes().fold(0x811c_9dc5_u32, |h, b| {
+    let bytes = lab.bytes().chain([0]).chain(made.bytes());
+    let h = bytes.fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
     STUDENT_UID_BASE + (h & 0x00ff_ffff)
 }
 
-/// The shell a student gets in guest `g` of lab `lab`: bash with the prompt `lab/guest# `,
+/// The shell a student gets in guest `g` of lab `lab` (in its run `made`): bash with the prompt `lab/guest# `,
 /// the `ip` and `bridge` vxlab configured the guest with first on the PATH, and none of the
 /// distribution's start-up files (they would set another prompt).
-pub fn shell(lab: &str, g: &GuestPlan, tools: &Tools, size: WinSize) -> Launch {
+pub fn shell(lab: &str, made: &str, g: &GuestPlan, tools: &Tools, size: WinSize) -> Launch {
     let mut path = String::new();
     for tool in [&tools.ip, &tools.bridge] {
         if let Some(dir) = Path::new(tool).parent().filter(|d| d.is_absolute()) {
@@ -93,7 +95,7 @@ pub fn shell(lab: &str, g: &GuestPlan, tools: &Tools, size: WinSize) -> Launch {
         ],
         tty: Some(size.clamped()),
         confined: true,
-        uid: student_uid(lab),
+        uid: student_uid(lab, made),
     }
 }
 
@@ -156,6 +158,7 @@ mod tests {
         };
         let l = shell(
             "two-netns",
+            "",
             &p.guests[0],
             &tools,
             WinSize {
@@ -176,6 +179,7 @@ mod tests {
         assert!(l.confined);
         let plain = shell(
             "two-netns",
+            "",
             &p.guests[0],
             &Tools::default(),
             WinSize::DEFAULT,
@@ -189,9 +193,14 @@ mod tests {
     #[test]
     fn copies_of_a_lab_get_different_uids_in_the_student_range() {
         let uids: std::collections::BTreeSet<u32> = (1..=30)
-            .map(|i| student_uid(&format!("two-netns-{i}")))
+            .map(|i| student_uid(&format!("two-netns-{i}"), "5f0c2a9e41d7b836"))
             .collect();
         assert_eq!(uids.len(), 30);
+        // The same copy taken down and brought up again is another run: another uid.
+        assert_ne!(
+            student_uid("two-netns-1", "5f0c2a9e41d7b836"),
+            student_uid("two-netns-1", "a03e77d190c4f25b")
+        );
         assert!(uids
             .iter()
             .all(|u| (STUDENT_UID_BASE..STUDENT_UID_BASE + (1 << 24)).contains(u)));

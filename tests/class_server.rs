@@ -150,6 +150,114 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         "return document.querySelector('#grid-rows tr[data-lab=\"cls-4\"]') !== null",
     )
     .await;
+    // A terminal into copy 4 (the instructor's link opens every copy's), and its shell's
+    // processes on the host, under copy 4's student uid.
+    let token_of = |copy: &str| {
+        std::fs::read_to_string(lab.state.path().join(copy).join("web.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let made_of = |copy: &str| -> String {
+        let st: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(lab.state.path().join(copy).join("state.json")).unwrap(),
+        )
+        .unwrap();
+        st["made"].as_str().unwrap().to_string()
+    };
+    let first_run = (token_of("cls-4"), made_of("cls-4"));
+    let uid = vxlab::terminal::student_uid("cls-4", &first_run.1);
+    let processes_of = |uid: u32| {
+        let out = std::process::Command::new("pgrep")
+            .args(["-u", &uid.to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    c.execute(
+        "window.t4 = { text: '', code: null };
+         const ws = new WebSocket('ws://' + location.host + arguments[0]);
+         ws.binaryType = 'arraybuffer';
+         ws.onmessage = e => { window.t4.text += new TextDecoder().decode(e.data); };
+         ws.onclose = e => { window.t4.code = e.code; };",
+        vec![json!(format!(
+            "{}lab/cls-4/term/vm-a",
+            path_of(&instructor)
+        ))],
+    )
+    .await
+    .unwrap();
+    wait_for(
+        &c,
+        10,
+        "a shell in copy 4",
+        "return window.t4.text.includes('cls-4/vm-a#')",
+    )
+    .await;
+    assert!(processes_of(uid) > 0, "no shell runs as uid {uid}");
+    let out = lab.run(&["down", "cls", "--instance", "4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        &c,
+        10,
+        "the fourth copy gone from the grid",
+        "return document.querySelector('#grid-rows tr[data-lab=\"cls-4\"]') === null",
+    )
+    .await;
+    // Its terminal says so and closes, and the shell in it ends: it does not outlive the
+    // copy (and keep its namespace alive) until the idle time.
+    let said = wait_for(
+        &c,
+        10,
+        "copy 4's terminal closed",
+        "return window.t4.code !== null ? window.t4 : false",
+    )
+    .await;
+    assert_eq!(said["code"], json!(1000), "{said}");
+    assert!(
+        said["text"]
+            .as_str()
+            .unwrap()
+            .contains("lab cls-4 went down"),
+        "{said}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while processes_of(uid) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "copy 4's shell outlived it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Copy 4 brought up again is another run: a new token (the first run's link opens
+    // nothing), another mark, so another student uid.
+    let out = lab.run(&["up", &file, "--instance", "4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        &c,
+        10,
+        "copy 4 again in the grid",
+        "return document.querySelector('#grid-rows tr[data-lab=\"cls-4\"]') !== null",
+    )
+    .await;
+    let second_run = (token_of("cls-4"), made_of("cls-4"));
+    assert_ne!(second_run.0, first_run.0);
+    assert_ne!(
+        vxlab::terminal::student_uid("cls-4", &second_run.1),
+        uid,
+        "the same student uid for another run"
+    );
+    let page = |token: &str| format!("/t/{token}/lab/cls-4/");
+    assert_eq!(status(&base, "GET", &page(&first_run.0), false), 403);
+    assert_eq!(status(&base, "GET", &page(&second_run.0), false), 200);
     let out = lab.run(&["down", "cls", "--instance", "4"]);
     assert!(
         out.status.success(),
@@ -566,6 +674,84 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         json!([1000, 1000, 1006]),
         "two closed as idle, one refused"
     );
+
+    // A paste bigger than the largest message the server takes reaches the shell whole:
+    // the page sends it in pieces.
+    c.goto(&students[0]).await.unwrap();
+    wait_for(
+        &c,
+        10,
+        "vm-a's shell prompt",
+        "const r = document.querySelector('#term-vm-a .xterm-rows'); return r && r.innerText.includes('cls-1/vm-a#')",
+    )
+    .await;
+    c.execute(
+        "const dt = new DataTransfer();
+         dt.setData('text/plain', 'printf %s ' + 'x'.repeat(100000) + ' | wc -c');
+         document.querySelector('#term-vm-a .xterm-helper-textarea')
+           .dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));",
+        vec![],
+    )
+    .await
+    .unwrap();
+    type_in_terminal(&c, "vm-a", "").await;
+    wait_for(
+        &c,
+        20,
+        "the pasted 100000 characters counted in vm-a",
+        "const r = document.querySelector('#term-vm-a .xterm-rows'); return r.innerText.split('\\n').some(l => l.trim() === '100000')",
+    )
+    .await;
+
+    // A guest made anew by a reset from the command line is followed again: cls-2's vm-b
+    // loses its namespace, `vxlab reset cls-2` makes it anew, and a change in the new one
+    // reaches the grid.
+    c.goto(&instructor).await.unwrap();
+    let copy2 = vxlab::plan::plan(
+        &vxlab::lab::instance::derive(
+            &vxlab::lab::load(&lab.file).unwrap(),
+            "2",
+            2,
+            serde_json::from_str::<serde_json::Value>(
+                &std::fs::read_to_string(lab.state.path().join("cls-2/state.json")).unwrap(),
+            )
+            .unwrap()["instance"]["underlay"]
+                .as_str()
+                .map(|u| u.parse().unwrap()),
+        )
+        .unwrap(),
+    );
+    let ns = copy2.guest("vm-b").unwrap().instance.clone();
+    common::sh(&format!("ip netns del {ns}"));
+    let out = lab.run(&["reset", "cls-2"]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("created anew"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        &c,
+        15,
+        "cls-2 healthy after its guest was made anew",
+        "const r = document.getElementById('row-cls-2'); return r && r.classList.contains('healthy')",
+    )
+    .await;
+    lab.exec(
+        Some("cls-2"),
+        "vm-b",
+        &["ip", "link", "set", "vxlan0", "down"],
+    );
+    let cause = wait_for(
+        &c,
+        10,
+        "cls-2 failing after a change in its new vm-b",
+        "const r = document.getElementById('row-cls-2'); return r && r.classList.contains('failing') ? r.innerText : false",
+    )
+    .await;
+    assert!(cause.as_str().unwrap().contains("vm-b"), "{cause}");
+    let out = lab.run(&["reset", "cls-2"]);
+    assert!(out.status.success());
 
     // The printable access sheet, as the browser shows it.
     let html = lab.run(&["sheet", "cls", "--format", "html", "--url", &base]);

@@ -114,7 +114,8 @@ fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
          ping -c 1 -W 1 192.168.42.3 >/dev/null && echo ping-ok\n\
          ip link add stv0 type veth peer name stv1 netns {host_pid} 2>/dev/null || echo no-move-by-pid\n\
          echo processes=$(ls /proc | grep -c '^[0-9]')\n\
-         touch /dev/shm/vxlab-student /var/tmp/vxlab-student && echo scratch-private\n\
+         touch /dev/shm/vxlab-student /var/tmp/vxlab-student /run/lock/vxlab-student && echo scratch-private\n\
+         ipcmk -M 4096 >/dev/null && echo ipc-made\n\
          exit 3\n",
         secret.display(),
         host_pid = std::process::id(),
@@ -139,6 +140,7 @@ fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
         "ping-ok",
         "no-move-by-pid",
         "scratch-private",
+        "ipc-made",
     ] {
         assert!(
             shown.contains(&format!("\n{word}")),
@@ -167,9 +169,29 @@ fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
             .status();
     }
     assert!(!moved, "a student's veth reached the host's namespace");
-    for f in ["/dev/shm/vxlab-student", "/var/tmp/vxlab-student"] {
+    for f in [
+        "/dev/shm/vxlab-student",
+        "/var/tmp/vxlab-student",
+        "/run/lock/vxlab-student",
+    ] {
         assert!(!std::path::Path::new(f).exists(), "{f} reached the host");
     }
+    // The shared memory it made is in an IPC namespace of its own, gone with the shell:
+    // none of the host's segments belongs to the student's uid.
+    let uid = shown
+        .split("\nuid=")
+        .nth(1)
+        .and_then(|r| r.lines().next())
+        .unwrap()
+        .trim()
+        .to_string();
+    let segments = std::fs::read_to_string("/proc/sysvipc/shm").unwrap();
+    assert!(
+        !segments
+            .lines()
+            .any(|l| l.split_whitespace().any(|f| f == uid)),
+        "the student's shared memory reached the host: {segments}"
+    );
     let mtu = lab.ip("vm-a", &["-j", "link", "show", "dev", "vxlan0"]);
     assert!(text(&mtu.stdout).contains("\"mtu\":1400"));
     assert!(!std::path::Path::new("/etc/vxlab-student").exists());

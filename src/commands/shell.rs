@@ -18,13 +18,9 @@ pub fn shell(lab: Option<&Path>, guest: &str) -> Result<u8> {
     require_root("shell")?;
     let (lab, p, i) = running_guest(lab, guest)?;
     let g = &p.guests[i];
-    let tools = StateDir::from_env()
-        .read(&lab.name)?
-        .tools
-        .get(guest)
-        .cloned()
-        .unwrap_or_default();
-    let launch = terminal::shell(&lab.name, g, &tools, local_size());
+    let st = StateDir::from_env().read(&lab.name)?;
+    let tools = st.tools.get(guest).cloned().unwrap_or_default();
+    let launch = terminal::shell(&lab.name, &st.made, g, &tools, local_size());
     let driver = driver(&lab, &Arc::new(Netlink::open()?), None)?;
     let process = driver
         .spawn(g, &launch)

@@ -59,14 +59,12 @@ impl Engine {
                 let (source, _) = lab_file.ok_or_else(|| {
                     StateError::NotRunning(plan.lab.clone(), self.state.root().to_path_buf())
                 })?;
-                LabState {
-                    lab: plan.lab.clone(),
-                    source: source.to_path_buf(),
-                    resources: Vec::new(),
-                    tools: BTreeMap::new(),
-                    instance: plan.instance.clone(),
-                    host: self.placed_on.clone(),
-                }
+                LabState::new(
+                    &plan.lab,
+                    source,
+                    plan.instance.clone(),
+                    self.placed_on.clone(),
+                )?
             }
         };
         let was_running = !st.resources.is_empty();

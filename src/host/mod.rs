@@ -12,6 +12,7 @@ pub mod neighbours;
 pub mod netlink;
 pub mod netns;
 pub mod process;
+pub mod random;
 pub mod rcu;
 pub mod spawn;
 pub mod sysctl;

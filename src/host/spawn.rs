@@ -14,7 +14,8 @@
 //! - its own PID namespace with its own `/proc`: no host process is in sight, so none can be
 //!   used to name its network namespace (`ip link … netns PID`, which `CAP_NET_ADMIN` would
 //!   otherwise allow), and everything it started ends when it ends;
-//! - private `/tmp`, `/dev/shm` and `/var/tmp`.
+//! - private `/tmp`, `/dev/shm`, `/var/tmp` and `/run/lock`, and its own System V IPC and
+//!   POSIX message queues (an IPC namespace).
 //!
 //! So it can change its own namespace's links, addresses and FDB, and nothing else: it cannot
 //! reach another namespace (no `CAP_SYS_ADMIN`, their files are hidden, their processes out of
@@ -279,7 +280,7 @@ impl ChildSetup {
                 tmpfs: cstr(b"tmpfs")?,
                 proc_dir: cstr(b"/proc")?,
                 procfs: cstr(b"proc")?,
-                scratch: ["/dev/shm", "/var/tmp"]
+                scratch: ["/dev/shm", "/var/tmp", "/run/lock"]
                     .iter()
                     .filter(|p| Path::new(p).is_dir())
                     .map(|p| cstr(p.as_bytes()))
@@ -352,7 +353,9 @@ impl Confinement {
         let null = std::ptr::null::<libc::c_char>();
         let none = std::ptr::null::<libc::c_void>();
         unsafe {
-            check(libc::unshare(libc::CLONE_NEWNS))?;
+            // Its own mounts, and its own System V IPC and POSIX message queues: nothing there
+            // is shared with another copy's student.
+            check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC))?;
             // Nothing mounted here may leak back to the host.
             check(libc::mount(
                 null,

@@ -18,6 +18,7 @@ use super::Labs;
 use crate::engine::Engine;
 use crate::observe::GuestState;
 use crate::plan::Plan;
+use crate::state::Stamp;
 use crate::terminal::{self, ProcessControl};
 use crate::verify::{self, Verdict};
 use crate::views;
@@ -88,6 +89,9 @@ impl LabView {
 enum Signal {
     /// Something changed in this guest.
     Changed(String),
+    /// The monitor with this number in this guest ended (the guest went away, or its
+    /// connection did): it is started again at the next Check or refresh.
+    Ended(String, u64),
     /// Read every guest again and restart the monitors: the guests may be new (after a reset).
     Refresh,
     /// A full check ran; show its verdict.
@@ -99,6 +103,15 @@ enum Signal {
 struct Watched {
     view: watch::Receiver<Arc<LabView>>,
     signal: Sender<Signal>,
+    /// The run of the lab watched, and the write of its state last seen.
+    stamp: Stamp,
+}
+
+/// An `ip monitor` running in a guest, numbered so that the end of one already replaced is
+/// told from the end of the current one.
+struct Monitor {
+    number: u64,
+    control: Arc<dyn ProcessControl>,
 }
 
 /// The watchers of all running labs.
@@ -119,19 +132,32 @@ impl Watchers {
         }
     }
 
-    /// Watches exactly `labs`: starts watchers for new ones, stops those of labs gone.
-    pub fn follow(&self, labs: &[String]) {
+    /// Watches exactly `labs`: starts watchers for new ones, stops those of labs gone, starts
+    /// a lab brought up again under its name (another run) anew, and has a lab whose state
+    /// was written again (a guest made anew by `reset`, say) read again.
+    pub fn follow(&self, labs: &[(String, Stamp)]) {
         let mut watched = self.labs.write().unwrap_or_else(|p| p.into_inner());
         let before = watched.len();
         watched.retain(|name, w| {
-            let keep = labs.contains(name);
-            if !keep {
-                let _ = w.signal.send(Signal::Stop);
+            let now = labs.iter().find(|(l, _)| l == name).map(|(_, s)| s);
+            match now {
+                Some(stamp) if stamp.made == w.stamp.made => {
+                    if *stamp != w.stamp {
+                        w.stamp = stamp.clone();
+                        let _ = w.signal.send(Signal::Refresh);
+                    }
+                    true
+                }
+                // Gone, or another run: this watcher ends, and with its view the terminals
+                // and pages that follow it.
+                _ => {
+                    let _ = w.signal.send(Signal::Stop);
+                    false
+                }
             }
-            keep
         });
         let mut changed = watched.len() != before;
-        for lab in labs {
+        for (lab, stamp) in labs {
             if watched.contains_key(lab) {
                 continue;
             }
@@ -164,6 +190,7 @@ impl Watchers {
                 Watched {
                     view: view_rx,
                     signal: signal_tx,
+                    stamp: stamp.clone(),
                 },
             );
             changed = true;
@@ -183,7 +210,8 @@ impl Watchers {
             .collect()
     }
 
-    /// Lab `lab`'s view, followed as it changes.
+    /// Lab `lab`'s view, followed as it changes; the channel closes when the lab goes down
+    /// or is brought up again (another run).
     pub fn view(&self, lab: &str) -> Option<watch::Receiver<Arc<LabView>>> {
         let labs = self.labs.read().unwrap_or_else(|p| p.into_inner());
         labs.get(lab).map(|w| w.view.clone())
@@ -235,9 +263,11 @@ impl Watcher {
                 return;
             }
         };
-        let mut monitors = self.start_monitors();
-        let mut current = LabView::empty(self.plan.clone());
         let all: Vec<String> = self.plan.guests.iter().map(|g| g.name.clone()).collect();
+        let mut monitors: BTreeMap<String, Monitor> = BTreeMap::new();
+        let mut numbers = 0u64;
+        self.start_monitors(&mut monitors, &mut numbers);
+        let mut current = LabView::empty(self.plan.clone());
         self.read(&engine, &mut current, &all);
         while let Ok(first) = signals.recv() {
             let mut changed: Vec<String> = Vec::new();
@@ -250,11 +280,17 @@ impl Watcher {
                             changed.push(g);
                         }
                     }
-                    Signal::Refresh => {
-                        for m in &monitors {
-                            m.hang_up();
+                    Signal::Ended(g, number) => {
+                        if monitors.get(&g).is_some_and(|m| m.number == number) {
+                            monitors.remove(&g);
+                            if !changed.contains(&g) {
+                                changed.push(g);
+                            }
                         }
-                        monitors = self.start_monitors();
+                    }
+                    Signal::Refresh => {
+                        hang_up(&mut monitors);
+                        self.start_monitors(&mut monitors, &mut numbers);
                         changed = all.clone();
                     }
                     Signal::Checked(verdict) => {
@@ -262,11 +298,11 @@ impl Watcher {
                         next.verdict = verdict;
                         next.with_pings = true;
                         self.publish(&mut current, next, true);
+                        // A guest back after its monitor ended is followed again.
+                        self.start_monitors(&mut monitors, &mut numbers);
                     }
                     Signal::Stop => {
-                        for m in &monitors {
-                            m.hang_up();
-                        }
+                        hang_up(&mut monitors);
                         return;
                     }
                 }
@@ -284,9 +320,7 @@ impl Watcher {
                 self.read(&engine, &mut current, &changed);
             }
         }
-        for m in &monitors {
-            m.hang_up();
-        }
+        hang_up(&mut monitors);
     }
 
     /// Reads guests `guests` again and publishes the lab's new view if it changed.
@@ -326,18 +360,29 @@ impl Watcher {
         self.generation.send_modify(|g| *g += 1);
     }
 
-    /// An `ip monitor` in every guest; each line it prints signals a change in that guest.
-    fn start_monitors(&self) -> Vec<Arc<dyn ProcessControl>> {
+    /// An `ip monitor` in every guest that has none running; each line it prints signals a
+    /// change in that guest, and its end is signalled too.
+    fn start_monitors(&self, monitors: &mut BTreeMap<String, Monitor>, numbers: &mut u64) {
+        if self
+            .plan
+            .guests
+            .iter()
+            .all(|g| monitors.contains_key(&g.name))
+        {
+            return;
+        }
         let driver = match self.backend.driver(&self.lab) {
             Ok(d) => d,
             Err(e) => {
                 eprintln!("vxlab serve: lab {}: {e:#}", self.lab);
-                return Vec::new();
+                return;
             }
         };
         let tools = self.backend.tools(&self.lab);
-        let mut out = Vec::new();
         for g in &self.plan.guests {
+            if monitors.contains_key(&g.name) {
+                continue;
+            }
             let ip = tools.get(&g.name).map_or("ip", |t| t.ip.as_str());
             let argv: Vec<String> = [ip, "monitor", "link", "address", "route", "neigh"]
                 .map(String::from)
@@ -345,10 +390,13 @@ impl Watcher {
             let process = match driver.spawn(g, &terminal::command(&argv, None)) {
                 Ok(p) => p,
                 Err(e) => {
-                    eprintln!("vxlab serve: lab {}: {e}", self.lab);
+                    let e = anyhow::Error::from(e);
+                    eprintln!("vxlab serve: lab {}: {e:#}", self.lab);
                     continue;
                 }
             };
+            *numbers += 1;
+            let number = *numbers;
             let control: Arc<dyn ProcessControl> = Arc::from(process.control);
             let (signals, guest) = (self.signals.clone(), g.name.clone());
             let stdout = process.stdout;
@@ -363,11 +411,21 @@ impl Watcher {
                     }
                     waiter.hang_up();
                     let _ = waiter.wait();
+                    let _ = signals.send(Signal::Ended(guest, number));
                 });
             if spawned.is_ok() {
-                out.push(control);
+                monitors.insert(g.name.clone(), Monitor { number, control });
+            } else {
+                control.hang_up();
             }
         }
-        out
     }
+}
+
+/// Ends every monitor.
+fn hang_up(monitors: &mut BTreeMap<String, Monitor>) {
+    for m in monitors.values() {
+        m.control.hang_up();
+    }
+    monitors.clear();
 }

@@ -27,7 +27,7 @@ use crate::driver::Driver;
 use crate::engine::Engine;
 use crate::iproute2::Tools;
 use crate::plan::Plan;
-use crate::state::StateDir;
+use crate::state::{Stamp, StateDir};
 
 /// What the server needs from the rest of vxlab: the running labs, and for each its plan, an
 /// engine and a driver, made as the command line makes them.
@@ -36,6 +36,11 @@ pub trait Labs: Send + Sync + 'static {
     fn state(&self) -> StateDir;
     /// Names of the running labs.
     fn running(&self) -> Vec<String>;
+    /// Which run of lab `lab` this is, and which write of its state; `None` when it is not
+    /// running.
+    fn stamp(&self, lab: &str) -> Option<Stamp> {
+        self.state().stamp(lab)
+    }
     /// A running lab's plan.
     fn plan(&self, lab: &str) -> anyhow::Result<Plan>;
     /// An engine for a running lab.
@@ -83,8 +88,8 @@ pub struct Class {
     tokens: RwLock<tokens::Tokens>,
     watch: live::Watchers,
     options: ServeOptions,
-    /// Open terminals per token.
-    terminals: Mutex<HashMap<String, usize>>,
+    /// Open terminals per token and lab.
+    terminals: Mutex<HashMap<(String, String), usize>>,
     /// One action at a time per lab: a second click waits for the first instead of finding
     /// the lab busy (with this server as the "other vxlab").
     actions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -124,14 +129,27 @@ impl Class {
         self.tokens.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Follows the labs that came up or went down since the last call.
+    /// Follows the labs that came up, went down, were brought up again or changed since the
+    /// last call.
     fn rescan(&self) {
-        let labs = self.backend.running();
+        let labs: Vec<(String, Stamp)> = self
+            .backend
+            .running()
+            .into_iter()
+            .filter_map(|l| {
+                let stamp = self.backend.stamp(&l)?;
+                Some((l, stamp))
+            })
+            .collect();
+        let runs: Vec<(String, String)> = labs
+            .iter()
+            .map(|(l, s)| (l.clone(), s.made.clone()))
+            .collect();
         if let Err(e) = self
             .tokens
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .refresh(&self.backend.state(), &labs)
+            .refresh(&self.backend.state(), &runs)
         {
             eprintln!("vxlab serve: cannot keep tokens: {e}");
         }

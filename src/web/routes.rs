@@ -569,12 +569,17 @@ async fn terminal(
     let Some(g) = access.guest else {
         return forbidden();
     };
-    let Some(slot) = super::terminal::Slot::take(&class, &access.token) else {
+    let lab = access.plan.lab.clone();
+    // The terminal lives as long as this run of the lab: it follows the lab's view, which
+    // ends when the lab goes down or is brought up again.
+    let Some(view) = class.watch.view(&lab) else {
+        return forbidden();
+    };
+    let Some(slot) = super::terminal::Slot::take(&class, &access.token, &lab) else {
         return (StatusCode::TOO_MANY_REQUESTS, "too many terminals open\n").into_response();
     };
-    let lab = access.plan.lab.clone();
     ws.max_message_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| super::terminal::run(class, socket, lab, g, slot))
+        .on_upgrade(move |socket| super::terminal::run(class, socket, view, g, slot))
 }
 
 #[cfg(test)]

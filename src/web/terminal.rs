@@ -4,16 +4,22 @@
 //! The browser sends JSON text messages, `{"type":"input","data":"..."}` and
 //! `{"type":"resize","cols":C,"rows":R}`; the server sends the terminal's output as binary
 //! messages. Anything else closes that terminal (and is logged); the server and every other
-//! terminal go on. Each token may hold a few terminals at once, and a terminal with no traffic
-//! either way for the idle time is closed.
+//! terminal go on. Each token may hold a few terminals at once in each lab, and a terminal with
+//! no traffic either way for the idle time is closed. A terminal lives as long as the run of
+//! the lab it was opened in: when the lab goes down, or is brought up again under its name,
+//! the terminal says so and closes, and its shell ends.
+//!
+//! The browser sends a paste in pieces well below the largest message the server takes
+//! ([`MAX_MESSAGE`](super::routes)); a message above it closes the terminal, and is logged.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use super::live::LabView;
 use super::Class;
 use crate::plan::GuestPlan;
 use crate::terminal::{self, ProcessControl, WinSize};
@@ -41,24 +47,27 @@ enum FromBrowser {
     },
 }
 
-/// One of a token's terminals; the count goes down when it is dropped.
+/// One of a token's terminals in a lab; the count goes down when it is dropped.
 pub struct Slot {
     class: Arc<Class>,
-    token: String,
+    /// The token and the lab.
+    key: (String, String),
 }
 
 impl Slot {
-    /// A terminal slot for `token`, unless it holds as many as it may.
-    pub fn take(class: &Arc<Class>, token: &str) -> Option<Slot> {
+    /// A terminal slot for `token` in lab `lab`, unless it holds as many there as it may.
+    /// (A student's token opens one lab; the instructor's has as many in each lab.)
+    pub fn take(class: &Arc<Class>, token: &str, lab: &str) -> Option<Slot> {
+        let key = (token.to_string(), lab.to_string());
         let mut open = class.terminals.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(token.to_string()).or_insert(0);
+        let n = open.entry(key.clone()).or_insert(0);
         if *n >= class.options.terminals_per_token {
             return None;
         }
         *n += 1;
         Some(Slot {
             class: class.clone(),
-            token: token.to_string(),
+            key,
         })
     }
 }
@@ -70,22 +79,31 @@ impl Drop for Slot {
             .terminals
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.token) {
+        if let Some(n) = open.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                open.remove(&self.token);
+                open.remove(&self.key);
             }
         }
     }
 }
 
-/// Connects `socket` to a new shell in guest `g` of lab `lab` until either ends.
-pub async fn run(class: Arc<Class>, mut socket: WebSocket, lab: String, g: GuestPlan, slot: Slot) {
+/// Connects `socket` to a new shell in guest `g` of the lab `view` follows, until either
+/// ends or the lab does.
+pub async fn run(
+    class: Arc<Class>,
+    mut socket: WebSocket,
+    mut view: watch::Receiver<Arc<LabView>>,
+    g: GuestPlan,
+    slot: Slot,
+) {
     let backend = class.backend.clone();
+    let lab = view.borrow().plan.lab.clone();
     let (l, guest) = (lab.clone(), g.clone());
     let started = tokio::task::spawn_blocking(move || {
-        let tools = backend.tools(&l).remove(&guest.name).unwrap_or_default();
-        let launch = terminal::shell(&l, &guest, &tools, WinSize::DEFAULT);
+        let st = backend.state().read(&l)?;
+        let tools = st.tools.get(&guest.name).cloned().unwrap_or_default();
+        let launch = terminal::shell(&l, &st.made, &guest, &tools, WinSize::DEFAULT);
         backend
             .driver(&l)?
             .spawn(&guest, &launch)
@@ -135,36 +153,57 @@ pub async fn run(class: Arc<Class>, mut socket: WebSocket, lab: String, g: Guest
     });
 
     let idle = class.options.terminal_idle;
+    // Traffic either way keeps the terminal open; changes in the lab do not.
+    let mut last_traffic = tokio::time::Instant::now();
     let why = loop {
         tokio::select! {
-            msg = socket.recv() => match msg {
-                Some(Ok(Message::Text(text))) => match serde_json::from_str::<FromBrowser>(&text) {
-                    Ok(FromBrowser::Input { data }) => {
-                        if in_tx.send(data.into_bytes()).is_err() {
+            msg = socket.recv() => {
+                last_traffic = tokio::time::Instant::now();
+                match msg {
+                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<FromBrowser>(&text) {
+                        Ok(FromBrowser::Input { data }) => {
+                            if in_tx.send(data.into_bytes()).is_err() {
+                                break None;
+                            }
+                        }
+                        Ok(FromBrowser::Resize { cols, rows }) => {
+                            let _ = control.resize(WinSize { cols, rows });
+                        }
+                        Err(e) => break Some(format!("malformed message: {e}")),
+                    },
+                    Some(Ok(Message::Binary(_))) => break Some("a binary message".into()),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => break None,
+                    // The browser went away.
+                    Some(Err(e)) if connection_lost(&e) => break None,
+                    // A message too big, or a broken frame: said in the log, not only dropped.
+                    Some(Err(e)) => break Some(e.to_string()),
+                }
+            }
+            out = out_rx.recv() => {
+                last_traffic = tokio::time::Instant::now();
+                match out {
+                    Some(bytes) => {
+                        if socket.send(Message::Binary(bytes.into())).await.is_err() {
                             break None;
                         }
                     }
-                    Ok(FromBrowser::Resize { cols, rows }) => {
-                        let _ = control.resize(WinSize { cols, rows });
-                    }
-                    Err(e) => break Some(format!("malformed message: {e}")),
-                },
-                Some(Ok(Message::Binary(_))) => break Some("a binary message".into()),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
-            },
-            out = out_rx.recv() => match out {
-                Some(bytes) => {
-                    if socket.send(Message::Binary(bytes.into())).await.is_err() {
+                    None => {
+                        let _ = socket.send(close(NORMAL, "the shell ended")).await;
                         break None;
                     }
                 }
-                None => {
-                    let _ = socket.send(close(NORMAL, "the shell ended")).await;
-                    break None;
-                }
+            }
+            gone = view.changed() => if gone.is_err() {
+                let _ = socket
+                    .send(Message::Binary(
+                        format!("\r\n[lab {lab} went down, or was brought up again: this terminal is closed]\r\n").into(),
+                    ))
+                    .await;
+                let _ = socket.send(close(NORMAL, "the lab went down")).await;
+                break None;
             },
-            _ = tokio::time::sleep(idle) => {
+            _ = tokio::time::sleep_until(last_traffic + idle) => {
                 let _ = socket.send(Message::Binary("\r\n[closed after being idle]\r\n".into())).await;
                 let _ = socket.send(close(NORMAL, "idle")).await;
                 break None;
@@ -186,6 +225,12 @@ pub async fn run(class: Arc<Class>, mut socket: WebSocket, lab: String, g: Guest
         let _ = control.wait();
         drop(slot);
     });
+}
+
+/// Whether a websocket error is the connection's end rather than something the browser sent.
+fn connection_lost(e: &axum::Error) -> bool {
+    std::iter::successors(std::error::Error::source(e), |c| c.source())
+        .any(|c| c.is::<std::io::Error>())
 }
 
 fn close(code: u16, reason: &'static str) -> Message {

@@ -46,7 +46,8 @@ impl Role {
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
     instructor: String,
-    labs: BTreeMap<String, String>,
+    /// Each lab's run mark and token.
+    labs: BTreeMap<String, (String, String)>,
 }
 
 impl Tokens {
@@ -58,21 +59,34 @@ impl Tokens {
             instructor,
             labs: BTreeMap::new(),
         };
-        t.refresh(state, labs)?;
+        let runs: Vec<(String, String)> = labs.iter().map(|l| (l.clone(), String::new())).collect();
+        t.refresh(state, &runs)?;
         Ok(t)
     }
 
-    /// Follows the running labs: tokens of labs that are gone are forgotten, new labs get
-    /// theirs.
-    pub fn refresh(&mut self, state: &StateDir, labs: &[String]) -> io::Result<()> {
-        self.labs.retain(|l, _| labs.contains(l));
-        for lab in labs {
-            if !self.labs.contains_key(lab) {
-                let token = ensure(&state.lab_dir(lab).join(LAB_FILE))?;
-                self.labs.insert(lab.clone(), token);
+    /// Follows the running labs, each named with its run's mark ([`crate::state::Stamp`]'s
+    /// `made`): tokens of labs that are gone, or were brought up again under their name, are
+    /// forgotten (the first run's token opens nothing any more), and new labs and new runs
+    /// get theirs. A lab whose token cannot be read or made is left out (it opens nothing),
+    /// and the first such error returned.
+    pub fn refresh(&mut self, state: &StateDir, labs: &[(String, String)]) -> io::Result<()> {
+        self.labs
+            .retain(|l, (made, _)| labs.iter().any(|(n, m)| n == l && m == made));
+        let mut first_error = None;
+        for (lab, made) in labs {
+            if self.labs.contains_key(lab) {
+                continue;
+            }
+            match ensure(&state.lab_dir(lab).join(LAB_FILE)) {
+                Ok(token) => {
+                    self.labs.insert(lab.clone(), (made.clone(), token));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The instructor's token.
@@ -82,7 +96,7 @@ impl Tokens {
 
     /// Lab `lab`'s token, if the lab is known.
     pub fn lab(&self, lab: &str) -> Option<&str> {
-        self.labs.get(lab).map(String::as_str)
+        self.labs.get(lab).map(|(_, token)| token.as_str())
     }
 
     /// Whose token `presented` is, if anyone's.
@@ -91,7 +105,7 @@ impl Tokens {
         if same(presented, &self.instructor) {
             found = Some(Role::Instructor);
         }
-        for (lab, token) in &self.labs {
+        for (lab, (_, token)) in &self.labs {
             if same(presented, token) && found.is_none() {
                 found = Some(Role::Student(lab.clone()));
             }
@@ -128,7 +142,7 @@ fn ensure(path: &Path) -> io::Result<String> {
             ))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let token = random_token()?;
+            let token = crate::host::random::hex(TOKEN_BYTES)?;
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -140,25 +154,6 @@ fn ensure(path: &Path) -> io::Result<String> {
         }
         Err(e) => Err(e),
     }
-}
-
-/// A new token from the kernel's random source.
-fn random_token() -> io::Result<String> {
-    let mut bytes = [0u8; TOKEN_BYTES];
-    let mut got = 0;
-    while got < bytes.len() {
-        // SAFETY: getrandom writes at most the given length into the buffer.
-        let n = unsafe { libc::getrandom(bytes[got..].as_mut_ptr().cast(), bytes.len() - got, 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        got += n as usize;
-    }
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
@@ -184,9 +179,19 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         // Read back, not made anew.
-        let again = Tokens::load(&state, &labs).unwrap();
+        let mut again = Tokens::load(&state, &labs).unwrap();
         assert_eq!(again.lab("lab-1"), Some(a));
         assert_eq!(again.instructor(), t.instructor());
+        // lab-1 taken down and brought up again: its new run has a new token, and the first
+        // run's opens nothing.
+        std::fs::remove_dir_all(dir.path().join("lab-1")).unwrap();
+        std::fs::create_dir(dir.path().join("lab-1")).unwrap();
+        let runs = [("lab-1".to_string(), "b3".to_string())];
+        again.refresh(&state, &runs).unwrap();
+        let renewed = again.lab("lab-1").unwrap().to_string();
+        assert_ne!(renewed, a);
+        assert_eq!(again.role(a), None);
+        assert_eq!(again.role(&renewed), Some(Role::Student("lab-1".into())));
 
         assert_eq!(t.role(a), Some(Role::Student("lab-1".into())));
         assert_eq!(t.role(t.instructor()), Some(Role::Instructor));

@@ -53,6 +53,20 @@ const vxlab = (() => {
 
   const terminals = {};
 
+  // What was typed or pasted, in messages the server takes: a piece of at most 8192 UTF-16
+  // units is at most 48 KiB of JSON even if every unit must be escaped, below the server's
+  // 64 KiB; a piece never ends between the two halves of a surrogate pair.
+  const PIECE = 8192;
+  function sendInput(ws, data) {
+    for (let i = 0; i < data.length;) {
+      let end = Math.min(i + PIECE, data.length);
+      const last = data.charCodeAt(end - 1);
+      if (end < data.length && last >= 0xd800 && last <= 0xdbff) end -= 1;
+      ws.send(JSON.stringify({ type: 'input', data: data.slice(i, end) }));
+      i = end;
+    }
+  }
+
   function openTerminal(base, guest) {
     if (terminals[guest] && terminals[guest].open) return;
     const box = document.getElementById('term-' + guest);
@@ -67,7 +81,7 @@ const vxlab = (() => {
     ws.onopen = () => ws.send(JSON.stringify({ type: 'resize', cols: term.cols, rows: term.rows }));
     ws.onmessage = e => term.write(typeof e.data === 'string' ? e.data : new Uint8Array(e.data));
     ws.onclose = () => { state.open = false; term.write('\r\n[terminal closed: press Terminal to open another]\r\n'); };
-    term.onData(d => { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'input', data: d })); });
+    term.onData(d => { if (ws.readyState === WebSocket.OPEN) sendInput(ws, d); });
     term.onResize(s => { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'resize', cols: s.cols, rows: s.rows })); });
   }
 
