@@ -292,7 +292,66 @@ pub fn findings(g: &GuestPlan, st: &GuestState) -> Vec<Finding> {
     for v in &g.vteps {
         vtep(&mut f, v, st, underlay_up);
     }
+    foreign_routes(&mut f, st);
     f.out
+}
+
+/// Routes the plan has no part in, through the lab's devices or through none (a blackhole,
+/// an unreachable): a default route or a route to another network that a student added
+/// sends the guest's traffic where the lesson does not go. (Routes into the planned subnets
+/// are [`stray_routes`]; a guest's other devices, and IPv6 link-local routes the kernel
+/// makes, are not the lab's business.)
+fn foreign_routes(f: &mut Findings, st: &GuestState) {
+    let g = f.guest;
+    let planned: Vec<IpNet> = std::iter::once(g.underlay.trunc())
+        .chain(g.vteps.iter().map(|v| v.address.trunc()))
+        .collect();
+    let lab_device = |d: &str| d == g.interface || g.vteps.iter().any(|v| v.device == d);
+    for r in &st.routes {
+        let dst: IpNet = match (r.prefix(), r.dst.as_str()) {
+            (Some(p), _) => p,
+            (None, "default") if matches!(r.gateway, Some(IpAddr::V6(_))) => {
+                IpNet::V6(Default::default())
+            }
+            (None, "default") => IpNet::V4(Default::default()),
+            _ => continue,
+        };
+        if planned.iter().any(|n| n.contains(&dst)) {
+            continue;
+        }
+        if r.protocol.as_deref() == Some("kernel") && is_link_local(dst.addr()) {
+            continue;
+        }
+        if !r.dev.as_deref().is_none_or(lab_device) {
+            continue;
+        }
+        let layer = if r.dev.as_deref() == Some(g.interface.as_str()) {
+            Layer::UnderlayAddress
+        } else {
+            Layer::OverlayAddress
+        };
+        let words = route_words(r, dst).replacen(&dst.to_string(), &r.dst, 1);
+        let dev = r.dev.clone().unwrap_or_default();
+        f.push(
+            compared(
+                layer,
+                Kind::ExtraRoute,
+                &dev,
+                format!("route {words}, not in the plan"),
+                "none",
+            ),
+            false,
+            || words.clone(),
+            || {
+                vec![cmd::route_del(
+                    r.kind.as_deref(),
+                    dst,
+                    r.gateway,
+                    r.dev.as_deref(),
+                )]
+            },
+        );
+    }
 }
 
 /// The commands that bring `st` to the plan, each once, in order.
@@ -1040,6 +1099,35 @@ mod tests {
                 (
                     Layer::OverlayAddress,
                     "route 192.168.42.3/32 dev lo, not in the plan".to_string()
+                )
+            ]
+        );
+    }
+
+    #[test]
+    fn routes_elsewhere_through_the_labs_devices_are_removed_and_other_devices_left_alone() {
+        assert_eq!(
+            repairs("seed-foreign-routes-vm-a"),
+            [
+                "ip route del default via 192.168.42.3 dev vxlan0",
+                "ip route del 10.9.0.0/16 dev vxlan0",
+                "ip route del unreachable 172.16.0.0/12"
+            ]
+        );
+        assert_eq!(
+            failing("seed-foreign-routes-vm-a"),
+            [
+                (
+                    Layer::OverlayAddress,
+                    "route default via 192.168.42.3 dev vxlan0, not in the plan".to_string()
+                ),
+                (
+                    Layer::OverlayAddress,
+                    "route 10.9.0.0/16 dev vxlan0, not in the plan".to_string()
+                ),
+                (
+                    Layer::OverlayAddress,
+                    "route unreachable 172.16.0.0/12, not in the plan".to_string()
                 )
             ]
         );

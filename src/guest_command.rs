@@ -255,7 +255,14 @@ pub fn route_del(
     if let Some(k) = kind.filter(|k| crate::observe::ROUTE_TYPES.contains(k)) {
         c.args.push(k.to_string());
     }
-    c.args.push(dst.to_string());
+    // `default` as `ip route` prints it, where `ip` can tell the family: IPv4, or from the
+    // gateway.
+    let default = dst.prefix_len() == 0 && (dst.addr().is_ipv4() || gateway.is_some());
+    c.args.push(if default {
+        "default".into()
+    } else {
+        dst.to_string()
+    });
     if let Some(g) = gateway {
         c.args.extend(["via".into(), g.to_string()]);
     }

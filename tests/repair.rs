@@ -628,6 +628,48 @@ fn a_route_that_takes_the_peer_away_is_named_and_up_removes_it() {
         ["192.168.42.0/24 dev vxlan0", "192.168.82.0/24 dev eth0"]
     );
 
+    // Routes elsewhere through the lab's devices: a default route into the overlay, and a
+    // network the lab does not have. Named, and removed by up.
+    student(
+        &lab,
+        "vm-a",
+        &["ip", "route", "add", "default", "via", "192.168.42.3"],
+    );
+    student(
+        &lab,
+        "vm-a",
+        &["ip", "route", "add", "10.9.0.0/16", "dev", "vxlan0"],
+    );
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    let named: Vec<&str> = r["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "extra_route")
+        .map(|f| f["fix"]["commands"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        named,
+        [
+            "ip route del default via 192.168.42.3 dev vxlan0",
+            "ip route del 10.9.0.0/16 dev vxlan0"
+        ]
+    );
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(
+        repairs(&r),
+        [
+            "vm-a: ip route del default via 192.168.42.3 dev vxlan0",
+            "vm-a: ip route del 10.9.0.0/16 dev vxlan0"
+        ]
+    );
+    assert_eq!(
+        routes(&lab, "vm-a"),
+        ["192.168.42.0/24 dev vxlan0", "192.168.82.0/24 dev eth0"]
+    );
+
     // What only a ping finds: vm-b no longer answers echo requests. `status` pings once all
     // else holds, so it does not call the lab healthy.
     student(
