@@ -131,6 +131,43 @@ impl Drop for Class {
 /// An inventory of `hosts` (name, address) on `port`. The sshds' host keys are new in every
 /// run: vxlab's own connections and `vxlab ssh` check them against the test's known hosts
 /// file; libvirt's ssh transport (which reads only root's) is told not to check.
+/// One byte of a file, changed until dropped (the file keeps its size).
+struct ChangedByte {
+    path: std::path::PathBuf,
+    offset: u64,
+    was: u8,
+}
+
+impl ChangedByte {
+    fn at(path: &Path, offset: u64) -> ChangedByte {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, offset).unwrap();
+        f.write_all_at(&[!b[0]], offset).unwrap();
+        ChangedByte {
+            path: path.to_path_buf(),
+            offset,
+            was: b[0],
+        }
+    }
+}
+
+impl Drop for ChangedByte {
+    fn drop(&mut self) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .unwrap();
+        f.write_all_at(&[self.was], self.offset).unwrap();
+    }
+}
+
 fn inventory(dir: &Path, name: &str, hosts: &[(&str, &str)], port: u16) -> String {
     let key = dir.join("client");
     let known = dir.join("known_hosts");
@@ -211,6 +248,32 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         assert!(row.contains("same checksum"), "{table}");
         assert!(row.contains("present"), "{table}");
         assert!(row.contains("MiB each"), "{table}");
+    }
+
+    // An image changed on the hosts but kept at its size is refused by `up` as by `hosts
+    // check`: by checksum. One byte of the initrd volume is changed (both hosts are this
+    // machine's libvirt, so both see it), and put back after.
+    {
+        let path = virsh(&["vol-path", "--pool", "vxlab", "debian-12.initrd.img"]);
+        let changed = ChangedByte::at(Path::new(&path[0]), 4096);
+        let out = class.lab.run(&[
+            "up", &lab_file, "--count", "2", "--pool", POOL, "--hosts", &hosts,
+        ]);
+        assert_eq!(out.status.code(), Some(69), "{}", text(&out));
+        let said = String::from_utf8_lossy(&out.stderr);
+        for h in ["h1", "h2"] {
+            assert!(
+                said.contains(&format!(
+                    "  {h}: the image is not there as vxlab needs it (DIFFERS: \
+                     debian-12.initrd.img); run `vxlab hosts prepare`"
+                )),
+                "{said}"
+            );
+        }
+        assert!(said.contains("nothing was created on any host"), "{said}");
+        assert_eq!(in_libvirt(), Vec::<String>::new());
+        assert_eq!(class.lab.leftovers(), Vec::<String>::new());
+        drop(changed);
     }
 
     // A third host where no sshd listens is named, with why, before anything is created.

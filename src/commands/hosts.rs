@@ -5,14 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 use super::exit;
+use crate::driver::libvirt::checksums::Checksums;
 use crate::driver::libvirt::image::{self, Image};
 use crate::driver::libvirt::remote::{self, facts, storage, HostLink, HostUnreachable};
 use crate::hosts::placement::{self, HostRoom};
@@ -119,8 +118,11 @@ pub fn place_copies(
     inv: &Inventory,
 ) -> Result<(Vec<Option<HostSpec>>, Vec<HostFacts>)> {
     let state = StateDir::from_env();
+    // The image on each host is compared by checksum, as `hosts check` does; each file is
+    // hashed again only when it changed.
+    let sums = local_sums(image)?;
     let links = connect_all(inv)?;
-    let facts = survey_all(&links, Some(image), Some(base), None);
+    let facts = survey_all(&links, Some((image, &sums)), Some(base));
     let blocked: Vec<(String, String)> = facts
         .iter()
         .filter_map(|h| h.blocker().map(|b| (h.name.clone(), b)))
@@ -169,17 +171,16 @@ pub fn place_copies(
     Ok((placed, facts))
 }
 
-/// Surveys every host at once; `sums` to compare the image by checksum.
+/// Surveys every host at once; `image` with this machine's checksums of its files.
 fn survey_all(
     links: &[Arc<HostLink>],
-    image: Option<&Image>,
+    image: Option<(&Image, &[String; 3])>,
     lab: Option<&Lab>,
-    sums: Option<&[String; 3]>,
 ) -> Vec<HostFacts> {
     parallel_map(links, links.len().max(1), |l| HostFacts {
         name: l.name().to_string(),
         uri: l.spec().uri.clone(),
-        reached: facts::survey(l, image, lab, sums),
+        reached: facts::survey(l, image, lab),
     })
 }
 
@@ -212,23 +213,14 @@ fn image_named(lab: Option<&Lab>) -> Result<Image> {
     Ok(image::resolve(spec)?)
 }
 
-/// SHA-256 of the image's disk, kernel and initrd here, as `sha256sum` prints them.
+/// SHA-256 of the image's disk, kernel and initrd here, as `sha256sum` prints them (each
+/// hashed only when it changed since last time).
 fn local_sums(image: &Image) -> Result<[String; 3]> {
+    let record = Checksums::in_image_cache();
     let one = |p: &Path| -> Result<String> {
-        let mut f = std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        Ok(h.finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>())
+        record
+            .local(p)
+            .with_context(|| format!("reading {}", p.display()))
     };
     Ok([one(&image.disk)?, one(&image.kernel)?, one(&image.initrd)?])
 }
@@ -274,7 +266,7 @@ pub fn check(file: Option<&Path>, lab: Option<&Path>, json: bool) -> Result<u8> 
         uri: h.spec.uri.clone(),
         reached: remote::link(&h.spec)
             .map_err(|e| e.why)
-            .and_then(|l| facts::survey(&l, Some(&image), lab.as_ref(), Some(&sums))),
+            .and_then(|l| facts::survey(&l, Some((&image, &sums)), lab.as_ref())),
     });
     let lab_name = lab.as_ref().map(|l| l.name.as_str());
     if json {
@@ -317,7 +309,7 @@ pub fn prepare(file: Option<&Path>, lab: Option<&Path>) -> Result<u8> {
 }
 
 fn prepare_one(link: &HostLink, image: &Image, sums: &[String; 3]) -> Result<String> {
-    let before = facts::image_state(link, image, Some(sums));
+    let before = facts::image_state(link, image, sums);
     if before == ImageState::Same {
         return Ok("image already there, same checksum".into());
     }
@@ -339,7 +331,7 @@ fn prepare_one(link: &HostLink, image: &Image, sums: &[String; 3]) -> Result<Str
             .map_err(|e| link.error(format!("uploading {}", f.volume), e))?;
         sent += len;
     }
-    match facts::image_state(link, image, Some(sums)) {
+    match facts::image_state(link, image, sums) {
         ImageState::Same => Ok(format!(
             "image uploaded ({} MiB), same checksum",
             sent / (1 << 20)

@@ -8,8 +8,6 @@ use std::fmt::Write as _;
 pub enum ImageState {
     /// Every file is there with this machine's checksum.
     Same,
-    /// Every file is there with the same size; the checksums were not compared.
-    SameSize,
     /// The storage pool is missing, or some files are.
     Missing(Vec<String>),
     /// Some files differ from this machine's.
@@ -21,14 +19,13 @@ pub enum ImageState {
 impl ImageState {
     /// Whether guests can be created from it.
     pub fn usable(&self) -> bool {
-        matches!(self, ImageState::Same | ImageState::SameSize)
+        matches!(self, ImageState::Same)
     }
 
     /// A table cell.
     pub fn cell(&self) -> String {
         match self {
             ImageState::Same => "same checksum".into(),
-            ImageState::SameSize => "present".into(),
             ImageState::Missing(files) => format!("missing {}", files.join(" ")),
             ImageState::Different(files) => format!("DIFFERS: {}", files.join(" ")),
             ImageState::Unknown(why) => format!("unknown ({why})"),
@@ -212,7 +209,6 @@ pub fn json(hosts: &[HostFacts], lab: Option<&str>) -> serde_json::Value {
                 Ok(r) => {
                     let (image, files, why) = match &r.image {
                         ImageState::Same => ("same-checksum", Vec::new(), None),
-                        ImageState::SameSize => ("same-size", Vec::new(), None),
                         ImageState::Missing(f) => ("missing", f.clone(), None),
                         ImageState::Different(f) => ("differs", f.clone(), None),
                         ImageState::Unknown(why) => ("unknown", Vec::new(), Some(why.clone())),

@@ -21,6 +21,7 @@ use virt::error::ErrorNumber;
 pub mod accel;
 mod boot;
 pub mod capacity;
+pub mod checksums;
 pub mod console;
 pub mod image;
 pub mod kernel;

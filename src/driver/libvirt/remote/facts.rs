@@ -15,6 +15,7 @@ use super::storage;
 use super::HostLink;
 use crate::driver::libvirt::accel::{self, Choice, KvmProbe};
 use crate::driver::libvirt::capacity::{self, HostLoad};
+use crate::driver::libvirt::checksums::{self, Checksums, FileStamp};
 use crate::driver::libvirt::image::{self, Image};
 use crate::driver::libvirt::preflight::{self, QemuUser};
 use crate::hosts::survey::{Fit, ImageState, KvmAccess, Reached};
@@ -114,9 +115,10 @@ pub fn libvirt_version(link: &HostLink) -> Result<String, virt::error::Error> {
 }
 
 /// The image's volumes on the host: present with this machine's sizes, or what is missing or
-/// different; with `sums` (this machine's SHA-256 of disk, kernel and initrd), compared by
-/// checksum too.
-pub fn image_state(link: &HostLink, image: &Image, sums: Option<&[String; 3]>) -> ImageState {
+/// different, compared by checksum with `sums` (this machine's SHA-256 of disk, kernel and
+/// initrd). A volume's checksum is taken on the host only when the volume changed since
+/// it was last taken ([`Checksums`]).
+pub fn image_state(link: &HostLink, image: &Image, sums: &[String; 3]) -> ImageState {
     let files = storage::image_files(image);
     let pool = match storage::pool(link.conn()) {
         Ok(Some(p)) => p,
@@ -126,13 +128,22 @@ pub fn image_state(link: &HostLink, image: &Image, sums: Option<&[String; 3]>) -
     let _ = pool.refresh(0);
     let mut missing = Vec::new();
     let mut different = Vec::new();
-    let mut paths = Vec::new();
+    // Each volume's path on the host, and what its checksum is remembered by.
+    let mut found: Vec<(String, Option<FileStamp>)> = Vec::new();
     for f in &files {
         match storage::volume(&pool, &f.volume) {
             Ok(Some(v)) => {
                 let here = std::fs::metadata(&f.local).map(|m| m.len()).unwrap_or(0);
                 match (storage::physical_size(&v), v.get_path()) {
-                    (Ok(there), Ok(path)) if there == here => paths.push(path),
+                    (Ok(there), Ok(path)) if there == here => {
+                        let stamp = v.get_xml_desc(0).ok().and_then(|xml| {
+                            Some(FileStamp {
+                                size: there,
+                                mtime: checksums::volume_mtime(&xml)?,
+                            })
+                        });
+                        found.push((path, stamp));
+                    }
                     (Ok(_), Ok(_)) => different.push(f.volume.clone()),
                     (Err(e), _) | (_, Err(e)) => {
                         return ImageState::Unknown(e.message().to_string())
@@ -149,18 +160,37 @@ pub fn image_state(link: &HostLink, image: &Image, sums: Option<&[String; 3]>) -
     if !different.is_empty() {
         return ImageState::Different(different);
     }
-    let Some(sums) = sums else {
-        return ImageState::SameSize;
-    };
-    let out = match link.run(&HostCommand::Checksums(paths.clone())) {
-        Ok(o) => o,
-        Err(e) => return ImageState::Unknown(e.to_string()),
-    };
+    let record = Checksums::in_image_cache();
+    let key = |path: &str| format!("{} {path}", link.spec().uri);
+    let mut there: Vec<Option<String>> = found
+        .iter()
+        .map(|(path, stamp)| record.remembered(&key(path), stamp.as_ref()?))
+        .collect();
+    let unknown: Vec<String> = found
+        .iter()
+        .zip(&there)
+        .filter(|(_, sum)| sum.is_none())
+        .map(|((path, _), _)| path.clone())
+        .collect();
+    if !unknown.is_empty() {
+        let out = match link.run(&HostCommand::Checksums(unknown)) {
+            Ok(o) => o,
+            Err(e) => return ImageState::Unknown(e.to_string()),
+        };
+        for ((path, stamp), sum) in found.iter().zip(there.iter_mut()) {
+            if sum.is_none() {
+                *sum = command::checksum_of(&out.stdout, path);
+                if let (Some(stamp), Some(s)) = (stamp, sum.as_deref()) {
+                    record.remember(&key(path), stamp, s);
+                }
+            }
+        }
+    }
     let differ: Vec<String> = files
         .iter()
-        .zip(&paths)
+        .zip(&there)
         .zip(sums)
-        .filter(|((_, path), sum)| command::checksum_of(&out.stdout, path).as_deref() != Some(sum))
+        .filter(|((_, there), here)| there.as_deref() != Some(here.as_str()))
         .map(|((f, _), _)| f.volume.clone())
         .collect();
     if differ.is_empty() {
@@ -277,22 +307,22 @@ pub fn choose_accel(link: &HostLink, setting: Accel, kernel: &str) -> Choice {
     choice
 }
 
-/// Everything `hosts check` shows of a reachable host; `lab` to count its copies, `sums` to
-/// compare the image by checksum.
+/// Everything `hosts check` shows of a reachable host; `image` with this machine's checksums
+/// of its files, `lab` to count its copies.
 pub fn survey(
     link: &HostLink,
-    image: Option<&Image>,
+    image: Option<(&Image, &[String; 3])>,
     lab: Option<&Lab>,
-    sums: Option<&[String; 3]>,
 ) -> Result<Reached, String> {
     let fail = |e: virt::error::Error| e.message().to_string();
     let version = libvirt_version(link).map_err(fail)?;
     let load = host_load(link).map_err(fail)?;
     let (kvm, missing) = kvm_and_programs(link);
     let image_state = match image {
-        Some(i) => image_state(link, i, sums),
+        Some((i, sums)) => image_state(link, i, sums),
         None => ImageState::Unknown("no image named".into()),
     };
+    let image = image.map(|(i, _)| i);
     let setting = lab.map_or(Accel::Auto, |l| l.libvirt.accel);
     let accel = match image.and_then(|i| kernel_path(link, i)) {
         Some(k) => {
