@@ -14,8 +14,16 @@ static WAKE: AtomicI32 = AtomicI32::new(-1);
 static WAKE_READ: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_signal(_: libc::c_int) {
-    // An atomic store and a write(2): both async-signal-safe.
+    // An atomic store, sigaction(2) and write(2): all async-signal-safe.
     REQUESTED.store(true, Ordering::SeqCst);
+    // The children got the signal too and may be gone: writing to one's input must be an
+    // error vxlab reports as the interruption, not a SIGPIPE that kills it without a word.
+    // SAFETY: a zeroed sigaction with SIG_IGN is a valid argument.
+    unsafe {
+        let mut ignore: libc::sigaction = std::mem::zeroed();
+        ignore.sa_sigaction = libc::SIG_IGN;
+        libc::sigaction(libc::SIGPIPE, &ignore, std::ptr::null_mut());
+    }
     let fd = WAKE.load(Ordering::SeqCst);
     if fd >= 0 {
         // SAFETY: one byte from a live buffer to a non-blocking pipe; a full pipe already

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -174,4 +175,61 @@ fn ctrl_c_during_down_is_answered_and_down_goes_on_to_the_end() {
     );
     assert!(stderr.contains("lab t-intd removed"), "{stderr}");
     assert_eq!(lab.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn ctrl_c_at_any_moment_of_up_stops_it_as_interrupted_never_with_a_false_finding() {
+    // Ctrl-C at a terminal signals the whole foreground process group: vxlab and the `ip`
+    // and `bridge` it runs. A child killed half-way printed nothing or failed; that must read
+    // as the interruption (130, "interrupted"), never as a finding about the guest ("kernel
+    // is too old", "no vxlan module", a command that failed: 69 or 70), and never as a
+    // SIGPIPE death without a word (141). The delays spread over the time a whole `up` of
+    // the seed lab takes on this machine.
+    let lab = Lab::shipped(
+        "two-netns.yaml",
+        "t-intr",
+        &[("192.168.10.", "192.168.89.")],
+    );
+    let file = lab.file.to_str().unwrap().to_string();
+    let started = Instant::now();
+    let (code, _) = lab.up();
+    let whole = started.elapsed();
+    assert_eq!(code, 0);
+    lab.down_leaves_nothing();
+    let mut seen = Vec::new();
+    for k in 1..=40u32 {
+        let ms = (whole * k / 40).as_millis() as u64;
+        let child = lab
+            .vxlab()
+            .args(["up", &file])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        // SAFETY: kill(2) on the child's own process group.
+        unsafe {
+            libc::kill(-(child.id() as libc::pid_t), libc::SIGINT);
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let code = out.status.code();
+        // Before vxlab has set up its handler, the signal ends it as it ends any program.
+        let before_handler = out.status.signal() == Some(libc::SIGINT);
+        assert!(
+            before_handler
+                || code == Some(0)
+                || (code == Some(130) && stderr.contains("interrupted")),
+            "after {ms} ms: {:?}\n{stderr}",
+            out.status
+        );
+        seen.push(code);
+        lab.down_leaves_nothing();
+    }
+    // The signal did land mid-way, often.
+    assert!(
+        seen.iter().filter(|c| **c == Some(130)).count() > seen.len() / 3,
+        "{seen:?}"
+    );
 }

@@ -93,8 +93,18 @@ impl<'a> Runner<'a> {
         }
         super::go_on()?;
         let argvs: Vec<Vec<String>> = cmds.iter().map(|c| c.argv(tools)).collect();
-        let outs = self.driver.exec_batch(g, tools, cmds, stop_on_failure)?;
+        // A stop asked for while the batch ran reached its processes too (they share the
+        // terminal's process group): what they printed, or how they failed, is cut short and
+        // says nothing about the guest. It is the interruption, not a finding.
+        let outs = match self.driver.exec_batch(g, tools, cmds, stop_on_failure) {
+            Ok(outs) => outs,
+            Err(e) => {
+                super::go_on()?;
+                return Err(e.into());
+            }
+        };
         self.log(g, &argvs, &outs);
+        super::go_on()?;
         if stop_on_failure {
             if let Some((c, out)) = cmds.iter().zip(&outs).find(|(_, o)| !o.success()) {
                 return Err(EngineError::Step {

@@ -384,8 +384,13 @@ fn workshop_settings(
     Workshop { pool: Some(pool) }
 }
 
+/// The first address of `subnet` a host may take: past the network address, which IPv6 keeps
+/// for the subnet-router anycast address (ipnet's `hosts()` yields it for IPv6).
 fn first_host(subnet: IpNet) -> IpAddr {
-    subnet.hosts().next().unwrap_or_else(|| subnet.network())
+    subnet
+        .hosts()
+        .find(|a| *a != subnet.network())
+        .unwrap_or_else(|| subnet.network())
 }
 
 /// Checks that `ip` is a usable host address of `subnet`.
@@ -1075,7 +1080,19 @@ fn ping(v: &mut Validator, path: &str, value: &Node, known: &HashSet<&str>) -> O
 
 #[cfg(test)]
 mod tests {
-    use super::ip_keyword;
+    use super::{first_host, ip_keyword};
+
+    #[test]
+    fn the_bridge_takes_the_first_host_address_not_the_ipv6_anycast_one() {
+        assert_eq!(
+            first_host("fd00:bb6::/64".parse().unwrap()).to_string(),
+            "fd00:bb6::1"
+        );
+        assert_eq!(
+            first_host("192.168.10.0/24".parse().unwrap()).to_string(),
+            "192.168.10.1"
+        );
+    }
 
     #[test]
     fn ip_link_keywords_and_their_abbreviations_cannot_name_devices() {
