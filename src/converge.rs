@@ -107,6 +107,8 @@ pub enum Kind {
     OverlayPing,
     /// Each VTEP of a VNI has a MAC of its own.
     UniqueMac,
+    /// A vxlan device is no port of a bridge the plan does not have.
+    Port,
 }
 
 /// One command of a plan or a repair, with what it establishes.
@@ -176,6 +178,9 @@ fn is_link_local(a: IpAddr) -> bool {
 struct Findings<'g> {
     guest: &'g GuestPlan,
     out: Vec<Finding>,
+    /// The name the underlay interface goes by now, when a student renamed it (found by its
+    /// MAC): the repair names it back, and a vxlan device on it is still on it.
+    underlay_renamed: Option<String>,
 }
 
 /// A finding under construction.
@@ -278,6 +283,7 @@ pub fn findings(g: &GuestPlan, st: &GuestState) -> Vec<Finding> {
     let mut f = Findings {
         guest: g,
         out: Vec::new(),
+        underlay_renamed: None,
     };
     if let Some(lo) = st.links.get("lo") {
         f.push(
@@ -513,6 +519,13 @@ fn underlay(f: &mut Findings, st: &GuestState) -> bool {
     let g = f.guest;
     let dev = g.interface.as_str();
     let Some(link) = st.links.get(dev) else {
+        // Renamed: the device with the underlay's MAC is named back (down, renamed, up; its
+        // addresses and the vxlan devices on it stay).
+        let renamed = st
+            .links
+            .values()
+            .find(|l| l.mac == Some(g.underlay_mac) && l.vxlan.is_none());
+        f.underlay_renamed = renamed.map(|l| l.name.clone());
         f.push(
             compared(
                 Layer::UnderlayLink,
@@ -522,8 +535,18 @@ fn underlay(f: &mut Findings, st: &GuestState) -> bool {
                 "the underlay interface",
             ),
             false,
-            || "no such device".into(),
-            Vec::new,
+            || match renamed {
+                Some(l) => format!("renamed to {}", l.name),
+                None => "no such device".into(),
+            },
+            || match renamed {
+                Some(l) => vec![
+                    cmd::link_down(&l.name),
+                    cmd::link_rename(&l.name, dev),
+                    cmd::link_up(dev),
+                ],
+                None => Vec::new(),
+            },
         );
         return false;
     };
@@ -693,7 +716,15 @@ fn vtep(f: &mut Findings, v: &VtepPlan, st: &GuestState, underlay_up: bool) {
         ("vni", v.vni.to_string(), p.vni.to_string()),
         ("group", opt(group), opt(p.group)),
         ("local", opt(vxlan_device(g, v).local()), opt(p.local)),
-        ("dev", v.dev.clone(), opt(p.dev.as_ref())),
+        (
+            "dev",
+            v.dev.clone(),
+            // On the renamed underlay, which the repair names back.
+            match (&p.dev, &f.underlay_renamed) {
+                (Some(d), Some(r)) if d == r && v.dev == g.interface => v.dev.clone(),
+                _ => opt(p.dev.as_ref()),
+            },
+        ),
         ("port", v.port.to_string(), p.port.to_string()),
         ("learning", v.learning.to_string(), p.learning.to_string()),
     ];
@@ -722,6 +753,20 @@ fn vtep(f: &mut Findings, v: &VtepPlan, st: &GuestState, underlay_up: bool) {
         link.mac == Some(v.mac),
         || opt(link.mac),
         || vec![cmd::link_address(d, v.mac)],
+    );
+    // A port of a bridge hands every frame it receives to the bridge: the device's own
+    // address, and the lab's overlay, see none of them.
+    f.push(
+        compared(
+            Layer::VxlanDevice,
+            Kind::Port,
+            d,
+            format!("{d} is a port of another device, not in the plan"),
+            "no master",
+        ),
+        link.master.is_none(),
+        || format!("master {}", link.master.as_deref().unwrap_or("-")),
+        || vec![cmd::link_nomaster(d)],
     );
     if quiet_ipv6(v) {
         // An `ip` too old to say counts as right: it cannot set it either.
@@ -802,17 +847,25 @@ fn flood_entries(f: &mut Findings, v: &VtepPlan, st: &GuestState) {
         .filter(|e| e.mac.is_zero())
         .filter_map(|e| e.dst)
         .collect();
-    let (wanted, via): (Vec<IpAddr>, Option<&str>) = match v.flood {
-        Flood::Group(ip) => (vec![ip], Some(v.dev.as_str())),
-        Flood::HeadEnd => (v.peers.iter().map(|p| p.underlay).collect(), None),
+    // Each wanted entry, with the peer it floods to under head-end replication.
+    let (wanted, via): (Vec<(IpAddr, Option<&str>)>, Option<&str>) = match v.flood {
+        Flood::Group(ip) => (vec![(ip, None)], Some(v.dev.as_str())),
+        Flood::HeadEnd => (
+            v.peers
+                .iter()
+                .map(|p| (p.underlay, Some(p.guest.as_str())))
+                .collect(),
+            None,
+        ),
     };
-    for extra in floods.iter().filter(|d| !wanted.contains(d)) {
+    let dsts: Vec<IpAddr> = wanted.iter().map(|(ip, _)| *ip).collect();
+    for extra in floods.iter().filter(|d| !dsts.contains(d)) {
         f.push(
             compared(
                 Layer::Flooding,
                 Kind::ExtraFloodEntry,
                 d,
-                format!("{d} floods only to {}", list(&wanted)),
+                format!("{d} floods only to {}", list(&dsts)),
                 "no such entry",
             ),
             false,
@@ -820,19 +873,21 @@ fn flood_entries(f: &mut Findings, v: &VtepPlan, st: &GuestState) {
             || vec![cmd::flood_entry_del(d, *extra)],
         );
     }
-    for dst in wanted {
-        f.push(
-            compared(
-                Layer::Flooding,
-                Kind::FloodEntry,
-                d,
-                format!("{d} flood entry to {dst}"),
-                format!("00:00:00:00:00:00 dst {dst}"),
-            ),
-            floods.contains(&dst),
-            || format!("flood entries to {}", list(&floods)),
-            || vec![cmd::flood_entry_add(d, dst, via)],
+    for (dst, peer) in wanted {
+        let c = compared(
+            Layer::Flooding,
+            Kind::FloodEntry,
+            d,
+            format!("{d} flood entry to {dst}"),
+            format!("00:00:00:00:00:00 dst {dst}"),
         );
+        let holds = floods.contains(&dst);
+        let seen = || format!("flood entries to {}", list(&floods));
+        let repair = || vec![cmd::flood_entry_add(d, dst, via)];
+        match peer {
+            Some(p) => f.push_about(p, c, holds, seen, repair),
+            None => f.push(c, holds, seen, repair),
+        }
     }
 }
 

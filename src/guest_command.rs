@@ -166,6 +166,16 @@ pub fn link_no_ipv6_autoconf(dev: &str) -> GuestCommand {
     GuestCommand::ip(&["link", "set", "dev", dev, "addrgenmode", "none"])
 }
 
+/// `ip link set dev DEV name NAME` (the device must be down).
+pub fn link_rename(dev: &str, name: &str) -> GuestCommand {
+    GuestCommand::ip(&["link", "set", "dev", dev, "name", name])
+}
+
+/// `ip link set dev DEV nomaster`: takes a device out of the bridge it is a port of.
+pub fn link_nomaster(dev: &str) -> GuestCommand {
+    GuestCommand::ip(&["link", "set", "dev", dev, "nomaster"])
+}
+
 /// `ip link del dev DEV`.
 pub fn link_del(dev: &str) -> GuestCommand {
     GuestCommand::ip(&["link", "del", "dev", dev])

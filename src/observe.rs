@@ -173,6 +173,9 @@ pub struct Link {
     /// How the kernel makes the device's IPv6 link-local address (`eui64`, `none`, ...), when
     /// `ip` says.
     pub addrgenmode: Option<String>,
+    /// The device it is a port of (a bridge), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
     /// Addresses on the device.
     pub addresses: Vec<IpNet>,
 }
@@ -243,6 +246,22 @@ pub struct HostEnd {
     pub up: bool,
     /// The bridge it is on, if any.
     pub bridge: Option<String>,
+    /// The lab's bridge as the host shows it.
+    #[serde(default)]
+    pub lab_bridge: BridgeState,
+}
+
+/// A host bridge: up, down, or not there at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BridgeState {
+    /// There and up.
+    #[default]
+    Up,
+    /// There, administratively down: nothing crosses it.
+    Down,
+    /// Not there.
+    Missing,
 }
 
 /// Output that is not the JSON vxlab expects.
@@ -278,6 +297,8 @@ struct JLink {
     linkinfo: Option<JLinkInfo>,
     #[serde(default)]
     inet6_addr_gen_mode: Option<String>,
+    #[serde(default)]
+    master: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -335,6 +356,7 @@ pub fn parse_links(json: &str) -> Result<Vec<Link>, ParseError> {
                 name: l.ifname,
                 vxlan,
                 addrgenmode: l.inet6_addr_gen_mode,
+                master: l.master,
                 addresses: Vec::new(),
             }
         })
@@ -412,13 +434,18 @@ struct JFdb {
     via: Option<String>,
     #[serde(default)]
     state: Option<String>,
+    /// Set on the entries of the bridge the device is a port of: not the vxlan's own.
+    #[serde(default)]
+    master: Option<String>,
 }
 
-/// Parses `bridge -j fdb show dev DEV`.
+/// Parses `bridge -j fdb show dev DEV`: the vxlan device's own entries (those of a bridge it
+/// was made a port of are the bridge's).
 pub fn parse_fdb(json: &str) -> Result<Vec<FdbEntry>, ParseError> {
     let raw: Vec<JFdb> = parse("bridge -j fdb show", json)?;
     Ok(raw
         .into_iter()
+        .filter(|e| e.master.is_none())
         .filter_map(|e| {
             Some(FdbEntry {
                 mac: e.mac.parse().ok()?,

@@ -324,6 +324,7 @@ pub fn fresh_state(g: &GuestPlan, driver: DriverKind) -> GuestState {
         up: booted,
         vxlan: None,
         addrgenmode: Some("eui64".into()),
+        master: None,
         addresses,
     };
     let mut links = vec![link("lo", 65536, Vec::new())];

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::converge::{self, Finding, Kind, Layer};
 use crate::lab::Expect;
-use crate::observe::{GuestState, HostEnd};
+use crate::observe::{BridgeState, GuestState, HostEnd};
 use crate::plan::{GuestPlan, Network, PingPlan, Plan};
 
 /// The outcome of one ping.
@@ -230,8 +230,17 @@ pub fn verify(plan: &Plan, seen: &BTreeMap<String, GuestState>, pings: &[PingRes
 /// What is wrong with a namespace guest's host end, if anything: down, or not on `bridge`;
 /// said as what it is ("down, on bridge vxbr-seed", "up, on no bridge").
 pub fn host_end_fault(end: &HostEnd, bridge: &str) -> Option<String> {
-    if end.up && end.bridge.as_deref() == Some(bridge) {
+    if end.up && end.bridge.as_deref() == Some(bridge) && end.lab_bridge == BridgeState::Up {
         return None;
+    }
+    match end.lab_bridge {
+        BridgeState::Missing => {
+            return Some(format!("on no bridge: the lab's bridge {bridge} is gone"))
+        }
+        BridgeState::Down if end.up && end.bridge.as_deref() == Some(bridge) => {
+            return Some(format!("up, on bridge {bridge}, which is down"))
+        }
+        _ => {}
     }
     Some(format!(
         "{}, {}",
@@ -247,21 +256,36 @@ pub fn plug_command(link: &str, bridge: &str) -> String {
     format!("ip link set dev {link} master {bridge} up")
 }
 
-/// The check of a namespace guest's host end: up, and on the lab's bridge. The guest's own
-/// eth0 cannot show it (off the bridge it even has carrier).
+/// The check of a namespace guest's host end: up, and on the lab's bridge, which is up. The
+/// guest's own eth0 cannot show it (off the bridge it even has carrier).
 fn host_end_finding(g: &GuestPlan, end: &HostEnd, bridge: &str) -> Finding {
     let fault = host_end_fault(end, bridge);
     let mut f = made(
         Layer::UnderlayLink,
         Kind::HostEnd,
         format!("{}'s host end {}", g.interface, end.link),
-        format!("up, on bridge {bridge}"),
+        format!("up, on bridge {bridge}, which is up"),
         fault.clone().unwrap_or_else(|| "as planned".into()),
         fault.is_none(),
         None,
     );
     f.device = end.link.clone();
     f
+}
+
+/// How a broken host end is put right on the host, given what is wrong (see
+/// [`host_end_fault`]): the command, or, for a bridge that is gone, `vxlab up` alone.
+fn host_end_hint(seen: &str, link: &str, bridge: &str, vxlab: &str) -> String {
+    if seen.ends_with("is gone") {
+        format!("`{vxlab}` makes the bridge again and puts each guest's host end back on it")
+    } else if seen.ends_with("which is down") {
+        format!("on the host, `ip link set dev {bridge} up`, or `{vxlab}` repairs it")
+    } else {
+        format!(
+            "on the host, `{}`, or `{vxlab}` repairs it",
+            plug_command(link, bridge)
+        )
+    }
 }
 
 /// The failure of a finding that does not hold, with its fix.
@@ -278,12 +302,8 @@ fn failure(plan: &Plan, guest: &str, f: Finding) -> Failure {
         format!("vxlab up {}", plan.lab)
     };
     // A host end is repaired on the host, not in the guest.
-    let hint = (f.kind == Kind::HostEnd).then(|| {
-        format!(
-            "on the host, `{}`, or `{vxlab}` repairs it",
-            plug_command(&f.device, &plan.bridge)
-        )
-    });
+    let hint =
+        (f.kind == Kind::HostEnd).then(|| host_end_hint(&f.seen, &f.device, &plan.bridge, &vxlab));
     Failure {
         kind: f.kind,
         layer: f.layer,
@@ -424,8 +444,29 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
         if let Some(c) = own_cause(f, &|c| c.layer < Layer::UnderlayReach) {
             return Some(c);
         }
+        // So does its own VTEP when it cannot carry any overlay traffic: missing, down, not
+        // as made, in a bridge, or without its address. (A flood or static entry breaks the
+        // way to one peer at most, and the peer may be broken too.)
+        let whole_vtep = |c: &Failure| {
+            c.peer.is_none()
+                && c.layer >= Layer::VxlanDevice
+                && matches!(
+                    c.kind,
+                    Kind::VxlanExists
+                        | Kind::VxlanSetting
+                        | Kind::Port
+                        | Kind::LinkUp
+                        | Kind::Address
+                )
+        };
+        if let Some(c) = own_cause(f, &whole_vtep) {
+            return Some(c);
+        }
+        // The peer's causes that bear on this pair: its own (a missing device, address) or
+        // its entry for this guest; not its entry for a third guest.
         if let Some(p) = f.peer.as_deref().filter(|_| about_peer(f)) {
-            if let Some(c) = cause_on(p, Some(&f.guest), f, &|_| true) {
+            let on_pair = |c: &Failure| c.peer.is_none() || c.peer.as_deref() == Some(&f.guest);
+            if let Some(c) = cause_on(p, Some(&f.guest), f, &on_pair) {
                 return Some(c);
             }
         }

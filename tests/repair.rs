@@ -1054,3 +1054,177 @@ fn json_of_plan(lab: &Lab) -> Value {
     let out = lab.run(&["plan", "--json", lab.file.to_str().unwrap()]);
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+#[test]
+fn a_downed_or_deleted_bridge_is_the_cause_and_up_says_it_repaired_it() {
+    let lab = seed("t-r-brdg", "192.168.84.");
+    let bridge = "vxbr-t-r-brdg";
+    let on_host = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for (breaking, seen, hint, note) in [
+        (
+            vec!["link", "set", bridge, "down"],
+            format!("up, on bridge {bridge}, which is down"),
+            format!("on the host, `ip link set dev {bridge} up`"),
+            format!("the lab's bridge {bridge} was down: `ip link set dev {bridge} up`"),
+        ),
+        (
+            vec!["link", "del", bridge],
+            format!("on no bridge: the lab's bridge {bridge} is gone"),
+            "makes the bridge again and puts each guest's host end back on it".to_string(),
+            format!("the lab's bridge {bridge} was gone: made again"),
+        ),
+    ] {
+        on_host(&breaking);
+        let (code, r) = lab.check();
+        assert_eq!(code, 1);
+        // Each guest's cause is its host end on the broken bridge (not a firewall), and the
+        // lost pings go with it.
+        let causes: Vec<(&str, &str, &str)> = r["diagnoses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let c = &d["cause"];
+                (
+                    c["guest"].as_str().unwrap(),
+                    c["kind"].as_str().unwrap(),
+                    c["seen"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            causes,
+            [
+                ("vm-a", "host_end", seen.as_str()),
+                ("vm-b", "host_end", seen.as_str())
+            ],
+            "{r:#}"
+        );
+        let said = r["diagnoses"][0]["cause"]["fix"]["hint"].as_str().unwrap();
+        assert!(said.contains(&hint), "{said}");
+        let (code, r) = up_again(&lab);
+        assert_eq!(code, 0, "{:#}", r["failures"]);
+        assert!(
+            r["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n.as_str().unwrap().contains(&note)),
+            "{:#}",
+            r["notes"]
+        );
+        assert_eq!(lab.check().0, 0);
+    }
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_vxlan_device_put_in_a_bridge_and_a_renamed_underlay_are_named_and_repaired() {
+    let lab = seed("t-r-port", "192.168.90.");
+    // vxlan0 made a port of a bridge of the student's own: its FDB then lists the bridge's
+    // entries too, which are not vxlan0's.
+    student(
+        &lab,
+        "vm-a",
+        &["ip", "link", "add", "br0", "type", "bridge"],
+    );
+    student(&lab, "vm-a", &["ip", "link", "set", "br0", "up"]);
+    student(
+        &lab,
+        "vm-a",
+        &["ip", "link", "set", "vxlan0", "master", "br0"],
+    );
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    let failures = r["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{r:#}");
+    assert_eq!(failures[0]["kind"], "port", "{r:#}");
+    assert_eq!(failures[0]["seen"], "master br0", "{r:#}");
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(repairs(&r), ["vm-a: ip link set dev vxlan0 nomaster"]);
+
+    // eth0 renamed: named back (the vxlan device on it stays), by up and by reset.
+    for repair in ["up", "reset"] {
+        student(&lab, "vm-a", &["ip", "link", "set", "eth0", "down"]);
+        student(&lab, "vm-a", &["ip", "link", "set", "eth0", "name", "eth1"]);
+        student(&lab, "vm-a", &["ip", "link", "set", "eth1", "up"]);
+        let (code, r) = lab.check();
+        assert_eq!(code, 1);
+        let c = first_cause(&r);
+        assert_eq!(
+            (c["what"].as_str(), c["seen"].as_str()),
+            (Some("eth0 is missing (underlay)"), Some("renamed to eth1")),
+            "{r:#}"
+        );
+        assert_eq!(
+            c["fix"]["commands"],
+            serde_json::json!([
+                "ip link set down eth1",
+                "ip link set dev eth1 name eth0",
+                "ip link set up eth0"
+            ])
+        );
+        let out = lab.run(&[repair, "--json", &lab.name]);
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{repair}: {:#}", r["failures"]);
+        assert!(
+            !repairs(&r).iter().any(|c| c.contains("link del")),
+            "{repair} made vxlan0 again: {:?}",
+            repairs(&r)
+        );
+        assert_eq!(lab.check().0, 0);
+    }
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn two_faults_on_three_guests_each_explain_their_own_lost_pings() {
+    let lab = Lab::shipped("unicast.yaml", "t-r-two", &[("192.168.30.", "192.168.85.")]);
+    assert_eq!(lab.up().0, 0);
+    // vm-b loses its head-end entries (for vm-a and vm-c); vm-c loses its overlay address.
+    student(&lab, "vm-b", &["bridge", "fdb", "flush", "dev", "vxlan0"]);
+    student(
+        &lab,
+        "vm-c",
+        &["ip", "addr", "del", "10.100.0.3/24", "dev", "vxlan0"],
+    );
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    // vm-c's ping to vm-b goes with vm-c's missing address, not with vm-b's entry for vm-a.
+    for d in r["diagnoses"].as_array().unwrap() {
+        let cause = &d["cause"];
+        for s in d["symptoms"].as_array().unwrap() {
+            let from_c_to_b = s["guest"] == "vm-c" && s["peer"] == "vm-b";
+            if from_c_to_b && s["kind"] == "overlay_ping" {
+                assert_eq!(
+                    (cause["guest"].as_str(), cause["kind"].as_str()),
+                    (Some("vm-c"), Some("address")),
+                    "{r:#}"
+                );
+            }
+            // A cause about one peer explains nothing between two others.
+            if let Some(p) = cause["peer"].as_str() {
+                let pair = [cause["guest"].as_str().unwrap(), p];
+                let involved = [
+                    s["guest"].as_str().unwrap(),
+                    s["peer"].as_str().unwrap_or(""),
+                ];
+                assert!(
+                    involved.iter().all(|g| pair.contains(g) || g.is_empty()),
+                    "{cause:#} explains {s:#}"
+                );
+            }
+        }
+    }
+    let (code, _) = up_again(&lab);
+    assert_eq!(code, 0);
+    lab.down_leaves_nothing();
+}

@@ -274,7 +274,7 @@ impl Engine {
         }
         for g in &plan.guests {
             if let Some(s) = observed.get_mut(&g.name) {
-                s.host_end = self.host.host_end(&g.host_link);
+                s.host_end = self.host.host_end(&g.host_link, &plan.bridge);
             }
         }
     }
@@ -305,7 +305,7 @@ impl Engine {
         if plan.driver != DriverKind::Netns {
             return Ok(None);
         }
-        let Some(end) = self.host.host_end(&g.host_link) else {
+        let Some(end) = self.host.host_end(&g.host_link, &plan.bridge) else {
             return Ok(None);
         };
         let Some(why) = verify::host_end_fault(&end, &plan.bridge) else {

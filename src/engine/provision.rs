@@ -9,6 +9,7 @@ use super::{go_on, preflight, repairs, Engine, EngineError};
 use crate::converge::Step;
 use crate::host::inventory;
 use crate::iproute2::Tools;
+use crate::observe::BridgeState;
 use crate::outcome::Repair;
 use crate::plan::{GuestPlan, Plan};
 use crate::progress::Progress;
@@ -93,9 +94,23 @@ impl Engine {
         lock.save(&st)?;
         go_on()?;
         let id = lock.dir().display().to_string();
-        let notes = preflight::claim_neighbours(self.host.as_ref(), plan, &id)?;
+        let mut notes = preflight::claim_neighbours(self.host.as_ref(), plan, &id)?;
         lock.record(&mut st, vec![bridge])?;
+        // A running lab's bridge that is down or gone is repaired here, and said.
+        let bridge_was = was_running.then(|| self.host.bridge_state(&plan.bridge));
         self.host.ensure_bridge(&plan.bridge, plan.gateway)?;
+        match bridge_was {
+            Some(BridgeState::Down) => notes.push(format!(
+                "repaired on the host: the lab's bridge {} was down: `ip link set dev {} up`",
+                plan.bridge, plan.bridge
+            )),
+            Some(BridgeState::Missing) => notes.push(format!(
+                "repaired on the host: the lab's bridge {} was gone: made again with its \
+                 address {}",
+                plan.bridge, plan.gateway
+            )),
+            _ => {}
+        }
         self.host
             .set_alias(&plan.bridge, &inventory::owner_alias(&plan.lab))?;
         lock.record(&mut st, guest_resources)?;

@@ -67,22 +67,46 @@ fn link_in(sys: &Path, name: &str) -> Presence {
 }
 
 /// The host end of a namespace guest's underlay link as the host shows it: whether it is up
-/// (administratively) and the bridge it is on; `None` when there is no such link.
-pub fn host_end(name: &str) -> Option<crate::observe::HostEnd> {
-    host_end_in(Path::new("/sys/class/net"), name)
+/// (administratively), the bridge it is on, and the state of the lab's bridge `lab_bridge`;
+/// `None` when there is no such link.
+pub fn host_end(name: &str, lab_bridge: &str) -> Option<crate::observe::HostEnd> {
+    host_end_in(Path::new("/sys/class/net"), name, lab_bridge)
 }
 
-fn host_end_in(sys: &Path, name: &str) -> Option<crate::observe::HostEnd> {
+/// Whether link `name` of directory `sys` is up (administratively); `None` when it is not
+/// there.
+fn is_up(sys: &Path, name: &str) -> Option<bool> {
     let dir = link_dir(sys, name)?;
     let flags = std::fs::read_to_string(dir.join("flags")).ok()?;
     let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).ok()?;
+    Some(flags & libc::IFF_UP as u32 != 0)
+}
+
+/// Bridge `name` of this host: up, down or missing.
+pub fn bridge_state(name: &str) -> crate::observe::BridgeState {
+    bridge_state_in(Path::new("/sys/class/net"), name)
+}
+
+fn bridge_state_in(sys: &Path, name: &str) -> crate::observe::BridgeState {
+    use crate::observe::BridgeState;
+    match is_up(sys, name) {
+        Some(true) => BridgeState::Up,
+        Some(false) => BridgeState::Down,
+        None => BridgeState::Missing,
+    }
+}
+
+fn host_end_in(sys: &Path, name: &str, lab_bridge: &str) -> Option<crate::observe::HostEnd> {
+    let dir = link_dir(sys, name)?;
+    let up = is_up(sys, name)?;
     let bridge = std::fs::read_link(dir.join("master"))
         .ok()
         .and_then(|t| Some(t.file_name()?.to_string_lossy().into_owned()));
     Some(crate::observe::HostEnd {
         link: name.to_string(),
-        up: flags & libc::IFF_UP as u32 != 0,
+        up,
         bridge,
+        lab_bridge: bridge_state_in(sys, lab_bridge),
     })
 }
 
@@ -143,13 +167,18 @@ mod tests {
         let link = sys.path().join("vxab-0");
         std::fs::create_dir(&link).unwrap();
         std::fs::write(link.join("flags"), "0x1002\n").unwrap();
-        let end = host_end_in(sys.path(), "vxab-0").unwrap();
+        let end = host_end_in(sys.path(), "vxab-0", "vxbr-x").unwrap();
         assert_eq!((end.up, end.bridge), (false, None));
+        assert_eq!(end.lab_bridge, crate::observe::BridgeState::Missing);
         std::fs::write(link.join("flags"), "0x1003\n").unwrap();
         std::os::unix::fs::symlink("../vxbr-x", link.join("master")).unwrap();
-        let end = host_end_in(sys.path(), "vxab-0").unwrap();
+        let bridge = sys.path().join("vxbr-x");
+        std::fs::create_dir(&bridge).unwrap();
+        std::fs::write(bridge.join("flags"), "0x1002\n").unwrap();
+        let end = host_end_in(sys.path(), "vxab-0", "vxbr-x").unwrap();
         assert_eq!((end.up, end.bridge.as_deref()), (true, Some("vxbr-x")));
-        assert_eq!(host_end_in(sys.path(), "gone"), None);
+        assert_eq!(end.lab_bridge, crate::observe::BridgeState::Down);
+        assert_eq!(host_end_in(sys.path(), "gone", "vxbr-x"), None);
     }
 
     #[test]

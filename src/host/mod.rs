@@ -55,10 +55,14 @@ pub trait Host: Send + Sync {
     fn delete_link(&self, name: &str) -> Result<bool, NetlinkError>;
     /// Deletes several links at once; returns how many there were.
     fn delete_links(&self, names: &[String]) -> Result<usize, NetlinkError>;
-    /// The host end of a namespace guest's underlay link, as the host shows it; `None`
-    /// where there is none or the host cannot tell.
-    fn host_end(&self, _link: &str) -> Option<crate::observe::HostEnd> {
+    /// The host end of a namespace guest's underlay link, as the host shows it, with the
+    /// state of the lab's bridge `bridge`; `None` where there is none or the host cannot tell.
+    fn host_end(&self, _link: &str, _bridge: &str) -> Option<crate::observe::HostEnd> {
         None
+    }
+    /// Bridge `name` of this host: up, down or missing.
+    fn bridge_state(&self, _name: &str) -> crate::observe::BridgeState {
+        crate::observe::BridgeState::Up
     }
     /// Puts host link `link` back on `bridge`, up.
     fn plug(&self, link: &str, bridge: &str) -> Result<(), NetlinkError>;
@@ -146,8 +150,11 @@ impl Host for LocalHost {
     fn set_alias(&self, name: &str, alias: &str) -> Result<(), NetlinkError> {
         self.netlink.set_alias(name, alias)
     }
-    fn host_end(&self, link: &str) -> Option<crate::observe::HostEnd> {
-        inventory::host_end(link)
+    fn host_end(&self, link: &str, bridge: &str) -> Option<crate::observe::HostEnd> {
+        inventory::host_end(link, bridge)
+    }
+    fn bridge_state(&self, name: &str) -> crate::observe::BridgeState {
+        inventory::bridge_state(name)
     }
     fn plug(&self, link: &str, bridge: &str) -> Result<(), NetlinkError> {
         self.netlink.plug(link, bridge)

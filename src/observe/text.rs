@@ -46,6 +46,7 @@ pub fn links(text: &str) -> Vec<Link> {
                 up: flags.split(',').any(|f| f == "UP"),
                 vxlan: None,
                 addrgenmode: None,
+                master: after(&words, "master").map(String::from),
                 addresses: Vec::new(),
             });
             continue;
@@ -135,6 +136,10 @@ pub fn fdb(text: &str) -> Vec<FdbEntry> {
     text.lines()
         .filter_map(|line| {
             let words: Vec<&str> = line.split_whitespace().collect();
+            // A bridge's entries for its port, not the vxlan device's own.
+            if words.contains(&"master") {
+                return None;
+            }
             Some(FdbEntry {
                 mac: words.first()?.parse().ok()?,
                 dst: after(&words, "dst").and_then(|d| d.parse().ok()),

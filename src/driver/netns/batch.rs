@@ -137,15 +137,29 @@ pub fn split(run: &[GuestCommand], batch: &Output, force: bool) -> Vec<Output> {
             }),
         }
     }
-    // The batch failed without saying where (it could not start, say): every command failed.
+    // The batch failed without saying where (it could not start, or `ip` exited on a bad
+    // argument, as it does for a vxlan `dev` that does not exist): every command failed, and
+    // the error says it is the batch's, not one command's.
     if !batch.success() && failed.is_empty() {
+        let mut stderr = batch.stderr.trim_end().to_string();
+        if run.len() > 1 {
+            stderr.push_str(&format!(
+                " ({} stopped in a batch of {} commands without saying which failed: {})",
+                run[0].program.name(),
+                run.len(),
+                run.iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         return run
             .iter()
             .take(if force { run.len() } else { 1 })
             .map(|_| Output {
                 status: batch.status,
                 stdout: String::new(),
-                stderr: batch.stderr.clone(),
+                stderr: stderr.clone(),
             })
             .collect();
     }
