@@ -68,10 +68,15 @@ pub fn group(g: &GuestPlan, m: &GroupMembership) -> String {
         IpAddr::V6(a) if a.segments()[0] == 0xff02 && a.segments()[5] == 1 => {
             "solicited-node group: IPv6 neighbour discovery for this interface's addresses".into()
         }
-        IpAddr::V6(a)
-            if a.segments()[0] & 0xff0f == 0xff02 || a.segments()[0] & 0xff0f == 0xff01 =>
-        {
-            "all-nodes group: every IPv6 interface is in it".into()
+        IpAddr::V6(a) if a == std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1) => {
+            "all-nodes group (link scope): every IPv6 interface is in it".into()
+        }
+        IpAddr::V6(a) if a == std::net::Ipv6Addr::new(0xff01, 0, 0, 0, 0, 0, 0, 1) => {
+            "all-nodes group of interface-local scope: the interface's own, never on the wire"
+                .into()
+        }
+        IpAddr::V6(a) if a == std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2) => {
+            "all-routers group: routers join it; this guest routes".into()
         }
         _ => "joined by something other than the lab's vxlan devices".into(),
     }

@@ -52,7 +52,11 @@ impl Health {
             [] if self.failed == 0 => format!("ok ({} checks)", self.passed),
             [] => format!("{} checks failed", self.failed),
             [one] => format!("FAILING: {one}"),
-            [first, rest @ ..] => format!("FAILING: {first} (+{} more causes)", rest.len()),
+            [first, rest @ ..] => format!(
+                "FAILING: {first} (+{} more {})",
+                rest.len(),
+                if rest.len() == 1 { "cause" } else { "causes" }
+            ),
         }
     }
 

@@ -369,6 +369,21 @@ fn follows(cause: &Failure, f: &Failure) -> bool {
     dynamic || on_missing || route_of_address || repaired_with
 }
 
+/// Whether failure `f` stops its device altogether (missing, down, misconfigured, in a
+/// bridge) rather than a detail of it (its MAC, its MTU): of two causes on one layer, the
+/// one that explains more.
+fn stops_device(f: &Failure) -> bool {
+    matches!(
+        f.kind,
+        Kind::LinkExists
+            | Kind::VxlanExists
+            | Kind::LinkUp
+            | Kind::VxlanSetting
+            | Kind::Port
+            | Kind::GuestReachable
+    )
+}
+
 /// A ping's outcome in words, as failures say it.
 const REPLY: &str = "reply";
 const NO_REPLY: &str = "no reply";
@@ -385,12 +400,15 @@ fn is_lost_ping(f: &Failure) -> bool {
 /// cause in its own right; either way vxlab has nothing to repair there, and its fix says
 /// where to look.
 pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
-    // Per guest, the failure of the lowest layer among `among`; the first of equals.
+    // Per guest, the failure of the lowest layer among `among`; of equals, one that stops
+    // the device altogether (missing, down, misconfigured, in a bridge) before a detail of
+    // it (its MAC, its MTU), then the first.
     fn lowest(failures: &[Failure], among: impl Iterator<Item = usize>) -> BTreeMap<&str, usize> {
+        let key = |i: usize| (failures[i].layer, !stops_device(&failures[i]), i);
         let mut best: BTreeMap<&str, usize> = BTreeMap::new();
         for i in among {
             let e = best.entry(failures[i].guest.as_str()).or_insert(i);
-            if failures[i].layer < failures[*e].layer {
+            if key(i) < key(*e) {
                 *e = i;
             }
         }
@@ -431,7 +449,7 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
             .filter(|c| follows(&failures[*c], f) && pick(&failures[*c]))
             .min_by_key(|c| {
                 let about = failures[*c].peer.is_some() && failures[*c].peer.as_deref() == other;
-                (!about, failures[*c].layer, *c)
+                (!about, failures[*c].layer, !stops_device(&failures[*c]), *c)
             })
     };
     let own_cause = |f: &Failure, pick: &dyn Fn(&Failure) -> bool| {

@@ -97,7 +97,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         String::from_utf8_lossy(&out.stderr)
     );
     let lab = &copies.0;
-    let (_server, instructor) = serve(lab, &[]);
+    let (server, instructor) = serve(lab, &[]);
     let base = instructor.split("/t/").next().unwrap().to_string();
     let sheet = lab.run(&["sheet", "cls", "--format", "csv", "--url", &base]);
     let sheet = String::from_utf8(sheet.stdout).unwrap();
@@ -133,6 +133,16 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         .await
         .unwrap();
     assert_eq!(labs, json!(["cls-1", "cls-2", "cls-3"]));
+    // Each row's student page is the student's own link, as on the sheet (the instructor's
+    // token would open every copy to whoever it was passed on to).
+    let link = c
+        .execute(
+            "return document.querySelector('#row-cls-1 a.button').getAttribute('href')",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(link, json!(path_of(&students[0])));
     screenshot(&c, "class_server", "instructor-healthy.png").await;
 
     // A copy brought up while the page is open shows up in the grid, and goes when it is
@@ -174,16 +184,16 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
             .unwrap();
         String::from_utf8_lossy(&out.stdout).lines().count()
     };
+    // From copy 4's student page (which opens terminals of its own too).
+    let copy4 = format!("{base}/t/{}/lab/cls-4/", first_run.0);
+    c.goto(&copy4).await.unwrap();
     c.execute(
         "window.t4 = { text: '', code: null };
          const ws = new WebSocket('ws://' + location.host + arguments[0]);
          ws.binaryType = 'arraybuffer';
          ws.onmessage = e => { window.t4.text += new TextDecoder().decode(e.data); };
          ws.onclose = e => { window.t4.code = e.code; };",
-        vec![json!(format!(
-            "{}lab/cls-4/term/vm-a",
-            path_of(&instructor)
-        ))],
+        vec![json!(format!("{}term/vm-a", path_of(&copy4)))],
     )
     .await
     .unwrap();
@@ -201,15 +211,25 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_for(
+    // The student's page says the lab is gone from this link, and stops reconnecting.
+    let banner = wait_for(
         &c,
         10,
-        "the fourth copy gone from the grid",
-        "return document.querySelector('#grid-rows tr[data-lab=\"cls-4\"]') === null",
+        "copy 4's page saying it is gone",
+        "const g = document.getElementById('gone'); return g && !g.hidden ? g.innerText : false",
     )
     .await;
-    // Its terminal says so and closes, and the shell in it ends: it does not outlive the
-    // copy (and keep its namespace alive) until the idle time.
+    assert!(
+        banner
+            .as_str()
+            .unwrap()
+            .contains("no longer running under this link"),
+        "{banner}"
+    );
+    screenshot(&c, "class_server", "student-lab-gone.png").await;
+    // Its terminal closes, and the shell in it ends (down ends every process in the copy's
+    // namespaces): it does not outlive the copy, keeping its namespace alive, until the idle
+    // time.
     let said = wait_for(
         &c,
         10,
@@ -218,13 +238,6 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     )
     .await;
     assert_eq!(said["code"], json!(1000), "{said}");
-    assert!(
-        said["text"]
-            .as_str()
-            .unwrap()
-            .contains("lab cls-4 went down"),
-        "{said}"
-    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while processes_of(uid) > 0 {
         assert!(
@@ -233,6 +246,14 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    c.goto(&instructor).await.unwrap();
+    wait_for(
+        &c,
+        10,
+        "the fourth copy gone from the grid",
+        "return document.querySelector('#grid-rows tr[data-lab=\"cls-4\"]') === null",
+    )
+    .await;
     // Copy 4 brought up again is another run: a new token (the first run's link opens
     // nothing), another mark, so another student uid.
     let out = lab.run(&["up", &file, "--instance", "4"]);
@@ -575,6 +596,34 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     );
     let here = base.trim_end_matches('/').to_string();
     assert_eq!(status_from(&base, "GET", &term, true, Some(&here)), 101);
+    // The same host and port under another scheme is another origin.
+    let other_scheme = here.replacen("http://", "https://", 1);
+    assert_eq!(
+        status_from(
+            &base,
+            "POST",
+            &format!("{own}check"),
+            false,
+            Some(&other_scheme)
+        ),
+        403
+    );
+    // A link holds a few live-update streams, not a thousand (copy 3's: the page is not
+    // opened again after this).
+    let third = path_of(&students[2]);
+    let hostport = here.trim_start_matches("http://").to_string();
+    let held: Vec<TcpStream> = (0..16)
+        .map(|_| {
+            let mut s = TcpStream::connect(&hostport).unwrap();
+            write!(s, "GET {third}events HTTP/1.1\r\nHost: {hostport}\r\n\r\n").unwrap();
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).unwrap();
+            assert_eq!(&head[9..12], b"200");
+            s
+        })
+        .collect();
+    assert_eq!(status(&base, "GET", &format!("{third}events"), false), 429);
+    drop(held);
     // Three clicks at once on one lab (two checks and a reset) each run in turn: none finds
     // the lab busy, and the reset says it was done.
     let answers: Vec<String> = std::thread::scope(|s| {
@@ -643,38 +692,6 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         403
     );
 
-    // A link holds a few terminals at most, and idle ones close: a second server allows two,
-    // idle for one second. From the student's page, three terminals to it: two open and are
-    // closed when idle (1000), the third is refused.
-    let (_strict, strict) = serve(lab, &["--terminals", "2", "--idle-timeout", "1"]);
-    let strict_host = strict
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .unwrap();
-    // From a page of that server (its front page, which opens no terminal of its own): a
-    // terminal's websocket from another origin is refused.
-    c.goto(&format!("http://{strict_host}/")).await.unwrap();
-    let codes = c
-        .execute_async(
-            "const [url, done] = [arguments[0], arguments[arguments.length - 1]];
-             const codes = [];
-             const open = () => new Promise(r => {
-               const ws = new WebSocket(url);
-               ws.onclose = e => { codes.push(e.code); r(); };
-             });
-             const first = [open(), open()];
-             setTimeout(() => { first.push(open()); Promise.all(first).then(() => done(codes.sort())); }, 300);",
-            vec![json!(format!("ws://{strict_host}{own}term/vm-a"))],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        codes,
-        json!([1000, 1000, 1006]),
-        "two closed as idle, one refused"
-    );
-
     // A paste bigger than the largest message the server takes reaches the shell whole:
     // the page sends it in pieces.
     c.goto(&students[0]).await.unwrap();
@@ -723,6 +740,15 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     );
     let ns = copy2.guest("vm-b").unwrap().instance.clone();
     common::sh(&format!("ip netns del {ns}"));
+    // Seen at once: the grid marks the copy, with no Check pressed.
+    let gone = wait_for(
+        &c,
+        10,
+        "cls-2 failing once vm-b's namespace is gone",
+        "const r = document.getElementById('row-cls-2'); return r && r.classList.contains('failing') ? r.innerText : false",
+    )
+    .await;
+    assert!(gone.as_str().unwrap().contains("vm-b"), "{gone}");
     let out = lab.run(&["reset", "cls-2"]);
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("created anew"),
@@ -752,6 +778,47 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     assert!(cause.as_str().unwrap().contains("vm-b"), "{cause}");
     let out = lab.run(&["reset", "cls-2"]);
     assert!(out.status.success());
+
+    // A link holds a few terminals at most, and idle ones close: a second server allows two,
+    // idle for one second. From the student's page, three terminals to it: two open and are
+    // closed when idle (1000), the third is refused.
+    // One server per state directory: a second is refused while the first runs.
+    let out = lab.run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a class server already serves"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(server);
+    let (_strict, strict) = serve(lab, &["--terminals", "2", "--idle-timeout", "1"]);
+    let strict_host = strict
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap();
+    // From a page of that server (its front page, which opens no terminal of its own): a
+    // terminal's websocket from another origin is refused.
+    c.goto(&format!("http://{strict_host}/")).await.unwrap();
+    let codes = c
+        .execute_async(
+            "const [url, done] = [arguments[0], arguments[arguments.length - 1]];
+             const codes = [];
+             const open = () => new Promise(r => {
+               const ws = new WebSocket(url);
+               ws.onclose = e => { codes.push(e.code); r(); };
+             });
+             const first = [open(), open()];
+             setTimeout(() => { first.push(open()); Promise.all(first).then(() => done(codes.sort())); }, 300);",
+            vec![json!(format!("ws://{strict_host}{own}term/vm-a"))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        codes,
+        json!([1000, 1000, 1013]),
+        "two closed as idle, one refused (try again later)"
+    );
 
     // The printable access sheet, as the browser shows it.
     let html = lab.run(&["sheet", "cls", "--format", "html", "--url", &base]);

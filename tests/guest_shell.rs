@@ -332,3 +332,44 @@ fn a_shell_follows_its_windows_size_when_the_student_resizes_it() {
     assert_eq!(child.wait().unwrap().code(), Some(4));
     lab.down_leaves_nothing();
 }
+
+#[test]
+fn down_ends_what_still_runs_in_the_lab_and_shell_ends_with_its_input() {
+    let lab = seed("t-endall", "192.168.92.");
+    // A command still running in a guest when the lab is taken down ends with it: it does not
+    // go on in a namespace that is gone (keeping it, and its devices, alive).
+    let mut running = lab
+        .vxlab()
+        .args(["exec", "vm-a", "sleep", "600"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ns = "vxlab-t-endall.vm-a";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while text(
+        &Command::new("ip")
+            .args(["netns", "pids", ns])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .is_empty()
+    {
+        assert!(Instant::now() < deadline, "sleep never started in vm-a");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.down_leaves_nothing();
+    let status = running.wait().unwrap();
+    assert!(!status.success(), "{status}");
+
+    // A shell whose input ends (not a terminal) ends too, as bash at the end of a script.
+    let lab = seed("t-endall", "192.168.92.");
+    let started = Instant::now();
+    let out = lab.typed(&["shell", "--lab", "t-endall", "vm-a"], "echo hi\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the shell waited after its input ended"
+    );
+    assert!(text(&out.stdout).contains("hi"), "{}", text(&out.stdout));
+    lab.down_leaves_nothing();
+}

@@ -270,7 +270,7 @@ fn a_second_up_of_a_lab_in_use_gets_a_lock_error() {
     let lab = Lab::shipped(
         "two-netns.yaml",
         "t-lock",
-        &[("192.168.10.", "192.168.15.")],
+        &[("192.168.10.", "192.168.93.")],
     );
     // Hold the lab's lock the way a running vxlab does.
     let held = vxlab::state::StateDir::at(lab.state.path())

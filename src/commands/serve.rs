@@ -125,6 +125,13 @@ pub fn running_server(state: &StateDir) -> Option<String> {
 /// `vxlab serve [--listen ADDR] [--tls-cert FILE --tls-key FILE]`
 pub fn serve(args: &ServeArgs) -> Result<u8> {
     require_root("serve")?;
+    // One server per state directory: the sheet's links and the tokens' one reader.
+    if let Some(url) = running_server(&StateDir::from_env()) {
+        bail!(
+            "a class server already serves the labs of this state directory, at {url}; stop it \
+             first (or set VXLAB_STATE_DIR for other labs)"
+        );
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(c), Some(k)) => Some((c.clone(), k.clone())),
         (None, None) => None,

@@ -43,6 +43,21 @@ struct Card {
 /// default address.
 const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 
+/// Whether `url` is `http://HOST[:PORT]` or `https://HOST[:PORT]`: the address of a class
+/// server, whose pages are at its root.
+fn is_server_address(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+}
+
 /// `vxlab sheet LAB [--format text|csv|html] [--url BASE]`: the links point to `base_url`,
 /// else to the class server running for these labs, else to `serve`'s default address.
 pub fn sheet(arg: &Path, format: SheetFormat, base_url: Option<&str>) -> Result<u8> {
@@ -59,14 +74,11 @@ pub fn sheet(arg: &Path, format: SheetFormat, base_url: Option<&str>) -> Result<
         }),
     };
     let base_url = base_url.trim_end_matches('/');
-    let scheme_ok = base_url.starts_with("http://") || base_url.starts_with("https://");
-    if !scheme_ok
-        || base_url
-            .chars()
-            .any(|c| c.is_whitespace() || c == '"' || c == '<')
-    {
+    if !is_server_address(base_url) {
         bail!(
-            "--url takes the server's address as the students reach it, e.g. http://10.0.0.5:8080"
+            "--url takes the server's address as the students reach it, scheme, host and \
+             port only, e.g. http://10.0.0.5:8080 (the pages live at the server's root: no \
+             path, query or fragment)"
         );
     }
     let base = if arg.is_file() {
@@ -239,6 +251,27 @@ fn csv(cards: &[Card]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_address_is_scheme_host_and_port_only() {
+        for ok in [
+            "http://10.0.0.5:8080",
+            "https://class.example",
+            "http://[fd00::1]:80",
+        ] {
+            assert!(is_server_address(ok), "{ok}");
+        }
+        for bad in [
+            "http://x:8080/?a=b",
+            "http://x:8080/#frag",
+            "https://x/base",
+            "ftp://x",
+            "http://",
+            "http://x y",
+        ] {
+            assert!(!is_server_address(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn csv_fields_with_commas_and_quotes_are_quoted() {

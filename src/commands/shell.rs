@@ -163,8 +163,18 @@ fn attach(process: GuestProcess, launch: &Launch) -> Result<u8> {
         stopper.hang_up();
     });
     // Input is never waited for: the process may end without reading it, and this thread
-    // then ends with vxlab.
-    std::thread::spawn(move || pump(std::io::stdin(), stdin));
+    // then ends with vxlab. On a terminal in the guest, the end of input (a script piped in,
+    // /dev/null) is said as a terminal says it, Ctrl-D, since the terminal itself stays open
+    // for the output: a shell then ends as at the end of a script.
+    let on_pty = launch.tty.is_some();
+    std::thread::spawn(move || {
+        let mut stdin = stdin;
+        pump(std::io::stdin(), &mut stdin);
+        if on_pty {
+            // Twice: the first ends a line typed without its newline, the second the shell.
+            let _ = stdin.write_all(b"\x04\x04").and_then(|()| stdin.flush());
+        }
+    });
     let err = stderr.map(|e| std::thread::spawn(move || pump(e, std::io::stderr())));
     pump(stdout, std::io::stdout());
     if let Some(t) = err {

@@ -156,12 +156,46 @@ pub fn add(name: &str) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Ends every process that lives in the namespace bound at `netns` (a shell, a capture, the
+/// class server's monitor): a namespace with a process in it outlives its deletion, devices
+/// and all, and the process goes on in a lab that is gone. A process is in it when its
+/// `/proc/PID/ns/net` is the same file (as `ip netns identify` finds it).
+fn end_processes_in(netns: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ns) = std::fs::metadata(netns) else {
+        return;
+    };
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(m) = std::fs::metadata(entry.path().join("ns/net")) else {
+            continue;
+        };
+        if m.dev() == ns.dev() && m.ino() == ns.ino() {
+            // SAFETY: kill(2) with a pid read just now; at worst it is gone already.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Deletes namespace `name`; returns false when there was none. A plain file of that name
 /// with nothing mounted on it is removed too: an interrupted `ip netns add` or `up` leaves
 /// one, and refusing it would make the lab impossible to take down.
 pub fn delete(name: &str) -> io::Result<bool> {
     let target = path(name);
     let c = c_path(&target)?;
+    end_processes_in(&target);
     let mut was_mounted = false;
     // A namespace mounted twice needs two unmounts; a few is plenty.
     for _ in 0..4 {

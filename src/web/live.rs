@@ -238,6 +238,26 @@ impl Watchers {
         }
     }
 
+    /// Namespaces that went (`gone`) or came (`came`) in `/run/netns`: a namespace lab's
+    /// guest whose namespace was deleted by hand is read again at once (its monitor keeps the
+    /// old one alive and says nothing), and a lab with a guest made anew is followed anew.
+    pub fn namespaces_changed(&self, gone: &[String], came: &[String]) {
+        let labs = self.labs.read().unwrap_or_else(|p| p.into_inner());
+        for w in labs.values() {
+            let plan = w.view.borrow().plan.clone();
+            if plan.driver != crate::lab::DriverKind::Netns {
+                continue;
+            }
+            if plan.guests.iter().any(|g| came.contains(&g.instance)) {
+                let _ = w.signal.send(Signal::Refresh);
+                continue;
+            }
+            for g in plan.guests.iter().filter(|g| gone.contains(&g.instance)) {
+                let _ = w.signal.send(Signal::Changed(g.name.clone()));
+            }
+        }
+    }
+
     /// Stops every watcher and its monitors.
     pub fn stop_all(&self) {
         self.follow(&[]);

@@ -107,11 +107,13 @@ pub struct GridRow {
     pub changed_at: u64,
     /// The same as a time of day (UTC).
     pub changed: String,
+    /// The student's own page, under the student's token (what the sheet gives them).
+    pub student_page: String,
 }
 
 impl GridRow {
     /// The row of lab `lab` as `view` shows it.
-    pub fn of(lab: &str, view: &LabView) -> GridRow {
+    pub fn of(lab: &str, view: &LabView, student_page: String) -> GridRow {
         let at = secs(view.changed_at);
         GridRow {
             lab: lab.to_string(),
@@ -135,6 +137,7 @@ impl GridRow {
             with_pings: view.with_pings,
             changed_at: at,
             changed: time_of_day(at),
+            student_page,
         }
     }
 }
@@ -170,6 +173,8 @@ pub struct LabPage {
     pub health: String,
     /// One panel per guest.
     pub guests: Vec<GuestPanel>,
+    /// Terminals the page opens by itself, at most: the link's limit.
+    pub terminals: usize,
 }
 
 /// The context of `tables.html`: one guest's `show` tables.
@@ -196,8 +201,8 @@ pub fn guest_tables(view: &LabView, guest: &str) -> String {
 }
 
 impl LabPage {
-    /// The page of lab `lab` reached at `base`.
-    pub fn of(base: String, plan: &Plan, view: &LabView) -> LabPage {
+    /// The page of lab `lab` reached at `base`, opening at most `terminals` by itself.
+    pub fn of(base: String, plan: &Plan, view: &LabView, terminals: usize) -> LabPage {
         LabPage {
             base,
             lab: plan.lab.clone(),
@@ -211,6 +216,7 @@ impl LabPage {
                     tables: guest_tables(view, &g.name),
                 })
                 .collect(),
+            terminals,
         }
     }
 }

@@ -20,12 +20,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use futures::stream::{self, Stream, StreamExt};
+use futures::stream::{self, StreamExt};
 use serde::Deserialize;
 use tokio::sync::watch;
 
 use super::live::LabView;
 use super::pages::{self, Audience, CaptureView, CheckView, ClassPage, GridRow, LabPage};
+use super::terminal::Slot;
 use super::tokens::Role;
 use super::Class;
 use crate::explain;
@@ -43,6 +44,10 @@ const CAPTURE_PINGS: u32 = 3;
 
 /// Largest websocket message a browser terminal may send (a paste).
 const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Live-update streams one link may hold open on one page kind at once: a few tabs each, not
+/// a thousand.
+const EVENT_STREAMS: usize = 16;
 
 type Shared = Arc<Class>;
 
@@ -74,6 +79,11 @@ pub async fn run(class: Shared, announce: impl FnOnce(&str)) -> anyhow::Result<(
                 class.rescan();
             }
         });
+    }
+    // Namespaces deleted or made by hand (or by a reset) are seen when it happens.
+    {
+        let class = class.clone();
+        std::thread::spawn(move || follow_namespaces(&class));
     }
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -121,6 +131,36 @@ pub async fn run(class: Shared, announce: impl FnOnce(&str)) -> anyhow::Result<(
     result
 }
 
+/// Tells the watchers which network namespaces went or came, as `/run/netns` changes. Until
+/// there is a `/run/netns` (no namespace lab ran yet), it looks again once a minute.
+fn follow_namespaces(class: &Class) {
+    let dir = crate::host::netns::path("");
+    let names = || -> Vec<String> {
+        std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    };
+    loop {
+        let Ok(mut watch) = DirWatch::new(&dir) else {
+            std::thread::sleep(RESCAN_AT_LEAST);
+            continue;
+        };
+        let mut known = names();
+        while watch.wait(RESCAN_AT_LEAST).is_ok() {
+            let now = names();
+            let gone: Vec<String> = known.iter().filter(|n| !now.contains(n)).cloned().collect();
+            let came: Vec<String> = now.iter().filter(|n| !known.contains(n)).cloned().collect();
+            if !gone.is_empty() || !came.is_empty() {
+                class.watch.namespaces_changed(&gone, &came);
+            }
+            known = now;
+        }
+    }
+}
+
 fn router(class: Shared) -> Router {
     Router::new()
         .route("/", get(front))
@@ -137,22 +177,23 @@ fn router(class: Shared) -> Router {
         .route("/t/{token}/lab/{lab}/reset", post(reset))
         .route("/t/{token}/lab/{lab}/capture/{guest}", post(capture))
         .fallback(|| async { forbidden() })
-        .layer(axum::middleware::from_fn(same_origin))
+        .layer(axum::middleware::from_fn_with_state(
+            class.clone(),
+            same_origin,
+        ))
         .layer(axum::middleware::map_response(no_referrer))
         .with_state(class)
 }
 
 /// Whether a browser sent the request from another site: it names an `Origin` that is not
-/// this server (the `Host` it was asked as). A request with no `Origin` is no browser's
-/// cross-site request.
-fn cross_origin(origin: Option<&str>, host: Option<&str>) -> bool {
+/// this server (its scheme, and the `Host` it was asked as). A request with no `Origin` is no
+/// browser's cross-site request.
+fn cross_origin(origin: Option<&str>, host: Option<&str>, tls: bool) -> bool {
     let Some(origin) = origin else {
         return false;
     };
-    let asked = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    match (asked, host) {
+    let scheme = if tls { "https://" } else { "http://" };
+    match (origin.strip_prefix(scheme), host) {
         (Some(o), Some(h)) => !o.eq_ignore_ascii_case(h),
         _ => true,
     }
@@ -161,7 +202,11 @@ fn cross_origin(origin: Option<&str>, host: Option<&str>) -> bool {
 /// A secret link seen once (a screen, a history) must not let another site drive a lab: the
 /// terminal's websocket and every POST (check, reset, capture) are refused when a browser
 /// sends them from another origin.
-async fn same_origin(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn same_origin(
+    State(class): State<Shared>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let h = req.headers();
     let changes =
         req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD;
@@ -173,6 +218,7 @@ async fn same_origin(req: axum::extract::Request, next: axum::middleware::Next) 
         && cross_origin(
             text(axum::http::header::ORIGIN),
             text(axum::http::header::HOST),
+            class.options.tls.is_some(),
         )
     {
         return forbidden();
@@ -300,6 +346,7 @@ async fn asset(Path(file): Path<String>) -> Response {
 }
 
 fn grid(class: &Class) -> Vec<GridRow> {
+    let tokens = class.tokens();
     class
         .watch
         .labs()
@@ -307,7 +354,10 @@ fn grid(class: &Class) -> Vec<GridRow> {
         .filter_map(|lab| {
             let view = class.watch.view(lab)?;
             let v = view.borrow().clone();
-            Some(GridRow::of(lab, &v))
+            // The student's own link, as the sheet gives it: the instructor's would open every
+            // lab to whoever it is passed on to.
+            let student = format!("/t/{}/lab/{lab}/", tokens.lab(lab)?);
+            Some(GridRow::of(lab, &v, student))
         })
         .collect()
 }
@@ -330,18 +380,36 @@ async fn class_page(
 async fn class_events(
     _: Instructor,
     State(class): State<Shared>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    Path(p): Path<HashMap<String, String>>,
+) -> Response {
+    let token = p.get("token").map_or("", String::as_str);
+    let Some(slot) = Slot::take(&class, token, "events class", EVENT_STREAMS) else {
+        return too_many_streams();
+    };
     let mut changes = class.watch.changes();
     changes.mark_changed();
-    let stream = stream::unfold((class, changes), |(class, mut changes)| async move {
-        changes.changed().await.ok()?;
-        let html = pages::render("grid.html", &serde_json::json!({ "rows": grid(&class) }));
-        let event = Event::default()
-            .event("grid")
-            .data(serde_json::json!({ "html": html }).to_string());
-        Some((Ok(event), (class, changes)))
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    let stream = stream::unfold(
+        (class, changes, slot),
+        |(class, mut changes, slot)| async move {
+            changes.changed().await.ok()?;
+            let html = pages::render("grid.html", &serde_json::json!({ "rows": grid(&class) }));
+            let event = Event::default()
+                .event("grid")
+                .data(serde_json::json!({ "html": html }).to_string());
+            Some((Ok::<_, Infallible>(event), (class, changes, slot)))
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn too_many_streams() -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many pages of this link are open: close some\n",
+    )
+        .into_response()
 }
 
 /// A link typed without its last `/`: to the page, once the token may open it.
@@ -358,39 +426,62 @@ async fn to_class_page(_: Instructor, Path(p): Path<HashMap<String, String>>) ->
     ))
 }
 
-async fn lab_page(access: LabAccess) -> Html<String> {
+async fn lab_page(access: LabAccess, State(class): State<Shared>) -> Html<String> {
     let view = access.view.borrow().clone();
     Html(pages::render(
         "lab.html",
-        &LabPage::of(access.base, &access.plan, &view),
+        &LabPage::of(
+            access.base,
+            &access.plan,
+            &view,
+            class.options.terminals_per_token,
+        ),
     ))
 }
 
-async fn lab_events(access: LabAccess) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+async fn lab_events(access: LabAccess, State(class): State<Shared>) -> Response {
+    let what = format!("events {}", access.plan.lab);
+    let Some(slot) = Slot::take(&class, &access.token, &what, EVENT_STREAMS) else {
+        return too_many_streams();
+    };
     let mut view = access.view;
     view.mark_changed();
     let sent: HashMap<String, String> = HashMap::new();
-    let stream = stream::unfold((view, sent), |(mut view, mut sent)| async move {
-        view.changed().await.ok()?;
-        let v = view.borrow_and_update().clone();
-        let mut events = Vec::new();
-        for g in &v.plan.guests {
-            let html = pages::guest_tables(&v, &g.name);
-            if sent.get(&g.name) != Some(&html) {
-                events.push(Ok(Event::default().event("guest").data(
-                    serde_json::json!({ "guest": g.name, "html": html }).to_string(),
-                )));
-                sent.insert(g.name.clone(), html);
+    // The last state says whether the lab is gone: the page is told once, and the stream ends.
+    let stream = stream::unfold(
+        (view, sent, slot, false),
+        |(mut view, mut sent, slot, gone)| async move {
+            if gone {
+                return None;
             }
-        }
-        let health = pages::health_line(&v);
-        events.push(Ok(Event::default()
-            .event("health")
-            .data(serde_json::json!({ "health": health }).to_string())));
-        Some((stream::iter(events), (view, sent)))
-    })
+            if view.changed().await.is_err() {
+                // This run of the lab is over: taken down, or brought up again.
+                let event = Event::default().event("gone").data("{}");
+                let events: Vec<Result<Event, Infallible>> = vec![Ok(event)];
+                return Some((stream::iter(events), (view, sent, slot, true)));
+            }
+            let v = view.borrow_and_update().clone();
+            let mut events = Vec::new();
+            for g in &v.plan.guests {
+                let html = pages::guest_tables(&v, &g.name);
+                if sent.get(&g.name) != Some(&html) {
+                    events.push(Ok(Event::default().event("guest").data(
+                        serde_json::json!({ "guest": g.name, "html": html }).to_string(),
+                    )));
+                    sent.insert(g.name.clone(), html);
+                }
+            }
+            let health = pages::health_line(&v);
+            events.push(Ok(Event::default()
+                .event("health")
+                .data(serde_json::json!({ "health": health }).to_string())));
+            Some((stream::iter(events), (view, sent, slot, false)))
+        },
+    )
     .flatten();
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 async fn graph(access: LabAccess, State(class): State<Shared>) -> Response {
@@ -575,9 +666,12 @@ async fn terminal(
     let Some(view) = class.watch.view(&lab) else {
         return forbidden();
     };
-    let Some(slot) = super::terminal::Slot::take(&class, &access.token, &lab) else {
-        return (StatusCode::TOO_MANY_REQUESTS, "too many terminals open\n").into_response();
-    };
+    let slot = Slot::take(
+        &class,
+        &access.token,
+        &format!("terminals {lab}"),
+        class.options.terminals_per_token,
+    );
     ws.max_message_size(MAX_MESSAGE)
         .on_upgrade(move |socket| super::terminal::run(class, socket, view, g, slot))
 }
@@ -589,12 +683,17 @@ mod tests {
     #[test]
     fn only_another_sites_origin_is_cross_origin() {
         let host = Some("10.0.0.5:8080");
-        assert!(!cross_origin(None, host), "curl sends no Origin");
-        assert!(!cross_origin(Some("http://10.0.0.5:8080"), host));
-        assert!(!cross_origin(Some("https://10.0.0.5:8080"), host));
-        assert!(cross_origin(Some("http://evil.example"), host));
-        assert!(cross_origin(Some("http://10.0.0.5:8081"), host));
-        assert!(cross_origin(Some("null"), host), "a sandboxed page");
-        assert!(cross_origin(Some("http://10.0.0.5:8080"), None));
+        assert!(!cross_origin(None, host, false), "curl sends no Origin");
+        assert!(!cross_origin(Some("http://10.0.0.5:8080"), host, false));
+        assert!(!cross_origin(Some("https://10.0.0.5:8080"), host, true));
+        assert!(
+            cross_origin(Some("https://10.0.0.5:8080"), host, false),
+            "another scheme is another origin"
+        );
+        assert!(cross_origin(Some("http://10.0.0.5:8080"), host, true));
+        assert!(cross_origin(Some("http://evil.example"), host, false));
+        assert!(cross_origin(Some("http://10.0.0.5:8081"), host, false));
+        assert!(cross_origin(Some("null"), host, false), "a sandboxed page");
+        assert!(cross_origin(Some("http://10.0.0.5:8080"), None, false));
     }
 }

@@ -28,6 +28,9 @@ use crate::terminal::{self, ProcessControl, WinSize};
 const POLICY_VIOLATION: u16 = 1008;
 /// Close code when the terminal was idle too long or its shell ended (normal closure).
 const NORMAL: u16 = 1000;
+/// Close code when the link holds as many terminals as it may (RFC 6455 registry: try again
+/// later).
+const TRY_AGAIN_LATER: u16 = 1013;
 
 /// A message from the browser.
 #[derive(Debug, Deserialize)]
@@ -47,21 +50,23 @@ enum FromBrowser {
     },
 }
 
-/// One of a token's terminals in a lab; the count goes down when it is dropped.
+/// One of a token's open terminals (or event streams) in a lab; the count goes down when it
+/// is dropped.
 pub struct Slot {
     class: Arc<Class>,
-    /// The token and the lab.
+    /// The token, and what it holds open (a lab's terminals, a page's events).
     key: (String, String),
 }
 
 impl Slot {
-    /// A terminal slot for `token` in lab `lab`, unless it holds as many there as it may.
-    /// (A student's token opens one lab; the instructor's has as many in each lab.)
-    pub fn take(class: &Arc<Class>, token: &str, lab: &str) -> Option<Slot> {
-        let key = (token.to_string(), lab.to_string());
+    /// A slot for `token` among its `what` (a lab's terminals, say), unless it already holds
+    /// `limit` of them. (A student's token opens one lab; the instructor's has as many in
+    /// each lab.)
+    pub fn take(class: &Arc<Class>, token: &str, what: &str, limit: usize) -> Option<Slot> {
+        let key = (token.to_string(), what.to_string());
         let mut open = class.terminals.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(key.clone()).or_insert(0);
-        if *n >= class.options.terminals_per_token {
+        if *n >= limit {
             return None;
         }
         *n += 1;
@@ -95,10 +100,28 @@ pub async fn run(
     mut socket: WebSocket,
     mut view: watch::Receiver<Arc<LabView>>,
     g: GuestPlan,
-    slot: Slot,
+    slot: Option<Slot>,
 ) {
-    let backend = class.backend.clone();
     let lab = view.borrow().plan.lab.clone();
+    // Refused in the terminal itself, so that the page can say why (a refused handshake
+    // tells a page nothing).
+    let Some(slot) = slot else {
+        let limit = class.options.terminals_per_token;
+        let _ = socket
+            .send(Message::Binary(
+                format!(
+                    "[too many terminals open for this link in lab {lab} ({limit}): close one, \
+                     then press Terminal]\r\n"
+                )
+                .into(),
+            ))
+            .await;
+        let _ = socket
+            .send(close(TRY_AGAIN_LATER, "too many terminals"))
+            .await;
+        return;
+    };
+    let backend = class.backend.clone();
     let (l, guest) = (lab.clone(), g.clone());
     let started = tokio::task::spawn_blocking(move || {
         let st = backend.state().read(&l)?;

@@ -25,12 +25,16 @@ const vxlab = (() => {
     result.textContent = label + '…';
     try {
       const r = await fetch(url, { method: 'POST' });
-      result.innerHTML = r.ok ? await r.text() : '<p class="error">' + r.status + ' ' + r.statusText + '</p>';
+      result.innerHTML = r.ok ? await r.text()
+        : r.status === 403 ? '<p class="error">403: this link no longer opens this lab (it was taken down, or brought up again with a new link)</p>'
+        : '<p class="error">' + r.status + ' ' + r.statusText + '</p>';
     } catch (e) {
       result.textContent = 'the server did not answer: ' + e;
     } finally {
       button.disabled = false;
       button.textContent = label;
+      // The answer goes where the button's user looks.
+      result.scrollIntoView({ block: 'nearest' });
     }
   }
 
@@ -85,17 +89,35 @@ const vxlab = (() => {
     term.onResize(s => { if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'resize', cols: s.cols, rows: s.rows })); });
   }
 
-  function labPage(base) {
+  function labPage(base, limit) {
     const events = new EventSource(base + 'events');
     live(events);
+    // The lab went down or was made anew (with a new link): said once, and no reconnecting.
+    const gone = () => {
+      events.close();
+      document.getElementById('gone').hidden = false;
+      const h = document.getElementById('health');
+      h.textContent = 'not running under this link';
+      h.className = 'health bad';
+      const badge = document.getElementById('live');
+      badge.textContent = 'gone';
+      badge.classList.add('down');
+    };
+    events.addEventListener('gone', gone);
+    events.addEventListener('error', () => { if (events.readyState === EventSource.CLOSED) gone(); });
     events.addEventListener('guest', e => {
       const d = JSON.parse(e.data);
       const box = document.getElementById('tables-' + d.guest);
       if (box) box.innerHTML = d.html;
     });
-    events.addEventListener('health', e => {
-      document.getElementById('health').textContent = JSON.parse(e.data).health;
-    });
+    // The health line, green when all holds and red when something fails.
+    const health = text => {
+      const el = document.getElementById('health');
+      el.textContent = text;
+      el.className = 'health' + (text.startsWith('ok') ? ' ok' : text.startsWith('FAILING') ? ' bad' : '');
+    };
+    health(document.getElementById('health').textContent);
+    events.addEventListener('health', e => health(JSON.parse(e.data).health));
     document.addEventListener('click', e => {
       const b = e.target.closest('button[data-action]');
       if (!b) return;
@@ -108,7 +130,9 @@ const vxlab = (() => {
         case 'reset': post(base + 'reset' + (g ? '?guest=' + encodeURIComponent(g) : ''), b, result); break;
       }
     });
-    document.querySelectorAll('section.guest').forEach(s => openTerminal(base, s.dataset.guest));
+    // As many terminals as the link may hold open by themselves; the others on demand.
+    [...document.querySelectorAll('section.guest')].slice(0, limit || 1)
+      .forEach(s => openTerminal(base, s.dataset.guest));
   }
 
   return { classPage, labPage };
