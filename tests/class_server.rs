@@ -720,6 +720,16 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     )
     .await;
 
+    // Each terminal is as wide as its box, in a wide window and in a narrow one.
+    let fits = "const b = document.getElementById('term-vm-a');
+                const s = b.querySelector('.xterm-screen');
+                return s && s.offsetWidth <= b.clientWidth && s.offsetWidth > 0.85 * b.clientWidth";
+    wait_for(&c, 10, "vm-a's terminal as wide as its box", fits).await;
+    c.set_window_size(700, 1800).await.unwrap();
+    wait_for(&c, 10, "vm-a's terminal fitted to a narrow window", fits).await;
+    screenshot(&c, "class_server", "student-narrow.png").await;
+    c.set_window_size(1400, 1800).await.unwrap();
+
     // A guest made anew by a reset from the command line is followed again: cls-2's vm-b
     // loses its namespace, `vxlab reset cls-2` makes it anew, and a change in the new one
     // reaches the grid.

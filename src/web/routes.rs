@@ -333,6 +333,10 @@ async fn asset(Path(file): Path<String>) -> Response {
             include_bytes!("../../templates/web/vendor/xterm/xterm.js"),
             "text/javascript",
         ),
+        "xterm/addon-fit.js" => (
+            include_bytes!("../../templates/web/vendor/xterm/addon-fit.js"),
+            "text/javascript",
+        ),
         _ => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
     };
     (

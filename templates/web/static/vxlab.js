@@ -76,7 +76,12 @@ const vxlab = (() => {
     const box = document.getElementById('term-' + guest);
     box.innerHTML = '';
     const term = new Terminal({ cols: 100, rows: 18, convertEol: false, fontSize: 13 });
+    // As wide and as tall as its box, now and when the window changes.
+    const fit = new FitAddon.FitAddon();
+    term.loadAddon(fit);
     term.open(box);
+    fit.fit();
+    window.addEventListener('resize', () => fit.fit());
     const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
     const ws = new WebSocket(scheme + location.host + base + 'term/' + encodeURIComponent(guest));
     ws.binaryType = 'arraybuffer';
