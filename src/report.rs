@@ -301,6 +301,7 @@ impl Report<'_> {
         vxlans.sort();
         vxlans.dedup();
         let cell = |p: &PingResult| match (p.replied, p.ping.expect) {
+            _ if p.answered_by_itself => "SELF (its own address)",
             (true, Expect::Success) => "ok",
             (false, Expect::Fail) => "none (expected)",
             (true, Expect::Fail) => "REPLY (expected none)",

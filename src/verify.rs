@@ -17,8 +17,29 @@ use crate::plan::{GuestPlan, Network, PingPlan, Plan};
 pub struct PingResult {
     /// The planned ping.
     pub ping: PingPlan,
-    /// Whether a reply came back.
+    /// Whether a reply came back from the address pinged, elsewhere than the pinging guest.
     pub replied: bool,
+    /// The pinging guest holds the address itself, so its own kernel answered: the ping never
+    /// left it (see [`answered_locally`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub answered_by_itself: bool,
+}
+
+/// Marks the pings a guest answered itself: it holds the address it pinged (a student added
+/// the peer's address to it), so the reply came from its own kernel and proves nothing about
+/// the peer. They count as not replied.
+pub fn answered_locally(observed: &BTreeMap<String, GuestState>, pings: &mut [PingResult]) {
+    for p in pings.iter_mut().filter(|p| p.replied) {
+        let holds = observed.get(&p.ping.from).is_some_and(|st| {
+            st.links
+                .values()
+                .any(|l| l.addresses.iter().any(|a| a.addr() == p.ping.to))
+        });
+        if holds {
+            p.replied = false;
+            p.answered_by_itself = true;
+        }
+    }
 }
 
 impl PingResult {
@@ -197,6 +218,14 @@ pub fn verify(plan: &Plan, seen: &BTreeMap<String, GuestState>, pings: &[PingRes
                 format!("underlay ping {}{target}", p.ping.to),
             ),
         };
+        let seen = if p.answered_by_itself {
+            format!(
+                "a reply from {} itself: it has {} too",
+                p.ping.from, p.ping.to
+            )
+        } else {
+            word(p.replied).to_string()
+        };
         add(
             &p.ping.from,
             made(
@@ -204,7 +233,7 @@ pub fn verify(plan: &Plan, seen: &BTreeMap<String, GuestState>, pings: &[PingRes
                 kind,
                 what,
                 word(p.ping.expect == Expect::Success),
-                word(p.replied),
+                seen,
                 p.as_expected(),
                 p.ping.to_guest.clone(),
             ),
@@ -755,6 +784,7 @@ mod tests {
             .map(|p| PingResult {
                 ping: p.clone(),
                 replied: true,
+                answered_by_itself: false,
             })
             .collect()
     }
@@ -986,6 +1016,43 @@ mod tests {
     }
 
     #[test]
+    fn a_ping_the_guest_answered_itself_did_not_reach_the_peer() {
+        // vm-a was given vm-b's overlay address too: its ping to 192.168.42.3 is answered by
+        // its own kernel.
+        let (p, mut w) = world("seed-healthy-vm-a", "seed-healthy-vm-b");
+        let theirs: ipnet::IpNet = "192.168.42.3/24".parse().unwrap();
+        w.get_mut("vm-a")
+            .unwrap()
+            .links
+            .get_mut("vxlan0")
+            .unwrap()
+            .addresses
+            .push(theirs);
+        let mut pings = all_replied(&p);
+        answered_locally(&w, &mut pings);
+        let own = pings
+            .iter()
+            .find(|r| r.ping.from == "vm-a" && r.ping.to == theirs.addr())
+            .unwrap();
+        assert!(!own.replied && own.answered_by_itself);
+        assert!(pings.iter().filter(|r| r.answered_by_itself).count() == 1);
+        let v = verify(&p, &w, &pings);
+        let f = v
+            .failures
+            .iter()
+            .find(|f| f.kind == Kind::OverlayPing)
+            .unwrap();
+        assert_eq!(f.seen, "a reply from vm-a itself: it has 192.168.42.3 too");
+        // It goes with the extra address, its cause.
+        let d = v
+            .diagnoses
+            .iter()
+            .find(|d| d.symptoms.iter().any(|s| s.kind == Kind::OverlayPing))
+            .unwrap();
+        assert_eq!(d.cause.kind, Kind::ExtraAddress, "{:#?}", v.diagnoses);
+    }
+
+    #[test]
     fn a_guest_that_answers_no_ping_while_its_own_are_answered_is_named_with_no_repair() {
         // vm-b ignores echo requests: vm-a's overlay ping to it is lost, and so the underlay
         // ping that follows; vm-b's own ping to vm-a is answered, both kernels as planned.
@@ -995,6 +1062,7 @@ mod tests {
         pings.push(PingResult {
             ping: PingPlan::underlay("vm-a", "vm-b", b, p.driver),
             replied: false,
+            answered_by_itself: false,
         });
         let v = verify(&p, &w, &pings);
         assert_eq!(v.diagnoses.len(), 1, "{:#?}", v.diagnoses);

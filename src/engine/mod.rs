@@ -364,6 +364,8 @@ impl Engine {
             }
         }
         self.add_host_ends(plan, &mut observed);
+        let mut pings = pings;
+        verify::answered_locally(&observed, &mut pings);
         let verdict = verify::verify(plan, &observed, &pings);
         Ok(Outcome {
             observed,
@@ -417,8 +419,10 @@ impl Engine {
         }
         // Read again after the pings, as `check` does: what the VTEPs learned ages out of an
         // idle lab (300 s), and the pings teach it again.
-        let (pings, _) = pings::ping_all(self.driver.as_ref(), plan);
-        Ok(verify::verify(plan, &observe_all(), &pings))
+        let (mut pings, _) = pings::ping_all(self.driver.as_ref(), plan);
+        let observed = observe_all();
+        verify::answered_locally(&observed, &mut pings);
+        Ok(verify::verify(plan, &observed, &pings))
     }
 
     /// Removes every resource recorded for the lab, newest first, then its state.

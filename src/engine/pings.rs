@@ -35,7 +35,11 @@ fn run(driver: &dyn Driver, plan: &Plan, pings: &[PingPlan]) -> (Vec<PingResult>
     let results = pings
         .iter()
         .filter_map(|p| by_guest.get_mut(p.from.as_str())?.next())
-        .map(|(ping, replied)| PingResult { ping, replied })
+        .map(|(ping, replied)| PingResult {
+            ping,
+            replied,
+            answered_by_itself: false,
+        })
         .collect();
     (results, errors.into_iter().flatten().collect())
 }
