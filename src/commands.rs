@@ -417,7 +417,7 @@ pub fn up(arg: &Path, json: bool, timings: bool) -> Result<u8> {
 pub fn reset(arg: &Path, guest: Option<&str>, json: bool) -> Result<u8> {
     require_root("reset")?;
     crate::interrupt::install();
-    let (lab, _) = resolve(Some(arg))?;
+    let (lab, _) = resolve(Some(arg)).map_err(|e| name_copies(e, Some(arg), "reset", None))?;
     let p = plan::plan(&lab);
     let o = engine(&lab, image_for(&lab)?)?
         .reset(&p, guest, &Progress::new())
@@ -855,7 +855,7 @@ pub fn check(arg: Option<&Path>, json: bool, all: bool) -> Result<u8> {
     }
     let (lab, _) = match resolve(arg) {
         Ok(found) => found,
-        Err(e) => return Err(name_copies(e, arg, "check", "checks them all")),
+        Err(e) => return Err(name_copies(e, arg, "check", Some("checks them all"))),
     };
     let p = plan::plan(&lab);
     let o = engine(&lab, None)?
@@ -896,7 +896,12 @@ fn copy_names(base: &str, copies: &[lab::instance::Instance]) -> String {
 
 /// A lab that is not running whose copies are: the error names them, and how `vxlab
 /// {command} LAB --all` (which `does` so) or one copy's name reaches them; else `e` as it is.
-fn name_copies(e: anyhow::Error, arg: Option<&Path>, command: &str, does: &str) -> anyhow::Error {
+fn name_copies(
+    e: anyhow::Error,
+    arg: Option<&Path>,
+    command: &str,
+    all_does: Option<&str>,
+) -> anyhow::Error {
     let Some(StateError::NotRunning(base, _)) = e.downcast_ref() else {
         return e;
     };
@@ -905,9 +910,11 @@ fn name_copies(e: anyhow::Error, arg: Option<&Path>, command: &str, does: &str) 
         return e;
     }
     let arg = arg.map_or_else(|| base.clone(), |a| a.display().to_string());
+    let all = all_does.map_or_else(String::new, |does| {
+        format!("`vxlab {command} {arg} --all` {does}, ")
+    });
     NotFound(format!(
-        "lab {base} is not running, but {} of it {}: {}; `vxlab {command} {arg} --all` \
-         {does}, `vxlab {command} {base}-{}` one",
+        "lab {base} is not running, but {} of it {}: {}; {all}`vxlab {command} {base}-{}` one",
         plural(copies.len(), "copy", "copies"),
         if copies.len() == 1 { "is" } else { "are" },
         copy_names(base, &copies),
@@ -992,7 +999,7 @@ pub fn down(arg: Option<&Path>) -> Result<u8> {
                 eprintln!("lab {name} had only its lock left (an up stopped at once); removed");
                 return Ok(exit::OK);
             }
-            let e = name_copies(e, arg, "down", "removes them all");
+            let e = name_copies(e, arg, "down", Some("removes them all"));
             if e.is::<NotFound>() {
                 return Err(e.context("nothing was removed"));
             }

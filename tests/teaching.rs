@@ -628,6 +628,14 @@ fn thirty_copies_of_the_seed_lab_run_side_by_side() {
             && err.contains("`vxlab check t-ws --all`"),
         "{err}"
     );
+    // So does `reset`, which has no --all: one copy at a time.
+    let out = lab.run(&["reset", "t-ws"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(66), "{err}");
+    assert!(
+        err.contains("lab t-ws is not running, but 30 copies of it are: t-ws-1 .. t-ws-30; `vxlab reset t-ws-1` one"),
+        "{err}"
+    );
     // So does `down`, which then removes nothing.
     let out = lab.run(&["down", "t-ws"]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -116,6 +116,14 @@ impl Engine {
         lock.record(&mut st, guest_resources)?;
         drop(host);
 
+        // Guests of a running lab that are gone (a namespace deleted, a domain destroyed) are
+        // created anew below by `up`: said, not done silently. (`reset` says it itself, having
+        // removed what was left of them.)
+        if was_running && lab_file.is_some() {
+            for g in guests.iter().filter(|g| !self.driver.guest_exists(g)) {
+                notes.push(format!("{} was not running: it is created anew", g.name));
+            }
+        }
         let runner = Runner::new(self.driver.as_ref(), Some(lock.dir()), BTreeMap::new());
         let state_dir = lock.dir();
         let results: Vec<Result<(Tools, Vec<Step>), EngineError>> = std::thread::scope(|s| {
