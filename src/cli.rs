@@ -16,8 +16,10 @@ pub struct Cli {
     #[command(subcommand)]
     /// What to do.
     pub command: Command,
-    /// Keep and find labs' state in DIR instead of /var/lib/vxlab.
-    #[arg(long, global = true, value_name = "DIR", env = "VXLAB_STATE_DIR", value_hint = clap::ValueHint::DirPath)]
+    /// Keep and find labs' state in DIR instead of /var/lib/vxlab (or $VXLAB_STATE_DIR).
+    // The variable is read where the state directory is (StateDir::from_env), not by clap: an
+    // argument clap takes from the environment shows in every usage line as if typed.
+    #[arg(long, global = true, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub state_dir: Option<PathBuf>,
 }
 
