@@ -127,7 +127,7 @@ pub fn links(g: &GuestPlan, st: &GuestState) -> Table {
                 )
             })
             .unwrap_or_else(|| "not a vxlan".into());
-        let meaning = format!(
+        let mut meaning = format!(
             "a VTEP: wraps each frame in UDP to port {} with VNI {}; {flood}; {}",
             v.port,
             v.vni,
@@ -137,6 +137,26 @@ pub fn links(g: &GuestPlan, st: &GuestState) -> Table {
                 "learns nothing: only static entries"
             }
         );
+        if let Some(m) = &l.master {
+            meaning.push_str(&format!(
+                "; but it is a port of {m}, not in the lab: what it receives goes to {m}"
+            ));
+        }
+        rows.push(link_row(l, kind, meaning));
+    }
+    // What the guest has besides (a device a student made): shown, and said what it is.
+    let planned = |n: &str| n == "lo" || n == g.interface || g.vteps.iter().any(|v| v.device == n);
+    for l in st.links.values().filter(|l| !planned(&l.name)) {
+        let (kind, meaning) = match &l.vxlan {
+            Some(p) => (
+                format!("vxlan id {}", p.vni),
+                "not in the lab: a vxlan device made in the guest (`vxlab up` removes it)".into(),
+            ),
+            None => (
+                "other".into(),
+                "not in the lab: a device made in the guest (vxlab leaves it alone)".into(),
+            ),
+        };
         rows.push(link_row(l, kind, meaning));
     }
     Table {
@@ -537,4 +557,27 @@ fn pings_lines(plan: &Plan) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recorded;
+
+    #[test]
+    fn devices_a_student_made_are_listed_and_said_to_be_outside_the_lab() {
+        // Recorded with a veth pair side0/side1 made in vm-a.
+        let r = recorded("seed-foreign-routes-vm-a");
+        let g = r.plan.guest(&r.guest).unwrap();
+        let t = links(g, &r.state);
+        let names: Vec<&str> = t.rows.iter().map(|r| r.cells[0].as_str()).collect();
+        assert_eq!(names, ["eth0", "vxlan0", "side0", "side1"]);
+        assert!(t.rows[2]
+            .meaning
+            .starts_with("not in the lab: a device made in the guest"));
+        // A healthy guest lists only the lab's devices.
+        let r = recorded("seed-healthy-vm-a");
+        let g = r.plan.guest(&r.guest).unwrap();
+        assert_eq!(links(g, &r.state).rows.len(), 2);
+    }
 }
