@@ -77,8 +77,10 @@ impl HostLink {
             let conn = Connect::open(Some(&spec.uri));
             (conn, jump.join().expect("SSH connect thread panicked"))
         });
-        let conn = conn.map_err(|e| unreachable(format!("libvirt: {}", e.message())))?;
+        // When both fail, SSH's own reason comes first ("connection refused"): libvirt, which
+        // talks through an ssh process, often sees only that process's pipe break.
         let jump = jump.map_err(|e| unreachable(e.to_string()))?;
+        let conn = conn.map_err(|e| unreachable(format!("libvirt: {}", e.message())))?;
         Ok(HostLink {
             spec: spec.clone(),
             conn,
