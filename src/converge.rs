@@ -316,7 +316,7 @@ fn foreign_routes(f: &mut Findings, st: &GuestState) {
     for r in &st.routes {
         let dst: IpNet = match (r.prefix(), r.dst.as_str()) {
             (Some(p), _) => p,
-            (None, "default") if matches!(r.gateway, Some(IpAddr::V6(_))) => {
+            (None, "default") if r.ipv6 || matches!(r.gateway, Some(IpAddr::V6(_))) => {
                 IpNet::V6(Default::default())
             }
             (None, "default") => IpNet::V4(Default::default()),
@@ -519,12 +519,18 @@ fn underlay(f: &mut Findings, st: &GuestState) -> bool {
     let g = f.guest;
     let dev = g.interface.as_str();
     let Some(link) = st.links.get(dev) else {
-        // Renamed: the device with the underlay's MAC is named back (down, renamed, up; its
-        // addresses and the vxlan devices on it stay).
-        let renamed = st
+        // Renamed: the one device with the underlay's MAC is named back (down, renamed, up;
+        // its addresses and the vxlan devices on it stay). Two (a bridge takes its port's
+        // MAC) are no answer: then a reset makes the guest anew.
+        let same_mac: Vec<&Link> = st
             .links
             .values()
-            .find(|l| l.mac == Some(g.underlay_mac) && l.vxlan.is_none());
+            .filter(|l| l.mac == Some(g.underlay_mac) && l.vxlan.is_none())
+            .collect();
+        let renamed = match same_mac.as_slice() {
+            [one] if one.master.is_none() => Some(*one),
+            _ => None,
+        };
         f.underlay_renamed = renamed.map(|l| l.name.clone());
         f.push(
             compared(
@@ -1186,6 +1192,27 @@ mod tests {
                 )
             ]
         );
+    }
+
+    #[test]
+    fn an_ipv6_default_route_without_a_gateway_is_removed_as_ipv6() {
+        let r = recorded("seed-healthy-vm-a");
+        let g = r.plan.guest(&r.guest).unwrap();
+        let mut st = r.state.clone();
+        st.routes.push(Route {
+            kind: None,
+            dst: "default".into(),
+            gateway: None,
+            dev: Some("vxlan0".into()),
+            protocol: None,
+            prefsrc: None,
+            ipv6: true,
+        });
+        let steps: Vec<String> = converge(g, &st)
+            .iter()
+            .map(|s| s.command.to_string())
+            .collect();
+        assert_eq!(steps, ["ip route del ::/0 dev vxlan0"]);
     }
 
     #[test]

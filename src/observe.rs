@@ -27,6 +27,9 @@ pub struct Route {
     pub protocol: Option<String>,
     /// Preferred source address.
     pub prefsrc: Option<IpAddr>,
+    /// Read from the IPv6 table (`ip -6 route`): what a `default` with no gateway is.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ipv6: bool,
 }
 
 /// The route types `ip route` names before a destination; what `ip route del` is given back.
@@ -81,6 +84,7 @@ pub fn read_routes(json: bool, out: &str) -> Result<Vec<Route>, ParseError> {
             dev: r.dev,
             protocol: r.protocol,
             prefsrc: r.prefsrc,
+            ipv6: false,
         })
         .collect())
 }

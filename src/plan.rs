@@ -343,6 +343,7 @@ pub fn fresh_state(g: &GuestPlan, driver: DriverKind) -> GuestState {
                 dev: Some(g.interface.clone()),
                 protocol: Some("kernel".into()),
                 prefsrc: Some(g.underlay.addr()),
+                ipv6: g.underlay.addr().is_ipv6(),
             })
             .into_iter()
             .collect(),

@@ -903,6 +903,29 @@ fn with_a_certificate_the_server_speaks_only_tls() {
     let plain = curl(&instructor.replacen("https://", "http://", 1), &[]);
     assert_eq!(String::from_utf8_lossy(&plain.stdout), "000", "{plain:?}");
     assert!(!plain.status.success(), "{plain:?}");
+    // A browser speaks HTTP/2 over TLS, where the server is named in the request's
+    // authority, not a Host header: an action from the server's own page is answered, one
+    // from another site refused.
+    let site = instructor.split("/t/").next().unwrap().to_string();
+    let post = |origin: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+            ])
+            .args(["--max-time", "20", "--http2", "-X", "POST"])
+            .args(["--cacert", cert.to_str().unwrap()])
+            .args(["-H", &format!("Origin: {origin}")])
+            .arg(format!("{instructor}lab/cls-tls/check"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(post(&site), "200 2");
+    assert_eq!(post("https://evil.example"), "403 2");
     let token = std::fs::read_dir(lab.state.path())
         .unwrap()
         .flatten()

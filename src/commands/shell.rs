@@ -16,6 +16,7 @@ use crate::terminal::{self, GuestProcess, Launch, ProcessControl, WinSize};
 /// How the end of a shell's input (a script piped in) is typed on its terminal: the last line
 /// ended, Ctrl-D, and, should the shell not have read its terminal yet (its line editor then
 /// sees that Ctrl-D as a NUL), `exit`. A command run with `exec -t` gets the Ctrl-D alone.
+/// (A last line without its newline gets one Ctrl-D more first, see [`attach`].)
 const SHELL_END_OF_INPUT: &[u8] = b"\n\x04exit\n";
 
 /// `vxlab shell [--lab LAB] GUEST`: the student's shell in a guest, on a pseudo-terminal.
@@ -129,15 +130,18 @@ impl Drop for RawMode {
 }
 
 /// Copies `from` to `to` as it comes, flushing each piece; stops at the end or an error.
-fn pump(mut from: impl Read, mut to: impl Write) {
+/// Copies until the end of `from`; returns the last byte passed on, if any.
+fn pump(mut from: impl Read, mut to: impl Write) -> Option<u8> {
     let mut buf = [0u8; 8192];
+    let mut last = None;
     loop {
         match from.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return last,
             Ok(n) => {
                 if to.write_all(&buf[..n]).and_then(|_| to.flush()).is_err() {
-                    return;
+                    return last;
                 }
+                last = Some(buf[n - 1]);
             }
         }
     }
@@ -174,8 +178,13 @@ fn attach(process: GuestProcess, launch: &Launch, end_of_input: &'static [u8]) -
     let on_pty = launch.tty.is_some();
     std::thread::spawn(move || {
         let mut stdin = stdin;
-        pump(std::io::stdin(), &mut stdin);
+        let last = pump(std::io::stdin(), &mut stdin);
         if on_pty {
+            // A last line without its newline takes one Ctrl-D to be read, and another to
+            // end the input.
+            if last.is_some_and(|b| b != b'\n') {
+                let _ = stdin.write_all(b"\x04");
+            }
             let _ = stdin.write_all(end_of_input).and_then(|()| stdin.flush());
         }
     });

@@ -215,8 +215,9 @@ impl<'a> Runner<'a> {
         );
         st.routes = parse(g, observe::read_routes(json, &outs[2].stdout))?;
         if let Some(o) = reads.routes6_at.map(|i| &outs[i]).filter(|o| o.success()) {
+            let v6 = parse(g, observe::read_routes(json, &o.stdout))?;
             st.routes
-                .extend(parse(g, observe::read_routes(json, &o.stdout))?);
+                .extend(v6.into_iter().map(|r| observe::Route { ipv6: true, ..r }));
         }
         for o in outs[reads.groups_at..reads.neighbours_at]
             .iter()

@@ -165,26 +165,35 @@ fn end_processes_in(netns: &Path) {
     let Ok(ns) = std::fs::metadata(netns) else {
         return;
     };
+    let id = (ns.dev(), ns.ino());
+    let of = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    // A name bound to the host's own namespace (`ip netns attach X 1`) is no lab's: its
+    // processes are everyone's.
+    if of(Path::new("/proc/self/ns/net")) == Some(id) {
+        return;
+    }
     let me = std::process::id();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(m) = std::fs::metadata(entry.path().join("ns/net")) else {
-            continue;
-        };
-        if m.dev() == ns.dev() && m.ino() == ns.ino() {
-            // SAFETY: kill(2) with a pid read just now; at worst it is gone already.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    // Again until none is left: one may have started another between a look and its end.
+    for _ in 0..8 {
+        let mut ended = 0;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != me && of(&entry.path().join("ns/net")) == Some(id) {
+                // SAFETY: kill(2) with a pid read just now; at worst it is gone already.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+                ended += 1;
             }
+        }
+        if ended == 0 {
+            return;
         }
     }
 }

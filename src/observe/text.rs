@@ -167,6 +167,7 @@ pub fn routes(text: &str) -> Vec<Route> {
                 dev: after(&words, "dev").map(String::from),
                 protocol: after(&words, "proto").map(String::from),
                 prefsrc: after(&words, "src").and_then(|g| g.parse().ok()),
+                ipv6: false,
             })
         })
         .collect()

@@ -92,6 +92,9 @@ enum Signal {
     /// The monitor with this number in this guest ended (the guest went away, or its
     /// connection did): it is started again at the next Check or refresh.
     Ended(String, u64),
+    /// This guest's namespace was deleted: its monitor, which keeps the old one alive (and
+    /// the guest answering), is ended, and the guest read again.
+    Lost(String),
     /// Read every guest again and restart the monitors: the guests may be new (after a reset).
     Refresh,
     /// A full check ran; show its verdict.
@@ -253,7 +256,7 @@ impl Watchers {
                 continue;
             }
             for g in plan.guests.iter().filter(|g| gone.contains(&g.instance)) {
-                let _ = w.signal.send(Signal::Changed(g.name.clone()));
+                let _ = w.signal.send(Signal::Lost(g.name.clone()));
             }
         }
     }
@@ -276,14 +279,26 @@ struct Watcher {
 
 impl Watcher {
     fn run(self, signals: Receiver<Signal>) {
-        let engine = match self.backend.engine(&self.lab) {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!("vxlab serve: cannot watch lab {}: {e:#}", self.lab);
-                return;
+        let all: Vec<String> = self.plan.guests.iter().map(|g| g.name.clone()).collect();
+        // Until the lab can be reached (a host of a class may be away for a while), its page
+        // says why, and every refresh or Check tries again; the lab is not gone.
+        let engine = loop {
+            match self.backend.engine(&self.lab) {
+                Ok(e) => break e,
+                Err(e) => {
+                    let why = format!("cannot be read: {e:#}");
+                    let mut next = LabView::empty(self.plan.clone());
+                    next.unreachable = all.iter().map(|g| (g.clone(), why.clone())).collect();
+                    next.ready = true;
+                    let mut current = LabView::empty(self.plan.clone());
+                    self.publish(&mut current, next, true);
+                    match signals.recv() {
+                        Ok(Signal::Stop) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
             }
         };
-        let all: Vec<String> = self.plan.guests.iter().map(|g| g.name.clone()).collect();
         let mut monitors: BTreeMap<String, Monitor> = BTreeMap::new();
         let mut numbers = 0u64;
         self.start_monitors(&mut monitors, &mut numbers);
@@ -306,6 +321,14 @@ impl Watcher {
                             if !changed.contains(&g) {
                                 changed.push(g);
                             }
+                        }
+                    }
+                    Signal::Lost(g) => {
+                        if let Some(m) = monitors.remove(&g) {
+                            m.control.hang_up();
+                        }
+                        if !changed.contains(&g) {
+                            changed.push(g);
                         }
                     }
                     Signal::Refresh => {

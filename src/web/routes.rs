@@ -214,10 +214,13 @@ async fn same_origin(
         .get(axum::http::header::UPGRADE)
         .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
     let text = |name| h.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    // HTTP/2 (which browsers speak over TLS) names the server in the request's authority,
+    // not in a Host header.
+    let host = text(axum::http::header::HOST).or_else(|| req.uri().authority().map(|a| a.as_str()));
     if (changes || websocket)
         && cross_origin(
             text(axum::http::header::ORIGIN),
-            text(axum::http::header::HOST),
+            host,
             class.options.tls.is_some(),
         )
     {
@@ -360,7 +363,10 @@ fn grid(class: &Class) -> Vec<GridRow> {
             let v = view.borrow().clone();
             // The student's own link, as the sheet gives it: the instructor's would open every
             // lab to whoever it is passed on to.
-            let student = format!("/t/{}/lab/{lab}/", tokens.lab(lab)?);
+            // (A lab whose token cannot be read yet keeps its row, with the instructor's own.)
+            let student = tokens
+                .lab(lab)
+                .map_or_else(|| format!("lab/{lab}/"), |t| format!("/t/{t}/lab/{lab}/"));
             Some(GridRow::of(lab, &v, student))
         })
         .collect()

@@ -73,6 +73,11 @@ const vxlab = (() => {
 
   function openTerminal(base, guest) {
     if (terminals[guest] && terminals[guest].open) return;
+    // The one before, closed: its terminal and its window listener go.
+    if (terminals[guest]) {
+      window.removeEventListener('resize', terminals[guest].refit);
+      terminals[guest].term.dispose();
+    }
     const box = document.getElementById('term-' + guest);
     box.innerHTML = '';
     const term = new Terminal({ cols: 100, rows: 18, convertEol: false, fontSize: 13 });
@@ -81,11 +86,12 @@ const vxlab = (() => {
     term.loadAddon(fit);
     term.open(box);
     fit.fit();
-    window.addEventListener('resize', () => fit.fit());
+    const refit = () => fit.fit();
+    window.addEventListener('resize', refit);
     const scheme = location.protocol === 'https:' ? 'wss://' : 'ws://';
     const ws = new WebSocket(scheme + location.host + base + 'term/' + encodeURIComponent(guest));
     ws.binaryType = 'arraybuffer';
-    const state = { open: true, term, ws };
+    const state = { open: true, term, ws, refit };
     terminals[guest] = state;
     ws.onopen = () => ws.send(JSON.stringify({ type: 'resize', cols: term.cols, rows: term.rows }));
     ws.onmessage = e => term.write(typeof e.data === 'string' ? e.data : new Uint8Array(e.data));
@@ -109,7 +115,19 @@ const vxlab = (() => {
       badge.classList.add('down');
     };
     events.addEventListener('gone', gone);
-    events.addEventListener('error', () => { if (events.readyState === EventSource.CLOSED) gone(); });
+    // A stream refused for good: the lab gone from this link (403), or too many of this
+    // link's pages open (429), which is not the same news.
+    events.addEventListener('error', async () => {
+      if (events.readyState !== EventSource.CLOSED) return;
+      const r = await fetch(base, { method: 'HEAD' }).catch(() => null);
+      if (r && r.ok) {
+        const badge = document.getElementById('live');
+        badge.textContent = 'not live: too many pages of this link are open; close some and reload';
+        badge.classList.add('down');
+      } else {
+        gone();
+      }
+    });
     events.addEventListener('guest', e => {
       const d = JSON.parse(e.data);
       const box = document.getElementById('tables-' + d.guest);
