@@ -336,28 +336,41 @@ fn foreign_routes(f: &mut Findings, st: &GuestState) {
         } else {
             Layer::OverlayAddress
         };
+        // Said as `ip route` lists it (`default`, a host route without its /32).
         let words = route_words(r, dst).replacen(&dst.to_string(), &r.dst, 1);
-        let dev = r.dev.clone().unwrap_or_default();
-        f.push(
-            compared(
-                layer,
-                Kind::ExtraRoute,
-                &dev,
-                format!("route {words}, not in the plan"),
-                "none",
-            ),
-            false,
-            || words.clone(),
-            || {
-                vec![cmd::route_del(
-                    r.kind.as_deref(),
-                    dst,
-                    r.gateway,
-                    r.dev.as_deref(),
-                )]
-            },
+        extra_route(
+            f,
+            layer,
+            r.dev.as_deref().unwrap_or_default(),
+            r,
+            dst,
+            words,
         );
     }
+}
+
+/// Route `r` (to `dst`, said as `words`) on `dev`, which the plan does not have: a failing
+/// finding of `layer`, repaired by deleting it.
+fn extra_route(f: &mut Findings, layer: Layer, dev: &str, r: &Route, dst: IpNet, words: String) {
+    f.push(
+        compared(
+            layer,
+            Kind::ExtraRoute,
+            dev,
+            format!("route {words}, not in the plan"),
+            "none",
+        ),
+        false,
+        || words.clone(),
+        || {
+            vec![cmd::route_del(
+                r.kind.as_deref(),
+                dst,
+                r.gateway,
+                r.dev.as_deref(),
+            )]
+        },
+    );
 }
 
 /// The commands that bring `st` to the plan, each once, in order.
@@ -491,26 +504,7 @@ fn addresses(
         );
     }
     for (r, dst) in stray_routes(st, wanted, dev) {
-        let words = route_words(r, dst);
-        f.push(
-            compared(
-                layer,
-                Kind::ExtraRoute,
-                dev,
-                format!("route {words}, not in the plan"),
-                "none",
-            ),
-            false,
-            || words.clone(),
-            || {
-                vec![cmd::route_del(
-                    r.kind.as_deref(),
-                    dst,
-                    r.gateway,
-                    r.dev.as_deref(),
-                )]
-            },
-        );
+        extra_route(f, layer, dev, r, dst, route_words(r, dst));
     }
 }
 

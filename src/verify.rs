@@ -256,6 +256,11 @@ pub fn verify(plan: &Plan, seen: &BTreeMap<String, GuestState>, pings: &[PingRes
     }
 }
 
+/// How a host end's fault ends when the lab's bridge itself is gone, or down: what
+/// [`host_end_hint`] tells the two apart by.
+const BRIDGE_GONE: &str = " is gone";
+const BRIDGE_DOWN: &str = ", which is down";
+
 /// What is wrong with a namespace guest's host end, if anything: down, or not on `bridge`;
 /// said as what it is ("down, on bridge vxbr-seed", "up, on no bridge").
 pub fn host_end_fault(end: &HostEnd, bridge: &str) -> Option<String> {
@@ -264,10 +269,12 @@ pub fn host_end_fault(end: &HostEnd, bridge: &str) -> Option<String> {
     }
     match end.lab_bridge {
         BridgeState::Missing => {
-            return Some(format!("on no bridge: the lab's bridge {bridge} is gone"))
+            return Some(format!(
+                "on no bridge: the lab's bridge {bridge}{BRIDGE_GONE}"
+            ))
         }
         BridgeState::Down if end.up && end.bridge.as_deref() == Some(bridge) => {
-            return Some(format!("up, on bridge {bridge}, which is down"))
+            return Some(format!("up, on bridge {bridge}{BRIDGE_DOWN}"))
         }
         _ => {}
     }
@@ -305,9 +312,9 @@ fn host_end_finding(g: &GuestPlan, end: &HostEnd, bridge: &str) -> Finding {
 /// How a broken host end is put right on the host, given what is wrong (see
 /// [`host_end_fault`]): the command, or, for a bridge that is gone, `vxlab up` alone.
 fn host_end_hint(seen: &str, link: &str, bridge: &str, vxlab: &str) -> String {
-    if seen.ends_with("is gone") {
+    if seen.ends_with(BRIDGE_GONE) {
         format!("`{vxlab}` makes the bridge again and puts each guest's host end back on it")
-    } else if seen.ends_with("which is down") {
+    } else if seen.ends_with(BRIDGE_DOWN) {
         format!("on the host, `ip link set dev {bridge} up`, or `{vxlab}` repairs it")
     } else {
         format!(

@@ -79,6 +79,14 @@ fn request(base: &str, method: &str, path: &str) -> String {
     answer
 }
 
+/// Waits until lab `lab` has a row in the instructor's grid shown in `c`, or has none.
+async fn in_grid(c: &fantoccini::Client, lab: &str, present: bool, what: &str) {
+    let op = if present { "!==" } else { "===" };
+    let js =
+        format!("return document.querySelector('#grid-rows tr[data-lab=\"{lab}\"]') {op} null");
+    wait_for(c, 10, what, &js).await;
+}
+
 /// The path of a URL (`http://host:port/path` -> `/path`).
 fn path_of(url: &str) -> String {
     let rest = url.trim_start_matches("http://");
@@ -147,19 +155,8 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
 
     // A copy brought up while the page is open shows up in the grid, and goes when it is
     // taken down: the server watches the state directory (its own rescan is once a minute).
-    let out = lab.run(&["up", &file, "--instance", "4"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_for(
-        &c,
-        10,
-        "the fourth copy in the grid",
-        "return document.querySelector('#grid-rows tr[data-lab=\"cls-4\"]') !== null",
-    )
-    .await;
+    lab.run_ok(&["up", &file, "--instance", "4"]);
+    in_grid(&c, "cls-4", true, "the fourth copy in the grid").await;
     // A terminal into copy 4 (the instructor's link opens every copy's), and its shell's
     // processes on the host, under copy 4's student uid.
     let token_of = |copy: &str| {
@@ -205,12 +202,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     )
     .await;
     assert!(processes_of(uid) > 0, "no shell runs as uid {uid}");
-    let out = lab.run(&["down", "cls", "--instance", "4"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.run_ok(&["down", "cls", "--instance", "4"]);
     // The student's page says the lab is gone from this link, and stops reconnecting.
     let banner = wait_for(
         &c,
@@ -247,28 +239,11 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     c.goto(&instructor).await.unwrap();
-    wait_for(
-        &c,
-        10,
-        "the fourth copy gone from the grid",
-        "return document.querySelector('#grid-rows tr[data-lab=\"cls-4\"]') === null",
-    )
-    .await;
+    in_grid(&c, "cls-4", false, "the fourth copy gone from the grid").await;
     // Copy 4 brought up again is another run: a new token (the first run's link opens
     // nothing), another mark, so another student uid.
-    let out = lab.run(&["up", &file, "--instance", "4"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_for(
-        &c,
-        10,
-        "copy 4 again in the grid",
-        "return document.querySelector('#grid-rows tr[data-lab=\"cls-4\"]') !== null",
-    )
-    .await;
+    lab.run_ok(&["up", &file, "--instance", "4"]);
+    in_grid(&c, "cls-4", true, "copy 4 again in the grid").await;
     let second_run = (token_of("cls-4"), made_of("cls-4"));
     assert_ne!(second_run.0, first_run.0);
     assert_ne!(
@@ -279,19 +254,8 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     let page = |token: &str| format!("/t/{token}/lab/cls-4/");
     assert_eq!(status(&base, "GET", &page(&first_run.0), false), 403);
     assert_eq!(status(&base, "GET", &page(&second_run.0), false), 200);
-    let out = lab.run(&["down", "cls", "--instance", "4"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_for(
-        &c,
-        10,
-        "the fourth copy gone from the grid",
-        "return document.querySelector('#grid-rows tr[data-lab=\"cls-4\"]') === null",
-    )
-    .await;
+    lab.run_ok(&["down", "cls", "--instance", "4"]);
+    in_grid(&c, "cls-4", false, "the fourth copy gone from the grid").await;
 
     // Copy 1 as `up` derived it, on the underlay the workshop pool gave it.
     let state: serde_json::Value = serde_json::from_str(

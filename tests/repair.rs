@@ -23,6 +23,26 @@ fn student(lab: &Lab, guest: &str, argv: &[&str]) {
     );
 }
 
+/// Runs `ip ARGS` on the host, which must succeed: what breaks the lab outside its guests.
+fn on_host(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether one of a report's notes says every one of `parts`.
+fn noted(report: &Value, parts: &[&str]) -> bool {
+    report["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .any(|n| parts.iter().all(|p| n.contains(p)))
+}
+
 /// What `ip -j ARGS` prints in a guest, parsed.
 fn kernel(lab: &Lab, guest: &str, argv: &[&str]) -> Value {
     let out = Command::new("ip")
@@ -991,14 +1011,6 @@ fn a_host_end_off_the_bridge_or_down_is_named_and_up_and_reset_put_it_back() {
     let lab = seed("t-r-hend", "192.168.88.");
     let plan = json_of_plan(&lab);
     let link = plan["guests"][1]["host_link"].as_str().unwrap().to_string();
-    let on_host = |args: &[&str]| {
-        let out = Command::new("ip").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let fixed = format!("ip link set dev {link} master vxbr-t-r-hend up");
     for (breaking, seen) in [
         (vec!["link", "set", &link, "nomaster"], "up, on no bridge"),
@@ -1037,11 +1049,7 @@ fn a_host_end_off_the_bridge_or_down_is_named_and_up_and_reset_put_it_back() {
         };
         assert_eq!(code, 0, "{:#}", r["failures"]);
         assert!(
-            r["notes"].as_array().unwrap().iter().any(|n| n
-                .as_str()
-                .unwrap()
-                .contains("repaired on the host")
-                && n.as_str().unwrap().contains(&fixed)),
+            noted(&r, &["repaired on the host", &fixed]),
             "{:#}",
             r["notes"]
         );
@@ -1059,14 +1067,6 @@ fn json_of_plan(lab: &Lab) -> Value {
 fn a_downed_or_deleted_bridge_is_the_cause_and_up_says_it_repaired_it() {
     let lab = seed("t-r-brdg", "192.168.84.");
     let bridge = "vxbr-t-r-brdg";
-    let on_host = |args: &[&str]| {
-        let out = Command::new("ip").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     for (breaking, seen, hint, note) in [
         (
             vec!["link", "set", bridge, "down"],
@@ -1111,15 +1111,7 @@ fn a_downed_or_deleted_bridge_is_the_cause_and_up_says_it_repaired_it() {
         assert!(said.contains(&hint), "{said}");
         let (code, r) = up_again(&lab);
         assert_eq!(code, 0, "{:#}", r["failures"]);
-        assert!(
-            r["notes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|n| n.as_str().unwrap().contains(&note)),
-            "{:#}",
-            r["notes"]
-        );
+        assert!(noted(&r, &[&note]), "{:#}", r["notes"]);
         assert_eq!(lab.check().0, 0);
     }
     lab.down_leaves_nothing();

@@ -88,8 +88,8 @@ pub struct Class {
     tokens: RwLock<tokens::Tokens>,
     watch: live::Watchers,
     options: ServeOptions,
-    /// Open terminals per token and lab.
-    terminals: Mutex<HashMap<(String, String), usize>>,
+    /// What each token holds open (a lab's terminals, a page's event streams): see [`Slot`].
+    held: Mutex<HashMap<(String, String), usize>>,
     /// One action at a time per lab: a second click waits for the first instead of finding
     /// the lab busy (with this server as the "other vxlab").
     actions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -105,7 +105,7 @@ impl Class {
             backend,
             tokens: RwLock::new(tokens),
             options,
-            terminals: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
             actions: Mutex::new(HashMap::new()),
         }))
     }
@@ -154,6 +154,45 @@ impl Class {
             eprintln!("vxlab serve: cannot keep tokens: {e}");
         }
         self.watch.follow(&labs);
+    }
+}
+
+/// One of a token's open terminals (or event streams) in a lab; the count goes down when it
+/// is dropped.
+pub struct Slot {
+    class: Arc<Class>,
+    /// The token, and what it holds open (a lab's terminals, a page's events).
+    key: (String, String),
+}
+
+impl Slot {
+    /// A slot for `token` among its `what` (a lab's terminals, say), unless it already holds
+    /// `limit` of them. (A student's token opens one lab; the instructor's has as many in
+    /// each lab.)
+    pub fn take(class: &Arc<Class>, token: &str, what: &str, limit: usize) -> Option<Slot> {
+        let key = (token.to_string(), what.to_string());
+        let mut open = class.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key.clone()).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            class: class.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.class.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
     }
 }
 

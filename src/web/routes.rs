@@ -26,9 +26,9 @@ use tokio::sync::watch;
 
 use super::live::LabView;
 use super::pages::{self, Audience, CaptureView, CheckView, ClassPage, GridRow, LabPage};
-use super::terminal::Slot;
+
 use super::tokens::Role;
-use super::Class;
+use super::{Class, Slot};
 use crate::explain;
 use crate::host::dirwatch::DirWatch;
 use crate::plan::{GuestPlan, Plan};

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use super::live::LabView;
-use super::Class;
+use super::{Class, Slot};
 use crate::plan::GuestPlan;
 use crate::terminal::{self, ProcessControl, WinSize};
 
@@ -48,49 +48,6 @@ enum FromBrowser {
         /// Rows.
         rows: u16,
     },
-}
-
-/// One of a token's open terminals (or event streams) in a lab; the count goes down when it
-/// is dropped.
-pub struct Slot {
-    class: Arc<Class>,
-    /// The token, and what it holds open (a lab's terminals, a page's events).
-    key: (String, String),
-}
-
-impl Slot {
-    /// A slot for `token` among its `what` (a lab's terminals, say), unless it already holds
-    /// `limit` of them. (A student's token opens one lab; the instructor's has as many in
-    /// each lab.)
-    pub fn take(class: &Arc<Class>, token: &str, what: &str, limit: usize) -> Option<Slot> {
-        let key = (token.to_string(), what.to_string());
-        let mut open = class.terminals.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(key.clone()).or_insert(0);
-        if *n >= limit {
-            return None;
-        }
-        *n += 1;
-        Some(Slot {
-            class: class.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self
-            .class
-            .terminals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                open.remove(&self.key);
-            }
-        }
-    }
 }
 
 /// Connects `socket` to a new shell in guest `g` of the lab `view` follows, until either

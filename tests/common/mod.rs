@@ -103,6 +103,18 @@ impl Lab {
         self.vxlab().args(args).output().unwrap()
     }
 
+    /// [`Lab::run`], which must succeed.
+    pub fn run_ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "vxlab {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     /// `vxlab ARGS` with `input` typed on its standard input, then closed.
     pub fn typed(&self, args: &[&str], input: &str) -> Output {
         use std::io::Write;
