@@ -606,10 +606,7 @@ fn extra_vxlans(f: &mut Findings, st: &GuestState) {
 /// static and head-end FDB entries, each with the layer it works on.
 pub fn create_vtep(g: &GuestPlan, v: &VtepPlan) -> Vec<(Layer, GuestCommand)> {
     let device = |c| (Layer::VxlanDevice, c);
-    let mut c = vec![
-        device(cmd::link_add_vxlan(vxlan_device(g, v))),
-        device(cmd::link_address(&v.device, v.mac)),
-    ];
+    let mut c = vec![device(cmd::link_add_vxlan(vxlan_device(g, v)))];
     if let Some(mtu) = v.mtu {
         c.push(device(cmd::link_mtu(&v.device, mtu)));
     }
@@ -648,6 +645,7 @@ fn vxlan_device<'a>(g: &GuestPlan, v: &'a VtepPlan) -> VxlanDevice<'a> {
         dev: &v.dev,
         port: v.port,
         learning: v.learning,
+        mac: v.mac,
     }
 }
 
@@ -1105,7 +1103,8 @@ mod tests {
         assert_eq!(repairs("seed-vxlan-deleted-vm-a"), vxlan_steps);
         assert_eq!(
             vxlan_steps[0],
-            "ip link add vxlan0 type vxlan id 42 group 239.1.1.1 dev eth0 dstport 4789"
+            "ip link add vxlan0 address 02:58:00:00:2a:01 type vxlan id 42 group 239.1.1.1 dev \
+             eth0 dstport 4789"
         );
     }
 
@@ -1113,7 +1112,7 @@ mod tests {
     fn a_vxlan_with_another_vni_is_replaced() {
         let steps = repairs("seed-vni-43-vm-a");
         assert_eq!(steps[0], "ip link del dev vxlan0");
-        assert!(steps[1].starts_with("ip link add vxlan0 type vxlan id 42 "));
+        assert!(steps[1].contains(" type vxlan id 42 "));
         assert_eq!(
             failing("seed-vni-43-vm-a"),
             [(Layer::VxlanDevice, "vxlan0 vni".to_string())]
@@ -1126,7 +1125,8 @@ mod tests {
         assert_eq!(steps[0], "ip link del dev vxlan0");
         assert_eq!(
             steps[1],
-            "ip link add vxlan0 type vxlan id 100 local 192.168.30.2 dev eth0 dstport 4789"
+            "ip link add vxlan0 address 02:4a:00:00:64:01 type vxlan id 100 local 192.168.30.2 \
+             dev eth0 dstport 4789"
         );
         assert_eq!(
             failing("unicast-wrong-local-vm-a")[0],

@@ -199,6 +199,10 @@ pub struct VxlanDevice<'a> {
     pub port: u16,
     /// Learning.
     pub learning: bool,
+    /// The device's MAC. It is given when the device is made, not set after: a device made
+    /// without one has a random MAC, and udev (MACAddressPolicy=persistent) may replace it
+    /// after vxlab set its own, which it never does to a MAC the creator gave.
+    pub mac: Mac,
 }
 
 impl VxlanDevice<'_> {
@@ -211,10 +215,14 @@ impl VxlanDevice<'_> {
     }
 }
 
-/// `ip link add NAME type vxlan id VNI (group G | local L) dev DEV dstport PORT [nolearning]`.
+/// `ip link add NAME address MAC type vxlan id VNI (group G | local L) dev DEV dstport PORT
+/// [nolearning]`.
 pub fn link_add_vxlan(v: VxlanDevice<'_>) -> GuestCommand {
     let id = v.vni.to_string();
-    let mut c = GuestCommand::ip(&["link", "add", v.name, "type", "vxlan", "id", &id]);
+    let mac = v.mac.to_string();
+    let mut c = GuestCommand::ip(&[
+        "link", "add", v.name, "address", &mac, "type", "vxlan", "id", &id,
+    ]);
     if let Flood::Group(g) = v.flood {
         c.args.extend(["group".into(), g.to_string()]);
     }
@@ -518,10 +526,12 @@ mod tests {
             dev: "eth0",
             port: 4789,
             learning: true,
+            mac: "02:ce:00:00:2a:01".parse().unwrap(),
         });
         assert_eq!(
             c.to_string(),
-            "ip link add vxlan0 type vxlan id 42 group 239.1.1.1 dev eth0 dstport 4789"
+            "ip link add vxlan0 address 02:ce:00:00:2a:01 type vxlan id 42 group 239.1.1.1 dev \
+             eth0 dstport 4789"
         );
         assert_eq!(link_up("vxlan0").to_string(), "ip link set up vxlan0");
         assert_eq!(

@@ -511,15 +511,15 @@ mod tests {
         assert_eq!(
             commands(&p, "vm-a"),
             [
-                "ip link add vxlan0 type vxlan id 42 group 239.1.1.1 dev eth0 dstport 4789",
-                "ip link set dev vxlan0 address 02:19:00:00:2a:01",
+                "ip link add vxlan0 address 02:19:00:00:2a:01 type vxlan id 42 group 239.1.1.1 dev \
+                 eth0 dstport 4789",
                 "ip link set dev vxlan0 addrgenmode none",
                 "ip link set up vxlan0",
                 "ip addr add 192.168.42.2/24 dev vxlan0",
             ]
         );
         assert_eq!(
-            commands(&p, "vm-b")[4],
+            commands(&p, "vm-b")[3],
             "ip addr add 192.168.42.3/24 dev vxlan0"
         );
     }

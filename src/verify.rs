@@ -950,7 +950,8 @@ mod tests {
             .unwrap();
         assert_eq!(
             f.fix.commands[0],
-            "ip link add vxlan0 type vxlan id 42 group 239.1.1.1 dev eth0 dstport 4789"
+            "ip link add vxlan0 address 02:58:00:00:2a:01 type vxlan id 42 group 239.1.1.1 dev \
+             eth0 dstport 4789"
         );
         assert_eq!(f.fix.vxlab, "vxlab up two-netns");
     }

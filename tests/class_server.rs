@@ -400,9 +400,9 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     assert!(
         result.contains("vm-a: vxlan0 is missing: expected vxlan VNI 42, seen no such device")
             && result.contains(
-                "fix: in vm-a's terminal on cls-1's student page `ip link add vxlan0 type vxlan \
-                 id 42 group 239.1.1.1 dev eth0 dstport 4789`"
+                "fix: in vm-a's terminal on cls-1's student page `ip link add vxlan0 address 02:"
             )
+            && result.contains(" type vxlan id 42 group 239.1.1.1 dev eth0 dstport 4789`")
             && result.contains("or cls-1's Reset button repairs it"),
         "{result}"
     );

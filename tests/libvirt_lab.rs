@@ -116,7 +116,8 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
                 .unwrap();
         assert!(
             log.lines()
-                .any(|l| l.starts_with(&format!("{ip} link add vxlan0 type vxlan id 42"))),
+                .any(|l| l.starts_with(&format!("{ip} link add vxlan0 address "))
+                    && l.contains(" type vxlan id 42 ")),
             "{log}"
         );
         let build_log =
