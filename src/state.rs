@@ -112,6 +112,9 @@ pub struct Stamp {
     pub made: String,
     /// The state file's inode, modification time and length.
     written: (u64, i64, i64, u64),
+    /// The process changing the lab now (holding its lock: an `up`, `reset` or `down`), if
+    /// any.
+    pub busy: Option<u32>,
 }
 
 /// Who a lab's state belongs to: the lab file it was started from, or the lab it copies.
@@ -422,9 +425,11 @@ impl StateDir {
     pub fn stamp(&self, lab: &str) -> Option<Stamp> {
         let meta = fs::symlink_metadata(self.lab_dir(lab).join(STATE_FILE)).ok()?;
         let st = self.read(lab).ok()?;
+        let lock = fs::symlink_metadata(self.lab_dir(lab).join(LOCK_FILE)).ok();
         Some(Stamp {
             made: st.made,
             written: (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.len()),
+            busy: lock.as_ref().and_then(crate::host::lock::flock_holder),
         })
     }
 
@@ -485,9 +490,11 @@ impl StateDir {
                     holder: holder(&path),
                 })?
             };
-        let mut file = file;
         file.set_len(0).map_err(io_err("cannot write", &path))?;
-        writeln!(file, "{}", std::process::id()).map_err(io_err("cannot write", &path))?;
+        // The pid goes in through a second descriptor, closed at once (the lock stays with
+        // the first): the close is what tells a watcher of the directory (the class server)
+        // that someone is changing the lab now.
+        writeln!(open()?, "{}", std::process::id()).map_err(io_err("cannot write", &path))?;
         Ok(LabLock {
             _file: file,
             dir,

@@ -750,6 +750,50 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     )
     .await;
     assert!(cause.as_str().unwrap().contains("vm-b"), "{cause}");
+    // While another vxlab changes a copy (an `up` making it, a `reset`), what its half-made
+    // guests show is no failure yet: the row says who is at work instead, and turns back when
+    // it lets go. The test holds cls-2's lock as vxlab does, and tells the directory's watchers
+    // the same way (a descriptor written and closed).
+    let lock = lab.state.path().join("cls-2/lock");
+    let held = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&lock)
+        .unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this test owns.
+        let r = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(r, 0, "cls-2's lock is free");
+    }
+    drop(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&lock)
+            .unwrap(),
+    );
+    let busy = wait_for(
+        &c,
+        10,
+        "cls-2 marked as being changed, not failing",
+        "const r = document.getElementById('row-cls-2'); return r && r.classList.contains('busy') ? r.innerText : false",
+    )
+    .await;
+    let busy = busy.as_str().unwrap();
+    assert!(
+        busy.contains("being changed by class_server")
+            && busy.contains(&format!("(pid {})", std::process::id()))
+            && !busy.contains("fix:"),
+        "{busy}"
+    );
+    screenshot(&c, "class_server", "instructor-busy.png").await;
+    drop(held);
+    wait_for(
+        &c,
+        10,
+        "cls-2 failing again once no one changes it",
+        "const r = document.getElementById('row-cls-2'); return r && r.classList.contains('failing')",
+    )
+    .await;
     let out = lab.run(&["reset", "cls-2"]);
     assert!(out.status.success());
 

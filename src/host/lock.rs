@@ -56,6 +56,37 @@ pub fn flock(file: &File, wait: bool) -> io::Result<bool> {
     }
 }
 
+/// The process that holds a `flock` on the file `meta` describes, as `/proc/locks` lists it;
+/// `None` when no one does. Looking takes no lock, so it never gets in a taker's way.
+pub fn flock_holder(meta: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let text = std::fs::read_to_string("/proc/locks").ok()?;
+    let dev = meta.dev();
+    // The kernel's device number split as glibc's major() and minor() do.
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    holder_listed(&text, (major, minor, meta.ino()))
+}
+
+/// The holder of a `FLOCK` on file `(major, minor, inode)` in the text of `/proc/locks`:
+/// `1: FLOCK  ADVISORY  WRITE 2381 fd:01:1316092 0 EOF`. Waiters (`1: -> FLOCK …`) hold
+/// nothing.
+fn holder_listed(text: &str, file: (u64, u64, u64)) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() < 6 || w[1] != "FLOCK" {
+            return None;
+        }
+        let mut id = w[5].split(':');
+        let major = u64::from_str_radix(id.next()?, 16).ok()?;
+        let minor = u64::from_str_radix(id.next()?, 16).ok()?;
+        let inode = id.next()?.parse::<u64>().ok()?;
+        ((major, minor, inode) == file)
+            .then(|| w[4].parse().ok())
+            .flatten()
+    })
+}
+
 /// Opens lock file `name` in `dir` (made 0700 and checked like a state directory).
 pub(crate) fn open_lock_file(dir: &Path, name: &str) -> io::Result<File> {
     files::private_dir(dir)?;
@@ -110,6 +141,29 @@ const LOCK_FILE: &str = "host.lock";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_holder_of_a_lock_is_found_in_proc_locks_and_none_once_it_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let file = File::create(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(flock_holder(&meta), None);
+        assert!(flock(&file, false).unwrap());
+        assert_eq!(flock_holder(&meta), Some(std::process::id()));
+        drop(file);
+        assert_eq!(flock_holder(&meta), None);
+    }
+
+    #[test]
+    fn proc_locks_lines_name_the_holder_not_the_waiters_nor_other_files() {
+        let text = "1: POSIX  ADVISORY  WRITE 77 fd:01:42 0 EOF\n\
+                    2: FLOCK  ADVISORY  WRITE 2381 fd:01:1316092 0 EOF\n\
+                    2: -> FLOCK  ADVISORY  WRITE 2400 fd:01:1316092 0 EOF\n";
+        assert_eq!(holder_listed(text, (0xfd, 1, 1316092)), Some(2381));
+        assert_eq!(holder_listed(text, (0xfd, 1, 42)), None);
+        assert_eq!(holder_listed(text, (0xfd, 2, 1316092)), None);
+    }
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Barrier};
 

@@ -46,6 +46,9 @@ pub struct LabView {
     pub changed_at: SystemTime,
     /// Whether the guests have been read at all yet.
     pub ready: bool,
+    /// Who is changing the lab now (an `up` making it, a `reset`), in words: its guests are
+    /// half-made, and what they show is no failure yet.
+    pub busy: Option<String>,
 }
 
 impl LabView {
@@ -62,6 +65,7 @@ impl LabView {
             with_pings: false,
             changed_at: SystemTime::now(),
             ready: false,
+            busy: None,
         }
     }
 
@@ -97,6 +101,8 @@ enum Signal {
     Lost(String),
     /// Read every guest again and restart the monitors: the guests may be new (after a reset).
     Refresh,
+    /// Another process began or stopped changing the lab (the pid holding its lock).
+    Busy(Option<u32>),
     /// A full check ran; show its verdict.
     Checked(Verdict),
     /// The lab is gone.
@@ -145,6 +151,9 @@ impl Watchers {
             let now = labs.iter().find(|(l, _)| l == name).map(|(_, s)| s);
             match now {
                 Some(stamp) if stamp.made == w.stamp.made => {
+                    if stamp.busy != w.stamp.busy {
+                        let _ = w.signal.send(Signal::Busy(stamp.busy));
+                    }
                     if *stamp != w.stamp {
                         w.stamp = stamp.clone();
                         let _ = w.signal.send(Signal::Refresh);
@@ -180,6 +189,7 @@ impl Watchers {
                 view: view_tx,
                 generation: self.generation.clone(),
                 signals: signal_tx.clone(),
+                busy: stamp.busy,
             };
             let started = std::thread::Builder::new()
                 .name(format!("watch-{lab}"))
@@ -275,6 +285,8 @@ struct Watcher {
     view: watch::Sender<Arc<LabView>>,
     generation: watch::Sender<u64>,
     signals: Sender<Signal>,
+    /// Who held the lab's lock when the watcher started.
+    busy: Option<u32>,
 }
 
 impl Watcher {
@@ -303,6 +315,7 @@ impl Watcher {
         let mut numbers = 0u64;
         self.start_monitors(&mut monitors, &mut numbers);
         let mut current = LabView::empty(self.plan.clone());
+        current.busy = self.busy.map(changer);
         self.read(&engine, &mut current, &all);
         while let Ok(first) = signals.recv() {
             let mut changed: Vec<String> = Vec::new();
@@ -335,6 +348,11 @@ impl Watcher {
                         hang_up(&mut monitors);
                         self.start_monitors(&mut monitors, &mut numbers);
                         changed = all.clone();
+                    }
+                    Signal::Busy(pid) => {
+                        let mut next = current.clone();
+                        next.busy = pid.map(changer);
+                        self.publish(&mut current, next, true);
                     }
                     Signal::Checked(verdict) => {
                         let mut next = current.clone();
@@ -462,6 +480,35 @@ impl Watcher {
                 control.hang_up();
             }
         }
+    }
+}
+
+/// Process `pid`, changing a lab, in words: `vxlab up labs/two-vm.yaml --count 3 (pid 812)`,
+/// or this server's own Reset.
+fn changer(pid: u32) -> String {
+    if pid == std::process::id() {
+        return "a Reset from this server".into();
+    }
+    let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|w| !w.is_empty())
+        .enumerate()
+        .map(|(i, w)| {
+            let w = String::from_utf8_lossy(w);
+            // The program by its name, not the path it was started by.
+            if i == 0 {
+                w.rsplit('/').next().unwrap_or_default().to_string()
+            } else {
+                w.into_owned()
+            }
+        })
+        .take(8)
+        .collect();
+    if argv.is_empty() {
+        format!("pid {pid}")
+    } else {
+        format!("{} (pid {pid})", crate::guest_command::shell_words(&argv))
     }
 }
 

@@ -79,7 +79,9 @@ impl GuestSummary {
 /// The health of a lab in one line: `ok (38 checks)`, `FAILING: ...`, or that its guests are
 /// still being read.
 pub fn health_line(view: &LabView) -> String {
-    if view.ready {
+    if let Some(who) = &view.busy {
+        format!("being changed by {who}...")
+    } else if view.ready {
         Health::of(&view.verdict).summary()
     } else {
         "reading the guests...".into()
@@ -95,6 +97,8 @@ pub struct GridRow {
     pub guests: Vec<GuestSummary>,
     /// Whether its guests have been read yet.
     pub ready: bool,
+    /// Whether another process is changing the lab now (its failures are not failures yet).
+    pub busy: bool,
     /// Whether every check holds.
     pub ok: bool,
     /// The health cell: `ok (24 checks)` or `FAILING: ...`.
@@ -119,7 +123,8 @@ impl GridRow {
             lab: lab.to_string(),
             guests: view.plan.guests.iter().map(GuestSummary::of).collect(),
             ready: view.ready,
-            ok: view.ready && view.verdict.ok(),
+            busy: view.busy.is_some(),
+            ok: view.ready && view.busy.is_none() && view.verdict.ok(),
             health: health_line(view),
             causes: view
                 .verdict
