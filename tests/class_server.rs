@@ -713,6 +713,28 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         .unwrap(),
     );
     let ns = copy2.guest("vm-b").unwrap().instance.clone();
+    // A terminal into vm-b is open when its namespace is deleted by hand. Its shell alone
+    // would keep the old namespace alive, devices and all, beside the one a reset makes: the
+    // terminal is closed, says why, and its shell ends.
+    c.execute(
+        "window.t2 = { text: '', code: null };
+         const ws = new WebSocket('ws://' + location.host + arguments[0]);
+         ws.binaryType = 'arraybuffer';
+         ws.onmessage = e => { window.t2.text += new TextDecoder().decode(e.data); };
+         ws.onclose = e => { window.t2.code = e.code; };",
+        vec![json!(format!("{}term/vm-b", path_of(&students[1])))],
+    )
+    .await
+    .unwrap();
+    wait_for(
+        &c,
+        10,
+        "a shell in cls-2's vm-b",
+        "return window.t2.text.includes('cls-2/vm-b#')",
+    )
+    .await;
+    let uid2 = vxlab::terminal::student_uid("cls-2", &made_of("cls-2"));
+    assert!(processes_of(uid2) > 0, "no shell runs as uid {uid2}");
     common::sh(&format!("ip netns del {ns}"));
     // Seen at once: the grid marks the copy, with no Check pressed.
     let gone = wait_for(
@@ -723,6 +745,28 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     )
     .await;
     assert!(gone.as_str().unwrap().contains("vm-b"), "{gone}");
+    let said = wait_for(
+        &c,
+        10,
+        "vm-b's terminal closed",
+        "return window.t2.code !== null ? window.t2 : false",
+    )
+    .await;
+    assert_eq!(said["code"], json!(1000), "{said}");
+    assert!(
+        said["text"].as_str().unwrap().contains(
+            "[vm-b's namespace was deleted: this terminal is closed; Reset makes vm-b anew]"
+        ),
+        "{said}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while processes_of(uid2) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shell in vm-b's deleted namespace lives on"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let out = lab.run(&["reset", "cls-2"]);
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("created anew"),

@@ -49,6 +49,9 @@ pub struct LabView {
     /// Who is changing the lab now (an `up` making it, a `reset`), in words: its guests are
     /// half-made, and what they show is no failure yet.
     pub busy: Option<String>,
+    /// How many times each guest's namespace was deleted while followed: a terminal opened
+    /// before is in the old namespace, which its shell alone keeps alive, and is closed.
+    pub lost: BTreeMap<String, u32>,
 }
 
 impl LabView {
@@ -66,7 +69,13 @@ impl LabView {
             changed_at: SystemTime::now(),
             ready: false,
             busy: None,
+            lost: BTreeMap::new(),
         }
+    }
+
+    /// How many times guest `guest`'s namespace was deleted while followed.
+    pub fn times_lost(&self, guest: &str) -> u32 {
+        self.lost.get(guest).copied().unwrap_or(0)
     }
 
     /// Guest `guest`'s `show` tables, if it was read.
@@ -84,8 +93,13 @@ impl LabView {
             .iter()
             .map(|g| self.tables(&g.name))
             .collect();
-        serde_json::to_string(&(tables, &self.verdict.failures, &self.unreachable))
-            .unwrap_or_default()
+        serde_json::to_string(&(
+            tables,
+            &self.verdict.failures,
+            &self.unreachable,
+            &self.lost,
+        ))
+        .unwrap_or_default()
     }
 }
 
@@ -340,6 +354,7 @@ impl Watcher {
                         if let Some(m) = monitors.remove(&g) {
                             m.control.hang_up();
                         }
+                        *current.lost.entry(g.clone()).or_default() += 1;
                         if !changed.contains(&g) {
                             changed.push(g);
                         }

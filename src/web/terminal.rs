@@ -133,6 +133,7 @@ pub async fn run(
     });
 
     let idle = class.options.terminal_idle;
+    let born = view.borrow().times_lost(&g.name);
     // Traffic either way keeps the terminal open; changes in the lab do not.
     let mut last_traffic = tokio::time::Instant::now();
     let why = loop {
@@ -181,6 +182,20 @@ pub async fn run(
                     ))
                     .await;
                 let _ = socket.send(close(NORMAL, "the lab went down")).await;
+                break None;
+            } else if view.borrow().times_lost(&g.name) != born {
+                // Its shell alone would keep the deleted namespace, devices and all, alive
+                // beside the one a reset makes.
+                let _ = socket
+                    .send(Message::Binary(
+                        format!(
+                            "\r\n[{}'s namespace was deleted: this terminal is closed; Reset makes {} anew]\r\n",
+                            g.name, g.name
+                        )
+                        .into(),
+                    ))
+                    .await;
+                let _ = socket.send(close(NORMAL, "the guest was deleted")).await;
                 break None;
             },
             _ = tokio::time::sleep_until(last_traffic + idle) => {
