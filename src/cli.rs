@@ -67,8 +67,8 @@ pub enum Command {
         #[arg(long, value_name = "PREFIX", requires = "copies")]
         pool: Option<ipnet::IpNet>,
         /// Print each guest's stage changes with the seconds since `up` started, and a table
-        /// of where the time went.
-        #[arg(long, conflicts_with_all = ["count", "instance"])]
+        /// of where the time went (with copies, each guest named `COPY/GUEST`).
+        #[arg(long)]
         timings: bool,
         /// Workshop mode: place the copies on the hosts of this inventory (YAML), whole
         /// copies to the least-loaded host; default: $VXLAB_HOSTS, else this machine.
@@ -455,11 +455,14 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             (None, None) => commands::up(&lab, json, timings),
             (instance, count) => commands::up_instances(
                 &lab,
+                commands::Copies {
+                    instance: instance.as_deref(),
+                    count,
+                    pool,
+                    hosts: hosts.as_deref(),
+                },
                 json,
-                instance.as_deref(),
-                count,
-                pool,
-                hosts.as_deref(),
+                timings,
             ),
         },
         Command::Walk { lab, no_pause } => commands::walk(&lab, no_pause),

@@ -486,16 +486,28 @@ fn up_one(
     Ok((p, o))
 }
 
+/// Which copies `up` makes, and where.
+#[derive(Debug, Clone, Copy)]
+pub struct Copies<'a> {
+    /// One copy by name (`--instance`).
+    pub instance: Option<&'a str>,
+    /// Copies 1 to N (`--count`).
+    pub count: Option<u32>,
+    /// Where their underlays come from (`--pool`).
+    pub pool: Option<ipnet::IpNet>,
+    /// The hosts' inventory (`--hosts`).
+    pub hosts: Option<&'a Path>,
+}
+
 /// `vxlab up LAB --instance NAME` or `--count N`: copies of the lab side by side, their
 /// underlays from `pool` (or the lab file's, or the default pool).
-pub fn up_instances(
-    path: &Path,
-    json: bool,
-    instance: Option<&str>,
-    count: Option<u32>,
-    pool: Option<ipnet::IpNet>,
-    hosts_file: Option<&Path>,
-) -> Result<u8> {
+pub fn up_instances(path: &Path, copies: Copies<'_>, json: bool, timings: bool) -> Result<u8> {
+    let Copies {
+        instance,
+        count,
+        pool,
+        hosts: hosts_file,
+    } = copies;
     if let Some(name) = instance.filter(|n| !instance::valid_name(n)) {
         return Err(Usage(format!(
             "--instance `{name}` is not an instance name: use 1 to {} lowercase letters and \
@@ -594,7 +606,9 @@ pub fn up_instances(
         Progress::new()
     } else {
         Progress::hidden()
-    };
+    }
+    .naming_labs();
+    let ui = if timings { ui.with_timings() } else { ui };
     // A few labs at a time: each one's guests are already brought up in parallel. VMs: as
     // many as the host's free cores boot well, once the whole class is known to fit.
     let (width, queue) = match base.driver {
@@ -660,6 +674,14 @@ pub fn up_instances(
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    if let (Some(table), Some(s)) = (ui.timings_table(), ui.elapsed()) {
+        eprint!("{table}");
+        eprintln!(
+            "{s:.1} s: {} of lab {} up and checked",
+            plural(labs.len() - failed, "copy", "copies"),
+            base.name
+        );
     }
     if let Some(e) = first_err {
         return Err(e);

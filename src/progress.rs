@@ -12,6 +12,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct Progress {
     multi: MultiProgress,
     timings: Option<Arc<Timings>>,
+    /// Whether guests are named with their lab (`cls-2/vm-a`): several labs at once.
+    labs: bool,
 }
 
 /// Stage changes with their times since the start.
@@ -27,6 +29,7 @@ impl Progress {
         Progress {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             timings: None,
+            labs: false,
         }
     }
 
@@ -35,6 +38,7 @@ impl Progress {
         Progress {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
             timings: None,
+            labs: false,
         }
     }
 
@@ -45,6 +49,22 @@ impl Progress {
             changes: Mutex::default(),
         }));
         self
+    }
+
+    /// The same, naming each guest with its lab: for workshop copies, whose guests have the
+    /// same names.
+    pub fn naming_labs(mut self) -> Self {
+        self.labs = true;
+        self
+    }
+
+    /// A line for guest `guest` of lab `lab`, showing the stage it is in.
+    pub fn guest_line(&self, lab: &str, guest: &str) -> Line {
+        if self.labs {
+            self.line(&format!("{lab}/{guest}"))
+        } else {
+            self.line(guest)
+        }
     }
 
     /// A line for `name`, showing the stage it is in.
@@ -92,7 +112,7 @@ fn say(multi: &MultiProgress, text: &str) {
     }
 }
 
-/// Per guest, each stage with the second it started and how long it lasted (until the
+/// Per guest (by name), each stage with the second it started and how long it lasted (until the
 /// guest's next stage, or `end` for its last).
 fn stage_table(changes: &[(f64, String, String)], end: f64) -> String {
     let mut guests: Vec<&str> = Vec::new();
@@ -101,8 +121,11 @@ fn stage_table(changes: &[(f64, String, String)], end: f64) -> String {
             guests.push(g);
         }
     }
+    // By name: a class's copies read in order.
+    guests.sort_unstable();
+    let w = guests.iter().map(|g| g.len()).max().unwrap_or(0).max(12);
     let mut out = format!(
-        "{:<12} {:<32} {:>8} {:>8}\n",
+        "{:<w$} {:<32} {:>8} {:>8}\n",
         "GUEST", "STAGE", "AT (s)", "TOOK (s)"
     );
     for g in guests {
@@ -110,7 +133,7 @@ fn stage_table(changes: &[(f64, String, String)], end: f64) -> String {
         for (i, (at, _, stage)) in mine.iter().enumerate() {
             let until = mine.get(i + 1).map_or(end, |n| n.0);
             out.push_str(&format!(
-                "{g:<12} {stage:<32} {at:>8.1} {:>8.1}\n",
+                "{g:<w$} {stage:<32} {at:>8.1} {:>8.1}\n",
                 until - at
             ));
         }

@@ -391,11 +391,37 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     // The class: one copy on each host, each checked.
     let logged_before: Vec<usize> = class.sshd.iter().map(|s| s.log().len()).collect();
     let out = class.lab.run(&[
-        "up", &lab_file, "--count", "2", "--pool", POOL, "--hosts", &hosts, "--json",
+        "up",
+        &lab_file,
+        "--count",
+        "2",
+        "--pool",
+        POOL,
+        "--hosts",
+        &hosts,
+        "--json",
+        "--timings",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reports.as_array().unwrap().len(), 2);
+    // Where the time went, per copy's guest, with the boot stages each host's console
+    // showed (read through that host's libvirt).
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    for (copy, host) in [("1", "h1"), ("2", "h2")] {
+        for g in ["vm-a", "vm-b"] {
+            let name = format!("{LAB}-{copy}/{g} ");
+            assert!(
+                said.lines()
+                    .any(|l| l.starts_with(&name) && l.contains(&format!(" on {host} "))),
+                "no boot stage on {host} for {name}in the timings:\n{said}"
+            );
+        }
+    }
+    assert!(
+        said.contains(&format!("2 copies of lab {LAB} up and checked")),
+        "{said}"
+    );
     let status = class.lab.run(&["status", "--json"]);
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
     let host_of = |copy: &str| {

@@ -130,7 +130,7 @@ impl Engine {
             let handles: Vec<_> = guests
                 .iter()
                 .map(|g| {
-                    let bar = ui.line(&g.name);
+                    let bar = ui.guest_line(&plan.lab, &g.name);
                     let runner = &runner;
                     s.spawn(move || {
                         let progress = |stage: &str| bar.set_message(stage.to_string());
