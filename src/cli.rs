@@ -66,8 +66,9 @@ pub enum Command {
         /// file's `workshop: { pool: … }`, else 10.100.0.0/16, or fd00:100::/48 for IPv6).
         #[arg(long, value_name = "PREFIX", requires = "copies")]
         pool: Option<ipnet::IpNet>,
-        /// Print each guest's stage changes with the seconds since `up` started, and a table
-        /// of where the time went (with copies, each guest named `COPY/GUEST`).
+        /// Print each guest's stage changes with the seconds since vxlab began making the
+        /// guests, and a table of where the time went (with copies, each guest named
+        /// `COPY/GUEST`).
         #[arg(long)]
         timings: bool,
         /// Workshop mode: place the copies on the hosts of this inventory (YAML), whole

@@ -677,9 +677,10 @@ pub fn up_instances(path: &Path, copies: Copies<'_>, json: bool, timings: bool) 
     }
     if let (Some(table), Some(s)) = (ui.timings_table(), ui.elapsed()) {
         eprint!("{table}");
+        let up = labs.len() - failed - usize::from(first_err.is_some());
         eprintln!(
             "{s:.1} s: {} of lab {} up and checked",
-            plural(labs.len() - failed, "copy", "copies"),
+            plural(up, "copy", "copies"),
             base.name
         );
     }

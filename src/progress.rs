@@ -121,8 +121,8 @@ fn stage_table(changes: &[(f64, String, String)], end: f64) -> String {
             guests.push(g);
         }
     }
-    // By name: a class's copies read in order.
-    guests.sort_unstable();
+    // By name, numbers as numbers: a class's copies read in order (cls-2 before cls-10).
+    guests.sort_by_cached_key(|g| natural(g));
     let w = guests.iter().map(|g| g.len()).max().unwrap_or(0).max(12);
     let mut out = format!(
         "{:<w$} {:<32} {:>8} {:>8}\n",
@@ -139,6 +139,26 @@ fn stage_table(changes: &[(f64, String, String)], end: f64) -> String {
         }
     }
     out
+}
+
+/// A piece of a name, for sorting: digits compare as the number they write.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Piece {
+    Text(String),
+    Number(u64),
+}
+
+fn natural(name: &str) -> Vec<Piece> {
+    let mut pieces: Vec<Piece> = Vec::new();
+    for c in name.chars() {
+        match (c.to_digit(10), pieces.last_mut()) {
+            (Some(d), Some(Piece::Number(n))) => *n = n.saturating_mul(10).saturating_add(d.into()),
+            (Some(d), _) => pieces.push(Piece::Number(d.into())),
+            (None, Some(Piece::Text(t))) => t.push(c),
+            (None, _) => pieces.push(Piece::Text(c.to_string())),
+        }
+    }
+    pieces
 }
 
 /// One guest's progress line.
@@ -219,5 +239,17 @@ mod tests {
         assert_eq!(rows[2], ["vm-a", "ready", "15.0", "3.0"]);
         assert_eq!(rows[3], ["vm-b", "booting", "0.1", "12.9"]);
         assert_eq!(rows[4], ["vm-b", "SSH", "up", "13.0", "5.0"]);
+    }
+
+    #[test]
+    fn copies_are_listed_in_the_order_of_their_numbers() {
+        let c = |g: &str| (0.0, g.to_string(), "ready".to_string());
+        let t = stage_table(&[c("cls-10/vm-a"), c("cls-2/vm-b"), c("cls-2/vm-a")], 1.0);
+        let names: Vec<&str> = t
+            .lines()
+            .skip(1)
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(names, ["cls-2/vm-a", "cls-2/vm-b", "cls-10/vm-a"]);
     }
 }

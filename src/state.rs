@@ -117,6 +117,14 @@ pub struct Stamp {
     pub busy: Option<u32>,
 }
 
+impl Stamp {
+    /// Whether `other` is the same run with the same write of its state (who holds the lock
+    /// aside).
+    pub fn same_state(&self, other: &Stamp) -> bool {
+        (&self.made, self.written) == (&other.made, other.written)
+    }
+}
+
 /// Who a lab's state belongs to: the lab file it was started from, or the lab it copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Owner {
@@ -425,11 +433,18 @@ impl StateDir {
     pub fn stamp(&self, lab: &str) -> Option<Stamp> {
         let meta = fs::symlink_metadata(self.lab_dir(lab).join(STATE_FILE)).ok()?;
         let st = self.read(lab).ok()?;
-        let lock = fs::symlink_metadata(self.lab_dir(lab).join(LOCK_FILE)).ok();
+        let lock = self.lab_dir(lab).join(LOCK_FILE);
+        // Held, and not only to check.
+        let busy = fs::symlink_metadata(&lock)
+            .ok()
+            .and_then(|m| crate::host::lock::flock_holder(&m))
+            .filter(|_| {
+                lock_file_says(&lock).is_none_or(|(_, work)| work != Work::Checking.word())
+            });
         Some(Stamp {
             made: st.made,
             written: (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.len()),
-            busy: lock.as_ref().and_then(crate::host::lock::flock_holder),
+            busy,
         })
     }
 
@@ -460,13 +475,28 @@ impl StateDir {
     /// state directory and the lab's directory (0700) when needed, and refuses either when it
     /// is not the user's own or others can write to it.
     pub fn lock(&self, lab: &str) -> Result<LabLock, StateError> {
-        self.lock_within(lab, std::time::Duration::ZERO)
+        self.take(lab, std::time::Duration::ZERO, Work::Changing)
+    }
+
+    /// The same, to check the lab, changing nothing in it: a watcher then does not show the
+    /// lab as being changed.
+    pub fn lock_to_check(&self, lab: &str) -> Result<LabLock, StateError> {
+        self.take(lab, std::time::Duration::ZERO, Work::Checking)
     }
 
     /// Takes lab `lab`'s lock, waiting up to `wait` for a holder to let go. For `down` after
     /// a vxlab was killed: the kernel can still hold the dead process's lock for a moment
     /// (seen in 1 to 3 of 25 kill trials), and "busy" would be the wrong answer.
     pub fn lock_within(&self, lab: &str, wait: std::time::Duration) -> Result<LabLock, StateError> {
+        self.take(lab, wait, Work::Changing)
+    }
+
+    fn take(
+        &self,
+        lab: &str,
+        wait: std::time::Duration,
+        work: Work,
+    ) -> Result<LabLock, StateError> {
         if lab.is_empty() || lab.contains('/') || lab == "." || lab == ".." {
             return Err(StateError::Unsafe {
                 path: self.lab_dir(lab),
@@ -480,21 +510,39 @@ impl StateDir {
         let path = dir.join(LOCK_FILE);
         let open =
             || files::open_append(&path, files::PRIVATE).map_err(io_err("cannot open", &path));
-        let file = open()?;
-        let file =
-            if crate::host::lock::flock(&file, false).map_err(io_err("cannot lock", &path))? {
-                file
-            } else {
-                wait_for_lock(open()?, wait).ok_or_else(|| StateError::Busy {
-                    lab: lab.to_string(),
-                    holder: holder(&path),
-                })?
-            };
+        let mut tries = 0;
+        let file = loop {
+            let file = open()?;
+            let file =
+                if crate::host::lock::flock(&file, false).map_err(io_err("cannot lock", &path))? {
+                    file
+                } else {
+                    wait_for_lock(open()?, wait).ok_or_else(|| StateError::Busy {
+                        lab: lab.to_string(),
+                        holder: holder(&path),
+                    })?
+                };
+            // A lock on a file `down` removed while we waited guards nothing: the next
+            // vxlab makes and locks a new one. Take the lock of the file that is there.
+            let held = file.metadata().map_err(io_err("cannot read", &path))?;
+            let now = fs::symlink_metadata(&path).ok();
+            tries += 1;
+            if now.is_some_and(|m| (m.dev(), m.ino()) == (held.dev(), held.ino())) || tries == 3 {
+                break file;
+            }
+        };
         file.set_len(0).map_err(io_err("cannot write", &path))?;
-        // The pid goes in through a second descriptor, closed at once (the lock stays with
-        // the first): the close is what tells a watcher of the directory (the class server)
-        // that someone is changing the lab now.
-        writeln!(open()?, "{}", std::process::id()).map_err(io_err("cannot write", &path))?;
+        // The pid and the work go in through a second descriptor on the same file, closed at
+        // once (the lock stays with the first): the close is what tells a watcher of the
+        // directory (the class server) that someone is at work on the lab now.
+        fs::OpenOptions::new()
+            .append(true)
+            .open(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&file)
+            ))
+            .and_then(|mut f| writeln!(f, "{} {}", std::process::id(), work.word()))
+            .map_err(io_err("cannot write", &path))?;
         Ok(LabLock {
             _file: file,
             dir,
@@ -504,17 +552,41 @@ impl StateDir {
     }
 }
 
+/// What a lab's lock is held for, as its file says after the holder's pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// `up`, `reset`, `down`: the lab is being changed.
+    Changing,
+    /// `check`: the lab is read and pinged, not changed.
+    Checking,
+}
+
+impl Work {
+    fn word(self) -> &'static str {
+        match self {
+            Work::Changing => "changing",
+            Work::Checking => "checking",
+        }
+    }
+}
+
+/// What a lock file says: the holder's pid and its work (the last holder's, if none holds
+/// it now).
+fn lock_file_says(path: &Path) -> Option<(String, String)> {
+    let mut s = String::new();
+    files::open_no_follow(path)
+        .ok()?
+        .read_to_string(&mut s)
+        .ok()?;
+    let mut words = s.split_whitespace();
+    let pid = words.next()?.to_string();
+    Some((pid, words.next().unwrap_or_default().to_string()))
+}
+
 /// Who holds a lock, as its file says.
 fn holder(path: &Path) -> String {
-    files::open_no_follow(path)
-        .and_then(|mut f| {
-            let mut s = String::new();
-            f.read_to_string(&mut s).map(|_| s)
-        })
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .map(|pid| format!("pid {pid}"))
+    lock_file_says(path)
+        .map(|(pid, _)| format!("pid {pid}"))
         .unwrap_or_else(|| "unknown process".into())
 }
 

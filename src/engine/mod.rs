@@ -380,7 +380,7 @@ impl Engine {
 
     /// Re-verifies a running lab under its lock.
     pub fn check(&self, plan: &Plan) -> Result<Outcome, EngineError> {
-        let lock = self.state.lock(&plan.lab)?;
+        let lock = self.state.lock_to_check(&plan.lab)?;
         let st = lock.load()?.ok_or_else(|| {
             StateError::NotRunning(plan.lab.clone(), self.state.root().to_path_buf())
         })?;

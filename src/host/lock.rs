@@ -65,26 +65,46 @@ pub fn flock_holder(meta: &std::fs::Metadata) -> Option<u32> {
     // The kernel's device number split as glibc's major() and minor() do.
     let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
     let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-    holder_listed(&text, (major, minor, meta.ino()))
+    let held = flocks(&text);
+    if let Some((pid, _)) = held.iter().find(|(_, f)| *f == (major, minor, meta.ino())) {
+        return Some(*pid);
+    }
+    // On btrfs (and overlayfs over several devices) /proc/locks names the file system's
+    // device, not the one stat(2) gives: a holder with the same inode number is confirmed
+    // by a descriptor it has open on this very file.
+    held.iter()
+        .filter(|(_, f)| f.2 == meta.ino())
+        .map(|(pid, _)| *pid)
+        .find(|pid| has_open(*pid, (dev, meta.ino())))
 }
 
-/// The holder of a `FLOCK` on file `(major, minor, inode)` in the text of `/proc/locks`:
-/// `1: FLOCK  ADVISORY  WRITE 2381 fd:01:1316092 0 EOF`. Waiters (`1: -> FLOCK …`) hold
-/// nothing.
-fn holder_listed(text: &str, file: (u64, u64, u64)) -> Option<u32> {
-    text.lines().find_map(|line| {
-        let w: Vec<&str> = line.split_whitespace().collect();
-        if w.len() < 6 || w[1] != "FLOCK" {
-            return None;
-        }
-        let mut id = w[5].split(':');
-        let major = u64::from_str_radix(id.next()?, 16).ok()?;
-        let minor = u64::from_str_radix(id.next()?, 16).ok()?;
-        let inode = id.next()?.parse::<u64>().ok()?;
-        ((major, minor, inode) == file)
-            .then(|| w[4].parse().ok())
-            .flatten()
-    })
+/// Whether process `pid` has a descriptor open on the file with this device and inode.
+fn has_open(pid: u32, file: (u64, u64)) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| (m.dev(), m.ino()) == file))
+}
+
+/// The `FLOCK`s held, as `/proc/locks` lists them: the holder's pid and the file's
+/// `(major, minor, inode)`, from lines like `1: FLOCK  ADVISORY  WRITE 2381 fd:01:1316092 0
+/// EOF`. Waiters (`1: -> FLOCK …`) hold nothing.
+fn flocks(text: &str) -> Vec<(u32, (u64, u64, u64))> {
+    text.lines()
+        .filter_map(|line| {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            if w.len() < 6 || w[1] != "FLOCK" {
+                return None;
+            }
+            let mut id = w[5].split(':');
+            let major = u64::from_str_radix(id.next()?, 16).ok()?;
+            let minor = u64::from_str_radix(id.next()?, 16).ok()?;
+            let inode = id.next()?.parse::<u64>().ok()?;
+            Some((w[4].parse().ok()?, (major, minor, inode)))
+        })
+        .collect()
 }
 
 /// Opens lock file `name` in `dir` (made 0700 and checked like a state directory).
@@ -156,13 +176,30 @@ mod tests {
     }
 
     #[test]
-    fn proc_locks_lines_name_the_holder_not_the_waiters_nor_other_files() {
+    fn a_holder_is_confirmed_by_a_descriptor_it_has_open_on_the_file() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let _open = File::create(&a).unwrap();
+        std::fs::write(&b, "").unwrap();
+        let id = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.dev(), m.ino())
+        };
+        assert!(has_open(std::process::id(), id(&a)));
+        assert!(!has_open(std::process::id(), id(&b)));
+    }
+
+    #[test]
+    fn proc_locks_lines_give_the_holders_not_the_waiters_nor_other_kinds_of_lock() {
         let text = "1: POSIX  ADVISORY  WRITE 77 fd:01:42 0 EOF\n\
+                    2: -> FLOCK  ADVISORY  WRITE 2400 fd:01:1316092 0 EOF\n\
                     2: FLOCK  ADVISORY  WRITE 2381 fd:01:1316092 0 EOF\n\
-                    2: -> FLOCK  ADVISORY  WRITE 2400 fd:01:1316092 0 EOF\n";
-        assert_eq!(holder_listed(text, (0xfd, 1, 1316092)), Some(2381));
-        assert_eq!(holder_listed(text, (0xfd, 1, 42)), None);
-        assert_eq!(holder_listed(text, (0xfd, 2, 1316092)), None);
+                    3: FLOCK  ADVISORY  WRITE 9 00:2e:7 0 EOF\n";
+        assert_eq!(
+            flocks(text),
+            [(2381, (0xfd, 1, 1316092)), (9, (0, 0x2e, 7))]
+        );
     }
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Barrier};

@@ -168,10 +168,12 @@ impl Watchers {
                     if stamp.busy != w.stamp.busy {
                         let _ = w.signal.send(Signal::Busy(stamp.busy));
                     }
-                    if *stamp != w.stamp {
-                        w.stamp = stamp.clone();
+                    // A lock taken or let go changes no guest: only a new write of the
+                    // state (a guest made anew) is read again.
+                    if !stamp.same_state(&w.stamp) {
                         let _ = w.signal.send(Signal::Refresh);
                     }
+                    w.stamp = stamp.clone();
                     true
                 }
                 // Gone, or another run: this watcher ends, and with its view the terminals
@@ -227,6 +229,15 @@ impl Watchers {
         }
     }
 
+    /// Whether another process holds some watched lab's lock to change it.
+    pub fn any_busy(&self) -> bool {
+        self.labs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|w| w.stamp.busy.is_some())
+    }
+
     /// The names of the watched labs.
     pub fn labs(&self) -> Vec<String> {
         self.labs
@@ -275,12 +286,13 @@ impl Watchers {
             if plan.driver != crate::lab::DriverKind::Netns {
                 continue;
             }
-            if plan.guests.iter().any(|g| came.contains(&g.instance)) {
-                let _ = w.signal.send(Signal::Refresh);
-                continue;
-            }
+            // The guests gone first: a namespace deleted and made anew is both, and its old
+            // terminals must close before the new one is followed.
             for g in plan.guests.iter().filter(|g| gone.contains(&g.instance)) {
                 let _ = w.signal.send(Signal::Lost(g.name.clone()));
+            }
+            if plan.guests.iter().any(|g| came.contains(&g.instance)) {
+                let _ = w.signal.send(Signal::Refresh);
             }
         }
     }
@@ -354,7 +366,9 @@ impl Watcher {
                         if let Some(m) = monitors.remove(&g) {
                             m.control.hang_up();
                         }
-                        *current.lost.entry(g.clone()).or_default() += 1;
+                        let mut next = current.clone();
+                        *next.lost.entry(g.clone()).or_default() += 1;
+                        self.publish(&mut current, next, true);
                         if !changed.contains(&g) {
                             changed.push(g);
                         }

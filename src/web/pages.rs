@@ -76,11 +76,20 @@ impl GuestSummary {
     }
 }
 
-/// The health of a lab in one line: `ok (38 checks)`, `FAILING: ...`, or that its guests are
-/// still being read.
+/// The health of a lab in one line, as the instructor's grid shows it: `ok (38 checks)`,
+/// `FAILING: ...`, that another vxlab is changing it (which one), or that its guests are still
+/// being read.
 pub fn health_line(view: &LabView) -> String {
-    if let Some(who) = &view.busy {
-        format!("being changed by {who}...")
+    match &view.busy {
+        Some(who) => format!("being changed by {who}..."),
+        None => page_health_line(view),
+    }
+}
+
+/// The same on a student's page, which names no process of the host's.
+pub fn page_health_line(view: &LabView) -> String {
+    if view.busy.is_some() {
+        "being changed by vxlab: a moment...".into()
     } else if view.ready {
         Health::of(&view.verdict).summary()
     } else {
@@ -212,7 +221,7 @@ impl LabPage {
             base,
             lab: plan.lab.clone(),
             driver: plan.driver.to_string(),
-            health: health_line(view),
+            health: page_health_line(view),
             guests: plan
                 .guests
                 .iter()

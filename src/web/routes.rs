@@ -8,7 +8,7 @@
 //!   `check`, `reset[?guest=GUEST]`, `capture/GUEST` (POST): one lab (its student, or the
 //!   instructor).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,11 @@ use crate::wire::{self, Only};
 /// (a state directory removed and made anew is not seen by the watch on the old one).
 const RESCAN_AT_LEAST: Duration = Duration::from_secs(60);
 
+/// How soon the server looks again while a lab is being changed. The close that wakes it when
+/// the holder lets go (or dies) comes a moment before the kernel drops the lock, so the
+/// lock's end is looked for, not heard.
+const WHILE_BUSY: Duration = Duration::from_millis(250);
+
 /// Echo requests the Capture button sends.
 const CAPTURE_PINGS: u32 = 3;
 
@@ -68,7 +73,12 @@ pub async fn run(class: Shared, announce: impl FnOnce(&str)) -> anyhow::Result<(
             loop {
                 match watch.as_mut() {
                     Ok(w) => {
-                        if let Err(e) = w.wait(RESCAN_AT_LEAST) {
+                        let within = if class.watch.any_busy() {
+                            WHILE_BUSY
+                        } else {
+                            RESCAN_AT_LEAST
+                        };
+                        if let Err(e) = w.wait(within) {
                             eprintln!("vxlab serve: cannot watch {}: {e}", root.display());
                             watch = Err(e);
                         }
@@ -135,12 +145,24 @@ pub async fn run(class: Shared, announce: impl FnOnce(&str)) -> anyhow::Result<(
 /// there is a `/run/netns` (no namespace lab ran yet), it looks again once a minute.
 fn follow_namespaces(class: &Class) {
     let dir = crate::host::netns::path("");
-    let names = || -> Vec<String> {
+    // Each name with the namespace mounted on it, if one is yet (`ip netns add` makes the
+    // file, then mounts): a name deleted and made anew between two looks is another
+    // namespace under the same name.
+    let names = || -> BTreeMap<String, Option<(u64, u64)>> {
+        use std::os::unix::fs::MetadataExt;
+        let nsfs = std::fs::metadata("/proc/self/ns/net").map(|m| m.dev()).ok();
         std::fs::read_dir(&dir)
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let id = std::fs::metadata(e.path())
+                    .ok()
+                    .filter(|m| Some(m.dev()) == nsfs)
+                    .map(|m| (m.dev(), m.ino()));
+                Some((name, id))
+            })
             .collect()
     };
     loop {
@@ -151,14 +173,36 @@ fn follow_namespaces(class: &Class) {
         let mut known = names();
         while watch.wait(RESCAN_AT_LEAST).is_ok() {
             let now = names();
-            let gone: Vec<String> = known.iter().filter(|n| !now.contains(n)).cloned().collect();
-            let came: Vec<String> = now.iter().filter(|n| !known.contains(n)).cloned().collect();
+            let (gone, came) = namespace_changes(&known, &now);
             if !gone.is_empty() || !came.is_empty() {
                 class.watch.namespaces_changed(&gone, &came);
             }
             known = now;
         }
     }
+}
+
+/// The namespaces gone and come between two looks at `/run/netns`: by name, and a name whose
+/// mounted namespace is another one (or none any more) counts as both.
+fn namespace_changes(
+    before: &BTreeMap<String, Option<(u64, u64)>>,
+    now: &BTreeMap<String, Option<(u64, u64)>>,
+) -> (Vec<String>, Vec<String>) {
+    let replaced = |n: &String| match (before.get(n), now.get(n)) {
+        (Some(Some(a)), Some(b)) => Some(*a) != *b,
+        _ => false,
+    };
+    let gone = before
+        .keys()
+        .filter(|n| !now.contains_key(*n) || replaced(n))
+        .cloned()
+        .collect();
+    let came = now
+        .keys()
+        .filter(|n| !before.contains_key(*n) || replaced(n))
+        .cloned()
+        .collect();
+    (gone, came)
 }
 
 fn router(class: Shared) -> Router {
@@ -481,7 +525,7 @@ async fn lab_events(access: LabAccess, State(class): State<Shared>) -> Response 
                     sent.insert(g.name.clone(), html);
                 }
             }
-            let health = pages::health_line(&v);
+            let health = pages::page_health_line(&v);
             events.push(Ok(Event::default()
                 .event("health")
                 .data(serde_json::json!({ "health": health }).to_string())));
@@ -688,7 +732,29 @@ async fn terminal(
 
 #[cfg(test)]
 mod tests {
-    use super::cross_origin;
+    use super::{cross_origin, namespace_changes};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_namespace_made_anew_under_its_name_is_gone_and_come_and_mounting_is_neither() {
+        let look = |v: &[(&str, Option<(u64, u64)>)]| -> BTreeMap<String, Option<(u64, u64)>> {
+            v.iter().map(|(n, id)| (n.to_string(), *id)).collect()
+        };
+        let before = look(&[("a", Some((4, 10))), ("b", Some((4, 11))), ("c", None)]);
+        // a deleted and made anew, b deleted, c mounted at last, d new.
+        let now = look(&[("a", Some((4, 12))), ("c", Some((4, 13))), ("d", None)]);
+        let (gone, came) = namespace_changes(&before, &now);
+        assert_eq!(gone, ["a", "b"]);
+        assert_eq!(came, ["a", "d"]);
+        // Deleted and its file made again, not mounted yet: the old one is gone.
+        let (gone, came) = namespace_changes(&before, &look(&[("a", None)]));
+        assert_eq!(
+            (gone, came),
+            (vec!["a".into(), "b".into(), "c".into()], vec!["a".into()])
+        );
+        let (gone, came) = namespace_changes(&before, &before);
+        assert!(gone.is_empty() && came.is_empty());
+    }
 
     #[test]
     fn only_another_sites_origin_is_cross_origin() {

@@ -78,6 +78,8 @@ pub async fn run(
             .await;
         return;
     };
+    // Counted before the shell starts: a deletion seen later is of the namespace it is in.
+    let born = view.borrow().times_lost(&g.name);
     let backend = class.backend.clone();
     let (l, guest) = (lab.clone(), g.clone());
     let started = tokio::task::spawn_blocking(move || {
@@ -133,7 +135,6 @@ pub async fn run(
     });
 
     let idle = class.options.terminal_idle;
-    let born = view.borrow().times_lost(&g.name);
     // Traffic either way keeps the terminal open; changes in the lab do not.
     let mut last_traffic = tokio::time::Instant::now();
     let why = loop {
@@ -186,14 +187,15 @@ pub async fn run(
             } else if view.borrow().times_lost(&g.name) != born {
                 // Its shell alone would keep the deleted namespace, devices and all, alive
                 // beside the one a reset makes.
+                let n = &g.name;
+                let said = match view.borrow().busy.clone() {
+                    Some(who) => format!("{n} was taken down by {who}: this terminal is closed"),
+                    None => format!(
+                        "{n}'s namespace was deleted: this terminal is closed; Reset makes {n} anew"
+                    ),
+                };
                 let _ = socket
-                    .send(Message::Binary(
-                        format!(
-                            "\r\n[{}'s namespace was deleted: this terminal is closed; Reset makes {} anew]\r\n",
-                            g.name, g.name
-                        )
-                        .into(),
-                    ))
+                    .send(Message::Binary(format!("\r\n[{said}]\r\n").into()))
                     .await;
                 let _ = socket.send(close(NORMAL, "the guest was deleted")).await;
                 break None;
