@@ -597,6 +597,36 @@ fn status_never_calls_a_failing_lab_healthy() {
         !text.contains("healthy") && text.contains("FAILING"),
         "{text}"
     );
+    // While another vxlab holds the lab's lock to change it (an `up` still making it), status
+    // says who, and neither checks it half-made nor calls it failing. The test holds the lock
+    // as vxlab does.
+    let lock = lab.state.path().join("t-r-stat/lock");
+    let held = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&lock)
+        .unwrap();
+    {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this test owns.
+        let r = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(r, 0, "the lab's lock is free");
+        held.set_len(0).unwrap();
+        writeln!(&held, "{} changing", std::process::id()).unwrap();
+    }
+    let s: Value = serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap();
+    let row = &s["labs"][0];
+    let health = row["health"].as_str().unwrap();
+    assert!(
+        health.starts_with("being changed by repair-")
+            && health.ends_with(&format!("(pid {}): not checked now", std::process::id())),
+        "{s:#}"
+    );
+    assert_eq!(row["ok"], Value::Null, "{s:#}");
+    assert_eq!(row["busy"], std::process::id(), "{s:#}");
+    drop(held);
+    let s: Value = serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(s["labs"][0]["ok"], false, "{s:#}");
     // `up` finishes what the walk did not, and status then says so.
     let (code, r) = up_again(&lab);
     assert_eq!(code, 0, "{:#}", r["failures"]);

@@ -30,7 +30,18 @@ fn row(state: &StateDir, name: &str, root: bool) -> (Value, Vec<String>) {
     let instances = p.guests.iter().map(|g| g.instance.clone()).collect();
     // A real, quick check (pings only once all else holds) when vxlab may read the guests;
     // else the last one's result with its age, never a guess.
-    let (health, ok, checked_now) = if root {
+    // A lab another vxlab is changing now (an `up` still making it) is not checked half-made.
+    let busy = state.stamp(name).and_then(|s| s.busy);
+    let (health, ok, checked_now) = if let Some(pid) = busy {
+        (
+            format!(
+                "being changed by {}: not checked now",
+                crate::host::process::described(pid)
+            ),
+            None,
+            false,
+        )
+    } else if root {
         match engine(&lab, None).and_then(|e| Ok(e.quick_check(&p)?)) {
             Ok(v) => (Health::of(&v).summary(), Some(v.ok()), true),
             Err(e) => (format!("cannot check: {e:#}"), Some(false), false),
@@ -58,6 +69,7 @@ fn row(state: &StateDir, name: &str, root: bool) -> (Value, Vec<String>) {
         "health": health,
         "ok": ok,
         "checked_now": checked_now,
+        "busy": busy,
         "last_check": last_json,
     });
     (row, instances)

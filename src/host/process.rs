@@ -106,3 +106,47 @@ fn run_here(argv: &[String], input: Option<&str>) -> io::Result<Output> {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
 }
+
+/// Process `pid` as `ps` would show it to a person: its command line, the program by name
+/// (not the path it was started by), at most 8 words, and the pid: `vxlab up labs/two-vm.yaml
+/// --count 3 (pid 812)`; only the pid when it has gone.
+pub fn described(pid: u32) -> String {
+    let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|w| !w.is_empty())
+        .enumerate()
+        .map(|(i, w)| {
+            let w = String::from_utf8_lossy(w);
+            if i == 0 {
+                w.rsplit('/').next().unwrap_or_default().to_string()
+            } else {
+                w.into_owned()
+            }
+        })
+        .take(8)
+        .collect();
+    if argv.is_empty() {
+        format!("pid {pid}")
+    } else {
+        format!("{} (pid {pid})", crate::guest_command::shell_words(&argv))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_described_by_its_program_name_and_arguments_and_a_gone_one_by_its_pid() {
+        let me = std::process::id();
+        let said = described(me);
+        let program = std::env::args().next().unwrap();
+        let name = program.rsplit('/').next().unwrap();
+        assert!(
+            said.starts_with(name) && said.ends_with(&format!("(pid {me})")),
+            "{said}"
+        );
+        assert_eq!(described(u32::MAX), format!("pid {}", u32::MAX));
+    }
+}

@@ -516,28 +516,9 @@ impl Watcher {
 /// or this server's own Reset.
 fn changer(pid: u32) -> String {
     if pid == std::process::id() {
-        return "a Reset from this server".into();
-    }
-    let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|b| *b == 0)
-        .filter(|w| !w.is_empty())
-        .enumerate()
-        .map(|(i, w)| {
-            let w = String::from_utf8_lossy(w);
-            // The program by its name, not the path it was started by.
-            if i == 0 {
-                w.rsplit('/').next().unwrap_or_default().to_string()
-            } else {
-                w.into_owned()
-            }
-        })
-        .take(8)
-        .collect();
-    if argv.is_empty() {
-        format!("pid {pid}")
+        "a Reset from this server".into()
     } else {
-        format!("{} (pid {pid})", crate::guest_command::shell_words(&argv))
+        crate::host::process::described(pid)
     }
 }
 
