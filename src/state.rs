@@ -218,7 +218,7 @@ pub fn check_owner(
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// Another vxlab process holds the lab.
-    #[error("lab {lab} is busy: another vxlab ({holder}) is changing it; wait for it to finish")]
+    #[error("lab {lab} is busy: {holder}; wait for it to finish")]
     Busy {
         /// Lab name.
         lab: String,
@@ -583,11 +583,23 @@ fn lock_file_says(path: &Path) -> Option<(String, String)> {
     Some((pid, words.next().unwrap_or_default().to_string()))
 }
 
-/// Who holds a lock, as its file says.
+/// Who holds a lock and what for, as its file says: `vxlab up labs/two-netns.yaml (pid 812)
+/// is changing it`.
 fn holder(path: &Path) -> String {
-    lock_file_says(path)
-        .map(|(pid, _)| format!("pid {pid}"))
-        .unwrap_or_else(|| "unknown process".into())
+    match lock_file_says(path) {
+        Some((pid, work)) => {
+            let who = pid
+                .parse()
+                .map_or_else(|_| format!("pid {pid}"), crate::host::process::described);
+            let what = if work == Work::Checking.word() {
+                "checking"
+            } else {
+                "changing"
+            };
+            format!("{who} is {what} it")
+        }
+        None => "another vxlab is at work on it".into(),
+    }
 }
 
 /// Waits up to `wait` for the lock on `file`, the kernel waking us when it is free. A waiter

@@ -278,7 +278,12 @@ fn a_second_up_of_a_lab_in_use_gets_a_lock_error() {
         .unwrap();
     let out = lab.run(&["up", lab.file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(75));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lab t-lock is busy"));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("lab t-lock is busy: netns_labs-")
+            && said.contains(&format!("(pid {}) is changing it", std::process::id())),
+        "{said}"
+    );
     assert!(!Path::new("/sys/class/net").join(lab.bridge()).exists());
     drop(held);
     assert_eq!(lab.up().0, 0);
