@@ -434,12 +434,15 @@ impl StateDir {
         let meta = fs::symlink_metadata(self.lab_dir(lab).join(STATE_FILE)).ok()?;
         let st = self.read(lab).ok()?;
         let lock = self.lab_dir(lab).join(LOCK_FILE);
-        // Held, and not only to check.
+        // Held, and not only to check: the file's word counts when it is the holder's (a
+        // new holder writes its own a moment after it locks).
         let busy = fs::symlink_metadata(&lock)
             .ok()
             .and_then(|m| crate::host::lock::flock_holder(&m))
-            .filter(|_| {
-                lock_file_says(&lock).is_none_or(|(_, work)| work != Work::Checking.word())
+            .filter(|pid| {
+                lock_file_says(&lock).is_none_or(|(said, work)| {
+                    said != pid.to_string() || work != Work::Checking.word()
+                })
             });
         Some(Stamp {
             made: st.made,
@@ -505,11 +508,13 @@ impl StateDir {
         }
         self.check_root(true)?;
         let dir = self.lab_dir(lab);
-        make_dir(&dir)?;
-        self.check_lab_dir(lab)?;
         let path = dir.join(LOCK_FILE);
-        let open =
-            || files::open_append(&path, files::PRIVATE).map_err(io_err("cannot open", &path));
+        let open = || -> Result<File, StateError> {
+            make_dir(&dir)?;
+            self.check_lab_dir(lab)?;
+            files::open_append(&path, files::PRIVATE).map_err(io_err("cannot open", &path))
+        };
+        let until = std::time::Instant::now() + wait;
         let mut tries = 0;
         let file = loop {
             let file = open()?;
@@ -517,18 +522,26 @@ impl StateDir {
                 if crate::host::lock::flock(&file, false).map_err(io_err("cannot lock", &path))? {
                     file
                 } else {
-                    wait_for_lock(open()?, wait).ok_or_else(|| StateError::Busy {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    wait_for_lock(open()?, left).ok_or_else(|| StateError::Busy {
                         lab: lab.to_string(),
                         holder: holder(&path),
                     })?
                 };
-            // A lock on a file `down` removed while we waited guards nothing: the next
-            // vxlab makes and locks a new one. Take the lock of the file that is there.
+            // A lock on a file `down` removed (with its directory, maybe) while we waited
+            // guards nothing: the next vxlab makes and locks a new one. Take the lock of the
+            // file that is there.
             let held = file.metadata().map_err(io_err("cannot read", &path))?;
             let now = fs::symlink_metadata(&path).ok();
-            tries += 1;
-            if now.is_some_and(|m| (m.dev(), m.ino()) == (held.dev(), held.ino())) || tries == 3 {
+            if now.is_some_and(|m| (m.dev(), m.ino()) == (held.dev(), held.ino())) {
                 break file;
+            }
+            tries += 1;
+            if tries == 3 {
+                return Err(StateError::Busy {
+                    lab: lab.to_string(),
+                    holder: "its lock file keeps being removed or replaced".into(),
+                });
             }
         };
         file.set_len(0).map_err(io_err("cannot write", &path))?;
@@ -583,23 +596,25 @@ fn lock_file_says(path: &Path) -> Option<(String, String)> {
     Some((pid, words.next().unwrap_or_default().to_string()))
 }
 
-/// Who holds a lock and what for, as its file says: `vxlab up labs/two-netns.yaml (pid 812)
-/// is changing it`.
+/// Who holds a lock and what for: `vxlab up labs/two-netns.yaml (pid 812) is changing it`.
+/// The holder is the kernel's word; its work is the file's, when the file is the holder's
+/// yet.
 fn holder(path: &Path) -> String {
-    match lock_file_says(path) {
-        Some((pid, work)) => {
-            let who = pid
-                .parse()
-                .map_or_else(|_| format!("pid {pid}"), crate::host::process::described);
-            let what = if work == Work::Checking.word() {
-                "checking"
-            } else {
-                "changing"
-            };
-            format!("{who} is {what} it")
+    let held = fs::symlink_metadata(path)
+        .ok()
+        .and_then(|m| crate::host::lock::flock_holder(&m));
+    let says = lock_file_says(path);
+    let Some(pid) = held.or_else(|| says.as_ref().and_then(|(pid, _)| pid.parse().ok())) else {
+        return "another vxlab is at work on it".into();
+    };
+    let what = match says {
+        Some((said, work)) if said == pid.to_string() && work == Work::Checking.word() => {
+            "checking"
         }
-        None => "another vxlab is at work on it".into(),
-    }
+        Some((said, _)) if said == pid.to_string() => "changing",
+        _ => "at work on",
+    };
+    format!("{} is {what} it", crate::host::process::described(pid))
 }
 
 /// Waits up to `wait` for the lock on `file`, the kernel waking us when it is free. A waiter
@@ -821,6 +836,66 @@ mod tests {
         });
         dir.lock_within("lab", Duration::from_secs(10)).unwrap();
         release.join().unwrap();
+    }
+
+    #[test]
+    fn a_waiter_whose_holder_removed_the_lab_locks_the_lab_made_anew_not_the_removed_file() {
+        use std::time::Duration;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::at(tmp.path().join("state"));
+        let held = dir.lock("lab").unwrap();
+        let ino = fs::metadata(held.dir().join(LOCK_FILE)).unwrap().ino();
+        let d = dir.clone();
+        let waiter = std::thread::spawn(move || d.lock_within("lab", Duration::from_secs(10)));
+        // Until the kernel lists the waiter on the old file.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("-> FLOCK") && l.contains(&format!(":{ino} ")))
+        {
+            assert!(std::time::Instant::now() < deadline, "no waiter");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // `down` of the holder: the lab's directory goes, then the lock.
+        fs::remove_dir_all(held.dir()).unwrap();
+        drop(held);
+        let got = waiter.join().unwrap().unwrap();
+        let now = fs::metadata(got.dir().join(LOCK_FILE)).unwrap();
+        assert_eq!(
+            crate::host::lock::flock_holder(&now),
+            Some(std::process::id()),
+            "the lock held is not the lab's file"
+        );
+    }
+
+    #[test]
+    fn a_lab_locked_to_change_is_busy_and_one_locked_to_check_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::at(tmp.path());
+        let lock = dir.lock("lab").unwrap();
+        lock.save(&state("lab")).unwrap();
+        assert_eq!(dir.stamp("lab").unwrap().busy, Some(std::process::id()));
+        let err = dir.lock_to_check("lab").unwrap_err().to_string();
+        assert!(
+            err.ends_with(&format!(
+                "(pid {}) is changing it; wait for it to finish",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        drop(lock);
+        assert_eq!(dir.stamp("lab").unwrap().busy, None);
+        let check = dir.lock_to_check("lab").unwrap();
+        assert_eq!(dir.stamp("lab").unwrap().busy, None);
+        assert!(
+            dir.lock("lab")
+                .unwrap_err()
+                .to_string()
+                .contains("is checking it"),
+            "a check's lock is named as one"
+        );
+        drop(check);
     }
 
     #[test]

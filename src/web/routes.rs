@@ -71,20 +71,20 @@ pub async fn run(class: Shared, announce: impl FnOnce(&str)) -> anyhow::Result<(
             let _ = std::fs::create_dir_all(&root);
             let mut watch = DirWatch::new(&root);
             loop {
+                let within = if class.watch.any_busy() {
+                    WHILE_BUSY
+                } else {
+                    RESCAN_AT_LEAST
+                };
                 match watch.as_mut() {
                     Ok(w) => {
-                        let within = if class.watch.any_busy() {
-                            WHILE_BUSY
-                        } else {
-                            RESCAN_AT_LEAST
-                        };
                         if let Err(e) = w.wait(within) {
                             eprintln!("vxlab serve: cannot watch {}: {e}", root.display());
                             watch = Err(e);
                         }
                     }
                     // Without a watch, the slow rescan is all there is.
-                    Err(_) => std::thread::sleep(RESCAN_AT_LEAST),
+                    Err(_) => std::thread::sleep(within),
                 }
                 class.rescan();
             }

@@ -189,7 +189,8 @@ pub async fn run(
                 // beside the one a reset makes.
                 let n = &g.name;
                 let said = match view.borrow().busy.clone() {
-                    Some(who) => format!("{n} was taken down by {who}: this terminal is closed"),
+                    // Who, on the host, is the instructor's business (the grid says it).
+                    Some(_) => format!("{n} was taken down by vxlab: this terminal is closed"),
                     None => format!(
                         "{n}'s namespace was deleted: this terminal is closed; Reset makes {n} anew"
                     ),
