@@ -433,22 +433,27 @@ impl StateDir {
     pub fn stamp(&self, lab: &str) -> Option<Stamp> {
         let meta = fs::symlink_metadata(self.lab_dir(lab).join(STATE_FILE)).ok()?;
         let st = self.read(lab).ok()?;
+        Some(Stamp {
+            made: st.made,
+            written: (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.len()),
+            busy: self.changing(lab),
+        })
+    }
+
+    /// The process holding lab `lab`'s lock to change it (an `up`, `reset` or `down`), if
+    /// any; a check's lock does not count. The holder is the kernel's word; the file's word
+    /// (its work) counts when it names that holder, since a new holder writes its own a
+    /// moment after it locks.
+    pub fn changing(&self, lab: &str) -> Option<u32> {
         let lock = self.lab_dir(lab).join(LOCK_FILE);
-        // Held, and not only to check: the file's word counts when it is the holder's (a
-        // new holder writes its own a moment after it locks).
-        let busy = fs::symlink_metadata(&lock)
+        fs::symlink_metadata(&lock)
             .ok()
             .and_then(|m| crate::host::lock::flock_holder(&m))
             .filter(|pid| {
                 lock_file_says(&lock).is_none_or(|(said, work)| {
                     said != pid.to_string() || work != Work::Checking.word()
                 })
-            });
-        Some(Stamp {
-            made: st.made,
-            written: (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.len()),
-            busy,
-        })
+            })
     }
 
     /// Reads lab `lab`'s state without locking.

@@ -796,25 +796,10 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     assert!(cause.as_str().unwrap().contains("vm-b"), "{cause}");
     // While another vxlab changes a copy (an `up` making it, a `reset`), what its half-made
     // guests show is no failure yet: the row says who is at work instead, and turns back when
-    // it lets go. The test holds cls-2's lock as vxlab does, and tells the directory's watchers
-    // the same way (a descriptor written and closed).
-    let lock = lab.state.path().join("cls-2/lock");
-    let held = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&lock)
-        .unwrap();
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor this test owns.
-        let r = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_eq!(r, 0, "cls-2's lock is free");
-    }
-    drop(
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&lock)
-            .unwrap(),
-    );
+    // it lets go. The test takes cls-2's lock with vxlab's own call, as a running vxlab does.
+    let held = vxlab::state::StateDir::at(lab.state.path())
+        .lock("cls-2")
+        .expect("cls-2's lock is free");
     let busy = wait_for(
         &c,
         10,

@@ -598,22 +598,11 @@ fn status_never_calls_a_failing_lab_healthy() {
         "{text}"
     );
     // While another vxlab holds the lab's lock to change it (an `up` still making it), status
-    // says who, and neither checks it half-made nor calls it failing. The test holds the lock
-    // as vxlab does.
-    let lock = lab.state.path().join("t-r-stat/lock");
-    let held = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&lock)
-        .unwrap();
-    {
-        use std::io::Write;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor this test owns.
-        let r = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        assert_eq!(r, 0, "the lab's lock is free");
-        held.set_len(0).unwrap();
-        writeln!(&held, "{} changing", std::process::id()).unwrap();
-    }
+    // says who, and neither checks it half-made nor calls it failing. The test takes the
+    // lock with vxlab's own call, as a running vxlab does.
+    let held = vxlab::state::StateDir::at(lab.state.path())
+        .lock("t-r-stat")
+        .expect("the lab's lock is free");
     let s: Value = serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap();
     let row = &s["labs"][0];
     let health = row["health"].as_str().unwrap();

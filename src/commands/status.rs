@@ -31,7 +31,7 @@ fn row(state: &StateDir, name: &str, root: bool) -> (Value, Vec<String>) {
     // A real, quick check (pings only once all else holds) when vxlab may read the guests;
     // else the last one's result with its age, never a guess.
     // A lab another vxlab is changing now (an `up` still making it) is not checked half-made.
-    let busy = state.stamp(name).and_then(|s| s.busy);
+    let busy = state.changing(name);
     let (health, ok, checked_now) = if let Some(pid) = busy {
         (
             format!(
