@@ -378,13 +378,18 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let plan = String::from_utf8_lossy(&out.stdout);
-    for (copy, host) in [("1", "h1"), ("2", "h2")] {
-        assert!(
-            plan.lines()
-                .any(|l| l.starts_with(&format!("{LAB}-{copy} ")) && l.trim_end().ends_with(host)),
-            "copy {copy} is not placed on {host}: {plan}"
-        );
-    }
+    // Each copy placed on one of the hosts, one on each.
+    let placed: Vec<&str> = ["1", "2"]
+        .iter()
+        .map(|copy| {
+            let line = plan
+                .lines()
+                .find(|l| l.starts_with(&format!("{LAB}-{copy} ")))
+                .unwrap_or_else(|| panic!("copy {copy} is not placed: {plan}"));
+            line.split_whitespace().last().unwrap()
+        })
+        .collect();
+    assert!(placed == ["h1", "h2"] || placed == ["h2", "h1"], "{plan}");
     assert!(plan.contains("copies per host: h1: 1, h2: 1"), "{plan}");
     assert_eq!(in_libvirt(), Vec::<String>::new());
 
@@ -405,10 +410,32 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reports.as_array().unwrap().len(), 2);
+    // One copy on each host; which one goes where is placement's choice (the room each host
+    // reports at that moment), so the rest of the test asks.
+    let status = class.lab.run(&["status", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let host_of = |copy: &str| {
+        status["labs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["lab"] == copy)
+            .unwrap_or_else(|| panic!("{copy} not in status: {status}"))["host"]
+            .clone()
+    };
+    let (n1, n2) = if host_of(&format!("{LAB}-1")) == "h1" {
+        ("1", "2")
+    } else {
+        ("2", "1")
+    };
+    // The copies on h1 and on h2.
+    let (c1, c2) = (format!("{LAB}-{n1}"), format!("{LAB}-{n2}"));
+    assert_eq!(host_of(&c1), "h1");
+    assert_eq!(host_of(&c2), "h2");
     // Where the time went, per copy's guest, with the boot stages each host's console
     // showed (read through that host's libvirt).
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    for (copy, host) in [("1", "h1"), ("2", "h2")] {
+    for (copy, host) in [(n1, "h1"), (n2, "h2")] {
         for g in ["vm-a", "vm-b"] {
             let name = format!("{LAB}-{copy}/{g} ");
             assert!(
@@ -422,19 +449,6 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         said.contains(&format!("2 copies of lab {LAB} up and checked")),
         "{said}"
     );
-    let status = class.lab.run(&["status", "--json"]);
-    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
-    let host_of = |copy: &str| {
-        status["labs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["lab"] == copy)
-            .unwrap_or_else(|| panic!("{copy} not in status: {status}"))["host"]
-            .clone()
-    };
-    assert_eq!(host_of(&format!("{LAB}-1")), "h1");
-    assert_eq!(host_of(&format!("{LAB}-2")), "h2");
     let table = class.lab.run(&["status"]);
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
     assert!(table.lines().next().unwrap().contains(" HOST "), "{table}");
@@ -464,7 +478,7 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
             .unwrap()
             .to_string()
     };
-    for (i, own, other) in [(0, "1", "2"), (1, "2", "1")] {
+    for (i, own, other) in [(0, n1, n2), (1, n2, n1)] {
         let log = class.sshd[i].log();
         // libvirt's own transport logged in to this host during up (OpenSSH's client; vxlab's
         // connection is libssh2's): the copy's libvirt calls went over this host's URI.
@@ -497,23 +511,16 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     assert_eq!(lines.matches("checks passed").count(), 2, "{lines}");
 
     // exec and show on the copy on h2.
-    let out = class
-        .lab
-        .run(&["exec", "--lab", &format!("{LAB}-2"), "vm-b", "hostname"]);
+    let out = class.lab.run(&["exec", "--lab", &c2, "vm-b", "hostname"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "vm-b\n",
         "{}",
         text(&out)
     );
-    let out = class.lab.run(&[
-        "show",
-        "--lab",
-        &format!("{LAB}-2"),
-        "vm-a",
-        "maddr",
-        "--json",
-    ]);
+    let out = class
+        .lab
+        .run(&["show", "--lab", &c2, "vm-a", "maddr", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("239.1.1.1"),
@@ -524,7 +531,7 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     // vxlab ssh reaches h2's guest through h2's sshd (a ProxyCommand), its key pinned.
     let out = class
         .lab
-        .typed(&["ssh", "--lab", &format!("{LAB}-2"), "vm-a"], "hostname\n");
+        .typed(&["ssh", "--lab", &c2, "vm-a"], "hostname\n");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -534,13 +541,12 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     );
 
     // vxlab shell on h2's guest: the students' shell, its exit status back.
-    let out = class.lab.typed(
-        &["shell", "--lab", &format!("{LAB}-2"), "vm-b"],
-        "hostname; exit 4\n",
-    );
+    let out = class
+        .lab
+        .typed(&["shell", "--lab", &c2, "vm-b"], "hostname; exit 4\n");
     let shown = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(shown.contains(&format!("{LAB}-2/vm-b# ")), "{shown}");
+    assert!(shown.contains(&format!("{c2}/vm-b# ")), "{shown}");
     // The hostname's own line (after the terminal's bracketed-paste switch).
     assert!(
         shown
@@ -553,12 +559,12 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     // guest writes to its serial port shows in it.
     // vxlab says it is connected as the stream opens, a moment before the guest's line may
     // be written: the guest writes it again every two seconds until it shows.
-    let mut console = attach_console(&class.lab, &format!("{LAB}-2"), "vm-a");
+    let mut console = attach_console(&class.lab, &c2, "vm-a");
     let marker = "vxlab-console-on-h2";
     let out = class.lab.run(&[
         "exec",
         "--lab",
-        &format!("{LAB}-2"),
+        &c2,
         "vm-a",
         "sh",
         "-c",
@@ -579,7 +585,7 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     let (server, instructor) = common::browser::serve(&class.lab, &[]);
     let checked = Command::new("curl")
         .args(["-s", "-X", "POST"])
-        .arg(format!("{instructor}lab/{LAB}-2/check"))
+        .arg(format!("{instructor}lab/{c2}/check"))
         .output()
         .unwrap();
     let page = String::from_utf8_lossy(&checked.stdout).into_owned();
@@ -592,8 +598,8 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     let sheet = String::from_utf8(sheet.stdout).unwrap();
     let student = sheet
         .lines()
-        .find(|l| l.starts_with(&format!("{LAB}-2,")))
-        .unwrap_or_else(|| panic!("no card for {LAB}-2: {sheet}"))
+        .find(|l| l.starts_with(&format!("{c2},")))
+        .unwrap_or_else(|| panic!("no card for {c2}: {sheet}"))
         .split(',')
         .nth(2)
         .unwrap()
@@ -606,29 +612,24 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         assert!(out.status.success(), "{}", text(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let (on_h1, on_h2) = (
-        machine_id(&format!("{LAB}-1")),
-        machine_id(&format!("{LAB}-2")),
-    );
+    let (on_h1, on_h2) = (machine_id(&c1), machine_id(&c2));
     assert_ne!(on_h1, on_h2);
-    browser_terminal(&student, &format!("{LAB}-2"), "vm-a", &on_h2);
+    browser_terminal(&student, &c2, "vm-a", &on_h2);
     drop(server);
     // The instructor's token outlives the labs on purpose (see libvirt_class.rs).
     std::fs::remove_file(class.lab.state.path().join("instructor.token")).unwrap();
 
     // A capture on h2's copy: the tap's frames come back over h2's connection and are
     // decoded here: the flood to the group, then unicast between the VTEPs.
-    let out = class
-        .lab
-        .run(&["capture", "--lab", &format!("{LAB}-2"), "vm-a", "--json"]);
+    let out = class.lab.run(&["capture", "--lab", &c2, "vm-a", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let cap = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(cap.contains("239.1.1.1"), "{cap}");
-    assert!(cap.contains(&addr("2", "vm-b")), "{cap}");
+    assert!(cap.contains(&addr(n2, "vm-b")), "{cap}");
 
     // reset on h2's copy forgets what the VTEPs learned and checks again.
     // reset forgets what the VTEPs learned, through h2, and the copy checks again.
-    let out = class.lab.run(&["reset", &format!("{LAB}-2"), "--json"]);
+    let out = class.lab.run(&["reset", &c2, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let ran = common::repairs(&serde_json::from_slice(&out.stdout).unwrap());
     for g in ["vm-a", "vm-b"] {
@@ -638,13 +639,13 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
 
     // h2's sshd goes away mid-class: check names the host, not the guests.
     class.sshd[1].stop();
-    let out = class.lab.run(&["check", &format!("{LAB}-2")]);
+    let out = class.lab.run(&["check", &c2]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(said.contains("host h2"), "{said}");
     assert!(!said.contains("vm-a") && !said.contains("vm-b"), "{said}");
     // The copy on h1 is still checked.
-    let out = class.lab.run(&["check", &format!("{LAB}-1")]);
+    let out = class.lab.run(&["check", &c1]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     // Back again, down --all removes everything on both hosts.
@@ -666,26 +667,40 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let bridge2 = format!("vxlab-vxbr-{LAB}-2");
+    // The copy placed on h2 this time (its state records the host), once it made its bridge.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while !virsh(&["net-list", "--all", "--name"]).contains(&bridge2) {
+    let on_h2 = |copy: &str| {
+        std::fs::read_to_string(class.lab.state.path().join(copy).join("state.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .is_some_and(|st| st["host"]["name"] == "h2")
+    };
+    let (n1, n2) = loop {
+        let nets = virsh(&["net-list", "--all", "--name"]);
+        let made = |n: &str| nets.contains(&format!("vxlab-vxbr-{LAB}-{n}"));
+        if on_h2(&format!("{LAB}-2")) && made("2") {
+            break ("1", "2");
+        }
+        if on_h2(&format!("{LAB}-1")) && made("1") {
+            break ("2", "1");
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "h2's copy never made its bridge"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    };
     class.sshd[1].stop();
     let out = up.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(70), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(said.contains(&format!("{LAB}-2: ")), "{said}");
+    assert!(said.contains(&format!("{LAB}-{n2}: ")), "{said}");
     assert!(said.contains("1 of 2 copies"), "{said}");
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         shown
             .lines()
-            .any(|l| l.starts_with(&format!("{LAB}-1 ")) && l.contains("checks passed")),
+            .any(|l| l.starts_with(&format!("{LAB}-{n1} ")) && l.contains("checks passed")),
         "{shown}"
     );
     assert!(!in_libvirt().is_empty());
