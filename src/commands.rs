@@ -614,8 +614,16 @@ pub fn up_instances(path: &Path, copies: Copies<'_>, json: bool, timings: bool) 
     let (width, queue) = match base.driver {
         _ if inventory.is_some() => (1, None),
         DriverKind::Libvirt if !single => {
-            let (class, summary) = capacity::plan_for(&base, labs.len())?;
-            eprintln!("{summary}");
+            // Copies already running hold their memory: only new ones must fit in what the
+            // host has free (an `up` again repairs a full class).
+            let running = StateDir::from_env().labs();
+            let new = labs.iter().filter(|l| !running.contains(&l.name)).count();
+            let (class, summary) = capacity::plan_for(&base, new)?;
+            if new < labs.len() {
+                eprintln!("{} copies already run; {summary}", labs.len() - new);
+            } else {
+                eprintln!("{summary}");
+            }
             let names = labs.iter().map(|l| l.name.clone()).collect();
             (class.width, Some(capacity::ClassQueue::new(names)))
         }

@@ -4,7 +4,8 @@
 //!
 //! A host's share is its `weight` from the inventory, else its capacity: the copies it holds
 //! now plus the fewer of the copies that still fit in its free memory and the copies its free
-//! cores serve well. Each new copy goes to the host that is least loaded once it has it
+//! cores serve well. Weights and capacities are not one unit, so once any host has a weight,
+//! a host without one weighs 1 (`weight: 2` then means "twice the others"). Each new copy goes to the host that is least loaded once it has it
 //! (copies on it over its share), never past the copies that fit in its memory; ties go to
 //! the host with more room left, then to the one listed first.
 
@@ -24,9 +25,11 @@ pub struct HostRoom {
 }
 
 impl HostRoom {
-    fn share(&self) -> f64 {
+    /// Its share of the class; `weighted`: some host of the class has a weight.
+    fn share(&self, weighted: bool) -> f64 {
         match self.weight {
             Some(w) => w as f64,
+            None if weighted => 1.0,
             None => (self.running + self.fit.min(self.served)).max(1) as f64,
         }
     }
@@ -61,13 +64,15 @@ pub fn place(new: usize, hosts: &[HostRoom]) -> Result<Vec<usize>, DoesNotFit> {
             rooms: hosts.iter().map(|h| (h.name.clone(), h.fit)).collect(),
         });
     }
+    let weighted = hosts.iter().any(|h| h.weight.is_some());
     let mut placed = vec![0usize; hosts.len()];
     let mut out = Vec::with_capacity(new);
     for _ in 0..new {
         let best = (0..hosts.len())
             .filter(|&i| placed[i] < hosts[i].fit)
             .min_by(|&a, &b| {
-                let load = |i: usize| (hosts[i].running + placed[i] + 1) as f64 / hosts[i].share();
+                let load =
+                    |i: usize| (hosts[i].running + placed[i] + 1) as f64 / hosts[i].share(weighted);
                 let left = |i: usize| hosts[i].fit - placed[i];
                 load(a)
                     .total_cmp(&load(b))
@@ -158,6 +163,13 @@ mod tests {
              was created"
         );
         assert_eq!(counts(&place(5, &hosts).unwrap(), 3), [3, 2, 0]);
+    }
+
+    #[test]
+    fn a_weight_on_some_hosts_means_that_many_times_the_others() {
+        // The inventory's own example: h2 `weight: 2`, h1 none. Both have room for 16.
+        let hosts = [room("h1", 16, 0, None), room("h2", 16, 0, Some(2))];
+        assert_eq!(counts(&place(9, &hosts).unwrap(), 2), [3, 6]);
     }
 
     #[test]

@@ -165,8 +165,7 @@ pub fn plan_class(
             fit,
         });
     }
-    let boots = (host.free_cores() * boots_per_core(tcg)).floor() as usize;
-    let width = (boots / guests).clamp(1, copies.max(1));
+    let width = boot_width(guests, tcg, host).min(copies.max(1));
     let served = ((host.free_cores() * served_per_core(tcg)).floor() as usize / guests).max(1);
     Ok(ClassPlan {
         copies,
@@ -176,6 +175,13 @@ pub fn plan_class(
         width,
         served,
     })
+}
+
+/// How many copies of `guests` guests each `host` boots at once, for a class as big as it
+/// takes (a class of fewer copies boots them all at once).
+pub fn boot_width(guests: usize, tcg: bool, host: &HostLoad) -> usize {
+    let boots = (host.free_cores() * boots_per_core(tcg)).floor() as usize;
+    (boots / guests.max(1)).max(1)
 }
 
 impl ClassPlan {
@@ -387,6 +393,9 @@ mod tests {
             plan_class("l", &[256, 256], false, 30, &big).unwrap().width,
             28
         );
+        // What a survey of the host reports, before the class's size is known.
+        assert_eq!(boot_width(2, true, &big), 7);
+        assert_eq!(boot_width(2, true, &host(2, 1.5, 60_000)), 1);
         // Never more at once than asked for, never fewer than one.
         assert_eq!(
             plan_class("l", &[256, 256], false, 3, &big).unwrap().width,

@@ -339,7 +339,8 @@ pub fn survey(
             Ok(p) => Fit {
                 copies: p.fit,
                 cost_mib: p.copy_cost_mib,
-                width: p.width.max(1),
+                // The class's size is not known here: how many the host boots at once.
+                width: capacity::boot_width(memory.len(), tcg, &load),
                 served: p.served,
             },
             Err(e) => Fit {
