@@ -5,7 +5,7 @@
 # unicast), walks it stage by stage, shows VNI isolation on the wire, and takes it all down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup-host.sh
+bash scripts/setup-host.sh --netns
 cargo install --locked --path . --root /usr/local --target-dir target
 export PATH=/usr/local/bin:$PATH
 vxlab validate labs/two-netns.yaml

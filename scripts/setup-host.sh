@@ -7,13 +7,23 @@
 # chromium and chromium-driver for the class server's browser tests; openssh-server for the
 # tests of guest terminals over SSH and of a class on two hosts (they start their own sshd on
 # loopback; libvirt's ssh transport runs virt-ssh-helper, from libvirt-daemon, on the "host").
+#
+# `setup-host.sh --netns` installs only what the namespace driver needs (the one-minute quick
+# start): vxlab's build (a C compiler, and the libraries the crates link against), iproute2,
+# ping, tcpdump, iptables, graphviz; no QEMU, no libvirtd, no browser.
+# iptables fences each lab's bridge off from the host (see src/host/firewall.rs).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
+netns_only=false
+[ "${1:-}" = --netns ] && netns_only=true
 apt-get update -q
-packages=(iproute2 iputils-ping tcpdump bc pkg-config libvirt-dev libssh2-1-dev libssl-dev
-  libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils debootstrap
-  dosfstools mtools openssh-client graphviz librsvg2-bin gcc libc6-dev make xz-utils
-  chromium chromium-driver openssh-server curl openssl)
+packages=(iproute2 iputils-ping tcpdump iptables pkg-config libvirt-dev libssh2-1-dev libssl-dev
+  gcc libc6-dev make graphviz)
+if ! $netns_only; then
+  packages+=(bc libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils debootstrap
+    dosfstools mtools openssh-client librsvg2-bin xz-utils
+    chromium chromium-driver openssh-server curl openssl)
+fi
 # Some images carry a backported qemu-utils that blocks the distribution's qemu-system-x86;
 # take qemu-utils from the same release as qemu-system-x86 there.
 if dpkg-query -W -f '${Version}' qemu-utils 2>/dev/null | grep -q '~bpo'; then
@@ -21,6 +31,7 @@ if dpkg-query -W -f '${Version}' qemu-utils 2>/dev/null | grep -q '~bpo'; then
   packages=("${packages[@]/#qemu-utils/qemu-utils/$VERSION_CODENAME}")
 fi
 apt-get install -y -q --no-install-recommends --allow-downgrades "${packages[@]}"
+$netns_only && exit 0
 
 # /dev/kvm: the group and mode udev gives it (kvm, 0660), where no udev did (containers, CI).
 # Left root-only, libvirt's QEMU user cannot open it, libvirt discards its QEMU capability

@@ -48,6 +48,8 @@ impl Serialize for HostCommand {
 pub enum Actor {
     /// vxlab, through netlink on the host.
     Vxlab,
+    /// vxlab, running `iptables` and `ip6tables` on the host.
+    VxlabFirewall,
     /// libvirt, when it starts the guest's domain.
     Libvirt,
     /// The guest itself as it boots, from the seed disk vxlab writes.
@@ -59,6 +61,7 @@ impl Actor {
     pub fn describe(self) -> &'static str {
         match self {
             Actor::Vxlab => "vxlab, through netlink",
+            Actor::VxlabFirewall => "vxlab, with iptables and ip6tables",
             Actor::Libvirt => "libvirt, when it starts the domain",
             Actor::GuestBoot => "the guest at boot, from vxlab's seed disk",
         }
@@ -96,6 +99,22 @@ pub fn host_side(plan: &Plan) -> Vec<HostPart> {
             HostCommand::new(&["ip", "link", "set", "up", "dev", &plan.bridge]),
         ],
     }];
+    parts.push(HostPart {
+        guest: None,
+        what: format!(
+            "the firewall rules that fence {} off from the host: guests get answers from the \
+             host, never a connection to it, and nothing is routed in or out",
+            plan.bridge
+        ),
+        by: Actor::VxlabFirewall,
+        commands: crate::host::firewall::insert_commands(&crate::host::firewall::fence(
+            &plan.bridge,
+            &plan.lab,
+        ))
+        .into_iter()
+        .map(|argv| HostCommand { argv })
+        .collect(),
+    });
     for g in &plan.guests {
         match plan.driver {
             DriverKind::Netns => parts.push(namespace(plan, g)),
@@ -246,8 +265,15 @@ mod tests {
             "ip -n vxlab-two-netns.vm-a link set dev eth0 address {}",
             a.underlay_mac
         )));
-        assert!(parts.iter().all(|p| p.by == Actor::Vxlab));
-        assert_eq!(parts.len(), 3);
+        assert!(all.contains(&format!(
+            "iptables -w -I INPUT -i {} -m conntrack '!' --ctstate ESTABLISHED,RELATED -j DROP \
+             -m comment --comment 'vxlab: two-netns'",
+            p.bridge
+        )));
+        assert!(parts
+            .iter()
+            .all(|p| matches!(p.by, Actor::Vxlab | Actor::VxlabFirewall)));
+        assert_eq!(parts.len(), 4);
     }
 
     #[test]

@@ -67,6 +67,12 @@ pub enum Resource {
         /// Where.
         path: PathBuf,
     },
+    /// The firewall rules that fence the lab's bridge off from the host
+    /// (`host::firewall`), marked with the lab's name.
+    Fence {
+        /// The bridge.
+        bridge: String,
+    },
     /// A kernel setting vxlab raised, with the value to restore.
     Sysctl {
         /// Key.
@@ -74,6 +80,66 @@ pub enum Resource {
         /// Value before vxlab changed it.
         previous: String,
     },
+}
+
+impl Resource {
+    /// Why vxlab could not have recorded this resource for lab `lab`, if it could not: the
+    /// state file is then not vxlab's own, and `down` must not act on it (a forged
+    /// `{"kind":"netns","name":"../../etc/passwd"}` would have root delete that file, a forged
+    /// sysctl key write anywhere under `/proc/sys`, a forged link delete the host's `eth0`).
+    /// Names are checked against the forms vxlab gives them; paths are checked where they
+    /// are removed ([`LabLock::remove_path`]).
+    pub fn not_of_lab(&self, lab: &str) -> Option<String> {
+        // Lab and guest names are lowercase letters, digits and `-`; link names fit 15 bytes.
+        let plain = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with(['.', '-'])
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        let link = |s: &str| plain(s) && s.len() <= 15;
+        // A guest's name (`plan::instance_name`) and what is named after it: `vxlab-LAB.GUEST…`.
+        let guest = |s: &str| {
+            plain(s)
+                && s.strip_prefix("vxlab-")
+                    .and_then(|rest| rest.strip_prefix(lab))
+                    .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'))
+        };
+        let ok = match self {
+            Resource::Bridge { name } | Resource::Fence { bridge: name } => link(name),
+            Resource::Network { bridge, host } => link(bridge) && plain(host),
+            Resource::HostLink { name } => link(name) && name.starts_with("vx"),
+            Resource::Netns { name } | Resource::Domain { name, .. } => guest(name),
+            Resource::Volume { pool, name, host } => plain(pool) && plain(host) && guest(name),
+            Resource::Sysctl { key, .. } => {
+                let known = [false, true]
+                    .iter()
+                    .flat_map(|v6| crate::host::sysctl::neighbour_keys(*v6))
+                    .chain([crate::host::neighbours::BACKLOG.to_string()]);
+                known.into_iter().any(|k| k == *key)
+            }
+            Resource::Path { .. } => true,
+        };
+        (!ok).then(|| format!("lab {lab}'s state names {self}, which vxlab never makes for it"))
+    }
+}
+
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resource::Bridge { name } => write!(f, "bridge {name:?}"),
+            Resource::HostLink { name } => write!(f, "link {name:?}"),
+            Resource::Netns { name } => write!(f, "namespace {name:?}"),
+            Resource::Domain { name, .. } => write!(f, "domain {name:?}"),
+            Resource::Network { bridge, host } => {
+                write!(f, "the network of bridge {bridge:?} on host {host:?}")
+            }
+            Resource::Volume { name, host, .. } => write!(f, "volume {name:?} on host {host:?}"),
+            Resource::Path { path } => write!(f, "{}", path.display()),
+            Resource::Sysctl { key, .. } => write!(f, "setting {key:?}"),
+            Resource::Fence { bridge } => write!(f, "the firewall rules of bridge {bridge:?}"),
+        }
+    }
 }
 
 /// What the state file holds.
@@ -1011,6 +1077,83 @@ mod tests {
         assert!(victim.exists());
         assert!(is_inside(Path::new("/s/lab"), Path::new("/s/lab/guests/a")));
         assert!(!is_inside(Path::new("/s/lab"), Path::new("/s/lab/../x")));
+    }
+
+    #[test]
+    fn a_state_file_naming_what_vxlab_never_makes_is_caught() {
+        let lab = "w-1";
+        let own = [
+            Resource::Bridge {
+                name: "vxbr-w-1".into(),
+            },
+            Resource::HostLink {
+                name: crate::plan::host_link_name(lab, 3),
+            },
+            Resource::Netns {
+                name: crate::plan::instance_name(lab, "vm-a"),
+            },
+            Resource::Domain {
+                name: crate::plan::instance_name(lab, "vm-b"),
+                host: None,
+            },
+            Resource::Volume {
+                host: "h2".into(),
+                pool: "vxlab".into(),
+                name: format!("{}.seed.img", crate::plan::instance_name(lab, "vm-b")),
+            },
+            Resource::Sysctl {
+                key: "net.ipv4.neigh.default.gc_thresh3".into(),
+                previous: "1024".into(),
+            },
+        ];
+        for r in &own {
+            assert_eq!(r.not_of_lab(lab), None, "{r}");
+        }
+        let forged = [
+            Resource::Netns {
+                name: "../../etc/passwd".into(),
+            },
+            Resource::Netns {
+                name: "/etc/passwd".into(),
+            },
+            // Another lab's guest: lab `w` must not take down lab `w-1`'s namespace.
+            Resource::Netns {
+                name: crate::plan::instance_name("w-12", "vm-a"),
+            },
+            Resource::Netns {
+                name: "vxlab-w-1.".into(),
+            },
+            Resource::Domain {
+                name: "production-db".into(),
+                host: None,
+            },
+            Resource::Volume {
+                host: "h2".into(),
+                pool: "default".into(),
+                name: "../images/debian.qcow2".into(),
+            },
+            Resource::Sysctl {
+                key: "/etc/shadow".into(),
+                previous: "x".into(),
+            },
+            Resource::Sysctl {
+                key: "kernel.core_pattern".into(),
+                previous: "|/bin/sh".into(),
+            },
+            Resource::HostLink {
+                name: "eth0".into(),
+            },
+            Resource::Bridge {
+                name: "br0/../x".into(),
+            },
+            Resource::Bridge {
+                name: "a-name-longer-than-15".into(),
+            },
+        ];
+        for r in &forged {
+            let why = r.not_of_lab(lab).unwrap_or_else(|| panic!("{r} passed"));
+            assert!(why.contains("never makes"), "{why}");
+        }
     }
 
     #[test]

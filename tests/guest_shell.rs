@@ -103,6 +103,11 @@ fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
     let other = seed("t-other", "192.168.74.");
     let secret = lab.state.path().join("t-shell").join("state.json");
     assert!(secret.exists());
+    // A service of the host's on every address (as sshd is), and the fence vxlab put up.
+    let service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    service.set_nonblocking(true).unwrap();
+    let port = service.local_addr().unwrap().port();
+    assert_eq!(common::fence_rules("t-shell").len(), 8);
     let script = format!(
         "echo uid=$(id -u)\n\
          ip link set vxlan0 mtu 1400 && echo changed-own-mtu\n\
@@ -116,6 +121,9 @@ fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
          echo processes=$(ls /proc | grep -c '^[0-9]')\n\
          touch /dev/shm/vxlab-student /var/tmp/vxlab-student /run/lock/vxlab-student && echo scratch-private\n\
          ipcmk -M 4096 >/dev/null && echo ipc-made\n\
+         timeout 2 bash -c 'echo in >/dev/tcp/192.168.73.1/{port}' 2>/dev/null && echo reached-the-host || echo no-host-service\n\
+         ip route add 192.168.74.0/24 via 192.168.73.1 && echo routed-via-the-host\n\
+         timeout 2 bash -c 'echo in >/dev/tcp/192.168.74.1/{port}' 2>/dev/null && echo reached-the-host || echo no-host-service-via-other\n\
          exit 3\n",
         secret.display(),
         host_pid = std::process::id(),
@@ -141,6 +149,9 @@ fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
         "no-move-by-pid",
         "scratch-private",
         "ipc-made",
+        "no-host-service",
+        "routed-via-the-host",
+        "no-host-service-via-other",
     ] {
         assert!(
             shown.contains(&format!("\n{word}")),
@@ -192,6 +203,16 @@ fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
             .any(|l| l.split_whitespace().any(|f| f == uid)),
         "the student's shared memory reached the host: {segments}"
     );
+    // Nothing came in to the host's service; the host's own connections still get answers.
+    assert!(
+        service.accept().is_err() && !shown.contains("\nreached-the-host"),
+        "a student's guest reached a service of the host: {shown}"
+    );
+    let ping = Command::new("ping")
+        .args(["-c", "1", "-W", "2", "192.168.73.2"])
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "the host cannot reach its guest");
     let mtu = lab.ip("vm-a", &["-j", "link", "show", "dev", "vxlan0"]);
     assert!(text(&mtu.stdout).contains("\"mtu\":1400"));
     assert!(!std::path::Path::new("/etc/vxlab-student").exists());

@@ -432,6 +432,11 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     let (c1, c2) = (format!("{LAB}-{n1}"), format!("{LAB}-{n2}"));
     assert_eq!(host_of(&c1), "h1");
     assert_eq!(host_of(&c2), "h2");
+    // Each host fenced its copy's bridge off from itself (h2's rules went in over its SSH
+    // connection; both hosts are this machine, so its tables show both).
+    for c in [&c1, &c2] {
+        assert_eq!(common::fence_rules(c).len(), 8, "{c}");
+    }
     // Where the time went, per copy's guest, with the boot stages each host's console
     // showed (read through that host's libvirt).
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -598,7 +603,7 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     let sheet = String::from_utf8(sheet.stdout).unwrap();
     let student = sheet
         .lines()
-        .find(|l| l.starts_with(&format!("{c2},")))
+        .find(|l| l.split(',').nth(1) == Some(c2.as_str()))
         .unwrap_or_else(|| panic!("no card for {c2}: {sheet}"))
         .split(',')
         .nth(2)
@@ -654,6 +659,9 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(in_libvirt(), Vec::<String>::new());
     assert_eq!(class.lab.leftovers(), Vec::<String>::new());
+    for c in [&c1, &c2] {
+        assert_eq!(common::fence_rules(c), Vec::<String>::new(), "{c}");
+    }
 
     // A host lost in the middle of up fails only its copies, and down removes what was made
     // there once it is back.

@@ -409,12 +409,77 @@ fn a_deleted_vxlan_device_carries_the_plan_lines_and_up_recreates_it() {
     lab.down_leaves_nothing();
 }
 
+/// What `ip monitor link address` prints on the host while `during` runs: every change to a
+/// link or an address. Started and stopped on events (a bridge made and deleted), not
+/// on a guess of how long the monitor takes to start or to print.
+fn host_changes_during(during: impl FnOnce()) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let mut monitor = Command::new("ip")
+        .args(["monitor", "link", "address"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(monitor.stdout.take().unwrap()).lines();
+    let mark = |n: &str| {
+        on_host(&["link", "add", n, "type", "bridge"]);
+        on_host(&["link", "del", n]);
+    };
+    // Until the monitor shows a mark, it may not be listening yet: mark again.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for l in lines.by_ref() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |n: &str, again: bool| -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(l) if l.contains(n) => return seen,
+                Ok(l) => seen.push(l),
+                Err(_) if again => mark(n),
+                Err(e) => panic!("the monitor stopped: {e}"),
+            }
+        }
+    };
+    mark("vxmark0");
+    wait_for("vxmark0", true);
+    // Drain the first mark's other lines (its deletion).
+    while rx
+        .recv_timeout(std::time::Duration::from_millis(50))
+        .is_ok()
+    {}
+    during();
+    mark("vxmark1");
+    let seen = wait_for("vxmark1", false);
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let _ = reader.join();
+    seen
+}
+
 #[test]
 fn a_second_up_of_a_healthy_lab_runs_no_configuration_command() {
     let lab = seed("t-r-noop", "192.168.76.");
     let log = lab.state.path().join(&lab.name).join("commands-vm-a.log");
     let before = std::fs::read_to_string(&log).unwrap().lines().count();
-    let (code, r) = up_again(&lab);
+    // Nothing on the host changes either: no link or address of the lab's is written.
+    let mut r = (0, Value::Null);
+    let host = host_changes_during(|| r = up_again(&lab));
+    let own = [lab.bridge(), vxlab::plan::host_link_prefix(&lab.name)];
+    let touched: Vec<&String> = host
+        .iter()
+        .filter(|l| own.iter().any(|o| l.contains(o.as_str())))
+        .collect();
+    assert_eq!(
+        touched,
+        Vec::<&String>::new(),
+        "the second up changed the host"
+    );
+    let (code, r) = r;
     assert_eq!(code, 0);
     assert_eq!(r["repairs"].as_array().unwrap().len(), 0);
     let ran: Vec<String> = std::fs::read_to_string(&log)
@@ -1143,6 +1208,36 @@ fn a_downed_or_deleted_bridge_is_the_cause_and_up_says_it_repaired_it() {
         assert!(noted(&r, &[&note]), "{:#}", r["notes"]);
         assert_eq!(lab.check().0, 0);
     }
+    // The fence around the bridge: a rule deleted by hand is put back, and said.
+    let fence = common::fence_rules("t-r-brdg");
+    assert_eq!(fence.len(), 8, "{fence:#?}");
+    // The rule that keeps the guests' connections out of the host, as vxlab wrote it.
+    let input = vxlab::host::firewall::fence(bridge, "t-r-brdg")
+        .into_iter()
+        .find(|r| r.program == "iptables" && r.chain == "INPUT")
+        .unwrap();
+    let undo = input.argv("-D");
+    let out = Command::new(&undo[0]).args(&undo[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{undo:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(common::fence_rules("t-r-brdg").len(), 7);
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert!(
+        noted(
+            &r,
+            &["repaired on the host: 1 of the firewall rules", bridge]
+        ),
+        "{:#}",
+        r["notes"]
+    );
+    assert_eq!(common::fence_rules("t-r-brdg").len(), 8);
+    // Whole, it is only read: a second `up` says nothing of it.
+    let (_, r) = up_again(&lab);
+    assert!(!noted(&r, &["firewall"]), "{:#}", r["notes"]);
     lab.down_leaves_nothing();
 }
 

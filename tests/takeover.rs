@@ -94,6 +94,33 @@ fn a_copy_never_merges_into_a_standalone_lab_of_the_same_name() {
         copy.contains("name: t-w-1"),
         "the copy overwrote the lab's file: {copy}"
     );
+    // The report's own steps: a class of two, whose copy 1 is the standalone lab's name.
+    // Copy 1 is refused, copy 2 comes up; the standalone lab is untouched.
+    let out = standalone.run(&[
+        "up",
+        base_file.to_str().unwrap(),
+        "--count",
+        "2",
+        "--pool",
+        "10.236.0.0/22",
+    ]);
+    let err = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("t-w-1"), "{err}");
+    assert_eq!(standalone.check().0, 0);
+    let copy = std::fs::read_to_string(standalone.state.path().join("t-w-1/lab.yaml")).unwrap();
+    assert!(copy.contains("name: t-w-1"), "{copy}");
+    // `down t-w --all` takes the copies down, and only them: the standalone lab stays.
+    let out = standalone.run(&["down", "t-w", "--all"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!standalone.state.path().join("t-w-2").exists());
+    assert!(!Path::new("/run/netns/vxlab-t-w-2.vm-a").exists());
+    assert_eq!(
+        standalone.check().0,
+        0,
+        "down --all of the copies took the lab"
+    );
+    // `down t-w-1` then removes the standalone lab, all of it.
     standalone.down_leaves_nothing();
 }
 

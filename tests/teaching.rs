@@ -858,13 +858,21 @@ fn the_plan_alone_rebuilds_the_lab_by_hand() {
         &[("192.168.10.", "192.168.52.")],
     );
     let plan = json_of(&lab.run(&["plan", "--json", lab.file.to_str().unwrap()]));
-    struct Cleanup(Vec<String>, String);
+    /// Namespaces, the bridge, and the fence's rules (each `-I` undone by a `-D`).
+    struct Cleanup(Vec<String>, String, Vec<Vec<String>>);
     impl Drop for Cleanup {
         fn drop(&mut self) {
             for ns in &self.0 {
                 let _ = Command::new("ip").args(["netns", "del", ns]).status();
             }
             let _ = Command::new("ip").args(["link", "del", &self.1]).status();
+            for argv in &self.2 {
+                let undo: Vec<&str> = argv
+                    .iter()
+                    .map(|w| if w == "-I" { "-D" } else { w.as_str() })
+                    .collect();
+                let _ = Command::new(undo[0]).args(&undo[1..]).status();
+            }
         }
     }
     let namespaces: Vec<String> = plan["guests"]
@@ -873,15 +881,6 @@ fn the_plan_alone_rebuilds_the_lab_by_hand() {
         .iter()
         .map(|g| g["instance"].as_str().unwrap().to_string())
         .collect();
-    let _cleanup = Cleanup(namespaces, "vxbr-t-byhand".into());
-    let run = |argv: Vec<String>| {
-        let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{argv:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let words = |c: &Value| -> Vec<String> {
         c["argv"]
             .as_array()
@@ -890,8 +889,28 @@ fn the_plan_alone_rebuilds_the_lab_by_hand() {
             .map(|w| w.as_str().unwrap().to_string())
             .collect()
     };
+    let fence: Vec<Vec<String>> = plan["host"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["by"] == "vxlab_firewall")
+        .flat_map(|p| p["commands"].as_array().unwrap().iter().map(words))
+        .collect();
+    assert_eq!(fence.len(), 8, "{plan:#}");
+    let _cleanup = Cleanup(namespaces, "vxbr-t-byhand".into(), fence);
+    let run = |argv: Vec<String>| {
+        let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{argv:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     for part in plan["host"].as_array().unwrap() {
-        assert_eq!(part["by"], "vxlab", "{part:#}");
+        assert!(
+            part["by"] == "vxlab" || part["by"] == "vxlab_firewall",
+            "{part:#}"
+        );
         for c in part["commands"].as_array().unwrap() {
             run(words(c));
         }

@@ -74,6 +74,10 @@ pub enum EngineError {
     /// The host is not ready for the lab; the message says what to do. Nothing was created.
     #[error("{0}")]
     Host(String),
+    /// Putting up or taking down a lab's fence (`host::firewall`) failed, after the lab's
+    /// bridge was made.
+    #[error("{0}")]
+    Fence(String),
     /// The lab has no guest of that name.
     #[error("lab {lab} has no guest named {guest}")]
     NoSuchGuest {
@@ -425,6 +429,26 @@ impl Engine {
         Ok(verify::verify(plan, &observed, &pings))
     }
 
+    /// Why `down` of lab `lab` must leave recorded resource `r` alone, if it must: a name
+    /// vxlab never gives (`Resource::not_of_lab`), or a link whose alias names another owner.
+    fn not_ours(&self, lab: &str, r: &Resource) -> Option<String> {
+        if let Some(why) = r.not_of_lab(lab) {
+            return Some(why);
+        }
+        if !matches!(r, Resource::Bridge { .. } | Resource::HostLink { .. }) {
+            return None;
+        }
+        let crate::host::inventory::Presence::Present { owner: Some(owner) } = self.host.probe(r)
+        else {
+            return None;
+        };
+        let mine = format!("lab {lab}");
+        let ours = owner
+            .strip_prefix(&mine)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(','));
+        (!ours).then(|| format!("{r} belongs to {owner}"))
+    }
+
     /// Removes every resource recorded for the lab, newest first, then its state.
     pub fn down(&self, lab: &str) -> Result<Vec<String>, EngineError> {
         // A vxlab killed a moment ago may still be letting go of the lock.
@@ -436,9 +460,21 @@ impl Engine {
             return Ok(vec![format!("lab {lab} is not running; nothing to remove")]);
         };
         let mut notes = Vec::new();
-        // Host links first and all at once: deleting one also deletes its peer in the guest.
-        let host_links: Vec<String> = st
+        // Only what vxlab could have recorded for this lab, and no link that says it is
+        // another's: a state file is data, and root acts on it.
+        let resources: Vec<&Resource> = st
             .resources
+            .iter()
+            .filter(|r| match self.not_ours(lab, r) {
+                Some(why) => {
+                    notes.push(format!("left alone: {why}"));
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        // Host links first and all at once: deleting one also deletes its peer in the guest.
+        let host_links: Vec<String> = resources
             .iter()
             .filter_map(|r| match r {
                 Resource::HostLink { name } => Some(name.clone()),
@@ -446,7 +482,7 @@ impl Engine {
             })
             .collect();
         self.host.delete_links(&host_links)?;
-        for r in st.resources.iter().rev() {
+        for r in resources.into_iter().rev() {
             match r {
                 Resource::HostLink { .. } => {}
                 // A bridge on another host is a libvirt network there, removed by that host.
@@ -460,6 +496,11 @@ impl Engine {
                     Err(e @ StateError::Foreign { .. }) => notes.push(format!("left {e}")),
                     Err(e) => return Err(e.into()),
                 },
+                Resource::Fence { bridge } => {
+                    self.host
+                        .unfence(bridge, lab)
+                        .map_err(|e| fence_failed("taking down", bridge, e))?;
+                }
                 // Recorded by vxlab before the host-wide record of neighbour needs.
                 Resource::Sysctl { key, previous } => {
                     if self.host.write_sysctl(key, previous).is_ok() {
@@ -480,6 +521,18 @@ impl Engine {
         );
         lock.remove()?;
         Ok(notes)
+    }
+}
+
+/// A fence command that failed: the interruption when Ctrl-C killed it (the whole process
+/// group gets the signal), else what failed.
+fn fence_failed(doing: &str, bridge: &str, e: std::io::Error) -> EngineError {
+    if crate::interrupt::requested() {
+        EngineError::Interrupted
+    } else {
+        EngineError::Fence(format!(
+            "{doing} the firewall rules that fence bridge {bridge} off from the host: {e}"
+        ))
     }
 }
 

@@ -31,6 +31,7 @@ pub(super) fn refuse_foreign(
         Resource::Volume { name, host, .. } => format!("volume {name} on host {host}"),
         Resource::Path { path } => format!("{}", path.display()),
         Resource::Sysctl { key, .. } => key.clone(),
+        Resource::Fence { bridge } => format!("the firewall rules of bridge {bridge}"),
     };
     let lab = format!("lab {}", plan.lab);
     // A lab of the same name that this state does not hold was brought up with another state

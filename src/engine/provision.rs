@@ -113,6 +113,23 @@ impl Engine {
         }
         self.host
             .set_alias(&plan.bridge, &inventory::owner_alias(&plan.lab))?;
+        // Students are root in their guests: the bridge is fenced off from the host.
+        let fence = Resource::Fence {
+            bridge: plan.bridge.clone(),
+        };
+        let fenced = st.resources.contains(&fence);
+        lock.record(&mut st, vec![fence])?;
+        let added = self
+            .host
+            .fence(&plan.bridge, &plan.lab)
+            .map_err(|e| super::fence_failed("putting up", &plan.bridge, e))?;
+        if fenced && added > 0 {
+            notes.push(format!(
+                "repaired on the host: {added} of the firewall rules that fence bridge {} off \
+                 from the host were missing: put back (`vxlab plan` shows them)",
+                plan.bridge
+            ));
+        }
         lock.record(&mut st, guest_resources)?;
         drop(host);
 

@@ -49,8 +49,14 @@ impl Host for FakeHost {
         self.log(format!("alias {name} {alias}"));
         Ok(())
     }
-    fn probe(&self, _: &Resource) -> Presence {
-        Presence::Absent
+    fn probe(&self, r: &Resource) -> Presence {
+        // A link that another lab's alias names (the one case tests need).
+        match r {
+            Resource::Bridge { name } if name == "vxbr-other" => Presence::Present {
+                owner: Some("lab other".into()),
+            },
+            _ => Presence::Absent,
+        }
     }
     fn routes(&self, _: bool) -> Vec<HostRoute> {
         self.log("routes".into());
@@ -66,6 +72,14 @@ impl Host for FakeHost {
     fn release_neighbours(&self, _: &str) -> Result<Vec<Change>, ClaimError> {
         self.log("release".into());
         Ok(Vec::new())
+    }
+    fn fence(&self, bridge: &str, _: &str) -> io::Result<usize> {
+        self.log(format!("fence {bridge}"));
+        Ok(0)
+    }
+    fn unfence(&self, bridge: &str, _: &str) -> io::Result<usize> {
+        self.log(format!("unfence {bridge}"));
+        Ok(0)
     }
     fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
         self.log(format!("sysctl {key}={value}"));
@@ -226,6 +240,65 @@ fn up(engine: &Engine, plan: &Plan, text: &str) -> Outcome {
 }
 
 #[test]
+fn down_leaves_alone_what_a_forged_state_file_names() {
+    let (plan, text) = seed();
+    let (engine, guests, host, _tmp) =
+        engine(&[("vm-a", "seed-fresh-vm-a"), ("vm-b", "seed-fresh-vm-a")]);
+    up(&engine, &plan, &text);
+    let lock = engine.state.lock("two-netns").unwrap();
+    let mut st = lock.load().unwrap().unwrap();
+    st.resources.extend([
+        Resource::Netns {
+            name: "../../etc/passwd".into(),
+        },
+        Resource::Sysctl {
+            key: "kernel.core_pattern".into(),
+            previous: "|/bin/sh".into(),
+        },
+        Resource::HostLink {
+            name: "eth0".into(),
+        },
+        Resource::Bridge {
+            name: "vxbr-other".into(),
+        },
+    ]);
+    lock.save(&st).unwrap();
+    drop(lock);
+    guests.ran.lock().unwrap().clear();
+    host.calls.lock().unwrap().clear();
+
+    let notes = engine.down("two-netns").unwrap();
+    // The lab's own resources go; nothing the forged entries name is touched.
+    assert_eq!(
+        guests.changes(),
+        [
+            "remove Domain { name: \"vxlab-two-netns.vm-b\", host: None }",
+            "remove Domain { name: \"vxlab-two-netns.vm-a\", host: None }",
+        ]
+    );
+    assert_eq!(
+        *host.calls.lock().unwrap(),
+        ["del ", "unfence vxbr-seed", "del vxbr-seed", "release"]
+    );
+    let left: Vec<&String> = notes
+        .iter()
+        .filter(|n| n.starts_with("left alone"))
+        .collect();
+    assert_eq!(left.len(), 4, "{notes:#?}");
+    assert!(
+        left[0].contains("\"../../etc/passwd\", which vxlab never makes"),
+        "{}",
+        left[0]
+    );
+    assert!(
+        left[3].contains("bridge \"vxbr-other\" belongs to lab other"),
+        "{}",
+        left[3]
+    );
+    assert!(engine.state.labs().is_empty());
+}
+
+#[test]
 fn a_second_up_of_a_healthy_lab_runs_no_configuration_command() {
     let (plan, text) = seed();
     let (engine, guests, _, _tmp) =
@@ -297,7 +370,7 @@ fn up_records_each_guest_before_creating_it_and_down_removes_all_in_reverse() {
     );
     assert_eq!(
         *host.calls.lock().unwrap(),
-        ["del ", "del vxbr-seed", "release"]
+        ["del ", "unfence vxbr-seed", "del vxbr-seed", "release"]
     );
     assert!(engine.state.labs().is_empty());
     assert!(!tmp.path().join("two-netns").exists());
@@ -375,6 +448,12 @@ fn a_bridge_the_lab_did_not_create_is_refused_before_anything_is_written() {
         }
         fn exclusive(&self) -> Result<Box<dyn Send>, HostLockError> {
             self.0.exclusive()
+        }
+        fn fence(&self, b: &str, l: &str) -> io::Result<usize> {
+            self.0.fence(b, l)
+        }
+        fn unfence(&self, b: &str, l: &str) -> io::Result<usize> {
+            self.0.unfence(b, l)
         }
         fn claim_neighbours(&self, i: &str, n: NeighbourNeeds) -> Result<Vec<Change>, ClaimError> {
             self.0.claim_neighbours(i, n)

@@ -135,6 +135,7 @@ pub fn probe(resource: &Resource) -> Presence {
         // Asked of the driver, or of the host the lab was placed on.
         Resource::Domain { .. }
         | Resource::Sysctl { .. }
+        | Resource::Fence { .. }
         | Resource::Network { .. }
         | Resource::Volume { .. } => Presence::Unknown,
     }

@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod dirwatch;
 pub mod files;
+pub mod firewall;
 pub mod icmp;
 pub mod inventory;
 pub mod lock;
@@ -80,6 +81,11 @@ pub trait Host: Send + Sync {
     fn claim_neighbours(&self, id: &str, needs: NeighbourNeeds) -> Result<Vec<Change>, ClaimError>;
     /// Drops lab `id`'s claim, lowering or restoring what no lab needs; returns what changed.
     fn release_neighbours(&self, id: &str) -> Result<Vec<Change>, ClaimError>;
+    /// Fences lab `lab`'s bridge off from the host (see [`firewall`]), putting back what is
+    /// missing; returns how many rules it added (0: the fence was whole, and only read).
+    fn fence(&self, bridge: &str, lab: &str) -> io::Result<usize>;
+    /// Takes that fence down; returns how many rules it removed.
+    fn unfence(&self, bridge: &str, lab: &str) -> io::Result<usize>;
     /// Writes a kernel setting (to restore one recorded by an older vxlab).
     fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()>;
     /// Starts capturing every frame on host link `link`, reads waiting at most `poll`.
@@ -170,6 +176,12 @@ impl Host for LocalHost {
     }
     fn release_neighbours(&self, id: &str) -> Result<Vec<Change>, ClaimError> {
         NeighbourClaims::host().release(id, &ProcSys)
+    }
+    fn fence(&self, bridge: &str, lab: &str) -> io::Result<usize> {
+        firewall::ensure(&firewall::local, &firewall::fence(bridge, lab))
+    }
+    fn unfence(&self, bridge: &str, lab: &str) -> io::Result<usize> {
+        firewall::remove(&firewall::local, &firewall::fence(bridge, lab))
     }
     fn routes(&self, ipv6: bool) -> Vec<HostRoute> {
         let family = if ipv6 { "-6" } else { "-4" };

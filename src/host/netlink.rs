@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use futures::TryStreamExt;
@@ -119,9 +119,37 @@ impl Netlink {
         Ok(r)
     }
 
+    /// Whether link `index` has `address` (with its prefix length).
+    fn has_address(&self, index: u32, address: IpNet) -> Result<bool, NetlinkError> {
+        self.call(
+            || format!("reading the addresses of link {index}"),
+            async move |h: Handle| -> Result<bool, rtnetlink::Error> {
+                let mut dump = h
+                    .address()
+                    .get()
+                    .set_link_index_filter(index)
+                    .set_address_filter(address.addr())
+                    .execute();
+                while let Some(m) = dump.try_next().await? {
+                    if m.header.prefix_len == address.prefix_len() {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            },
+        )
+    }
+
     /// Creates bridge `name` with `address` and brings it up; an existing one is reused.
     pub fn ensure_bridge(&self, name: &str, address: IpNet) -> Result<(), NetlinkError> {
         let index = match self.link_index(name)? {
+            // Up with its address: nothing to do, and nothing is written.
+            Some(i)
+                if super::inventory::bridge_state(name) == crate::observe::BridgeState::Up
+                    && self.has_address(i, address)? =>
+            {
+                return Ok(());
+            }
             Some(i) => i,
             None => {
                 let msg = LinkBridge::new(name).up().build();
@@ -217,6 +245,12 @@ impl Netlink {
     /// Sets link `name`'s alias, which `ip link show` prints and [`super::inventory`] reads
     /// back to name a link's owner.
     pub fn set_alias(&self, name: &str, alias: &str) -> Result<(), NetlinkError> {
+        // Already so (an `up` of a running lab): nothing is written.
+        let path = Path::new("/sys/class/net").join(name).join("ifalias");
+        if !name.contains('/') && std::fs::read_to_string(path).is_ok_and(|a| a.trim_end() == alias)
+        {
+            return Ok(());
+        }
         let index = self
             .link_index(name)?
             .ok_or_else(|| NetlinkError::Missing(name.to_string()))?;

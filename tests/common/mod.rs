@@ -209,6 +209,11 @@ impl Lab {
         for e in std::fs::read_dir(self.state.path()).unwrap().flatten() {
             left.push(format!("state {}", e.path().display()));
         }
+        left.extend(
+            fence_rules(&self.name)
+                .into_iter()
+                .map(|r| format!("rule {r}")),
+        );
         left
     }
 
@@ -245,6 +250,22 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let _ = self.run(&["down", &self.name]);
     }
+}
+
+/// The firewall rules on this host that fence lab `lab`'s bridge (marked with its name).
+pub fn fence_rules(lab: &str) -> Vec<String> {
+    let mark = format!("\"vxlab: {lab}\"");
+    ["iptables", "ip6tables"]
+        .iter()
+        .filter_map(|p| Command::new(p).arg("-S").output().ok())
+        .flat_map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains(&mark))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// `virsh ARGS` on the system libvirt; an error when virsh is not installed.

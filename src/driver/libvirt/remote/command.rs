@@ -38,6 +38,8 @@ pub enum HostCommand {
         /// Seconds before it is stopped.
         seconds: u32,
     },
+    /// An `iptables` or `ip6tables` command of a lab's fence (`host::firewall`).
+    Firewall(Vec<String>),
     /// Every frame on a host link as a pcap stream on standard output, each as it comes.
     Capture {
         /// The link (a guest's tap).
@@ -81,6 +83,7 @@ impl HostCommand {
                 w.extend(crate::driver::libvirt::accel::kvm_probe_argv(kernel));
                 w
             }
+            HostCommand::Firewall(argv) => argv.clone(),
             HostCommand::Capture { link } => vec![
                 "timeout".into(),
                 CAPTURE_LIMIT_SECS.to_string(),

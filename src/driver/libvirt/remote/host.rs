@@ -12,8 +12,8 @@ use super::capture::RemoteCapture;
 use super::command::HostCommand;
 use super::{network, HostLink};
 use crate::host::{
-    inventory, lock, parse_routes, Change, ClaimError, Frames, Host, HostLockError, HostRoute,
-    NeighbourNeeds, NetlinkError, Presence,
+    firewall, inventory, lock, parse_routes, Change, ClaimError, Frames, Host, HostLockError,
+    HostRoute, NeighbourNeeds, NetlinkError, Presence,
 };
 use crate::state::Resource;
 
@@ -39,6 +39,13 @@ impl RemoteHost {
             what,
             source: Box::new(e),
         }
+    }
+
+    /// Runs a command of the lab's fence on the host, over its SSH connection.
+    fn firewall(&self, argv: &[String]) -> io::Result<crate::host::process::Output> {
+        self.link
+            .run(&HostCommand::Firewall(argv.to_vec()))
+            .map_err(|e| io::Error::other(e.to_string()))
     }
 }
 
@@ -118,6 +125,14 @@ impl Host for RemoteHost {
 
     fn release_neighbours(&self, _: &str) -> Result<Vec<Change>, ClaimError> {
         Ok(Vec::new())
+    }
+
+    fn fence(&self, bridge: &str, lab: &str) -> io::Result<usize> {
+        firewall::ensure(&|argv| self.firewall(argv), &firewall::fence(bridge, lab))
+    }
+
+    fn unfence(&self, bridge: &str, lab: &str) -> io::Result<usize> {
+        firewall::remove(&|argv| self.firewall(argv), &firewall::fence(bridge, lab))
     }
 
     fn write_sysctl(&self, key: &str, _: &str) -> io::Result<()> {

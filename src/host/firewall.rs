@@ -1,0 +1,217 @@
+//! The fence around a lab's bridge. The bridge carries the lab's gateway address, so without
+//! it a student, root in their guest, could open connections to the host's own services over
+//! the underlay (its sshd, a class server on 0.0.0.0), and, on a host that forwards, route
+//! through the host into another copy's underlay and send frames into that copy's VXLAN.
+//!
+//! The fence, per address family, in the host's INPUT and FORWARD chains, each rule marked
+//! with the lab's name in a comment:
+//! - from the bridge to the host, only what answers the host's own connections (vxlab's SSH
+//!   to a VM, its pings) gets in; and on IPv6 the neighbour discovery that lets a guest
+//!   answer at all;
+//! - nothing is routed into or out of the bridge. Frames between the lab's guests are bridged,
+//!   not routed; where `br_netfilter` passes them through FORWARD all the same, they come in
+//!   and go out on the bridge, which the rules leave alone.
+//!
+//! The rules are built here, pure, and run by `iptables`/`ip6tables` at the edge: on this
+//! machine by [`local`], on a class's other host over its SSH connection.
+
+use std::io;
+
+use super::process;
+
+/// One rule of the fence: the program, the chain, and the match and target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// `iptables` or `ip6tables`.
+    pub program: &'static str,
+    /// `INPUT` or `FORWARD`.
+    pub chain: &'static str,
+    /// The rule's words after the chain.
+    pub spec: Vec<String>,
+}
+
+impl Rule {
+    /// The command that does `op` (`-C` checks, `-I` inserts at the top, `-D` deletes).
+    pub fn argv(&self, op: &str) -> Vec<String> {
+        let mut v = vec![
+            self.program.to_string(),
+            "-w".to_string(),
+            op.to_string(),
+            self.chain.to_string(),
+        ];
+        v.extend(self.spec.iter().cloned());
+        v
+    }
+}
+
+/// The fence of lab `lab`'s bridge `bridge`, top rule first.
+pub fn fence(bridge: &str, lab: &str) -> Vec<Rule> {
+    let mark = format!("vxlab: {lab}");
+    let words = |w: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = w.iter().map(|s| s.to_string()).collect();
+        v.extend(["-m", "comment", "--comment", &mark].map(String::from));
+        v
+    };
+    let mut out = Vec::new();
+    for program in ["iptables", "ip6tables"] {
+        if program == "ip6tables" {
+            for kind in ["neighbour-solicitation", "neighbour-advertisement"] {
+                out.push(Rule {
+                    program,
+                    chain: "INPUT",
+                    spec: words(&[
+                        "-i",
+                        bridge,
+                        "-p",
+                        "ipv6-icmp",
+                        "--icmpv6-type",
+                        kind,
+                        "-j",
+                        "ACCEPT",
+                    ]),
+                });
+            }
+        }
+        out.push(Rule {
+            program,
+            chain: "INPUT",
+            spec: words(&[
+                "-i",
+                bridge,
+                "-m",
+                "conntrack",
+                "!",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "DROP",
+            ]),
+        });
+        out.push(Rule {
+            program,
+            chain: "FORWARD",
+            spec: words(&["-i", bridge, "!", "-o", bridge, "-j", "DROP"]),
+        });
+        out.push(Rule {
+            program,
+            chain: "FORWARD",
+            spec: words(&["-o", bridge, "!", "-i", bridge, "-j", "DROP"]),
+        });
+    }
+    out
+}
+
+/// The commands that put `rules` in place by hand, in order: each inserted at the top, the
+/// last rule first, so that they end up in their order.
+pub fn insert_commands(rules: &[Rule]) -> Vec<Vec<String>> {
+    rules.iter().rev().map(|r| r.argv("-I")).collect()
+}
+
+/// Runs a command on the host the fence is for.
+pub type Run<'a> = &'a dyn Fn(&[String]) -> io::Result<process::Output>;
+
+/// Runs `argv` on this machine.
+pub fn local(argv: &[String]) -> io::Result<process::Output> {
+    process::run(argv, None).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => io::Error::new(
+            e.kind(),
+            format!(
+                "{} is not installed: vxlab fences each lab's bridge off from the host with it \
+                 (`apt-get install iptables`)",
+                argv[0]
+            ),
+        ),
+        _ => e,
+    })
+}
+
+/// Whether `rule` is in place.
+fn present(run: Run, rule: &Rule) -> io::Result<bool> {
+    Ok(run(&rule.argv("-C"))?.success())
+}
+
+/// Puts the rules that are missing in place, in order; returns how many it added. A fence
+/// already whole is only read.
+pub fn ensure(run: Run, rules: &[Rule]) -> io::Result<usize> {
+    let mut missing = Vec::new();
+    for r in rules {
+        if !present(run, r)? {
+            missing.push(r.clone());
+        }
+    }
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    // One missing rule means the order is not to be trusted: take the fence down and put it
+    // up whole.
+    remove(run, rules)?;
+    for argv in insert_commands(rules) {
+        let out = run(&argv)?;
+        if !out.success() {
+            return Err(io::Error::other(format!(
+                "`{}` failed: {}",
+                argv.join(" "),
+                out.stderr.trim()
+            )));
+        }
+    }
+    Ok(missing.len())
+}
+
+/// Removes every copy of `rules`; returns how many it removed.
+pub fn remove(run: Run, rules: &[Rule]) -> io::Result<usize> {
+    let mut n = 0;
+    for r in rules {
+        // A rule inserted twice (by hand, say) goes twice.
+        while present(run, r)? {
+            let out = run(&r.argv("-D"))?;
+            if !out.success() {
+                return Err(io::Error::other(format!(
+                    "`{}` failed: {}",
+                    r.argv("-D").join(" "),
+                    out.stderr.trim()
+                )));
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fence_lets_in_only_answers_and_routes_nothing_through() {
+        let rules = fence("vxbr-seed", "two-netns");
+        let lines: Vec<String> = insert_commands(&rules)
+            .iter()
+            .map(|a| a.join(" "))
+            .collect();
+        let v4: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("iptables "))
+            .collect();
+        assert_eq!(
+            v4,
+            [
+                "iptables -w -I FORWARD -o vxbr-seed ! -i vxbr-seed -j DROP -m comment --comment vxlab: two-netns",
+                "iptables -w -I FORWARD -i vxbr-seed ! -o vxbr-seed -j DROP -m comment --comment vxlab: two-netns",
+                "iptables -w -I INPUT -i vxbr-seed -m conntrack ! --ctstate ESTABLISHED,RELATED -j DROP -m comment --comment vxlab: two-netns",
+            ]
+        );
+        // On IPv6 the accepts of neighbour discovery are inserted last, so they come first.
+        let v6: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("ip6tables ") && l.contains(" INPUT "))
+            .collect();
+        assert_eq!(v6.len(), 3);
+        assert!(v6[0].contains("-j DROP"));
+        assert!(v6[2].contains("neighbour-solicitation -j ACCEPT"));
+        // The comment is one word of argv, never split or quoted by a shell.
+        assert!(rules
+            .iter()
+            .all(|r| r.spec.last().unwrap() == "vxlab: two-netns"));
+    }
+}
