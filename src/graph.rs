@@ -276,6 +276,9 @@ pub fn mermaid(plan: &Plan) -> String {
     for (vni, (label, _)) in vnis(plan) {
         let _ = writeln!(o, "  vni{vni}{{{{\"{}\"}}}}", mtext(&label));
     }
+    // Mermaid styles an edge by its number, in the order edges are written.
+    let mut edges = 0usize;
+    let mut vni_edges: Vec<(usize, u32)> = Vec::new();
     for g in &plan.guests {
         let gid = mid(&g.name);
         let _ = writeln!(o, "  subgraph {gid}[\"{}\"]", mtext(&g.name));
@@ -299,6 +302,7 @@ pub fn mermaid(plan: &Plan) -> String {
         }
         o.push_str("  end\n");
         let _ = writeln!(o, "  {gid}_{} --- {br}", mid(&g.interface));
+        edges += 1;
         for v in &g.vteps {
             let _ = writeln!(o, "  vni{} -.- {gid}_{}", v.vni, mid(&v.device));
             let _ = writeln!(
@@ -307,6 +311,23 @@ pub fn mermaid(plan: &Plan) -> String {
                 mid(&v.device),
                 mid(&v.dev)
             );
+            vni_edges.extend([(edges, v.vni), (edges + 1, v.vni)]);
+            edges += 2;
+        }
+    }
+    // The legend: one node per VNI in its colour, saying what the colour stands for.
+    o.push_str("  subgraph legend[\"legend\"]\n");
+    for (vni, (label, _)) in vnis(plan) {
+        let _ = writeln!(
+            o,
+            "    legend{vni}[\"{}\"]:::vni{vni}",
+            mtext(label.lines().next().unwrap_or_default())
+        );
+    }
+    o.push_str("  end\n");
+    for (n, vni) in &vni_edges {
+        if let Some((line, _)) = colour.get(vni) {
+            let _ = writeln!(o, "  linkStyle {n} stroke:{line},stroke-width:2px");
         }
     }
     for (vni, (line, fill)) in &colour {
@@ -405,6 +426,33 @@ mod tests {
         assert_eq!(d.matches("fontname=").count(), 3, "{d}");
         assert_eq!(d.matches(&format!("fontname={FONT}")).count(), 3);
         assert!(d.contains("ratio=0.5625"));
+        // The Mermaid form too: each VNI's edges (to its node, and `dev`) and its legend entry.
+        let m = mermaid(&plan_of("two-vni.yaml"));
+        let edges: Vec<&str> = m
+            .lines()
+            .filter(|l| l.contains(" -.- ") || l.contains(" --- ") || l.contains(" -->"))
+            .collect();
+        let styled = |colour: &str| -> Vec<&str> {
+            m.lines()
+                .filter(|l| l.contains("linkStyle") && l.contains(colour))
+                .map(|l| {
+                    let n: usize = l.split_whitespace().nth(1).unwrap().parse().unwrap();
+                    edges[n]
+                })
+                .collect()
+        };
+        assert_eq!(
+            styled(orange),
+            [
+                "  vni43 -.- vm_b_vxlan43",
+                "  vm_b_vxlan43 -->|dev| vm_b_eth0",
+                "  vni43 -.- vm_c_vxlan43",
+                "  vm_c_vxlan43 -->|dev| vm_c_eth0",
+            ],
+            "{m}"
+        );
+        assert_eq!(styled(blue).len(), 4, "{m}");
+        assert!(m.contains("legend43[\"VNI 43 (vxlan43)\"]:::vni43"), "{m}");
     }
 
     #[test]

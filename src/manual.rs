@@ -145,21 +145,24 @@ const ENVIRONMENT: [(&str, &str); 6] = [
     ("PATH", "Where vxlab finds ip, bridge, ping, dot, qemu-img, virsh and ssh."),
 ];
 
-const FILES: [(&str, &str); 11] = [
+const FILES: [(&str, &str); 14] = [
     ("/var/lib/vxlab/LAB/state.json", "Every resource the lab created, each recorded before it was created, so down removes all of it."),
     ("/var/lib/vxlab/LAB/lab.yaml", "The copy of the lab file check, down and reset plan from."),
     ("/var/lib/vxlab/LAB/commands-GUEST.log", "Every command vxlab ran in the guest, with the ip it used and its exit status."),
     ("/var/lib/vxlab/LAB/iproute2-GUEST.log", "The output of each stage of an iproute2 build in the guest."),
     ("/var/lib/vxlab/LAB/health.json", "The result of the lab's last check, for status without root."),
+    ("/var/lib/vxlab/LAB/web.token", "The secret of the lab's (or copy's) student page for vxlab serve and vxlab sheet (mode 0600); a lab brought up again gets a new one."),
+    ("/var/lib/vxlab/instructor.token", "The secret of the instructor's page (mode 0600); it outlives the labs, so the link stays the same from one class to the next. Delete it for a new one."),
     ("/var/cache/vxlab/iproute2/HASH/", "iproute2 builds, one per source and compiler options, reused by later labs."),
     ("/var/cache/vxlab/images/", "Guest images for the libvirt driver (vxlab image build)."),
     ("/run/netns/vxlab-LAB.GUEST", "The namespace of a guest of the netns driver."),
     ("/run/vxlab/host.lock", "Held while one vxlab checks that a bridge, subnet or name is free and takes it."),
     ("/run/vxlab/neighbours.json", "Which running labs need how much room in the kernel's neighbour table and backlog, and the values to restore when the last one goes."),
+    ("/run/vxlab/servers/HASH", "The process and address of the vxlab serve that serves a state directory (one per directory): how vxlab sheet finds the URL and a second serve is refused."),
     ("/run/vxlab/rcu_expedited.previous", "While down deletes links: the value of /sys/kernel/rcu_expedited it found, restored afterwards (by the next vxlab if this one is killed)."),
 ];
 
-const EXAMPLES: [(&str, &str); 10] = [
+const EXAMPLES: [(&str, &str); 15] = [
     (
         "vxlab up labs/two-netns.yaml",
         "Bring the seed lab up on namespaces, check it and show what a student must see.",
@@ -195,6 +198,26 @@ const EXAMPLES: [(&str, &str); 10] = [
     (
         "vxlab graph labs/two-vni.yaml --format svg -o two-vni.svg",
         "The topology for a slide.",
+    ),
+    (
+        "vxlab exec vm-a ip -br addr",
+        "Run one command in a guest; its output as it comes, and its exit status.",
+    ),
+    (
+        "vxlab shell vm-b",
+        "An interactive shell in vm-b, with the prompt two-netns/vm-b#.",
+    ),
+    (
+        "vxlab reset two-netns-7 vm-a",
+        "Return one student's vm-a to the plan and forget what it learned, to redo the lesson.",
+    ),
+    (
+        "vxlab serve --listen 0.0.0.0:8080",
+        "The class server: prints the instructor's URL; students reach their copy by its secret link.",
+    ),
+    (
+        "vxlab sheet two-netns --format html > sheet.html",
+        "One printable card per student: the copy, its secret link, its guests and addresses.",
     ),
     ("vxlab down two-netns", "Remove everything the lab created."),
 ];

@@ -370,10 +370,10 @@ fn isolation(
         }
     );
     match e.vni {
-        Some(vni) => {
+        Some(vni) if crossed == 0 => {
             text.push_str(&format!(
-                "Nothing crossed to VNI {vni}: {crossed} packets from {g}'s VTEP carried VNI \
-                 {vni}. A VTEP delivers a frame only to the VTEPs of its own VNI."
+                "Nothing crossed to VNI {vni}: 0 packets from {g}'s VTEP carried VNI {vni}. A \
+                 VTEP delivers a frame only to the VTEPs of its own VNI."
             ));
             if passing > 0 {
                 text.push_str(&format!(
@@ -382,6 +382,12 @@ fn isolation(
                 ));
             }
         }
+        Some(vni) => text.push_str(&format!(
+            "Something crossed to VNI {vni}: {crossed} packet{} from {g}'s VTEP carried VNI \
+             {vni}, which none of {g}'s vxlans has. Isolation is broken: look for a vxlan \
+             device in {g} that the lab does not plan (`vxlab check`).",
+            if crossed == 1 { "" } else { "s" }
+        )),
         None => text.push_str("No VTEP of the lab has that address."),
     }
     Summary {
@@ -658,6 +664,30 @@ mod tests {
         );
         assert!(
             s.text.contains("Nothing crossed to VNI 43: 0 packets"),
+            "{}",
+            s.text
+        );
+        // A vxlan of VNI 43 that a student added in vm-a: its frames do cross, and the
+        // summary says so instead of "nothing crossed".
+        let mut rogue = vx(
+            v,
+            "192.168.20.2",
+            "239.1.1.43",
+            (v.mac, BROADCAST),
+            Inner::ArpRequest {
+                sender: "192.168.43.9".parse().unwrap(),
+                target: "192.168.43.3".parse().unwrap(),
+            },
+        );
+        if let Wire::Vxlan(x) = &mut rogue.1 {
+            x.vni = 43;
+        }
+        let s = summarize(&p, &[wire[0].clone(), rogue], &owners(&plan));
+        assert_eq!(s.crossed, Some(1));
+        assert!(!s.text.contains("Nothing crossed"), "{}", s.text);
+        assert!(
+            s.text
+                .contains("Something crossed to VNI 43: 1 packet from vm-a's VTEP carried VNI 43"),
             "{}",
             s.text
         );

@@ -116,6 +116,10 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         .collect();
     assert_eq!(students.len(), 3, "{sheet}");
     assert!(students[0].contains("/lab/cls-1/"), "{sheet}");
+    assert!(
+        sheet.lines().nth(1).unwrap().starts_with("1,cls-1,http"),
+        "{sheet}"
+    );
     // Without --url the sheet links to the server that runs, on whatever port it listens.
     let recorded = lab.run(&["sheet", "cls", "--format", "csv"]);
     assert_eq!(String::from_utf8(recorded.stdout).unwrap(), sheet);
@@ -632,6 +636,17 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     // The same requests on its own copy are answered: the 403s above are the token's doing.
     assert_eq!(status(&base, "GET", &format!("{own}graph.svg"), false), 200);
     assert_eq!(status(&base, "POST", &format!("{own}check"), false), 200);
+    // xterm.js is served with its licence, which the student's page links to.
+    let page_html = get(&base, &own);
+    for licence in ["/static/xterm/LICENSE", "/static/xterm/LICENSE-addon-fit"] {
+        assert!(
+            page_html.contains(&format!("href=\"{licence}\"")),
+            "{page_html}"
+        );
+        let text = get(&base, licence);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains("Permission is hereby granted"), "{text}");
+    }
     assert_eq!(status(&base, "GET", &token_root, false), 403);
     assert_eq!(
         status(&base, "GET", &format!("{token_root}events"), false),
@@ -999,7 +1014,7 @@ fn the_sheet_holds_the_students_copies_and_not_the_instructors_own_run() {
             .unwrap()
             .lines()
             .skip(1)
-            .map(|l| l.split(',').next().unwrap().to_string())
+            .map(|l| l.split(',').nth(1).unwrap().to_string())
             .collect::<Vec<_>>()
     };
     // One lab run on its own is one student's lab: its card.

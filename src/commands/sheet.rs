@@ -27,6 +27,9 @@ pub enum SheetFormat {
 /// One student's card.
 #[derive(Debug, Serialize)]
 struct Card {
+    /// The copy's instance name (`7` of `two-netns-7`); the lab's name for a lab that is no
+    /// copy.
+    instance: String,
     /// The copy's lab name.
     lab: String,
     /// The lab it copies (itself, for a lab that is no copy).
@@ -120,6 +123,10 @@ pub fn sheet(arg: &Path, format: SheetFormat, base_url: Option<&str>) -> Result<
         let p = plan::plan(&lab);
         let token = tokens.lab(name).expect("a token per lab");
         cards.push(Card {
+            instance: lab
+                .instance
+                .as_ref()
+                .map_or_else(|| name.clone(), |i| i.name.clone()),
             lab: name.clone(),
             base: lab
                 .instance
@@ -241,7 +248,8 @@ fn csv(cards: &[Card]) -> String {
             .iter()
             .map(|g| format!("{} {} {}", g.name, g.underlay, g.overlays.join(" ")))
             .collect();
-        let row = [&c.lab, &c.base, &c.url, &guests.join("; ")].map(|f| csv_field(f));
+        // The copy's instance and its lab name, the name its student types in commands.
+        let row = [&c.instance, &c.lab, &c.url, &guests.join("; ")].map(|f| csv_field(f));
         o.push_str(&row.join(","));
         o.push('\n');
     }

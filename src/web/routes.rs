@@ -384,6 +384,15 @@ async fn asset(Path(file): Path<String>) -> Response {
             include_bytes!("../../templates/web/vendor/xterm/addon-fit.js"),
             "text/javascript",
         ),
+        // The licences of what is served, beside it (linked from the student's page).
+        "xterm/LICENSE" => (
+            include_bytes!("../../templates/web/vendor/xterm/LICENSE"),
+            "text/plain; charset=utf-8",
+        ),
+        "xterm/LICENSE-addon-fit" => (
+            include_bytes!("../../templates/web/vendor/xterm/LICENSE-addon-fit"),
+            "text/plain; charset=utf-8",
+        ),
         _ => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
     };
     (
