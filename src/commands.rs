@@ -428,6 +428,9 @@ pub fn reset(arg: &Path, guest: Option<&str>, json: bool) -> Result<u8> {
         })?;
     let code = print_outcome(&p, &o, json)?;
     if !json {
+        if !o.made_anew.is_empty() {
+            print!("\n{}", crate::views::remade_lines(&p, &o.made_anew));
+        }
         print!("\n{}", crate::views::reset_reads(&p, guest));
     }
     Ok(code)

@@ -29,6 +29,8 @@ pub struct Outcome {
     pub readiness: BTreeMap<String, Readiness>,
     /// What `up` or `reset` changed in guests that were running before, in the order it ran.
     pub repairs: Vec<Repair>,
+    /// The guests `reset` removed and made anew (gone, or not answering).
+    pub made_anew: Vec<String>,
 }
 
 /// One command `up` or `reset` ran in a guest that was running, and why.

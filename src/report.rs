@@ -32,6 +32,9 @@ pub struct Report<'a> {
     pub diagnoses: &'a [Diagnosis],
     /// What `up` or `reset` changed in a lab that was running, and why.
     pub repairs: &'a [Repair],
+    /// The guests `reset` removed and made anew.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub made_anew: &'a [String],
     /// Notes for the user.
     pub notes: &'a [String],
 }
@@ -145,6 +148,7 @@ pub fn build<'a>(plan: &'a Plan, o: &'a Outcome) -> Report<'a> {
         failures: &o.verdict.failures,
         diagnoses: &o.verdict.diagnoses,
         repairs: &o.repairs,
+        made_anew: &o.made_anew,
         notes: &o.notes,
     }
 }

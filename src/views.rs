@@ -430,10 +430,7 @@ pub fn walk_stage(plan: &Plan, stage: &Stage) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "\n== {title}\n   {why}");
     if !stage.host.is_empty() {
-        let _ = writeln!(
-            o,
-            "on the host, vxlab's own work (done through netlink; by hand it is):"
-        );
+        let _ = writeln!(o, "on the host, vxlab's own work (by hand it is):");
         for p in &stage.host {
             let _ = writeln!(o, "  # {} ({})", p.what, p.by.describe());
             for c in &p.commands {
@@ -486,12 +483,36 @@ pub fn walk_reads(plan: &Plan) -> String {
     let Some(g) = plan.guests.first() else {
         return String::new();
     };
+    let readiness: String = cmd::readiness()
+        .iter()
+        .map(|c| format!("  $ {c}\n"))
+        .collect();
     format!(
-        "after each guest's commands, vxlab reads every guest and shows what changed (`+` \
-         added, `-` gone); in {} it runs (likewise in the others):\n{}",
-        g.name,
-        read_lines(g, false)
+        "first, vxlab checks that each guest can do vxlan (its kernel, its vxlan module, its \
+         `ip`); in {g} it runs (likewise in the others):\n{readiness}\
+         then, after each guest's commands, vxlab reads every guest and shows what changed \
+         (`+` added, `-` gone); in {g} it runs (likewise in the others):\n{}",
+        read_lines(g, false),
+        g = g.name,
     )
+}
+
+/// The host side of guests made anew (by `reset`), as `$` lines under what each part makes.
+pub fn remade_lines(plan: &Plan, guests: &[String]) -> String {
+    let mut o = String::new();
+    for g in guests {
+        let _ = writeln!(o, "{g} was made anew; on the host that is (by hand):");
+        for p in crate::host_side::host_side(plan)
+            .iter()
+            .filter(|p| p.guest.as_deref() == Some(g.as_str()))
+        {
+            let _ = writeln!(o, "  # {} ({})", p.what, p.by.describe());
+            for c in &p.commands {
+                let _ = writeln!(o, "  $ {c}");
+            }
+        }
+    }
+    o
 }
 
 /// What `vxlab reset` ran besides its repairs: the reads it decided them by, the checks'

@@ -527,6 +527,19 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         student_does("vm-b", &["ip", "addr", "show", "dev", "vxlan0"]).contains("192.168.42.3/24")
     );
     assert!(!flood("vm-a"), "resetting vm-b touched vm-a");
+    // The page says what the reset ran, as commands, each with why.
+    let said: String = c
+        .execute("return document.getElementById('result').innerText", vec![])
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(said.contains("What it ran, in order:"), "{said}");
+    assert!(
+        said.contains("vm-b: $ ip addr add 192.168.42.3/24 dev vxlan0"),
+        "{said}"
+    );
     // "Reset the whole lab" repairs the rest; Check then passes.
     click("button[data-action=reset]:not([data-guest])").await;
     wait_for(

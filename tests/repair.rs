@@ -466,7 +466,32 @@ fn a_second_up_of_a_healthy_lab_runs_no_configuration_command() {
     let lab = seed("t-r-noop", "192.168.76.");
     let log = lab.state.path().join(&lab.name).join("commands-vm-a.log");
     let before = std::fs::read_to_string(&log).unwrap().lines().count();
-    // Nothing on the host changes either: no link or address of the lab's is written.
+    // Nothing on the host changes either: no link or address of the lab's is written. The
+    // kernel itself still changes a new bridge for a moment after `up` (its operational
+    // state a second later, its IPv6 link-local address when duplicate detection ends):
+    // those are waited out first.
+    let settled = || {
+        let bridge = lab.bridge();
+        let oper = std::fs::read_to_string(format!("/sys/class/net/{bridge}/operstate"))
+            .unwrap_or_default();
+        let v6 = Command::new("ip")
+            .args(["-6", "addr", "show", "dev", &bridge])
+            .output()
+            .unwrap();
+        let v6 = String::from_utf8_lossy(&v6.stdout).into_owned();
+        let no_v6 =
+            std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6"))
+                .map_or(true, |v| v.trim() == "1");
+        oper.trim() == "up" && (no_v6 || v6.contains("scope link")) && !v6.contains("tentative")
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !settled() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the bridge never settled"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let mut r = (0, Value::Null);
     let host = host_changes_during(|| r = up_again(&lab));
     let own = [lab.bridge(), vxlab::plan::host_link_prefix(&lab.name)];
@@ -606,8 +631,28 @@ fn reset_forgets_what_was_learned_and_recreates_a_guest_that_is_gone() {
     let r: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(out.status.code(), Some(0), "{:#}", r["failures"]);
+    assert_eq!(r["made_anew"], serde_json::json!(["vm-b"]), "{r:#}");
     assert!(std::path::Path::new("/run/netns").join(&ns).exists());
     assert_eq!(lab.check().0, 0);
+    // For people: what making it anew did on the host, as `$` lines.
+    assert!(Command::new("ip")
+        .args(["netns", "del", &ns])
+        .status()
+        .unwrap()
+        .success());
+    let out = lab.run(&["reset", &lab.name, "vm-b"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let mut from = 0;
+    for needle in [
+        "vm-b was made anew; on the host that is (by hand):\n",
+        &format!("  $ ip netns add {ns}\n"),
+        &format!("type veth peer name eth0 netns {ns}\n"),
+    ] {
+        from += text[from..]
+            .find(needle)
+            .unwrap_or_else(|| panic!("`{needle}` missing after byte {from}:\n{text}"));
+    }
     lab.down_leaves_nothing();
 }
 

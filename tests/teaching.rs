@@ -409,7 +409,11 @@ fn walk_shows_the_peer_learned_first_at_the_first_ping_under_the_commands_that_c
         from
     };
     let _ = [
-        // How vxlab reads the guests between commands, as the commands it runs.
+        // How vxlab checks each guest can do vxlan, then how it reads the guests between
+        // commands: the commands it runs.
+        next("vxlab checks that each guest can do vxlan"),
+        next("  $ uname -r\n"),
+        next("  $ ip link help\n"),
         next("vxlab reads every guest and shows what changed"),
         next("  $ ip -j -d link show\n"),
         next("  $ ip -j -d maddr show dev eth0\n"),

@@ -202,9 +202,11 @@ impl Engine {
             !self.driver.guest_exists(g) || before.observe(g).is_err()
         });
         let mut notes = Vec::new();
+        let mut made_anew = Vec::new();
         for (g, lost) in chosen.iter().zip(lost) {
             if lost {
                 self.remove_guest(g)?;
+                made_anew.push(g.name.clone());
                 notes.push(format!(
                     "{} did not answer: it was removed and is created anew",
                     g.name
@@ -252,6 +254,7 @@ impl Engine {
             if chosen.len() == 1 { "it" } else { "them" },
         ));
         outcome.repairs = p.ran;
+        outcome.made_anew = made_anew;
         crate::health::save(p.lock.dir(), &outcome.verdict)?;
         if stopped {
             return Err(EngineError::Interrupted);
@@ -379,6 +382,7 @@ impl Engine {
             tools: runner.tools().clone(),
             readiness,
             repairs: Vec::new(),
+            made_anew: Vec::new(),
         })
     }
 

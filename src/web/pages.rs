@@ -263,6 +263,33 @@ pub struct CheckView {
     pub diagnoses: Vec<DiagnosisView>,
     /// A problem running the check, if it could not run.
     pub error: Option<String>,
+    /// What a reset ran in the guests, in order, each with why.
+    pub ran: Vec<RanView>,
+}
+
+/// One command a reset ran in a guest.
+#[derive(Debug, Serialize)]
+pub struct RanView {
+    /// The guest.
+    pub guest: String,
+    /// The command, as a student would type it.
+    pub command: String,
+    /// Why it ran.
+    pub why: String,
+}
+
+impl RanView {
+    /// The commands of `repairs`, in order.
+    pub fn all(repairs: &[crate::outcome::Repair]) -> Vec<RanView> {
+        repairs
+            .iter()
+            .map(|r| RanView {
+                guest: r.guest.clone(),
+                command: r.step.command.to_string(),
+                why: r.step.why.clone(),
+            })
+            .collect()
+    }
 }
 
 /// Where a check's result is shown, which decides how its fixes are worded: each names the
@@ -338,6 +365,7 @@ impl CheckView {
                 })
                 .collect(),
             error: None,
+            ran: Vec::new(),
         }
     }
 
@@ -349,6 +377,7 @@ impl CheckView {
             failed: 0,
             diagnoses: Vec::new(),
             error: Some(why),
+            ran: Vec::new(),
         }
     }
 }

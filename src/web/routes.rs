@@ -638,7 +638,9 @@ async fn reset(
         Ok(outcome) => {
             class.watch.checked(&lab, outcome.verdict.clone());
             let from = Asker { from: q.from };
-            CheckView::of(&outcome.verdict, from.audience(&lab))
+            let mut view = CheckView::of(&outcome.verdict, from.audience(&lab));
+            view.ran = pages::RanView::all(&outcome.repairs);
+            view
         }
         Err(e) => CheckView::failed_to_run(format!("{e:#}")),
     };
