@@ -1389,3 +1389,152 @@ fn two_faults_on_three_guests_each_explain_their_own_lost_pings() {
     assert_eq!(code, 0);
     lab.down_leaves_nothing();
 }
+
+#[test]
+fn the_same_rows_on_the_unicast_and_static_labs_cause_first_and_back_to_the_plan() {
+    // Unicast (head-end replication to each peer): vm-b's overlay address changed by hand.
+    let uni = Lab::shipped(
+        "unicast.yaml",
+        "t-r-rows",
+        &[("192.168.30.", "192.168.94.")],
+    );
+    assert_eq!(uni.up().0, 0);
+    student(
+        &uni,
+        "vm-b",
+        &["ip", "addr", "del", "10.100.0.2/24", "dev", "vxlan0"],
+    );
+    student(
+        &uni,
+        "vm-b",
+        &["ip", "addr", "add", "10.100.0.33/24", "dev", "vxlan0"],
+    );
+    let (code, r) = uni.check();
+    assert_eq!(code, 1);
+    let all = causes(&r);
+    assert_eq!(
+        (all[0].0.as_str(), all[0].1.as_str()),
+        ("vm-b", "overlay_address"),
+        "{all:?}"
+    );
+    assert!(
+        r["failures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["guest"] == "vm-b"
+                && f["seen"].as_str().unwrap_or("").contains("10.100.0.33")),
+        "the extra address is flagged: {:#}",
+        r["failures"]
+    );
+    let (code, r) = up_again(&uni);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(addresses(&uni, "vm-b", "vxlan0"), ["10.100.0.2/24"]);
+
+    // vm-a's underlay address changed: the cause is on vm-a, not on the peers whose flood
+    // entries point at its planned address.
+    student(
+        &uni,
+        "vm-a",
+        &["ip", "addr", "del", "192.168.94.2/24", "dev", "eth0"],
+    );
+    student(
+        &uni,
+        "vm-a",
+        &["ip", "addr", "add", "192.168.94.22/24", "dev", "eth0"],
+    );
+    let (code, r) = uni.check();
+    assert_eq!(code, 1);
+    let all = causes(&r);
+    assert_eq!(
+        all[0],
+        (
+            "vm-a".into(),
+            "underlay_address".into(),
+            "eth0 address".into()
+        ),
+        "{all:?}"
+    );
+    assert!(all.iter().all(|(g, _, _)| g == "vm-a"), "{all:?}");
+    let (code, r) = up_again(&uni);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(addresses(&uni, "vm-a", "eth0"), ["192.168.94.2/24"]);
+    // Exactly the plan's flood entries in vm-b: one per peer, none left for .22.
+    let mut floods: Vec<String> = kernel(
+        &uni,
+        "vm-b",
+        &["bridge", "-j", "fdb", "show", "dev", "vxlan0"],
+    )
+    .as_array()
+    .unwrap()
+    .iter()
+    .filter(|e| e["mac"] == "00:00:00:00:00:00")
+    .map(|e| e["dst"].as_str().unwrap().to_string())
+    .collect();
+    floods.sort();
+    assert_eq!(floods, ["192.168.94.2", "192.168.94.4"]);
+    assert_eq!(uni.check().0, 0);
+    uni.down_leaves_nothing();
+
+    // Static FDB: vm-a's vxlan0 deleted. The fix is the plan's own lines; `up` makes the
+    // device again with every static entry, and nothing else.
+    let st = Lab::shipped(
+        "static.yaml",
+        "t-r-strows",
+        &[("192.168.60.", "192.168.95.")],
+    );
+    let (code, r) = st.up();
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    let mac = |g: &str| vtep(&r, g, "vxlan0")["mac"].as_str().unwrap().to_string();
+    let (mac_b, mac_c) = (mac("vm-b"), mac("vm-c"));
+    student(&st, "vm-a", &["ip", "link", "del", "vxlan0"]);
+    let (code, r) = st.check();
+    assert_eq!(code, 1);
+    let c = first_cause(&r);
+    assert_eq!(c["guest"], "vm-a", "{c:#}");
+    let fix: Vec<&str> = c["fix"]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    assert!(
+        fix.iter()
+            .any(|l| l.starts_with("ip link add vxlan0 address 02:")),
+        "{fix:?}"
+    );
+    assert!(
+        fix.contains(&format!("bridge fdb append {mac_b} dev vxlan0 dst 192.168.95.3").as_str())
+            || fix.contains(
+                &format!("bridge fdb replace {mac_b} dev vxlan0 dst 192.168.95.3").as_str()
+            ),
+        "the static entries are part of the fix: {fix:?}"
+    );
+    let (code, r) = up_again(&st);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    let mut entries: Vec<(String, String)> = kernel(
+        &st,
+        "vm-a",
+        &["bridge", "-j", "fdb", "show", "dev", "vxlan0"],
+    )
+    .as_array()
+    .unwrap()
+    .iter()
+    .filter(|e| e["mac"] != "00:00:00:00:00:00" && e["dst"].is_string())
+    .map(|e| {
+        (
+            e["mac"].as_str().unwrap().to_string(),
+            e["dst"].as_str().unwrap().to_string(),
+        )
+    })
+    .collect();
+    entries.sort();
+    let mut want = vec![
+        (mac_b, "192.168.95.3".to_string()),
+        (mac_c, "192.168.95.4".to_string()),
+    ];
+    want.sort();
+    assert_eq!(entries, want);
+    assert_eq!(st.check().0, 0);
+    st.down_leaves_nothing();
+}
