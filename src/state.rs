@@ -444,15 +444,20 @@ impl StateDir {
         Ok(dir)
     }
 
-    /// Directories of the state directory, by name, with whether they hold a state file.
-    fn entries(&self) -> Vec<(String, bool)> {
-        let mut out: Vec<(String, bool)> = fs::read_dir(&self.root)
+    /// Directories of the state directory, by name, with whether they hold a state file
+    /// (`None`: this user may not look; a lab directory is its owner's alone, 0700).
+    fn entries(&self) -> Vec<(String, Option<bool>)> {
+        let mut out: Vec<(String, Option<bool>)> = fs::read_dir(&self.root)
             .into_iter()
             .flatten()
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| {
-                let has_state = e.path().join(STATE_FILE).exists();
+                let has_state = match fs::symlink_metadata(e.path().join(STATE_FILE)) {
+                    Ok(_) => Some(true),
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => Some(false),
+                    Err(_) => None,
+                };
                 Some((e.file_name().into_string().ok()?, has_state))
             })
             .collect();
@@ -460,11 +465,20 @@ impl StateDir {
         out
     }
 
+    /// Lab directories this user may not look into (a state directory made 0755 by an older
+    /// vxlab lists them, but each lab's is root's alone): whose labs `status` cannot tell.
+    pub fn unreadable(&self) -> Vec<String> {
+        self.entries()
+            .into_iter()
+            .filter_map(|(n, state)| state.is_none().then_some(n))
+            .collect()
+    }
+
     /// Names of labs that have state, sorted.
     pub fn labs(&self) -> Vec<String> {
         self.entries()
             .into_iter()
-            .filter_map(|(n, state)| state.then_some(n))
+            .filter_map(|(n, state)| (state == Some(true)).then_some(n))
             .collect()
     }
 
@@ -473,7 +487,7 @@ impl StateDir {
     pub fn leftovers(&self) -> Vec<String> {
         self.entries()
             .into_iter()
-            .filter_map(|(n, state)| (!state).then_some(n))
+            .filter_map(|(n, state)| (state == Some(false)).then_some(n))
             .collect()
     }
 

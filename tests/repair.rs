@@ -1092,6 +1092,21 @@ fn status_finds_guests_of_another_state_dir_and_tells_a_non_root_user_what_it_ne
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(77), "{stderr}");
     assert!(stderr.contains("run vxlab as root"), "{stderr}");
+    // One an older vxlab made 0755, listing labs whose own directories are root's alone:
+    // the same answer, not a row per lab saying that only its lock is left.
+    std::fs::set_permissions(lab.state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_vxlab"))
+        .arg("status")
+        .env("VXLAB_STATE_DIR", lab.state.path())
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{said}");
+    assert!(said.contains("run vxlab as root"), "{said}");
+    assert!(!said.contains("lock"), "{said}");
     lab.down_leaves_nothing();
 }
 

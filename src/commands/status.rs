@@ -88,6 +88,15 @@ pub fn status(json: bool) -> Result<u8> {
             .into());
         }
     }
+    // A state directory an older vxlab made 0755 lists the labs, each of whose directories
+    // is root's alone: say once what is needed, not "only a lock is left" for every lab.
+    if !root && !state.unreadable().is_empty() {
+        return Err(HostError::CannotRead {
+            what: "the labs' state in",
+            path: state.root().to_path_buf(),
+        }
+        .into());
+    }
     let labs = state.labs();
     let rows = parallel_map(&labs, 4, |name| row(&state, name, root));
     let known: BTreeSet<String> = rows.iter().flat_map(|(_, i)| i.clone()).collect();
