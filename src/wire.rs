@@ -194,6 +194,81 @@ pub fn elsewhere(plan: &Plan, g: &GuestPlan, to: IpAddr) -> Option<Elsewhere> {
     Some(Elsewhere { vni, owner })
 }
 
+/// What a capture pings, and across which of the guest's vxlans.
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    /// The vxlan the pings go into.
+    pub vtep: &'a VtepPlan,
+    /// The address pinged.
+    pub to: IpAddr,
+    /// Where `to` lives when none of the guest's vxlans has it (the isolation lesson).
+    pub elsewhere: Option<Elsewhere>,
+}
+
+impl Target<'_> {
+    /// The device to send out of when `to` is in none of the guest's vxlans.
+    pub fn via(&self) -> Option<&str> {
+        self.elsewhere.as_ref().map(|_| self.vtep.device.as_str())
+    }
+}
+
+/// What guest `g` pings for a capture: `to` across the vxlan that has it; an address in none
+/// of its vxlans across its first, sent out of that device anyway (the isolation lesson);
+/// without `to`, the first peer of its first vxlan. The one place this is decided, for
+/// `vxlab capture` and the class server's Capture button.
+pub fn target<'a>(plan: &Plan, g: &'a GuestPlan, to: Option<IpAddr>) -> Result<Target<'a>, String> {
+    let elsewhere = to.and_then(|to| elsewhere(plan, g, to));
+    let vtep = match to {
+        Some(to) if elsewhere.is_none() => g.vteps.iter().find(|v| v.address.contains(&to)),
+        _ => g.vteps.first(),
+    }
+    .ok_or_else(|| format!("{} has no vxlan", g.name))?;
+    let to = match to {
+        Some(to) => to,
+        None => {
+            vtep.peers
+                .first()
+                .ok_or_else(|| format!("{} has no peer in {}", g.name, vtep.device))?
+                .overlay
+        }
+    };
+    Ok(Target {
+        vtep,
+        to,
+        elsewhere,
+    })
+}
+
+/// What the class server's Capture offers guest `g`: each peer's overlay address in each of
+/// its vxlans, then each address of the lab's other VNIs (the isolation lesson), with what
+/// it is. Only these may be asked for: a page never has a guest ping an address of its
+/// choosing.
+pub fn targets(plan: &Plan, g: &GuestPlan) -> Vec<(IpAddr, String)> {
+    let mut out: Vec<(IpAddr, String)> = Vec::new();
+    for v in &g.vteps {
+        for p in &v.peers {
+            out.push((
+                p.overlay,
+                format!("{} ({}, VNI {})", p.guest, v.device, v.vni),
+            ));
+        }
+    }
+    let mine: Vec<u32> = g.vteps.iter().map(|v| v.vni).collect();
+    for o in &plan.guests {
+        for v in o.vteps.iter().filter(|v| !mine.contains(&v.vni)) {
+            out.push((
+                v.address.addr(),
+                format!(
+                    "{} (VNI {}, another VNI: nothing should cross)",
+                    o.name, v.vni
+                ),
+            ));
+        }
+    }
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
+}
+
 /// The summary of a capture: in words, and the counts it rests on.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {

@@ -452,6 +452,18 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         "return document.getElementById('result').innerText.includes('checks passed')",
     )
     .await;
+    // The Capture button pings what its list says: vm-a offers its peer.
+    let offered = c
+        .find(Locator::Css("select.capture-to[data-guest=vm-a]"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        offered.contains("192.168.42.3: vm-b (vxlan0, VNI 42)"),
+        "{offered}"
+    );
     c.find(Locator::Css("button[data-action=capture][data-guest=vm-a]"))
         .await
         .unwrap()
@@ -649,6 +661,23 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     // The same requests on its own copy are answered: the 403s above are the token's doing.
     assert_eq!(status(&base, "GET", &format!("{own}graph.svg"), false), 200);
     assert_eq!(status(&base, "POST", &format!("{own}check"), false), 200);
+    // Capture pings only what the page offers: an address of the lab's own overlays.
+    for bad in ["8.8.8.8", "127.0.0.1", "not-an-address", "192.168.42.3%0a"] {
+        assert_eq!(
+            status(&base, "POST", &format!("{own}capture/vm-a?to={bad}"), false),
+            403,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        status(
+            &base,
+            "POST",
+            &format!("{own}capture/vm-a?to=192.168.42.3"),
+            false
+        ),
+        200
+    );
     // xterm.js is served with its licence, which the student's page links to.
     let page_html = get(&base, &own);
     for licence in ["/static/xterm/LICENSE", "/static/xterm/LICENSE-addon-fit"] {

@@ -120,25 +120,10 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
     require_root("capture")?;
     let (lab, p, i) = running_guest(lab, guest)?;
     let g = &p.guests[i];
-    let elsewhere = opts.to.and_then(|to| wire::elsewhere(&p, g, to));
-    // The vxlan to ping across: the one `--to` is in; for an address in none of the guest's
-    // vxlans its first, sending out of that device anyway (the isolation lesson).
-    let vtep = match opts.to {
-        Some(to) if elsewhere.is_none() => g.vteps.iter().find(|v| v.address.contains(&to)),
-        _ => g.vteps.first(),
-    }
-    .with_context(|| format!("{guest} has no vxlan"))?;
-    let to = match opts.to {
-        Some(to) => to,
-        None => {
-            vtep.peers
-                .first()
-                .with_context(|| format!("{guest} has no peer in {}", vtep.device))?
-                .overlay
-        }
-    };
-    let via = elsewhere.as_ref().map(|_| vtep.device.as_str());
-    let captured = engine(&lab, None)?.capture(&p, g, (to, via), opts.count.max(1), opts.keep)?;
+    let target = wire::target(&p, g, opts.to).map_err(anyhow::Error::msg)?;
+    let (vtep, to) = (target.vtep, target.to);
+    let captured =
+        engine(&lab, None)?.capture(&p, g, (to, target.via()), opts.count.max(1), opts.keep)?;
     let frames = &captured.frames;
     if let Some(path) = &opts.pcap {
         let mut pcap = Vec::new();
@@ -156,7 +141,7 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
         to,
         answered: captured.answered,
         kept: opts.keep,
-        elsewhere,
+        elsewhere: target.elsewhere.clone(),
     };
     let summary = wire::summarize(&pinged, &all, &explain::owners(&p));
     if opts.json {

@@ -172,6 +172,8 @@ pub struct GuestPanel {
     pub guest: GuestSummary,
     /// Its tables, rendered (`tables.html`).
     pub tables: String,
+    /// What its Capture may ping: address and what it is (`wire::targets`).
+    pub targets: Vec<(String, String)>,
 }
 
 /// A student's page: one lab.
@@ -228,6 +230,10 @@ impl LabPage {
                 .map(|g| GuestPanel {
                     guest: GuestSummary::of(g),
                     tables: guest_tables(view, &g.name),
+                    targets: crate::wire::targets(plan, g)
+                        .into_iter()
+                        .map(|(a, what)| (a.to_string(), what))
+                        .collect(),
                 })
                 .collect(),
             terminals,
@@ -397,6 +403,8 @@ pub struct CaptureView {
     pub story: String,
     /// What was forgotten first, as commands.
     pub forgot: Vec<String>,
+    /// What the capture hid (not the lesson's frames), e.g. "3 MLD reports".
+    pub hidden: Vec<String>,
     /// A problem running the capture, if it could not run.
     pub error: Option<String>,
 }
@@ -411,6 +419,7 @@ impl CaptureView {
             lines: Vec::new(),
             story: String::new(),
             forgot: Vec::new(),
+            hidden: Vec::new(),
             error: Some(why),
         }
     }

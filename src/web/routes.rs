@@ -658,27 +658,44 @@ async fn reset(
     Html(pages::render("check.html", &view)).into_response()
 }
 
-async fn capture(access: LabAccess, State(class): State<Shared>) -> Html<String> {
+#[derive(Deserialize)]
+struct CaptureQuery {
+    to: Option<String>,
+}
+
+async fn capture(
+    access: LabAccess,
+    State(class): State<Shared>,
+    Query(q): Query<CaptureQuery>,
+) -> Response {
     let plan = access.plan.clone();
     let Some(g) = access.guest else {
-        return Html(String::new());
+        return forbidden();
     };
-    let Some(vtep) = g.vteps.first().cloned() else {
-        return Html(pages::render(
-            "capture.html",
-            &CaptureView::failed(&g.name, format!("{} has no vxlan", g.name)),
-        ));
+    // Only what the page offers: an address of the lab's own overlays.
+    let to = match q.to.as_deref() {
+        None => None,
+        Some(s) => match s.parse::<std::net::IpAddr>() {
+            Ok(a) if wire::targets(&plan, &g).iter().any(|(t, _)| *t == a) => Some(a),
+            _ => return forbidden(),
+        },
     };
-    let Some(to) = vtep.peers.first().map(|p| p.overlay) else {
-        return Html(pages::render(
-            "capture.html",
-            &CaptureView::failed(&g.name, format!("{} has no peer to ping", g.name)),
-        ));
+    let target = match wire::target(&plan, &g, to) {
+        Ok(t) => (t.vtep.clone(), t.to, t.elsewhere.clone()),
+        Err(why) => {
+            return Html(pages::render(
+                "capture.html",
+                &CaptureView::failed(&g.name, why),
+            ))
+            .into_response()
+        }
     };
+    let (vtep, to, elsewhere) = target;
+    let via = elsewhere.as_ref().map(|_| vtep.device.clone());
     let lab = plan.lab.clone();
     let (p, guest) = (plan.clone(), g.clone());
     let result = with_engine(&class, &lab, move |e| {
-        Ok(e.capture(&p, &guest, (to, None), CAPTURE_PINGS, false)?)
+        Ok(e.capture(&p, &guest, (to, via.as_deref()), CAPTURE_PINGS, false)?)
     })
     .await;
     let view = match result {
@@ -691,7 +708,7 @@ async fn capture(access: LabAccess, State(class): State<Shared>) -> Html<String>
                 to,
                 answered: c.answered,
                 kept: false,
-                elsewhere: None,
+                elsewhere,
             };
             let summary = wire::summarize(&pinged, &all, &explain::owners(&plan));
             CaptureView {
@@ -709,12 +726,16 @@ async fn capture(access: LabAccess, State(class): State<Shared>) -> Html<String>
                     .iter()
                     .map(|(who, s)| format!("{who}: {}", s.command))
                     .collect(),
+                hidden: wire::hidden(&all, Only::Lesson)
+                    .iter()
+                    .map(|(kind, n)| format!("{kind} x{n}"))
+                    .collect(),
                 error: None,
             }
         }
         Err(e) => CaptureView::failed(&g.name, format!("{e:#}")),
     };
-    Html(pages::render("capture.html", &view))
+    Html(pages::render("capture.html", &view)).into_response()
 }
 
 async fn terminal(

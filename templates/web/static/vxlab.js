@@ -149,7 +149,11 @@ const vxlab = (() => {
       switch (b.dataset.action) {
         case 'open-terminal': openTerminal(base, g); break;
         case 'check': post(base + 'check', b, result); break;
-        case 'capture': post(base + 'capture/' + encodeURIComponent(g), b, result); break;
+        case 'capture': {
+          const to = document.querySelector('select.capture-to[data-guest="' + CSS.escape(g) + '"]');
+          post(base + 'capture/' + encodeURIComponent(g) + (to ? '?to=' + encodeURIComponent(to.value) : ''), b, result);
+          break;
+        }
         case 'reset': post(base + 'reset' + (g ? '?guest=' + encodeURIComponent(g) : ''), b, result); break;
       }
     });
