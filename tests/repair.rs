@@ -23,6 +23,12 @@ fn student(lab: &Lab, guest: &str, argv: &[&str]) {
     );
 }
 
+/// Changes `guest`'s address on `dev` from `from` to `to` by hand, as a student would.
+fn readdress(lab: &Lab, guest: &str, dev: &str, from: &str, to: &str) {
+    student(lab, guest, &["ip", "addr", "del", from, "dev", dev]);
+    student(lab, guest, &["ip", "addr", "add", to, "dev", dev]);
+}
+
 /// Runs `ip ARGS` on the host, which must succeed: what breaks the lab outside its guests.
 fn on_host(args: &[&str]) {
     let out = Command::new("ip").args(args).output().unwrap();
@@ -111,6 +117,42 @@ fn causes(report: &Value) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// vm-a's moved underlay address is the first cause, and no other guest is a cause: the
+/// peers' symptoms are grouped under it.
+fn only_vm_a_underlay_is_the_cause(report: &Value) {
+    let all = causes(report);
+    assert_eq!(
+        all[0],
+        (
+            "vm-a".into(),
+            "underlay_address".into(),
+            "eth0 address".into()
+        ),
+        "{all:?}"
+    );
+    assert!(
+        all.iter().all(|(g, _, _)| g == "vm-a"),
+        "another guest is a cause: {all:?}"
+    );
+}
+
+/// Where `guest`'s flood entries on vxlan0 send to, sorted.
+fn flood_dsts(lab: &Lab, guest: &str) -> Vec<String> {
+    let mut floods: Vec<String> = kernel(
+        lab,
+        guest,
+        &["bridge", "-j", "fdb", "show", "dev", "vxlan0"],
+    )
+    .as_array()
+    .unwrap()
+    .iter()
+    .filter(|e| e["mac"] == "00:00:00:00:00:00")
+    .map(|e| e["dst"].as_str().unwrap().to_string())
+    .collect();
+    floods.sort();
+    floods
+}
+
 fn first_cause(report: &Value) -> &Value {
     &report["diagnoses"][0]["cause"]
 }
@@ -191,15 +233,12 @@ fn a_flushed_fdb_is_named_and_up_puts_the_flood_entry_back() {
 #[test]
 fn a_changed_overlay_address_is_flagged_and_up_leaves_only_the_planned_one() {
     let lab = seed("t-r-ovl", "192.168.72.");
-    student(
+    readdress(
         &lab,
         "vm-b",
-        &["ip", "addr", "del", "192.168.42.3/24", "dev", "vxlan0"],
-    );
-    student(
-        &lab,
-        "vm-b",
-        &["ip", "addr", "add", "192.168.42.33/24", "dev", "vxlan0"],
+        "vxlan0",
+        "192.168.42.3/24",
+        "192.168.42.33/24",
     );
     let (code, r) = lab.check();
     assert_eq!(code, 1);
@@ -304,16 +343,7 @@ fn a_downed_underlay_is_the_cause_with_its_command_and_up_brings_it_up() {
 #[test]
 fn a_changed_underlay_address_is_blamed_on_its_own_guest_first() {
     let lab = seed("t-r-und", "192.168.74.");
-    student(
-        &lab,
-        "vm-a",
-        &["ip", "addr", "del", "192.168.74.2/24", "dev", "eth0"],
-    );
-    student(
-        &lab,
-        "vm-a",
-        &["ip", "addr", "add", "192.168.74.22/24", "dev", "eth0"],
-    );
+    readdress(&lab, "vm-a", "eth0", "192.168.74.2/24", "192.168.74.22/24");
     // vm-b now learns vm-a behind .22.
     student(
         &lab,
@@ -322,20 +352,7 @@ fn a_changed_underlay_address_is_blamed_on_its_own_guest_first() {
     );
     let (code, r) = lab.check();
     assert_eq!(code, 1);
-    let all = causes(&r);
-    assert_eq!(
-        all[0],
-        (
-            "vm-a".into(),
-            "underlay_address".into(),
-            "eth0 address".into()
-        ),
-        "{all:?}"
-    );
-    assert!(
-        all.iter().all(|(g, _, _)| g == "vm-a"),
-        "vm-b is not a cause: {all:?}"
-    );
+    only_vm_a_underlay_is_the_cause(&r);
     assert_eq!(
         first_cause(&r)["fix"]["commands"],
         serde_json::json!([
@@ -892,19 +909,7 @@ fn unicast_and_static_labs_are_repaired_too() {
     assert_eq!(kinds, ["extra_flood_entry", "flood_entry"]);
     let (code, r) = up_again(&uni);
     assert_eq!(code, 0, "{:#}", r["failures"]);
-    let mut floods: Vec<String> = kernel(
-        &uni,
-        "vm-a",
-        &["bridge", "-j", "fdb", "show", "dev", "vxlan0"],
-    )
-    .as_array()
-    .unwrap()
-    .iter()
-    .filter(|e| e["mac"] == "00:00:00:00:00:00")
-    .map(|e| e["dst"].as_str().unwrap().to_string())
-    .collect();
-    floods.sort();
-    assert_eq!(floods, ["192.168.79.3", "192.168.79.4"]);
+    assert_eq!(flood_dsts(&uni, "vm-a"), ["192.168.79.3", "192.168.79.4"]);
 
     // vm-a's device made again by hand, from another local address.
     student(&uni, "vm-a", &["ip", "link", "del", "vxlan0"]);
@@ -1414,16 +1419,7 @@ fn the_same_rows_on_the_unicast_and_static_labs_cause_first_and_back_to_the_plan
         &[("192.168.30.", "192.168.94.")],
     );
     assert_eq!(uni.up().0, 0);
-    student(
-        &uni,
-        "vm-b",
-        &["ip", "addr", "del", "10.100.0.2/24", "dev", "vxlan0"],
-    );
-    student(
-        &uni,
-        "vm-b",
-        &["ip", "addr", "add", "10.100.0.33/24", "dev", "vxlan0"],
-    );
+    readdress(&uni, "vm-b", "vxlan0", "10.100.0.2/24", "10.100.0.33/24");
     let (code, r) = uni.check();
     assert_eq!(code, 1);
     let all = causes(&r);
@@ -1448,46 +1444,15 @@ fn the_same_rows_on_the_unicast_and_static_labs_cause_first_and_back_to_the_plan
 
     // vm-a's underlay address changed: the cause is on vm-a, not on the peers whose flood
     // entries point at its planned address.
-    student(
-        &uni,
-        "vm-a",
-        &["ip", "addr", "del", "192.168.94.2/24", "dev", "eth0"],
-    );
-    student(
-        &uni,
-        "vm-a",
-        &["ip", "addr", "add", "192.168.94.22/24", "dev", "eth0"],
-    );
+    readdress(&uni, "vm-a", "eth0", "192.168.94.2/24", "192.168.94.22/24");
     let (code, r) = uni.check();
     assert_eq!(code, 1);
-    let all = causes(&r);
-    assert_eq!(
-        all[0],
-        (
-            "vm-a".into(),
-            "underlay_address".into(),
-            "eth0 address".into()
-        ),
-        "{all:?}"
-    );
-    assert!(all.iter().all(|(g, _, _)| g == "vm-a"), "{all:?}");
+    only_vm_a_underlay_is_the_cause(&r);
     let (code, r) = up_again(&uni);
     assert_eq!(code, 0, "{:#}", r["failures"]);
     assert_eq!(addresses(&uni, "vm-a", "eth0"), ["192.168.94.2/24"]);
     // Exactly the plan's flood entries in vm-b: one per peer, none left for .22.
-    let mut floods: Vec<String> = kernel(
-        &uni,
-        "vm-b",
-        &["bridge", "-j", "fdb", "show", "dev", "vxlan0"],
-    )
-    .as_array()
-    .unwrap()
-    .iter()
-    .filter(|e| e["mac"] == "00:00:00:00:00:00")
-    .map(|e| e["dst"].as_str().unwrap().to_string())
-    .collect();
-    floods.sort();
-    assert_eq!(floods, ["192.168.94.2", "192.168.94.4"]);
+    assert_eq!(flood_dsts(&uni, "vm-b"), ["192.168.94.2", "192.168.94.4"]);
     assert_eq!(uni.check().0, 0);
     uni.down_leaves_nothing();
 

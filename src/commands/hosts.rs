@@ -327,7 +327,23 @@ fn prepare_one(link: &HostLink, image: &Image, sums: &[String; 3]) -> Result<Str
         let mut file = std::fs::File::open(&f.local)
             .with_context(|| format!("reading {}", f.local.display()))?;
         let len = file.metadata()?.len();
-        storage::upload(link.conn(), &pool, &f.volume, len, &mut file, &mut |_| {})
+        // A line per tenth sent: an image is hundreds of MiB over one uplink.
+        let mut tenth = 0;
+        let mut said = |done: u64| {
+            let now = (done * 10).checked_div(len).unwrap_or(10);
+            if now > tenth {
+                tenth = now;
+                eprintln!(
+                    "{}: {} {}% ({} of {} MiB)",
+                    link.name(),
+                    f.volume,
+                    now * 10,
+                    done >> 20,
+                    len >> 20
+                );
+            }
+        };
+        storage::upload(link.conn(), &pool, &f.volume, len, &mut file, &mut said)
             .map_err(|e| link.error(format!("uploading {}", f.volume), e))?;
         sent += len;
     }

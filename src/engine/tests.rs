@@ -233,6 +233,22 @@ fn engine(states: &[(&str, &str)]) -> (Engine, Arc<FakeGuests>, Arc<FakeHost>, t
     (engine, guests, host, tmp)
 }
 
+/// What `down` of the seed lab (two guests) asks of the guests and the host: the guests in
+/// reverse, then the host links, the fence, the bridge, the neighbour claim.
+fn removed_the_seed_lab(guests: &FakeGuests, host: &FakeHost) {
+    assert_eq!(
+        guests.changes(),
+        [
+            "remove Domain { name: \"vxlab-two-netns.vm-b\", host: None }",
+            "remove Domain { name: \"vxlab-two-netns.vm-a\", host: None }",
+        ]
+    );
+    assert_eq!(
+        *host.calls.lock().unwrap(),
+        ["del ", "unfence vxbr-seed", "del vxbr-seed", "release"]
+    );
+}
+
 fn up(engine: &Engine, plan: &Plan, text: &str) -> Outcome {
     engine
         .up(plan, Path::new("two-netns.yaml"), text, &Progress::hidden())
@@ -269,17 +285,7 @@ fn down_leaves_alone_what_a_forged_state_file_names() {
 
     let notes = engine.down("two-netns").unwrap();
     // The lab's own resources go; nothing the forged entries name is touched.
-    assert_eq!(
-        guests.changes(),
-        [
-            "remove Domain { name: \"vxlab-two-netns.vm-b\", host: None }",
-            "remove Domain { name: \"vxlab-two-netns.vm-a\", host: None }",
-        ]
-    );
-    assert_eq!(
-        *host.calls.lock().unwrap(),
-        ["del ", "unfence vxbr-seed", "del vxbr-seed", "release"]
-    );
+    removed_the_seed_lab(&guests, &host);
     let left: Vec<&String> = notes
         .iter()
         .filter(|n| n.starts_with("left alone"))
@@ -361,17 +367,7 @@ fn up_records_each_guest_before_creating_it_and_down_removes_all_in_reverse() {
     host.calls.lock().unwrap().clear();
 
     engine.down("two-netns").unwrap();
-    assert_eq!(
-        guests.changes(),
-        [
-            "remove Domain { name: \"vxlab-two-netns.vm-b\", host: None }",
-            "remove Domain { name: \"vxlab-two-netns.vm-a\", host: None }",
-        ]
-    );
-    assert_eq!(
-        *host.calls.lock().unwrap(),
-        ["del ", "unfence vxbr-seed", "del vxbr-seed", "release"]
-    );
+    removed_the_seed_lab(&guests, &host);
     assert!(engine.state.labs().is_empty());
     assert!(!tmp.path().join("two-netns").exists());
 }

@@ -47,56 +47,44 @@ impl Rule {
 /// The fence of lab `lab`'s bridge `bridge`, top rule first.
 pub fn fence(bridge: &str, lab: &str) -> Vec<Rule> {
     let mark = format!("vxlab: {lab}");
-    let words = |w: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = w.iter().map(|s| s.to_string()).collect();
-        v.extend(["-m", "comment", "--comment", &mark].map(String::from));
-        v
+    let rule = |program: &'static str, chain: &'static str, w: &[&str]| {
+        let mut spec: Vec<String> = w.iter().map(|s| s.to_string()).collect();
+        spec.extend(["-m", "comment", "--comment", &mark].map(String::from));
+        Rule {
+            program,
+            chain,
+            spec,
+        }
     };
+    let b = bridge;
     let mut out = Vec::new();
     for program in ["iptables", "ip6tables"] {
         if program == "ip6tables" {
             for kind in ["neighbour-solicitation", "neighbour-advertisement"] {
-                out.push(Rule {
+                let w = ["-i", b, "-p", "ipv6-icmp", "--icmpv6-type", kind];
+                out.push(rule(
                     program,
-                    chain: "INPUT",
-                    spec: words(&[
-                        "-i",
-                        bridge,
-                        "-p",
-                        "ipv6-icmp",
-                        "--icmpv6-type",
-                        kind,
-                        "-j",
-                        "ACCEPT",
-                    ]),
-                });
+                    "INPUT",
+                    &[&w[..], &["-j", "ACCEPT"]].concat(),
+                ));
             }
         }
-        out.push(Rule {
+        let answers = ["-m", "conntrack", "!", "--ctstate", "ESTABLISHED,RELATED"];
+        out.push(rule(
             program,
-            chain: "INPUT",
-            spec: words(&[
-                "-i",
-                bridge,
-                "-m",
-                "conntrack",
-                "!",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "DROP",
-            ]),
-        });
-        out.push(Rule {
+            "INPUT",
+            &[&["-i", b][..], &answers, &["-j", "DROP"]].concat(),
+        ));
+        out.push(rule(
             program,
-            chain: "FORWARD",
-            spec: words(&["-i", bridge, "!", "-o", bridge, "-j", "DROP"]),
-        });
-        out.push(Rule {
+            "FORWARD",
+            &["-i", b, "!", "-o", b, "-j", "DROP"],
+        ));
+        out.push(rule(
             program,
-            chain: "FORWARD",
-            spec: words(&["-o", bridge, "!", "-i", bridge, "-j", "DROP"]),
-        });
+            "FORWARD",
+            &["-o", b, "!", "-i", b, "-j", "DROP"],
+        ));
     }
     out
 }
