@@ -123,10 +123,14 @@ for link in [p["bridge"]] + [g["host_link"] for g in p["guests"]]:
     [ -e "$VXLAB_STATE_DIR/$name" ] && echo "state $VXLAB_STATE_DIR/$name"
   } | tr '\n' ' '
 }
-count_leak() { # SCENARIO NAME FILE WHAT
+count_leak() { # SCENARIO NAME FILE WHAT [OUT: the last vxlab's output files]
   local left
   left=$(leftovers "$2" "$3")
-  if [ -n "$left" ]; then LEAKS[$1]=$((LEAKS[$1] + 1)); note "$1" "$4 left: $left"; fi
+  if [ -n "$left" ]; then
+    LEAKS[$1]=$((LEAKS[$1] + 1)); note "$1" "$4 left: $left"
+    # What was left, and what the last vxlab said: enough to tell one leak from another.
+    { ls -la "$VXLAB_STATE_DIR/$2" 2>&1; [ -n "${5:-}" ] && cat "$5.err"; } | sed 's/^/    /' >> "$LOG"
+  fi
 }
 
 # Who holds lab NAME's lock, from /proc/locks.
@@ -176,7 +180,7 @@ kill_trials() { # SIGNAL PHASE
     judge "$s" "$work/k" "the interrupted $phase" 0 1 $((128 + signo)) $stopped
     run_vxlab "$work/k" down $name; judge "$s" "$work/k" "down after the kill" 0
     [ "$CODE" = 75 ] && note "$s" "trial $t: the lock's holders: $(lock_holders "$name")"
-    count_leak "$s" $name "$f" "trial $t"
+    count_leak "$s" $name "$f" "trial $t" "$work/k"
   done
 }
 

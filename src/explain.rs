@@ -48,6 +48,22 @@ pub fn fdb_entry(v: &VtepPlan, e: &FdbEntry, owners: &BTreeMap<Mac, String>) -> 
     }
 }
 
+/// Whether a VTEP's group is joined on its underlay device `dev`, in a line: `joined` are
+/// the groups the kernel lists there. A device that is down receives nothing, whatever the
+/// kernel still lists.
+pub fn membership(joined: &[String], dev: &str, dev_down: bool) -> String {
+    if dev_down {
+        format!(
+            "group NOT joined: {dev} is down, nothing sent to the group arrives (the kernel may \
+             still list it on a down device)"
+        )
+    } else if joined.is_empty() {
+        "group NOT joined".into()
+    } else {
+        format!("{} joined on {dev}", joined.join(", "))
+    }
+}
+
 /// Why a guest's underlay device is in multicast group `m`.
 pub fn group(g: &GuestPlan, m: &GroupMembership) -> String {
     if let Some(v) = g
@@ -132,6 +148,17 @@ mod tests {
             "flood: unknown and multicast frames (neighbour solicitations) go to the group \
              239.1.1.1"
         );
+    }
+
+    #[test]
+    fn a_group_on_a_down_device_is_not_joined_whatever_the_kernel_lists() {
+        let joined = vec!["239.1.1.1".to_string()];
+        assert_eq!(
+            membership(&joined, "eth0", false),
+            "239.1.1.1 joined on eth0"
+        );
+        assert!(membership(&joined, "eth0", true).starts_with("group NOT joined: eth0 is down"));
+        assert_eq!(membership(&[], "eth0", false), "group NOT joined");
     }
 
     #[test]

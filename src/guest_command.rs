@@ -450,6 +450,16 @@ pub mod read {
     }
 }
 
+/// `ip monitor` of what the class server's live tables show (links, addresses, routes,
+/// neighbours): it prints a line whenever one changes, and the server reads the guest again.
+pub fn monitor() -> GuestCommand {
+    GuestCommand::new(
+        Program::Ip,
+        Prints::Text,
+        &["monitor", "link", "address", "route", "neigh"],
+    )
+}
+
 /// The readiness commands, in the order [`crate::iproute2::Readiness::from_outputs`] reads
 /// them: the kernel's release, the vxlan module, `ip link help`, whether `ip -j` prints JSON,
 /// and `ip -V`.

@@ -233,21 +233,11 @@ impl Report<'_> {
                             let _ = writeln!(
                                 out,
                                 "    ip maddr: {}",
-                                if v.underlay_down {
-                                    format!(
-                                        "group NOT joined: {} is down, nothing sent to the group \
-                                         arrives (the kernel may still list it on a down device)",
-                                        k.dev.as_deref().unwrap_or("-")
-                                    )
-                                } else if v.joined.is_empty() {
-                                    "group NOT joined".into()
-                                } else {
-                                    format!(
-                                        "{} joined on {}",
-                                        v.joined.join(", "),
-                                        k.dev.as_deref().unwrap_or("-")
-                                    )
-                                }
+                                crate::explain::membership(
+                                    &v.joined,
+                                    k.dev.as_deref().unwrap_or("-"),
+                                    v.underlay_down
+                                )
                             );
                         }
                     }

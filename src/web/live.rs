@@ -473,10 +473,11 @@ impl Watcher {
             if monitors.contains_key(&g.name) {
                 continue;
             }
-            let ip = tools.get(&g.name).map_or("ip", |t| t.ip.as_str());
-            let argv: Vec<String> = [ip, "monitor", "link", "address", "route", "neigh"]
-                .map(String::from)
-                .to_vec();
+            let argv = crate::guest_command::monitor().argv(
+                tools
+                    .get(&g.name)
+                    .unwrap_or(&crate::iproute2::Tools::default()),
+            );
             let process = match driver.spawn(g, &terminal::command(&argv, None)) {
                 Ok(p) => p,
                 Err(e) => {
