@@ -121,6 +121,8 @@ for link in [p["bridge"]] + [g["host_link"] for g in p["guests"]]:
     if os.path.exists("/sys/class/net/" + link):
         print("link", link)'
     [ -e "$VXLAB_STATE_DIR/$name" ] && echo "state $VXLAB_STATE_DIR/$name"
+    # The fence around the lab's bridge: rules marked with its name.
+    { iptables-save; ip6tables-save; } 2>/dev/null | grep -F -- "\"vxlab: $name\"" | sed 's/^/rule /'
   } | tr '\n' ' '
 }
 count_leak() { # SCENARIO NAME FILE WHAT [OUT: the last vxlab's output files]

@@ -102,14 +102,17 @@ pub fn host_side(plan: &Plan) -> Vec<HostPart> {
     parts.push(HostPart {
         guest: None,
         what: format!(
-            "the firewall rules that fence {} off from the host: guests get answers from the \
-             host, never a connection to it, and nothing is routed in or out",
-            plan.bridge
+            "the firewall rules that fence {} and the guests' host ends ({}-*) off from the \
+             host: guests get answers from the host, never a connection to it, and nothing is \
+             routed in or out (IPv4; ip6tables the same where the host has IPv6)",
+            plan.bridge,
+            crate::plan::host_link_prefix(&plan.lab)
         ),
         by: Actor::VxlabFirewall,
         commands: crate::host::firewall::insert_commands(&crate::host::firewall::fence(
             &plan.bridge,
             &plan.lab,
+            true,
         ))
         .into_iter()
         .map(|argv| HostCommand { argv })

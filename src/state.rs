@@ -97,7 +97,16 @@ impl Resource {
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
         };
-        let link = |s: &str| plain(s) && s.len() <= 15;
+        // What the lab file's validation lets through as an interface name (`lab::validate`).
+        let link = |s: &str| {
+            !s.is_empty()
+                && s.len() <= crate::lab::defaults::MAX_IFNAME
+                && s != "."
+                && s != ".."
+                && !s.starts_with('-')
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
         // A guest's name (`plan::instance_name`) and what is named after it: `vxlab-LAB.GUEST…`.
         let guest = |s: &str| {
             plain(s)
@@ -108,7 +117,9 @@ impl Resource {
         let ok = match self {
             Resource::Bridge { name } | Resource::Fence { bridge: name } => link(name),
             Resource::Network { bridge, host } => link(bridge) && plain(host),
-            Resource::HostLink { name } => link(name) && name.starts_with("vx"),
+            Resource::HostLink { name } => {
+                link(name) && name.starts_with(&format!("{}-", crate::plan::host_link_prefix(lab)))
+            }
             Resource::Netns { name } | Resource::Domain { name, .. } => guest(name),
             Resource::Volume { pool, name, host } => plain(pool) && plain(host) && guest(name),
             Resource::Sysctl { key, .. } => {
@@ -1156,6 +1167,10 @@ mod tests {
             },
             Resource::HostLink {
                 name: "eth0".into(),
+            },
+            // Another lab's host end.
+            Resource::HostLink {
+                name: crate::plan::host_link_name("w-12", 0),
             },
             Resource::Bridge {
                 name: "br0/../x".into(),

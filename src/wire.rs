@@ -265,7 +265,8 @@ pub fn targets(plan: &Plan, g: &GuestPlan) -> Vec<(IpAddr, String)> {
             ));
         }
     }
-    out.dedup_by(|a, b| a.0 == b.0);
+    let mut seen = std::collections::BTreeSet::new();
+    out.retain(|(a, _)| seen.insert(*a));
     out
 }
 

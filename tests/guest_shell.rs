@@ -107,7 +107,7 @@ fn a_students_shell_changes_its_own_guest_and_sees_nothing_of_the_host() {
     let service = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     service.set_nonblocking(true).unwrap();
     let port = service.local_addr().unwrap().port();
-    assert_eq!(common::fence_rules("t-shell").len(), 8);
+    assert_eq!(common::fence_rules("t-shell").len(), common::fence_size());
     let script = format!(
         "echo uid=$(id -u)\n\
          ip link set vxlan0 mtu 1400 && echo changed-own-mtu\n\

@@ -439,7 +439,7 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     // Each host fenced its copy's bridge off from itself (h2's rules went in over its SSH
     // connection; both hosts are this machine, so its tables show both).
     for c in [&c1, &c2] {
-        assert_eq!(common::fence_rules(c).len(), 8, "{c}");
+        assert_eq!(common::fence_rules(c).len(), common::fence_size(), "{c}");
     }
     // Where the time went, per copy's guest, with the boot stages each host's console
     // showed (read through that host's libvirt).

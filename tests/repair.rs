@@ -487,31 +487,39 @@ fn a_second_up_of_a_healthy_lab_runs_no_configuration_command() {
     // kernel itself still changes a new bridge for a moment after `up` (its operational
     // state a second later, its IPv6 link-local address when duplicate detection ends):
     // those are waited out first.
+    let own = [lab.bridge(), vxlab::plan::host_link_prefix(&lab.name)];
     let settled = || {
-        let bridge = lab.bridge();
-        let oper = std::fs::read_to_string(format!("/sys/class/net/{bridge}/operstate"))
-            .unwrap_or_default();
-        let v6 = Command::new("ip")
-            .args(["-6", "addr", "show", "dev", &bridge])
-            .output()
-            .unwrap();
-        let v6 = String::from_utf8_lossy(&v6.stdout).into_owned();
-        let no_v6 =
-            std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6"))
-                .map_or(true, |v| v.trim() == "1");
-        oper.trim() == "up" && (no_v6 || v6.contains("scope link")) && !v6.contains("tentative")
+        // The lab's links on the host: its bridge and the guests' host ends.
+        let links: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| *n == own[0] || n.starts_with(&own[1]))
+            .collect();
+        links.iter().all(|link| {
+            let oper = std::fs::read_to_string(format!("/sys/class/net/{link}/operstate"))
+                .unwrap_or_default();
+            let v6 = Command::new("ip")
+                .args(["-6", "addr", "show", "dev", link])
+                .output()
+                .unwrap();
+            let v6 = String::from_utf8_lossy(&v6.stdout).into_owned();
+            let no_v6 =
+                std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6"))
+                    .map_or(true, |v| v.trim() == "1");
+            oper.trim() == "up" && (no_v6 || v6.contains("scope link")) && !v6.contains("tentative")
+        })
     };
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !settled() {
         assert!(
             std::time::Instant::now() < until,
-            "the bridge never settled"
+            "the lab's links never settled"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let mut r = (0, Value::Null);
     let host = host_changes_during(|| r = up_again(&lab));
-    let own = [lab.bridge(), vxlab::plan::host_link_prefix(&lab.name)];
     let touched: Vec<&String> = host
         .iter()
         .filter(|l| own.iter().any(|o| l.contains(o.as_str())))
@@ -1275,9 +1283,9 @@ fn a_downed_or_deleted_bridge_is_the_cause_and_up_says_it_repaired_it() {
     }
     // The fence around the bridge: a rule deleted by hand is put back, and said.
     let fence = common::fence_rules("t-r-brdg");
-    assert_eq!(fence.len(), 8, "{fence:#?}");
+    assert_eq!(fence.len(), common::fence_size(), "{fence:#?}");
     // The rule that keeps the guests' connections out of the host, as vxlab wrote it.
-    let input = vxlab::host::firewall::fence(bridge, "t-r-brdg")
+    let input = vxlab::host::firewall::fence(bridge, "t-r-brdg", true)
         .into_iter()
         .find(|r| r.program == "iptables" && r.chain == "INPUT")
         .unwrap();
@@ -1288,7 +1296,10 @@ fn a_downed_or_deleted_bridge_is_the_cause_and_up_says_it_repaired_it() {
         "{undo:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(common::fence_rules("t-r-brdg").len(), 7);
+    assert_eq!(
+        common::fence_rules("t-r-brdg").len(),
+        common::fence_size() - 1
+    );
     let (code, r) = up_again(&lab);
     assert_eq!(code, 0, "{:#}", r["failures"]);
     assert!(
@@ -1299,7 +1310,7 @@ fn a_downed_or_deleted_bridge_is_the_cause_and_up_says_it_repaired_it() {
         "{:#}",
         r["notes"]
     );
-    assert_eq!(common::fence_rules("t-r-brdg").len(), 8);
+    assert_eq!(common::fence_rules("t-r-brdg").len(), common::fence_size());
     // Whole, it is only read: a second `up` says nothing of it.
     let (_, r) = up_again(&lab);
     assert!(!noted(&r, &["firewall"]), "{:#}", r["notes"]);

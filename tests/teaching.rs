@@ -900,7 +900,7 @@ fn the_plan_alone_rebuilds_the_lab_by_hand() {
         .filter(|p| p["by"] == "vxlab_firewall")
         .flat_map(|p| p["commands"].as_array().unwrap().iter().map(words))
         .collect();
-    assert_eq!(fence.len(), 8, "{plan:#}");
+    assert_eq!(fence.len(), 14, "{plan:#}");
     let _cleanup = Cleanup(namespaces, "vxbr-t-byhand".into(), fence);
     let run = |argv: Vec<String>| {
         let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();

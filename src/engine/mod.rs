@@ -442,9 +442,19 @@ impl Engine {
         if !matches!(r, Resource::Bridge { .. } | Resource::HostLink { .. }) {
             return None;
         }
-        let crate::host::inventory::Presence::Present { owner: Some(owner) } = self.host.probe(r)
-        else {
-            return None;
+        let owner = match self.host.probe(r) {
+            crate::host::inventory::Presence::Present { owner: Some(owner) } => owner,
+            // A bridge vxlab made carries the lab's name in its alias from the moment after
+            // it is made; one without is not known to be the lab's (eth0, docker0).
+            crate::host::inventory::Presence::Present { owner: None }
+                if matches!(r, Resource::Bridge { .. }) =>
+            {
+                return Some(format!(
+                    "{r} carries no vxlab alias naming lab {lab}; if it is the lab's, `ip link \
+                     del` it"
+                ));
+            }
+            _ => return None,
         };
         let mine = format!("lab {lab}");
         let ours = owner
@@ -500,11 +510,14 @@ impl Engine {
                     Err(e @ StateError::Foreign { .. }) => notes.push(format!("left {e}")),
                     Err(e) => return Err(e.into()),
                 },
-                Resource::Fence { bridge } => {
-                    self.host
-                        .unfence(bridge, lab)
-                        .map_err(|e| fence_failed("taking down", bridge, e))?;
-                }
+                Resource::Fence { bridge } => match self.host.unfence(bridge, lab) {
+                    Ok(_) => {}
+                    // With no iptables there are no rules: the lab still goes.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        notes.push(format!("the firewall rules of bridge {bridge}: {e}"));
+                    }
+                    Err(e) => return Err(fence_failed("taking down", bridge, e)),
+                },
                 // Recorded by vxlab before the host-wide record of neighbour needs.
                 Resource::Sysctl { key, previous } => {
                     if self.host.write_sysctl(key, previous).is_ok() {

@@ -55,6 +55,8 @@ impl Host for FakeHost {
             Resource::Bridge { name } if name == "vxbr-other" => Presence::Present {
                 owner: Some("lab other".into()),
             },
+            // The host's own uplink: a link with no vxlab alias.
+            Resource::Bridge { name } if name == "eth0" => Presence::Present { owner: None },
             _ => Presence::Absent,
         }
     }
@@ -277,6 +279,9 @@ fn down_leaves_alone_what_a_forged_state_file_names() {
         Resource::Bridge {
             name: "vxbr-other".into(),
         },
+        Resource::Bridge {
+            name: "eth0".into(),
+        },
     ]);
     lock.save(&st).unwrap();
     drop(lock);
@@ -290,7 +295,7 @@ fn down_leaves_alone_what_a_forged_state_file_names() {
         .iter()
         .filter(|n| n.starts_with("left alone"))
         .collect();
-    assert_eq!(left.len(), 4, "{notes:#?}");
+    assert_eq!(left.len(), 5, "{notes:#?}");
     assert!(
         left[0].contains("\"../../etc/passwd\", which vxlab never makes"),
         "{}",
@@ -300,6 +305,11 @@ fn down_leaves_alone_what_a_forged_state_file_names() {
         left[3].contains("bridge \"vxbr-other\" belongs to lab other"),
         "{}",
         left[3]
+    );
+    assert!(
+        left[4].contains("bridge \"eth0\" carries no vxlab alias"),
+        "{}",
+        left[4]
     );
     assert!(engine.state.labs().is_empty());
 }

@@ -44,8 +44,15 @@ impl Rule {
     }
 }
 
-/// The fence of lab `lab`'s bridge `bridge`, top rule first.
-pub fn fence(bridge: &str, lab: &str) -> Vec<Rule> {
+/// The fence of lab `lab`'s bridge `bridge`, top rule first; `ipv6`: the host has IPv6 (a
+/// kernel booted with `ipv6.disable=1` has no ip6tables to run).
+///
+/// The guests' host ends (veths, taps: `plan::host_link_prefix`, matched with iptables'
+/// `+` wildcard) are fenced the same way: a host end taken off the bridge by hand still
+/// reaches the host's stack, which answers for every one of its addresses on any link.
+/// Frames bridged between guests never match them: where br_netfilter passes bridged frames
+/// through FORWARD, their input and output device is the bridge.
+pub fn fence(bridge: &str, lab: &str, ipv6: bool) -> Vec<Rule> {
     let mark = format!("vxlab: {lab}");
     let rule = |program: &'static str, chain: &'static str, w: &[&str]| {
         let mut spec: Vec<String> = w.iter().map(|s| s.to_string()).collect();
@@ -56,37 +63,49 @@ pub fn fence(bridge: &str, lab: &str) -> Vec<Rule> {
             spec,
         }
     };
-    let b = bridge;
+    let ends = format!("{}-+", crate::plan::host_link_prefix(lab));
+    let answers = ["-m", "conntrack", "!", "--ctstate", "ESTABLISHED,RELATED"];
+    let families: &[&'static str] = if ipv6 {
+        &["iptables", "ip6tables"]
+    } else {
+        &["iptables"]
+    };
     let mut out = Vec::new();
-    for program in ["iptables", "ip6tables"] {
-        if program == "ip6tables" {
-            for kind in ["neighbour-solicitation", "neighbour-advertisement"] {
-                let w = ["-i", b, "-p", "ipv6-icmp", "--icmpv6-type", kind];
-                out.push(rule(
-                    program,
-                    "INPUT",
-                    &[&w[..], &["-j", "ACCEPT"]].concat(),
-                ));
+    for &program in families {
+        for link in [bridge, ends.as_str()] {
+            if program == "ip6tables" && link == bridge {
+                for kind in ["neighbour-solicitation", "neighbour-advertisement"] {
+                    let w = ["-i", link, "-p", "ipv6-icmp", "--icmpv6-type", kind];
+                    out.push(rule(
+                        program,
+                        "INPUT",
+                        &[&w[..], &["-j", "ACCEPT"]].concat(),
+                    ));
+                }
             }
+            out.push(rule(
+                program,
+                "INPUT",
+                &[&["-i", link][..], &answers, &["-j", "DROP"]].concat(),
+            ));
+            out.push(rule(
+                program,
+                "FORWARD",
+                &["-i", link, "!", "-o", link, "-j", "DROP"],
+            ));
+            out.push(rule(
+                program,
+                "FORWARD",
+                &["-o", link, "!", "-i", link, "-j", "DROP"],
+            ));
         }
-        let answers = ["-m", "conntrack", "!", "--ctstate", "ESTABLISHED,RELATED"];
-        out.push(rule(
-            program,
-            "INPUT",
-            &[&["-i", b][..], &answers, &["-j", "DROP"]].concat(),
-        ));
-        out.push(rule(
-            program,
-            "FORWARD",
-            &["-i", b, "!", "-o", b, "-j", "DROP"],
-        ));
-        out.push(rule(
-            program,
-            "FORWARD",
-            &["-o", b, "!", "-i", b, "-j", "DROP"],
-        ));
     }
     out
+}
+
+/// Whether this machine has IPv6 (else its fences are IPv4 only).
+pub fn host_has_ipv6() -> bool {
+    std::path::Path::new("/proc/sys/net/ipv6").exists()
 }
 
 /// The commands that put `rules` in place by hand, in order: each inserted at the top, the
@@ -113,9 +132,20 @@ pub fn local(argv: &[String]) -> io::Result<process::Output> {
     })
 }
 
-/// Whether `rule` is in place.
+/// Whether `rule` is in place: `-C` exits 0 when it is, 1 when it is not; anything else is
+/// iptables failing (a table it cannot load), said as it is.
 fn present(run: Run, rule: &Rule) -> io::Result<bool> {
-    Ok(run(&rule.argv("-C"))?.success())
+    let argv = rule.argv("-C");
+    let out = run(&argv)?;
+    match out.status {
+        0 => Ok(true),
+        1 => Ok(false),
+        _ => Err(io::Error::other(format!(
+            "`{}` failed: {}",
+            argv.join(" "),
+            out.stderr.trim()
+        ))),
+    }
 }
 
 /// Puts the rules that are missing in place, in order; returns how many it added. A fence
@@ -172,31 +202,49 @@ mod tests {
 
     #[test]
     fn the_fence_lets_in_only_answers_and_routes_nothing_through() {
-        let rules = fence("vxbr-seed", "two-netns");
+        let rules = fence("vxbr-seed", "two-netns", true);
+        let ends = format!("{}-+", crate::plan::host_link_prefix("two-netns"));
         let lines: Vec<String> = insert_commands(&rules)
             .iter()
             .map(|a| a.join(" "))
             .collect();
-        let v4: Vec<&String> = lines
+        let v4: Vec<String> = lines
             .iter()
             .filter(|l| l.starts_with("iptables "))
+            .cloned()
             .collect();
+        let mark = "-m comment --comment vxlab: two-netns";
         assert_eq!(
             v4,
             [
-                "iptables -w -I FORWARD -o vxbr-seed ! -i vxbr-seed -j DROP -m comment --comment vxlab: two-netns",
-                "iptables -w -I FORWARD -i vxbr-seed ! -o vxbr-seed -j DROP -m comment --comment vxlab: two-netns",
-                "iptables -w -I INPUT -i vxbr-seed -m conntrack ! --ctstate ESTABLISHED,RELATED -j DROP -m comment --comment vxlab: two-netns",
+                format!("iptables -w -I FORWARD -o {ends} ! -i {ends} -j DROP {mark}"),
+                format!("iptables -w -I FORWARD -i {ends} ! -o {ends} -j DROP {mark}"),
+                format!(
+                    "iptables -w -I INPUT -i {ends} -m conntrack ! --ctstate ESTABLISHED,RELATED \
+                     -j DROP {mark}"
+                ),
+                format!("iptables -w -I FORWARD -o vxbr-seed ! -i vxbr-seed -j DROP {mark}"),
+                format!("iptables -w -I FORWARD -i vxbr-seed ! -o vxbr-seed -j DROP {mark}"),
+                format!(
+                    "iptables -w -I INPUT -i vxbr-seed -m conntrack ! --ctstate \
+                     ESTABLISHED,RELATED -j DROP {mark}"
+                ),
             ]
         );
-        // On IPv6 the accepts of neighbour discovery are inserted last, so they come first.
+        // On IPv6 the accepts of neighbour discovery on the bridge are inserted after its
+        // drop, so they come before it.
         let v6: Vec<&String> = lines
             .iter()
-            .filter(|l| l.starts_with("ip6tables ") && l.contains(" INPUT "))
+            .filter(|l| l.starts_with("ip6tables ") && l.contains(" INPUT -i vxbr-seed "))
             .collect();
         assert_eq!(v6.len(), 3);
         assert!(v6[0].contains("-j DROP"));
         assert!(v6[2].contains("neighbour-solicitation -j ACCEPT"));
+        assert_eq!(rules.len(), 14);
+        // No IPv6 on the host: no ip6tables to run.
+        let v4_only = fence("vxbr-seed", "two-netns", false);
+        assert!(v4_only.iter().all(|r| r.program == "iptables"));
+        assert_eq!(v4_only.len(), 6);
         // The comment is one word of argv, never split or quoted by a shell.
         assert!(rules
             .iter()

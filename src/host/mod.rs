@@ -178,10 +178,16 @@ impl Host for LocalHost {
         NeighbourClaims::host().release(id, &ProcSys)
     }
     fn fence(&self, bridge: &str, lab: &str) -> io::Result<usize> {
-        firewall::ensure(&firewall::local, &firewall::fence(bridge, lab))
+        firewall::ensure(
+            &firewall::local,
+            &firewall::fence(bridge, lab, firewall::host_has_ipv6()),
+        )
     }
     fn unfence(&self, bridge: &str, lab: &str) -> io::Result<usize> {
-        firewall::remove(&firewall::local, &firewall::fence(bridge, lab))
+        firewall::remove(
+            &firewall::local,
+            &firewall::fence(bridge, lab, firewall::host_has_ipv6()),
+        )
     }
     fn routes(&self, ipv6: bool) -> Vec<HostRoute> {
         let family = if ipv6 { "-6" } else { "-4" };

@@ -674,7 +674,7 @@ async fn capture(
     };
     // Only what the page offers: an address of the lab's own overlays.
     let to = match q.to.as_deref() {
-        None => None,
+        None | Some("") => None,
         Some(s) => match s.parse::<std::net::IpAddr>() {
             Ok(a) if wire::targets(&plan, &g).iter().any(|(t, _)| *t == a) => Some(a),
             _ => return forbidden(),

@@ -252,6 +252,11 @@ impl Drop for Lab {
     }
 }
 
+/// How many rules fence a lab on this host: what `host::firewall::fence` makes here.
+pub fn fence_size() -> usize {
+    vxlab::host::firewall::fence("b", "l", vxlab::host::firewall::host_has_ipv6()).len()
+}
+
 /// The firewall rules on this host that fence lab `lab`'s bridge (marked with its name).
 pub fn fence_rules(lab: &str) -> Vec<String> {
     let mark = format!("\"vxlab: {lab}\"");

@@ -151,7 +151,7 @@ const vxlab = (() => {
         case 'check': post(base + 'check', b, result); break;
         case 'capture': {
           const to = document.querySelector('select.capture-to[data-guest="' + CSS.escape(g) + '"]');
-          post(base + 'capture/' + encodeURIComponent(g) + (to ? '?to=' + encodeURIComponent(to.value) : ''), b, result);
+          post(base + 'capture/' + encodeURIComponent(g) + (to && to.value ? '?to=' + encodeURIComponent(to.value) : ''), b, result);
           break;
         }
         case 'reset': post(base + 'reset' + (g ? '?guest=' + encodeURIComponent(g) : ''), b, result); break;

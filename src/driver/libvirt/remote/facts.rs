@@ -22,8 +22,9 @@ use crate::hosts::survey::{Fit, ImageState, KvmAccess, Reached};
 use crate::lab::{Accel, Lab};
 
 /// Programs vxlab runs on a host: `ip` for its routes, `tcpdump` for captures, `qemu-img`
-/// for libvirt's overlays (libvirt runs it itself).
-pub const PROGRAMS: [&str; 3] = ["ip", "tcpdump", "qemu-img"];
+/// for libvirt's overlays (libvirt runs it itself), `iptables` and `ip6tables` for the fence
+/// around each lab's bridge.
+pub const PROGRAMS: [&str; 5] = ["ip", "tcpdump", "qemu-img", "iptables", "ip6tables"];
 
 /// Reads every `name value` pair of a libvirt node statistics call.
 macro_rules! node_stats {

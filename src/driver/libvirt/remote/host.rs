@@ -128,11 +128,17 @@ impl Host for RemoteHost {
     }
 
     fn fence(&self, bridge: &str, lab: &str) -> io::Result<usize> {
-        firewall::ensure(&|argv| self.firewall(argv), &firewall::fence(bridge, lab))
+        firewall::ensure(
+            &|argv| self.firewall(argv),
+            &firewall::fence(bridge, lab, true),
+        )
     }
 
     fn unfence(&self, bridge: &str, lab: &str) -> io::Result<usize> {
-        firewall::remove(&|argv| self.firewall(argv), &firewall::fence(bridge, lab))
+        firewall::remove(
+            &|argv| self.firewall(argv),
+            &firewall::fence(bridge, lab, true),
+        )
     }
 
     fn write_sysctl(&self, key: &str, _: &str) -> io::Result<()> {
