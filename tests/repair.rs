@@ -153,6 +153,14 @@ fn flood_dsts(lab: &Lab, guest: &str) -> Vec<String> {
     floods
 }
 
+/// The static-FDB lab up as `name` on underlay `subnet` (`192.168.N.`), and its report.
+fn static_up(name: &str, subnet: &str) -> (Lab, Value) {
+    let st = Lab::shipped("static.yaml", name, &[("192.168.60.", subnet)]);
+    let (code, r) = st.up();
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    (st, r)
+}
+
 fn first_cause(report: &Value) -> &Value {
     &report["diagnoses"][0]["cause"]
 }
@@ -964,13 +972,7 @@ fn unicast_and_static_labs_are_repaired_too() {
     assert_eq!(uni.check().0, 0);
     uni.down_leaves_nothing();
 
-    let st = Lab::shipped(
-        "static.yaml",
-        "t-r-static",
-        &[("192.168.60.", "192.168.80.")],
-    );
-    let (code, r) = st.up();
-    assert_eq!(code, 0, "{:#}", r["failures"]);
+    let (st, r) = static_up("t-r-static", "192.168.80.");
     let mac_b = vtep(&r, "vm-b", "vxlan0")["mac"]
         .as_str()
         .unwrap()
@@ -1094,27 +1096,24 @@ fn status_finds_guests_of_another_state_dir_and_tells_a_non_root_user_what_it_ne
 
     // A state directory as vxlab makes it, root's alone.
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(lab.state.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_vxlab"))
-        .arg("status")
-        .env("VXLAB_STATE_DIR", lab.state.path())
-        .output()
-        .unwrap();
+    // `vxlab status` as nobody, on the lab's state directory made `mode`.
+    let status_as_nobody = |mode: u32| {
+        std::fs::set_permissions(lab.state.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_vxlab"))
+            .arg("status")
+            .env("VXLAB_STATE_DIR", lab.state.path())
+            .output()
+            .unwrap()
+    };
+    let out = status_as_nobody(0o700);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(77), "{stderr}");
     assert!(stderr.contains("run vxlab as root"), "{stderr}");
     // One an older vxlab made 0755, listing labs whose own directories are root's alone:
     // the same answer, not a row per lab saying that only its lock is left.
-    std::fs::set_permissions(lab.state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_vxlab"))
-        .arg("status")
-        .env("VXLAB_STATE_DIR", lab.state.path())
-        .output()
-        .unwrap();
+    let out = status_as_nobody(0o755);
     let said =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(77), "{said}");
@@ -1469,13 +1468,7 @@ fn the_same_rows_on_the_unicast_and_static_labs_cause_first_and_back_to_the_plan
 
     // Static FDB: vm-a's vxlan0 deleted. The fix is the plan's own lines; `up` makes the
     // device again with every static entry, and nothing else.
-    let st = Lab::shipped(
-        "static.yaml",
-        "t-r-strows",
-        &[("192.168.60.", "192.168.95.")],
-    );
-    let (code, r) = st.up();
-    assert_eq!(code, 0, "{:#}", r["failures"]);
+    let (st, r) = static_up("t-r-strows", "192.168.95.");
     let mac = |g: &str| vtep(&r, g, "vxlan0")["mac"].as_str().unwrap().to_string();
     let (mac_b, mac_c) = (mac("vm-b"), mac("vm-c"));
     student(&st, "vm-a", &["ip", "link", "del", "vxlan0"]);

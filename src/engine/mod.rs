@@ -456,10 +456,7 @@ impl Engine {
             }
             _ => return None,
         };
-        let mine = format!("lab {lab}");
-        let ours = owner
-            .strip_prefix(&mine)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(','));
+        let ours = crate::host::inventory::of_lab(&owner, lab).is_some();
         (!ours).then(|| format!("{r} belongs to {owner}"))
     }
 

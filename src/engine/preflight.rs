@@ -37,10 +37,9 @@ pub(super) fn refuse_foreign(
     // A lab of the same name that this state does not hold was brought up with another state
     // directory, or its state was removed: say so, rather than "lab X did not create it (it
     // belongs to lab X)". The rest of the owner names the guest.
-    let same_name = owner.as_deref().and_then(|o| {
-        let rest = o.strip_prefix(&lab)?;
-        (rest.is_empty() || rest.starts_with(',')).then_some(rest)
-    });
+    let same_name = owner
+        .as_deref()
+        .and_then(|o| inventory::of_lab(o, &plan.lab));
     let whose = match (same_name, owner) {
         (Some(guest), _) => format!(
             ", made by another lab named {}{guest}: one brought up with another state \

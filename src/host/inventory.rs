@@ -45,6 +45,13 @@ fn describe(name: &str) -> String {
     }
 }
 
+/// When owner `owner` (as [`Presence::Present`] words it) is lab `lab`: the rest of the
+/// words, empty or naming the guest (`, guest vm-a`).
+pub fn of_lab<'a>(owner: &'a str, lab: &str) -> Option<&'a str> {
+    let rest = owner.strip_prefix("lab ")?.strip_prefix(lab)?;
+    (rest.is_empty() || rest.starts_with(',')).then_some(rest)
+}
+
 /// Whether link `name` exists, and its owner from its alias.
 pub fn link(name: &str) -> Presence {
     link_in(Path::new("/sys/class/net"), name)
@@ -180,6 +187,14 @@ mod tests {
         assert_eq!((end.up, end.bridge.as_deref()), (true, Some("vxbr-x")));
         assert_eq!(end.lab_bridge, crate::observe::BridgeState::Down);
         assert_eq!(host_end_in(sys.path(), "gone", "vxbr-x"), None);
+    }
+
+    #[test]
+    fn an_owner_is_a_lab_only_by_its_whole_name() {
+        assert_eq!(of_lab("lab n", "n"), Some(""));
+        assert_eq!(of_lab("lab n, guest x-y", "n"), Some(", guest x-y"));
+        assert_eq!(of_lab("lab n-x, guest y", "n"), None);
+        assert_eq!(of_lab(&describe("vxlab-n.x-y"), "n"), Some(", guest x-y"));
     }
 
     #[test]

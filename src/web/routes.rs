@@ -681,7 +681,12 @@ async fn capture(
         },
     };
     let target = match wire::target(&plan, &g, to) {
-        Ok(t) => (t.vtep.clone(), t.to, t.elsewhere.clone()),
+        Ok(t) => (
+            t.vtep.clone(),
+            t.to,
+            t.elsewhere.clone(),
+            t.via().map(str::to_owned),
+        ),
         Err(why) => {
             return Html(pages::render(
                 "capture.html",
@@ -690,8 +695,7 @@ async fn capture(
             .into_response()
         }
     };
-    let (vtep, to, elsewhere) = target;
-    let via = elsewhere.as_ref().map(|_| vtep.device.clone());
+    let (vtep, to, elsewhere, via) = target;
     let lab = plan.lab.clone();
     let (p, guest) = (plan.clone(), g.clone());
     let result = with_engine(&class, &lab, move |e| {
