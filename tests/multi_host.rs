@@ -115,6 +115,84 @@ fn browser_terminal(page: &str, copy: &str, guest: &str, machine_id: &str) {
 struct Class {
     lab: Lab,
     sshd: Vec<Sshd>,
+    /// Dropped after the sshds have stopped (fields drop in order, after `drop`).
+    _jumps_only: JumpsOnly,
+}
+
+/// The guests' SSH port is closed to every process of this machine but the hosts' sshds: a
+/// cgroup holds the sshds (and every session they fork), and a firewall rule resets any other
+/// connection to port 22 in the class's pool. Both hosts are this machine, so without it a
+/// connection from vxlab straight to a guest's underlay address would work here and on no
+/// real class's hosts; with it, only a tunnel through a host reaches a guest.
+struct JumpsOnly {
+    cgroup: std::path::PathBuf,
+    rule: Vec<String>,
+}
+
+impl JumpsOnly {
+    fn new(subnet: &str) -> JumpsOnly {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(2) == Some(&"cgroup2"))
+            .map(|f| f[1].to_string())
+            .expect("no cgroup2 hierarchy is mounted (the test confines its sshds in one)");
+        let name = format!("vxlab-test-jumps-{}", std::process::id());
+        let cgroup = Path::new(&root).join(&name);
+        std::fs::create_dir_all(&cgroup).unwrap();
+        let rule: Vec<String> = [
+            "OUTPUT",
+            "-d",
+            subnet,
+            "-p",
+            "tcp",
+            "--dport",
+            "22",
+            "-m",
+            "cgroup",
+            "!",
+            "--path",
+            &name,
+            "-m",
+            "comment",
+            "--comment",
+            "vxlab-test: jumps only",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let jumps = JumpsOnly { cgroup, rule };
+        let ok = Command::new("iptables")
+            .arg("-I")
+            .args(&jumps.rule)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "iptables -I {:?} failed", jumps.rule);
+        jumps
+    }
+}
+
+impl Drop for JumpsOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables").arg("-D").args(&self.rule).status();
+        // Killed sessions leave the cgroup as they exit; wait for that, briefly.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!(
+            "cgroup {} is left: it still holds a process",
+            self.cgroup.display()
+        );
+    }
 }
 
 impl Drop for Class {
@@ -128,9 +206,6 @@ impl Drop for Class {
     }
 }
 
-/// An inventory of `hosts` (name, address) on `port`. The sshds' host keys are new in every
-/// run: vxlab's own connections and `vxlab ssh` check them against the test's known hosts
-/// file; libvirt's ssh transport (which reads only root's) is told not to check.
 /// One byte of a file, changed until dropped (the file keeps its size).
 struct ChangedByte {
     path: std::path::PathBuf,
@@ -168,6 +243,9 @@ impl Drop for ChangedByte {
     }
 }
 
+/// An inventory of `hosts` (name, address) on `port`. The sshds' host keys are new in every
+/// run: vxlab's own connections and `vxlab ssh` check them against the test's known hosts
+/// file; libvirt's ssh transport (which reads only root's) is told not to check.
 fn inventory(dir: &Path, name: &str, hosts: &[(&str, &str)], port: u16) -> String {
     let key = dir.join("client");
     let known = dir.join("known_hosts");
@@ -192,11 +270,15 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
     }
     let keys = tempfile::tempdir().unwrap();
     let port = free_port();
-    let h1 = Sshd::start(keys.path(), "127.0.0.1".parse().unwrap(), Some(port));
-    let h2 = Sshd::start(keys.path(), "127.0.0.2".parse().unwrap(), Some(port));
+    let jumps_only = JumpsOnly::new(POOL);
+    let mut h1 = Sshd::start(keys.path(), "127.0.0.1".parse().unwrap(), Some(port));
+    let mut h2 = Sshd::start(keys.path(), "127.0.0.2".parse().unwrap(), Some(port));
+    h1.confine(&jumps_only.cgroup);
+    h2.confine(&jumps_only.cgroup);
     let mut class = Class {
         lab: Lab::shipped("two-vm.yaml", LAB, &[]),
         sshd: vec![h1, h2],
+        _jumps_only: jumps_only,
     };
     let lab_file = class.lab.file.to_string_lossy().into_owned();
     let known: String = class.sshd.iter().map(Sshd::known_hosts_line).collect();
@@ -412,6 +494,7 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         "--timings",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let logged_after: Vec<usize> = class.sshd.iter().map(|s| s.log().len()).collect();
     let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reports.as_array().unwrap().len(), 2);
     // One copy on each host; which one goes where is placement's choice (the room each host
@@ -491,10 +574,18 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         let log = class.sshd[i].log();
         // libvirt's own transport logged in to this host during up (OpenSSH's client; vxlab's
         // connection is libssh2's): the copy's libvirt calls went over this host's URI.
-        let during_up = &log[logged_before[i]..];
+        let during_up = &log[logged_before[i]..logged_after[i]];
         assert!(
             during_up.contains("remote software version OpenSSH"),
             "libvirt never connected through host h{}'s sshd during up",
+            i + 1
+        );
+        // vxlab logged in to each host once, and every guest on it went through that one
+        // connection.
+        assert_eq!(
+            during_up.matches("remote software version libssh2").count(),
+            1,
+            "vxlab's connections to host h{} during up:\n{during_up}",
             i + 1
         );
         for g in ["vm-a", "vm-b"] {
@@ -509,6 +600,20 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
                 !log.contains(&theirs),
                 "host h{}'s sshd carried {theirs}",
                 i + 1
+            );
+        }
+    }
+
+    // Nothing but a host's sshd reaches a guest's SSH port: straight from here it is closed.
+    for copy in [n1, n2] {
+        for g in ["vm-a", "vm-b"] {
+            let to: std::net::SocketAddr = format!("{}:22", addr(copy, g)).parse().unwrap();
+            let direct =
+                std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(5));
+            assert_eq!(
+                direct.map_err(|e| e.kind()).err(),
+                Some(std::io::ErrorKind::ConnectionRefused),
+                "{to} answered outside its host's sshd"
             );
         }
     }

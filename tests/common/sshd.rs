@@ -13,6 +13,8 @@ pub struct Sshd {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// The `cgroup.procs` file of the cgroup its processes start in, if one was given.
+    cgroup: Option<std::ffi::CString>,
 }
 
 fn keygen(path: &Path) {
@@ -98,6 +100,7 @@ impl Sshd {
             port,
             dir: own,
             child: None,
+            cgroup: None,
         };
         s.restart();
         s
@@ -107,7 +110,24 @@ impl Sshd {
     pub fn restart(&mut self) {
         let listening = format!("Server listening on {} port {}", self.address, self.port);
         let before = self.log().matches(&listening).count();
-        let mut child = Command::new("/usr/sbin/sshd")
+        let mut command = Command::new("/usr/sbin/sshd");
+        if let Some(procs) = self.cgroup.clone() {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec the child only opens, writes and closes a file
+            // (async-signal-safe calls, nothing allocated): it moves itself into the cgroup
+            // before sshd runs, so every session it forks is there too.
+            unsafe {
+                command.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args(["-D", "-f"])
             .arg(self.dir.join("sshd_config"))
             .arg("-E")
@@ -131,6 +151,15 @@ impl Sshd {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.child = Some(child);
+    }
+
+    /// Starts it again in the cgroup whose directory is `cgroup` (on a cgroup2 hierarchy), it
+    /// and every session it starts from then on.
+    pub fn confine(&mut self, cgroup: &Path) {
+        let procs = cgroup.join("cgroup.procs");
+        self.cgroup = Some(std::ffi::CString::new(procs.to_str().unwrap()).unwrap());
+        self.stop();
+        self.restart();
     }
 
     /// Stops the listener and every session it started, as a host that goes away.
