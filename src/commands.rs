@@ -711,12 +711,12 @@ pub fn up_instances(path: &Path, copies: Copies<'_>, json: bool, timings: bool) 
 /// Runs `up` (given a copy's index) for every copy: all hosts at once, each on its own
 /// connections, each host as many copies at a time as its free cores boot well. One host's
 /// failures stay its copies'.
-fn up_on_hosts<R: Send>(
+fn up_on_hosts<T: Send>(
     labs: &[Lab],
     placed: &[Option<HostSpec>],
     facts: &[crate::hosts::survey::HostFacts],
-    up: impl Fn(usize) -> R + Sync,
-) -> Vec<R> {
+    up: impl Fn(usize) -> Result<T> + Sync,
+) -> Vec<Result<T>> {
     let mut groups: std::collections::BTreeMap<Option<String>, Vec<usize>> = Default::default();
     for (i, h) in placed.iter().enumerate() {
         groups
@@ -724,18 +724,22 @@ fn up_on_hosts<R: Send>(
             .or_default()
             .push(i);
     }
-    let mut slots: Vec<Option<R>> = (0..labs.len()).map(|_| None).collect();
+    let mut slots: Vec<Option<Result<T>>> = (0..labs.len()).map(|_| None).collect();
     std::thread::scope(|s| {
         let up = &up;
         let handles: Vec<_> = groups
             .iter()
             .map(|(host, copies)| {
                 let width = host.as_ref().map_or(1, |h| hosts::width(facts, h));
+                let names = copies.iter().map(|&i| labs[i].name.clone()).collect();
+                let queue =
+                    capacity::ClassQueue::new(names).on(host.as_deref().unwrap_or("this machine"));
                 s.spawn(move || {
                     let done = crate::parallel::parallel_map(copies, width, |&i| {
-                        let on = host.as_deref().unwrap_or("this machine");
-                        eprintln!("{}: coming up on {on}", labs[i].name);
-                        up(i)
+                        eprintln!("{}", queue.started(&labs[i].name));
+                        let r = up(i);
+                        eprintln!("{}", queue.finished(&labs[i].name, r.is_ok()));
+                        r
                     });
                     copies.iter().copied().zip(done).collect::<Vec<_>>()
                 })

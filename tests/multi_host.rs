@@ -541,6 +541,15 @@ fn a_class_on_two_hosts_through_their_libvirt_and_sshd() {
         said.contains(&format!("2 copies of lab {LAB} up and checked")),
         "{said}"
     );
+    // Each host's queue said what started there, what waited, and when each was done.
+    for (c, h) in [(&c1, "h1"), (&c2, "h2")] {
+        for line in [
+            format!("starting {c} on {h}; queued on {h}: none"),
+            format!("{c} on {h} up and checked after"),
+        ] {
+            assert!(said.contains(&line), "no `{line}` in:\n{said}");
+        }
+    }
     let table = class.lab.run(&["status"]);
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
     assert!(table.lines().next().unwrap().contains(" HOST "), "{table}");

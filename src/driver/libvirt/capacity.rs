@@ -312,6 +312,8 @@ pub fn plan_for(lab: &Lab, copies: usize) -> Result<(ClassPlan, String), ClassTo
 /// Which copies of a class have started, for lines saying what runs and what is queued.
 pub struct ClassQueue {
     names: Vec<String>,
+    /// The host the copies start on, when the class spans hosts (each has its own queue).
+    host: Option<String>,
     started: Mutex<Vec<(String, Instant)>>,
     start: Instant,
 }
@@ -321,8 +323,17 @@ impl ClassQueue {
     pub fn new(names: Vec<String>) -> Self {
         ClassQueue {
             names,
+            host: None,
             started: Mutex::default(),
             start: Instant::now(),
+        }
+    }
+
+    /// The queue of the copies placed on host `host`, a queue of its own.
+    pub fn on(self, host: &str) -> Self {
+        ClassQueue {
+            host: Some(host.to_string()),
+            ..self
         }
     }
 
@@ -336,8 +347,13 @@ impl ClassQueue {
             .filter(|n| started.iter().all(|(s, _)| s != *n))
             .map(String::as_str)
             .collect();
+        let on = self
+            .host
+            .as_deref()
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default();
         format!(
-            "{:>7.1} s  starting {name}; queued: {}",
+            "{:>7.1} s  starting {name}{on}; queued{on}: {}",
             self.start.elapsed().as_secs_f64(),
             if queued.is_empty() {
                 "none".to_string()
@@ -354,8 +370,13 @@ impl ClassQueue {
             .iter()
             .find(|(n, _)| n == name)
             .map_or(0.0, |(_, t)| t.elapsed().as_secs_f64());
+        let on = self
+            .host
+            .as_deref()
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default();
         format!(
-            "{:>7.1} s  {name} {} after {took:.1} s",
+            "{:>7.1} s  {name}{on} {} after {took:.1} s",
             self.start.elapsed().as_secs_f64(),
             if ok { "up and checked" } else { "failed" }
         )
@@ -440,6 +461,17 @@ mod tests {
         assert!(q.finished("l-1", true).contains("l-1 up and checked after"));
         assert!(q.started("l-3").ends_with("queued: none"));
         assert!(q.finished("l-3", false).contains("l-3 failed"));
+    }
+
+    #[test]
+    fn a_hosts_queue_names_the_host() {
+        let q = ClassQueue::new(vec!["l-1".into(), "l-3".into()]).on("h1");
+        assert!(q
+            .started("l-1")
+            .ends_with("starting l-1 on h1; queued on h1: l-3"));
+        assert!(q
+            .finished("l-1", true)
+            .contains("l-1 on h1 up and checked after"));
     }
 
     #[test]
