@@ -992,7 +992,7 @@ fn check_copies(arg: Option<&Path>, json: bool) -> Result<u8> {
                 if !json {
                     let first =
                         o.verdict.diagnoses.first().map(|d| {
-                            format!(" (first cause: {}: {})", d.cause.guest, d.cause.what)
+                            format!(" (first cause: {}: {})", d.cause.place(), d.cause.what)
                         });
                     println!(
                         "{:<24} underlay {:<18} {}{}",

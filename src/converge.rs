@@ -18,6 +18,8 @@ use crate::plan::{GuestPlan, VtepPlan};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Layer {
+    /// The lab's side of the host: its bridge fenced off from the host.
+    Host,
     /// The guest itself: running and answering.
     Guest,
     /// The underlay interface: present, up, its MTU.
@@ -42,6 +44,7 @@ impl Layer {
     /// The layer in words.
     pub fn describe(self) -> &'static str {
         match self {
+            Layer::Host => "host",
             Layer::Guest => "guest",
             Layer::UnderlayLink => "underlay link",
             Layer::UnderlayAddress => "underlay address",
@@ -59,6 +62,8 @@ impl Layer {
 #[derive(Debug, Clone, Copy, PartialEq, Hash, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
+    /// The firewall rules that fence the lab's bridge off from the host are in place.
+    Fence,
     /// The guest runs and answers.
     GuestReachable,
     /// A link vxlab needs exists.

@@ -39,7 +39,10 @@ impl Health {
                     let c = &d.cause;
                     format!(
                         "{}: {}: expected {}, seen {}",
-                        c.guest, c.what, c.expected, c.seen
+                        c.place(),
+                        c.what,
+                        c.expected,
+                        c.seen
                     )
                 })
                 .collect(),

@@ -241,6 +241,23 @@ pub struct GuestState {
     pub host_end: Option<HostEnd>,
 }
 
+/// How much of the fence around a lab's bridge is in place (`host::firewall`), as `check`
+/// reads it on the lab's host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceSeen {
+    /// Rules of the fence that are not in place.
+    pub missing: usize,
+    /// Rules the fence has.
+    pub of: usize,
+}
+
+/// What the lab's host shows of the lab, beside its guests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSeen {
+    /// The fence of the lab's bridge; `None` when it could not be read.
+    pub fence: Option<FenceSeen>,
+}
+
 /// The host end of a namespace guest's underlay link (a veth on the lab's bridge).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostEnd {

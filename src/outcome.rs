@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::converge::Step;
 use crate::host_side::HostPart;
 use crate::iproute2::{Readiness, Tools};
-use crate::observe::GuestState;
+use crate::observe::{GuestState, HostSeen};
 use crate::verify::{PingResult, Verdict};
 
 /// The result of `up`, `check` or `reset`.
@@ -21,6 +21,8 @@ pub struct Outcome {
     pub pings: Vec<PingResult>,
     /// The checks.
     pub verdict: Verdict,
+    /// What the host showed of the lab (its fence) for the checks.
+    pub host: HostSeen,
     /// Notes for the user (settings changed, resources adopted).
     pub notes: Vec<String>,
     /// The `ip` and `bridge` each guest runs, and how vxlab got them.

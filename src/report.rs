@@ -275,10 +275,10 @@ impl Report<'_> {
             );
             for d in self.diagnoses {
                 let c = &d.cause;
-                let _ = writeln!(out, "  {}: {} ({})", c.guest, line(c), c.layer.describe());
+                let _ = writeln!(out, "  {}: {} ({})", c.place(), line(c), c.layer.describe());
                 let _ = writeln!(out, "      fix: {}", c.fix);
                 for s in &d.symptoms {
-                    let _ = writeln!(out, "      explains {}: {}", s.guest, line(s));
+                    let _ = writeln!(out, "      explains {}: {}", s.place(), line(s));
                 }
             }
         }

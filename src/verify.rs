@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::converge::{self, Finding, Kind, Layer};
 use crate::lab::Expect;
-use crate::observe::{BridgeState, GuestState, HostEnd};
+use crate::observe::{BridgeState, FenceSeen, GuestState, HostEnd, HostSeen};
 use crate::plan::{GuestPlan, Network, PingPlan, Plan};
 
 /// The outcome of one ping.
@@ -101,6 +101,18 @@ pub struct Failure {
     pub fix: Fix,
 }
 
+impl Failure {
+    /// Where it was seen, for a reader: the guest, or `host` for the lab's side of the host
+    /// (a failure of no guest; in `--json` its `guest` is empty).
+    pub fn place(&self) -> &str {
+        if self.guest.is_empty() {
+            "host"
+        } else {
+            &self.guest
+        }
+    }
+}
+
 /// A cause and the failures it explains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Diagnosis {
@@ -156,8 +168,36 @@ fn made(
     }
 }
 
-/// Checks every guest against its plan, and the pings.
+/// Checks every guest against its plan, and the pings; nothing of the host.
 pub fn verify(plan: &Plan, seen: &BTreeMap<String, GuestState>, pings: &[PingResult]) -> Verdict {
+    verify_lab(plan, &HostSeen::default(), seen, pings)
+}
+
+/// The check of the lab's side of the host, said as a finding of no guest: the fence of its
+/// bridge whole. `up` (or a reset, which brings the host side up too) puts it back.
+fn fence_finding(plan: &Plan, fence: FenceSeen) -> Finding {
+    made(
+        Layer::Host,
+        Kind::Fence,
+        format!(
+            "the firewall rules that fence bridge {} off from the host",
+            plan.bridge
+        ),
+        format!("all {} in place", fence.of),
+        format!("{} of {} missing", fence.missing, fence.of),
+        fence.missing == 0,
+        None,
+    )
+}
+
+/// Checks the lab's side of the host as `host` shows it, every guest against its plan, and
+/// the pings.
+pub fn verify_lab(
+    plan: &Plan,
+    host: &HostSeen,
+    seen: &BTreeMap<String, GuestState>,
+    pings: &[PingResult],
+) -> Verdict {
     // Overlay pings that were answered, as (from, to): frames crossed both ways.
     let answered: HashSet<(&str, IpAddr)> = pings
         .iter()
@@ -171,6 +211,9 @@ pub fn verify(plan: &Plan, seen: &BTreeMap<String, GuestState>, pings: &[PingRes
             finding,
         })
     };
+    if let Some(fence) = host.fence {
+        add("", fence_finding(plan, fence));
+    }
     for g in &plan.guests {
         match seen.get(&g.name) {
             Some(state) => {

@@ -1299,6 +1299,42 @@ fn a_downed_or_deleted_bridge_is_the_cause_and_up_says_it_repaired_it() {
         common::fence_rules("t-r-brdg").len(),
         common::fence_size() - 1
     );
+    // check names it, on the host, as the only cause (the guests' own traffic is as
+    // before), with `up` as the fix; status calls the lab failing.
+    let (code, r) = lab.check();
+    assert_eq!(code, 1, "{r:#}");
+    let causes = r["diagnoses"].as_array().unwrap();
+    assert_eq!(causes.len(), 1, "{r:#}");
+    let cause = &causes[0]["cause"];
+    assert_eq!(cause["kind"], "fence", "{r:#}");
+    assert_eq!(cause["layer"], "host", "{r:#}");
+    assert_eq!(cause["guest"], "", "{r:#}");
+    assert_eq!(
+        cause["seen"],
+        format!("1 of {} missing", common::fence_size()),
+        "{r:#}"
+    );
+    assert_eq!(cause["fix"]["vxlab"], "vxlab up t-r-brdg", "{r:#}");
+    let said = lab.run(&["check", "t-r-brdg"]);
+    let said = String::from_utf8_lossy(&said.stdout).into_owned();
+    assert!(
+        said.contains(&format!(
+            "  host: the firewall rules that fence bridge {bridge} off from the host: expected \
+             all {} in place, seen 1 of {0} missing (host)\n      fix: `vxlab up t-r-brdg`",
+            common::fence_size()
+        )),
+        "{said}"
+    );
+    let s: Value = serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap();
+    let row = &s["labs"][0];
+    assert_eq!(row["ok"], false, "{s:#}");
+    assert!(
+        row["health"]
+            .as_str()
+            .unwrap()
+            .starts_with("FAILING: host: the firewall rules"),
+        "{s:#}"
+    );
     let (code, r) = up_again(&lab);
     assert_eq!(code, 0, "{:#}", r["failures"]);
     assert!(

@@ -23,7 +23,7 @@ use crate::driver::{Driver, DriverError};
 use crate::host::{ClaimError, Host, HostLockError, NetlinkError};
 use crate::hosts::HostSpec;
 use crate::lab::DriverKind;
-use crate::observe::{GuestState, ParseError};
+use crate::observe::{GuestState, HostSeen, ParseError};
 use crate::outcome::{Outcome, Repair};
 use crate::parallel::parallel_map;
 use crate::plan::{GuestPlan, Plan};
@@ -371,13 +371,15 @@ impl Engine {
             }
         }
         self.add_host_ends(plan, &mut observed);
+        let host = self.host_seen(plan, &mut notes);
         let mut pings = pings;
         verify::answered_locally(&observed, &mut pings);
-        let verdict = verify::verify(plan, &observed, &pings);
+        let verdict = verify::verify_lab(plan, &host, &observed, &pings);
         Ok(Outcome {
             observed,
             pings,
             verdict,
+            host,
             notes,
             tools: runner.tools().clone(),
             readiness,
@@ -421,7 +423,8 @@ impl Engine {
             self.add_host_ends(plan, &mut observed);
             observed
         };
-        let verdict = verify::verify(plan, &observe_all(), &[]);
+        let host = self.host_seen(plan, &mut Vec::new());
+        let verdict = verify::verify_lab(plan, &host, &observe_all(), &[]);
         if !verdict.ok() {
             return Ok(verdict);
         }
@@ -430,7 +433,23 @@ impl Engine {
         let (mut pings, _) = pings::ping_all(self.driver.as_ref(), plan);
         let observed = observe_all();
         verify::answered_locally(&observed, &mut pings);
-        Ok(verify::verify(plan, &observed, &pings))
+        Ok(verify::verify_lab(plan, &host, &observed, &pings))
+    }
+
+    /// What the host shows of lab `plan` beside its guests: how much of its bridge's fence
+    /// is in place. A firewall that cannot be read is said in `notes`, and left unchecked.
+    fn host_seen(&self, plan: &Plan, notes: &mut Vec<String>) -> HostSeen {
+        match self.host.fence_seen(&plan.bridge, &plan.lab) {
+            Ok(fence) => HostSeen { fence: Some(fence) },
+            Err(e) => {
+                notes.push(format!(
+                    "the firewall rules that fence bridge {} off from the host could not be \
+                     read: {e}",
+                    plan.bridge
+                ));
+                HostSeen::default()
+            }
+        }
     }
 
     /// Why `down` of lab `lab` must leave recorded resource `r` alone, if it must: a name

@@ -10,6 +10,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::*;
+use crate::converge::{Kind, Layer};
 use crate::host::process::Output;
 use crate::host::{Change, ClaimError, Frames, HostLockError, HostRoute, NeighbourNeeds, Presence};
 use crate::plan::PingPlan;
@@ -18,6 +19,8 @@ use crate::plan::PingPlan;
 #[derive(Default)]
 struct FakeHost {
     calls: Mutex<Vec<String>>,
+    /// Rules of the fence missing now (its `fence` puts them back).
+    fence_missing: Mutex<usize>,
     /// The host of a class it stands for; `None`: this machine.
     remote: Option<String>,
 }
@@ -77,7 +80,13 @@ impl Host for FakeHost {
     }
     fn fence(&self, bridge: &str, _: &str) -> io::Result<usize> {
         self.log(format!("fence {bridge}"));
-        Ok(0)
+        Ok(std::mem::take(&mut *self.fence_missing.lock().unwrap()))
+    }
+    fn fence_seen(&self, _: &str, _: &str) -> io::Result<crate::host::firewall::FenceSeen> {
+        Ok(crate::host::firewall::FenceSeen {
+            missing: *self.fence_missing.lock().unwrap(),
+            of: 14,
+        })
     }
     fn unfence(&self, bridge: &str, _: &str) -> io::Result<usize> {
         self.log(format!("unfence {bridge}"));
@@ -326,6 +335,40 @@ fn a_second_up_of_a_healthy_lab_runs_no_configuration_command() {
 }
 
 #[test]
+fn a_fence_missing_rules_fails_the_check_on_the_host_and_up_puts_it_back() {
+    let (plan, text) = seed();
+    let (engine, guests, host, _tmp) =
+        engine(&[("vm-a", "seed-healthy-vm-a"), ("vm-b", "seed-healthy-vm-b")]);
+    up(&engine, &plan, &text);
+    *host.fence_missing.lock().unwrap() = 3;
+    let o = engine.check(&plan).unwrap();
+    // One failure, of no guest, the only cause; the guests' checks all hold.
+    assert_eq!(o.verdict.failures.len(), 1, "{:#?}", o.verdict.failures);
+    let f = &o.verdict.failures[0];
+    assert_eq!((f.kind, f.layer), (Kind::Fence, Layer::Host));
+    assert_eq!((f.guest.as_str(), f.place()), ("", "host"));
+    assert_eq!(f.seen, "3 of 14 missing");
+    assert_eq!(f.fix.to_string(), "`vxlab up two-netns`");
+    assert_eq!(o.verdict.diagnoses.len(), 1);
+    assert!(o.verdict.diagnoses[0].symptoms.is_empty());
+    assert_eq!(o.host.fence.map(|f| f.missing), Some(3));
+    // The quick check of `status` sees it too.
+    assert!(!engine.quick_check(&plan).unwrap().ok());
+    // `up` puts the rules back, says so, and changes nothing in the guests.
+    guests.ran.lock().unwrap().clear();
+    let o = up(&engine, &plan, &text);
+    assert!(o.verdict.ok(), "{:#?}", o.verdict.failures);
+    assert!(
+        o.notes
+            .iter()
+            .any(|n| n.contains("repaired on the host: 3 of the firewall rules")),
+        "{:#?}",
+        o.notes
+    );
+    assert_eq!(guests.changes(), Vec::<String>::new());
+}
+
+#[test]
 fn up_on_a_flushed_fdb_runs_only_the_flood_entry_and_says_why() {
     let (plan, text) = seed();
     let (engine, guests, _, _tmp) =
@@ -460,6 +503,9 @@ fn a_bridge_the_lab_did_not_create_is_refused_before_anything_is_written() {
         }
         fn unfence(&self, b: &str, l: &str) -> io::Result<usize> {
             self.0.unfence(b, l)
+        }
+        fn fence_seen(&self, b: &str, l: &str) -> io::Result<crate::host::firewall::FenceSeen> {
+            self.0.fence_seen(b, l)
         }
         fn claim_neighbours(&self, i: &str, n: NeighbourNeeds) -> Result<Vec<Change>, ClaimError> {
             self.0.claim_neighbours(i, n)

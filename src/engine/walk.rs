@@ -21,9 +21,11 @@ use crate::progress::Progress;
 /// The stage a planned step belongs to.
 pub fn stage_of(step: &Step) -> StageKind {
     match step.layer {
-        Layer::Guest | Layer::UnderlayLink | Layer::UnderlayAddress | Layer::UnderlayReach => {
-            StageKind::Underlay
-        }
+        Layer::Host
+        | Layer::Guest
+        | Layer::UnderlayLink
+        | Layer::UnderlayAddress
+        | Layer::UnderlayReach => StageKind::Underlay,
         Layer::VxlanDevice | Layer::Flooding | Layer::Forwarding => StageKind::Vxlan,
         Layer::OverlayAddress => StageKind::Overlay,
         Layer::OverlayPing => StageKind::FirstPing,

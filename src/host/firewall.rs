@@ -18,6 +18,7 @@
 use std::io;
 
 use super::process;
+pub use crate::observe::FenceSeen;
 
 /// One rule of the fence: the program, the chain, and the match and target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +147,20 @@ fn present(run: Run, rule: &Rule) -> io::Result<bool> {
             out.stderr.trim()
         ))),
     }
+}
+
+/// How many of `rules` are missing; only reads.
+pub fn missing(run: Run, rules: &[Rule]) -> io::Result<FenceSeen> {
+    let mut missing = 0;
+    for r in rules {
+        if !present(run, r)? {
+            missing += 1;
+        }
+    }
+    Ok(FenceSeen {
+        missing,
+        of: rules.len(),
+    })
 }
 
 /// Puts the rules that are missing in place, in order; returns how many it added. A fence

@@ -86,6 +86,8 @@ pub trait Host: Send + Sync {
     fn fence(&self, bridge: &str, lab: &str) -> io::Result<usize>;
     /// Takes that fence down; returns how many rules it removed.
     fn unfence(&self, bridge: &str, lab: &str) -> io::Result<usize>;
+    /// How much of that fence is in place; only reads.
+    fn fence_seen(&self, bridge: &str, lab: &str) -> io::Result<firewall::FenceSeen>;
     /// Writes a kernel setting (to restore one recorded by an older vxlab).
     fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()>;
     /// Starts capturing every frame on host link `link`, reads waiting at most `poll`.
@@ -185,6 +187,12 @@ impl Host for LocalHost {
     }
     fn unfence(&self, bridge: &str, lab: &str) -> io::Result<usize> {
         firewall::remove(
+            &firewall::local,
+            &firewall::fence(bridge, lab, firewall::host_has_ipv6()),
+        )
+    }
+    fn fence_seen(&self, bridge: &str, lab: &str) -> io::Result<firewall::FenceSeen> {
+        firewall::missing(
             &firewall::local,
             &firewall::fence(bridge, lab, firewall::host_has_ipv6()),
         )

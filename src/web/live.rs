@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::Labs;
 use crate::engine::Engine;
-use crate::observe::GuestState;
+use crate::observe::{GuestState, HostSeen};
 use crate::plan::Plan;
 use crate::state::Stamp;
 use crate::terminal::{self, ProcessControl};
@@ -42,6 +42,9 @@ pub struct LabView {
     pub verdict: Verdict,
     /// Whether [`LabView::verdict`] came from a full check, pings included.
     pub with_pings: bool,
+    /// What the host showed of the lab at the last full check (its fence): checked again
+    /// with every change of a guest until the next.
+    pub host: HostSeen,
     /// When what the pages show last changed.
     pub changed_at: SystemTime,
     /// Whether the guests have been read at all yet.
@@ -66,6 +69,7 @@ impl LabView {
                 diagnoses: Vec::new(),
             },
             with_pings: false,
+            host: HostSeen::default(),
             changed_at: SystemTime::now(),
             ready: false,
             busy: None,
@@ -118,7 +122,7 @@ enum Signal {
     /// Another process began or stopped changing the lab (the pid holding its lock).
     Busy(Option<u32>),
     /// A full check ran; show its verdict.
-    Checked(Verdict),
+    Checked(Verdict, HostSeen),
     /// The lab is gone.
     Stop,
 }
@@ -260,9 +264,10 @@ impl Watchers {
         self.generation.subscribe()
     }
 
-    /// Tells lab `lab`'s watcher that a full check gave `verdict`.
-    pub fn checked(&self, lab: &str, verdict: Verdict) {
-        self.signal(lab, Signal::Checked(verdict));
+    /// Tells lab `lab`'s watcher that a full check gave `verdict`, with what the host
+    /// showed of the lab.
+    pub fn checked(&self, lab: &str, verdict: Verdict, host: HostSeen) {
+        self.signal(lab, Signal::Checked(verdict, host));
     }
 
     /// Tells lab `lab`'s watcher to read everything again (after a reset).
@@ -383,9 +388,10 @@ impl Watcher {
                         next.busy = pid.map(changer);
                         self.publish(&mut current, next, true);
                     }
-                    Signal::Checked(verdict) => {
+                    Signal::Checked(verdict, host) => {
                         let mut next = current.clone();
                         next.verdict = verdict;
+                        next.host = host;
                         next.with_pings = true;
                         self.publish(&mut current, next, true);
                         // A guest back after its monitor ended is followed again.
@@ -431,7 +437,7 @@ impl Watcher {
                 }
             }
         }
-        next.verdict = verify::verify(&self.plan, &next.observed, &[]);
+        next.verdict = verify::verify_lab(&self.plan, &next.host, &next.observed, &[]);
         next.with_pings = false;
         next.ready = true;
         self.publish(current, next, false);

@@ -359,14 +359,14 @@ impl CheckView {
                 .diagnoses
                 .iter()
                 .map(|d| DiagnosisView {
-                    guest: d.cause.guest.clone(),
+                    guest: d.cause.place().to_string(),
                     layer: d.cause.layer.describe().to_string(),
                     what: line(&d.cause),
                     fix: page_fix(&d.cause, audience),
                     symptoms: d
                         .symptoms
                         .iter()
-                        .map(|s| format!("{}: {}", s.guest, line(s)))
+                        .map(|s| format!("{}: {}", s.place(), line(s)))
                         .collect(),
                 })
                 .collect(),

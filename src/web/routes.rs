@@ -601,7 +601,9 @@ async fn check(
     let p = plan.clone();
     let view = match with_engine(&class, &lab, move |e| Ok(e.check(&p)?)).await {
         Ok(outcome) => {
-            class.watch.checked(&lab, outcome.verdict.clone());
+            class
+                .watch
+                .checked(&lab, outcome.verdict.clone(), outcome.host);
             CheckView::of(&outcome.verdict, from.audience(&lab))
         }
         Err(e) => CheckView::failed_to_run(format!("{e:#}")),
@@ -636,7 +638,9 @@ async fn reset(
     let done = result.is_ok();
     let mut view = match result {
         Ok(outcome) => {
-            class.watch.checked(&lab, outcome.verdict.clone());
+            class
+                .watch
+                .checked(&lab, outcome.verdict.clone(), outcome.host);
             let from = Asker { from: q.from };
             let mut view = CheckView::of(&outcome.verdict, from.audience(&lab));
             view.ran = pages::RanView::all(&outcome.repairs);

@@ -141,6 +141,13 @@ impl Host for RemoteHost {
         )
     }
 
+    fn fence_seen(&self, bridge: &str, lab: &str) -> io::Result<firewall::FenceSeen> {
+        firewall::missing(
+            &|argv| self.firewall(argv),
+            &firewall::fence(bridge, lab, true),
+        )
+    }
+
     fn write_sysctl(&self, key: &str, _: &str) -> io::Result<()> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
