@@ -1034,7 +1034,10 @@ pub fn down(arg: Option<&Path>) -> Result<u8> {
             let state = StateDir::from_env();
             if let Some(name) = name.filter(|n| state.leftovers().contains(n)) {
                 state.remove_leftover(&name)?;
-                eprintln!("lab {name} had only its lock left (an up stopped at once); removed");
+                eprintln!(
+                    "lab {name} had no state left, only files of a vxlab stopped part-way \
+                     (nothing of it runs); removed"
+                );
                 return Ok(exit::OK);
             }
             let e = name_copies(e, arg, "down", Some("removes them all"));

@@ -831,8 +831,18 @@ impl LabLock {
         Ok(true)
     }
 
-    /// Removes the lab's state directory (after everything in it was torn down).
+    /// Removes the lab's state directory (after everything in it was torn down). The state
+    /// file goes first: a vxlab killed while the rest goes (in whatever order the directory
+    /// lists it) leaves a directory without state, which the next `down` removes as a
+    /// leftover ([`StateDir::remove_leftover`]). Taken the other way, a directory holding
+    /// the state but no longer the lab file named no lab that `down` could find.
     pub fn remove(self) -> Result<(), StateError> {
+        let state = self.dir.join(STATE_FILE);
+        match fs::remove_file(&state) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("cannot remove", &state)(e)),
+        }
         fs::remove_dir_all(&self.dir).map_err(io_err("cannot remove", &self.dir))
     }
 }
@@ -1028,6 +1038,29 @@ mod tests {
         }
         // Nothing but the three files: the temporary files were renamed.
         assert_eq!(fs::read_dir(lock.dir()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn a_lab_directory_left_without_its_state_is_a_leftover_that_goes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::at(tmp.path());
+        let lock = dir.lock("lab").unwrap();
+        lock.save(&state("lab")).unwrap();
+        lock.save_lab_copy("name: lab\n").unwrap();
+        drop(lock);
+        assert_eq!(dir.labs(), ["lab"]);
+        // What a `down` killed after the state file went leaves: the lab file, the lock.
+        fs::remove_file(dir.lab_dir("lab").join(STATE_FILE)).unwrap();
+        assert!(dir.labs().is_empty());
+        assert_eq!(dir.leftovers(), ["lab"]);
+        assert!(dir.remove_leftover("lab").unwrap());
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+        // A lab with state is no leftover, and stays.
+        let lock = dir.lock("kept").unwrap();
+        lock.save(&state("kept")).unwrap();
+        drop(lock);
+        assert!(!dir.remove_leftover("kept").unwrap());
+        assert_eq!(dir.labs(), ["kept"]);
     }
 
     #[test]
