@@ -163,8 +163,33 @@ pub fn missing(run: Run, rules: &[Rule]) -> io::Result<FenceSeen> {
     })
 }
 
-/// Puts the rules that are missing in place, in order; returns how many it added. A fence
-/// already whole is only read.
+/// Runs `argv`, an iptables command that changes a chain; its failure is an error.
+fn change(run: Run, argv: &[String]) -> io::Result<()> {
+    let out = run(argv)?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "`{}` failed: {}",
+            argv.join(" "),
+            out.stderr.trim()
+        )))
+    }
+}
+
+/// Whether `r` lets packets in (the neighbour discovery of IPv6), rather than dropping.
+fn accepts(r: &Rule) -> bool {
+    r.spec.windows(2).any(|w| w == ["-j", "ACCEPT"])
+}
+
+/// Puts the rules that are missing in place; returns how many it added. A fence already
+/// whole is only read.
+///
+/// Only the order of an accept and the drops below it in its chain matters (the other rules
+/// all drop, each on its own match). A repair never opens the fence, not even for a moment:
+/// the missing rules go in at the top, in the fence's order; where a drop went in above
+/// accepts that were in place, those accepts are then moved back above it, one at a time
+/// (while one moves, the worst is a neighbour solicitation dropped, never a packet let in).
 pub fn ensure(run: Run, rules: &[Rule]) -> io::Result<usize> {
     let mut missing = Vec::new();
     for r in rules {
@@ -175,18 +200,19 @@ pub fn ensure(run: Run, rules: &[Rule]) -> io::Result<usize> {
     if missing.is_empty() {
         return Ok(0);
     }
-    // One missing rule means the order is not to be trusted: take the fence down and put it
-    // up whole.
-    remove(run, rules)?;
-    for argv in insert_commands(rules) {
-        let out = run(&argv)?;
-        if !out.success() {
-            return Err(io::Error::other(format!(
-                "`{}` failed: {}",
-                argv.join(" "),
-                out.stderr.trim()
-            )));
-        }
+    for argv in insert_commands(&missing) {
+        change(run, &argv)?;
+    }
+    // Accepts in place that a drop of their chain now sits above.
+    let same_chain = |a: &Rule, b: &Rule| a.program == b.program && a.chain == b.chain;
+    let buried: Vec<&Rule> = rules
+        .iter()
+        .filter(|r| accepts(r) && !missing.contains(r))
+        .filter(|r| missing.iter().any(|m| !accepts(m) && same_chain(m, r)))
+        .collect();
+    for r in buried.into_iter().rev() {
+        change(run, &r.argv("-D"))?;
+        change(run, &r.argv("-I"))?;
     }
     Ok(missing.len())
 }
@@ -214,6 +240,117 @@ pub fn remove(run: Run, rules: &[Rule]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    /// The chains of an iptables held in memory, for `-C`, `-I` (at the top) and `-D` (the
+    /// first match), as the real one does them; each rule as its words after the chain.
+    #[derive(Default, Clone, PartialEq, Debug)]
+    struct Tables(BTreeMap<(String, String), Vec<Vec<String>>>);
+
+    impl Tables {
+        fn run(&mut self, argv: &[String]) -> process::Output {
+            let (op, key, spec) = (
+                argv[2].as_str(),
+                (argv[0].clone(), argv[3].clone()),
+                argv[4..].to_vec(),
+            );
+            let chain = self.0.entry(key).or_default();
+            let at = chain.iter().position(|r| *r == spec);
+            let status = match (op, at) {
+                ("-C", Some(_)) | ("-I", _) | ("-D", Some(_)) => 0,
+                _ => 1,
+            };
+            match (op, at) {
+                ("-I", _) => chain.insert(0, spec),
+                ("-D", Some(i)) => {
+                    chain.remove(i);
+                }
+                _ => {}
+            }
+            process::Output {
+                status,
+                stdout: String::new(),
+                stderr: String::new(),
+            }
+        }
+
+        fn has(&self, r: &Rule) -> bool {
+            self.0
+                .get(&(r.program.to_string(), r.chain.to_string()))
+                .is_some_and(|c| c.contains(&r.spec))
+        }
+
+        fn index(&self, r: &Rule) -> usize {
+            self.0[&(r.program.to_string(), r.chain.to_string())]
+                .iter()
+                .position(|s| *s == r.spec)
+                .unwrap()
+        }
+    }
+
+    #[test]
+    fn a_repair_puts_back_what_is_missing_in_order_and_never_opens_the_fence() {
+        let rules = fence("vxbr-seed", "two-netns", true);
+        let drops: Vec<&Rule> = rules.iter().filter(|r| !accepts(r)).collect();
+        // Every way of losing rules of one chain of a whole fence (put up as `up` does; the
+        // chains are independent), and of losing them all; one of the host's own rules in
+        // each chain beside them.
+        let chain_of = |i: usize| (rules[i].program, rules[i].chain);
+        let one_chain = |lost: u32| {
+            let mut chains = (0..rules.len())
+                .filter(|i| lost & (1 << i) != 0)
+                .map(chain_of);
+            chains.next().is_none_or(|c| chains.all(|d| d == c))
+        };
+        let all = (1u32 << rules.len()) - 1;
+        for lost in (0..=all).filter(|l| *l == all || one_chain(*l)) {
+            let mut start = Tables::default();
+            for r in &rules {
+                start
+                    .0
+                    .entry((r.program.to_string(), r.chain.to_string()))
+                    .or_insert_with(|| vec![vec!["-j".into(), "LIBVIRT".into()]]);
+            }
+            for argv in insert_commands(&rules) {
+                start.run(&argv);
+            }
+            for (i, r) in rules.iter().enumerate() {
+                if lost & (1 << i) != 0 {
+                    start.run(&r.argv("-D"));
+                }
+            }
+            let tables = RefCell::new(start);
+            // After every command: no drop that was in place is gone.
+            let run = |argv: &[String]| -> io::Result<process::Output> {
+                let mut t = tables.borrow_mut();
+                let before: Vec<bool> = drops.iter().map(|r| t.has(r)).collect();
+                let out = t.run(argv);
+                for (r, was) in drops.iter().zip(before) {
+                    assert!(!was || t.has(r), "lost {lost:#b}: {argv:?} opened {r:?}");
+                }
+                Ok(out)
+            };
+            let added = ensure(&run, &rules).unwrap();
+            assert_eq!(added, lost.count_ones() as usize);
+            let t = tables.into_inner();
+            // Whole: each rule once, each accept above every drop of its chain, the host's
+            // own rule below them all.
+            for r in &rules {
+                let chain = &t.0[&(r.program.to_string(), r.chain.to_string())];
+                assert_eq!(chain.iter().filter(|s| **s == r.spec).count(), 1);
+                assert_eq!(chain.last().unwrap(), &["-j", "LIBVIRT"]);
+                if accepts(r) {
+                    for d in drops
+                        .iter()
+                        .filter(|d| d.program == r.program && d.chain == r.chain)
+                    {
+                        assert!(t.index(r) < t.index(d), "lost {lost:#b}: {r:?} below {d:?}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_fence_lets_in_only_answers_and_routes_nothing_through() {
