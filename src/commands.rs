@@ -644,7 +644,7 @@ pub fn up_instances(path: &Path, copies: Copies<'_>, json: bool, timings: bool) 
             let r = up_one(lab, path, &text, &ui, None);
             queue
                 .as_ref()
-                .inspect(|q| eprintln!("{}", q.finished(&lab.name, r.is_ok())));
+                .inspect(|q| eprintln!("{}", q.finished(&lab.name, capacity::Finish::of(&r))));
             r
         })
     };
@@ -711,12 +711,12 @@ pub fn up_instances(path: &Path, copies: Copies<'_>, json: bool, timings: bool) 
 /// Runs `up` (given a copy's index) for every copy: all hosts at once, each on its own
 /// connections, each host as many copies at a time as its free cores boot well. One host's
 /// failures stay its copies'.
-fn up_on_hosts<T: Send>(
+fn up_on_hosts(
     labs: &[Lab],
     placed: &[Option<HostSpec>],
     facts: &[crate::hosts::survey::HostFacts],
-    up: impl Fn(usize) -> Result<T> + Sync,
-) -> Vec<Result<T>> {
+    up: impl Fn(usize) -> Result<(Plan, Outcome)> + Sync,
+) -> Vec<Result<(Plan, Outcome)>> {
     let mut groups: std::collections::BTreeMap<Option<String>, Vec<usize>> = Default::default();
     for (i, h) in placed.iter().enumerate() {
         groups
@@ -724,7 +724,7 @@ fn up_on_hosts<T: Send>(
             .or_default()
             .push(i);
     }
-    let mut slots: Vec<Option<Result<T>>> = (0..labs.len()).map(|_| None).collect();
+    let mut slots: Vec<Option<Result<(Plan, Outcome)>>> = (0..labs.len()).map(|_| None).collect();
     std::thread::scope(|s| {
         let up = &up;
         let handles: Vec<_> = groups
@@ -738,7 +738,10 @@ fn up_on_hosts<T: Send>(
                     let done = crate::parallel::parallel_map(copies, width, |&i| {
                         eprintln!("{}", queue.started(&labs[i].name));
                         let r = up(i);
-                        eprintln!("{}", queue.finished(&labs[i].name, r.is_ok()));
+                        eprintln!(
+                            "{}",
+                            queue.finished(&labs[i].name, capacity::Finish::of(&r))
+                        );
                         r
                     });
                     copies.iter().copied().zip(done).collect::<Vec<_>>()

@@ -494,7 +494,8 @@ impl StateDir {
     }
 
     /// Lab directories without a state file, sorted: left by a vxlab killed after taking the
-    /// lock and before recording anything. Nothing was created for them.
+    /// lock and before recording anything, or by a `down` killed while it removed the
+    /// directory (the state file goes first). Nothing of them runs.
     pub fn leftovers(&self) -> Vec<String> {
         self.entries()
             .into_iter()
@@ -837,13 +838,21 @@ impl LabLock {
     /// leftover ([`StateDir::remove_leftover`]). Taken the other way, a directory holding
     /// the state but no longer the lab file named no lab that `down` could find.
     pub fn remove(self) -> Result<(), StateError> {
+        self.remove_with(|dir| fs::remove_dir_all(dir))
+    }
+
+    /// [`Self::remove`], the directory removed by `remove_all` once the state file is gone.
+    fn remove_with(
+        self,
+        remove_all: impl FnOnce(&Path) -> io::Result<()>,
+    ) -> Result<(), StateError> {
         let state = self.dir.join(STATE_FILE);
         match fs::remove_file(&state) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("cannot remove", &state)(e)),
         }
-        fs::remove_dir_all(&self.dir).map_err(io_err("cannot remove", &self.dir))
+        remove_all(&self.dir).map_err(io_err("cannot remove", &self.dir))
     }
 }
 
@@ -1049,8 +1058,13 @@ mod tests {
         lock.save_lab_copy("name: lab\n").unwrap();
         drop(lock);
         assert_eq!(dir.labs(), ["lab"]);
-        // What a `down` killed after the state file went leaves: the lab file, the lock.
-        fs::remove_file(dir.lab_dir("lab").join(STATE_FILE)).unwrap();
+        // A `down` stopped as it removes the directory, at its very first file: the state
+        // file is gone already, the lab file and the lock are left.
+        let lock = dir.lock("lab").unwrap();
+        assert!(lock
+            .remove_with(|_| Err(io::Error::other("killed")))
+            .is_err());
+        assert!(dir.lab_dir("lab").join(LAB_COPY).exists());
         assert!(dir.labs().is_empty());
         assert_eq!(dir.leftovers(), ["lab"]);
         assert!(dir.remove_leftover("lab").unwrap());

@@ -437,6 +437,63 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     .await;
     screenshot(&c, "class_server", "instructor-after-reset.png").await;
 
+    // One of the rules that fence cls-2's bridge off from the host goes (an `iptables -F`, a
+    // firewall reloaded): the grid's Check names the host as the cause, and a `vxlab up` on
+    // the command line repairs it; the grid then shows it healthy with no Check pressed.
+    common::sh(
+        "eval \"iptables -w $(iptables -S INPUT | grep -F '\"vxlab: cls-2\"' | head -1 | sed 's/^-A/-D/')\"",
+    );
+    assert_eq!(common::fence_rules("cls-2").len(), common::fence_size() - 1);
+    c.find(Locator::Css(
+        "button[data-action=check][data-lab=\"cls-2\"]",
+    ))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    let row = wait_for(
+        &c,
+        30,
+        "cls-2 failing on its fence",
+        "const r = document.getElementById('row-cls-2'); return r && r.classList.contains('failing') ? r.innerText : false",
+    )
+    .await;
+    let row = row.as_str().unwrap();
+    assert!(
+        row.contains("host: the firewall rules that fence bridge") && row.contains("1 of"),
+        "{row}"
+    );
+    let result = wait_for(
+        &c,
+        30,
+        "the grid's check of cls-2",
+        "const t = document.getElementById('result').innerText; return t.includes('checks failed') ? t : false",
+    )
+    .await;
+    assert!(
+        result
+            .as_str()
+            .unwrap()
+            .contains("cls-2's Reset button repairs it"),
+        "{result}"
+    );
+    screenshot(&c, "class_server", "instructor-fence.png").await;
+    let out = lab.run(&["up", "cls-2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(common::fence_rules("cls-2").len(), common::fence_size());
+    wait_for(
+        &c,
+        30,
+        "cls-2 healthy after up repaired its fence",
+        "const r = document.getElementById('row-cls-2'); return r && r.classList.contains('healthy')",
+    )
+    .await;
+
     // The student page's Check and Capture buttons.
     c.goto(&students[0]).await.unwrap();
     c.find(Locator::Css("button[data-action=check]"))

@@ -138,6 +138,21 @@ impl JumpsOnly {
             .find(|f| f.get(2) == Some(&"cgroup2"))
             .map(|f| f[1].to_string())
             .expect("no cgroup2 hierarchy is mounted (the test confines its sshds in one)");
+        // What a run killed before its drop left: its rule would reset every tunnel of this
+        // run's sshds (they are not in its cgroup).
+        common::sh(
+            "iptables -S OUTPUT | grep -F 'vxlab-test: jumps only' | sed 's/^-A/-D/' | \
+             while read -r rule; do eval \"iptables -w $rule\"; done",
+        );
+        for old in std::fs::read_dir(&root).unwrap().flatten() {
+            if old
+                .file_name()
+                .to_string_lossy()
+                .starts_with("vxlab-test-jumps-")
+            {
+                let _ = std::fs::remove_dir(old.path());
+            }
+        }
         let name = format!("vxlab-test-jumps-{}", std::process::id());
         let cgroup = Path::new(&root).join(&name);
         std::fs::create_dir_all(&cgroup).unwrap();

@@ -1346,6 +1346,43 @@ fn a_downed_or_deleted_bridge_is_the_cause_and_up_says_it_repaired_it() {
         r["notes"]
     );
     assert_eq!(common::fence_rules("t-r-brdg").len(), common::fence_size());
+    // An accept of IPv6 neighbour discovery moved below the bridge's drop (where it lets
+    // nothing in), as iptables lists the chain: check counts it, up moves it back above.
+    if vxlab::host::firewall::host_has_ipv6() {
+        let accept = vxlab::host::firewall::fence(bridge, "t-r-brdg", true)
+            .into_iter()
+            .find(|r| r.program == "ip6tables" && r.spec.iter().any(|w| w == "ACCEPT"))
+            .unwrap();
+        for op in ["-D", "-A"] {
+            let argv = accept.argv(op);
+            let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
+            assert!(out.status.success(), "{argv:?}");
+        }
+        let (code, r) = lab.check();
+        assert_eq!(code, 1, "{r:#}");
+        assert_eq!(r["diagnoses"][0]["cause"]["kind"], "fence", "{r:#}");
+        let (code, r) = up_again(&lab);
+        assert_eq!(code, 0, "{:#}", r["failures"]);
+        assert!(
+            noted(&r, &["repaired on the host:", "firewall rules", bridge]),
+            "{:#}",
+            r["notes"]
+        );
+        let listed = Command::new("ip6tables")
+            .args(["-S", "INPUT"])
+            .output()
+            .unwrap();
+        let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+        let ours: Vec<&str> = listed
+            .lines()
+            .filter(|l| l.contains("\"vxlab: t-r-brdg\"") && l.contains(bridge))
+            .collect();
+        assert!(
+            ours.len() == 3 && ours[2].ends_with("-j DROP"),
+            "the accepts are not above the drop:\n{listed}"
+        );
+        assert_eq!(lab.check().0, 0);
+    }
     // Whole, it is only read: a second `up` says nothing of it.
     let (_, r) = up_again(&lab);
     assert!(!noted(&r, &["firewall"]), "{:#}", r["notes"]);

@@ -438,7 +438,7 @@ impl Engine {
 
     /// What the host shows of lab `plan` beside its guests: how much of its bridge's fence
     /// is in place. A firewall that cannot be read is said in `notes`, and left unchecked.
-    fn host_seen(&self, plan: &Plan, notes: &mut Vec<String>) -> HostSeen {
+    pub fn host_seen(&self, plan: &Plan, notes: &mut Vec<String>) -> HostSeen {
         match self.host.fence_seen(&plan.bridge, &plan.lab) {
             Ok(fence) => HostSeen { fence: Some(fence) },
             Err(e) => {

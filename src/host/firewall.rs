@@ -149,18 +149,76 @@ fn present(run: Run, rule: &Rule) -> io::Result<bool> {
     }
 }
 
-/// How many of `rules` are missing; only reads.
+/// How many of `rules` are missing, an accept below a drop of its chain counted as missing
+/// (it lets nothing in there); only reads. Where iptables is not installed, none of its
+/// rules can be in place.
 pub fn missing(run: Run, rules: &[Rule]) -> io::Result<FenceSeen> {
     let mut missing = 0;
+    let mut absent_programs = Vec::new();
     for r in rules {
-        if !present(run, r)? {
-            missing += 1;
+        match present(run, r) {
+            Ok(true) => {}
+            Ok(false) => missing += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing += 1;
+                absent_programs.push(r.program);
+            }
+            Err(e) => return Err(e),
         }
     }
+    let installed: Vec<Rule> = rules
+        .iter()
+        .filter(|r| !absent_programs.contains(&r.program))
+        .cloned()
+        .collect();
     Ok(FenceSeen {
-        missing,
+        missing: missing + buried(run, &installed)?.len(),
         of: rules.len(),
     })
+}
+
+/// The accepts of `rules` that are in place below a drop of the fence in their chain, as the
+/// chain lists (`-S`) them: an `ensure` stopped part-way, or rules moved by hand.
+fn buried<'a>(run: Run, rules: &'a [Rule]) -> io::Result<Vec<&'a Rule>> {
+    let mut out = Vec::new();
+    let mut chains: Vec<(&str, &str)> = rules
+        .iter()
+        .filter(|r| accepts(r))
+        .map(|r| (r.program, r.chain))
+        .collect();
+    chains.dedup();
+    for (program, chain) in chains {
+        let argv: Vec<String> = [program, "-w", "-S", chain].map(String::from).to_vec();
+        let out_s = run(&argv)?;
+        if !out_s.success() {
+            return Err(io::Error::other(format!(
+                "`{}` failed: {}",
+                argv.join(" "),
+                out_s.stderr.trim()
+            )));
+        }
+        let in_chain: Vec<&Rule> = rules
+            .iter()
+            .filter(|r| r.program == program && r.chain == chain)
+            .collect();
+        // Each rule ends with its mark, which -S prints quoted (it holds a space).
+        let mark = in_chain
+            .first()
+            .and_then(|r| r.spec.last())
+            .map(|m| format!("--comment \"{m}\""))
+            .unwrap_or_default();
+        let ours: Vec<&str> = out_s.stdout.lines().filter(|l| l.contains(&mark)).collect();
+        let first_drop = ours.iter().position(|l| l.contains(" -j DROP"));
+        let last_accept = ours.iter().rposition(|l| l.contains(" -j ACCEPT"));
+        if matches!((first_drop, last_accept), (Some(d), Some(a)) if a > d) {
+            for r in in_chain.into_iter().filter(|r| accepts(r)) {
+                if present(run, r)? {
+                    out.push(r);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Runs `argv`, an iptables command that changes a chain; its failure is an error.
@@ -182,14 +240,17 @@ fn accepts(r: &Rule) -> bool {
     r.spec.windows(2).any(|w| w == ["-j", "ACCEPT"])
 }
 
-/// Puts the rules that are missing in place; returns how many it added. A fence already
-/// whole is only read.
+/// Puts the rules that are missing in place, and accepts found below a drop back above it;
+/// returns how many rules were not in effect (missing or buried). A fence already whole is
+/// only read.
 ///
 /// Only the order of an accept and the drops below it in its chain matters (the other rules
 /// all drop, each on its own match). A repair never opens the fence, not even for a moment:
-/// the missing rules go in at the top, in the fence's order; where a drop went in above
-/// accepts that were in place, those accepts are then moved back above it, one at a time
-/// (while one moves, the worst is a neighbour solicitation dropped, never a packet let in).
+/// the missing rules go in at the top, in the fence's order; accepts that a drop then sits
+/// above (put in now, or by an `ensure` stopped part-way) are moved back above it, one at a
+/// time (while one moves, the worst is a neighbour solicitation dropped, never a packet let
+/// in). The order is read from the chain each time, so a repair stopped at any point is
+/// finished by the next.
 pub fn ensure(run: Run, rules: &[Rule]) -> io::Result<usize> {
     let mut missing = Vec::new();
     for r in rules {
@@ -197,24 +258,18 @@ pub fn ensure(run: Run, rules: &[Rule]) -> io::Result<usize> {
             missing.push(r.clone());
         }
     }
-    if missing.is_empty() {
+    let buried_before = buried(run, rules)?.len();
+    if missing.is_empty() && buried_before == 0 {
         return Ok(0);
     }
     for argv in insert_commands(&missing) {
         change(run, &argv)?;
     }
-    // Accepts in place that a drop of their chain now sits above.
-    let same_chain = |a: &Rule, b: &Rule| a.program == b.program && a.chain == b.chain;
-    let buried: Vec<&Rule> = rules
-        .iter()
-        .filter(|r| accepts(r) && !missing.contains(r))
-        .filter(|r| missing.iter().any(|m| !accepts(m) && same_chain(m, r)))
-        .collect();
-    for r in buried.into_iter().rev() {
+    for r in buried(run, rules)?.into_iter().rev() {
         change(run, &r.argv("-D"))?;
         change(run, &r.argv("-I"))?;
     }
-    Ok(missing.len())
+    Ok(missing.len() + buried_before)
 }
 
 /// Removes every copy of `rules`; returns how many it removed.
@@ -250,6 +305,9 @@ mod tests {
 
     impl Tables {
         fn run(&mut self, argv: &[String]) -> process::Output {
+            if argv[2] == "-S" {
+                return self.list(&argv[0], &argv[3]);
+            }
             let (op, key, spec) = (
                 argv[2].as_str(),
                 (argv[0].clone(), argv[3].clone()),
@@ -275,6 +333,38 @@ mod tests {
             }
         }
 
+        /// `-S CHAIN` as iptables prints it: the target last, a word with a space quoted.
+        fn list(&self, program: &str, chain: &str) -> process::Output {
+            let mut stdout = format!("-P {chain} ACCEPT\n");
+            for spec in self
+                .0
+                .get(&(program.to_string(), chain.to_string()))
+                .into_iter()
+                .flatten()
+            {
+                let j = spec.iter().position(|w| w == "-j").unwrap();
+                let mut words: Vec<String> = spec[..j].to_vec();
+                words.extend(spec[j + 2..].iter().cloned());
+                words.extend(spec[j..j + 2].iter().cloned());
+                let words: Vec<String> = words
+                    .into_iter()
+                    .map(|w| {
+                        if w.contains(' ') {
+                            format!("\"{w}\"")
+                        } else {
+                            w
+                        }
+                    })
+                    .collect();
+                stdout.push_str(&format!("-A {chain} {}\n", words.join(" ")));
+            }
+            process::Output {
+                status: 0,
+                stdout,
+                stderr: String::new(),
+            }
+        }
+
         fn has(&self, r: &Rule) -> bool {
             self.0
                 .get(&(r.program.to_string(), r.chain.to_string()))
@@ -289,13 +379,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_repair_puts_back_what_is_missing_in_order_and_never_opens_the_fence() {
-        let rules = fence("vxbr-seed", "two-netns", true);
-        let drops: Vec<&Rule> = rules.iter().filter(|r| !accepts(r)).collect();
-        // Every way of losing rules of one chain of a whole fence (put up as `up` does; the
-        // chains are independent), and of losing them all; one of the host's own rules in
-        // each chain beside them.
+    /// A whole fence put up as `up` does, one of the host's own rules in each chain below
+    /// it, then the rules of `lost` (bits, in fence order) deleted.
+    fn fence_losing(rules: &[Rule], lost: u32) -> Tables {
+        let mut t = Tables::default();
+        for r in rules {
+            t.0.entry((r.program.to_string(), r.chain.to_string()))
+                .or_insert_with(|| vec![vec!["-j".into(), "LIBVIRT".into()]]);
+        }
+        for argv in insert_commands(rules) {
+            t.run(&argv);
+        }
+        for (i, r) in rules.iter().enumerate() {
+            if lost & (1 << i) != 0 {
+                t.run(&r.argv("-D"));
+            }
+        }
+        t
+    }
+
+    /// Every way of losing rules of one chain (the chains are independent), and all.
+    fn losses(rules: &[Rule]) -> Vec<u32> {
         let chain_of = |i: usize| (rules[i].program, rules[i].chain);
         let one_chain = |lost: u32| {
             let mut chains = (0..rules.len())
@@ -304,52 +408,114 @@ mod tests {
             chains.next().is_none_or(|c| chains.all(|d| d == c))
         };
         let all = (1u32 << rules.len()) - 1;
-        for lost in (0..=all).filter(|l| *l == all || one_chain(*l)) {
-            let mut start = Tables::default();
-            for r in &rules {
-                start
-                    .0
-                    .entry((r.program.to_string(), r.chain.to_string()))
-                    .or_insert_with(|| vec![vec!["-j".into(), "LIBVIRT".into()]]);
+        (0..=all).filter(|l| *l == all || one_chain(*l)).collect()
+    }
+
+    /// Runs commands on `tables`, failing every one from the `fail_at`th on; after each, no
+    /// drop of `rules` that was in place is gone.
+    fn guarded<'a>(
+        tables: &'a RefCell<Tables>,
+        rules: &'a [Rule],
+        fail_at: Option<usize>,
+    ) -> impl Fn(&[String]) -> io::Result<process::Output> + 'a {
+        let ran = std::cell::Cell::new(0);
+        move |argv: &[String]| {
+            ran.set(ran.get() + 1);
+            if fail_at.is_some_and(|k| ran.get() > k) {
+                return Err(io::Error::other("killed"));
             }
-            for argv in insert_commands(&rules) {
-                start.run(&argv);
+            let mut t = tables.borrow_mut();
+            let drops: Vec<&Rule> = rules.iter().filter(|r| !accepts(r)).collect();
+            let before: Vec<bool> = drops.iter().map(|r| t.has(r)).collect();
+            let out = t.run(argv);
+            for (r, was) in drops.iter().zip(before) {
+                assert!(!was || t.has(r), "{argv:?} opened {r:?}");
             }
-            for (i, r) in rules.iter().enumerate() {
-                if lost & (1 << i) != 0 {
-                    start.run(&r.argv("-D"));
-                }
-            }
-            let tables = RefCell::new(start);
-            // After every command: no drop that was in place is gone.
-            let run = |argv: &[String]| -> io::Result<process::Output> {
-                let mut t = tables.borrow_mut();
-                let before: Vec<bool> = drops.iter().map(|r| t.has(r)).collect();
-                let out = t.run(argv);
-                for (r, was) in drops.iter().zip(before) {
-                    assert!(!was || t.has(r), "lost {lost:#b}: {argv:?} opened {r:?}");
-                }
-                Ok(out)
-            };
-            let added = ensure(&run, &rules).unwrap();
-            assert_eq!(added, lost.count_ones() as usize);
-            let t = tables.into_inner();
-            // Whole: each rule once, each accept above every drop of its chain, the host's
-            // own rule below them all.
-            for r in &rules {
-                let chain = &t.0[&(r.program.to_string(), r.chain.to_string())];
-                assert_eq!(chain.iter().filter(|s| **s == r.spec).count(), 1);
-                assert_eq!(chain.last().unwrap(), &["-j", "LIBVIRT"]);
-                if accepts(r) {
-                    for d in drops
-                        .iter()
-                        .filter(|d| d.program == r.program && d.chain == r.chain)
-                    {
-                        assert!(t.index(r) < t.index(d), "lost {lost:#b}: {r:?} below {d:?}");
-                    }
+            Ok(out)
+        }
+    }
+
+    /// Each rule there once, each accept above every drop of its chain, the host's own rule
+    /// below them all.
+    fn assert_whole(t: &Tables, rules: &[Rule], case: &str) {
+        for r in rules {
+            let chain = &t.0[&(r.program.to_string(), r.chain.to_string())];
+            assert_eq!(chain.iter().filter(|s| **s == r.spec).count(), 1, "{case}");
+            assert_eq!(chain.last().unwrap(), &["-j", "LIBVIRT"], "{case}");
+            if accepts(r) {
+                for d in rules
+                    .iter()
+                    .filter(|d| !accepts(d) && d.program == r.program && d.chain == r.chain)
+                {
+                    assert!(t.index(r) < t.index(d), "{case}: {r:?} below {d:?}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_repair_puts_back_what_is_missing_in_order_and_never_opens_the_fence() {
+        let rules = fence("vxbr-seed", "two-netns", true);
+        for lost in losses(&rules) {
+            let tables = RefCell::new(fence_losing(&rules, lost));
+            let run = guarded(&tables, &rules, None);
+            assert_eq!(
+                missing(&run, &rules).unwrap().missing,
+                lost.count_ones() as usize
+            );
+            let added = ensure(&run, &rules).unwrap();
+            assert_eq!(added, lost.count_ones() as usize);
+            assert_eq!(missing(&run, &rules).unwrap().missing, 0);
+            assert_whole(&tables.borrow(), &rules, &format!("lost {lost:#b}"));
+        }
+    }
+
+    #[test]
+    fn without_ip6tables_its_rules_count_as_missing() {
+        let rules = fence("vxbr-seed", "two-netns", true);
+        let tables = RefCell::new(fence_losing(&rules, 0));
+        let run = |argv: &[String]| -> io::Result<process::Output> {
+            if argv[0] == "ip6tables" {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "no ip6tables"));
+            }
+            Ok(tables.borrow_mut().run(argv))
+        };
+        let v6 = rules.iter().filter(|r| r.program == "ip6tables").count();
+        assert_eq!(missing(&run, &rules).unwrap().missing, v6);
+    }
+
+    #[test]
+    fn a_repair_stopped_at_any_command_is_finished_by_the_next_and_check_sees_it() {
+        let rules = fence("vxbr-seed", "two-netns", true);
+        for lost in losses(&rules) {
+            for k in 0.. {
+                let tables = RefCell::new(fence_losing(&rules, lost));
+                let stopped = ensure(&guarded(&tables, &rules, Some(k)), &rules).is_err();
+                let run = guarded(&tables, &rules, None);
+                let seen = missing(&run, &rules).unwrap().missing;
+                if !stopped {
+                    break;
+                }
+                // What is not in effect is counted by check and put right by the next
+                // repair, which says how much it was.
+                assert_eq!(ensure(&run, &rules).unwrap(), seen, "lost {lost:#b}, k {k}");
+                assert_whole(&tables.borrow(), &rules, &format!("lost {lost:#b}, k {k}"));
+            }
+        }
+        // Accepts moved below their drop by hand are not in effect: counted, and moved back.
+        let tables = RefCell::new(fence_losing(&rules, 0));
+        let run = guarded(&tables, &rules, None);
+        let buried: Vec<&Rule> = rules.iter().filter(|r| accepts(r)).collect();
+        for r in &buried {
+            tables.borrow_mut().run(&r.argv("-D"));
+            let mut t = tables.borrow_mut();
+            let chain = t.0.get_mut(&(r.program.into(), r.chain.into())).unwrap();
+            let at = chain.len() - 1;
+            chain.insert(at, r.spec.clone());
+        }
+        assert_eq!(missing(&run, &rules).unwrap().missing, buried.len());
+        assert_eq!(ensure(&run, &rules).unwrap(), buried.len());
+        assert_whole(&tables.borrow(), &rules, "moved by hand");
     }
 
     #[test]

@@ -347,9 +347,12 @@ impl Watcher {
         self.start_monitors(&mut monitors, &mut numbers);
         let mut current = LabView::empty(self.plan.clone());
         current.busy = self.busy.map(changer);
-        self.read(&engine, &mut current, &all);
+        self.read(&engine, &mut current, &all, true);
         while let Ok(first) = signals.recv() {
             let mut changed: Vec<String> = Vec::new();
+            // The host's side (the fence) is read again when the lab may have been changed
+            // as a whole: after a reset, or when another vxlab (an `up`) lets go of it.
+            let mut host_due = false;
             let mut pending = Some(first);
             let started = Instant::now();
             while let Some(s) = pending.take() {
@@ -382,11 +385,16 @@ impl Watcher {
                         hang_up(&mut monitors);
                         self.start_monitors(&mut monitors, &mut numbers);
                         changed = all.clone();
+                        host_due = true;
                     }
                     Signal::Busy(pid) => {
                         let mut next = current.clone();
                         next.busy = pid.map(changer);
                         self.publish(&mut current, next, true);
+                        if pid.is_none() {
+                            changed = all.clone();
+                            host_due = true;
+                        }
                     }
                     Signal::Checked(verdict, host) => {
                         let mut next = current.clone();
@@ -413,15 +421,19 @@ impl Watcher {
                 }
             }
             if !changed.is_empty() {
-                self.read(&engine, &mut current, &changed);
+                self.read(&engine, &mut current, &changed, host_due);
             }
         }
         hang_up(&mut monitors);
     }
 
-    /// Reads guests `guests` again and publishes the lab's new view if it changed.
-    fn read(&self, engine: &Engine, current: &mut LabView, guests: &[String]) {
+    /// Reads guests `guests` again (and the host's side of the lab when `host`) and
+    /// publishes the lab's new view if it changed.
+    fn read(&self, engine: &Engine, current: &mut LabView, guests: &[String], host: bool) {
         let mut next = current.clone();
+        if host {
+            next.host = engine.host_seen(&self.plan, &mut Vec::new());
+        }
         for name in guests {
             let Some(g) = self.plan.guest(name) else {
                 continue;

@@ -142,7 +142,7 @@ impl GridRow {
                 .map(|d| {
                     format!(
                         "{}: {} (fix: {})",
-                        d.cause.guest,
+                        d.cause.place(),
                         line(&d.cause),
                         d.cause.fix
                     )

@@ -309,6 +309,28 @@ pub fn plan_for(lab: &Lab, copies: usize) -> Result<(ClassPlan, String), ClassTo
     Ok((plan, summary))
 }
 
+/// How a copy of a class ended its `up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// Up, and every check passed.
+    Checked,
+    /// Up, and some checks failed.
+    ChecksFailed,
+    /// It did not come up.
+    Failed,
+}
+
+impl Finish {
+    /// How `up` of a copy ended, from what it returned.
+    pub fn of<T>(r: &anyhow::Result<(T, crate::outcome::Outcome)>) -> Finish {
+        match r {
+            Ok((_, o)) if o.verdict.ok() => Finish::Checked,
+            Ok(_) => Finish::ChecksFailed,
+            Err(_) => Finish::Failed,
+        }
+    }
+}
+
 /// Which copies of a class have started, for lines saying what runs and what is queued.
 pub struct ClassQueue {
     names: Vec<String>,
@@ -364,7 +386,7 @@ impl ClassQueue {
     }
 
     /// The line to print when `name` is done.
-    pub fn finished(&self, name: &str, ok: bool) -> String {
+    pub fn finished(&self, name: &str, how: Finish) -> String {
         let started = self.started.lock().unwrap_or_else(|p| p.into_inner());
         let took = started
             .iter()
@@ -378,7 +400,11 @@ impl ClassQueue {
         format!(
             "{:>7.1} s  {name}{on} {} after {took:.1} s",
             self.start.elapsed().as_secs_f64(),
-            if ok { "up and checked" } else { "failed" }
+            match how {
+                Finish::Checked => "up and checked",
+                Finish::ChecksFailed => "up, but its checks FAILED",
+                Finish::Failed => "failed",
+            }
         )
     }
 }
@@ -458,9 +484,14 @@ mod tests {
         let q = ClassQueue::new(vec!["l-1".into(), "l-2".into(), "l-3".into()]);
         assert!(q.started("l-1").ends_with("starting l-1; queued: l-2 l-3"));
         assert!(q.started("l-2").ends_with("starting l-2; queued: l-3"));
-        assert!(q.finished("l-1", true).contains("l-1 up and checked after"));
+        assert!(q
+            .finished("l-1", Finish::Checked)
+            .contains("l-1 up and checked after"));
         assert!(q.started("l-3").ends_with("queued: none"));
-        assert!(q.finished("l-3", false).contains("l-3 failed"));
+        assert!(q.finished("l-3", Finish::Failed).contains("l-3 failed"));
+        assert!(q
+            .finished("l-2", Finish::ChecksFailed)
+            .contains("l-2 up, but its checks FAILED after"));
     }
 
     #[test]
@@ -470,7 +501,7 @@ mod tests {
             .started("l-1")
             .ends_with("starting l-1 on h1; queued on h1: l-3"));
         assert!(q
-            .finished("l-1", true)
+            .finished("l-1", Finish::Checked)
             .contains("l-1 on h1 up and checked after"));
     }
 
