@@ -9,7 +9,9 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use common::browser::{browser, chromedriver, screenshot, serve, type_in_terminal, wait_for};
+use common::browser::{
+    browser, chromedriver, click, screenshot, serve, type_in_terminal, wait_for,
+};
 use common::Lab;
 use fantoccini::Locator;
 use serde_json::json;
@@ -385,14 +387,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     screenshot(&c, "class_server", "instructor-failing.png").await;
 
     // The grid's Check says what broke, where, and the fix.
-    c.find(Locator::Css(
-        "button[data-action=check][data-lab=\"cls-1\"]",
-    ))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    click(&c, "button[data-action=check][data-lab=\"cls-1\"]").await;
     let result = wait_for(
         &c,
         30,
@@ -413,14 +408,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     screenshot(&c, "class_server", "instructor-check.png").await;
 
     // Reset brings it back.
-    c.find(Locator::Css(
-        "button[data-action=reset][data-lab=\"cls-1\"]",
-    ))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    click(&c, "button[data-action=reset][data-lab=\"cls-1\"]").await;
     wait_for(
         &c,
         30,
@@ -444,14 +432,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         "eval \"iptables -w $(iptables -S INPUT | grep -F '\"vxlab: cls-2\"' | head -1 | sed 's/^-A/-D/')\"",
     );
     assert_eq!(common::fence_rules("cls-2").len(), common::fence_size() - 1);
-    c.find(Locator::Css(
-        "button[data-action=check][data-lab=\"cls-2\"]",
-    ))
-    .await
-    .unwrap()
-    .click()
-    .await
-    .unwrap();
+    click(&c, "button[data-action=check][data-lab=\"cls-2\"]").await;
     let row = wait_for(
         &c,
         30,
@@ -496,12 +477,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
 
     // The student page's Check and Capture buttons.
     c.goto(&students[0]).await.unwrap();
-    c.find(Locator::Css("button[data-action=check]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "button[data-action=check]").await;
     wait_for(
         &c,
         20,
@@ -521,12 +497,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         offered.contains("192.168.42.3: vm-b (vxlan0, VNI 42)"),
         "{offered}"
     );
-    c.find(Locator::Css("button[data-action=capture][data-guest=vm-a]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "button[data-action=capture][data-guest=vm-a]").await;
     let capture = wait_for(
         &c,
         20,
@@ -547,18 +518,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     let student_does = |guest: &str, argv: &[&str]| lab.exec(Some("cls-1"), guest, argv);
     student_does("vm-b", &["ip", "addr", "flush", "dev", "vxlan0"]);
     student_does("vm-a", &["bridge", "fdb", "flush", "dev", "vxlan0"]);
-    let click = |css: &'static str| {
-        let c = c.clone();
-        async move {
-            c.find(Locator::Css(css))
-                .await
-                .unwrap()
-                .click()
-                .await
-                .unwrap();
-        }
-    };
-    click("button[data-action=check]").await;
+    click(&c, "button[data-action=check]").await;
     let causes = wait_for(
         &c,
         20,
@@ -584,7 +544,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         student_does(guest, &["bridge", "fdb", "show", "dev", "vxlan0"]).contains("239.1.1.1")
     };
     // "Reset vm-b" repairs vm-b alone.
-    click("button[data-action=reset][data-guest=vm-b]").await;
+    click(&c, "button[data-action=reset][data-guest=vm-b]").await;
     wait_for(
         &c,
         20,
@@ -610,7 +570,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         "{said}"
     );
     // "Reset the whole lab" repairs the rest; Check then passes.
-    click("button[data-action=reset]:not([data-guest])").await;
+    click(&c, "button[data-action=reset]:not([data-guest])").await;
     wait_for(
         &c,
         20,
@@ -619,7 +579,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     )
     .await;
     assert!(flood("vm-a"));
-    click("button[data-action=check]").await;
+    click(&c, "button[data-action=check]").await;
     wait_for(
         &c,
         20,

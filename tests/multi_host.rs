@@ -195,18 +195,32 @@ impl JumpsOnly {
 
 impl Drop for JumpsOnly {
     fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileExt;
         let _ = Command::new("iptables").arg("-D").args(&self.rule).status();
-        // Killed sessions leave the cgroup as they exit; wait for that, briefly.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.cgroup).is_ok() {
-                return;
+        // Killed sessions leave the cgroup as they exit. Its cgroup.events says when none is
+        // left ("populated 0"), and the kernel wakes a poll on it at each change (reading it
+        // through the same descriptor takes the change in).
+        if let Ok(events) = std::fs::File::open(self.cgroup.join("cgroup.events")) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut text = [0u8; 256];
+            while std::time::Instant::now() < deadline {
+                let n = events.read_at(&mut text, 0).unwrap_or(0);
+                if String::from_utf8_lossy(&text[..n]).contains("populated 0") {
+                    break;
+                }
+                let mut pfd = libc::pollfd {
+                    fd: events.as_raw_fd(),
+                    events: libc::POLLPRI,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, 1000) };
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        eprintln!(
-            "cgroup {} is left: it still holds a process",
-            self.cgroup.display()
-        );
+        if let Err(e) = std::fs::remove_dir(&self.cgroup) {
+            eprintln!("cgroup {} is left: {e}", self.cgroup.display());
+        }
     }
 }
 

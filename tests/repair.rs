@@ -165,6 +165,11 @@ fn first_cause(report: &Value) -> &Value {
     &report["diagnoses"][0]["cause"]
 }
 
+/// What `vxlab status --json` says.
+fn status_of(lab: &Lab) -> Value {
+    serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap()
+}
+
 /// `up` by the lab's name (a running lab), as JSON.
 fn up_again(lab: &Lab) -> (i32, Value) {
     let out = lab.run(&["up", "--json", &lab.name]);
@@ -723,8 +728,7 @@ fn status_never_calls_a_failing_lab_healthy() {
     );
     assert!(addresses(&lab, "vm-a", "vxlan0").is_empty());
 
-    let out = lab.run(&["status", "--json"]);
-    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = status_of(&lab);
     let row = &s["labs"][0];
     assert_eq!(row["lab"], lab.name.as_str());
     assert_eq!(row["ok"], false, "{s:#}");
@@ -746,7 +750,7 @@ fn status_never_calls_a_failing_lab_healthy() {
     let held = vxlab::state::StateDir::at(lab.state.path())
         .lock("t-r-stat")
         .expect("the lab's lock is free");
-    let s: Value = serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap();
+    let s = status_of(&lab);
     let row = &s["labs"][0];
     let health = row["health"].as_str().unwrap();
     assert!(
@@ -757,12 +761,12 @@ fn status_never_calls_a_failing_lab_healthy() {
     assert_eq!(row["ok"], Value::Null, "{s:#}");
     assert_eq!(row["busy"], std::process::id(), "{s:#}");
     drop(held);
-    let s: Value = serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap();
+    let s = status_of(&lab);
     assert_eq!(s["labs"][0]["ok"], false, "{s:#}");
     // `up` finishes what the walk did not, and status then says so.
     let (code, r) = up_again(&lab);
     assert_eq!(code, 0, "{:#}", r["failures"]);
-    let s: Value = serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap();
+    let s = status_of(&lab);
     assert_eq!(s["labs"][0]["ok"], true, "{s:#}");
     lab.down_leaves_nothing();
 }
@@ -867,7 +871,7 @@ fn a_route_that_takes_the_peer_away_is_named_and_up_removes_it() {
         "vm-b",
         &["sysctl", "-q", "-w", "net.ipv4.icmp_echo_ignore_all=1"],
     );
-    let s: Value = serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap();
+    let s = status_of(&lab);
     let row = &s["labs"][0];
     assert_eq!(row["ok"], false, "{s:#}");
     assert!(row["health"].as_str().unwrap().contains("ping"), "{s:#}");
@@ -876,7 +880,7 @@ fn a_route_that_takes_the_peer_away_is_named_and_up_removes_it() {
         "vm-b",
         &["sysctl", "-q", "-w", "net.ipv4.icmp_echo_ignore_all=0"],
     );
-    let s: Value = serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap();
+    let s = status_of(&lab);
     assert_eq!(s["labs"][0]["ok"], true, "{s:#}");
     lab.down_leaves_nothing();
 }
@@ -1325,7 +1329,7 @@ fn a_downed_or_deleted_bridge_is_the_cause_and_up_says_it_repaired_it() {
         )),
         "{said}"
     );
-    let s: Value = serde_json::from_slice(&lab.run(&["status", "--json"]).stdout).unwrap();
+    let s = status_of(&lab);
     let row = &s["labs"][0];
     assert_eq!(row["ok"], false, "{s:#}");
     assert!(

@@ -133,6 +133,25 @@ pub fn local(argv: &[String]) -> io::Result<process::Output> {
     })
 }
 
+/// The error of iptables command `argv` that said `out`.
+fn failed(argv: &[String], out: &process::Output) -> io::Error {
+    io::Error::other(format!(
+        "`{}` failed: {}",
+        argv.join(" "),
+        out.stderr.trim()
+    ))
+}
+
+/// Runs `argv`; an exit other than 0 is an error.
+fn succeed(run: Run, argv: &[String]) -> io::Result<process::Output> {
+    let out = run(argv)?;
+    if out.success() {
+        Ok(out)
+    } else {
+        Err(failed(argv, &out))
+    }
+}
+
 /// Whether `rule` is in place: `-C` exits 0 when it is, 1 when it is not; anything else is
 /// iptables failing (a table it cannot load), said as it is.
 fn present(run: Run, rule: &Rule) -> io::Result<bool> {
@@ -141,11 +160,7 @@ fn present(run: Run, rule: &Rule) -> io::Result<bool> {
     match out.status {
         0 => Ok(true),
         1 => Ok(false),
-        _ => Err(io::Error::other(format!(
-            "`{}` failed: {}",
-            argv.join(" "),
-            out.stderr.trim()
-        ))),
+        _ => Err(failed(&argv, &out)),
     }
 }
 
@@ -153,86 +168,67 @@ fn present(run: Run, rule: &Rule) -> io::Result<bool> {
 /// (it lets nothing in there); only reads. Where iptables is not installed, none of its
 /// rules can be in place.
 pub fn missing(run: Run, rules: &[Rule]) -> io::Result<FenceSeen> {
-    let mut missing = 0;
-    let mut absent_programs = Vec::new();
+    let mut absent = Vec::new();
+    let mut not_installed = Vec::new();
     for r in rules {
         match present(run, r) {
             Ok(true) => {}
-            Ok(false) => missing += 1,
+            Ok(false) => absent.push(r.clone()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                missing += 1;
-                absent_programs.push(r.program);
+                absent.push(r.clone());
+                not_installed.push(r.program);
             }
             Err(e) => return Err(e),
         }
     }
     let installed: Vec<Rule> = rules
         .iter()
-        .filter(|r| !absent_programs.contains(&r.program))
+        .filter(|r| !not_installed.contains(&r.program))
         .cloned()
         .collect();
     Ok(FenceSeen {
-        missing: missing + buried(run, &installed)?.len(),
+        missing: absent.len() + buried(run, &installed, &absent)?.len(),
         of: rules.len(),
     })
 }
 
-/// The accepts of `rules` that are in place below a drop of the fence in their chain, as the
-/// chain lists (`-S`) them: an `ensure` stopped part-way, or rules moved by hand.
-fn buried<'a>(run: Run, rules: &'a [Rule]) -> io::Result<Vec<&'a Rule>> {
-    let mut out = Vec::new();
+/// The accepts of `rules` in place (not in `absent`) below a drop of the fence in their
+/// chain, as the chain lists (`-S`) them: an `ensure` stopped part-way, or rules moved by
+/// hand.
+fn buried<'a>(run: Run, rules: &'a [Rule], absent: &[Rule]) -> io::Result<Vec<&'a Rule>> {
     let mut chains: Vec<(&str, &str)> = rules
         .iter()
         .filter(|r| accepts(r))
         .map(|r| (r.program, r.chain))
         .collect();
+    chains.sort();
     chains.dedup();
+    let mut out = Vec::new();
     for (program, chain) in chains {
         let argv: Vec<String> = [program, "-w", "-S", chain].map(String::from).to_vec();
-        let out_s = run(&argv)?;
-        if !out_s.success() {
-            return Err(io::Error::other(format!(
-                "`{}` failed: {}",
-                argv.join(" "),
-                out_s.stderr.trim()
-            )));
-        }
-        let in_chain: Vec<&Rule> = rules
+        let listed = succeed(run, &argv)?;
+        let in_chain = rules
             .iter()
-            .filter(|r| r.program == program && r.chain == chain)
-            .collect();
+            .filter(|r| r.program == program && r.chain == chain);
         // Each rule ends with its mark, which -S prints quoted (it holds a space).
         let mark = in_chain
-            .first()
+            .clone()
+            .next()
             .and_then(|r| r.spec.last())
             .map(|m| format!("--comment \"{m}\""))
             .unwrap_or_default();
-        let ours: Vec<&str> = out_s.stdout.lines().filter(|l| l.contains(&mark)).collect();
+        let ours: Vec<&str> = listed
+            .stdout
+            .lines()
+            .filter(|l| l.contains(&mark))
+            .collect();
         let first_drop = ours.iter().position(|l| l.contains(" -j DROP"));
         let last_accept = ours.iter().rposition(|l| l.contains(" -j ACCEPT"));
         if matches!((first_drop, last_accept), (Some(d), Some(a)) if a > d) {
-            for r in in_chain.into_iter().filter(|r| accepts(r)) {
-                if present(run, r)? {
-                    out.push(r);
-                }
-            }
+            out.extend(in_chain.filter(|r| accepts(r) && !absent.contains(r)));
         }
     }
     Ok(out)
-}
-
-/// Runs `argv`, an iptables command that changes a chain; its failure is an error.
-fn change(run: Run, argv: &[String]) -> io::Result<()> {
-    let out = run(argv)?;
-    if out.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "`{}` failed: {}",
-            argv.join(" "),
-            out.stderr.trim()
-        )))
-    }
 }
 
 /// Whether `r` lets packets in (the neighbour discovery of IPv6), rather than dropping.
@@ -258,16 +254,17 @@ pub fn ensure(run: Run, rules: &[Rule]) -> io::Result<usize> {
             missing.push(r.clone());
         }
     }
-    let buried_before = buried(run, rules)?.len();
+    let buried_before = buried(run, rules, &missing)?.len();
     if missing.is_empty() && buried_before == 0 {
         return Ok(0);
     }
     for argv in insert_commands(&missing) {
-        change(run, &argv)?;
+        succeed(run, &argv)?;
     }
-    for r in buried(run, rules)?.into_iter().rev() {
-        change(run, &r.argv("-D"))?;
-        change(run, &r.argv("-I"))?;
+    // Every rule is in place now; which accepts sit below a drop is read again.
+    for r in buried(run, rules, &[])?.into_iter().rev() {
+        succeed(run, &r.argv("-D"))?;
+        succeed(run, &r.argv("-I"))?;
     }
     Ok(missing.len() + buried_before)
 }
@@ -278,14 +275,7 @@ pub fn remove(run: Run, rules: &[Rule]) -> io::Result<usize> {
     for r in rules {
         // A rule inserted twice (by hand, say) goes twice.
         while present(run, r)? {
-            let out = run(&r.argv("-D"))?;
-            if !out.success() {
-                return Err(io::Error::other(format!(
-                    "`{}` failed: {}",
-                    r.argv("-D").join(" "),
-                    out.stderr.trim()
-                )));
-            }
+            succeed(run, &r.argv("-D"))?;
             n += 1;
         }
     }

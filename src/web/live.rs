@@ -42,8 +42,9 @@ pub struct LabView {
     pub verdict: Verdict,
     /// Whether [`LabView::verdict`] came from a full check, pings included.
     pub with_pings: bool,
-    /// What the host showed of the lab at the last full check (its fence): checked again
-    /// with every change of a guest until the next.
+    /// What the host showed of the lab (its fence), read when the watcher starts, at a full
+    /// check, after a reset and when another vxlab lets go of the lab; every verdict until
+    /// the next read is made with it.
     pub host: HostSeen,
     /// When what the pages show last changed.
     pub changed_at: SystemTime,

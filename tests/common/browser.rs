@@ -146,6 +146,16 @@ pub async fn screenshot(c: &Client, test: &str, name: &str) {
     std::fs::write(out_dir(test).join(name), png).unwrap();
 }
 
+/// Clicks the element `css` finds on the page.
+pub async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
 /// Types `line` and Enter into guest `guest`'s browser terminal.
 pub async fn type_in_terminal(c: &Client, guest: &str, line: &str) {
     let input = c

@@ -359,6 +359,14 @@ impl ClassQueue {
         }
     }
 
+    /// ` on HOST` for a host's queue, else nothing: what its lines add after a copy's name.
+    fn on_host(&self) -> String {
+        self.host
+            .as_deref()
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default()
+    }
+
     /// Notes that `name` starts; the line to print, with what is still queued.
     pub fn started(&self, name: &str) -> String {
         let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
@@ -369,11 +377,7 @@ impl ClassQueue {
             .filter(|n| started.iter().all(|(s, _)| s != *n))
             .map(String::as_str)
             .collect();
-        let on = self
-            .host
-            .as_deref()
-            .map(|h| format!(" on {h}"))
-            .unwrap_or_default();
+        let on = self.on_host();
         format!(
             "{:>7.1} s  starting {name}{on}; queued{on}: {}",
             self.start.elapsed().as_secs_f64(),
@@ -392,11 +396,7 @@ impl ClassQueue {
             .iter()
             .find(|(n, _)| n == name)
             .map_or(0.0, |(_, t)| t.elapsed().as_secs_f64());
-        let on = self
-            .host
-            .as_deref()
-            .map(|h| format!(" on {h}"))
-            .unwrap_or_default();
+        let on = self.on_host();
         format!(
             "{:>7.1} s  {name}{on} {} after {took:.1} s",
             self.start.elapsed().as_secs_f64(),
