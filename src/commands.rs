@@ -106,7 +106,15 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         return e.code;
     }
     for cause in e.chain() {
-        if cause.is::<LabError>() || cause.is::<crate::hosts::inventory::InventoryError>() {
+        let reshaped = matches!(cause.downcast_ref(), Some(StateError::Reshaped { .. }))
+            || matches!(
+                cause.downcast_ref(),
+                Some(EngineError::State(StateError::Reshaped { .. }))
+            );
+        if reshaped
+            || cause.is::<LabError>()
+            || cause.is::<crate::hosts::inventory::InventoryError>()
+        {
             return exit::DATA;
         }
         if cause.is::<crate::hosts::placement::DoesNotFit>() {
@@ -153,7 +161,13 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if taken {
             return exit::TAKEN;
         }
-        if matches!(cause.downcast_ref(), Some(EngineError::Interrupted)) {
+        let stopped_waiting = |e: &crate::host::lock::HostLockError| {
+            e.source.kind() == std::io::ErrorKind::Interrupted
+        };
+        if matches!(cause.downcast_ref(), Some(EngineError::Interrupted))
+            || cause.downcast_ref().is_some_and(stopped_waiting)
+            || matches!(cause.downcast_ref(), Some(EngineError::HostLock(e)) if stopped_waiting(e))
+        {
             return exit::INTERRUPTED;
         }
         if cause.is::<OpenError>()
@@ -1033,7 +1047,11 @@ pub fn down(arg: Option<&Path>) -> Result<u8> {
         Ok((lab, _)) => lab,
         Err(e) if matches!(e.downcast_ref(), Some(StateError::NotRunning(..))) => {
             // A vxlab killed right after it took the lab's lock leaves only the lock.
-            let name = arg.map(|a| a.to_string_lossy().into_owned());
+            // Named by its lab file or by its name.
+            let name = arg.and_then(|a| match names_a_file(a) {
+                true => load(a).ok().map(|l| l.name),
+                false => Some(a.to_string_lossy().into_owned()),
+            });
             let state = StateDir::from_env();
             if let Some(name) = name.filter(|n| state.leftovers().contains(n)) {
                 state.remove_leftover(&name)?;

@@ -117,9 +117,18 @@ pub fn wait_for_stop() {
 /// the handler lets reads restart). True for Enter.
 pub fn wait_for_enter() -> bool {
     let stdin = std::io::stdin();
+    if !wait_readable_or_stop(stdin.as_raw_fd()) {
+        return false;
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line).is_ok_and(|read| read > 0)
+}
+
+/// Waits until `fd` has something to read (true), or Ctrl-C / SIGTERM comes first (false).
+pub fn wait_readable_or_stop(fd: std::os::fd::RawFd) -> bool {
     let mut fds = [
         libc::pollfd {
-            fd: stdin.as_raw_fd(),
+            fd,
             events: libc::POLLIN,
             revents: 0,
         },
@@ -140,8 +149,7 @@ pub fn wait_for_enter() -> bool {
             return false;
         }
         if n > 0 && fds[0].revents != 0 {
-            let mut line = String::new();
-            return stdin.lock().read_line(&mut line).is_ok_and(|read| read > 0);
+            return true;
         }
         if n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
             return false;

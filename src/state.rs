@@ -238,9 +238,14 @@ impl LabState {
             path: PathBuf::from(lab),
             source,
         })?;
+        // Recorded whole: a relative path means nothing to a vxlab run from elsewhere,
+        // which would then take another file's lab for this one's.
+        let source = fs::canonicalize(source)
+            .or_else(|_| std::path::absolute(source))
+            .unwrap_or_else(|_| source.to_path_buf());
         Ok(LabState {
             lab: lab.to_string(),
-            source: source.to_path_buf(),
+            source,
             resources: Vec::new(),
             tools: Default::default(),
             instance,
@@ -263,7 +268,8 @@ impl LabState {
 
 /// Refuses to let a lab started from `source` (as workshop copy `instance`, if any) take over
 /// `existing`, the state of another lab that happens to have the same name: a standalone lab
-/// `w-1` and copy 1 of lab `w`, or two lab files both named `x`. The same lab file under
+/// `w-1` and copy 1 of lab `w`, two lab files both named `x`, or copy 1 of each of two
+/// files that name their lab `w`. The same lab file under
 /// another path counts as the same lab; a recorded file that no longer exists does not stand
 /// in the way (the file was moved). `up` calls this before it records anything.
 pub fn check_owner(
@@ -282,7 +288,7 @@ pub fn check_owner(
         (Err(_), _) => true,
         (Ok(_), Err(_)) => false,
     };
-    if same_copy && (existing.instance.is_some() || same_file()) {
+    if same_copy && same_file() {
         return Ok(());
     }
     Err(StateError::Taken {
@@ -315,6 +321,23 @@ pub enum StateError {
         lab: String,
         /// Whose state it is.
         owner: Owner,
+    },
+    /// The lab file of a running lab now names its guests otherwise than when the lab came
+    /// up: a guest renamed, removed or moved. Each guest keeps its number (its host link,
+    /// its MACs), so `up` does not reshape a running lab.
+    #[error(
+        "lab {lab} is running with guests {running}, and its file now has {wanted}: a running \
+         lab's guests can be added at the end, but not renamed, removed or reordered (each \
+         keeps its number, and with it its links and MACs); `vxlab down {lab}`, then `up` \
+         again. Nothing was changed."
+    )]
+    Reshaped {
+        /// Lab name.
+        lab: String,
+        /// Its guests as running, in order.
+        running: String,
+        /// Its guests as the file now has them.
+        wanted: String,
     },
     /// A directory that others could write to, or that is not the user's own.
     #[error("refusing {}: {why}", path.display())]
@@ -438,7 +461,14 @@ impl StateDir {
             make_dir(&self.root)?;
         }
         let meta = fs::metadata(&self.root).map_err(io_err("cannot read", &self.root))?;
-        check_dir(&self.root, &meta)
+        check_dir(&self.root, &meta)?;
+        match files::untrusted_path(&self.root, euid()) {
+            None => Ok(()),
+            Some(why) => Err(StateError::Unsafe {
+                path: self.root.clone(),
+                why,
+            }),
+        }
     }
 
     /// Checks lab `lab`'s directory, which must be a real directory of our own.
@@ -507,11 +537,30 @@ impl StateDir {
     /// returns whether it was. A directory whose lock is held belongs to a vxlab at work and
     /// is left alone (`Busy`). `down` calls this when a lab has no state.
     pub fn remove_leftover(&self, lab: &str) -> Result<bool, StateError> {
+        if !crate::lab::is_lab_name(lab) {
+            return Ok(false);
+        }
         match self.check_lab_dir(lab) {
             Err(StateError::NotRunning(..)) => return Ok(false),
             Err(e) => return Err(e),
             Ok(dir) if dir.join(STATE_FILE).exists() => return Ok(false),
-            Ok(_) => {}
+            Ok(dir) => {
+                // vxlab makes a lab's lock first and removes it last: a directory without
+                // one is vxlab's only if it is empty (a `down` killed before its `rmdir`).
+                // Anything else in it is someone's, and stays.
+                let locked = fs::symlink_metadata(dir.join(LOCK_FILE)).is_ok_and(|m| m.is_file());
+                if !locked {
+                    return match fs::remove_dir(&dir) {
+                        Ok(()) => Ok(true),
+                        Err(_) => Err(StateError::Unsafe {
+                            path: dir,
+                            why: "it holds files but no vxlab lock: not a directory vxlab \
+                                  left; remove it yourself if it is"
+                                .into(),
+                        }),
+                    };
+                }
+            }
         }
         let lock = self.lock(lab)?;
         if lock.dir.join(STATE_FILE).exists() {
@@ -597,10 +646,10 @@ impl StateDir {
         wait: std::time::Duration,
         work: Work,
     ) -> Result<LabLock, StateError> {
-        if lab.is_empty() || lab.contains('/') || lab == "." || lab == ".." {
+        if !crate::lab::is_lab_name(lab) {
             return Err(StateError::Unsafe {
                 path: self.lab_dir(lab),
-                why: "not a lab name".into(),
+                why: "not a lab name (lowercase letters, digits and dashes)".into(),
             });
         }
         self.check_root(true)?;
@@ -752,6 +801,33 @@ impl LabLock {
         &self.dir
     }
 
+    /// Refuses a lab file whose guests (`wanted`, in order) are not the running lab's
+    /// guests with new ones after them, judged by the lab's copy of the file it came up from.
+    /// A lab without a readable copy is let through.
+    pub fn check_guests(&self, wanted: &[&str]) -> Result<(), StateError> {
+        let Ok((lab, _)) = crate::lab::load_recorded(&self.dir.join(LAB_COPY)) else {
+            return Ok(());
+        };
+        let running: Vec<&str> = lab.guests.iter().map(|g| g.name.as_str()).collect();
+        if wanted.starts_with(&running) {
+            return Ok(());
+        }
+        Err(StateError::Reshaped {
+            lab: self.lab.clone(),
+            running: running.join(", "),
+            wanted: wanted.join(", "),
+        })
+    }
+
+    /// The lab's state directory as a whole path, the same from wherever vxlab runs: how
+    /// host-wide records (the neighbour-table ledger) name the lab.
+    pub fn id(&self) -> String {
+        fs::canonicalize(&self.dir)
+            .unwrap_or_else(|_| self.dir.clone())
+            .display()
+            .to_string()
+    }
+
     /// The current state, if the lab has any.
     pub fn load(&self) -> Result<Option<LabState>, StateError> {
         match StateDir::at(&self.root).read(&self.lab) {
@@ -838,21 +914,39 @@ impl LabLock {
     /// leftover ([`StateDir::remove_leftover`]). Taken the other way, a directory holding
     /// the state but no longer the lab file named no lab that `down` could find.
     pub fn remove(self) -> Result<(), StateError> {
-        self.remove_with(|dir| fs::remove_dir_all(dir))
+        self.remove_with(|path| {
+            if fs::symlink_metadata(path)?.is_dir() {
+                fs::remove_dir_all(path)
+            } else {
+                fs::remove_file(path)
+            }
+        })
     }
 
-    /// [`Self::remove`], the directory removed by `remove_all` once the state file is gone.
+    /// [`Self::remove`], each entry of the directory but the lock removed by `remove_entry`
+    /// once the state file is gone, then the lock, then the directory: a directory that
+    /// still has files has its lock, which is how a later `down` knows it for vxlab's.
     fn remove_with(
         self,
-        remove_all: impl FnOnce(&Path) -> io::Result<()>,
+        mut remove_entry: impl FnMut(&Path) -> io::Result<()>,
     ) -> Result<(), StateError> {
+        let gone = |r: io::Result<()>, path: &Path| match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("cannot remove", path)(e)),
+        };
         let state = self.dir.join(STATE_FILE);
-        match fs::remove_file(&state) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("cannot remove", &state)(e)),
+        gone(fs::remove_file(&state), &state)?;
+        let entries = fs::read_dir(&self.dir).map_err(io_err("cannot read", &self.dir))?;
+        for entry in entries {
+            let path = entry.map_err(io_err("cannot read", &self.dir))?.path();
+            if path.file_name() != Some(std::ffi::OsStr::new(LOCK_FILE)) {
+                gone(remove_entry(&path), &path)?;
+            }
         }
-        remove_all(&self.dir).map_err(io_err("cannot remove", &self.dir))
+        let lock = self.dir.join(LOCK_FILE);
+        gone(fs::remove_file(&lock), &lock)?;
+        fs::remove_dir(&self.dir).map_err(io_err("cannot remove", &self.dir))
     }
 }
 
@@ -1259,6 +1353,94 @@ mod tests {
     }
 
     #[test]
+    fn down_removes_only_what_vxlab_left_under_a_lab_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::at(tmp.path());
+        drop(dir.lock("kept").unwrap());
+        // Not a lab name: never looked at, never locked.
+        let data = tmp.path().join("My_Data");
+        fs::create_dir_all(data.join("sub")).unwrap();
+        fs::write(data.join("sub/f"), "x").unwrap();
+        assert!(!dir.remove_leftover("My_Data").unwrap());
+        assert!(matches!(
+            dir.lock("My_Data"),
+            Err(StateError::Unsafe { .. })
+        ));
+        // A lab name, but files and no lock: not vxlab's leftover.
+        let other = tmp.path().join("photos");
+        fs::create_dir(&other).unwrap();
+        fs::write(other.join("cat.jpg"), "x").unwrap();
+        assert!(matches!(
+            dir.remove_leftover("photos"),
+            Err(StateError::Unsafe { .. })
+        ));
+        assert!(data.join("sub/f").exists() && other.join("cat.jpg").exists());
+        // An empty one: a `down` killed before its last `rmdir`.
+        fs::create_dir(tmp.path().join("empty")).unwrap();
+        assert!(dir.remove_leftover("empty").unwrap());
+        assert!(!tmp.path().join("empty").exists());
+        // A `down` killed part-way through the lab's files leaves the lock with the rest.
+        let lock = dir.lock("lab").unwrap();
+        lock.save(&state("lab")).unwrap();
+        lock.save_lab_copy("name: lab\n").unwrap();
+        lock.write_file("commands-g0.log", b"$ ip link\n").unwrap();
+        let mut calls = 0;
+        assert!(lock
+            .remove_with(|p| {
+                calls += 1;
+                if calls == 2 {
+                    Err(io::Error::other("killed"))
+                } else {
+                    fs::remove_file(p)
+                }
+            })
+            .is_err());
+        assert!(dir.lab_dir("lab").join(LOCK_FILE).exists());
+        assert!(dir.remove_leftover("lab").unwrap());
+        assert!(!dir.lab_dir("lab").exists());
+        assert!(dir.lab_dir("kept").exists());
+    }
+
+    #[test]
+    fn a_state_directory_reached_through_what_others_control_is_refused() {
+        use std::os::unix::fs::{chown, symlink};
+        let tmp = tempfile::tempdir().unwrap();
+        let mine = tmp.path().join("mine");
+        fs::create_dir(&mine).unwrap();
+        // Another user's directory on the way: they could swap what is under it.
+        let theirs = tmp.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        let state = theirs.join("state");
+        symlink(&mine, &state).unwrap();
+        let nobody = 65534;
+        chown(&theirs, Some(nobody), Some(nobody)).unwrap();
+        let refused = StateDir::at(&state).lock("lab");
+        assert!(
+            matches!(&refused, Err(StateError::Unsafe { why, .. }) if why.contains("uid 65534")),
+            "{refused:?}"
+        );
+        assert!(!mine.join("lab").exists());
+        // Another user's symlink in a sticky directory: they could point it elsewhere.
+        let sticky = tmp.path().join("sticky");
+        fs::create_dir(&sticky).unwrap();
+        fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+        let link = sticky.join("link");
+        symlink(&mine, &link).unwrap();
+        std::os::unix::fs::lchown(&link, Some(nobody), Some(nobody)).unwrap();
+        assert!(StateDir::at(&link).lock("lab").is_err());
+        // The same symlink made by this user, and the directory reached directly, are fine.
+        let own = sticky.join("own");
+        symlink(&mine, &own).unwrap();
+        drop(StateDir::at(&own).lock("lab").unwrap());
+        drop(StateDir::at(&mine).lock("lab").unwrap());
+        // A directory on the way that others may write to, without the sticky bit.
+        let open = tmp.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(StateDir::at(open.join("state")).lock("lab").is_err());
+    }
+
+    #[test]
     fn a_lab_of_the_same_name_from_elsewhere_is_not_adopted() {
         use crate::lab::instance::Instance;
         let tmp = tempfile::tempdir().unwrap();
@@ -1292,7 +1474,14 @@ mod tests {
         copied.instance = Some(copy.clone());
         let err = check_owner(&copied, &w1, None).unwrap_err();
         assert!(err.to_string().contains("copy 1 of lab w"), "{err}");
-        assert!(check_owner(&copied, &other, Some(&copy)).is_ok());
+        // Copy 1 of another file that names its lab `w` too is another class's copy.
+        copied.source = tmp.path().join("w.yaml");
+        assert!(check_owner(&copied, &other, Some(&copy)).is_err());
+        assert!(check_owner(&copied, &file("w.yaml"), Some(&copy)).is_ok());
+        // A file named relative to where vxlab ran is recorded whole: run from elsewhere,
+        // the name would say nothing.
+        let st = LabState::new("rel", Path::new("Cargo.toml"), None, None).unwrap();
+        assert!(st.source.is_absolute() && st.source.ends_with("Cargo.toml"));
         // A recorded file that is gone (moved) does not stand in the way.
         standalone.source = tmp.path().join("moved.yaml");
         assert!(check_owner(&standalone, &other, None).is_ok());

@@ -168,6 +168,9 @@ pub struct InUse {
     pub routes: Vec<HostRoute>,
     /// Each lab's underlay and bridge.
     pub labs: Vec<(IpNet, String)>,
+    /// Links of those routes that carry a vxlab owner in their alias: bridges of labs run
+    /// with another state directory (another instructor's class).
+    pub vxlab_links: Vec<String>,
 }
 
 fn overlap(a: IpNet, b: IpNet) -> bool {
@@ -196,7 +199,11 @@ pub fn check_pool(pool: Pool, lab: &Lab, used: &InUse) -> Result<(), PoolError> 
         });
     }
     if pool.from == PoolFrom::Default {
-        let ours = |dev: &Option<String>| used.labs.iter().any(|(_, b)| Some(b) == dev.as_ref());
+        let ours = |dev: &Option<String>| {
+            dev.as_ref().is_some_and(|d| {
+                used.labs.iter().any(|(_, b)| b == d) || used.vxlab_links.contains(d)
+            })
+        };
         if let Some(r) = used
             .routes
             .iter()
@@ -312,11 +319,24 @@ pub fn rebase(addr: IpAddr, from: IpNet, to: IpNet) -> IpAddr {
 
 /// What is in use on this host, for a pool of `pool`'s family.
 pub fn in_use(host: &dyn Host, state: &StateDir, ipv6: bool) -> InUse {
-    let routes = host
+    let routes: Vec<HostRoute> = host
         .routes(ipv6)
         .into_iter()
         .filter(|r| r.dst.prefix_len() > 0)
         .collect();
+    let mut vxlab_links: Vec<String> = routes
+        .iter()
+        .filter_map(|r| r.dev.clone())
+        .filter(|d| {
+            let link = crate::state::Resource::Bridge { name: d.clone() };
+            matches!(
+                host.probe(&link),
+                crate::host::inventory::Presence::Present { owner: Some(_) }
+            )
+        })
+        .collect();
+    vxlab_links.sort();
+    vxlab_links.dedup();
     let labs = state
         .labs()
         .iter()
@@ -325,7 +345,11 @@ pub fn in_use(host: &dyn Host, state: &StateDir, ipv6: bool) -> InUse {
             Some((lab.underlay.subnet, lab.underlay.bridge))
         })
         .collect();
-    InUse { routes, labs }
+    InUse {
+        routes,
+        labs,
+        vxlab_links,
+    }
 }
 
 /// A running lab as recorded: its lab file copy, as the copy it is.
@@ -399,6 +423,7 @@ mod tests {
         let used = InUse {
             routes: vec![route("10.100.1.0/24", "eth1")],
             labs: vec![(net("10.100.3.0/24"), "vxbr-other-1".into())],
+            ..Default::default()
         };
         let got = allocate(pool("10.100.0.0/16"), &seed(), &used, 3).unwrap();
         assert_eq!(
@@ -419,6 +444,7 @@ mod tests {
         let used = InUse {
             routes: Vec::new(),
             labs: first.iter().map(|n| (*n, "br".to_string())).collect(),
+            ..Default::default()
         };
         let second = allocate(pool("10.100.0.0/22"), &lab, &used, 2).unwrap();
         assert!(
@@ -441,6 +467,7 @@ mod tests {
         let ours = InUse {
             routes: vec![route("10.100.0.0/24", "vxbr-seed-1")],
             labs: vec![(net("10.100.0.0/24"), "vxbr-seed-1".into())],
+            ..Default::default()
         };
         assert_eq!(
             allocate(default, &lab, &ours, 1).unwrap(),
@@ -449,6 +476,7 @@ mod tests {
         let theirs = InUse {
             routes: vec![route("10.0.0.0/8", "eth0")],
             labs: Vec::new(),
+            ..Default::default()
         };
         let err = allocate(default, &lab, &theirs, 1).unwrap_err().to_string();
         assert_eq!(
@@ -456,11 +484,23 @@ mod tests {
             "the default workshop pool 10.100.0.0/16 overlaps 10.0.0.0/8 routed via eth0 on this \
              host; name one with --pool, or with `workshop: { pool: … }` in the lab file"
         );
+        // Another class's copy, run with another state directory: its bridge says it is
+        // vxlab's, and the pool goes on around it.
+        let other_class = InUse {
+            routes: vec![route("10.100.0.0/24", "vxbr-x-1")],
+            vxlab_links: vec!["vxbr-x-1".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            allocate(default, &lab, &other_class, 1).unwrap(),
+            [net("10.100.1.0/24")]
+        );
         // A pool the user named inside a routed network is theirs to choose; routes inside
         // it are skipped.
         let inside = InUse {
             routes: vec![route("10.0.0.0/8", "eth0"), route("10.100.0.0/23", "eth1")],
             labs: Vec::new(),
+            ..Default::default()
         };
         assert_eq!(
             allocate(pool("10.100.0.0/16"), &lab, &inside, 1).unwrap(),
@@ -499,6 +539,7 @@ mod tests {
         let used = InUse {
             routes: vec![route("10.100.5.0/24", "vxbr-seed-1")],
             labs: vec![(net("10.100.5.0/24"), "vxbr-seed-1".into())],
+            ..Default::default()
         };
         let wanted = [("1".to_string(), 1), ("2".to_string(), 2)];
         let labs = copies(&lab, &wanted, pool("10.100.0.0/16"), &used, &running).unwrap();

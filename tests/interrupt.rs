@@ -233,3 +233,62 @@ fn ctrl_c_at_any_moment_of_up_stops_it_as_interrupted_never_with_a_false_finding
         "{seen:?}"
     );
 }
+
+#[test]
+fn up_waiting_for_another_vxlab_says_who_and_stops_at_ctrl_c_having_made_nothing() {
+    use std::io::{BufRead, BufReader};
+    // Another vxlab (here `flock`) holds the host-wide lock that names are checked under.
+    std::fs::create_dir_all("/run/vxlab").unwrap();
+    let mut holder = std::process::Command::new("flock")
+        .args(["/run/vxlab/host.lock", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let holding = || {
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("FLOCK") && l.contains(&format!(" {} ", holder.id())))
+    };
+    let start = Instant::now();
+    while !holding() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "flock never held"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let lab = big_lab("t-hostwait", 2, 86);
+    let mut child = lab
+        .vxlab()
+        .args(["up", lab.file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Said at once, with who holds it.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    assert!(first.contains("waiting for `flock"), "{first}");
+    assert!(first.contains(&format!("(pid {})", holder.id())), "{first}");
+    let asked = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    let stopped_in = asked.elapsed();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(stopped_in < Duration::from_secs(5), "{stopped_in:?}");
+    assert!(rest.contains("nothing was created or changed"), "{rest}");
+    assert!(!rest.contains("part-way"), "{rest}");
+    assert!(std::fs::read_dir(lab.state.path())
+        .unwrap()
+        .next()
+        .is_none());
+    assert!(!std::path::Path::new("/sys/class/net/vxbr-t-hostwait").exists());
+}

@@ -61,6 +61,34 @@ fn a_namespace_up_did_not_record_is_refused_with_nothing_created_and_kept_by_dow
 }
 
 #[test]
+fn a_directory_where_a_namespace_would_go_is_refused_before_anything_and_left_alone() {
+    let l = lab("t-nsdir", "vxbr-t-nsdir", 158);
+    let dir = Path::new("/run/netns").join(vxlab::plan::instance_name("t-nsdir", "vm-b"));
+    std::fs::create_dir_all(dir.join("keep")).unwrap();
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(dir.clone());
+    let out = l.run(&["up", l.file.to_str().unwrap()]);
+    let err = text(&out);
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    assert!(
+        err.contains(&format!(
+            "namespace {}",
+            dir.file_name().unwrap().to_str().unwrap()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("nothing was created"), "{err}");
+    assert!(std::fs::read_dir(l.state.path()).unwrap().next().is_none());
+    assert!(!Path::new("/sys/class/net/vxbr-t-nsdir").exists());
+    assert!(dir.join("keep").is_dir());
+}
+
+#[test]
 fn a_copy_never_merges_into_a_standalone_lab_of_the_same_name() {
     let standalone = lab("t-w-1", "vxbr-t-w1", 152);
     assert_eq!(standalone.up().0, 0);
@@ -122,6 +150,83 @@ fn a_copy_never_merges_into_a_standalone_lab_of_the_same_name() {
     );
     // `down t-w-1` then removes the standalone lab, all of it.
     standalone.down_leaves_nothing();
+}
+
+#[test]
+fn a_running_labs_guests_are_not_renamed_or_removed_under_it() {
+    let l = lab("t-shape", "vxbr-t-shape", 157);
+    assert_eq!(l.up().0, 0);
+    let text_of = |f: &Path| std::fs::read_to_string(f).unwrap();
+    let original = text_of(&l.file);
+    // vm-a renamed vm-x: it would take vm-a's host link, whose alias names vm-a.
+    for (changed, wanted) in [
+        (original.replace("vm-a", "vm-x"), "vm-x, vm-b:"),
+        (
+            original
+                .replace("vm-a:", "vm-0:")
+                .replace("vm-b:", "vm-a:")
+                .replace("vm-0:", "vm-b:"),
+            "vm-b, vm-a:",
+        ),
+        (
+            original
+                .replace("  vm-b: { address: 192.168.157.3 }\n", "")
+                .replace("      vm-b: 10.157.0.3/24\n", ""),
+            "vm-a:",
+        ),
+    ] {
+        std::fs::write(&l.file, &changed).unwrap();
+        let out = l.run(&["up", l.file.to_str().unwrap()]);
+        let err = text(&out);
+        assert_eq!(out.status.code(), Some(65), "{err}");
+        assert!(err.contains("running with guests vm-a, vm-b"), "{err}");
+        assert!(err.contains(&format!("file now has {wanted}")), "{err}");
+        assert!(err.contains("Nothing was changed"), "{err}");
+        assert!(!err.contains("part-way"), "{err}");
+        assert_eq!(l.check().0, 0, "the refused up changed the running lab");
+    }
+    // A guest added at the end joins the running lab.
+    let grown = original
+        .replace(
+            "  vm-b: { address: 192.168.157.3 }\n",
+            "  vm-b: { address: 192.168.157.3 }\n  vm-c: { address: 192.168.157.4 }\n",
+        )
+        .replace(
+            "      vm-b: 10.157.0.3/24\n",
+            "      vm-b: 10.157.0.3/24\n      vm-c: 10.157.0.4/24\n",
+        );
+    assert_ne!(grown, original);
+    std::fs::write(&l.file, &grown).unwrap();
+    assert_eq!(l.up().0, 0);
+    assert_eq!(l.check().0, 0);
+    assert!(Path::new("/run/netns/vxlab-t-shape.vm-c").exists());
+    l.down_leaves_nothing();
+}
+
+#[test]
+fn a_subnet_held_by_a_bridge_set_down_is_still_taken() {
+    let a = lab("t-sub-a", "vxbr-t-suba", 159);
+    let b = lab("t-sub-b", "vxbr-t-subb", 159);
+    assert_eq!(a.up().0, 0);
+    // Down, the bridge has no route to its subnet; its address still holds it.
+    assert!(Command::new("ip")
+        .args(["link", "set", "vxbr-t-suba", "down"])
+        .status()
+        .unwrap()
+        .success());
+    let out = b.run(&["up", b.file.to_str().unwrap()]);
+    let err = text(&out);
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    assert!(
+        err.contains("192.168.159.0/24") && err.contains("vxbr-t-suba"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was created"), "{err}");
+    assert!(!Path::new("/sys/class/net/vxbr-t-subb").exists());
+    // Lab A's own `up` repairs its bridge: its own subnet is no obstacle.
+    assert_eq!(a.up().0, 0);
+    assert_eq!(a.check().0, 0);
+    a.down_leaves_nothing();
 }
 
 /// Starts `a` and `b` at once and returns their exit statuses.
@@ -198,6 +303,24 @@ fn a_state_dir_holding_only_a_lock_is_removed_by_down() {
     let out = l.run(&["down", "t-lockonly"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!dir.exists(), "{}", text(&out));
+    // Named by its lab file, as `up` was.
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("lock"), "12345\n").unwrap();
+    let out = l.run(&["down", l.file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!dir.exists(), "{}", text(&out));
+    // A directory that is not vxlab's, under a name that is no lab's or with no lock, stays.
+    let mine = l.state.path().join("My_Data");
+    std::fs::create_dir_all(mine.join("sub")).unwrap();
+    let _ = l.run(&["down", "My_Data"]);
+    assert!(mine.join("sub").is_dir());
+    let photos = l.state.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    std::fs::write(photos.join("cat.jpg"), "x").unwrap();
+    let out = l.run(&["down", "photos"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no vxlab lock"), "{}", text(&out));
+    assert!(photos.join("cat.jpg").exists());
 }
 
 /// The IPv4 neighbour-table thresholds, as the kernel has them now.

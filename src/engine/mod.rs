@@ -117,7 +117,10 @@ impl EngineError {
                 | EngineError::NoSuchGuest { .. }
                 | EngineError::HostLock(_)
                 | EngineError::State(
-                    StateError::Busy { .. } | StateError::NotRunning(..) | StateError::Taken { .. }
+                    StateError::Busy { .. }
+                        | StateError::NotRunning(..)
+                        | StateError::Taken { .. }
+                        | StateError::Reshaped { .. }
                 )
         )
     }
@@ -545,7 +548,7 @@ impl Engine {
                 }
             }
         }
-        let id = lock.dir().display().to_string();
+        let id = lock.id();
         notes.extend(
             self.host
                 .release_neighbours(&id)?

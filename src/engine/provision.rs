@@ -53,6 +53,8 @@ impl Engine {
                 // A lab of the same name from another file, or another copy, is not ours.
                 if let Some((source, _)) = lab_file {
                     state::check_owner(&st, source, plan.instance.as_ref())?;
+                    let names: Vec<&str> = plan.guests.iter().map(|g| g.name.as_str()).collect();
+                    lock.check_guests(&names)?;
                 }
                 st
             }
@@ -78,7 +80,16 @@ impl Engine {
         wanted.extend(guest_resources.iter().cloned());
         // Checking that the names and the subnet are free and taking them is one step for
         // the whole host: two labs started at once must not both find them free.
-        let host = self.host.exclusive()?;
+        let host = match self.host.exclusive() {
+            Ok(host) => host,
+            Err(e) => {
+                // Stopped while waiting for another vxlab (Ctrl-C): nothing was made.
+                if !had_state {
+                    lock.remove()?;
+                }
+                return Err(e.into());
+            }
+        };
         let refused = preflight::refuse_foreign(self.host.as_ref(), plan, &wanted, &st.resources)
             .and_then(|()| preflight::refuse_routed_subnet(self.host.as_ref(), plan));
         if let Err(e) = refused {
@@ -93,7 +104,7 @@ impl Engine {
         }
         lock.save(&st)?;
         go_on()?;
-        let id = lock.dir().display().to_string();
+        let id = lock.id();
         let mut notes = preflight::claim_neighbours(self.host.as_ref(), plan, &id)?;
         lock.record(&mut st, vec![bridge])?;
         // A running lab's bridge that is down or gone is repaired here, and said.

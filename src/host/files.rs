@@ -65,6 +65,87 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Why a path to a directory vxlab keeps state in cannot be trusted, if it cannot: a directory
+/// on the way there (the directory itself aside, which [`unsafe_dir`] judges) that someone
+/// else owns or may write to, or a symlink on the way that someone else made. Either lets
+/// another user point the path elsewhere between two runs (at a directory of root's, which
+/// `down` then empties). Symlinks are followed as the kernel would, each judged where it is.
+/// Sticky directories (`/tmp`) are fine: others cannot replace what is not theirs there.
+pub fn untrusted_path(path: &Path, me: u32) -> Option<String> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    use std::os::unix::fs::MetadataExt;
+    let trusted = |uid: u32| uid == 0 || uid == me;
+    // A directory on the way: its owner and who may write to it.
+    let judge_dir = |dir: &Path| -> Option<String> {
+        let meta = std::fs::metadata(dir).ok()?;
+        let open = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
+        if !trusted(meta.uid()) {
+            Some(format!(
+                "{} on the way to it belongs to uid {}",
+                dir.display(),
+                meta.uid()
+            ))
+        } else if open {
+            Some(format!(
+                "{} on the way to it can be written by other users (mode {:o})",
+                dir.display(),
+                meta.mode() & 0o7777
+            ))
+        } else {
+            None
+        }
+    };
+    let parts =
+        |p: &Path| -> Vec<OsString> { p.components().map(|c| c.as_os_str().to_owned()).collect() };
+    let mut here = if path.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        std::env::current_dir().ok()?
+    };
+    let mut todo: VecDeque<OsString> = parts(path).into();
+    let mut hops = 0;
+    while let Some(part) = todo.pop_front() {
+        match part.to_str() {
+            Some("/") => here = PathBuf::from("/"),
+            Some(".") => {}
+            Some("..") => {
+                here.pop();
+            }
+            _ => {
+                if let Some(why) = judge_dir(&here) {
+                    return Some(why);
+                }
+                let next = here.join(&part);
+                let Ok(meta) = std::fs::symlink_metadata(&next) else {
+                    // Not there (yet): nothing beyond it to judge.
+                    return None;
+                };
+                if !meta.file_type().is_symlink() {
+                    here = next;
+                    continue;
+                }
+                if !trusted(meta.uid()) {
+                    return Some(format!(
+                        "the symlink {} on the way to it belongs to uid {}",
+                        next.display(),
+                        meta.uid()
+                    ));
+                }
+                hops += 1;
+                if hops > 40 {
+                    return Some("too many symlinks on the way to it".into());
+                }
+                let target = std::fs::read_link(&next).ok()?;
+                for p in parts(&target).into_iter().rev() {
+                    todo.push_front(p);
+                }
+            }
+        }
+    }
+    None
+}
+
 /// A new, unique temporary path beside `path`.
 fn temporary(path: &Path) -> io::Result<PathBuf> {
     static COUNT: AtomicU32 = AtomicU32::new(0);

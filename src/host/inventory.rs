@@ -119,11 +119,20 @@ fn host_end_in(sys: &Path, name: &str, lab_bridge: &str) -> Option<crate::observ
 
 /// Whether namespace `name` exists, and its owner from its name. A plain file with nothing
 /// mounted on it (left by a run killed between making the mount point and mounting) is no
-/// one's namespace: it counts as absent, and creating the namespace replaces it.
+/// one's namespace: it counts as absent, and creating the namespace replaces it. Anything
+/// else of that name (a directory) is present, and no one's that vxlab knows.
 pub fn namespace(name: &str) -> Presence {
     let path = super::netns::path(name);
-    if name.is_empty() || name.contains('/') || !super::netns::is_mounted(&path) {
+    if name.is_empty() || name.contains('/') {
         return Presence::Absent;
+    }
+    if !super::netns::is_mounted(&path) {
+        // Something other than a plain file there (a directory) is in the way, and not
+        // vxlab's: a namespace cannot be made on it.
+        return match std::fs::symlink_metadata(&path) {
+            Ok(m) if !m.file_type().is_file() => Presence::Present { owner: None },
+            _ => Presence::Absent,
+        };
     }
     Presence::Present {
         owner: instance_owner(name).map(|_| describe(name)),

@@ -136,8 +136,23 @@ impl HostLock {
             source,
         };
         let mut file = open_lock_file(dir, LOCK_FILE).map_err(err)?;
-        if !flock(&file, wait).map_err(err)? {
-            return Ok(None);
+        if !flock(&file, false).map_err(err)? {
+            if !wait {
+                return Ok(None);
+            }
+            // Said, and given up on Ctrl-C: a wait nobody can see or stop looks like a hang.
+            eprintln!(
+                "vxlab: waiting for {}, which checks and takes names and subnets for one lab \
+                 at a time",
+                file.metadata()
+                    .ok()
+                    .and_then(|m| flock_holder(&m))
+                    .or_else(|| Self::holder_in(dir))
+                    .map_or("another vxlab".to_string(), describe_process)
+            );
+            if !wait_or_stop(&file).map_err(err)? {
+                return Err(err(io::ErrorKind::Interrupted.into()));
+            }
         }
         // Who holds it, for anyone wondering what they wait for.
         file.set_len(0).map_err(err)?;
@@ -157,6 +172,53 @@ impl HostLock {
 }
 
 const LOCK_FILE: &str = "host.lock";
+
+/// Process `pid` in words: `vxlab up labs/x.yaml (pid 42)`, or just its pid.
+fn describe_process(pid: u32) -> String {
+    let line = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .filter(|l| !l.is_empty());
+    match line {
+        Some(l) => format!("`{l}` (pid {pid})"),
+        None => format!("the vxlab of pid {pid}"),
+    }
+}
+
+/// Takes the `flock` on `file` in a thread while this one waits for it or for Ctrl-C /
+/// SIGTERM; false when the stop came first (the lock, if the thread gets it later, goes
+/// with the process).
+fn wait_or_stop(file: &File) -> io::Result<bool> {
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 fills the two-element array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just made and are owned here alone.
+    let (read, write) = unsafe {
+        use std::os::fd::FromRawFd;
+        (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))
+    };
+    // A second descriptor of the same open file: the lock it takes is the file's.
+    let same = file.try_clone()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let got = flock(&same, true);
+        let _ = tx.send(got);
+        // Closing the pipe's write end wakes the waiter.
+        drop(write);
+    });
+    if !crate::interrupt::wait_readable_or_stop(read.as_raw_fd()) {
+        return Ok(false);
+    }
+    rx.recv().map_err(io::Error::other)?
+}
 
 #[cfg(test)]
 mod tests {

@@ -122,6 +122,35 @@ pub fn parse_routes(json: &str, ipv6: bool) -> Vec<HostRoute> {
         .collect()
 }
 
+/// The subnet of every address in `ip -j addr show` output, as a route via its link.
+pub fn parse_address_prefixes(json: &str) -> Vec<HostRoute> {
+    #[derive(serde::Deserialize)]
+    struct Link {
+        ifname: String,
+        #[serde(default)]
+        addr_info: Vec<Addr>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Addr {
+        local: Option<std::net::IpAddr>,
+        prefixlen: Option<u8>,
+    }
+    let links: Vec<Link> = serde_json::from_str(json).unwrap_or_default();
+    links
+        .into_iter()
+        .flat_map(|l| {
+            let dev = l.ifname;
+            l.addr_info.into_iter().filter_map(move |a| {
+                let net = ipnet::IpNet::new(a.local?, a.prefixlen?).ok()?.trunc();
+                Some(HostRoute {
+                    dst: net,
+                    dev: Some(dev.clone()),
+                })
+            })
+        })
+        .collect()
+}
+
 /// This machine.
 pub struct LocalHost {
     netlink: std::sync::Arc<netlink::Netlink>,
@@ -200,15 +229,46 @@ impl Host for LocalHost {
     fn routes(&self, ipv6: bool) -> Vec<HostRoute> {
         let family = if ipv6 { "-6" } else { "-4" };
         let argv = ["ip", "-j", family, "route", "show"].map(String::from);
-        let Ok(out) = process::run(&argv, None) else {
-            return Vec::new();
+        let mut routes = match process::run(&argv, None) {
+            Ok(out) => parse_routes(&out.stdout, ipv6),
+            Err(_) => Vec::new(),
         };
-        parse_routes(&out.stdout, ipv6)
+        // A link that is down has no prefix route, but its addresses still claim the subnet
+        // (another lab's bridge, set down by hand, comes up again).
+        let argv = ["ip", "-j", family, "addr", "show"].map(String::from);
+        if let Ok(out) = process::run(&argv, None) {
+            routes.extend(parse_address_prefixes(&out.stdout));
+        }
+        routes
     }
     fn write_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
         sysctl::write(key, value)
     }
     fn capture(&self, link: &str, poll: Duration) -> io::Result<Box<dyn Frames>> {
         Ok(Box::new(capture::Capture::open(link, poll)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_address_claims_its_subnet_down_links_included() {
+        let json = r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP"],"addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
+            {"ifindex":7,"ifname":"vxbr-x","flags":["BROADCAST"],"operstate":"DOWN","addr_info":[{"family":"inet","local":"192.168.98.1","prefixlen":24}]},
+            {"ifindex":8,"ifname":"bare","addr_info":[]}]"#;
+        let got: Vec<(String, Option<String>)> = parse_address_prefixes(json)
+            .into_iter()
+            .map(|r| (r.dst.to_string(), r.dev))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("127.0.0.0/8".to_string(), Some("lo".to_string())),
+                ("192.168.98.0/24".to_string(), Some("vxbr-x".to_string())),
+            ]
+        );
+        assert!(parse_address_prefixes("not json").is_empty());
     }
 }

@@ -277,13 +277,17 @@ impl NeighbourClaims {
         needs: NeighbourNeeds,
         sys: &dyn Sysctls,
     ) -> Result<Vec<Change>, ClaimError> {
-        self.update(sys, |ledger, current| ledger.claim(lab, needs, current))
+        self.update(sys, Order::RecordFirst, |ledger, current| {
+            ledger.claim(lab, needs, current)
+        })
     }
 
     /// Drops `lab`'s claim and lowers or restores what no longer needs to be high; returns
     /// what changed. A lab that claimed nothing changes nothing.
     pub fn release(&self, lab: &str, sys: &dyn Sysctls) -> Result<Vec<Change>, ClaimError> {
-        self.update(sys, |ledger, current| ledger.release(lab, current))
+        self.update(sys, Order::SettingsFirst, |ledger, current| {
+            ledger.release(lab, current)
+        })
     }
 
     /// The ledger as it stands.
@@ -313,12 +317,14 @@ impl NeighbourClaims {
         serde_json::from_str(&text).map_err(|e| self.err("corrupt")(io::Error::other(e)))
     }
 
-    /// Under the ledger's lock: reads it, decides, saves it, then writes the settings. The
-    /// ledger is saved first so that a kill in between leaves a record that errs on the side
-    /// of restoring.
+    /// Under the ledger's lock: reads it, decides, and saves it and writes the settings in
+    /// `order`, so that a kill in between leaves a record that errs on the side of
+    /// restoring: a raise is recorded (with the original) before it is made, and a restore
+    /// is made before the original is forgotten.
     fn update(
         &self,
         sys: &dyn Sysctls,
+        order: Order,
         decide: impl FnOnce(&mut Ledger, &dyn Fn(&str) -> Option<u64>) -> Vec<Change>,
     ) -> Result<Vec<Change>, ClaimError> {
         let file = lock::open_lock_file(&self.dir, LEDGER_LOCK).map_err(self.err("cannot lock"))?;
@@ -328,21 +334,41 @@ impl NeighbourClaims {
         // temporary directory) needs nothing any more; what it raised is lowered with the
         // next release.
         if self.prune {
-            ledger
-                .claims
-                .retain(|lab, _| Path::new(lab).join(crate::state::STATE_FILE).exists());
+            ledger.claims.retain(|lab, _| {
+                // A relative name (an older vxlab's) says nothing from here: kept.
+                let dir = Path::new(lab);
+                !dir.is_absolute() || dir.join(crate::state::STATE_FILE).exists()
+            });
         }
         let current = |key: &str| sys.read(key).ok()?.trim().parse().ok();
         let changes = decide(&mut ledger, &current);
-        let text = serde_json::to_string_pretty(&ledger).expect("the ledger serializes");
-        files::write_replacing(&self.dir.join(LEDGER), text.as_bytes(), files::PRIVATE)
-            .map_err(self.err("cannot write"))?;
-        for c in changes.iter().filter(|c| c.writable()) {
-            sys.write(&c.key, &c.to.to_string())
-                .map_err(self.err(&format!("cannot set {} to {}", c.key, c.to)))?;
-        }
+        let save = || {
+            let text = serde_json::to_string_pretty(&ledger).expect("the ledger serializes");
+            files::write_replacing(&self.dir.join(LEDGER), text.as_bytes(), files::PRIVATE)
+                .map_err(self.err("cannot write"))
+        };
+        let write = || {
+            for c in changes.iter().filter(|c| c.writable()) {
+                sys.write(&c.key, &c.to.to_string())
+                    .map_err(self.err(&format!("cannot set {} to {}", c.key, c.to)))?;
+            }
+            Ok(())
+        };
+        match order {
+            Order::RecordFirst => save().and_then(|()| write()),
+            Order::SettingsFirst => write().and_then(|()| save()),
+        }?;
         Ok(changes)
     }
+}
+
+/// Which [`NeighbourClaims::update`] does first.
+#[derive(Clone, Copy)]
+enum Order {
+    /// Save the ledger, then write the settings (a claim).
+    RecordFirst,
+    /// Write the settings, then save the ledger (a release).
+    SettingsFirst,
 }
 
 #[cfg(test)]
@@ -526,6 +552,33 @@ mod tests {
         assert_eq!(sys.0.borrow()[V4_3], 1024);
         assert!(other.release("/s2/b", &sys).unwrap().is_empty());
         assert_eq!(other.ledger().unwrap(), Ledger::default());
+    }
+
+    /// Settings that cannot be written: a vxlab killed before it wrote them.
+    struct StuckSys(FakeSys);
+
+    impl Sysctls for StuckSys {
+        fn read(&self, key: &str) -> io::Result<String> {
+            self.0.read(key)
+        }
+        fn write(&self, _: &str, _: &str) -> io::Result<()> {
+            Err(io::Error::other("killed"))
+        }
+    }
+
+    #[test]
+    fn a_release_stopped_before_it_lowers_the_table_still_knows_the_original() {
+        let dir = tempfile::tempdir().unwrap();
+        let claims = NeighbourClaims::at(&dir.path().join("run"));
+        let sys = FakeSys(RefCell::new(fresh()));
+        claims.claim("/s/a", v4(1000), &sys).unwrap();
+        assert_eq!(sys.0.borrow()[V4_3], 4000);
+        let stuck = StuckSys(FakeSys(RefCell::new(sys.0.borrow().clone())));
+        assert!(claims.release("/s/a", &stuck).is_err());
+        // The next `down` of the lab restores what the host had.
+        assert_eq!(claims.ledger().unwrap().original[V4_3], 1024);
+        claims.release("/s/a", &sys).unwrap();
+        assert_eq!(sys.0.borrow()[V4_3], 1024);
     }
 
     #[test]

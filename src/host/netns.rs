@@ -218,6 +218,12 @@ pub fn delete(name: &str) -> io::Result<bool> {
             Err(e) => return Err(e),
         }
     }
+    // Only the plain file a namespace is mounted on is vxlab's to remove: a directory or
+    // anything else of that name is someone else's, and left alone.
+    match std::fs::symlink_metadata(&target) {
+        Ok(m) if !m.file_type().is_file() => return Ok(was_mounted),
+        _ => {}
+    }
     match std::fs::remove_file(&target) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(was_mounted),

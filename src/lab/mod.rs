@@ -7,7 +7,7 @@ pub mod instance;
 pub mod read;
 pub mod source;
 mod validate;
-pub use validate::Rules;
+pub use validate::{is_lab_name, Rules};
 pub mod yaml;
 
 use std::fmt;

@@ -26,6 +26,26 @@ pub const MAX_GUESTS: usize = 250;
 /// Linux interface names hold at most 15 bytes.
 const IFNAMSIZ: usize = defaults::MAX_IFNAME;
 
+/// Whether `value` is 1 to `max` of `[a-z0-9-]`, starting with a letter or digit.
+fn is_name(value: &str, max: usize) -> bool {
+    !value.is_empty()
+        && value.len() <= max
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+}
+
+/// Whether `name` could name a lab, a workshop copy's included: what the state directory
+/// may hold a directory for.
+pub fn is_lab_name(name: &str) -> bool {
+    // A copy's name is its lab's with `-` and an instance name after it.
+    is_name(
+        name,
+        MAX_LAB_NAME + 1 + crate::lab::instance::MAX_INSTANCE_NAME,
+    )
+}
+
 /// Words that `ip link add NAME ...` and `ip link set NAME ...` read as keywords where the plan
 /// puts a device name (iproute2's `iplink_parse`, which compares these exactly).
 const IP_LINK_KEYWORDS: [&str; 32] = [
@@ -133,12 +153,7 @@ impl Validator<'_> {
 
     /// A name made of `[a-z0-9-]`, starting with a letter or digit.
     fn name(&mut self, field: &str, value: &str, max: usize, key: bool) -> bool {
-        let ok = !value.is_empty()
-            && value.len() <= max
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !value.starts_with('-');
+        let ok = is_name(value, max);
         if !ok {
             let msg = format!(
                 "`{value}` is not a usable name: use 1 to {max} lowercase letters, digits and \
@@ -192,6 +207,22 @@ impl Validator<'_> {
             self.at(
                 field,
                 format!("`{value}` starts with `-`, which commands would read as an option"),
+            );
+            return false;
+        }
+        // `all` and `default` name the kernel's per-interface settings (`conf/all`), which no
+        // link may take; `lo` is the loopback every namespace and host already has.
+        let reserved = match value {
+            "lo" => Some("the loopback interface every namespace already has"),
+            "all" | "default" => Some("reserved by the kernel for its per-interface settings"),
+            _ => None,
+        };
+        if let Some(why) = reserved {
+            self.at(
+                field,
+                format!(
+                    "`{value}` cannot name an interface here: it is {why}; choose another name"
+                ),
             );
             return false;
         }
@@ -293,7 +324,7 @@ pub fn validate(raw: RawLab, map: &SourceMap, rules: Rules) -> Result<Lab, Vec<P
 
 fn underlay(v: &mut Validator, raw: &RawLab) -> Option<Underlay> {
     let u = &raw.underlay;
-    v.ifname("underlay.bridge", &u.bridge);
+    v.device("underlay.bridge", &u.bridge);
     let interface = u
         .interface
         .clone()
