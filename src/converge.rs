@@ -114,6 +114,8 @@ pub enum Kind {
     UniqueMac,
     /// A vxlan device is no port of a bridge the plan does not have.
     Port,
+    /// A device resolves its neighbours (no `NOARP`).
+    Arp,
 }
 
 /// One command of a plan or a repair, with what it establishes.
@@ -300,6 +302,7 @@ pub fn findings(g: &GuestPlan, st: &GuestState) -> Vec<Finding> {
     }
     let underlay_up = underlay(&mut f, st);
     extra_vxlans(&mut f, st);
+    stray_addresses(&mut f, st);
     for v in &g.vteps {
         vtep(&mut f, v, st, underlay_up);
     }
@@ -567,6 +570,7 @@ fn underlay(f: &mut Findings, st: &GuestState) -> bool {
         || link.mtu.to_string(),
         || vec![cmd::link_mtu(dev, g.underlay_mtu)],
     );
+    arp(f, Layer::UnderlayLink, dev, link);
     addresses(f, Layer::UnderlayAddress, dev, link, g.underlay, st);
     f.push(
         compared(
@@ -581,6 +585,73 @@ fn underlay(f: &mut Findings, st: &GuestState) -> bool {
         || vec![cmd::link_up(dev)],
     );
     link.up
+}
+
+/// Device `dev` resolves neighbours: with `arp off` (NOARP) it sends no ARP request and
+/// answers none, and nothing crosses.
+fn arp(f: &mut Findings, layer: Layer, dev: &str, link: &Link) {
+    f.push(
+        compared(
+            layer,
+            Kind::Arp,
+            dev,
+            format!("{dev} has ARP off"),
+            "arp on",
+        ),
+        link.arp,
+        || "NOARP".into(),
+        || vec![cmd::link_arp_on(dev)],
+    );
+}
+
+/// Addresses inside the lab's subnets on devices the plan gives none: a peer's overlay
+/// address on `lo` answers the guest's own pings to that peer, and the lab looks broken with
+/// nothing of the plan missing.
+fn stray_addresses(f: &mut Findings, st: &GuestState) {
+    let g = f.guest;
+    let lab_device = |d: &str| {
+        d == g.interface
+            || f.underlay_renamed.as_deref() == Some(d)
+            || g.vteps.iter().any(|v| v.device == d)
+    };
+    let mut found = Vec::new();
+    for l in st.links.values().filter(|l| !lab_device(&l.name)) {
+        for a in addresses_of(l) {
+            let overlay = g
+                .vteps
+                .iter()
+                .find(|v| v.address.trunc().contains(&a.addr()));
+            let (layer, subnet) = match overlay {
+                Some(v) => (Layer::OverlayAddress, v.address.trunc()),
+                None if g.underlay.trunc().contains(&a.addr()) => {
+                    (Layer::UnderlayAddress, g.underlay.trunc())
+                }
+                None => continue,
+            };
+            let whose = g
+                .vteps
+                .iter()
+                .flat_map(|v| v.peers.iter())
+                .find(|p| p.overlay == a.addr())
+                .map(|p| format!(", {}'s address", p.guest))
+                .unwrap_or_default();
+            found.push((layer, l.name.clone(), a, subnet, whose));
+        }
+    }
+    for (layer, dev, a, subnet, whose) in found {
+        f.push(
+            compared(
+                layer,
+                Kind::ExtraAddress,
+                &dev,
+                format!("address {a} on {dev}, inside the lab's {subnet}{whose}, not in the plan"),
+                "none",
+            ),
+            false,
+            || a.to_string(),
+            || vec![cmd::addr_del(a, &dev)],
+        );
+    }
 }
 
 /// vxlan devices the plan does not have: one may hold a planned VNI, and a student reading
@@ -771,6 +842,7 @@ fn vtep(f: &mut Findings, v: &VtepPlan, st: &GuestState, underlay_up: bool) {
         || format!("master {}", link.master.as_deref().unwrap_or("-")),
         || vec![cmd::link_nomaster(d)],
     );
+    arp(f, Layer::VxlanDevice, d, link);
     if quiet_ipv6(v) {
         // An `ip` too old to say counts as right: it cannot set it either.
         let mode = link.addrgenmode.as_deref();
@@ -960,7 +1032,43 @@ fn static_entries(f: &mut Findings, v: &VtepPlan, st: &GuestState) {
 /// nowhere; it goes.
 fn neighbours(f: &mut Findings, v: &VtepPlan, st: &GuestState) {
     let d = v.device.as_str();
-    for n in st.neighbours.get(d).into_iter().flatten() {
+    // The plan sets no neighbour by hand: a permanent one is never resolved by ARP, so the
+    // lesson's first frame is not sent, and `reset` cannot flush it.
+    for n in st
+        .neighbours
+        .get(d)
+        .into_iter()
+        .flatten()
+        .filter(|n| n.permanent)
+    {
+        let peer = v.peers.iter().find(|p| p.overlay == n.dst);
+        let whose = peer.map(|p| format!(" ({})", p.guest)).unwrap_or_default();
+        f.push(
+            compared(
+                Layer::Forwarding,
+                Kind::Neighbour,
+                d,
+                format!(
+                    "{d} permanent neighbour {}{whose}, set by hand, not in the plan",
+                    n.dst
+                ),
+                "none",
+            ),
+            false,
+            || format!("{} lladdr {} permanent", n.dst, opt(n.lladdr)),
+            || vec![cmd::neigh_del(n.dst, d)],
+        );
+        if let (Some(p), Some(last)) = (peer, f.out.last_mut()) {
+            last.peer = Some(p.guest.clone());
+        }
+    }
+    for n in st
+        .neighbours
+        .get(d)
+        .into_iter()
+        .flatten()
+        .filter(|n| !n.permanent)
+    {
         let Some(peer) = v.peers.iter().find(|p| p.overlay == n.dst) else {
             continue;
         };
@@ -1026,6 +1134,29 @@ mod tests {
             .filter(|f| !f.holds)
             .map(|f| (f.layer, f.what))
             .collect()
+    }
+
+    #[test]
+    fn what_a_student_set_by_hand_beside_the_plan_is_undone() {
+        // vm-b's address on lo, ARP off on vxlan0, a permanent neighbour for vm-b.
+        assert_eq!(
+            repairs("seed-hand-made-vm-a"),
+            [
+                "ip addr del 192.168.42.3/32 dev lo",
+                "ip link set dev vxlan0 arp on",
+                "ip neigh del 192.168.42.3 dev vxlan0",
+            ]
+        );
+        let failing = failing("seed-hand-made-vm-a");
+        assert!(failing.contains(&(
+            Layer::OverlayAddress,
+            "address 192.168.42.3/32 on lo, inside the lab's 192.168.42.0/24, vm-b's address, \
+             not in the plan"
+                .into()
+        )));
+        assert!(failing.contains(&(Layer::VxlanDevice, "vxlan0 has ARP off".into())));
+        assert!(failing.iter().any(|(l, w)| *l == Layer::Forwarding
+            && w.starts_with("vxlan0 permanent neighbour 192.168.42.3 (vm-b)")));
     }
 
     #[test]

@@ -166,6 +166,11 @@ pub fn link_no_ipv6_autoconf(dev: &str) -> GuestCommand {
     GuestCommand::ip(&["link", "set", "dev", dev, "addrgenmode", "none"])
 }
 
+/// `ip link set dev DEV arp on`: the device resolves its neighbours again.
+pub fn link_arp_on(dev: &str) -> GuestCommand {
+    GuestCommand::ip(&["link", "set", "dev", dev, "arp", "on"])
+}
+
 /// `ip link set dev DEV name NAME` (the device must be down).
 pub fn link_rename(dev: &str, name: &str) -> GuestCommand {
     GuestCommand::ip(&["link", "set", "dev", dev, "name", name])

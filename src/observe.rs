@@ -172,6 +172,8 @@ pub struct Link {
     pub mtu: u32,
     /// Administratively up.
     pub up: bool,
+    /// Resolves neighbours (ARP/ND): no `NOARP` flag.
+    pub arp: bool,
     /// The vxlan parameters, when the device is a vxlan.
     pub vxlan: Option<VxlanParams>,
     /// How the kernel makes the device's IPv6 link-local address (`eui64`, `none`, ...), when
@@ -374,6 +376,7 @@ pub fn parse_links(json: &str) -> Result<Vec<Link>, ParseError> {
                 mac: l.address.and_then(|a| a.parse().ok()),
                 mtu: l.mtu,
                 up: l.flags.iter().any(|f| f == "UP"),
+                arp: !l.flags.iter().any(|f| f == "NOARP"),
                 name: l.ifname,
                 vxlan,
                 addrgenmode: l.inet6_addr_gen_mode,

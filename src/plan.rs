@@ -322,6 +322,7 @@ pub fn fresh_state(g: &GuestPlan, driver: DriverKind) -> GuestState {
         mac: None,
         mtu,
         up: booted,
+        arp: true,
         vxlan: None,
         addrgenmode: Some("eui64".into()),
         master: None,

@@ -371,10 +371,13 @@ fn host_end_hint(seen: &str, link: &str, bridge: &str, vxlab: &str) -> String {
 fn failure(plan: &Plan, guest: &str, f: Finding) -> Failure {
     // What `vxlab up` cannot repair, `reset` can: it forgets what was learned, and recreates
     // a guest that is gone or has lost its underlay.
-    let reset = matches!(
-        f.kind,
-        Kind::GuestReachable | Kind::LinkExists | Kind::Learned
-    );
+    // A namespace guest's underlay link that is gone is made again by `up`, with the
+    // guest's host end; a VM's is not.
+    let reset = match f.kind {
+        Kind::GuestReachable | Kind::Learned => true,
+        Kind::LinkExists => f.repair.is_empty() && plan.driver != crate::lab::DriverKind::Netns,
+        _ => false,
+    };
     let vxlab = if reset {
         format!("vxlab reset {} {guest}", plan.lab)
     } else {
@@ -419,7 +422,7 @@ fn about_peer(f: &Failure) -> bool {
 /// of its own, with its own repair.
 fn follows(cause: &Failure, f: &Failure) -> bool {
     // A down `lo` breaks only what is on `lo`: pings between guests do not pass through it.
-    if cause.device == "lo" {
+    if cause.device == "lo" && cause.kind == Kind::LinkUp {
         return f.device == "lo";
     }
     let dynamic = matches!(
@@ -459,6 +462,7 @@ fn stops_device(f: &Failure) -> bool {
             | Kind::LinkUp
             | Kind::VxlanSetting
             | Kind::Port
+            | Kind::Arp
             | Kind::GuestReachable
     )
 }
@@ -552,6 +556,7 @@ pub fn diagnose(plan: &Plan, failures: &[Failure]) -> Vec<Diagnosis> {
                     Kind::VxlanExists
                         | Kind::VxlanSetting
                         | Kind::Port
+                        | Kind::Arp
                         | Kind::LinkUp
                         | Kind::Address
                 )

@@ -739,6 +739,8 @@ fn status_never_calls_a_failing_lab_healthy() {
             .starts_with("FAILING: vm-a: vxlan0 address"),
         "{s:#}"
     );
+    // The check status made is the last check now: whoever reads it next sees the same.
+    assert!(row["last_check"]["failed"].as_u64() > Some(0), "{s:#}");
     let text = String::from_utf8_lossy(&lab.run(&["status"]).stdout).to_string();
     assert!(
         !text.contains("healthy") && text.contains("FAILING"),
@@ -1598,4 +1600,151 @@ fn the_same_rows_on_the_unicast_and_static_labs_cause_first_and_back_to_the_plan
     assert_eq!(entries, want);
     assert_eq!(st.check().0, 0);
     st.down_leaves_nothing();
+}
+
+#[test]
+fn a_peers_address_on_another_device_is_the_cause_and_up_removes_it() {
+    let lab = seed("t-r-lo", "192.168.61.");
+    // vm-b's overlay address on vm-a's loopback: vm-a answers its own pings to vm-b.
+    student(
+        &lab,
+        "vm-a",
+        &["ip", "addr", "add", "192.168.42.3/32", "dev", "lo"],
+    );
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    let c = first_cause(&r);
+    assert_eq!(
+        (c["guest"].as_str(), c["layer"].as_str(), c["kind"].as_str()),
+        (Some("vm-a"), Some("overlay_address"), Some("extra_address"))
+    );
+    assert_eq!(c["device"], "lo");
+    assert!(
+        c["what"].as_str().unwrap().contains("vm-b's address"),
+        "{c:#}"
+    );
+    assert_eq!(
+        c["fix"]["commands"],
+        serde_json::json!(["ip addr del 192.168.42.3/32 dev lo"])
+    );
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(repairs(&r), ["vm-a: ip addr del 192.168.42.3/32 dev lo"]);
+    assert!(addresses(&lab, "vm-a", "lo").is_empty());
+    assert_eq!(lab.check().0, 0);
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn arp_turned_off_on_a_vtep_is_the_cause_and_up_turns_it_on() {
+    let lab = seed("t-r-arp", "192.168.62.");
+    student(&lab, "vm-a", &["ip", "link", "set", "vxlan0", "arp", "off"]);
+    for g in ["vm-a", "vm-b"] {
+        student(&lab, g, &["ip", "neigh", "flush", "dev", "vxlan0"]);
+    }
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    let c = first_cause(&r);
+    assert_eq!(
+        (c["guest"].as_str(), c["layer"].as_str(), c["kind"].as_str()),
+        (Some("vm-a"), Some("vxlan_device"), Some("arp"))
+    );
+    assert_eq!(
+        c["fix"]["commands"],
+        serde_json::json!(["ip link set dev vxlan0 arp on"])
+    );
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert_eq!(repairs(&r), ["vm-a: ip link set dev vxlan0 arp on"]);
+    let link = kernel(&lab, "vm-a", &["ip", "-j", "link", "show", "dev", "vxlan0"]);
+    assert!(
+        !link[0]["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "NOARP"),
+        "{link:#}"
+    );
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_neighbour_set_by_hand_is_flagged_and_reset_leaves_none() {
+    let lab = seed("t-r-perm", "192.168.63.");
+    // The right MAC, set by hand: pings work, but no ARP will ever be sent for vm-b.
+    let mac = lab.run(&["show", "--lab", &lab.name, "vm-b", "--json"]);
+    let shown: Value = serde_json::from_slice(&mac.stdout).unwrap_or(Value::Null);
+    let peer_mac = shown["links"]["vxlan0"]["mac"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(|| {
+            kernel(&lab, "vm-b", &["ip", "-j", "link", "show", "dev", "vxlan0"])[0]["address"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        });
+    student(
+        &lab,
+        "vm-a",
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "192.168.42.3",
+            "lladdr",
+            &peer_mac,
+            "dev",
+            "vxlan0",
+            "nud",
+            "permanent",
+        ],
+    );
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    let c = first_cause(&r);
+    assert_eq!(
+        (c["guest"].as_str(), c["kind"].as_str()),
+        (Some("vm-a"), Some("neighbour"))
+    );
+    assert!(c["what"].as_str().unwrap().contains("permanent"), "{c:#}");
+    let out = lab.run(&["reset", "--json", &lab.name, "vm-a"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let neighbours = kernel(
+        &lab,
+        "vm-a",
+        &["ip", "-j", "neigh", "show", "dev", "vxlan0"],
+    );
+    assert!(
+        neighbours.as_array().is_none_or(|n| n.is_empty()),
+        "{neighbours:#}"
+    );
+    assert_eq!(lab.check().0, 0);
+    lab.down_leaves_nothing();
+}
+
+#[test]
+fn a_deleted_underlay_is_repaired_by_up_which_says_so() {
+    let lab = seed("t-r-eth", "192.168.64.");
+    student(&lab, "vm-a", &["ip", "link", "del", "eth0"]);
+    let (code, r) = lab.check();
+    assert_eq!(code, 1);
+    let c = first_cause(&r);
+    assert_eq!(
+        (c["guest"].as_str(), c["layer"].as_str(), c["kind"].as_str()),
+        (Some("vm-a"), Some("underlay_link"), Some("link_exists"))
+    );
+    assert_eq!(c["fix"]["vxlab"], "vxlab up t-r-eth");
+    let (code, r) = up_again(&lab);
+    assert_eq!(code, 0, "{:#}", r["failures"]);
+    assert!(
+        noted(&r, &["vm-a: repaired on the host", "eth0", "was gone"]),
+        "{:#}",
+        r["notes"]
+    );
+    assert_eq!(lab.check().0, 0);
+    lab.down_leaves_nothing();
 }

@@ -43,7 +43,10 @@ fn row(state: &StateDir, name: &str, root: bool) -> (Value, Vec<String>) {
         )
     } else if root {
         match engine(&lab, None).and_then(|e| Ok(e.quick_check(&p)?)) {
-            Ok(v) => (Health::of(&v).summary(), Some(v.ok()), true),
+            Ok(v) => {
+                keep_as_last_check(state, name, &v);
+                (Health::of(&v).summary(), Some(v.ok()), true)
+            }
             Err(e) => (format!("cannot check: {e:#}"), Some(false), false),
         }
     } else {
@@ -56,6 +59,8 @@ fn row(state: &StateDir, name: &str, root: bool) -> (Value, Vec<String>) {
             None => ("unknown: never checked".into(), None, false),
         }
     };
+    // Read again: the check just made is the last one now.
+    let last_json = health::load(&state.lab_dir(name)).map(|h| json!({"at": h.at, "age": h.age(), "passed": h.passed, "failed": h.failed, "causes": h.causes})).or(last_json);
     let row = json!({
         "lab": name,
         "instance_of": lab.instance.as_ref().map(|i| &i.base),
@@ -73,6 +78,26 @@ fn row(state: &StateDir, name: &str, root: bool) -> (Value, Vec<String>) {
         "last_check": last_json,
     });
     (row, instances)
+}
+
+/// Keeps a quick check's verdict as the lab's last check, so that whoever reads it next (a
+/// user who may not check, the class server) does not see an older, better one. Under the
+/// lab's lock, and only while the lab still has state: a `down` removing it is left to
+/// finish, and nothing is left behind.
+fn keep_as_last_check(state: &StateDir, name: &str, v: &crate::verify::Verdict) {
+    let Ok(lock) = state.lock_to_check(name) else {
+        return;
+    };
+    match lock.load() {
+        Ok(Some(_)) => {
+            let _ = health::save(lock.dir(), v);
+        }
+        // Taken down meanwhile: the directory the lock made again goes.
+        Ok(None) => {
+            let _ = lock.remove();
+        }
+        Err(_) => {}
+    }
 }
 
 /// `vxlab status`

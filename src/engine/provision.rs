@@ -148,8 +148,19 @@ impl Engine {
         // created anew below by `up`: said, not done silently. (`reset` says it itself, having
         // removed what was left of them.)
         if was_running && lab_file.is_some() {
-            for g in guests.iter().filter(|g| !self.driver.guest_exists(g)) {
-                notes.push(format!("{} was not running: it is created anew", g.name));
+            for g in guests.iter() {
+                if !self.driver.guest_exists(g) {
+                    notes.push(format!("{} was not running: it is created anew", g.name));
+                } else if plan.driver == crate::lab::DriverKind::Netns
+                    && self.host.host_end(&g.host_link, &plan.bridge).is_none()
+                {
+                    // `ip link del eth0` in the guest takes the host end with it.
+                    notes.push(format!(
+                        "{}: repaired on the host: its underlay link {} was gone (with its \
+                         host end {}): made again on bridge {}",
+                        g.name, g.interface, g.host_link, plan.bridge
+                    ));
+                }
             }
         }
         let runner = Runner::new(self.driver.as_ref(), Some(lock.dir()), BTreeMap::new());

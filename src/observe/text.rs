@@ -44,6 +44,7 @@ pub fn links(text: &str) -> Vec<Link> {
                     .and_then(|m| m.parse().ok())
                     .unwrap_or(0),
                 up: flags.split(',').any(|f| f == "UP"),
+                arp: !flags.split(',').any(|f| f == "NOARP"),
                 vxlan: None,
                 addrgenmode: None,
                 master: after(&words, "master").map(String::from),
