@@ -104,6 +104,8 @@ pub enum Kind {
     ExtraStaticEntry,
     /// A neighbour entry for a peer's overlay address names another MAC.
     Neighbour,
+    /// A neighbour set by hand (permanent), which the plan never has.
+    ExtraNeighbour,
     /// A peer's underlay address answers.
     UnderlayPing,
     /// A peer's MAC was learned behind its VTEP.
@@ -1046,7 +1048,7 @@ fn neighbours(f: &mut Findings, v: &VtepPlan, st: &GuestState) {
         f.push(
             compared(
                 Layer::Forwarding,
-                Kind::Neighbour,
+                Kind::ExtraNeighbour,
                 d,
                 format!(
                     "{d} permanent neighbour {}{whose}, set by hand, not in the plan",

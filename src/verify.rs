@@ -404,12 +404,13 @@ fn failure(plan: &Plan, guest: &str, f: Finding) -> Failure {
 }
 
 /// Whether a failure is about a peer and may be that peer's doing: a ping, or what a guest
-/// learned of the peer. Anything else a guest's kernel shows is its own.
+/// learned of the peer (an FDB entry, a neighbour its ARP resolved: a peer whose MAC changed
+/// teaches it the new one). Anything else a guest's kernel shows is its own.
 fn about_peer(f: &Failure) -> bool {
     f.peer.is_some()
         && matches!(
             f.kind,
-            Kind::OverlayPing | Kind::UnderlayPing | Kind::Learned
+            Kind::OverlayPing | Kind::UnderlayPing | Kind::Learned | Kind::Neighbour
         )
 }
 
@@ -1062,13 +1063,44 @@ mod tests {
         let d = &v.diagnoses[0];
         assert_eq!(
             (d.cause.guest.as_str(), d.cause.kind),
-            ("vm-a", Kind::Neighbour)
+            ("vm-a", Kind::ExtraNeighbour)
         );
         assert!(!d.cause.fix.commands.is_empty());
         assert!(d
             .symptoms
             .iter()
             .any(|s| s.guest == "vm-b" && s.kind == Kind::OverlayPing));
+    }
+
+    #[test]
+    fn a_peer_whose_mac_changed_is_the_cause_of_what_the_other_resolved() {
+        let (p, mut w) = world("seed-healthy-vm-a", "seed-healthy-vm-b");
+        let new: crate::lab::Mac = "02:00:00:00:00:aa".parse().unwrap();
+        w.get_mut("vm-a")
+            .unwrap()
+            .links
+            .get_mut("vxlan0")
+            .unwrap()
+            .mac = Some(new);
+        // vm-b's ARP resolved vm-a's overlay address to the MAC vm-a now has.
+        w.get_mut("vm-b").unwrap().neighbours.insert(
+            "vxlan0".into(),
+            vec![crate::observe::Neighbour {
+                dst: "192.168.42.2".parse().unwrap(),
+                lladdr: Some(new),
+                permanent: false,
+            }],
+        );
+        let v = verify(&p, &w, &all_replied(&p));
+        assert_eq!(v.diagnoses.len(), 1, "{:#?}", v.diagnoses);
+        let d = &v.diagnoses[0];
+        assert_eq!((d.cause.guest.as_str(), d.cause.kind), ("vm-a", Kind::Mac));
+        assert!(
+            d.symptoms
+                .iter()
+                .any(|s| s.guest == "vm-b" && s.kind == Kind::Neighbour),
+            "{d:#?}"
+        );
     }
 
     #[test]

@@ -1704,7 +1704,7 @@ fn a_neighbour_set_by_hand_is_flagged_and_reset_leaves_none() {
     let c = first_cause(&r);
     assert_eq!(
         (c["guest"].as_str(), c["kind"].as_str()),
-        (Some("vm-a"), Some("neighbour"))
+        (Some("vm-a"), Some("extra_neighbour"))
     );
     assert!(c["what"].as_str().unwrap().contains("permanent"), "{c:#}");
     let out = lab.run(&["reset", "--json", &lab.name, "vm-a"]);
