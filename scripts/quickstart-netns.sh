@@ -5,6 +5,13 @@
 # unicast), walks it stage by stage, shows VNI isolation on the wire, and takes it all down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Rust is not installed here: vxlab builds with the cargo on PATH, Rust 1.85 or newer
+# (Cargo.toml's rust-version); said before anything is installed.
+have=$(rustc --version 2>/dev/null | cut -d' ' -f2) || have=
+if [ -z "$have" ] || [ "$(printf '%s\n' 1.85.0 "${have%%-*}" | sort -V | head -n1)" != 1.85.0 ]; then
+  echo "$0: vxlab needs Rust 1.85 or newer on PATH (found: ${have:-none}); the README's quick start says how to get it (rustup)" >&2
+  exit 69
+fi
 bash scripts/setup-host.sh --netns
 cargo install --locked --path . --root /usr/local --target-dir target
 export PATH=/usr/local/bin:$PATH

@@ -5,6 +5,13 @@
 # first ARP request flooded to 239.1.1.1 on the wire, the rest unicast), and take it down again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Rust is not installed here: vxlab builds with the cargo on PATH, Rust 1.85 or newer
+# (Cargo.toml's rust-version); said before anything is installed.
+have=$(rustc --version 2>/dev/null | cut -d' ' -f2) || have=
+if [ -z "$have" ] || [ "$(printf '%s\n' 1.85.0 "${have%%-*}" | sort -V | head -n1)" != 1.85.0 ]; then
+  echo "$0: vxlab needs Rust 1.85 or newer on PATH (found: ${have:-none}); the README's quick start says how to get it (rustup)" >&2
+  exit 69
+fi
 bash scripts/setup-host.sh
 # vxlab on PATH, as every command below and in the README types it.
 cargo install --locked --path . --root /usr/local --target-dir target

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what vxlab needs on a Debian/Ubuntu host and starts libvirtd (run as root):
-# iproute2 and ping for the labs; libvirt, QEMU, debootstrap and the seed-disk tools for the
+# iproute2 and ping for the labs; bash-completion, which loads the completions the README
+# installs in /etc/bash_completion.d; libvirt, QEMU, debootstrap and the seed-disk tools for the
 # libvirt driver; the C libraries the virt and ssh2 crates link against; bc for benchmarks;
 # graphviz for `vxlab graph --format svg`; a C compiler and make for iproute2 builds (the
 # rest of iproute2's build dependencies vxlab installs itself when a build needs them);
@@ -10,7 +11,9 @@
 #
 # `setup-host.sh --netns` installs only what the namespace driver needs (the one-minute quick
 # start): vxlab's build (a C compiler, and the libraries the crates link against), iproute2,
-# ping, tcpdump, iptables, graphviz; no QEMU, no libvirtd, no browser.
+# ping, tcpdump, iptables, graphviz, bash-completion; no QEMU, no libvirtd, no browser.
+# Neither installs Rust: vxlab builds with the cargo on PATH (Rust 1.85 or newer; Debian
+# 12's own rustc and cargo packages are 1.63, too old), see the README.
 # iptables fences each lab's bridge off from the host (see src/host/firewall.rs).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -18,7 +21,7 @@ netns_only=false
 [ "${1:-}" = --netns ] && netns_only=true
 apt-get update -q
 packages=(iproute2 iputils-ping tcpdump iptables pkg-config libvirt-dev libssh2-1-dev libssl-dev
-  gcc libc6-dev make graphviz)
+  gcc libc6-dev make graphviz bash-completion)
 if ! $netns_only; then
   packages+=(bc libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils debootstrap
     dosfstools mtools openssh-client librsvg2-bin xz-utils

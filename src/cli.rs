@@ -196,28 +196,30 @@ pub enum Command {
     /// Open a shell on a libvirt guest over SSH.
     Ssh {
         /// Lab file or name; may be left out when one lab is running.
-        #[arg(long, add = ArgValueCompleter::new(complete::labs_and_files))]
+        #[arg(long, add = ArgValueCompleter::new(complete::vm_labs_and_files))]
         lab: Option<PathBuf>,
         /// Guest name.
-        #[arg(add = ArgValueCompleter::new(complete::guests))]
+        #[arg(add = ArgValueCompleter::new(complete::vm_guests))]
         guest: String,
     },
     /// Attach to a libvirt guest's serial console.
     Console {
         /// Lab file or name; may be left out when one lab is running.
-        #[arg(long, add = ArgValueCompleter::new(complete::labs_and_files))]
+        #[arg(long, add = ArgValueCompleter::new(complete::vm_labs_and_files))]
         lab: Option<PathBuf>,
         /// Guest name.
-        #[arg(add = ArgValueCompleter::new(complete::guests))]
+        #[arg(add = ArgValueCompleter::new(complete::vm_guests))]
         guest: String,
     },
     /// Print the shell code that completes vxlab's commands, running labs, lab files and
-    /// guest names: `vxlab completions bash > /etc/bash_completion.d/vxlab`.
+    /// guest names: `vxlab completions bash > /etc/bash_completion.d/vxlab` (which bash
+    /// reads through the bash-completion package).
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print vxlab's man page (roff): `vxlab man > /usr/local/share/man/man1/vxlab.1`.
+    /// Print vxlab's man page (roff): `mkdir -p /usr/local/share/man/man1 && vxlab man >
+    /// /usr/local/share/man/man1/vxlab.1`.
     Man,
     /// Run a command in a guest of a running lab, its output shown as it comes; exits with
     /// the command's status. `vxlab exec vm-a ip -br a` (no `--` needed).

@@ -802,7 +802,14 @@ pub fn down_instances(arg: Option<&Path>, instance: Option<&str>, all: bool) -> 
     let base = match arg {
         Some(p) if p.is_file() => load(p)?.name,
         Some(p) => p.to_string_lossy().into_owned(),
-        None => bail!("name the lab whose instances to remove"),
+        None => {
+            return Err(Usage(
+                "name the lab whose copies to remove: `vxlab down LAB --all` or `vxlab down \
+                 LAB --instance NAME`"
+                    .into(),
+            )
+            .into())
+        }
     };
     let names: Vec<String> = match instance {
         Some(i) => vec![format!("{base}-{i}")],
@@ -983,7 +990,11 @@ fn check_copies(arg: Option<&Path>, json: bool) -> Result<u8> {
     let base = match arg {
         Some(p) if p.is_file() => load(p)?.name,
         Some(p) => p.to_string_lossy().into_owned(),
-        None => bail!("name the lab whose copies to check: `vxlab check LAB --all`"),
+        None => {
+            return Err(
+                Usage("name the lab whose copies to check: `vxlab check LAB --all`".into()).into(),
+            )
+        }
     };
     let copies = workshop::running(&StateDir::from_env(), &base);
     if copies.is_empty() {
@@ -1045,6 +1056,11 @@ pub fn down(arg: Option<&Path>) -> Result<u8> {
     require_root("down")?;
     let lab = match resolve(arg) {
         Ok((lab, _)) => lab,
+        // `vxlab down` again after it removed the only lab: nothing to do, as for a name.
+        Err(e) if arg.is_none() && e.is::<NotFound>() => {
+            eprintln!("{e}; nothing to remove");
+            return Ok(exit::OK);
+        }
         Err(e) if matches!(e.downcast_ref(), Some(StateError::NotRunning(..))) => {
             // A vxlab killed right after it took the lab's lock leaves only the lock.
             // Named by its lab file or by its name.

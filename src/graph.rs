@@ -101,7 +101,7 @@ fn vnis(plan: &Plan) -> BTreeMap<u32, (String, usize)> {
 const FONT: &str = "Helvetica";
 
 /// Colours told apart by people with any common colour blindness (Okabe and Ito), with a
-/// light tint of each for fills: one per VNI, in VNI order.
+/// light tint of each for fills: the first VNIs', in VNI order.
 const PALETTE: [(&str, &str); 6] = [
     ("#0072B2", "#D6EAF5"),
     ("#D55E00", "#F9E0CC"),
@@ -111,13 +111,91 @@ const PALETTE: [(&str, &str); 6] = [
     ("#56B4E9", "#DDF0FB"),
 ];
 
-/// The colour (line, fill) of each VNI.
-fn colours(plan: &Plan) -> BTreeMap<u32, (&'static str, &'static str)> {
-    vnis(plan)
-        .keys()
-        .enumerate()
-        .map(|(i, vni)| (*vni, PALETTE[i % PALETTE.len()]))
-        .collect()
+/// An HSL colour (hue in degrees, saturation and lightness 0 to 1) as `#RRGGBB`.
+fn hsl(hue: f64, saturation: f64, lightness: f64) -> String {
+    let c = (1.0 - (2.0 * lightness - 1.0).abs()) * saturation;
+    let h = hue.rem_euclid(360.0) / 60.0;
+    let x = c * (1.0 - (h % 2.0 - 1.0).abs());
+    let (r, g, b) = match h as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = lightness - c / 2.0;
+    let byte = |v: f64| ((v + m) * 255.0).round().clamp(0.0, 255.0) as u8;
+    format!("#{:02X}{:02X}{:02X}", byte(r), byte(g), byte(b))
+}
+
+/// The hue of a `#RRGGBB` colour, in degrees.
+fn hue(hex: &str) -> f64 {
+    let c = |i: usize| f64::from(u8::from_str_radix(&hex[i..i + 2], 16).unwrap_or(0)) / 255.0;
+    let (r, g, b) = (c(1), c(3), c(5));
+    let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+    let d = max - min;
+    if d == 0.0 {
+        return 0.0;
+    }
+    let h = if max == r {
+        (g - b) / d
+    } else if max == g {
+        (b - r) / d + 2.0
+    } else {
+        (r - g) / d + 4.0
+    };
+    (h * 60.0).rem_euclid(360.0)
+}
+
+/// How far apart two hues are round the colour circle, in degrees.
+fn hue_distance(a: f64, b: f64) -> f64 {
+    let d = (a - b).rem_euclid(360.0);
+    d.min(360.0 - d)
+}
+
+/// The whole degree farthest round the colour circle from every hue of `hues` (the first
+/// such, counting from red).
+fn farthest_hue(hues: &[f64]) -> f64 {
+    let spread = |h: f64| {
+        hues.iter()
+            .map(|u| hue_distance(h, *u))
+            .fold(360.0, f64::min)
+    };
+    (1..360).map(f64::from).fold(
+        0.0,
+        |best, h| if spread(h) > spread(best) { h } else { best },
+    )
+}
+
+/// The colour (line, fill) of each VNI, every one its own: the palette's for the first, then
+/// for each next VNI the hue farthest from every hue already given (the middle of the widest
+/// gap left), its line dark enough to stand out on white and its fill a tint light enough for
+/// dark text.
+fn colours(plan: &Plan) -> BTreeMap<u32, (String, String)> {
+    let mut hues: Vec<f64> = Vec::new();
+    let mut taken = std::collections::HashSet::new();
+    let mut out = BTreeMap::new();
+    for (i, vni) in vnis(plan).keys().enumerate() {
+        let (line, fill) = match PALETTE.get(i) {
+            Some((line, fill)) => (line.to_string(), fill.to_string()),
+            None => {
+                let mut h = farthest_hue(&hues);
+                // A hue that gives a colour already taken (rounding) is moved on until new.
+                loop {
+                    let (line, fill) = (hsl(h, 0.75, 0.32), hsl(h, 0.75, 0.90));
+                    if !taken.contains(&line) && !taken.contains(&fill) {
+                        break (line, fill);
+                    }
+                    h += 1.0;
+                }
+            }
+        };
+        hues.push(hue(&line));
+        taken.extend([line.clone(), fill.clone()]);
+        out.insert(*vni, (line, fill));
+    }
+    out
 }
 
 /// Text inside a Graphviz HTML-like label.
@@ -159,7 +237,7 @@ pub fn dot(plan: &Plan) -> String {
         dq(&format!("host bridge {}\n{}", plan.bridge, plan.gateway))
     );
     for (vni, (label, _)) in vnis(plan) {
-        let (line, fill) = colour[&vni];
+        let (line, fill) = &colour[&vni];
         let _ = writeln!(
             o,
             "  {} [shape=hexagon, style=\"filled,dashed\", color=\"{line}\", fillcolor=\"{fill}\", \
@@ -177,7 +255,7 @@ pub fn dot(plan: &Plan) -> String {
             html(&g.name)
         );
         for v in &g.vteps {
-            let (line, fill) = colour[&v.vni];
+            let (line, fill) = &colour[&v.vni];
             let _ = write!(
                 rows,
                 "<tr><td port=\"{}\" bgcolor=\"{fill}\" color=\"{line}\" border=\"2\" \
@@ -206,7 +284,7 @@ pub fn dot(plan: &Plan) -> String {
         let node = dq(&format!("guest:{}", g.name));
         let _ = writeln!(o, "  {node}:{}:s -> {};", dq(&g.interface), dq(&bridge));
         for v in &g.vteps {
-            let (line, _) = colour[&v.vni];
+            let (line, _) = &colour[&v.vni];
             // Written VNI first, so the VNI ranks above the guests.
             let _ = writeln!(
                 o,
@@ -236,7 +314,7 @@ pub fn dot(plan: &Plan) -> String {
         plan.driver
     );
     for (vni, (_, members)) in vnis(plan) {
-        let (line, fill) = colour[&vni];
+        let (line, fill) = &colour[&vni];
         let v = plan
             .guests
             .iter()
@@ -453,6 +531,70 @@ mod tests {
         );
         assert_eq!(styled(blue).len(), 4, "{m}");
         assert!(m.contains("legend43[\"VNI 43 (vxlan43)\"]:::vni43"), "{m}");
+    }
+
+    /// Relative luminance (WCAG) of a `#RRGGBB` colour.
+    fn luminance(hex: &str) -> f64 {
+        let channel = |i: usize| {
+            let v = f64::from(u8::from_str_radix(&hex[i..i + 2], 16).unwrap()) / 255.0;
+            if v <= 0.039_28 {
+                v / 12.92
+            } else {
+                ((v + 0.055) / 1.055).powf(2.4)
+            }
+        };
+        0.2126 * channel(1) + 0.7152 * channel(3) + 0.0722 * channel(5)
+    }
+
+    #[test]
+    fn every_vni_of_a_ten_vni_lab_has_its_own_colour_and_dark_text_reads_on_each() {
+        let mut text = String::from(
+            "name: ten-vni\ndriver: netns\nunderlay:\n  bridge: vxbr-ten\n  subnet: \
+             192.168.20.0/24\nguests:\n  vm-a: { address: 192.168.20.2 }\n  vm-b: { address: \
+             192.168.20.3 }\nvxlans:\n",
+        );
+        for i in 0..10 {
+            let vni = 100 + i;
+            text.push_str(&format!(
+                "  - name: vxlan{vni}\n    vni: {vni}\n    group: 239.1.1.{i}\n    addresses:\n      \
+                 vm-a: 10.{i}.0.2/24\n      vm-b: 10.{i}.0.3/24\n"
+            ));
+        }
+        let lab = crate::lab::parse(&text, std::path::Path::new("ten-vni.yaml")).unwrap();
+        let plan = crate::plan::plan(&lab);
+        let colour = colours(&plan);
+        assert_eq!(colour.len(), 10);
+        let mut all: Vec<&String> = colour.values().flat_map(|(l, f)| [l, f]).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 20, "{colour:?}");
+        // The first six are the palette's, in VNI order.
+        for (i, (line, fill)) in colour.values().take(6).enumerate() {
+            assert_eq!((line.as_str(), fill.as_str()), PALETTE[i]);
+        }
+        for (line, fill) in colour.values() {
+            // Black text on the fill: at least WCAG's 7:1.
+            assert!((luminance(fill) + 0.05) / 0.05 >= 7.0, "{fill}");
+            assert!(fill.len() == 7 && line.len() == 7);
+        }
+        // The lines past the palette stand out on white (3:1, for lines and shapes).
+        for (line, _) in colour.values().skip(6) {
+            assert!(1.05 / (luminance(line) + 0.05) >= 3.0, "{line}");
+        }
+        // Each colour is on its VNI's node in the drawing, and in the Mermaid class.
+        let d = dot(&plan);
+        let m = mermaid(&plan);
+        for (vni, (line, fill)) in &colour {
+            let node = d
+                .lines()
+                .find(|l| l.contains(&format!("\"vni:{vni}\" [")))
+                .unwrap();
+            assert!(
+                node.contains(line.as_str()) && node.contains(fill.as_str()),
+                "{node}"
+            );
+            assert!(m.contains(&format!("classDef vni{vni} fill:{fill},stroke:{line}")));
+        }
     }
 
     #[test]

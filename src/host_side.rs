@@ -95,6 +95,7 @@ pub fn host_side(plan: &Plan) -> Vec<HostPart> {
         by: Actor::Vxlab,
         commands: vec![
             HostCommand::new(&["ip", "link", "add", &plan.bridge, "type", "bridge"]),
+            owner(&plan.bridge, &plan.lab),
             HostCommand::new(&addr),
             HostCommand::new(&["ip", "link", "set", "up", "dev", &plan.bridge]),
         ],
@@ -125,6 +126,13 @@ pub fn host_side(plan: &Plan) -> Vec<HostPart> {
         }
     }
     parts
+}
+
+/// The owner vxlab marks a host link or bridge with, in its alias (`ip -d link show` prints
+/// it): what it reads to know the link is its own, and whose (see [`crate::host::inventory`]).
+fn owner(link: &str, owner: &str) -> HostCommand {
+    let alias = crate::host::inventory::owner_alias(owner);
+    HostCommand::new(&["ip", "link", "set", "dev", link, "alias", &alias])
 }
 
 /// A guest's host link into the bridge, up.
@@ -160,6 +168,7 @@ fn namespace(plan: &Plan, g: &GuestPlan) -> HostPart {
                 "netns",
                 ns,
             ]),
+            owner(link, ns),
             HostCommand::new(&[
                 "ip",
                 "-n",
@@ -251,19 +260,34 @@ mod tests {
         let parts = host_side(&p);
         let all = lines(&parts);
         assert_eq!(
-            &all[..3],
+            &all[..4],
             [
                 "ip link add vxbr-seed type bridge",
+                "ip link set dev vxbr-seed alias 'vxlab: two-netns'",
                 "ip addr add 192.168.10.1/24 dev vxbr-seed",
                 "ip link set up dev vxbr-seed",
             ]
         );
         let a = &p.guests[0];
         assert!(all.contains(&"ip netns add vxlab-two-netns.vm-a".to_string()));
-        assert!(all.contains(&format!(
+        let veth = format!(
             "ip link add {} type veth peer name eth0 netns vxlab-two-netns.vm-a",
             a.host_link
-        )));
+        );
+        // Each host link carries its owner as vxlab marks it, right after it is made.
+        let at = all.iter().position(|l| *l == veth).unwrap();
+        assert_eq!(
+            all[at + 1],
+            format!(
+                "ip link set dev {} alias 'vxlab: vxlab-two-netns.vm-a'",
+                a.host_link
+            )
+        );
+        // The alias is the one vxlab reads back as the owner.
+        assert_eq!(
+            crate::host::inventory::owner_alias(&a.instance),
+            "vxlab: vxlab-two-netns.vm-a"
+        );
         assert!(all.contains(&format!(
             "ip -n vxlab-two-netns.vm-a link set dev eth0 address {}",
             a.underlay_mac
@@ -311,8 +335,8 @@ mod tests {
     fn an_ipv6_bridge_address_skips_duplicate_address_detection() {
         let all = lines(&host_side(&plan_of("ipv6.yaml")));
         assert!(
-            all[1].starts_with("ip addr add fd00:10::")
-                && all[1].ends_with("/64 dev vxbr-v6 nodad")
+            all[2].starts_with("ip addr add fd00:10::")
+                && all[2].ends_with("/64 dev vxbr-v6 nodad")
         );
     }
 }

@@ -100,10 +100,14 @@ fn the_man_page_refers_to_no_page_that_does_not_exist() {
 
 /// What the shell is offered for the last of `words`, as fish asks for it.
 fn offered(lab: &Lab, words: &[&str]) -> Vec<String> {
+    offered_by(lab.vxlab(), words)
+}
+
+/// What `vxlab` run as `cmd` offers for the last of `words`, as fish asks for it.
+fn offered_by(mut cmd: Command, words: &[&str]) -> Vec<String> {
     let mut args = vec!["--", "vxlab"];
     args.extend(words);
-    let out = lab
-        .vxlab()
+    let out = cmd
         .args(&args)
         .env("COMPLETE", "fish")
         .current_dir(common::root())
@@ -148,6 +152,20 @@ fn completions_offer_running_labs_lab_files_and_guest_names() {
         ["vm-b"]
     );
     assert_eq!(offered(&lab, &["sheet", "t-co"]), ["t-comp"]);
+    // ssh and console reach VMs only: a namespace lab's guests are not offered for them.
+    assert_eq!(offered(&lab, &["ssh", ""]), Vec::<String>::new());
+    assert_eq!(
+        offered(&lab, &["console", "--lab", "t-comp", ""]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        offered(&lab, &["ssh", "--lab", "t-co"]),
+        Vec::<String>::new()
+    );
+    // Lab files and the directories that hold them, never `.` itself.
+    let here = offered(&lab, &["up", ""]);
+    assert!(here.contains(&"labs/".to_string()), "{here:?}");
+    assert!(!here.contains(&".".to_string()), "{here:?}");
     // Subcommands and options come from the definition.
     assert!(offered(&lab, &["cap"]).contains(&"capture".to_string()));
     assert!(offered(&lab, &["capture", "vm-a", "--only", ""]).contains(&"icmp".to_string()));
@@ -181,6 +199,38 @@ fn state_dir_on_the_command_line_finds_the_labs_kept_there() {
     );
     assert_eq!(lab.up().0, 0);
     let dir = lab.state.path().to_str().unwrap();
+    // Completions look for labs where the command line says, before or after the command,
+    // with no VXLAB_STATE_DIR; as bash asks for them.
+    let empty = tempfile::tempdir().unwrap();
+    let complete = |index: &str, words: &[&str]| -> Vec<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+            .args(["--", "vxlab"])
+            .args(words)
+            .env_remove("VXLAB_STATE_DIR")
+            .env("COMPLETE", "bash")
+            .env("_CLAP_COMPLETE_INDEX", index)
+            .current_dir(empty.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|w| !w.starts_with('-'))
+            .collect()
+    };
+    assert_eq!(
+        complete("4", &["--state-dir", dir, "show", ""]),
+        ["vm-a", "vm-b"]
+    );
+    assert_eq!(complete("4", &["--state-dir", dir, "down", ""]), ["t-sdir"]);
+    assert_eq!(
+        complete("4", &["show", "--lab", "t-sdir", "", "--state-dir", dir]),
+        ["vm-a", "vm-b"]
+    );
+    let mut by_env = Command::new(env!("CARGO_BIN_EXE_vxlab"));
+    by_env.env("VXLAB_STATE_DIR", dir);
+    assert_eq!(offered_by(by_env, &["exec", ""]), ["vm-a", "vm-b"]);
     let out = vxlab(&["--state-dir", dir, "status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["labs"][0]["lab"], "t-sdir", "{v:#}");
@@ -359,4 +409,105 @@ fn counts_out_of_range_and_a_placement_without_hosts_are_usage_errors() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn a_lab_the_command_needs_and_does_not_name_is_a_usage_error_and_down_can_be_run_twice() {
+    common::require_root();
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().to_str().unwrap();
+    for args in [
+        vec!["check", "--all"],
+        vec!["down", "--all"],
+        vec!["down", "--instance", "1"],
+    ] {
+        let mut line = vec!["--state-dir", dir];
+        line.extend(&args);
+        let out = vxlab(&line);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains("name the lab whose copies to"), "{err}");
+    }
+    // Nothing running: `down`, named or not, removes nothing and says so, every time.
+    for args in [vec!["down"], vec!["down", "t-none"], vec!["down"]] {
+        let mut line = vec!["--state-dir", dir];
+        line.extend(&args);
+        let out = vxlab(&line);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.contains("nothing to remove"), "{err}");
+    }
+    // The README and the man page say so, and what `down LAB` does when only its copies run
+    // (tests/teaching.rs runs it: 66).
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    let readme = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    let man = text(&vxlab(&["man"]).stdout);
+    for doc in [&readme, &man] {
+        assert!(
+            doc.contains("removes nothing and exits 0, so it can be run twice")
+                && doc.contains("names them, removes nothing and exits 66"),
+            "{doc}"
+        );
+    }
+    assert!(readme.contains("`check --all`, `down --all` without LAB"));
+}
+
+#[test]
+fn the_readmes_install_lines_work_on_a_fresh_debian() {
+    let root = common::root();
+    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap();
+    let readme = read("README.md");
+    // Where the man page goes, its directory is made first: a fresh Debian 12 has none.
+    let lines: Vec<&str> = readme.lines().collect();
+    let man = lines
+        .iter()
+        .position(|l| l.starts_with("vxlab man > "))
+        .expect("the README installs the man page");
+    let dir = lines[man]
+        .trim_start_matches("vxlab man > ")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .rsplit_once('/')
+        .unwrap()
+        .0;
+    assert!(
+        lines[..man]
+            .iter()
+            .any(|l| l.starts_with(&format!("mkdir -p {dir} "))),
+        "no `mkdir -p {dir}` before `{}`",
+        lines[man]
+    );
+    // The completions file is read by the bash-completion package, which the setup installs.
+    assert!(
+        readme.contains("/etc/bash_completion.d/vxlab")
+            && readme.contains("`bash-completion` package")
+    );
+    let setup = read("scripts/setup-host.sh");
+    let packages = setup
+        .split("packages=(")
+        .nth(1)
+        .and_then(|p| p.split(')').next())
+        .unwrap();
+    assert!(
+        packages.split_whitespace().any(|p| p == "bash-completion"),
+        "{packages}"
+    );
+    // The Rust the README asks for is the one Cargo.toml needs and the quick starts check.
+    let manifest = read("Cargo.toml");
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .unwrap()
+        .trim_end_matches('"');
+    assert!(
+        readme.contains(&format!("Rust {version} or newer")),
+        "{version}"
+    );
+    for script in ["scripts/quickstart.sh", "scripts/quickstart-netns.sh"] {
+        assert!(
+            read(script).contains(&format!("printf '%s\\n' {version}.0 ")),
+            "{script} does not check for Rust {version}"
+        );
+    }
 }

@@ -420,7 +420,11 @@ fn walk_shows_the_peer_learned_first_at_the_first_ping_under_the_commands_that_c
         next("  $ bridge -j fdb show dev vxlan0\n"),
         next("== 1. the underlay"),
         next("$ ip link add vxbr-t-walk type bridge"),
+        // The owner mark vxlab gives each host link and bridge, as a command too.
+        next("$ ip link set dev vxbr-t-walk alias 'vxlab: t-walk'"),
         next("$ ip netns add vxlab-t-walk.vm-a"),
+        next(" type veth peer name eth0 netns vxlab-t-walk.vm-a\n"),
+        next(" alias 'vxlab: vxlab-t-walk.vm-a'\n"),
         next("vm-a:\n  $ ip link set up lo"),
         next("$ ip addr add 192.168.50.2/24 dev eth0"),
         next("== 2. the vxlan devices"),
@@ -918,6 +922,20 @@ fn the_plan_alone_rebuilds_the_lab_by_hand() {
         for c in part["commands"].as_array().unwrap() {
             run(words(c));
         }
+    }
+    // The bridge and each host link carry their owner as vxlab marks them, so vxlab and
+    // the host's other users can tell whose they are.
+    let alias = |link: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{link}/ifalias"))
+            .unwrap_or_default()
+            .trim_end()
+            .to_string()
+    };
+    assert_eq!(alias("vxbr-t-byhand"), "vxlab: t-byhand");
+    for g in plan["guests"].as_array().unwrap() {
+        let link = g["host_link"].as_str().unwrap();
+        let ns = g["instance"].as_str().unwrap();
+        assert_eq!(alias(link), format!("vxlab: {ns}"), "{g:#}");
     }
     for g in plan["guests"].as_array().unwrap() {
         let ns = g["instance"].as_str().unwrap();
