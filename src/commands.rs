@@ -547,7 +547,7 @@ pub fn up_instances(path: &Path, copies: Copies<'_>, json: bool, timings: bool) 
     }
     let state = StateDir::from_env();
     // Held until the copies are up, so a second `up --count` cannot pick the same subnets.
-    let _pool_lock = workshop::lock(&state)?;
+    let _pool_lock = workshop::lock()?;
     let running = workshop::running(&state, &base.name);
     let wanted: Vec<(String, u8)> = match (instance, count) {
         (Some(name), _) => {

@@ -5,9 +5,7 @@
 //! host never share an underlay. The choice is pure ([`allocate`]); what is in use is read
 //! through the [`Host`] and the [`StateDir`].
 
-use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 
 use ipnet::IpNet;
 
@@ -373,22 +371,11 @@ pub fn running(state: &StateDir, base: &str) -> Vec<Instance> {
     out
 }
 
-/// Holds the state directory while copies are given underlays and brought up, so two
-/// `vxlab up --count` at once cannot pick the same subnets; released when dropped.
-pub struct PoolLock {
-    _dir: File,
-}
-
-/// Waits for the state directory's pool lock.
-pub fn lock(state: &StateDir) -> std::io::Result<PoolLock> {
-    std::fs::create_dir_all(state.root())?;
-    // The directory itself is locked: no lock file is left behind.
-    let dir = File::open(state.root())?;
-    // SAFETY: flock on a descriptor we own; it blocks until the lock is free.
-    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(PoolLock { _dir: dir })
+/// Holds every workshop pool of this host while copies are given underlays and brought up,
+/// so two `vxlab up --count` at once (of one state directory or two: two instructors) cannot
+/// pick the same subnets; released when dropped.
+pub fn lock() -> Result<crate::host::lock::HostLock, crate::host::lock::HostLockError> {
+    crate::host::lock::HostLock::take_pool()
 }
 
 #[cfg(test)]

@@ -364,6 +364,23 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         .unwrap();
     assert_eq!(code, json!(1008));
     assert_eq!(status(&base, "GET", &path_of(&students[0]), false), 200);
+    // So does one far bigger than any keystroke or resize (a flood): that terminal goes,
+    // the server stays.
+    let code = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const ws = new WebSocket('ws://' + location.host + location.pathname + 'term/vm-b');
+             ws.onopen = () => ws.send(JSON.stringify({type: 'input', data: 'x'.repeat(1 << 20)}));
+             ws.onclose = e => done(e.code);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        code == json!(1008) || code == json!(1009),
+        "an oversized message closed the terminal with {code}"
+    );
+    assert_eq!(status(&base, "GET", &path_of(&students[0]), false), 200);
 
     // The student breaks the lab in the terminal: the instructor's grid marks that copy.
     type_in_terminal(&c, "vm-a", "ip link del vxlan0").await;
@@ -927,7 +944,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
              const codes = [];
              const open = () => new Promise(r => {
                const ws = new WebSocket(url);
-               ws.onclose = e => { codes.push(e.code); r(); };
+               ws.onclose = e => { codes.push(e.code + ' ' + e.reason); r(); };
              });
              const first = [open(), open()];
              setTimeout(() => { first.push(open()); Promise.all(first).then(() => done(codes.sort())); }, 300);",
@@ -937,7 +954,7 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         .unwrap();
     assert_eq!(
         codes,
-        json!([1000, 1000, 1013]),
+        json!(["1000 idle", "1000 idle", "1013 too many terminals"]),
         "two closed as idle, one refused (try again later)"
     );
 

@@ -229,6 +229,42 @@ fn a_subnet_held_by_a_bridge_set_down_is_still_taken() {
     a.down_leaves_nothing();
 }
 
+#[test]
+fn two_classes_of_two_state_dirs_started_at_once_get_disjoint_subnets() {
+    // Two instructors, each with a state directory of their own, one pool.
+    let a = lab("t-cls-a", "vxbr-tca", 160);
+    let b = lab("t-cls-b", "vxbr-tcb", 161);
+    let start = |l: &Lab| {
+        l.vxlab()
+            .args(["up", l.file.to_str().unwrap(), "--count", "2", "--pool", "10.237.0.0/22"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (ca, cb) = (start(&a), start(&b));
+    let (oa, ob) = (ca.wait_with_output().unwrap(), cb.wait_with_output().unwrap());
+    assert!(oa.status.success(), "{}", text(&oa));
+    assert!(ob.status.success(), "{}", text(&ob));
+    let underlays = |l: &Lab| -> Vec<String> {
+        let out = l.run(&["status", "--json"]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        s["labs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["underlay"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (ua, ub) = (underlays(&a), underlays(&b));
+    assert_eq!((ua.len(), ub.len()), (2, 2), "{ua:?} {ub:?}");
+    assert!(ua.iter().all(|u| !ub.contains(u)), "{ua:?} {ub:?}");
+    for l in [&a, &b] {
+        let out = l.run(&["down", &l.name, "--all"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}
+
 /// Starts `a` and `b` at once and returns their exit statuses.
 fn race(a: &Lab, b: &Lab) -> (Option<i32>, Option<i32>, String) {
     let start = |l: &Lab| {

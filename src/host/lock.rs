@@ -130,24 +130,49 @@ impl HostLock {
     }
 
     fn acquire(dir: &Path, wait: bool) -> Result<Option<HostLock>, HostLockError> {
-        let path = dir.join(LOCK_FILE);
+        Self::acquire_named(
+            dir,
+            LOCK_FILE,
+            wait,
+            "checks and takes names and subnets for one lab at a time",
+        )
+    }
+
+    /// The host-wide lock of workshop pools in [`RUN_DIR`]: held while a class's copies are
+    /// given underlays and brought up, so that two classes (of any state directories) never
+    /// pick the same subnets. Waiting for it is said, and Ctrl-C stops the wait.
+    pub fn take_pool() -> Result<HostLock, HostLockError> {
+        Self::acquire_named(
+            Path::new(RUN_DIR),
+            POOL_LOCK_FILE,
+            true,
+            "gives one class at a time its copies' subnets and brings them up",
+        )
+        .map(|l| l.expect("a waiting lock is always taken"))
+    }
+
+    fn acquire_named(
+        dir: &Path,
+        name: &str,
+        wait: bool,
+        purpose: &str,
+    ) -> Result<Option<HostLock>, HostLockError> {
+        let path = dir.join(name);
         let err = |source| HostLockError {
             path: path.clone(),
             source,
         };
-        let mut file = open_lock_file(dir, LOCK_FILE).map_err(err)?;
+        let mut file = open_lock_file(dir, name).map_err(err)?;
         if !flock(&file, false).map_err(err)? {
             if !wait {
                 return Ok(None);
             }
             // Said, and given up on Ctrl-C: a wait nobody can see or stop looks like a hang.
             eprintln!(
-                "vxlab: waiting for {}, which checks and takes names and subnets for one lab \
-                 at a time",
+                "vxlab: waiting for {}, which {purpose}",
                 file.metadata()
                     .ok()
                     .and_then(|m| flock_holder(&m))
-                    .or_else(|| Self::holder_in(dir))
                     .map_or("another vxlab".to_string(), describe_process)
             );
             if !wait_or_stop(&file).map_err(err)? {
@@ -172,6 +197,7 @@ impl HostLock {
 }
 
 const LOCK_FILE: &str = "host.lock";
+const POOL_LOCK_FILE: &str = "pool.lock";
 
 /// Process `pid` in words: `vxlab up labs/x.yaml (pid 42)`, or just its pid.
 fn describe_process(pid: u32) -> String {
