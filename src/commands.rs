@@ -117,7 +117,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         {
             return exit::DATA;
         }
-        if cause.is::<crate::hosts::placement::DoesNotFit>() {
+        if cause.is::<crate::hosts::placement::DoesNotFit>()
+            || cause.is::<crate::driver::libvirt::capacity::ClassTooBig>()
+        {
             return exit::USAGE;
         }
         if cause.is::<hosts::Unreachable>()

@@ -511,3 +511,25 @@ fn the_readmes_install_lines_work_on_a_fresh_debian() {
         );
     }
 }
+
+#[test]
+fn a_class_of_vms_too_big_for_this_host_is_refused_with_what_fits_and_nothing_made() {
+    // 255 copies of two 512 MiB guests: far more memory than a test machine has.
+    let lab = Lab::shipped("two-vm.yaml", "t-toobig", &[]);
+    let out = lab.run(&["up", lab.file.to_str().unwrap(), "--count", "255"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("255 copies of t-toobig do not fit on this host"),
+        "{err}"
+    );
+    // What each costs, and how many would fit.
+    assert!(err.contains("MiB") && err.contains("copies fit"), "{err}");
+    assert!(
+        std::fs::read_dir(lab.state.path())
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true),
+        "a refused class left state"
+    );
+    assert!(!std::path::Path::new("/sys/class/net/vxbr-t-toobig-1").exists());
+}
