@@ -121,7 +121,7 @@ fn command_section(out: &mut String, c: &mut Command, path: &str) {
 /// The exit statuses, as `commands` returns them.
 const EXIT_STATUS: [(u8, &str); 14] = [
     (exit::OK, "Success: every check held."),
-    (exit::CHECK_FAILED, "The lab runs but a check failed; the report names each failure, cause first."),
+    (exit::CHECK_FAILED, "The lab runs but a check failed; the report names each failure, cause first. capture: the pings were not answered (but for an address of another VNI, where that is the lesson)."),
     (exit::PARSE, "The command line could not be parsed: an unknown option, a missing argument, or a value out of range; the usage error says which."),
     (exit::USAGE, "The command line cannot be used as it is: a value that cannot be used, such as a workshop pool with no room left or a class that does not fit on its hosts; or a lab it needs and does not name (check --all or down --all without LAB, or several labs running and none named)."),
     (exit::DATA, "The lab file or the host inventory is invalid; each problem is given as file:line:column: field: message."),

@@ -215,6 +215,16 @@ fn an_ipv4_capture_shows_the_lesson_and_no_autoconfiguration_unless_asked() {
     ]));
     assert!(!inner_kinds(&icmp).is_empty());
     assert!(inner_kinds(&icmp).iter().all(|k| k == "echo"), "{icmp:#}");
+    // Pings that should be answered and are not fail the capture, as they fail `ping`.
+    let down = std::process::Command::new("ip")
+        .args(["-n", "vxlab-t-quiet.vm-b", "link", "set", "vxlan0", "down"])
+        .status()
+        .unwrap();
+    assert!(down.success());
+    let out = lab.run(&["capture", "--lab", "t-quiet", "vm-a", "--count", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("NOT answered"), "{text}");
     lab.down_leaves_nothing();
 }
 

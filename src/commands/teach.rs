@@ -135,6 +135,13 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
     let all = wire::decode_all(frames, vtep.port);
     let shown = wire::shown(&all, opts.only);
     let hidden = wire::hidden(&all, opts.only);
+    // Pings that should have been answered and were not fail the command, as `ping` does;
+    // into another VNI (the isolation lesson) no answer is the lesson.
+    let outcome = if captured.answered || target.elsewhere.is_some() {
+        exit::OK
+    } else {
+        exit::CHECK_FAILED
+    };
     let pinged = wire::Pinged {
         guest: g,
         vtep,
@@ -174,7 +181,7 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
                 "summary": summary,
             }))?
         );
-        return Ok(exit::OK);
+        return Ok(outcome);
     }
     println!(
         "{guest}'s underlay (host link {}), {} ping{} to {to} over {} (VNI {}, UDP {}): {}",
@@ -219,7 +226,7 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
             vtep.port
         );
     }
-    Ok(exit::OK)
+    Ok(outcome)
 }
 
 /// What a filter shows, for "no frame ..." lines.
