@@ -503,13 +503,13 @@ fn indentation(text: &str, at: Position, what: &str) -> Option<LoadError> {
             None
         };
         if let Some(message) = wrong {
-            return Some(LoadError {
+            return Some(line_above_at_fault(&lines, i, what).unwrap_or(LoadError {
                 at: Position {
                     line: i + 1,
                     column: n + 1,
                 },
                 message,
-            });
+            }));
         }
         open.retain(|&c| c < n);
         dashes.retain(|&c| c < n);
@@ -525,6 +525,85 @@ fn indentation(text: &str, at: Position, what: &str) -> Option<LoadError> {
             open.push(col);
             rest = &after[skip..];
         }
+    }
+    // Nothing lines up wrongly before the line libyaml stopped at: the fault is that line,
+    // or the one above it, with a value already and so no room for a block under it.
+    let stop = at.line.checked_sub(1).filter(|&i| i < lines.len())?;
+    if let Some(e) = line_above_at_fault(&lines, stop, what) {
+        return Some(e);
+    }
+    let here = lines[stop];
+    let j = (0..stop).rev().find(|&j| content(lines[j]))?;
+    let (n, above) = (indent(here), lines[j]);
+    let m = indent(above);
+    let key_col = m + if above[m..].starts_with("- ") { 2 } else { 0 };
+    if n > key_col && has_value(above) && content(here) {
+        return Some(LoadError {
+            at: Position {
+                line: stop + 1,
+                column: n + 1,
+            },
+            message: format!(
+                "this line is indented by {n}, deeper than the line above, which has its value \
+                 already; indent it by {key_col}, like that line's key, or give the line above \
+                 no value to open a block under it (YAML: {what})"
+            ),
+        });
+    }
+    None
+}
+
+/// Whether a line is `key: value` (or a `- value` item) with the value on it, so that no
+/// block can open under it.
+fn has_value(line: &str) -> bool {
+    let t = line.trim();
+    let t = t.strip_prefix("- ").unwrap_or(t);
+    !t.ends_with(':') && t != "-"
+}
+
+/// When line `i` (0-based) is where the indentation went wrong, whether the line above it is
+/// the one at fault: the first line of a block, indented unlike the rest of that block (deeper
+/// than line `i`, which the block's opener leaves room for), or a line as far left as the
+/// `key:` opening the block above it, which then holds nothing while line `i` is deeper.
+fn line_above_at_fault(lines: &[&str], i: usize, what: &str) -> Option<LoadError> {
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let content = |l: &str| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#')
+    };
+    let before = |i: usize| (0..i).rev().find(|&j| content(lines[j]));
+    let j = before(i)?;
+    let k = before(j)?;
+    let (n, nj, nk) = (indent(lines[i]), indent(lines[j]), indent(lines[k]));
+    let opener = lines[k].trim_end().ends_with(':');
+    let at = |line: usize, column: usize, message: String| LoadError {
+        at: Position {
+            line: line + 1,
+            column: column + 1,
+        },
+        message,
+    };
+    if opener && nk < n && n < nj {
+        return Some(at(
+            j,
+            nj,
+            format!(
+                "this line is indented by {nj}, and the next line of its block by {n}: \
+                 indent the lines of one block alike (YAML: {what})"
+            ),
+        ));
+    }
+    if opener && nj == nk && n > nj && has_value(lines[j]) {
+        let key = lines[k].trim().trim_end_matches(':');
+        return Some(at(
+            j,
+            nj,
+            format!(
+                "this line is indented like `{key}:` above it, which then holds nothing, while \
+                 the next line is indented by {n}: indent it by {n}, under `{key}:` (YAML: \
+                 {what})"
+            ),
+        ));
     }
     None
 }
