@@ -348,12 +348,19 @@ only big && big_trials
 
 s="host settings restored at the end"
 scenario "$s"
-TRIALS[$s]=1
 after_settings=$(host_settings)
-if [ "$after_settings" != "$before_settings" ]; then
+if ! sysctl -n net.ipv4.neigh.default.gc_thresh3 >/dev/null 2>&1; then
+  # In a private network namespace the host's tables cannot be read: nothing is proved, and
+  # the row says so with 0 trials rather than passing on two empty readings.
+  TRIALS[$s]=0
+  note "$s" "not measured: this network namespace cannot read the host's neighbour tables"
+elif [ "$after_settings" != "$before_settings" ]; then
+  TRIALS[$s]=1
   LEAKS[$s]=1
   note "$s" "before: $before_settings"
   note "$s" "after:  $after_settings"
+else
+  TRIALS[$s]=1
 fi
 
 printf '\n%-36s %7s %6s %6s %11s %7s\n' scenario trials hangs leaks "wrong exit" panics
