@@ -161,6 +161,31 @@ pub struct Pinged<'a> {
     pub kept: bool,
     /// Set when `to` is not in the vxlan the pings went into: the isolation lesson.
     pub elsewhere: Option<Elsewhere>,
+    /// In the isolation lesson, the guest that has `to`, watched on its own link.
+    pub watched: Option<Watched>,
+}
+
+/// What the link of the guest that has the address showed while another VNI's guest pinged
+/// it: the other half of the isolation lesson.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    /// The guest.
+    pub guest: String,
+    /// Its underlay address (its VTEP's).
+    pub underlay: IpAddr,
+    /// Every frame on its link, decoded.
+    pub wire: Vec<(f64, Wire)>,
+}
+
+/// [`Watched`] from what a capture recorded on guest `name`'s link, decoded with `port`.
+pub fn watched(plan: &Plan, seen: Option<&(String, Vec<Frame>)>, port: u16) -> Option<Watched> {
+    let (name, frames) = seen?;
+    let g = plan.guest(name)?;
+    Some(Watched {
+        guest: name.clone(),
+        underlay: g.underlay.addr(),
+        wire: decode_all(frames, port),
+    })
 }
 
 /// Where an address outside the pinging guest's vxlans lives in the lab.
@@ -466,12 +491,58 @@ fn isolation(
         )),
         None => text.push_str("No VTEP of the lab has that address."),
     }
+    if let (Some(w), Some(vni)) = (&p.watched, e.vni) {
+        text.push_str(&watched_words(w, me, g, v.vni, vni, v.device.as_str()));
+    }
     Summary {
         text,
         packets: lesson.len(),
         unicast,
         crossed: e.vni.map(|_| crossed),
     }
+}
+
+/// The isolation lesson seen from the other side: on the link of `w`, the guest that has the
+/// address in VNI `theirs`, what of `g`'s VNI `mine` arrived, and what its VTEP sent back.
+fn watched_words(w: &Watched, me: IpAddr, g: &str, mine: u32, theirs: u32, dev: &str) -> String {
+    let packets = || {
+        w.wire.iter().filter_map(|(_, x)| match x {
+            Wire::Vxlan(x) => Some(x),
+            _ => None,
+        })
+    };
+    let arrived = packets()
+        .filter(|x| x.outer_src == me && x.vni == mine)
+        .count();
+    let back = packets()
+        .filter(|x| x.outer_src == w.underlay && (x.vni == mine || x.outer_dst == me))
+        .count();
+    let reach = if arrived == 0 {
+        format!(
+            "none of {g}'s VNI {mine} packets reached it (the bridge delivers a group only to \
+             the ports that joined it)"
+        )
+    } else {
+        format!(
+            "{arrived} of {g}'s VNI {mine} packet{} reached it, flooded, and its kernel \
+             dropped {}: it has no VTEP in VNI {mine}",
+            if arrived == 1 { "" } else { "s" },
+            if arrived == 1 { "it" } else { "them" }
+        )
+    };
+    let answer = if back == 0 {
+        format!("its VTEP sent nothing back to {g} or into VNI {mine}")
+    } else {
+        format!(
+            "its VTEP sent {back} packet{} back to {g} or into VNI {mine}: isolation is broken",
+            if back == 1 { "" } else { "s" }
+        )
+    };
+    format!(
+        " On {}'s own underlay link, watched meanwhile (its VNI {theirs} VTEP): {reach}; \
+         {answer}. The pings out of {dev} had no way into VNI {theirs}.",
+        w.guest
+    )
 }
 
 #[cfg(test)]
@@ -534,6 +605,7 @@ mod tests {
             answered: true,
             kept,
             elsewhere: None,
+            watched: None,
         }
     }
 
@@ -726,9 +798,35 @@ mod tests {
             answered: false,
             kept: false,
             elsewhere: Some(e),
+            watched: None,
         };
         let s = summarize(&p, &wire, &owners(&plan));
         assert_eq!(s.crossed, Some(0));
+        // Watched on vm-c's link: the flood did not reach it (vm-c joined 239.1.1.43 only),
+        // and it sent nothing; or it did reach it, and still nothing came back.
+        let vm_c = plan.guest("vm-c").unwrap();
+        let mut seen = p.clone();
+        seen.watched = Some(Watched {
+            guest: "vm-c".into(),
+            underlay: vm_c.underlay.addr(),
+            wire: Vec::new(),
+        });
+        let text = summarize(&seen, &wire, &owners(&plan)).text;
+        assert!(
+            text.contains(
+                "On vm-c's own underlay link, watched meanwhile (its VNI 43 VTEP): none of \
+                 vm-a's VNI 42 packets reached it"
+            ) && text.contains("its VTEP sent nothing back to vm-a or into VNI 42"),
+            "{text}"
+        );
+        seen.watched.as_mut().unwrap().wire = wire.clone();
+        let text = summarize(&seen, &wire, &owners(&plan)).text;
+        assert!(
+            text.contains(
+                "1 of vm-a's VNI 42 packet reached it, flooded, and its kernel dropped it"
+            ),
+            "{text}"
+        );
         assert!(
             s.text.starts_with(
                 "192.168.43.3 is vm-c's address on vxlan43 (VNI 43), and vm-a has no VTEP \

@@ -319,6 +319,12 @@ fn an_isolation_capture_sends_the_pings_and_shows_nothing_crossing_to_the_other_
         text.contains("Nothing crossed to VNI 43: 0 packets"),
         "{text}"
     );
+    // The other side, watched on vm-c's own link: nothing came back from it.
+    assert!(
+        text.contains("On vm-c's own underlay link, watched meanwhile (its VNI 43 VTEP)")
+            && text.contains("its VTEP sent nothing back to vm-a or into VNI 42"),
+        "{text}"
+    );
     assert!(c["ping"].as_str().unwrap().contains("-I vxlan42"), "{c:#}");
     lab.down_leaves_nothing();
 }

@@ -149,6 +149,7 @@ pub fn capture(lab: Option<&Path>, guest: &str, opts: &CaptureOptions) -> Result
         answered: captured.answered,
         kept: opts.keep,
         elsewhere: target.elsewhere.clone(),
+        watched: wire::watched(&p, captured.watched.as_ref(), vtep.port),
     };
     let summary = wire::summarize(&pinged, &all, &explain::owners(&p));
     if opts.json {

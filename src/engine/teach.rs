@@ -28,6 +28,10 @@ pub struct Captured {
     /// What was forgotten first, by guest: the guest pinged, then the pinging one (nothing
     /// with `keep`).
     pub forgot: Vec<(String, Step)>,
+    /// When `to` is in none of the pinging guest's vxlans (the isolation lesson): the guest
+    /// that has it, and every frame on its underlay link meanwhile: what reached it, and
+    /// what it sent.
+    pub watched: Option<(String, Vec<Frame>)>,
 }
 
 impl Engine {
@@ -79,6 +83,23 @@ impl Engine {
                     g.host_link, g.name
                 ))
             })?;
+        // Into another VNI, the guest that has `to` is watched too: the lesson is on its link.
+        let isolated = !g.vteps.iter().any(|v| v.address.trunc().contains(&to));
+        let watched = pinged.filter(|_| isolated);
+        let mut watch = match watched {
+            Some(w) => Some(
+                self.host
+                    .capture(&w.host_link, Duration::from_millis(50))
+                    .map_err(|e| {
+                        EngineError::Host(format!(
+                            "cannot capture on {} (guest {}'s underlay link): {e}",
+                            w.host_link, w.name
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
+        let mut seen_there = Vec::new();
         let done = AtomicBool::new(false);
         // Three seconds for the last reply: a guest under software emulation can be slow.
         let ping = cmd::ping_via(via, to, count, Some("0.2"), 3);
@@ -93,6 +114,9 @@ impl Engine {
             loop {
                 if let Ok(Some(f)) = cap.next_frame() {
                     frames.push(f);
+                }
+                if let Some(Ok(Some(f))) = watch.as_mut().map(|w| w.next_frame()) {
+                    seen_there.push(f);
                 }
                 if finished.is_none() && done.load(Ordering::SeqCst) {
                     finished = Some(Instant::now());
@@ -112,6 +136,7 @@ impl Engine {
             answered: replied?,
             ping: ping.to_string(),
             forgot,
+            watched: watched.map(|w| (w.name.clone(), seen_there)),
         })
     }
 }

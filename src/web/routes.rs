@@ -717,6 +717,7 @@ async fn capture(
                 answered: c.answered,
                 kept: false,
                 elsewhere,
+                watched: wire::watched(&plan, c.watched.as_ref(), vtep.port),
             };
             let summary = wire::summarize(&pinged, &all, &explain::owners(&plan));
             CaptureView {
