@@ -236,14 +236,24 @@ fn two_classes_of_two_state_dirs_started_at_once_get_disjoint_subnets() {
     let b = lab("t-cls-b", "vxbr-tcb", 161);
     let start = |l: &Lab| {
         l.vxlab()
-            .args(["up", l.file.to_str().unwrap(), "--count", "2", "--pool", "10.237.0.0/22"])
+            .args([
+                "up",
+                l.file.to_str().unwrap(),
+                "--count",
+                "2",
+                "--pool",
+                "10.237.0.0/22",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     };
     let (ca, cb) = (start(&a), start(&b));
-    let (oa, ob) = (ca.wait_with_output().unwrap(), cb.wait_with_output().unwrap());
+    let (oa, ob) = (
+        ca.wait_with_output().unwrap(),
+        cb.wait_with_output().unwrap(),
+    );
     assert!(oa.status.success(), "{}", text(&oa));
     assert!(ob.status.success(), "{}", text(&ob));
     let underlays = |l: &Lab| -> Vec<String> {
