@@ -371,11 +371,15 @@ fn stage_text(plan: &Plan, kind: StageKind) -> (&'static str, String) {
 }
 
 /// What changed in one guest's groups and FDBs, one line per change.
+/// `pinged`: whether the part's commands sent traffic between the guests (a ping). Where
+/// they did not, an FDB entry learned meanwhile was taught by other traffic (an IPv6
+/// overlay's autoconfiguration), and says so.
 fn changes(
     g: &GuestPlan,
     before: Option<&GuestState>,
     after: &GuestState,
     owners: &BTreeMap<Mac, String>,
+    pinged: bool,
 ) -> Vec<String> {
     let empty = GuestState::default();
     let before = before.unwrap_or(&empty);
@@ -409,8 +413,15 @@ fn changes(
         let old = before.fdb.get(&v.device).cloned().unwrap_or_default();
         for e in after.fdb.get(&v.device).into_iter().flatten() {
             if !old.contains(e) {
+                let learned = !e.permanent && !e.mac.is_zero();
+                let by = if learned && !pinged {
+                    " (taught not by these commands but by the IPv6 autoconfiguration \
+                     traffic the devices send once up: no ping crossed yet)"
+                } else {
+                    ""
+                };
                 out.push(format!(
-                    "+ bridge fdb {}: {} dst {}: {}",
+                    "+ bridge fdb {}: {} dst {}: {}{by}",
                     v.device,
                     e.mac,
                     e.dst.map(|d| d.to_string()).unwrap_or_default(),
@@ -448,7 +459,8 @@ pub fn walk_stage(plan: &Plan, stage: &Stage) -> String {
             let Some(after) = part.after.get(&g.name) else {
                 continue;
             };
-            for c in changes(g, part.before.get(&g.name), after, &owners) {
+            let pinged = stage.kind == StageKind::FirstPing;
+            for c in changes(g, part.before.get(&g.name), after, &owners, pinged) {
                 let _ = writeln!(o, "  {} {}", g.name, c);
                 any = true;
             }

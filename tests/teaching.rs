@@ -579,6 +579,20 @@ fn a_walk_of_an_ipv6_overlay_says_autoconfiguration_teaches_the_vteps_early() {
         "{two}"
     );
     assert!(!two.contains("dev vxlan6 addrgenmode"), "{two}");
+    // Whatever is learned before the first ping is credited to that traffic, not to the
+    // commands printed above it; on the first ping nothing is.
+    let before_ping = &text[..text.find("== 4.").unwrap()];
+    for line in before_ping
+        .lines()
+        .filter(|l| l.contains("+ bridge fdb") && l.contains("learned:"))
+    {
+        assert!(
+            line.contains("taught not by these commands but by the IPv6 autoconfiguration"),
+            "{line}"
+        );
+    }
+    let ping = &text[text.find("== 4.").unwrap()..];
+    assert!(!ping.contains("taught not by these commands"), "{ping}");
     lab.down_leaves_nothing();
 }
 
