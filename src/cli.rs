@@ -255,6 +255,10 @@ pub enum Command {
         /// Close a terminal after this many seconds without input or output.
         #[arg(long, value_name = "SECONDS", default_value_t = 900)]
         idle_timeout: u64,
+        /// Read each lab's host firewall fence again after this many seconds without other
+        /// news of the lab (a rule deleted on the host shows on the grid by then).
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        fence_every: u64,
     },
     /// Print the access sheet of a lab's running copies: one card per student with their
     /// secret link, guests and addresses, and what to try first.
@@ -533,12 +537,14 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             tls_key,
             terminals,
             idle_timeout,
+            fence_every,
         } => commands::serve(&commands::ServeArgs {
             listen,
             tls_cert,
             tls_key,
             terminals,
             idle_secs: idle_timeout,
+            fence_secs: fence_every,
         }),
         Command::Sheet { lab, format, url } => {
             commands::sheet(&lab, format.format(), url.as_deref())

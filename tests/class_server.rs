@@ -107,7 +107,9 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         String::from_utf8_lossy(&out.stderr)
     );
     let lab = &copies.0;
-    let (server, instructor) = serve(lab, &[]);
+    // The fence is read again every second here (30 by default), so that the test sees a
+    // rule deleted on the host reach the grid with nothing pressed.
+    let (server, instructor) = serve(lab, &["--fence-every", "1"]);
     let base = instructor.split("/t/").next().unwrap().to_string();
     let sheet = lab.run(&["sheet", "cls", "--format", "csv", "--url", &base]);
     let sheet = String::from_utf8(sheet.stdout).unwrap();
@@ -443,13 +445,13 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
     screenshot(&c, "class_server", "instructor-after-reset.png").await;
 
     // One of the rules that fence cls-2's bridge off from the host goes (an `iptables -F`, a
-    // firewall reloaded): the grid's Check names the host as the cause, and a `vxlab up` on
-    // the command line repairs it; the grid then shows it healthy with no Check pressed.
+    // firewall reloaded): the grid, reading the fence again by itself, names the host as the
+    // cause with nothing pressed, and a `vxlab up` on the command line repairs it; the grid
+    // then shows it healthy.
     common::sh(
         "eval \"iptables -w $(iptables -S INPUT | grep -F '\"vxlab: cls-2\"' | head -1 | sed 's/^-A/-D/')\"",
     );
     assert_eq!(common::fence_rules("cls-2").len(), common::fence_size() - 1);
-    click(&c, "button[data-action=check][data-lab=\"cls-2\"]").await;
     let row = wait_for(
         &c,
         30,
@@ -462,6 +464,8 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         row.contains("host: the firewall rules that fence bridge") && row.contains("1 of"),
         "{row}"
     );
+    // Its Check says what repairs it.
+    click(&c, "button[data-action=check][data-lab=\"cls-2\"]").await;
     let result = wait_for(
         &c,
         30,

@@ -64,6 +64,8 @@ pub struct ServeArgs {
     pub terminals: usize,
     /// Seconds after which an idle terminal is closed.
     pub idle_secs: u64,
+    /// Seconds between two reads of each lab's fence when nothing else happens.
+    pub fence_secs: u64,
 }
 
 /// Where a running server records its process and address: in vxlab's runtime directory
@@ -149,6 +151,7 @@ pub fn serve(args: &ServeArgs) -> Result<u8> {
         tls,
         terminals_per_token: args.terminals.max(1),
         terminal_idle: Duration::from_secs(args.idle_secs.max(1)),
+        fence_every: Duration::from_secs(args.fence_secs.max(1)),
     };
     let class = Class::new(Arc::new(LocalLabs), options)?;
     let state = StateDir::from_env();

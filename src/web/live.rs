@@ -148,15 +148,18 @@ pub struct Watchers {
     labs: RwLock<BTreeMap<String, Watched>>,
     /// Counts every change of any lab, and labs coming and going: the class page follows it.
     generation: watch::Sender<u64>,
+    /// How often a lab's fence is read again with nothing else happening.
+    fence_every: Duration,
 }
 
 impl Watchers {
-    /// No lab watched yet.
-    pub fn new(backend: Arc<dyn Labs>) -> Watchers {
+    /// No lab watched yet; each lab's fence read again every `fence_every`.
+    pub fn new(backend: Arc<dyn Labs>, fence_every: Duration) -> Watchers {
         Watchers {
             backend,
             labs: RwLock::new(BTreeMap::new()),
             generation: watch::channel(0).0,
+            fence_every,
         }
     }
 
@@ -211,6 +214,7 @@ impl Watchers {
                 generation: self.generation.clone(),
                 signals: signal_tx.clone(),
                 busy: stamp.busy,
+                fence_every: self.fence_every,
             };
             let started = std::thread::Builder::new()
                 .name(format!("watch-{lab}"))
@@ -319,6 +323,8 @@ struct Watcher {
     signals: Sender<Signal>,
     /// Who held the lab's lock when the watcher started.
     busy: Option<u32>,
+    /// How often the fence is read again with nothing else happening.
+    fence_every: Duration,
 }
 
 impl Watcher {
@@ -349,7 +355,19 @@ impl Watcher {
         let mut current = LabView::empty(self.plan.clone());
         current.busy = self.busy.map(changer);
         self.read(&engine, &mut current, &all, true);
-        while let Ok(first) = signals.recv() {
+        loop {
+            // The fence changes by no event a watcher sees (a rule deleted by hand on the
+            // host): it is read again every so often, alone.
+            let first = match signals.recv_timeout(self.fence_every) {
+                Ok(s) => s,
+                Err(RecvTimeoutError::Timeout) => {
+                    if current.busy.is_none() {
+                        self.read_fence(&engine, &mut current);
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let mut changed: Vec<String> = Vec::new();
             // The host's side (the fence) is read again when the lab may have been changed
             // as a whole: after a reset, or when another vxlab (an `up`) lets go of it.
@@ -426,6 +444,20 @@ impl Watcher {
             }
         }
         hang_up(&mut monitors);
+    }
+
+    /// Reads the host's side of the lab again; only when it changed is the lab's view
+    /// verified anew (a Check's pings stay in it otherwise).
+    fn read_fence(&self, engine: &Engine, current: &mut LabView) {
+        let host = engine.host_seen(&self.plan, &mut Vec::new());
+        if host == current.host {
+            return;
+        }
+        let mut next = current.clone();
+        next.host = host;
+        next.verdict = verify::verify_lab(&self.plan, &next.host, &next.observed, &[]);
+        next.with_pings = false;
+        self.publish(current, next, false);
     }
 
     /// Reads guests `guests` again (and the host's side of the lab when `host`) and

@@ -69,6 +69,9 @@ pub struct ServeOptions {
     pub terminals_per_token: usize,
     /// A terminal with no input and no output for this long is closed.
     pub terminal_idle: Duration,
+    /// How often each lab's fence (host firewall rules, which change by no event) is read
+    /// again when nothing else happens.
+    pub fence_every: Duration,
 }
 
 impl Default for ServeOptions {
@@ -78,6 +81,7 @@ impl Default for ServeOptions {
             tls: None,
             terminals_per_token: 8,
             terminal_idle: Duration::from_secs(15 * 60),
+            fence_every: Duration::from_secs(30),
         }
     }
 }
@@ -101,7 +105,7 @@ impl Class {
         let labs = backend.running();
         let tokens = tokens::Tokens::load(&backend.state(), &labs)?;
         Ok(Arc::new(Class {
-            watch: live::Watchers::new(backend.clone()),
+            watch: live::Watchers::new(backend.clone(), options.fence_every),
             backend,
             tokens: RwLock::new(tokens),
             options,
