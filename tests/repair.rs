@@ -770,6 +770,38 @@ fn status_never_calls_a_failing_lab_healthy() {
     assert_eq!(code, 0, "{:#}", r["failures"]);
     let s = status_of(&lab);
     assert_eq!(s["labs"][0]["ok"], true, "{s:#}");
+    // A firewall that cannot be read leaves the fence unchecked, and status says so rather
+    // than passing over it.
+    let bin = tempfile::tempdir().unwrap();
+    for tool in ["iptables", "ip6tables"] {
+        let fake = bin.path().join(tool);
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho 'cannot read the tables' >&2\nexit 4\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_vxlab"))
+        .args(["status", "--json"])
+        .env("VXLAB_STATE_DIR", lab.state.path())
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.path().display(),
+                std::env::var("PATH").unwrap()
+            ),
+        )
+        .output()
+        .unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let health = s["labs"][0]["health"].as_str().unwrap();
+    assert!(
+        health.contains("not checked: the firewall rules that fence bridge"),
+        "{s:#}"
+    );
     lab.down_leaves_nothing();
 }
 

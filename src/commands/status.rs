@@ -42,10 +42,20 @@ fn row(state: &StateDir, name: &str, root: bool) -> (Value, Vec<String>) {
             false,
         )
     } else if root {
-        match engine(&lab, None).and_then(|e| Ok(e.quick_check(&p)?)) {
+        let mut unread = Vec::new();
+        match engine(&lab, None).and_then(|e| Ok(e.quick_check(&p, &mut unread)?)) {
             Ok(v) => {
                 keep_as_last_check(state, name, &v);
-                (Health::of(&v).summary(), Some(v.ok()), true)
+                // What could not be read was not checked: said beside the health.
+                let summary = match unread.as_slice() {
+                    [] => Health::of(&v).summary(),
+                    notes => format!(
+                        "{} (not checked: {})",
+                        Health::of(&v).summary(),
+                        notes.join("; ")
+                    ),
+                };
+                (summary, Some(v.ok()), true)
             }
             Err(e) => (format!("cannot check: {e:#}"), Some(false), false),
         }

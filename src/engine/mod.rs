@@ -406,7 +406,12 @@ impl Engine {
     /// A quick check for `status`: every guest read and compared with the plan, without the
     /// lock (it changes nothing); the pings only when all else holds, since they are then
     /// what is left to fail, and a lab whose pings fail is not healthy.
-    pub fn quick_check(&self, plan: &Plan) -> Result<Verdict, EngineError> {
+    /// What could not be read (the fence, when iptables fails) goes into `notes`.
+    pub fn quick_check(
+        &self,
+        plan: &Plan,
+        notes: &mut Vec<String>,
+    ) -> Result<Verdict, EngineError> {
         let st = self.state.read(&plan.lab)?;
         let runner = Runner::new(self.driver.as_ref(), None, st.tools);
         let observe_all = || {
@@ -426,7 +431,7 @@ impl Engine {
             self.add_host_ends(plan, &mut observed);
             observed
         };
-        let host = self.host_seen(plan, &mut Vec::new());
+        let host = self.host_seen(plan, notes);
         let verdict = verify::verify_lab(plan, &host, &observe_all(), &[]);
         if !verdict.ok() {
             return Ok(verdict);

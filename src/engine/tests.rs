@@ -353,7 +353,7 @@ fn a_fence_missing_rules_fails_the_check_on_the_host_and_up_puts_it_back() {
     assert!(o.verdict.diagnoses[0].symptoms.is_empty());
     assert_eq!(o.host.fence.map(|f| f.missing), Some(3));
     // The quick check of `status` sees it too.
-    assert!(!engine.quick_check(&plan).unwrap().ok());
+    assert!(!engine.quick_check(&plan, &mut Vec::new()).unwrap().ok());
     // `up` puts the rules back, says so, and changes nothing in the guests.
     guests.ran.lock().unwrap().clear();
     let o = up(&engine, &plan, &text);
