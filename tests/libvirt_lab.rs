@@ -146,12 +146,7 @@ fn the_seed_lab_on_two_vms_pings_joins_learns_and_goes_away() {
     // first frame shown.
     assert!(c["hidden"]["underlay TCP"].as_u64() > Some(0), "{c:#}");
     assert_eq!(c["packets"][0]["time"], 0.0, "{c:#}");
-    let packets: Vec<&serde_json::Value> = c["packets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| &p["packet"])
-        .collect();
+    let packets = common::capture_packets(&c);
     let arp = packets
         .iter()
         .find(|p| p["inner"]["kind"] == "arp_request")

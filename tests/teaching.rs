@@ -109,12 +109,7 @@ fn head_end_replication_sends_one_copy_of_the_flood_per_peer() {
     let c = json_of(&lab.run(&[
         "capture", "--lab", "t-hcap", "vm-a", "--json", "--count", "1",
     ]));
-    let packets: Vec<&Value> = c["packets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| &p["packet"])
-        .collect();
+    let packets = common::capture_packets(&c);
     let arp: Vec<&&Value> = packets
         .iter()
         .filter(|p| p["inner"]["kind"] == "arp_request" && p["outer_src"] == "192.168.47.2")
@@ -289,12 +284,7 @@ fn an_isolation_capture_sends_the_pings_and_shows_nothing_crossing_to_the_other_
     ]));
     assert_eq!(c["answered"], false, "{c:#}");
     assert_eq!(c["summary"]["crossed"], 0, "{c:#}");
-    let packets: Vec<&Value> = c["packets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| &p["packet"])
-        .collect();
+    let packets = common::capture_packets(&c);
     // The pings were sent anyway: vm-a asked for 192.168.43.3 inside its own VNI 42...
     assert!(
         packets.iter().any(|p| p["vni"] == 42

@@ -52,7 +52,8 @@ impl KvmAccess {
         match self {
             KvmAccess::Usable => "usable".into(),
             KvmAccess::NoDevice => "none".into(),
-            KvmAccess::NotOpenable(why) => format!("NOT USABLE: {why}"),
+            // Why, with the fix, is said under the table ("not ready:"): a long line.
+            KvmAccess::NotOpenable(_) => "NOT USABLE (see below)".into(),
             KvmAccess::Unknown(why) => format!("unknown ({why})"),
         }
     }
@@ -106,36 +107,43 @@ pub struct HostFacts {
 }
 
 impl HostFacts {
-    /// What keeps a class off this host, in words; `None` when nothing does.
+    /// What keeps a class off this host, in words; `None` when nothing does. The first of
+    /// [`HostFacts::problems`].
     pub fn blocker(&self) -> Option<String> {
+        self.problems().into_iter().next()
+    }
+
+    /// Everything that keeps a class off this host, in words, most basic first.
+    pub fn problems(&self) -> Vec<String> {
         let r = match &self.reached {
-            Err(why) => return Some(format!("cannot be reached: {why}")),
+            Err(why) => return vec![format!("cannot be reached: {why}")],
             Ok(r) => r,
         };
+        let mut out = Vec::new();
         if !r.image.usable() {
-            return Some(format!(
+            out.push(format!(
                 "the image is not there as vxlab needs it ({}); run `vxlab hosts prepare`",
                 r.image.cell()
             ));
         }
         if let KvmAccess::NotOpenable(why) = &r.kvm {
-            return Some(format!("/dev/kvm: {why}"));
+            out.push(format!("/dev/kvm: {why}"));
         }
         if !r.missing.is_empty() {
-            return Some(format!("missing {}", r.missing.join(", ")));
+            out.push(format!("missing {}", r.missing.join(", ")));
         }
-        None
+        out
     }
 }
 
 /// The table `vxlab hosts check` prints, one host a row; `lab` names the lab whose copies
-/// were counted.
+/// were counted. Each column is as wide as its widest cell (an image that differs names its
+/// files); PROGRAMS says whether every program vxlab runs on a host is there
+/// (`ip`, `tcpdump`, `qemu-img`, `iptables`, `ip6tables`), else which are missing.
 pub fn table(hosts: &[HostFacts], lab: Option<&str>) -> String {
     let mut out = String::new();
     let fit_head = lab.map_or("FIT".to_string(), |l| format!("COPIES OF {l}"));
-    let _ = writeln!(
-        out,
-        "{:<10} {:<9} {:>4} {:>9}  {:<5} {:<16} {:<10} {:<16} {}",
+    let head = [
         "HOST",
         "LIBVIRT",
         "CPUS",
@@ -143,46 +151,75 @@ pub fn table(hosts: &[HostFacts], lab: Option<&str>) -> String {
         "ACCEL",
         "IMAGE",
         "/DEV/KVM",
-        "IP TCPDUMP QEMU-IMG",
-        fit_head
-    );
-    for h in hosts {
-        match &h.reached {
-            Err(why) => {
-                let _ = writeln!(out, "{:<10} UNREACHABLE: {why}", h.name);
-            }
-            Ok(r) => {
-                let tools = if r.missing.is_empty() {
-                    "present".to_string()
-                } else {
-                    format!("missing {}", r.missing.join(","))
-                };
-                let fit = match r.fit {
-                    Some(f) => format!(
-                        "{} (about {} MiB each; its free cores serve {})",
-                        f.copies, f.cost_mib, f.served
-                    ),
-                    None => "-".into(),
-                };
-                let _ = writeln!(
-                    out,
-                    "{:<10} {:<9} {:>4} {:>5} GiB  {:<5} {:<16} {:<10} {:<16} {}",
-                    h.name,
-                    r.libvirt,
-                    r.cpus,
-                    format!("{:.1}", r.available_mib as f64 / 1024.0),
-                    r.accel.0,
-                    r.image.cell(),
-                    r.kvm.cell(),
-                    tools,
-                    fit
-                );
-            }
+        "PROGRAMS",
+        fit_head.as_str(),
+    ]
+    .map(String::from);
+    // Each reachable host's cells, in the header's order.
+    let rows: Vec<Option<[String; 9]>> = hosts
+        .iter()
+        .map(|h| {
+            let r = h.reached.as_ref().ok()?;
+            let tools = if r.missing.is_empty() {
+                "all present".to_string()
+            } else {
+                format!("missing {}", r.missing.join(","))
+            };
+            let fit = match r.fit {
+                Some(f) => format!(
+                    "{} (about {} MiB each; its free cores serve {})",
+                    f.copies, f.cost_mib, f.served
+                ),
+                None => "-".into(),
+            };
+            Some([
+                h.name.clone(),
+                r.libvirt.clone(),
+                r.cpus.to_string(),
+                format!("{:.1} GiB", r.available_mib as f64 / 1024.0),
+                r.accel.0.clone(),
+                r.image.cell(),
+                r.kvm.cell(),
+                tools,
+                fit,
+            ])
+        })
+        .collect();
+    let mut width = head.clone().map(|h| h.chars().count());
+    for cells in rows.iter().flatten() {
+        for (w, c) in width.iter_mut().zip(cells) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    // Two spaces between columns; CPUS and FREE MEM are numbers, right-aligned; the last
+    // column is not padded.
+    let line = |cells: &[String; 9]| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+            let gap = if i == 0 { "" } else { "  " };
+            let _ = match i {
+                2 | 3 => write!(l, "{gap}{c:>w$}"),
+                8 => write!(l, "{gap}{c}"),
+                _ => write!(l, "{gap}{c:<w$}"),
+            };
+        }
+        l
+    };
+    let _ = writeln!(out, "{}", line(&head));
+    for (h, cells) in hosts.iter().zip(&rows) {
+        if let Some(cells) = cells {
+            let _ = writeln!(out, "{}", line(cells));
+        } else if let Err(why) = &h.reached {
+            let _ = writeln!(out, "{:<w$}  UNREACHABLE: {why}", h.name, w = width[0]);
         }
     }
     let problems: Vec<String> = hosts
         .iter()
-        .filter_map(|h| h.blocker().map(|b| format!("  {}: {b}", h.name)))
+        .flat_map(|h| {
+            h.problems()
+                .into_iter()
+                .map(|p| format!("  {}: {p}", h.name))
+        })
         .collect();
     if !problems.is_empty() {
         let _ = writeln!(out, "\nnot ready:\n{}", problems.join("\n"));
@@ -291,25 +328,68 @@ mod tests {
         let hosts = three_hosts();
         let t = table(&hosts, Some("two-vm"));
         let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[0].starts_with("HOST") && lines[0].ends_with("COPIES OF two-vm"));
         assert!(
-            lines[1].starts_with("h1         9.0.0        2  22.0 GiB  tcg   same checksum"),
+            lines[0].starts_with(
+                "HOST  LIBVIRT  CPUS  FREE MEM  ACCEL  IMAGE                    /DEV/KVM  \
+                 PROGRAMS         COPIES OF two-vm"
+            ),
             "{t}"
         );
         assert!(
-            lines[1].ends_with("40 (about 468 MiB each; its free cores serve 4)"),
+            lines[1].starts_with(
+                "h1    9.0.0       2  22.0 GiB  tcg    same checksum            usable    \
+                 all present      40 (about 468 MiB each; its free cores serve 4)"
+            ),
             "{t}"
         );
         assert!(
             lines[2].contains("missing debian-12.qcow2") && lines[2].contains("missing tcpdump")
         );
-        assert!(lines[3].starts_with("h3         UNREACHABLE: ssh: connect to host 127.0.0.3"));
+        assert!(lines[3].starts_with("h3    UNREACHABLE: ssh: connect to host 127.0.0.3"));
         assert!(
             t.contains("not ready:\n  h2: the image is not there"),
             "{t}"
         );
         assert!(t.contains("  h3: cannot be reached: ssh: connect"), "{t}");
         assert!(hosts[0].blocker().is_none());
+    }
+
+    #[test]
+    fn every_column_is_as_wide_as_its_widest_cell() {
+        let [h1, mut h2, _] = three_hosts();
+        let Ok(r) = &mut h2.reached else {
+            unreachable!()
+        };
+        r.image = ImageState::Different(vec!["debian-12.initrd.img".into()]);
+        r.missing = vec!["iptables", "ip6tables"];
+        r.kvm = KvmAccess::NotOpenable("mode 0600, uid 0 gid 0: libvirt-qemu cannot".into());
+        let t = table(&[h1, h2], None);
+        let lines: Vec<&str> = t.lines().collect();
+        // Every column starts where its title does, in every row.
+        for title in ["ACCEL", "IMAGE", "/DEV/KVM", "PROGRAMS", "FIT"] {
+            let at = lines[0].find(title).unwrap();
+            for row in &lines[1..3] {
+                assert_eq!(row.as_bytes()[at - 1], b' ', "{title}:\n{t}");
+                assert_ne!(row.as_bytes()[at], b' ', "{title}:\n{t}");
+            }
+        }
+        let at = lines[0].find("IMAGE").unwrap();
+        assert!(lines[2][at..].starts_with("DIFFERS: debian-12.initrd.img  NOT USABLE"));
+        let at = lines[0].find("PROGRAMS").unwrap();
+        assert!(lines[1][at..].starts_with("all present  "), "{t}");
+        assert!(
+            lines[2][at..].starts_with("missing iptables,ip6tables  40 (about"),
+            "{t}"
+        );
+        // Under the table, everything that keeps h2 out, the cell's NOT USABLE with its fix.
+        assert!(
+            t.contains(
+                "not ready:\n  h2: the image is not there as vxlab needs it (DIFFERS: \
+                 debian-12.initrd.img); run `vxlab hosts prepare`\n  h2: /dev/kvm: mode 0600"
+            ),
+            "{t}"
+        );
+        assert!(t.ends_with("  h2: missing iptables, ip6tables\n"), "{t}");
     }
 
     #[test]

@@ -299,6 +299,14 @@ pub fn vtep<'a>(report: &'a Value, g: &str, dev: &str) -> &'a Value {
         .unwrap()
 }
 
+/// The decoded VXLAN packets of a `capture --json`, in order.
+pub fn capture_packets(c: &Value) -> Vec<&Value> {
+    c["packets"]
+        .as_array()
+        .map(|a| a.iter().map(|p| &p["packet"]).collect())
+        .unwrap_or_default()
+}
+
 /// The dst of `mac` in a guest's FDB, as reported.
 pub fn fdb_dst(report: &Value, g: &str, dev: &str, mac: &Value) -> Option<String> {
     vtep(report, g, dev)["fdb"]

@@ -1,6 +1,8 @@
 //! A capture on another host: tcpdump on the guest's tap writes a pcap stream to its standard
 //! output, one packet at a time (`-U`), which comes back over the host's SSH connection and is
-//! decoded here by vxlab's own decoder, as a local capture is.
+//! decoded here by vxlab's own decoder, as a local capture is. The command's input stays open
+//! as long as the capture is: dropping it closes the input, and that stops tcpdump on the host
+//! at once, however quiet its link ([`super::command::HostCommand::Capture`]).
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
@@ -15,8 +17,10 @@ use crate::packet::{Frame, PcapStream};
 /// How long tcpdump may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Frames from tcpdump on another host.
+/// Frames from tcpdump on another host; dropped, it stops that tcpdump.
 pub struct RemoteCapture {
+    /// The command's output, and its input, which nothing is written to: its end of file,
+    /// when this is dropped, is what ends the command on the host.
     out: UnixStream,
     pcap: PcapStream,
     buf: Vec<u8>,
@@ -33,7 +37,6 @@ impl RemoteCapture {
             .jump()
             .start(&cmd.line())
             .map_err(|e| io::Error::other(format!("host {}: {e}", host.name())))?;
-        let _ = opened.stream.shutdown(std::net::Shutdown::Write);
         let stderr = opened
             .stderr
             .ok_or_else(|| io::Error::other("no error stream"))?;
@@ -96,7 +99,7 @@ impl Frames for RemoteCapture {
                 return Ok(None);
             }
             match self.out.read(&mut self.buf) {
-                // tcpdump ended (its time limit): nothing more will come.
+                // tcpdump ended (its time limit, its link gone): nothing more will come.
                 Ok(0) => {
                     std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
                     return Ok(None);

@@ -6,9 +6,20 @@ use std::fmt;
 
 use crate::plan::shell_words;
 
-/// The longest a capture may run on a hypervisor: tcpdump notices its reader went away only
-/// at its next packet, so a quiet link would keep it running; this ends it in any case.
+/// The longest a capture may run on a hypervisor, a net under [`CAPTURE_SCRIPT`]'s own end.
 pub const CAPTURE_LIMIT_SECS: u32 = 600;
+
+/// How a capture runs on a hypervisor (`$1` the link, `$2` the time limit). tcpdump by itself
+/// notices that its reader went away only when it writes its next packet, so on a quiet link
+/// it would outlive the capture by minutes. Here it runs in the background, and a watcher
+/// reads the command's standard input, which vxlab holds open as long as it reads: at its end
+/// (vxlab's capture ended, or its connection to the host did) the watcher stops tcpdump at
+/// once. tcpdump ending by itself ends the command, the watcher with it. The watcher writes
+/// nothing, so the command's output is tcpdump's alone.
+const CAPTURE_SCRIPT: &str = "exec 3<&0 </dev/null; \
+timeout \"$2\" tcpdump -i \"$1\" -U -s 0 -w - 3<&- & t=$!; \
+{ cat <&3; kill \"$t\"; } >/dev/null 2>&1 & w=$!; \
+exec 3<&-; wait \"$t\"; s=$?; kill \"$w\" 2>/dev/null; exit \"$s\"";
 
 /// One command for a hypervisor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +51,8 @@ pub enum HostCommand {
     },
     /// An `iptables` or `ip6tables` command of a lab's fence (`host::firewall`).
     Firewall(Vec<String>),
-    /// Every frame on a host link as a pcap stream on standard output, each as it comes.
+    /// Every frame on a host link as a pcap stream on standard output, each as it comes,
+    /// until standard input ends ([`CAPTURE_SCRIPT`]).
     Capture {
         /// The link (a guest's tap).
         link: String,
@@ -85,16 +97,12 @@ impl HostCommand {
             }
             HostCommand::Firewall(argv) => argv.clone(),
             HostCommand::Capture { link } => vec![
-                "timeout".into(),
-                CAPTURE_LIMIT_SECS.to_string(),
-                "tcpdump".into(),
-                "-i".into(),
+                "sh".into(),
+                "-c".into(),
+                CAPTURE_SCRIPT.into(),
+                "sh".into(),
                 link.clone(),
-                "-U".into(),
-                "-s".into(),
-                "0".into(),
-                "-w".into(),
-                "-".into(),
+                CAPTURE_LIMIT_SECS.to_string(),
             ],
         };
         words
@@ -168,7 +176,13 @@ mod tests {
         let c = HostCommand::Capture {
             link: "vnet0".into(),
         };
-        assert_eq!(c.line(), "timeout 600 tcpdump -i vnet0 -U -s 0 -w -");
+        assert!(
+            c.line()
+                .starts_with("sh -c 'exec 3<&0 </dev/null; timeout \"$2\" tcpdump -i"),
+            "{}",
+            c.line()
+        );
+        assert!(c.line().ends_with("' sh vnet0 600"), "{}", c.line());
         let c = HostCommand::Checksums(vec!["/var/lib/x y/base.qcow2".into(), "-n".into()]);
         assert_eq!(c.line(), "sha256sum -- '/var/lib/x y/base.qcow2' -n");
         let c = HostCommand::Checksums(vec!["/p/it's.log".into()]);
@@ -182,6 +196,102 @@ mod tests {
         assert!(p
             .line()
             .ends_with("-kernel /k -append 'console=ttyS0 panic=-1 root=/dev/null'"));
+    }
+
+    /// The capture's command run here, with `fake` as tcpdump (first on PATH): the child,
+    /// and the first line it wrote to its error stream.
+    fn capture_with(fake: &str) -> (tempfile::TempDir, std::process::Child, String) {
+        use std::io::BufRead;
+        use std::os::unix::fs::PermissionsExt;
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let tcpdump = dir.path().join("tcpdump");
+        std::fs::write(&tcpdump, fake).unwrap();
+        std::fs::set_permissions(&tcpdump, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let argv = HostCommand::Capture {
+            link: "vnet9".into(),
+        }
+        .argv();
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("PATH", path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut said)
+            .unwrap();
+        (dir, child, said)
+    }
+
+    /// Everything the child wrote to its standard output, to its end.
+    fn stdout_of(child: &mut std::process::Child) -> String {
+        use std::io::Read;
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        out
+    }
+
+    /// Waits up to 5 s for `done`.
+    fn within_5s(mut done: impl FnMut() -> bool) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn a_capture_on_a_host_ends_when_its_reader_goes_however_quiet_the_link() {
+        // A tcpdump on a link where nothing passes: it says it listens, then waits.
+        let (_dir, mut child, said) =
+            capture_with("#!/bin/sh\necho \"listening on $2, pid $$\" >&2\nexec sleep 60\n");
+        assert!(said.starts_with("listening on vnet9, pid "), "{said}");
+        let pid: u32 = said.trim().rsplit(' ').next().unwrap().parse().unwrap();
+        // vxlab's capture ends: the command's input closes (as when its connection does).
+        drop(child.stdin.take());
+        assert!(
+            within_5s(|| child.try_wait().unwrap().is_some()),
+            "the capture outlived its reader"
+        );
+        assert!(
+            within_5s(|| !std::path::Path::new(&format!("/proc/{pid}")).exists()),
+            "tcpdump outlived its capture"
+        );
+        let out = stdout_of(&mut child);
+        assert_eq!(out, "");
+    }
+
+    #[test]
+    fn a_capture_on_a_host_ends_with_its_tcpdump_and_gives_only_its_packets() {
+        // tcpdump ends by itself (the link went away): the command ends though vxlab still
+        // holds its input open, and its output is tcpdump's alone.
+        let (_dir, mut child, said) =
+            capture_with("#!/bin/sh\necho \"listening on $2\" >&2\nprintf pcap\n");
+        assert_eq!(said, "listening on vnet9\n");
+        let out = stdout_of(&mut child);
+        assert_eq!(out, "pcap");
+        assert!(
+            within_5s(|| child.try_wait().unwrap().is_some()),
+            "the capture outlived its tcpdump"
+        );
+        drop(child.stdin.take());
     }
 
     #[test]
