@@ -378,8 +378,10 @@ async fn a_class_in_the_browser_instructor_grid_student_page_terminal_and_tokens
         )
         .await
         .unwrap();
+    // 1008 or 1009 as a rule; 1006 when the close frame loses the race with the rest of the
+    // megabyte still arriving (the server closes with unread data, and TCP resets).
     assert!(
-        code == json!(1008) || code == json!(1009),
+        [json!(1006), json!(1008), json!(1009)].contains(&code),
         "an oversized message closed the terminal with {code}"
     );
     assert_eq!(status(&base, "GET", &path_of(&students[0]), false), 200);
