@@ -99,6 +99,25 @@ pub struct NotFound(pub String);
 #[error("{0}")]
 pub struct Usage(pub String);
 
+/// A state error, as itself or inside an engine error (which is transparent: the chain of
+/// causes does not list it again).
+fn state_error<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a StateError> {
+    match cause.downcast_ref::<EngineError>() {
+        Some(EngineError::State(e)) => Some(e),
+        _ => cause.downcast_ref(),
+    }
+}
+
+/// The host lock's error, as itself or inside an engine error.
+fn host_lock_error<'a>(
+    cause: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a crate::host::lock::HostLockError> {
+    match cause.downcast_ref::<EngineError>() {
+        Some(EngineError::HostLock(e)) => Some(e),
+        _ => cause.downcast_ref(),
+    }
+}
+
 /// The exit status for an error, by its kind anywhere in the chain.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     // A context is found by anyhow's own downcast, not in the chain of causes.
@@ -106,12 +125,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         return e.code;
     }
     for cause in e.chain() {
-        let reshaped = matches!(cause.downcast_ref(), Some(StateError::Reshaped { .. }))
-            || matches!(
-                cause.downcast_ref(),
-                Some(EngineError::State(StateError::Reshaped { .. }))
-            );
-        if reshaped
+        let state = state_error(cause);
+        if matches!(state, Some(StateError::Reshaped { .. }))
             || cause.is::<LabError>()
             || cause.is::<crate::hosts::inventory::InventoryError>()
         {
@@ -133,11 +148,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         }
         let missing = matches!(cause.downcast_ref(), Some(LoadError::Read { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound)
-            || matches!(cause.downcast_ref(), Some(StateError::NotRunning(..)))
-            || matches!(
-                cause.downcast_ref(),
-                Some(EngineError::State(StateError::NotRunning(..)))
-            );
+            || matches!(state, Some(StateError::NotRunning(..)));
         if missing
             || cause.is::<NotFound>()
             || matches!(cause.downcast_ref(), Some(EngineError::NoSuchGuest { .. }))
@@ -147,29 +158,16 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.is::<Usage>() {
             return exit::USAGE;
         }
-        let busy = matches!(cause.downcast_ref(), Some(StateError::Busy { .. }))
-            || matches!(
-                cause.downcast_ref(),
-                Some(EngineError::State(StateError::Busy { .. }))
-            );
-        if busy {
+        if matches!(state, Some(StateError::Busy { .. })) {
             return exit::TEMPFAIL;
         }
-        let taken = matches!(cause.downcast_ref(), Some(StateError::Taken { .. }))
-            || matches!(
-                cause.downcast_ref(),
-                Some(EngineError::State(StateError::Taken { .. }))
-            );
-        if taken {
+        if matches!(state, Some(StateError::Taken { .. })) {
             return exit::TAKEN;
         }
-        let stopped_waiting = |e: &crate::host::lock::HostLockError| {
-            e.source.kind() == std::io::ErrorKind::Interrupted
-        };
-        if matches!(cause.downcast_ref(), Some(EngineError::Interrupted))
-            || cause.downcast_ref().is_some_and(stopped_waiting)
-            || matches!(cause.downcast_ref(), Some(EngineError::HostLock(e)) if stopped_waiting(e))
-        {
+        // Ctrl-C while waiting for another vxlab's host lock is an interruption too.
+        let stopped_waiting = host_lock_error(cause)
+            .is_some_and(|e| e.source.kind() == std::io::ErrorKind::Interrupted);
+        if matches!(cause.downcast_ref(), Some(EngineError::Interrupted)) || stopped_waiting {
             return exit::INTERRUPTED;
         }
         if cause.is::<OpenError>()

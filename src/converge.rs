@@ -322,7 +322,7 @@ fn foreign_routes(f: &mut Findings, st: &GuestState) {
     let planned: Vec<IpNet> = std::iter::once(g.underlay.trunc())
         .chain(g.vteps.iter().map(|v| v.address.trunc()))
         .collect();
-    let lab_device = |d: &str| d == g.interface || g.vteps.iter().any(|v| v.device == d);
+    let lab_device = |d: &str| is_lab_device(g, d);
     for r in &st.routes {
         let dst: IpNet = match (r.prefix(), r.dst.as_str()) {
             (Some(p), _) => p,
@@ -589,6 +589,11 @@ fn underlay(f: &mut Findings, st: &GuestState) -> bool {
     link.up
 }
 
+/// Whether `d` is one of the devices the plan gives guest `g`: its underlay or a VTEP.
+fn is_lab_device(g: &GuestPlan, d: &str) -> bool {
+    d == g.interface || g.vteps.iter().any(|v| v.device == d)
+}
+
 /// Device `dev` resolves neighbours: with `arp off` (NOARP) it sends no ARP request and
 /// answers none, and nothing crosses.
 fn arp(f: &mut Findings, layer: Layer, dev: &str, link: &Link) {
@@ -611,11 +616,7 @@ fn arp(f: &mut Findings, layer: Layer, dev: &str, link: &Link) {
 /// nothing of the plan missing.
 fn stray_addresses(f: &mut Findings, st: &GuestState) {
     let g = f.guest;
-    let lab_device = |d: &str| {
-        d == g.interface
-            || f.underlay_renamed.as_deref() == Some(d)
-            || g.vteps.iter().any(|v| v.device == d)
-    };
+    let lab_device = |d: &str| is_lab_device(g, d) || f.underlay_renamed.as_deref() == Some(d);
     let mut found = Vec::new();
     for l in st.links.values().filter(|l| !lab_device(&l.name)) {
         for a in addresses_of(l) {
@@ -1034,43 +1035,32 @@ fn static_entries(f: &mut Findings, v: &VtepPlan, st: &GuestState) {
 /// nowhere; it goes.
 fn neighbours(f: &mut Findings, v: &VtepPlan, st: &GuestState) {
     let d = v.device.as_str();
-    // The plan sets no neighbour by hand: a permanent one is never resolved by ARP, so the
-    // lesson's first frame is not sent, and `reset` cannot flush it.
-    for n in st
-        .neighbours
-        .get(d)
-        .into_iter()
-        .flatten()
-        .filter(|n| n.permanent)
-    {
-        let peer = v.peers.iter().find(|p| p.overlay == n.dst);
-        let whose = peer.map(|p| format!(" ({})", p.guest)).unwrap_or_default();
-        f.push(
-            compared(
-                Layer::Forwarding,
-                Kind::ExtraNeighbour,
-                d,
-                format!(
-                    "{d} permanent neighbour {}{whose}, set by hand, not in the plan",
-                    n.dst
+    for n in st.neighbours.get(d).into_iter().flatten() {
+        // The plan sets no neighbour by hand: a permanent one is never resolved by ARP, so
+        // the lesson's first frame is not sent, and `reset` cannot flush it.
+        if n.permanent {
+            let peer = v.peers.iter().find(|p| p.overlay == n.dst);
+            let whose = peer.map(|p| format!(" ({})", p.guest)).unwrap_or_default();
+            f.push(
+                compared(
+                    Layer::Forwarding,
+                    Kind::ExtraNeighbour,
+                    d,
+                    format!(
+                        "{d} permanent neighbour {}{whose}, set by hand, not in the plan",
+                        n.dst
+                    ),
+                    "none",
                 ),
-                "none",
-            ),
-            false,
-            || format!("{} lladdr {} permanent", n.dst, opt(n.lladdr)),
-            || vec![cmd::neigh_del(n.dst, d)],
-        );
-        if let (Some(p), Some(last)) = (peer, f.out.last_mut()) {
-            last.peer = Some(p.guest.clone());
+                false,
+                || format!("{} lladdr {} permanent", n.dst, opt(n.lladdr)),
+                || vec![cmd::neigh_del(n.dst, d)],
+            );
+            if let (Some(p), Some(last)) = (peer, f.out.last_mut()) {
+                last.peer = Some(p.guest.clone());
+            }
+            continue;
         }
-    }
-    for n in st
-        .neighbours
-        .get(d)
-        .into_iter()
-        .flatten()
-        .filter(|n| !n.permanent)
-    {
         let Some(peer) = v.peers.iter().find(|p| p.overlay == n.dst) else {
             continue;
         };

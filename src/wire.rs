@@ -316,16 +316,20 @@ fn copies(n: usize) -> &'static str {
     }
 }
 
+/// The VXLAN packets among decoded frames, in order.
+fn vxlan_packets(wire: &[(f64, Wire)]) -> impl Iterator<Item = &VxlanPacket> {
+    wire.iter().filter_map(|(_, w)| match w {
+        Wire::Vxlan(x) => Some(x),
+        _ => None,
+    })
+}
+
 /// What the pings did on the wire, from every frame captured (whatever `--only` shows).
 pub fn summarize(p: &Pinged, wire: &[(f64, Wire)], owners: &BTreeMap<Mac, String>) -> Summary {
     let me = p.guest.underlay.addr();
     let vni = p.vtep.vni;
-    let lesson: Vec<&VxlanPacket> = wire
-        .iter()
-        .filter_map(|(_, w)| match w {
-            Wire::Vxlan(x) if x.vni == vni && (resolves(&x.inner) || pings(&x.inner)) => Some(x),
-            _ => None,
-        })
+    let lesson: Vec<&VxlanPacket> = vxlan_packets(wire)
+        .filter(|x| x.vni == vni && (resolves(&x.inner) || pings(&x.inner)))
         .collect();
     let unicast = lesson.iter().filter(|x| !x.multicast).count();
     let answer = if p.answered {
@@ -429,12 +433,7 @@ fn isolation(
     let me = p.guest.underlay.addr();
     let (g, v) = (&p.guest.name, p.vtep);
     let in_vni = |x: &VxlanPacket| e.vni == Some(x.vni);
-    let vxlan = || {
-        wire.iter().filter_map(|(_, w)| match w {
-            Wire::Vxlan(x) => Some(x),
-            _ => None,
-        })
-    };
+    let vxlan = || vxlan_packets(wire);
     let crossed = vxlan().filter(|x| in_vni(x) && x.outer_src == me).count();
     let passing = vxlan().filter(|x| in_vni(x) && x.outer_src != me).count();
     let whose = match (&e.owner, e.vni) {
@@ -505,12 +504,7 @@ fn isolation(
 /// The isolation lesson seen from the other side: on the link of `w`, the guest that has the
 /// address in VNI `theirs`, what of `g`'s VNI `mine` arrived, and what its VTEP sent back.
 fn watched_words(w: &Watched, me: IpAddr, g: &str, mine: u32, theirs: u32, dev: &str) -> String {
-    let packets = || {
-        w.wire.iter().filter_map(|(_, x)| match x {
-            Wire::Vxlan(x) => Some(x),
-            _ => None,
-        })
-    };
+    let packets = || vxlan_packets(&w.wire);
     let arrived = packets()
         .filter(|x| x.outer_src == me && x.vni == mine)
         .count();

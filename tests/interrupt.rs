@@ -49,14 +49,18 @@ fn sigterm_during_up_stops_it_the_same_way() {
 
 /// Starts `up` of `lab`, sends `signal` once its first guest is recorded, and checks that it
 /// stopped between steps, said so, and that `down` leaves nothing.
-fn interrupt_up(lab: Lab, signal: libc::c_int) {
-    let child = lab
-        .vxlab()
+/// `vxlab up` of `lab` started, its errors piped to the test.
+fn start_up(lab: &Lab) -> std::process::Child {
+    lab.vxlab()
         .args(["up", lab.file.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+fn interrupt_up(lab: Lab, signal: libc::c_int) {
+    let child = start_up(&lab);
     // As soon as the first namespace is recorded, the lab is part-way: interrupt it there.
     let state = lab.state.path().join(&lab.name).join("state.json");
     signal_when(
@@ -258,13 +262,7 @@ fn up_waiting_for_another_vxlab_says_who_and_stops_at_ctrl_c_having_made_nothing
         std::thread::sleep(Duration::from_millis(1));
     }
     let lab = big_lab("t-hostwait", 2, 86);
-    let mut child = lab
-        .vxlab()
-        .args(["up", lab.file.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = start_up(&lab);
     // Said at once, with who holds it.
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut first = String::new();

@@ -18,7 +18,7 @@ use crate::state::StateDir;
 /// One running lab's row.
 fn row(state: &StateDir, name: &str, root: bool) -> (Value, Vec<String>) {
     let last = health::load(&state.lab_dir(name));
-    let last_json = last.as_ref().map(|h| json!({"at": h.at, "age": h.age(), "passed": h.passed, "failed": h.failed, "causes": h.causes}));
+    let last_json = last.as_ref().map(last_check_json);
     let lab: Lab = match resolve(Some(Path::new(name))) {
         Ok((lab, _)) => lab,
         Err(e) => {
@@ -70,7 +70,10 @@ fn row(state: &StateDir, name: &str, root: bool) -> (Value, Vec<String>) {
         }
     };
     // Read again: the check just made is the last one now.
-    let last_json = health::load(&state.lab_dir(name)).map(|h| json!({"at": h.at, "age": h.age(), "passed": h.passed, "failed": h.failed, "causes": h.causes})).or(last_json);
+    let last_json = health::load(&state.lab_dir(name))
+        .as_ref()
+        .map(last_check_json)
+        .or(last_json);
     let row = json!({
         "lab": name,
         "instance_of": lab.instance.as_ref().map(|i| &i.base),
@@ -88,6 +91,11 @@ fn row(state: &StateDir, name: &str, root: bool) -> (Value, Vec<String>) {
         "last_check": last_json,
     });
     (row, instances)
+}
+
+/// A lab's last check as `status --json` gives it.
+fn last_check_json(h: &Health) -> Value {
+    json!({"at": h.at, "age": h.age(), "passed": h.passed, "failed": h.failed, "causes": h.causes})
 }
 
 /// Keeps a quick check's verdict as the lab's last check, so that whoever reads it next (a

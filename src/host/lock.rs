@@ -8,7 +8,7 @@
 //! host-wide, and everyone else waits for it.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -173,7 +173,9 @@ impl HostLock {
                 file.metadata()
                     .ok()
                     .and_then(|m| flock_holder(&m))
-                    .map_or("another vxlab".to_string(), describe_process)
+                    .map_or("another vxlab".to_string(), |pid| {
+                        format!("`{}`", super::process::described(pid))
+                    })
             );
             if !wait_or_stop(&file).map_err(err)? {
                 return Err(err(io::ErrorKind::Interrupted.into()));
@@ -184,38 +186,10 @@ impl HostLock {
         writeln!(file, "{}", std::process::id()).map_err(err)?;
         Ok(Some(HostLock { _file: file }))
     }
-
-    /// The process that holds (or last held) the lock in `dir`, as written in its file.
-    pub fn holder_in(dir: &Path) -> Option<u32> {
-        let mut text = String::new();
-        files::open_no_follow(&dir.join(LOCK_FILE))
-            .ok()?
-            .read_to_string(&mut text)
-            .ok()?;
-        text.trim().parse().ok()
-    }
 }
 
 const LOCK_FILE: &str = "host.lock";
 const POOL_LOCK_FILE: &str = "pool.lock";
-
-/// Process `pid` in words: `vxlab up labs/x.yaml (pid 42)`, or just its pid.
-fn describe_process(pid: u32) -> String {
-    let line = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .ok()
-        .map(|b| {
-            b.split(|&c| c == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .filter(|l| !l.is_empty());
-    match line {
-        Some(l) => format!("`{l}` (pid {pid})"),
-        None => format!("the vxlab of pid {pid}"),
-    }
-}
 
 /// Takes the `flock` on `file` in a thread while this one waits for it or for Ctrl-C /
 /// SIGTERM; false when the stop came first (the lock, if the thread gets it later, goes
@@ -297,7 +271,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
         let held = HostLock::take_in(&run).unwrap();
-        assert_eq!(HostLock::holder_in(&run), Some(std::process::id()));
+        // Its file names the holder, for anyone wondering what they wait for.
+        let text = std::fs::read_to_string(run.join(LOCK_FILE)).unwrap();
+        assert_eq!(text.trim().parse::<u32>().ok(), Some(std::process::id()));
         assert!(HostLock::try_take_in(&run).unwrap().is_none());
         let released = Arc::new(AtomicBool::new(false));
         let started = Arc::new(Barrier::new(2));

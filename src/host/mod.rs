@@ -124,28 +124,13 @@ pub fn parse_routes(json: &str, ipv6: bool) -> Vec<HostRoute> {
 
 /// The subnet of every address in `ip -j addr show` output, as a route via its link.
 pub fn parse_address_prefixes(json: &str) -> Vec<HostRoute> {
-    #[derive(serde::Deserialize)]
-    struct Link {
-        ifname: String,
-        #[serde(default)]
-        addr_info: Vec<Addr>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Addr {
-        local: Option<std::net::IpAddr>,
-        prefixlen: Option<u8>,
-    }
-    let links: Vec<Link> = serde_json::from_str(json).unwrap_or_default();
-    links
+    let by_link = crate::observe::parse_addresses(json).unwrap_or_default();
+    by_link
         .into_iter()
-        .flat_map(|l| {
-            let dev = l.ifname;
-            l.addr_info.into_iter().filter_map(move |a| {
-                let net = ipnet::IpNet::new(a.local?, a.prefixlen?).ok()?.trunc();
-                Some(HostRoute {
-                    dst: net,
-                    dev: Some(dev.clone()),
-                })
+        .flat_map(|(dev, nets)| {
+            nets.into_iter().map(move |n| HostRoute {
+                dst: n.trunc(),
+                dev: Some(dev.clone()),
             })
         })
         .collect()

@@ -469,11 +469,6 @@ fn indentation(text: &str, at: Position, what: &str) -> Option<LoadError> {
         return None;
     }
     let lines: Vec<&str> = text.lines().collect();
-    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
-    let content = |l: &str| {
-        let t = l.trim();
-        !t.is_empty() && !t.starts_with('#')
-    };
     // Columns at which a block starts on the lines before: a line's own indentation, and
     // after each `- ` the column of what follows it; and the columns of those `- `.
     let mut open: Vec<usize> = Vec::new();
@@ -553,6 +548,17 @@ fn indentation(text: &str, at: Position, what: &str) -> Option<LoadError> {
     None
 }
 
+/// How many spaces a line starts with.
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start_matches(' ').len()
+}
+
+/// Whether a line holds YAML (not blank, not only a comment).
+fn content(line: &str) -> bool {
+    let t = line.trim();
+    !t.is_empty() && !t.starts_with('#')
+}
+
 /// Whether a line is `key: value` (or a `- value` item) with the value on it, so that no
 /// block can open under it.
 fn has_value(line: &str) -> bool {
@@ -566,11 +572,6 @@ fn has_value(line: &str) -> bool {
 /// than line `i`, which the block's opener leaves room for), or a line as far left as the
 /// `key:` opening the block above it, which then holds nothing while line `i` is deeper.
 fn line_above_at_fault(lines: &[&str], i: usize, what: &str) -> Option<LoadError> {
-    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
-    let content = |l: &str| {
-        let t = l.trim();
-        !t.is_empty() && !t.starts_with('#')
-    };
     let before = |i: usize| (0..i).rev().find(|&j| content(lines[j]));
     let j = before(i)?;
     let k = before(j)?;
