@@ -39,12 +39,21 @@ const vxlab = (() => {
   }
 
   function classPage(base) {
-    const events = new EventSource(base + 'events');
-    live(events);
-    events.addEventListener('grid', e => {
-      document.getElementById('grid-rows').innerHTML = JSON.parse(e.data).html;
-      tick();
-    });
+    // The grid's stream, opened again when the browser gives it up for good (an HTTP error
+    // such as 429 ends an EventSource, which retries only lost connections): the
+    // instructor's page must not stay stale while it says nothing.
+    const connect = () => {
+      const events = new EventSource(base + 'events');
+      live(events);
+      events.addEventListener('grid', e => {
+        document.getElementById('grid-rows').innerHTML = JSON.parse(e.data).html;
+        tick();
+      });
+      events.addEventListener('error', () => {
+        if (events.readyState === EventSource.CLOSED) setTimeout(connect, 2000);
+      });
+    };
+    connect();
     document.addEventListener('click', e => {
       const b = e.target.closest('button[data-action]');
       if (!b) return;
